@@ -1,0 +1,215 @@
+"""LLaDA's semi-autoregressive sampler, recording the trajectory that AGRPO's policy is defined on.
+
+x = [prompt ; G × MASK]; the G positions form G/B blocks filled left to right, s = steps·B/G steps
+per block. Step i of a block with m masked positions commits
+
+    k_i = floor(m / s) + [i < m mod s]
+
+tokens: one forward pass gives logits ℓ (mask logit := −∞), candidates x̂ = argmax(ℓ/T + Gumbel)
+(Gumbel noise in float64; argmax ℓ at T = 0), confidence c = softmax(ℓ)[x̂] (`low_confidence`) or
+c ~ U(0,1) (`random`), c = −∞ outside the block and on committed positions; the k_i highest-c
+positions take x̂.
+
+Each unmasking step t is one action of the policy (the paper's MDP): with S_t the positions
+committed at step t and x_t the state before it,
+
+    log π_θ(o) = Σ_t log π_θ(o_{S_t} | x_t),    log π_θ(o_{S_t} | x_t) = Σ_{j∈S_t} log p_θ(o_j | x_t).
+
+So per completion token we record `unmask_step` (t), `logp` (log p(o_j | x_t) under the sampling
+distribution: mask removed, temperature, top-k, top-p) and that distribution's `entropy`. At
+T = 0 (greedy) `logp` and `entropy` are those of the temperature-1 distribution.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from model import forward_logits
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class Rollout:
+    ids: torch.Tensor  # (B, P+G) prompt (left-padded) and completion
+    attention_mask: torch.Tensor  # (B, P+G) 0 on prompt padding
+    prompt_length: int  # P, padded prompt length
+    unmask_step: torch.Tensor  # (B, G) global step that committed each completion token
+    logp: torch.Tensor  # (B, G) log-prob of the committed token at its step
+    entropy: torch.Tensor  # (B, G) entropy of the sampling distribution there
+    steps: int  # m, total sampling steps
+    block_length: int
+    mask_id: int
+    eos_ids: tuple
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def completion(self):
+        return self.ids[:, self.prompt_length :]
+
+
+def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="low_confidence", top_k=None, top_p=None):
+    """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work)."""
+    if gen_length < 1:
+        raise ValueError(f"gen_length={gen_length} must be at least 1")
+    if block_length < 1 or gen_length % block_length:
+        raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
+    n_blocks = gen_length // block_length
+    if steps < 1 or steps % n_blocks:
+        raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")
+    if steps // n_blocks > block_length:
+        raise ValueError(f"steps={steps} gives {steps // n_blocks} steps per block but a block has only block_length={block_length} tokens")
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature} must be >= 0")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking={remasking!r} must be one of {REMASKING}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
+
+
+def policy_logprobs(logits, mask_id, temperature=0.0, top_k=None, top_p=None):
+    """log π(· | x_t) per position: the sampling distribution. Shared by sampler and likelihood so
+    the two can never disagree. logits (..., V), any dtype; returns float32 log-probs."""
+    logits = logits.float()
+    logits[..., mask_id] = float("-inf")  # a committed position must never hold [MASK]
+    if temperature > 0:
+        logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits.log_softmax(-1)
+
+
+def entropy_of(logprobs):
+    p = logprobs.exp()
+    return -(p * logprobs.masked_fill(p == 0, 0.0)).sum(-1)
+
+
+def transfer_schedule(block_length, steps_per_block):
+    """k_i: how many tokens step i of a block commits."""
+    base, extra = divmod(block_length, steps_per_block)
+    return [base + (i < extra) for i in range(steps_per_block)]
+
+
+def left_pad(prompts, pad_id, device="cpu"):
+    """List of token lists -> (ids, attention_mask), padded on the left so completions line up."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids,
+    attention_mask=None,
+    *,
+    gen_length,
+    block_length,
+    steps,
+    mask_id,
+    eos_ids=(),
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    remasking="low_confidence",
+    stop_at_eos=True,
+    pad_id=0,
+    generator=None,
+):
+    """Sample completions. prompt_ids: (B, P) left-padded tensor with `attention_mask`, or a list of
+    token lists. With `stop_at_eos`, a row whose finished blocks contain an EOS is no longer
+    computed; its later blocks are filled with EOS (logp = entropy = 0), which is what a trained
+    LLaDA produces there and what the estimators ignore (they draw only steps up to the last one
+    that committed a non-EOS token)."""
+    check_settings(gen_length, block_length, steps, temperature, remasking, top_k, top_p)
+    device = next(model.parameters()).device
+    if isinstance(prompt_ids, (list, tuple)):
+        prompt_ids, attention_mask = left_pad(prompt_ids, pad_id, device)
+    prompt_ids = prompt_ids.to(device)
+    B, P = prompt_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt_ids)
+    eos_ids = tuple(int(e) for e in (eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]))
+
+    x = torch.cat([prompt_ids, torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
+    attn = torch.cat([attention_mask.to(device).long(), torch.ones((B, gen_length), dtype=torch.long, device=device)], 1)
+    unmask_step = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
+    logp = torch.zeros((B, gen_length), device=device)
+    entropy = torch.zeros((B, gen_length), device=device)
+
+    n_blocks = gen_length // block_length
+    spb = steps // n_blocks
+    schedule = transfer_schedule(block_length, spb)
+    fill_steps = torch.repeat_interleave(torch.arange(spb, device=device), torch.tensor(schedule, device=device))
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    for b in range(n_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        rows = (~done).nonzero().squeeze(1)
+        for i, k in enumerate(schedule):
+            t = b * spb + i
+            logits = forward_logits(model, x[rows], attn[rows])[:, lo:hi]
+            lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)  # (n, Bk, V)
+            if temperature > 0:
+                u = torch.rand(lp.shape, dtype=torch.float64, device=device, generator=generator)
+                gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+                x_hat = (lp.double() + gumbel).argmax(-1)
+            else:
+                x_hat = lp.argmax(-1)
+            if remasking == "low_confidence":
+                raw = logits.double()
+                raw[..., mask_id] = float("-inf")
+                conf = raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)  # log softmax(ℓ)[x̂]
+            else:
+                conf = torch.rand(x_hat.shape, dtype=torch.float64, device=device, generator=generator)
+            conf = conf.masked_fill(x[rows, lo:hi] != mask_id, float("-inf"))
+            sel = conf.topk(k, dim=-1).indices  # (n, k) positions within the block
+            tok = x_hat.gather(1, sel)
+            lp_sel = lp.gather(1, sel[..., None].expand(-1, -1, lp.shape[-1]))  # (n, k, V): only committed rows
+            x[rows[:, None], lo + sel] = tok
+            c = sel + b * block_length
+            unmask_step[rows[:, None], c] = t
+            logp[rows[:, None], c] = lp_sel.gather(-1, tok[..., None]).squeeze(-1)
+            entropy[rows[:, None], c] = entropy_of(lp_sel)
+        if done.any():  # finished rows: EOS in this block's positions, in schedule order
+            x[done, lo:hi] = eos_ids[0]
+            unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
+        if stop_at_eos and eos_ids:
+            done |= torch.isin(x[:, P:hi], torch.tensor(eos_ids, device=device)).any(1)
+            if done.all():  # fill the remaining blocks at once
+                for b2 in range(b + 1, n_blocks):
+                    x[:, P + b2 * block_length : P + (b2 + 1) * block_length] = eos_ids[0]
+                    unmask_step[:, b2 * block_length : (b2 + 1) * block_length] = b2 * spb + fill_steps
+                break
+
+    return Rollout(
+        ids=x,
+        attention_mask=attn,
+        prompt_length=P,
+        unmask_step=unmask_step,
+        logp=logp,
+        entropy=entropy,
+        steps=steps,
+        block_length=block_length,
+        mask_id=mask_id,
+        eos_ids=eos_ids,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )

@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from model import load
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The embedded model at its seeded random init, and its tokenizer."""
+    model, tok = load("tiny", seed=0)
+    model.eval()
+    return model, tok
+
+
+def chat(tok, text):
+    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,142 @@
+"""Foundation: the sampler follows LLaDA's schedule and its recorded trajectory replays exactly."""
+
+import pytest
+import torch
+from conftest import chat
+
+from sample import check_settings, generate, policy_logprobs, transfer_schedule
+
+PROMPTS = ["2+3", "Using the numbers [1, 2, 3], make 7.", "hello there, a longer prompt"]
+
+
+def run(model, tok, prompts=PROMPTS, **kw):
+    args = dict(gen_length=24, block_length=8, steps=12, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
+    args.update(kw)
+    return generate(model, [chat(tok, p) for p in prompts], **args)
+
+
+def test_schedule_formula():
+    assert transfer_schedule(8, 3) == [3, 3, 2]
+    assert transfer_schedule(12, 12) == [1] * 12
+    assert sum(transfer_schedule(32, 5)) == 32
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_schedule_followed_at_t0(tiny, remasking):
+    model, tok = tiny
+    gen, block, steps = 24, 8, 9  # 3 steps per block: k = [3, 3, 2]
+    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, remasking=remasking, stop_at_eos=False)
+    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, remasking=remasking, stop_at_eos=False)
+    if remasking == "low_confidence":
+        assert torch.equal(r.ids, again.ids) and torch.equal(r.unmask_step, again.unmask_step)  # deterministic
+    assert (r.completion != tok.mask_token_id).all()  # every position committed, never to [MASK]
+    spb, k = steps // (gen // block), transfer_schedule(block, steps // (gen // block))
+    for row in r.unmask_step:
+        counts = torch.bincount(row, minlength=steps)
+        for b in range(gen // block):
+            blk = row[b * block : (b + 1) * block]
+            assert ((blk >= b * spb) & (blk < (b + 1) * spb)).all()  # blocks strictly left to right
+            assert counts[b * spb : (b + 1) * spb].tolist() == k  # exactly k_i tokens at step i
+    assert torch.equal(r.ids[:, : r.prompt_length], run(model, tok, gen_length=8, block_length=8, steps=8).ids[:, : r.prompt_length])
+
+
+def rebuild(r, t):
+    """x_t: completion positions committed at step >= t are masked again."""
+    x = r.ids.clone()
+    x[:, r.prompt_length :][r.unmask_step >= t] = r.mask_id
+    return x
+
+
+@pytest.mark.parametrize(
+    "remasking,temperature,top_k,top_p",
+    [("low_confidence", 0.0, None, None), ("low_confidence", 0.8, 20, 0.9), ("random", 1.0, None, None), ("random", 0.6, 50, 0.95)],
+)
+def test_recorded_logp_replays(tiny, remasking, temperature, top_k, top_p):
+    """log p(o_j | x_t) from a fresh forward on the rebuilt x_t equals the recorded value, every step."""
+    model, tok = tiny
+    g = torch.Generator().manual_seed(1)
+    r = run(model, tok, remasking=remasking, temperature=temperature, top_k=top_k, top_p=top_p, generator=g)
+    for t in range(r.steps):
+        at_t = r.unmask_step == t
+        assert at_t.any(1).all()  # every row commits at every step (no EOS with this seed)
+        logits = model(rebuild(r, t), attention_mask=r.attention_mask).logits[:, r.prompt_length :]
+        lp = policy_logprobs(logits, r.mask_id, temperature, top_k, top_p)
+        replay = lp.gather(-1, r.completion[..., None]).squeeze(-1)
+        torch.testing.assert_close(replay[at_t], r.logp[at_t], atol=1e-5, rtol=1e-5)
+        ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
+        torch.testing.assert_close(ent[at_t], r.entropy[at_t], atol=1e-5, rtol=1e-5)
+    assert (r.logp <= 0).all() and torch.isfinite(r.logp).all()
+
+
+def test_padding_invariance(tiny):
+    model, tok = tiny
+    batch = run(model, tok)
+    for i, p in enumerate(PROMPTS):
+        alone = run(model, tok, prompts=[p])
+        assert torch.equal(alone.completion[0], batch.completion[i])
+        assert torch.equal(alone.unmask_step[0], batch.unmask_step[i])
+        torch.testing.assert_close(alone.logp[0], batch.logp[i], atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_sampling_reproducible(tiny):
+    model, tok = tiny
+    a = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(3))
+    b = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(3))
+    c = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.ids, b.ids) and not torch.equal(a.ids, c.ids)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(block_length=7), "block_length"),
+        (dict(steps=4), "steps"),  # 3 blocks
+        (dict(steps=48), "steps"),  # 16 steps per block of 8
+        (dict(temperature=-0.1), "temperature"),
+        (dict(remasking="top_prob"), "remasking"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=0), "top_k"),
+    ],
+)
+def test_bad_settings_raise(tiny, kw, name):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=name):
+        run(model, tok, **kw)
+    args = dict(gen_length=24, block_length=8, steps=12) | kw
+    with pytest.raises(ValueError, match=name):
+        check_settings(**args)
+
+
+class Scripted(torch.nn.Module):
+    """Logits fixed by position: token `a` before completion offset `eos_at`, EOS from there on."""
+
+    def __init__(self, vocab, prompt_len, a, eos, eos_at):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.P, self.a, self.eos, self.eos_at = vocab, prompt_len, a, eos, eos_at
+        self.calls = 0
+
+    def forward(self, ids, attention_mask=None):
+        self.calls += 1
+        logits = torch.zeros(*ids.shape, self.vocab)
+        pos = torch.arange(ids.shape[1])
+        logits[:, pos < self.P + self.eos_at, self.a] = 5.0
+        logits[:, pos >= self.P + self.eos_at, self.eos] = 5.0
+        logits[..., 1] = 50.0  # a huge mask logit: must never be sampled
+        return type("Out", (), {"logits": logits})()
+
+
+def test_eos_rows_stop_and_fill(tiny):
+    _, tok = tiny
+    prompt = [5, 6, 7]
+    model = Scripted(len(tok), len(prompt), a=60, eos=tok.eos_token_id, eos_at=5)
+    kw = dict(gen_length=32, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
+    full = generate(model, [prompt], stop_at_eos=False, **kw)
+    calls_full = model.calls
+    model.calls = 0
+    short = generate(model, [prompt], stop_at_eos=True, **kw)
+    assert model.calls == 4 < calls_full == 16  # only block 0 is computed
+    assert torch.equal(full.ids, short.ids)  # same tokens: the filled EOS is what the model gives
+    assert short.completion[0, :5].eq(60).all() and short.completion[0, 5:].eq(tok.eos_token_id).all()
+    assert (short.logp[0, 8:] == 0).all() and (short.unmask_step[0, 8:] >= 4).all()
+    assert sorted(short.unmask_step[0, 8:16].tolist()) == sorted(full.unmask_step[0, 8:16].tolist())
