@@ -1,0 +1,193 @@
+"""Log-likelihood estimators of a sampled completion o (DESIGN.md section 2).
+
+Stepwise (AGRPO, exact in expectation). With S_t the positions committed at step t and x_t the
+rollout state before step t (every position of step >= t masked, prompt never masked):
+
+    log π_θ(o) = Σ_{t<m'} f(t),   f(t) = Σ_{j∈S_t} log p_θ(o_j | x_t)
+
+under the sampling distribution (mask removed, temperature, top-k, top-p). m' is the last step
+that committed a non-EOS token (+1): later steps only pad with EOS. Drawing k steps gives
+
+    uniform / low-discrepancy:  Σ_j (m'/k) f(t_j),        t_j = floor(u_j m'), u_j ~ U(0,1)
+    entropy importance:         Σ_j f(t_j) / (k p(t_j)),  p(t) ∝ Σ_{j∈S_t} H_j (mixed with uniform)
+
+all unbiased for the sum; low-discrepancy stratifies the u's over all B·k draws of the batch.
+
+ELBO (LLaDA/VRPO, biased): l ~ U{1..G} stratified over the batch, mask l completion positions,
+    log p(o) >= E[(G/l) Σ_{masked j} log p_θ(o_j | masked)].
+One-step mean field (diffu-GRPO, biased): mask the whole completion and each prompt token with
+probability p, log π ≈ Σ_j log p_θ(o_j | prompt', all-mask).
+
+Every estimator returns `Draws`: masked inputs, which positions each draw reads, a weight per
+draw and a per-row normaliser, so the same loss runs on all three, and current, old and reference
+policies see the same masks and steps. Randomness comes only from an explicit torch.Generator.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from model import forward_logits
+from sample import policy_logprobs
+
+ESTIMATORS = ("stepwise", "elbo", "one_step")
+SCHEMES = ("exact", "uniform", "low_discrepancy", "entropy")
+
+
+@dataclass
+class Draws:
+    x: torch.Tensor  # (K, B, L) masked inputs, one per draw and row
+    read: torch.Tensor  # (K, B, G) bool: completion positions this draw scores
+    weight: torch.Tensor  # (K, B) Σ_k weight · Σ_read log p estimates log π(o) (ELBO: its bound)
+    norm: torch.Tensor  # (B,) per-row normaliser of the loss (steps m' or completion length)
+    # apply the rollout's top-k/top-p: only in the context x_t a token was sampled in; elsewhere
+    # (ELBO, one-step) it may fall outside the truncation and get log p = -inf
+    truncate: bool = True
+
+
+def completion_mask(rollout):
+    """(B, G) bool: tokens up to and including the first EOS, the text a reward sees."""
+    is_eos = torch.isin(rollout.completion, torch.tensor(rollout.eos_ids, device=rollout.ids.device))
+    before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
+    return before == 0
+
+
+def last_step(rollout):
+    """m' per row: 1 + the last step that committed a non-EOS token (at least 1, so an all-EOS
+    completion still has its first step scored)."""
+    is_eos = torch.isin(rollout.completion, torch.tensor(rollout.eos_ids, device=rollout.ids.device))
+    steps = rollout.unmask_step.masked_fill(is_eos, -1)
+    return (steps.max(1).values + 1).clamp(min=1)
+
+
+def step_entropy(rollout):
+    """(B, m) Σ_{j∈S_t} H_j: the entropy of each step's action, from the rollout."""
+    B = rollout.ids.shape[0]
+    H = torch.zeros(B, rollout.steps, device=rollout.ids.device)
+    return H.scatter_add(1, rollout.unmask_step.clamp(min=0), rollout.entropy.float())
+
+
+def _uniforms(shape, generator, stratified):
+    """u ~ U(0,1) of `shape`; stratified: one draw in each of the numel strata, randomly placed."""
+    n = int(torch.tensor(shape).prod())
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if stratified:
+        u = (torch.randperm(n, generator=generator).double() + u) / n
+    return u.view(shape)
+
+
+def sample_steps(rollout, k, scheme="low_discrepancy", generator=None, uniform_mix=0.05):
+    """Steps (B, K) and weights (B, K) with E[Σ_j w_j f(t_j)] = Σ_{t<m'} f(t) for any f.
+    `exact` returns every step t < m' with weight 1 (K = max m', padding has weight 0)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"step sampling scheme={scheme!r} must be one of {SCHEMES}")
+    m = last_step(rollout).cpu()
+    B = m.shape[0]
+    if scheme == "exact":
+        steps = torch.arange(int(m.max())).expand(B, -1)
+        return steps.to(rollout.ids.device), (steps < m[:, None]).float().to(rollout.ids.device)
+    if k < 1:
+        raise ValueError(f"k={k} Monte Carlo steps must be at least 1")
+    u = _uniforms((B, k), generator, stratified=scheme != "uniform")
+    if scheme == "entropy":
+        H = step_entropy(rollout).cpu().double()
+        valid = torch.arange(rollout.steps)[None] < m[:, None]
+        H = H * valid
+        # mixing in a little uniform keeps p(t) > 0 on zero-entropy steps, which unbiasedness needs
+        p = (1 - uniform_mix) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + uniform_mix * valid / m[:, None]
+        p = torch.where(H.sum(1, keepdim=True) > 0, p, valid / m[:, None].double())
+        cdf = p.cumsum(1)
+        steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=m[:, None] - 1)
+        weights = 1.0 / (k * p.gather(1, steps))
+    else:
+        steps = (u * m[:, None]).long().clamp(max=m[:, None] - 1)
+        weights = (m[:, None] / k).double().expand(B, k)
+    return steps.to(rollout.ids.device), weights.float().to(rollout.ids.device)
+
+
+def rebuild_state(rollout, steps):
+    """x_t for every row and each column of steps (B, K) -> (K, B, L)."""
+    P = rollout.prompt_length
+    x = rollout.ids[None].repeat(steps.shape[1], 1, 1)
+    remask = rollout.unmask_step[None] >= steps.T[:, :, None]  # (K, B, G)
+    x[:, :, P:] = x[:, :, P:].masked_fill(remask, rollout.mask_id)
+    return x
+
+
+def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
+    steps, weights = sample_steps(rollout, k, scheme, generator)
+    # zero-weight draws (padding of `exact`) read nothing: their positions may hold EOS fill, -inf under top-k
+    read = (rollout.unmask_step[None] == steps.T[:, :, None]) & (weights.T > 0)[..., None]
+    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
+
+
+def elbo_draws(rollout, k, generator=None):
+    """LLaDA's ELBO with l stratified over the B·k draws of the batch (VRPO-style variance cut)."""
+    B, G = rollout.unmask_step.shape
+    u = _uniforms((k, B), generator, stratified=True)
+    n_masked = (1 + (u * G).long()).clamp(max=G)  # l ∈ {1..G}
+    scores = torch.rand((k, B, G), generator=generator).argsort(-1).argsort(-1)  # a random rank per position
+    masked = (scores < n_masked[..., None]).to(rollout.ids.device)
+    x = rollout.ids[None].repeat(k, 1, 1)
+    x[:, :, rollout.prompt_length :] = x[:, :, rollout.prompt_length :].masked_fill(masked, rollout.mask_id)
+    keep = completion_mask(rollout)
+    weight = (G / n_masked.float()).to(rollout.ids.device)  # the bound of the *whole* G tokens, read where kept
+    return Draws(x, masked & keep[None], weight, keep.sum(1).float(), truncate=False)
+
+
+def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
+    """diffu-GRPO: completion all [MASK], each real prompt token masked with probability p."""
+    B, L = rollout.ids.shape
+    P = rollout.prompt_length
+    x = rollout.ids[None].repeat(k, 1, 1)
+    x[:, :, P:] = rollout.mask_id
+    hide = (torch.rand((k, B, P), generator=generator) < prompt_mask_prob).to(x.device) & rollout.attention_mask[None, :, :P].bool()
+    x[:, :, :P] = x[:, :, :P].masked_fill(hide, rollout.mask_id)
+    keep = completion_mask(rollout)
+    return Draws(x, keep[None].expand(k, -1, -1), torch.ones(k, B, device=x.device), keep.sum(1).float(), truncate=False)
+
+
+def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy", prompt_mask_prob=0.15):
+    if estimator == "stepwise":
+        return stepwise_draws(rollout, k, scheme, generator)
+    if estimator == "elbo":
+        return elbo_draws(rollout, k, generator)
+    if estimator == "one_step":
+        return one_step_draws(rollout, k, generator, prompt_mask_prob)
+    raise ValueError(f"estimator={estimator!r} must be one of {ESTIMATORS}")
+
+
+def token_logp(model, rollout, x, read, rows=None, truncate=True):
+    """log p_θ(o_j | x) at the read positions, zero elsewhere: (n, G). x (n, L), read (n, G);
+    rows (n,) picks each input's rollout row (default: all rows in order). The log-softmax runs
+    only on read positions, never on the whole (n, L, V) logits."""
+    rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
+    P = rollout.prompt_length
+    logits = forward_logits(model, x, rollout.attention_mask[rows])[:, P:]
+    top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
+    lp = policy_logprobs(logits[read], rollout.mask_id, rollout.temperature, top_k, top_p)
+    out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)
+    return out.masked_scatter(read, lp.gather(-1, rollout.completion[rows][read][:, None]).squeeze(-1))
+
+
+def draws_logp(model, rollout, draws, chunk=64):
+    """Token log-probs of every draw, (K, B, G), with many (row, draw) pairs per forward pass.
+    Runs under whatever grad mode the caller set."""
+    K, B, L = draws.x.shape
+    x, read = draws.x.reshape(K * B, L), draws.read.reshape(K * B, -1)
+    rows = torch.arange(B, device=x.device).repeat(K)
+    parts = [
+        token_logp(model, rollout, x[i : i + chunk], read[i : i + chunk], rows[i : i + chunk], draws.truncate)
+        for i in range(0, K * B, chunk)
+    ]
+    return torch.cat(parts).view(K, B, -1)
+
+
+def sequence_logp(model, rollout, draws, chunk=64):
+    """The estimate of log π(o) per row: Σ_k weight_k Σ_{read} log p. (B,)"""
+    return (draws.weight[..., None] * draws_logp(model, rollout, draws, chunk)).sum((0, 2))
+
+
+def exact_logp(model, rollout, chunk=64):
+    """Σ_{t<m'} f(t) by all m' forward passes per row: the quantity the stepwise draws estimate."""
+    return sequence_logp(model, rollout, stepwise_draws(rollout, 0, "exact"), chunk)

@@ -1,0 +1,179 @@
+"""likelihood.py: the stepwise estimator is unbiased (value and gradient); ELBO and one-step are not."""
+
+import pytest
+import torch
+from conftest import chat
+
+from likelihood import (
+    completion_mask,
+    draws_logp,
+    elbo_draws,
+    exact_logp,
+    last_step,
+    make_draws,
+    one_step_draws,
+    sample_steps,
+    sequence_logp,
+    stepwise_draws,
+)
+from model import load
+from sample import Rollout, generate
+
+SCHEMES = ["uniform", "low_discrepancy", "entropy"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    # a larger init makes the random model's distributions peaked and uneven across steps
+    model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3))
+    model.eval()
+    prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
+    r = generate(
+        model,
+        prompts,
+        gen_length=16,
+        block_length=8,
+        steps=16,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
+        temperature=0.9,
+        top_k=40,
+        remasking="random",
+        generator=torch.Generator().manual_seed(0),
+    )
+    return model, tok, r
+
+
+def step_table(model, r):
+    """f(t) for every row and step t < m', by exact forward passes: (B, m)."""
+    d = stepwise_draws(r, 0, "exact")
+    with torch.no_grad():
+        f = draws_logp(model, r, d).sum(-1).T  # (B, K)
+    return f * d.weight.T
+
+
+def test_exact_matches_recorded_trajectory(setup):
+    model, _, r = setup
+    with torch.no_grad():
+        torch.testing.assert_close(exact_logp(model, r), r.logp.sum(1), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_value_unbiased(setup, scheme):
+    model, _, r = setup
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        exact = exact_logp(model, r).sum()
+        est = torch.stack([sequence_logp(model, r, stepwise_draws(r, 3, scheme, g)).sum() for _ in range(200)])
+    se = est.std() / len(est) ** 0.5
+    assert se > 0
+    assert abs(est.mean() - exact) < 4 * se, f"{scheme}: mean {est.mean():.3f} exact {exact:.3f} se {se:.3f}"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_gradient_unbiased(setup, scheme):
+    """The gradient's projection on a fixed random direction v: mean over draws vs exact."""
+    model, _, r = setup
+    params = [p for p in model.parameters()]
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
+
+    def proj(draws):
+        grads = torch.autograd.grad(sequence_logp(model, r, draws).sum(), params)
+        return sum((gr * vi).sum() for gr, vi in zip(grads, v))
+
+    exact = proj(stepwise_draws(r, 0, "exact"))
+    g = torch.Generator().manual_seed(2)
+    est = torch.stack([proj(stepwise_draws(r, 2, scheme, g)) for _ in range(150)])
+    se = est.std() / len(est) ** 0.5
+    assert se > 0
+    assert abs(est.mean() - exact) < 4 * se, f"{scheme}: mean {est.mean():.3f} exact {exact:.3f} se {se:.3f}"
+
+
+def test_low_discrepancy_variance_not_above_uniform(setup):
+    """Variance over 20k draws of the batch estimate, computed on the exact per-step table f(t):
+    the estimator is linear in f, so a draw's estimate is Σ w f(t) (checked against the model)."""
+    model, _, r = setup
+    f = step_table(model, r)
+    g = torch.Generator().manual_seed(3)
+    s, w = sample_steps(r, 3, "low_discrepancy", g)
+    with torch.no_grad():
+        via_model = sequence_logp(model, r, stepwise_draws(r, 3, "low_discrepancy", torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(via_model, (w * f.gather(1, s)).sum(1), atol=1e-3, rtol=1e-5)
+    var = {}
+    for scheme in ("uniform", "low_discrepancy"):
+        tot = torch.stack([(w * f.gather(1, s)).sum() for s, w in (sample_steps(r, 3, scheme, g) for _ in range(20000))])
+        var[scheme] = tot.var().item()
+    print(f"\nvariance of the batch log-prob estimate, k=3: uniform {var['uniform']:.2f}, low-discrepancy {var['low_discrepancy']:.2f}")
+    assert var["low_discrepancy"] <= var["uniform"]
+
+
+@pytest.mark.parametrize("name", ["elbo", "one_step"])
+def test_biased_estimators_run_and_are_biased(setup, name):
+    model, _, r = setup
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        exact = exact_logp(model, r)
+        est = torch.stack([sequence_logp(model, r, make_draws(name, r, 1, g)) for _ in range(100)])
+    se = est.std(0) / len(est) ** 0.5
+    gap = (est.mean(0) - exact).abs()
+    print(f"\n{name}: mean {est.mean(0).tolist()} exact {exact.tolist()} se {se.tolist()}")
+    assert (gap > 4 * se).all()  # a bias the test can see, so nobody mistakes it for exact
+    if name == "elbo":
+        assert (est.mean(0) < exact).all()  # a lower bound, here far below
+
+
+def test_draws_share_masks_and_are_seeded(setup):
+    _, tok, r = setup
+    for name in ("stepwise", "elbo", "one_step"):
+        a = make_draws(name, r, 4, torch.Generator().manual_seed(5))
+        b = make_draws(name, r, 4, torch.Generator().manual_seed(5))
+        assert torch.equal(a.x, b.x) and torch.equal(a.read, b.read) and torch.equal(a.weight, b.weight)
+    state = torch.get_rng_state()
+    make_draws("elbo", r, 4, torch.Generator().manual_seed(6))
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is never touched
+
+
+def test_elbo_and_one_step_masks(setup):
+    _, tok, r = setup
+    P = r.prompt_length
+    d = elbo_draws(r, 8, torch.Generator().manual_seed(7))
+    n_masked = (d.x[:, :, P:] == tok.mask_token_id).sum(-1)  # (K, B)
+    torch.testing.assert_close(d.weight, 16 / n_masked.float())
+    assert n_masked.min() >= 1 and n_masked.max() <= 16 and len(set(n_masked.flatten().tolist())) >= 12  # stratified spread
+    d = one_step_draws(r, 200, torch.Generator().manual_seed(8), prompt_mask_prob=0.15)
+    assert (d.x[:, :, P:] == tok.mask_token_id).all()
+    prompt_masked = d.x[:, :, :P] == tok.mask_token_id
+    real = r.attention_mask[:, :P].bool()
+    assert not prompt_masked[:, ~real].any()  # padding never masked
+    assert abs(prompt_masked[:, real].float().mean().item() - 0.15) < 0.02
+
+
+def hand_rollout():
+    """Two rows, 8 tokens, 8 steps; row 0 ends with EOS committed at steps 6, 7; row 1 all EOS."""
+    eos, mask = 2, 1
+    comp = torch.tensor([[60, 61, 62, 63, 64, 65, eos, eos], [eos] * 8])
+    steps = torch.tensor([[0, 3, 1, 2, 5, 4, 6, 7], [1, 0, 2, 3, 4, 5, 6, 7]])
+    ids = torch.cat([torch.full((2, 3), 70), comp], 1)
+    return Rollout(ids, torch.ones_like(ids), 3, steps, torch.zeros(2, 8), torch.rand(2, 8), 8, 8, mask, (eos,))
+
+
+def test_only_steps_up_to_last_content_step_are_drawn():
+    r = hand_rollout()
+    assert last_step(r).tolist() == [6, 1]
+    assert completion_mask(r).sum(1).tolist() == [7, 1]
+    for scheme in SCHEMES:
+        s, w = sample_steps(r, 50, scheme, torch.Generator().manual_seed(9))
+        assert (s[0] < 6).all() and (s[1] == 0).all() and (w > 0).all()
+    s, w = sample_steps(r, 0, "exact")
+    assert s.shape == (2, 6) and w.sum(1).tolist() == [6, 1]
+
+
+def test_bad_names_raise(setup):
+    _, _, r = setup
+    with pytest.raises(ValueError, match="scheme"):
+        sample_steps(r, 2, "sobol")
+    with pytest.raises(ValueError, match="estimator"):
+        make_draws("vrpo", r, 2)
+    with pytest.raises(ValueError, match="k=0"):
+        sample_steps(r, 0, "uniform")
