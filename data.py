@@ -1,0 +1,320 @@
+"""Tasks: prompts, procedural generators and loaders (DESIGN.md section 4).
+
+An item is a dict with the fields its task needs: gsm8k/math {"question", "answer"}, countdown
+{"nums", "target"} (generated items also carry "expr", a solution), sudoku {"puzzle",
+"solution"}. `build_prompt` turns an item into chat-template token ids; `TASKS` maps a task name
+to its reward (r_i of the GRPO objective) and its reported accuracy.
+"""
+
+import csv
+import itertools
+import json
+import os
+import random
+import re
+from fractions import Fraction
+
+import rewards
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Think step by step inside <think> </think> tags, "
+    "then give your final answer inside <answer> </answer> tags."
+)
+
+TASKS = {
+    "gsm8k": dict(reward=rewards.gsm8k_reward, accuracy=rewards.gsm8k_correct),
+    "math": dict(reward=rewards.math_reward, accuracy=rewards.math_correct),
+    "countdown": dict(reward=rewards.countdown_reward, accuracy=rewards.countdown_correct),
+    "sudoku": dict(reward=rewards.sudoku_reward, accuracy=rewards.sudoku_accuracy),
+}
+
+
+def task(name):
+    if name not in TASKS:
+        raise ValueError(f"task={name!r} does not exist; choose one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+class DataError(ValueError):
+    """A malformed data file: the message names the file, the line or row, and the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts
+
+
+def question(task_name, item, compact=False):
+    if task_name in ("gsm8k", "math"):
+        return item["question"]
+    if task_name == "countdown":
+        nums, target = item["nums"], item["target"]
+        if compact:  # the embedded model's character tokenizer: keep prompts short
+            return f"{' '.join(map(str, nums))} -> {target}"
+        return (
+            f"Using the numbers {list(nums)}, create an equation that equals {target}. "
+            "You can use +, -, * and /, and each number exactly once."
+        )
+    if task_name == "sudoku":
+        if compact:
+            return item["puzzle"]
+        return (
+            "Solve this 4x4 Sudoku: fill the blanks (0) with digits 1-4 so that every row, column and "
+            f"2x2 box holds 1, 2, 3, 4 once. The puzzle, row by row: {item['puzzle']}. "
+            "Answer with the 16 digits of the solved grid."
+        )
+    raise ValueError(f"task={task_name!r} does not exist; choose one of {sorted(TASKS)}")
+
+
+def build_prompt(tok, task_name, item, system_prompt=SYSTEM_PROMPT, compact=False):
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question(task_name, item, compact)})
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Countdown: 3 numbers, + - * /, each number once
+
+
+def _combine(a, b):
+    """Every (value, text) reachable from two (value, text) operands."""
+    (va, ta), (vb, tb) = a, b
+    yield va + vb, f"{ta}+{tb}"
+    yield va * vb, f"{_wrap(ta)}*{_wrap(tb)}"
+    yield va - vb, f"{ta}-{_wrap(tb)}"
+    yield vb - va, f"{tb}-{_wrap(ta)}"
+    if vb != 0:
+        yield va / vb, f"{_wrap(ta)}/{_wrap(tb, True)}"
+    if va != 0:
+        yield vb / va, f"{_wrap(tb)}/{_wrap(ta, True)}"
+
+
+def _wrap(t, strict=False):
+    return f"({t})" if any(op in t for op in ("+", "-") + (("*", "/") if strict else ())) else t
+
+
+def countdown_solutions(nums, target):
+    """All expressions over exactly `nums` (in some order and tree) that equal target."""
+    leaves = [(Fraction(n), str(n)) for n in nums]
+    found = []
+    for i, j in itertools.permutations(range(3), 2):
+        k = 3 - i - j
+        for ab in _combine(leaves[i], leaves[j]):
+            for v, t in _combine(ab, leaves[k]):
+                if v == target:
+                    found.append(t)
+    return found
+
+
+def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100)):
+    """n solvable items; each carries "expr", one solution, and "steps", the two operations."""
+    rng = random.Random(seed)
+    items = []
+    while len(items) < n:
+        nums = [rng.randint(*num_range) for _ in range(3)]
+        i, j = rng.sample(range(3), 2)
+        k = 3 - i - j
+        first = rng.choice(list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j])))))
+        value, expr = rng.choice(list(_combine(first, (Fraction(nums[k]), str(nums[k])))))
+        if value.denominator != 1 or first[0].denominator != 1 or not target_range[0] <= value <= target_range[1]:
+            continue
+        steps = [f"{first[1]}={first[0]}", f"{expr}={value}"]
+        items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
+    return items
+
+
+def countdown_solution_text(item):
+    """A supervised completion for the warm start: the two operations, then the equation."""
+    a, b = item["steps"]
+    return f"<think>{a}, {b}</think><answer>{item['expr']}</answer>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sudoku 4×4, unique solution
+
+_BASE = [[1, 2, 3, 4], [3, 4, 1, 2], [2, 1, 4, 3], [4, 3, 2, 1]]
+
+
+def sudoku_count_solutions(grid, limit=2):
+    """Number of completions of a 16-cell grid (0 = blank), counting up to `limit`."""
+    g = list(grid)
+    try:
+        i = g.index(0)
+    except ValueError:
+        return 1
+    r, c = divmod(i, 4)
+    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
+    used = {g[r * 4 + x] for x in range(4)} | {g[x * 4 + c] for x in range(4)} | {g[b] for b in box}
+    total = 0
+    for d in range(1, 5):
+        if d not in used:
+            g[i] = d
+            total += sudoku_count_solutions(g, limit - total)
+            if total >= limit:
+                break
+    return total
+
+
+def sudoku_items(n, seed=0, blanks=8):
+    """n puzzles with exactly one solution and `blanks` empty cells ("0")."""
+    if not 0 <= blanks <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
+        raise ValueError(f"blanks={blanks} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
+    rng = random.Random(seed)
+    items = []
+    while len(items) < n:
+        digits = rng.sample(range(1, 5), 4)
+        rows = [b * 2 + r for b in rng.sample([0, 1], 2) for r in rng.sample([0, 1], 2)]
+        cols = [s * 2 + c for s in rng.sample([0, 1], 2) for c in rng.sample([0, 1], 2)]
+        sol = [digits[_BASE[r][c] - 1] for r in rows for c in cols]
+        if rng.random() < 0.5:  # transpose
+            sol = [sol[c * 4 + r] for r in range(4) for c in range(4)]
+        puzzle = list(sol)
+        for i in rng.sample(range(16), 16):
+            if sum(x == 0 for x in puzzle) == blanks:
+                break
+            puzzle[i], keep = 0, puzzle[i]
+            if sudoku_count_solutions(puzzle) != 1:
+                puzzle[i] = keep
+        if sum(x == 0 for x in puzzle) == blanks:
+            items.append({"puzzle": "".join(map(str, puzzle)), "solution": "".join(map(str, sol))})
+    return items
+
+
+def sudoku_solution_text(item):
+    return f"<answer>{item['solution']}</answer>"
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders: local files, with errors that name the file, the line or row, and the field
+
+
+def _check(cond, where, msg):
+    if not cond:
+        raise DataError(f"{where}: {msg}")
+
+
+def read_rows(path):
+    """(location, row dict) from a JSONL, CSV or Parquet file; a line that is not a JSON object
+    comes as (location, DataError) so that the caller decides whether to skip it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.endswith(".jsonl") or path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    row = DataError(f"{path}:{n}: invalid JSON ({e.msg})")
+                if not isinstance(row, (dict, DataError)):
+                    row = DataError(f"{path}:{n}: a line must be a JSON object")
+                yield f"{path}:{n}", row
+    elif path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                yield f"{path}:{n}", row
+    elif path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for n, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path} row {n}", row
+    else:
+        raise DataError(f"{path}: unknown file type (expected .jsonl, .csv or .parquet)")
+
+
+def _gsm8k_row(where, row):
+    for field in ("question", "answer"):
+        _check(isinstance(row.get(field), str) and row[field].strip(), where, f"field '{field}' missing or empty")
+    # the hub's answers end in "#### 72"; a bare number is accepted too
+    final = row["answer"].split("####")[-1].strip()
+    _check(rewards.parse_number(final) is not None, where, f"field 'answer' has no final number: {final[:40]!r}")
+    return {"question": row["question"], "answer": final.replace(",", "")}
+
+
+def _math_row(where, row):
+    q = row.get("problem", row.get("question"))
+    _check(isinstance(q, str) and q.strip(), where, "field 'problem' missing or empty")
+    ans = row.get("answer")
+    if ans is None and isinstance(row.get("solution"), str):
+        m = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", row["solution"])
+        ans = m[-1] if m else None
+    _check(isinstance(ans, str) and ans.strip(), where, "field 'answer' missing (and no \\boxed{} in 'solution')")
+    return {"question": q, "answer": ans.strip(), "level": row.get("level")}
+
+
+def _countdown_row(where, row):
+    nums, target = row.get("nums"), row.get("target")
+    if isinstance(nums, str):  # CSV: "25 3 2" or "[25, 3, 2]"
+        nums = [int(x) for x in re.findall(r"-?\d+", nums)]
+    _check(isinstance(nums, list) and len(nums) == 3 and all(isinstance(x, int) for x in nums), where, "field 'nums' must be 3 integers")
+    try:
+        target = int(target)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: field 'target' must be an integer, got {target!r}") from None
+    return {"nums": nums, "target": target}
+
+
+def _sudoku_row(where, row):
+    p, s = str(row.get("puzzle", "")).replace(".", "0"), str(row.get("solution", ""))
+    _check(re.fullmatch(r"[0-4]{16}", p) is not None, where, "field 'puzzle' must be 16 digits 0-4 (0 or . for blanks)")
+    _check(re.fullmatch(r"[1-4]{16}", s) is not None, where, "field 'solution' must be 16 digits 1-4")
+    _check(all(a in "0" or a == b for a, b in zip(p, s)), where, "field 'solution' contradicts a clue of 'puzzle'")
+    return {"puzzle": p, "solution": s}
+
+
+ROW_PARSERS = {"gsm8k": _gsm8k_row, "math": _math_row, "countdown": _countdown_row, "sudoku": _sudoku_row}
+
+
+def load_file(task_name, path, skip_bad=False, limit=None):
+    """Items of a task from a local file. A malformed row raises DataError naming it, unless
+    skip_bad, which skips it and prints how many were skipped."""
+    parse = ROW_PARSERS.get(task_name)
+    if parse is None:
+        raise ValueError(f"task={task_name!r} does not exist; choose one of {sorted(TASKS)}")
+    items, skipped = [], 0
+    for where, row in read_rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            items.append(parse(where, row))
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
+        if limit and len(items) >= limit:
+            break
+    if skipped:
+        print(f"{path}: skipped {skipped} malformed rows (skip_bad=True)")
+    return items
+
+
+def load_hub(task_name, split):
+    """GSM8K / MATH from the Hugging Face hub through `datasets` (needs network)."""
+    from datasets import load_dataset
+
+    if task_name == "gsm8k":
+        rows = load_dataset("openai/gsm8k", "main", split=split)
+        return [_gsm8k_row(f"openai/gsm8k[{split}] row {i}", r) for i, r in enumerate(rows)]
+    if task_name == "math" and split == "test":
+        rows = load_dataset("HuggingFaceH4/MATH-500", split="test")
+        return [_math_row(f"HuggingFaceH4/MATH-500 row {i}", r) for i, r in enumerate(rows)]
+    if task_name == "math":  # MATH train, levels 1-4, minus the MATH-500 problems
+        held_out = {r["problem"] for r in load_dataset("HuggingFaceH4/MATH-500", split="test")}
+        rows = load_dataset("DigitalLearningGmbH/MATH-lighteval", split="train")
+        items = [_math_row(f"MATH train row {i}", r) for i, r in enumerate(rows)]
+        return [it for it in items if it["question"] not in held_out and str(it["level"]).strip()[-1:] in "1234"]
+    raise ValueError(f"no hub source for task={task_name!r}; pass a local file")
+
+
+def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=False, **gen):
+    """One entry point for train/eval: a local file if given, else generated items (countdown,
+    sudoku; `gen` holds the difficulty knobs) or the hub (gsm8k, math)."""
+    task(task_name)
+    if path:
+        return load_file(task_name, path, skip_bad, limit=n)
+    if task_name == "countdown":
+        return countdown_items(n or 256, seed=seed, **gen)
+    if task_name == "sudoku":
+        return sudoku_items(n or 256, seed=seed, **gen)
+    items = load_hub(task_name, split)
+    return items[:n] if n else items

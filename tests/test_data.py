@@ -1,0 +1,123 @@
+"""data.py: generators make valid items deterministically; loaders name what is malformed."""
+
+import json
+
+import pytest
+
+from data import (
+    DataError,
+    build_prompt,
+    countdown_items,
+    countdown_solution_text,
+    countdown_solutions,
+    load_file,
+    load_items,
+    sudoku_count_solutions,
+    sudoku_items,
+    task,
+)
+from model import tiny_tokenizer
+from rewards import countdown_correct, countdown_reward, sudoku_reward
+
+
+def test_countdown_items_solvable_and_seeded():
+    items = countdown_items(300, seed=1)
+    assert items == countdown_items(300, seed=1) and items != countdown_items(300, seed=2)
+    for it in items:
+        assert len(it["nums"]) == 3 and 1 <= it["target"] <= 100
+        assert countdown_solutions(it["nums"], it["target"])  # the solver finds a solution
+        assert countdown_reward(countdown_solution_text(it), it) == 4.0  # the shipped one is right
+
+
+def test_countdown_solver_finds_and_refuses():
+    assert "(25+3)*2" in countdown_solutions([25, 3, 2], 56) or countdown_solutions([25, 3, 2], 56)
+    assert all(countdown_correct(f"<answer>{e}</answer>", {"nums": [25, 3, 2], "target": 56}) for e in countdown_solutions([25, 3, 2], 56))
+    assert countdown_solutions([1, 1, 1], 100) == []
+
+
+def test_sudoku_items_unique_and_seeded():
+    items = sudoku_items(100, seed=3, blanks=10)
+    assert items == sudoku_items(100, seed=3, blanks=10)
+    for it in items:
+        grid = [int(c) for c in it["puzzle"]]
+        assert grid.count(0) == 10
+        assert sudoku_count_solutions(grid, limit=5) == 1
+        assert sudoku_reward(f"<answer>{it['solution']}</answer>", it) == 4.0
+    with pytest.raises(ValueError, match="blanks"):
+        sudoku_items(1, blanks=14)
+
+
+def test_prompt_uses_chat_template():
+    tok = tiny_tokenizer()
+    item = {"nums": [1, 2, 3], "target": 7}
+    text = tok.decode(build_prompt(tok, "countdown", item, system_prompt="Be brief.", compact=True))
+    assert text == "<|system|>Be brief.<|eot|><|user|>1 2 3 -> 7<|eot|><|assistant|>"
+    assert "[1, 2, 3]" in tok.decode(build_prompt(tok, "countdown", item))
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="task='chess'"):
+        task("chess")
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_loaders_read_fixtures(tmp_path):
+    gsm = write(tmp_path / "g.jsonl", [json.dumps({"question": "2+2?", "answer": "so\n#### 1,004"})])
+    assert load_file("gsm8k", gsm) == [{"question": "2+2?", "answer": "1004"}]
+    mth = write(tmp_path / "m.jsonl", [json.dumps({"problem": "half?", "solution": "It is $\\boxed{\\frac{1}{2}}$."})])
+    assert load_file("math", mth)[0]["answer"] == "\\frac{1}{2}"
+    cd = write(tmp_path / "c.jsonl", [json.dumps({"nums": [25, 3, 2], "target": 56})])
+    assert load_items("countdown", path=cd) == [{"nums": [25, 3, 2], "target": 56}]
+    su = write(tmp_path / "s.csv", ["puzzle,solution", "1.3.3....1..4..1,1234341221434321"])
+    assert load_file("sudoku", su) == [{"puzzle": "1030300001004001", "solution": "1234341221434321"}]
+
+
+def test_parquet_loader(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"nums": [[1, 2, 3], [4, 5]], "target": [6, 9]}), tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"c\.parquet row 1: field 'nums'"):
+        load_file("countdown", str(tmp_path / "c.parquet"))
+
+
+@pytest.mark.parametrize(
+    "task_name,suffix,lines,match",
+    [
+        ("gsm8k", "jsonl", ['{"question": "q", "answer": "#### 3"}', '{"question": "q", "answer": "#### 3"'], r"b\.jsonl:2: invalid JSON"),
+        ("gsm8k", "jsonl", ['{"question": "q"}'], r"b\.jsonl:1: field 'answer'"),
+        ("gsm8k", "jsonl", ['{"question": "q", "answer": "#### none"}'], r"b\.jsonl:1: field 'answer' has no final number"),
+        ("gsm8k", "jsonl", ["[1, 2]"], r"b\.jsonl:1: a line must be a JSON object"),
+        ("math", "jsonl", ['{"problem": "p", "solution": "no box"}'], r"b\.jsonl:1: field 'answer'"),
+        ("countdown", "jsonl", ['{"nums": [1, 2, 3], "target": 6}', '{"nums": [1, 2], "target": 3}'], r"b\.jsonl:2: field 'nums'"),
+        ("countdown", "jsonl", ['{"nums": [1, 2, 3], "target": "six"}'], r"b\.jsonl:1: field 'target'"),
+        ("sudoku", "csv", ["puzzle,solution", "1234,1234"], r"b\.csv:2: field 'puzzle'"),
+        ("sudoku", "csv", ["puzzle,solution", "1030300001004001,1234341221434322"], r"b\.csv:2: field 'solution'"),
+        ("sudoku", "csv", ["puzzle,solution", "2030300001004001,1234341221434321"], r"b\.csv:2: field 'solution' contradicts"),
+    ],
+)
+def test_malformed_files_raise_named_error(tmp_path, task_name, suffix, lines, match):
+    path = write(tmp_path / f"b.{suffix}", lines)
+    with pytest.raises(DataError, match=match):
+        load_file(task_name, path)
+
+
+def test_skip_bad_counts_and_prints(tmp_path, capsys):
+    path = write(tmp_path / "c.jsonl", ['{"nums": [1, 2, 3], "target": 6}', "{broken", '{"nums": [1], "target": 1}'])
+    with pytest.raises(DataError):
+        load_file("countdown", path)
+    items = load_file("countdown", path, skip_bad=True)
+    assert items == [{"nums": [1, 2, 3], "target": 6}]
+    assert "skipped 2 malformed rows" in capsys.readouterr().out
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_file("countdown", str(tmp_path / "nope.jsonl"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_file("countdown", str(tmp_path / "x.txt"))

@@ -1,0 +1,151 @@
+"""rewards.py: documented values on hand-written cases, and no crash or hang on any string."""
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rewards import (
+    REWARD_RANGE,
+    countdown_correct,
+    countdown_reward,
+    eval_arithmetic,
+    extract_answer,
+    gsm8k_correct,
+    gsm8k_reward,
+    math_correct,
+    math_reward,
+    sudoku_accuracy,
+    sudoku_reward,
+)
+
+CD = {"nums": [25, 3, 2], "target": 56}
+SU = {"puzzle": "1030300001004001", "solution": "1234341221434321"}  # 10 blanks
+FNS = {
+    "gsm8k": (gsm8k_reward, "72"),
+    "math": (math_reward, "\\frac{1}{2}"),
+    "countdown": (countdown_reward, CD),
+    "sudoku": (sudoku_reward, SU),
+}
+T = "<think>because</think>"
+
+HOSTILE = [
+    "",
+    "<answer></answer>",
+    "<answer>",
+    "</answer><answer>",
+    "é中文🙂<answer>五十六</answer>",
+    "\x00\x01<answer>\ud7ff</answer>",
+    "x" * 1_000_000,
+    "<answer>" + "7" * 1_000_000 + "</answer>",
+    "<answer>" + "(" * 5000 + "1" + ")" * 5000 + "</answer>",
+    "<answer>" + "(" * 60 + "25+3" + ")" * 60 + "*2</answer>",
+    "<answer>" + "-" * 150 + "56</answer>",
+    "<answer>1/0</answer>",
+    "<answer>(25-25)/(3-3)*2</answer>",
+    "<answer>9**9**9</answer>",
+    "<answer>9^{9^{9}}</answer>",
+    "<answer>10^{10^{10}} = 56</answer>",
+    "<answer>99999999999999999999999999999*99999999999*999999999999</answer>",
+    "<answer>\\boxed{\\frac{1}{0}}</answer>",
+    "<answer>" + "<answer>" * 10_000 + "</answer>",
+    "<answer>1e999999</answer>",
+]
+
+
+@pytest.mark.parametrize("task", sorted(FNS))
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_inputs_in_range_and_fast(task, text):
+    fn, answer = FNS[task]
+    t0 = time.perf_counter()
+    r = fn(text, answer)
+    assert time.perf_counter() - t0 < 1.0
+    lo, hi = REWARD_RANGE[task]
+    assert isinstance(r, float) and lo <= r <= hi
+
+
+def test_extract_answer_takes_last_block():
+    assert extract_answer("<answer>1</answer> then <answer>2</answer>") == "2"
+    assert extract_answer("<answer>1</answer> then <answer>2") == "1"
+    assert extract_answer("no tags") is None
+
+
+def test_gsm8k_cases():
+    assert gsm8k_reward(f"{T}<answer>72</answer>", "72") == 4.0
+    assert gsm8k_reward(f"{T}<answer>71</answer>", "72") == 1.0  # wrong
+    assert gsm8k_reward("<answer>72</answer>", "72") == 3.5  # no think block
+    assert gsm8k_reward(f"{T} the answer is 72", "72") == 0.5  # wrong format
+    assert gsm8k_reward("", "72") == 0.0
+    for ans in ["$1,000", "1,000.0 dollars", "\\boxed{1000}", "\\$1,000.00", "\\text{about } 1000", "so 1000."]:
+        assert gsm8k_correct(f"<answer>{ans}</answer>", "1000"), ans
+    assert gsm8k_correct("<answer>\\frac{3}{4}</answer>", "0.75")
+    assert gsm8k_correct("<answer>-5</answer>", "-5") and not gsm8k_correct("<answer>5</answer>", "-5")
+    assert gsm8k_correct("<answer>3</answer><answer>72</answer>", "72")  # the last block counts
+    assert not gsm8k_correct("<answer>72</answer><answer>3</answer>", "72")
+
+
+def test_math_cases():
+    assert math_reward(f"{T}<answer>\\frac{{1}}{{2}}</answer>", "\\frac{1}{2}") == 4.0
+    assert math_correct("<answer>0.5</answer>", "\\frac{1}{2}")
+    assert math_correct("<answer>\\boxed{\\dfrac{1}{2}}</answer>", "\\frac12")
+    assert not math_correct("<answer>\\frac{1}{3}</answer>", "\\frac{1}{2}")
+    assert math_reward(f"{T}<answer>7</answer>", "\\frac{1}{2}") == 1.0
+    t0 = time.perf_counter()
+    assert not math_correct("<answer>9^{9^{9}}</answer>", "3")  # killed at its time limit
+    assert math_correct("<answer>3</answer>", "3")  # and a fresh worker answers the next call
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_countdown_cases():
+    assert countdown_reward("<answer>(25+3)*2</answer>", CD) == 4.0
+    assert countdown_reward("<answer>(25 + 3) × 2 = 56</answer>", CD) == 4.0
+    assert countdown_reward("<answer>2*(3+25)</answer>", CD) == 4.0
+    assert countdown_reward("<answer>(25+3)*2 = 57</answer>", CD) == pytest.approx(2 / 3)  # claims a wrong value
+    assert not countdown_correct("<answer>(25+3)*2 = 57</answer>", CD)
+    assert countdown_reward("<answer>25+3*2</answer>", CD) == pytest.approx(1.0)  # numbers right, value wrong
+    assert countdown_reward("<answer>56</answer>", CD) == pytest.approx(2 / 3)  # the bare target earns no +3
+    assert countdown_reward("<answer>(25+3)*2*1</answer>", CD) == pytest.approx(2 / 3)  # extra number
+    assert countdown_reward("<answer>x = (25+3)*2 = 56</answer>", CD) == pytest.approx(-0.5)
+    assert countdown_reward("no answer", CD) == 0.0
+    assert countdown_reward("<answer>(25+3)*2</answer><answer>1</answer>", CD) == pytest.approx(2 / 3)  # last block
+
+
+def test_arithmetic_parser():
+    from fractions import Fraction
+
+    assert eval_arithmetic("(25+3)*2") == 56
+    assert eval_arithmetic("7/2") == Fraction(7, 2)
+    assert eval_arithmetic("-(3-5)") == 2
+    assert eval_arithmetic("2*-3") == -6
+    for bad in ["1/0", "9**9**9", "2^3", "(1+2", "1+", "abc", "", "1 2", "((" * 200 + "1" + "))" * 200]:
+        assert eval_arithmetic(bad) is None, bad
+
+
+def test_sudoku_cases():
+    assert sudoku_reward("<answer>1234341221434321</answer>", SU) == 4.0
+    assert sudoku_accuracy("<answer>1234 3412 2143 4321</answer>", SU) == 1.0
+    wrong_blanks = "1234341221434231"  # cells 13 and 14 (both blank) swapped: counts fine, clues kept
+    assert sudoku_reward(f"<answer>{wrong_blanks}</answer>", SU) == pytest.approx(1.0 + 3.0 * 8 / 10)
+    assert sudoku_reward("<answer>4234341221434321</answer>", SU) == pytest.approx(0.25 + 3.0)  # breaks clue 0 and the counts
+    assert sudoku_reward("<answer>123</answer>", SU) == 0.0
+    assert sudoku_accuracy("", SU) == 0.0
+
+
+any_text = st.one_of(
+    st.text(max_size=300),
+    st.builds(lambda a, b, c: f"{a}<answer>{b}</answer>{c}", st.text(max_size=50), st.text(max_size=80), st.text(max_size=20)),
+    st.builds(lambda a: f"<answer>{a}</answer>", st.text(alphabet="0123456789+-*/×÷()=. ^{}\\", max_size=60)),
+)
+
+
+@pytest.mark.parametrize("task", sorted(FNS))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(text=any_text)
+def test_property_any_string(task, text):
+    fn, answer = FNS[task]
+    t0 = time.perf_counter()
+    r = fn(text, answer)
+    assert time.perf_counter() - t0 < 1.0
+    lo, hi = REWARD_RANGE[task]
+    assert isinstance(r, float) and lo <= r <= hi
