@@ -8,6 +8,7 @@ to its reward (r_i of the GRPO objective) and its reported accuracy.
 
 import csv
 import itertools
+import zlib
 import json
 import os
 import random
@@ -27,6 +28,11 @@ TASKS = {
     "countdown": dict(reward=rewards.countdown_reward, accuracy=rewards.countdown_correct),
     "sudoku": dict(reward=rewards.sudoku_reward, accuracy=rewards.sudoku_accuracy),
 }
+
+
+def answer_of(task_name, item):
+    """What the task's reward compares against: the answer string (gsm8k, math) or the item."""
+    return item["answer"] if task_name in ("gsm8k", "math") else item
 
 
 def task(name):
@@ -105,27 +111,52 @@ def countdown_solutions(nums, target):
     return found
 
 
-def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100)):
-    """n solvable items; each carries "expr", one solution, and "steps", the two operations."""
+def split_of(key):
+    """'test' for a fixed tenth of all problems, 'train' otherwise: a stable hash of the problem
+    itself, so generated train and test sets never share a problem, whatever their sizes."""
+    return "test" if zlib.crc32(repr(key).encode()) % 10 == 0 else "train"
+
+
+def _enough(attempts, n, found, what):
+    if attempts > 2000 * n + 10_000:
+        raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
+
+
+def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=None, unique=False, ops="+-*/"):
+    """n solvable items; each carries "expr", one solution, and "steps", the two operations.
+    split: None (any), or only problems of split_of's 'train' / 'test' part; unique: no problem
+    twice; ops: the operations the generated solutions use (any may be used to answer)."""
     rng = random.Random(seed)
-    items = []
+    items, seen, attempts = [], set(), 0
     while len(items) < n:
+        attempts += 1
+        _enough(attempts, n, len(items), "Countdown")
         nums = [rng.randint(*num_range) for _ in range(3)]
         i, j = rng.sample(range(3), 2)
         k = 3 - i - j
-        first = rng.choice(list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j])))))
-        value, expr = rng.choice(list(_combine(first, (Fraction(nums[k]), str(nums[k])))))
-        if value.denominator != 1 or first[0].denominator != 1 or not target_range[0] <= value <= target_range[1]:
+        pair = list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j]))))
+        first_value, first_text = rng.choice([c for c, o in zip(pair, "+*--//") if o in ops])
+        if first_value.denominator != 1 or first_value <= 0:  # whole, positive intermediate results
             continue
-        steps = [f"{first[1]}={first[0]}", f"{expr}={value}"]
+        third = (Fraction(nums[k]), str(nums[k]))
+        op = rng.choice([i for i, o in enumerate("+*--//") if o in ops])  # same operation on expression and value
+        value, expr = list(_combine((first_value, first_text), third))[op]
+        _, step_text = list(_combine((first_value, str(first_value)), third))[op]
+        if value.denominator != 1 or not target_range[0] <= value <= target_range[1]:
+            continue
+        key = (sorted(nums), int(value))
+        if (split and split_of(key) != split) or (unique and repr(key) in seen):
+            continue
+        seen.add(repr(key))
+        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
         items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
     return items
 
 
-def countdown_solution_text(item):
+def countdown_solution_text(item, think=True):
     """A supervised completion for the warm start: the two operations, then the equation."""
     a, b = item["steps"]
-    return f"<think>{a}, {b}</think><answer>{item['expr']}</answer>"
+    return (f"<think>{a}, {b}</think>" if think else "") + f"<answer>{item['expr']}</answer>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,13 +185,16 @@ def sudoku_count_solutions(grid, limit=2):
     return total
 
 
-def sudoku_items(n, seed=0, blanks=8):
-    """n puzzles with exactly one solution and `blanks` empty cells ("0")."""
+def sudoku_items(n, seed=0, blanks=8, split=None, unique=False):
+    """n puzzles with exactly one solution and `blanks` empty cells ("0"); split, unique as
+    countdown_items."""
     if not 0 <= blanks <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
         raise ValueError(f"blanks={blanks} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
     rng = random.Random(seed)
-    items = []
+    items, seen, attempts = [], set(), 0
     while len(items) < n:
+        attempts += 1
+        _enough(attempts, n, len(items), "Sudoku")
         digits = rng.sample(range(1, 5), 4)
         rows = [b * 2 + r for b in rng.sample([0, 1], 2) for r in rng.sample([0, 1], 2)]
         cols = [s * 2 + c for s in rng.sample([0, 1], 2) for c in rng.sample([0, 1], 2)]
@@ -174,7 +208,9 @@ def sudoku_items(n, seed=0, blanks=8):
             puzzle[i], keep = 0, puzzle[i]
             if sudoku_count_solutions(puzzle) != 1:
                 puzzle[i] = keep
-        if sum(x == 0 for x in puzzle) == blanks:
+        key = "".join(map(str, puzzle))
+        if sum(x == 0 for x in puzzle) == blanks and (not split or split_of(key) == split) and not (unique and key in seen):
+            seen.add(key)
             items.append({"puzzle": "".join(map(str, puzzle)), "solution": "".join(map(str, sol))})
     return items
 
@@ -312,9 +348,9 @@ def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=Fal
     task(task_name)
     if path:
         return load_file(task_name, path, skip_bad, limit=n)
-    if task_name == "countdown":
-        return countdown_items(n or 256, seed=seed, **gen)
+    if task_name == "countdown":  # a test set is distinct problems; training samples with replacement
+        return countdown_items(n or 256, seed=seed, split=split, unique=split == "test", **gen)
     if task_name == "sudoku":
-        return sudoku_items(n or 256, seed=seed, **gen)
+        return sudoku_items(n or 256, seed=seed, split=split, unique=split == "test", **gen)
     items = load_hub(task_name, split)
     return items[:n] if n else items

@@ -121,8 +121,9 @@ def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
     return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
 
 
-def elbo_draws(rollout, k, generator=None):
-    """LLaDA's ELBO with l stratified over the B·k draws of the batch (VRPO-style variance cut)."""
+def elbo_draws(rollout, k, generator=None, read_all=False):
+    """LLaDA's ELBO with l stratified over the B·k draws of the batch (VRPO-style variance cut).
+    read_all also scores masked positions after the first EOS (LLaDA's SFT trains on its padding)."""
     B, G = rollout.unmask_step.shape
     u = _uniforms((k, B), generator, stratified=True)
     n_masked = (1 + (u * G).long()).clamp(max=G)  # l ∈ {1..G}
@@ -130,7 +131,7 @@ def elbo_draws(rollout, k, generator=None):
     masked = (scores < n_masked[..., None]).to(rollout.ids.device)
     x = rollout.ids[None].repeat(k, 1, 1)
     x[:, :, rollout.prompt_length :] = x[:, :, rollout.prompt_length :].masked_fill(masked, rollout.mask_id)
-    keep = completion_mask(rollout)
+    keep = torch.ones_like(masked[0]) if read_all else completion_mask(rollout)
     weight = (G / n_masked.float()).to(rollout.ids.device)  # the bound of the *whole* G tokens, read where kept
     return Draws(x, masked & keep[None], weight, keep.sum(1).float(), truncate=False)
 

@@ -1,9 +1,443 @@
-"""Placeholder until the AGRPO loop lands: samples from the embedded model so the README command runs."""
+"""AGRPO training: roll out G completions per prompt, score them, and take PPO-clip steps on the
+stepwise log-likelihood (agrpo.py). One process, or `torchrun --nproc_per_node 8 train.py ...`.
 
-from model import load
-from sample import generate
+    python train.py                                   # embedded default: tiny model, Countdown
+    python train.py configs/llada_gsm8k.py --lr=1e-6  # a preset, then overrides
 
-model, tok = load("tiny")
-prompt = tok.apply_chat_template([{"role": "user", "content": "Using the numbers [2, 3, 4], make 14."}], add_generation_prompt=True)
-r = generate(model, [prompt], gen_length=32, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
-print(tok.decode(r.completion[0]))
+With no arguments it warm-starts the embedded model by supervised masked-diffusion training on
+generated Countdown solutions (cached in out_dir/warm_start), runs AGRPO, and prints held-out
+greedy accuracy before and after.
+"""
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+from agrpo import backward_draws, group_advantages, prepare
+from configurator import ConfigError, configure
+from eval import decode_completions, evaluate
+from likelihood import ESTIMATORS, SCHEMES, draws_logp, elbo_draws
+from model import LORA_TARGETS, load, save_tiny_checkpoint, unwrap
+from sample import Rollout, check_settings, generate
+
+# ---------------------------------------------------------------------------------------------
+# defaults = the embedded default (configs/tiny_countdown.py); presets in configs/ override them
+model_name = "tiny"  # "tiny", a tiny checkpoint dir, or a LLaDA name/path
+task = "countdown"  # gsm8k | math | countdown | sudoku
+train_file = ""  # local JSONL/CSV/Parquet; "" = generated (countdown, sudoku) or the hub (gsm8k, math)
+eval_file = ""
+system_prompt = ""  # "" for the tiny model (character tokens); presets for LLaDA use data.SYSTEM_PROMPT
+compact_prompt = True  # short question text, for the tiny model
+num_range = (1, 9)  # Countdown generator knobs
+target_range = (1, 99)
+countdown_ops = "+-*/"
+sudoku_blanks = 6
+out_dir = "runs/tiny_countdown"
+seed = 0
+# warm start (embedded model only): supervised masked-diffusion training on generated solutions
+warm_start_steps = 300
+warm_start_lr = 2e-3
+warm_start_batch = 64
+warm_start_think = False  # Countdown solutions with or without the <think> block
+# rollout (sample.py)
+gen_length = 16
+block_length = 8
+steps = 8
+temperature = 1.0
+top_k = 0  # 0 = off
+top_p = 1.0
+remasking = "random"
+# AGRPO (agrpo.py, likelihood.py)
+estimator = "stepwise"  # stepwise | elbo | one_step
+scheme = "low_discrepancy"  # exact | uniform | low_discrepancy | entropy
+mc_steps = 4  # k: forward passes per sequence per inner iteration
+mu = 1  # inner iterations per rollout batch
+eps_low = 0.2
+eps_high = 0.2
+beta = 0.0  # k3 KL weight; 0 runs no reference pass
+scale_std = False
+prompt_mask_prob = 0.15  # one_step only
+group_size = 8
+groups_per_micro = 8  # prompt groups per micro-batch per rank
+grad_accum = 1
+# optimisation
+max_steps = 80
+lr = 5e-5
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+warmup_frac = 0.01
+lora_rank = 0  # 0 = full fine-tuning (tiny); 64 for LLaDA
+lora_alpha = 64
+gradient_checkpointing = False
+dtype = "float32"  # float32 | bfloat16
+# evaluation (greedy, low-confidence remasking)
+eval_items = 200
+eval_gen_length = 16
+eval_block_length = 8
+eval_steps = 16
+eval_batch = 100
+eval_before = True
+eval_after = True
+# logging and checkpoints
+ckpt_every = 20
+keep_checkpoints = 2
+stop_after = 0  # stop after this many steps without changing the schedule (0 = run to max_steps)
+resume = False
+wandb = False
+# ---------------------------------------------------------------------------------------------
+config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
+configure(config)
+globals().update(config)
+
+
+def validate():
+    """Every impossible combination stops here, before any heavy work, with the key and the fix."""
+    try:
+        data.task(task)
+        check_settings(gen_length, block_length, steps, temperature, remasking, top_k or None, top_p)
+        check_settings(eval_gen_length, eval_block_length, eval_steps)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"--estimator={estimator!r} must be one of {ESTIMATORS}")
+    if scheme not in SCHEMES:
+        raise ConfigError(f"--scheme={scheme!r} must be one of {SCHEMES}")
+    if not 1 <= mc_steps <= steps:
+        raise ConfigError(f"--mc_steps={mc_steps} must be between 1 and --steps={steps} (the number of sampling steps)")
+    for key in ("group_size", "groups_per_micro", "grad_accum", "mu", "max_steps"):
+        if config[key] < 1:
+            raise ConfigError(f"--{key}={config[key]} must be at least 1")
+    if group_size < 2:
+        raise ConfigError(f"--group_size={group_size}: group-relative advantages need at least 2 completions per prompt")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"--dtype={dtype!r} must be float32 or bfloat16")
+    for key in ("train_file", "eval_file"):
+        if config[key] and not os.path.exists(config[key]):
+            raise ConfigError(f"--{key}={config[key]} does not exist")
+    if model_name != "tiny" and (model_name.startswith((".", "/")) or os.sep in model_name and not model_name.count("/") == 1):
+        if not os.path.exists(model_name):
+            raise ConfigError(
+                f"--model_name={model_name} does not exist (a local path, 'tiny', or a hub name like GSAI-ML/LLaDA-8B-Instruct)"
+            )
+
+
+validate()
+
+# ---------------------------------------------------------------------------------------------
+# processes, devices
+ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+if ddp:
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+else:
+    rank, world = 0, 1
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+master = rank == 0
+torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+os.makedirs(out_dir, exist_ok=True)
+
+
+def log(*a):
+    if master:
+        tqdm.write(" ".join(str(x) for x in a))
+
+
+def seeded(*key):
+    """A generator seeded by (seed, *key): the same on every rank and in every partition of work."""
+    digest = hashlib.sha256(repr((seed, *key)).encode()).hexdigest()  # not hash(): salted per process
+    return torch.Generator().manual_seed(int(digest[:15], 16))
+
+
+def fetch_items():
+    gen = dict(num_range=num_range, target_range=target_range, ops=countdown_ops) if task == "countdown" else {}
+    gen = dict(blanks=sudoku_blanks) if task == "sudoku" else gen
+    # generated tasks: train and test come from disjoint parts of the problem space (data.split_of)
+    train = data.load_items(task, "train", train_file or None, n=20_000 if task in ("countdown", "sudoku") else None, seed=seed, **gen)
+    test = data.load_items(task, "test", eval_file or None, n=None if eval_file else eval_items, seed=seed + 1, **gen)
+    return train, test[:eval_items]
+
+
+def eval_accuracy(model, tok, items, label):
+    res = evaluate(
+        model,
+        tok,
+        task,
+        items,
+        gen_length=eval_gen_length,
+        block_length=eval_block_length,
+        steps=eval_steps,
+        batch_size=eval_batch,
+        system_prompt=system_prompt,
+        compact=compact_prompt,
+        rank=rank,
+        world=world,
+        desc=label,
+    )
+    acc = sum(r["accuracy"] for r in res) / max(1, len(res))
+    return acc, res
+
+
+# ---------------------------------------------------------------------------------------------
+# warm start: LLaDA's supervised loss −E_t[(1/t) Σ_{masked j} log p(o_j | x_t)] on solutions
+
+
+def solution_text(item):
+    if task == "countdown":
+        return data.countdown_solution_text(item, think=warm_start_think)
+    return data.sudoku_solution_text(item)
+
+
+def sft_batch(tok, items):
+    prompts = [data.build_prompt(tok, task, it, system_prompt, compact_prompt) for it in items]
+    comps = [tok(solution_text(it), add_special_tokens=False).input_ids + [tok.eos_token_id] for it in items]
+    P = max(map(len, prompts))
+    ids = torch.full((len(items), P + gen_length), tok.eos_token_id)
+    attn = torch.ones_like(ids)
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        ids[i, : P - len(p)], attn[i, : P - len(p)] = tok.pad_token_id, 0
+        ids[i, P - len(p) : P] = torch.tensor(p)
+        ids[i, P : P + len(c)] = torch.tensor(c[:gen_length])  # the rest is EOS padding, trained too (as LLaDA's SFT)
+    zeros = torch.zeros(len(items), gen_length)
+    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, steps, block_length, tok.mask_token_id, tuple(tok.eos_ids))
+
+
+def warm_start(model, tok, train_items):
+    path = os.path.join(out_dir, "warm_start")
+    if os.path.exists(os.path.join(path, "tiny_config.json")):
+        log(f"warm start: loading cached {path}")
+        return load(path, device=device)[0]
+    if task not in ("countdown", "sudoku"):
+        raise ConfigError(f"the warm start needs generated solutions: task={task!r} has none (use a LLaDA model)")
+    opt = torch.optim.AdamW(model.parameters(), lr=warm_start_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rng = random.Random(seed + 1)
+    train_items = [it for it in train_items if len(tok(solution_text(it), add_special_tokens=False).input_ids) < gen_length]
+    model.train()
+    bar = tqdm(range(warm_start_steps), desc="warm start (SFT)", disable=not master)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = warm_start_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / warm_start_steps))
+        batch = sft_batch(tok, rng.sample(train_items, warm_start_batch))
+        draws = elbo_draws(batch, 1, seeded("sft", step), read_all=True)
+        loss = -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / (len(batch.ids) * gen_length)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    if master:
+        save_tiny_checkpoint(model, path)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: everything needed to continue bit-for-bit, written atomically
+
+
+def fingerprint(model):
+    """Parameter names and shapes of what is trained: a checkpoint of another model is refused."""
+    return sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def save_checkpoint(model, opt, sched, step):
+    state = {
+        "step": step,
+        "model": {n: p.detach().cpu() for n, p in unwrap_ddp(model).named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        "config": config,
+        "fingerprint": fingerprint(unwrap_ddp(model)),
+    }
+    path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a reader sees the old file set or the complete new one
+    for old in sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))[:-keep_checkpoints]:
+        os.remove(os.path.join(out_dir, old))
+
+
+def load_checkpoint(model, opt, sched):
+    names = sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+    if not names:
+        log(f"--resume: no checkpoint in {out_dir}, starting fresh")
+        return 0
+    path = os.path.join(out_dir, names[-1])
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["fingerprint"] != fingerprint(unwrap_ddp(model)):
+        raise ConfigError(f"{path} was written for a different model (parameters differ); use another --out_dir")
+    for key in ("model_name", "task", "lora_rank", "estimator", "group_size", "gen_length"):
+        if state["config"].get(key) != config[key]:
+            raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
+    params = dict(unwrap_ddp(model).named_parameters())
+    with torch.no_grad():
+        for n, v in state["model"].items():
+            params[n].copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    log(f"resumed from {path} (step {state['step']})")
+    return state["step"]
+
+
+def unwrap_ddp(model):
+    return getattr(model, "module", model)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+torch.manual_seed(seed)
+model, tok = load(model_name, device=device, dtype=torch_dtype if model_name != "tiny" else None)
+train_items, test_items = fetch_items()
+if model_name == "tiny":
+    model = warm_start(model, tok, train_items)
+if lora_rank > 0:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS))
+if gradient_checkpointing:
+    from model import set_gradient_checkpointing
+
+    set_gradient_checkpointing(model)
+ref_model = None
+if beta > 0:
+    if lora_rank > 0:
+        ref_model = model  # with adapters disabled (below) this is the base model
+    else:
+        import copy
+
+        ref_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+
+acc_before = None
+if eval_before:
+    acc_before, _ = eval_accuracy(model, tok, test_items, "eval before")
+    log(f"held-out accuracy before AGRPO: {acc_before:.3f} ({len(test_items)} items, greedy)")
+
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+warmup = max(1, int(warmup_frac * max_steps))
+sched = torch.optim.lr_scheduler.LambdaLR(
+    opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max_steps)))
+)
+start = load_checkpoint(model, opt, sched) if resume else 0
+train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+reward_fn, accuracy_fn = data.task(task)["reward"], data.task(task)["accuracy"]
+log_path = os.path.join(out_dir, "log.jsonl")
+if wandb and master:
+    try:
+        import wandb as wb
+
+        wb.init(project="agrpo", config=config, dir=out_dir)
+    except ImportError:
+        log("wandb is not installed; logging to log.jsonl only")
+        wandb = False
+
+n_micro = grad_accum * world  # micro-batches per optimizer step, over all ranks
+last_step = min(max_steps, stop_after) if stop_after else max_steps
+bar = tqdm(range(start, last_step), desc="AGRPO", initial=start, total=max_steps, disable=not master)
+for step in bar:
+    t0 = time.time()
+    order = torch.randperm(len(train_items), generator=seeded("prompts", step))[: groups_per_micro * n_micro].tolist()
+    batches = []
+    for a in range(grad_accum):
+        micro = a * world + rank  # the global micro-batch index: the same work in any partition
+        items = [train_items[i] for i in order[micro * groups_per_micro : (micro + 1) * groups_per_micro]]
+        prompts = [data.build_prompt(tok, task, it, system_prompt, compact_prompt) for it in items for _ in range(group_size)]
+        unwrap(model).eval()
+        rollout = generate(
+            unwrap(model),
+            prompts,
+            gen_length=gen_length,
+            block_length=block_length,
+            steps=steps,
+            mask_id=tok.mask_token_id,
+            eos_ids=tok.eos_ids,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=top_p,
+            remasking=remasking,
+            pad_id=tok.pad_token_id,
+            generator=seeded("rollout", step, micro),
+        )
+        texts, lengths = decode_completions(tok, rollout)
+        answers = [data.answer_of(task, it) for it in items for _ in range(group_size)]
+        rewards = torch.tensor([reward_fn(t, a) for t, a in zip(texts, answers)])
+        accs = torch.tensor([float(accuracy_fn(t, a)) for t, a in zip(texts, answers)])
+        advantages = group_advantages(rewards, group_size, scale_std).to(device)
+        unwrap(model).train()
+        draws, old, ref = prepare(
+            model, rollout, estimator, mc_steps, mu, seeded("draws", step, micro), scheme, ref_model, prompt_mask_prob
+        )
+        batches.append((rollout, draws, old, ref, advantages, rewards, accs, lengths))
+
+    loss_sum, metrics = 0.0, {}
+    for it in range(mu):
+        for a, (rollout, draws, old, ref, advantages, *_) in enumerate(batches):
+            loss, m = backward_draws(
+                train_model, rollout, draws[it], old[it], advantages, None if ref is None else ref[it],
+                eps_low, eps_high, beta, scale=1.0 / grad_accum, sync=a == grad_accum - 1,
+            )  # fmt: skip
+            loss_sum += loss / grad_accum
+            metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sched.step()
+
+    stats = torch.tensor(
+        [
+            torch.cat([b[5] for b in batches]).mean(),
+            torch.cat([b[6] for b in batches]).mean(),
+            torch.cat([b[7] for b in batches]).float().mean(),
+            loss_sum / mu,
+            metrics["kl"] / max(1, metrics["tokens"]),
+            metrics["clipped"] / max(1, metrics["tokens"]),
+        ]
+    )
+    if ddp:
+        dist.all_reduce(stats)
+        stats /= world
+    row = dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
+    row.update(step=step + 1, grad_norm=float(grad_norm), lr=sched.get_last_lr()[0], seconds=time.time() - t0)
+    if master:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if wandb:
+            wb.log(row, step=step + 1)
+        bar.set_postfix(
+            reward=f"{row['reward']:.2f}",
+            acc=f"{row['accuracy']:.2f}",
+            loss=f"{row['loss']:.3f}",
+            kl=f"{row['kl']:.3f}",
+            clip=f"{row['clip_frac']:.3f}",
+            len=f"{row['completion_length']:.1f}",
+            s=f"{row['seconds']:.1f}",
+        )
+    if (step + 1) % ckpt_every == 0 or step + 1 == last_step:
+        if master:
+            save_checkpoint(model, opt, sched, step + 1)
+        if ddp:
+            dist.barrier()
+
+if eval_after:
+    acc_after, results = eval_accuracy(model, tok, test_items, "eval after")
+    log(f"held-out accuracy after AGRPO: {acc_after:.3f} ({len(test_items)} items, greedy)")
+    if acc_before is not None:
+        log(f"held-out accuracy: {acc_before:.3f} -> {acc_after:.3f} ({100 * (acc_after - acc_before):+.1f} points)")
+    if master:
+        with open(os.path.join(out_dir, "final.json"), "w") as f:
+            json.dump({"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": max_steps}, f)
+if ddp:
+    dist.destroy_process_group()

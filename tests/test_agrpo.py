@@ -1,0 +1,117 @@
+"""agrpo.py: the loss by hand, clipping boundaries, on-policy ratios, no reference pass at β = 0."""
+
+import math
+
+import pytest
+import torch
+from conftest import chat
+
+from agrpo import backward_draws, clipped_objective, draw_loss, group_advantages, k3, prepare
+from likelihood import token_logp
+from model import load
+from sample import generate
+
+
+def test_advantages_mean_centred_and_degenerate_groups():
+    r = torch.tensor([1.0, 3.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0])
+    assert group_advantages(r, 4).tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    scaled = group_advantages(r, 4, scale_std=True)
+    assert torch.isfinite(scaled).all() and scaled[4:].eq(0).all()  # all-equal group: zero, not NaN
+    torch.testing.assert_close(scaled[:4], torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (math.sqrt(0.5) + 1e-4))
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(r, 3)
+
+
+def test_loss_by_hand():
+    """Two rows, two read tokens each; weights and norms chosen so every factor shows."""
+    logp = torch.tensor([[math.log(0.5), math.log(0.9), 0.0], [math.log(0.17), 0.0, math.log(0.4)]])
+    old = torch.tensor([[math.log(0.4), math.log(0.9), -5.0], [math.log(0.2), 0.0, math.log(0.2)]])
+    read = torch.tensor([[True, True, False], [True, False, True]])
+    adv = torch.tensor([1.0, -2.0])
+    weight, norm = torch.tensor([3.0, 2.0]), torch.tensor([6.0, 4.0])
+    loss, m = draw_loss(logp, old, adv, read, weight, norm, eps_low=0.2, eps_high=0.2)
+    # row 0 (A=+1): ratios 1.25 -> clipped to 1.2, and 1.0: -(1.2 + 1.0); scale 3/6
+    # row 1 (A=-2): ratios 0.85 (inside) and 2.0: -min(-1.7, -1.7) = 1.7, -min(-4, -2.4) = 4; scale 2/4
+    expected = (0.5 * -(1.2 + 1.0) + 0.5 * (1.7 + 4.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert m["tokens"] == 4 and m["clipped"] == 1  # only row 0's 1.25 (row 1's 2.0 with A<0 is not clipped)
+
+
+def test_clip_engages_exactly_outside_the_range():
+    eps_low, eps_high = 0.1, 0.3
+    ratios = torch.tensor([0.85, 0.9, 0.95, 1.0, 1.2, 1.3, 1.35])
+    logp, old = ratios.log(), torch.zeros(7)
+    for a, expect in [(1.0, [False] * 6 + [True]), (-1.0, [True] + [False] * 6)]:
+        _, clipped, _ = clipped_objective(logp.clone().requires_grad_(), old, torch.full((7,), a), eps_low, eps_high)
+        assert clipped.tolist() == expect
+        x = logp.clone().requires_grad_()
+        obj, _, _ = clipped_objective(x, old, torch.full((7,), a), eps_low, eps_high)
+        obj.sum().backward()
+        assert ((x.grad == 0) == clipped).all()  # zero gradient exactly where clipped
+
+
+def test_k3_is_nonnegative_and_zero_on_policy():
+    a = torch.randn(100)
+    assert (k3(a, a) == 0).all()
+    assert (k3(a, a + torch.randn(100)) >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def rollout_setup():
+    model, tok = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    prompts = [chat(tok, "3 4 5 -> 17")] * 4 + [chat(tok, "1 2 3 -> 9")] * 4
+    r = generate(
+        model, prompts, gen_length=16, block_length=8, steps=8, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id, temperature=1.0, top_k=30, remasking="random", generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    return model, tok, r
+
+
+def test_on_policy_ratios_are_one(rollout_setup):
+    model, _, r = rollout_setup
+    draws, old, ref = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(1))
+    assert ref is None
+    for j in range(3):
+        with torch.no_grad():
+            logp = token_logp(model, r, draws[0].x[j], draws[0].read[j])
+        ratio = (logp - old[0][j]).exp()[draws[0].read[j]]
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *a, **k):
+        self.calls += 1
+        return self.inner(*a, **k)
+
+
+@pytest.mark.parametrize("estimator", ["stepwise", "elbo", "one_step"])
+def test_beta_zero_runs_no_reference_pass(rollout_setup, estimator):
+    model, _, r = rollout_setup
+    ref = Counting(model)
+    prepare(model, r, estimator, 2, 1, torch.Generator().manual_seed(2), ref_model=None)
+    assert ref.calls == 0
+    counted = Counting(model)
+    _, _, ref_lp = prepare(counted, r, estimator, 2, 1, torch.Generator().manual_seed(2), ref_model=ref)
+    assert ref.calls > 0 and ref_lp is not None
+    assert counted.calls == (0 if estimator == "stepwise" else ref.calls)  # AGRPO's π_old is free
+
+
+@pytest.mark.parametrize("estimator", ["stepwise", "elbo", "one_step"])
+def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
+    _, tok, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 3.0, 0.0, 1.0]), 4)
+    draws, old, _ = prepare(model, r, estimator, 4, 1, torch.Generator().manual_seed(3))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.005)
+    loss0, m = backward_draws(model, r, draws[0], old[0], adv, eps_low=10.0, eps_high=10.0)  # no clipping: a pure gradient step
+    opt.step()
+    opt.zero_grad()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    loss1, _ = backward_draws(model, r, draws[0], old[0], adv, eps_low=10.0, eps_high=10.0)
+    assert loss1 < loss0, (loss0, loss1)
+    assert m["tokens"] > 0 and math.isfinite(loss0)
