@@ -8,11 +8,11 @@ to its reward (r_i of the GRPO objective) and its reported accuracy.
 
 import csv
 import itertools
-import zlib
 import json
 import os
 import random
 import re
+import zlib
 from fractions import Fraction
 
 import rewards

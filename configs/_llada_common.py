@@ -1,7 +1,9 @@
 # Shared by the llada_*.py presets (exec'd by them): the paper's released configuration
 # (DESIGN.md section 5). 8 GPUs x 8 completions per device x grad_accum 2 = 16 prompts of 8.
 model_name = "GSAI-ML/LLaDA-8B-Instruct"
-system_prompt = "You are a helpful assistant. Think step by step inside <think> </think> tags, then give your final answer inside <answer> </answer> tags."
+import data  # noqa: E402
+
+system_prompt = data.SYSTEM_PROMPT
 compact_prompt = False
 dtype = "bfloat16"
 lora_rank = 64
