@@ -16,10 +16,9 @@ from sample import generate
 
 def decode_completions(tok, rollout):
     """Texts up to the first EOS (what a reward sees) and their lengths in tokens."""
-    eos = torch.tensor(rollout.eos_ids, device=rollout.ids.device)
     texts, lengths = [], []
-    for row in rollout.completion:
-        hits = torch.isin(row, eos).nonzero()
+    for row, row_eos in zip(rollout.completion, rollout.is_eos):
+        hits = row_eos.nonzero()
         n = int(hits[0]) if len(hits) else len(row)
         texts.append(tok.decode(row[:n].tolist(), skip_special_tokens=True))
         lengths.append(n)

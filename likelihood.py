@@ -47,16 +47,15 @@ class Draws:
 
 def completion_mask(rollout):
     """(B, G) bool: tokens up to and including the first EOS, the text a reward sees."""
-    is_eos = torch.isin(rollout.completion, torch.tensor(rollout.eos_ids, device=rollout.ids.device))
-    before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
+    is_eos = rollout.is_eos.long()
+    before = is_eos.cumsum(1) - is_eos  # EOS tokens strictly before each position
     return before == 0
 
 
 def last_step(rollout):
     """m' per row: 1 + the last step that committed a non-EOS token (at least 1, so an all-EOS
     completion still has its first step scored)."""
-    is_eos = torch.isin(rollout.completion, torch.tensor(rollout.eos_ids, device=rollout.ids.device))
-    steps = rollout.unmask_step.masked_fill(is_eos, -1)
+    steps = rollout.unmask_step.masked_fill(rollout.is_eos, -1)
     return (steps.max(1).values + 1).clamp(min=1)
 
 

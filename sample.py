@@ -49,6 +49,11 @@ class Rollout:
     def completion(self):
         return self.ids[:, self.prompt_length :]
 
+    @property
+    def is_eos(self):
+        """(B, G) bool: the completion tokens that end a completion."""
+        return torch.isin(self.completion, torch.tensor(self.eos_ids, device=self.ids.device))
+
 
 def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="low_confidence", top_k=None, top_p=None):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work)."""
