@@ -237,6 +237,7 @@ def warm_start(model, tok, train_items):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.zero_grad(set_to_none=True)  # a stale SFT gradient would leak into the first AGRPO step
     if master:
         save_tiny_checkpoint(model, path)
     return model

@@ -1,6 +1,7 @@
 """train.py end to end on the embedded model: DDP equals one process, resume equals no stop."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -81,3 +82,13 @@ def test_resume_refuses_other_model(tmp_path):
     cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}/a", "--max_steps=2", "--resume", "--gen_length=32"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "gen_length" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cached_warm_start_gives_the_same_run(tmp_path):
+    """A run that trains its warm start in memory equals one that loads it from the cache
+    (a stale SFT gradient once leaked into the first AGRPO step of the former)."""
+    run([f"--out_dir={tmp_path}/fresh", "--max_steps=1"])
+    shutil.copytree(f"{tmp_path}/fresh/warm_start", f"{tmp_path}/cached/warm_start")
+    out = run([f"--out_dir={tmp_path}/cached", "--max_steps=1"])
+    assert "loading cached" in out.stdout + out.stderr
+    assert_same(params(f"{tmp_path}/fresh/ckpt_000001.pt"), params(f"{tmp_path}/cached/ckpt_000001.pt"), atol=0)
