@@ -1,8 +1,21 @@
-"""Evaluation: greedy decoding (low-confidence remasking) on a task's test set, accuracy per item.
+"""Evaluation: greedy decoding (low-confidence remasking) on a task's test set, over a grid of
+generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
-`evaluate` is the function train.py also calls; the script part (below) runs it over a grid of
-generation lengths and sampling-step counts.
+    python eval.py                                        # the embedded default, before and after AGRPO
+    python eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')" --task=gsm8k \\
+        --gen_lengths="(128,256,512)" --block_length=32
+    torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
+
+Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
+standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to out_dir: samples.jsonl (one record per
+item, model, L and m), results.md (the table), results.json and accuracy_vs_steps.png.
+`evaluate` is also what train.py calls before and after training.
 """
+
+import json
+import math
+import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -11,7 +24,31 @@ from tqdm import tqdm
 import data
 from model import unwrap
 from rewards import extract_answer
-from sample import generate
+from sample import check_settings, generate
+
+# ---------------------------------------------------------------------------------------------
+# defaults: the embedded default's warm start and its AGRPO-trained model (after `python train.py`)
+models = ("runs/tiny_countdown/warm_start", "runs/tiny_countdown")  # run folder (newest checkpoint), ckpt_*.pt, model dir, hub name
+labels = ("warm start", "AGRPO")  # one per model; () = the paths
+task = "countdown"  # gsm8k | math | countdown | sudoku
+eval_file = ""  # local test file; "" = generated (countdown, sudoku, as train.py's test set) or the hub
+eval_items = 200
+seed = 0  # generated test set: the one train.py with this seed evaluates on
+num_range = (1, 9)  # Countdown / Sudoku generator knobs, as in train.py
+target_range = (1, 99)
+countdown_ops = "+-*/"
+sudoku_blanks = 6
+prompt_style = "auto"  # compact (no system prompt, short question: the tiny model) | full | auto (compact for tiny)
+gen_lengths = (16, 32)
+block_length = 8  # 32 for LLaDA
+step_fractions = (0.25, 0.5, 1.0)  # m = fraction · L for each L
+steps = ()  # explicit step counts used at every length instead of step_fractions
+remasking = "low_confidence"
+batch_size = 100
+merge_lora = True  # fold LoRA adapters into the weights (faster); False decodes through peft
+out_dir = "runs/tiny_countdown/eval"
+# ---------------------------------------------------------------------------------------------
+_DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
 
 
 def decode_completions(tok, rollout):
@@ -28,23 +65,24 @@ def decode_completions(tok, rollout):
 @torch.no_grad()
 def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt=data.SYSTEM_PROMPT,
              compact=False, remasking="low_confidence", rank=0, world=1, desc="eval"):  # fmt: skip
-    """Per-item records (prompt, completion, extracted answer, reward, accuracy), in item order.
-    Each rank decodes its shard (items rank, rank + world, ...); under torch.distributed the
-    shards are gathered so every rank returns all records. Greedy, so a shard is deterministic."""
+    """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct), in
+    item order. Batches are fixed first and dealt to ranks (batch b to rank b mod world), so each
+    item is decoded in the same batch whatever the world size: sharded results equal one
+    process's exactly. Under torch.distributed every rank returns all records."""
     fns = data.task(task)
     m = unwrap(model)
     was_training = m.training
     m.eval()
-    shard = list(range(rank, len(items), world))
+    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
     out = []
-    for s in tqdm(range(0, len(shard), batch_size), desc=desc, disable=rank != 0, leave=False):
-        idx = shard[s : s + batch_size]
+    for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
         prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact) for i in idx]
         r = generate(m, prompts, gen_length=gen_length, block_length=block_length, steps=steps, mask_id=tok.mask_token_id,
                      eos_ids=tok.eos_ids, remasking=remasking, pad_id=tok.pad_token_id)  # fmt: skip
         texts, lengths = decode_completions(tok, r)
         for i, p, t, n in zip(idx, prompts, texts, lengths.tolist()):
             answer = data.answer_of(task, items[i])
+            accuracy = float(fns["accuracy"](t, answer))
             out.append(
                 {
                     "index": i,
@@ -52,7 +90,8 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
                     "completion": t,
                     "answer": extract_answer(t),
                     "reward": fns["reward"](t, answer),
-                    "accuracy": float(fns["accuracy"](t, answer)),
+                    "accuracy": accuracy,
+                    "correct": accuracy == 1.0,
                     "length": n,
                 }
             )
@@ -62,3 +101,174 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
         dist.all_gather_object(shards, out)
         out = [rec for shard_out in shards for rec in shard_out]
     return sorted(out, key=lambda rec: rec["index"])
+
+
+def standard_error(values):
+    """s/√n with the sample standard deviation (n − 1); 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def summarize(records):
+    acc = [r["accuracy"] for r in records]
+    return dict(accuracy=sum(acc) / len(acc), se=standard_error(acc), mean_length=sum(r["length"] for r in records) / len(records))
+
+
+def markdown_table(rows):
+    lines = [
+        "| model | task | gen length | steps | accuracy (%) | ± SE | mean length | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['gen_length']} | {r['steps']} | {100 * r['accuracy']:.1f} | "
+            f"{100 * r['se']:.1f} | {r['mean_length']:.1f} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path, title):
+    """Accuracy against sampling steps, one line per model (and generation length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    model_names = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["gen_length"] for r in rows})
+    for name in model_names:  # colour = model, line style = generation length
+        for L in lengths:
+            line = sorted((r for r in rows if (r["model"], r["gen_length"]) == (name, L)), key=lambda r: r["steps"])
+            if not line:
+                continue
+            x, y, se = ([f(r) for r in line] for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"]))
+            color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
+            label = f"{name} (L={L})" if len(lengths) > 1 else name
+            ax.errorbar(x, y, yerr=se, marker="o", capsize=3, color=color, linestyle=style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("sampling steps m")
+    ax.set_ylabel("accuracy (%) ± SE")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the script
+
+
+def step_grid(cfg):
+    """(L, m) pairs; every one is checked against the sampler before any model is loaded."""
+    from configurator import ConfigError
+
+    grid = []
+    for L in cfg["gen_lengths"]:
+        counts = cfg["steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
+        for m in dict.fromkeys(counts):
+            try:
+                check_settings(L, cfg["block_length"], m, remasking=cfg["remasking"])
+            except ValueError as e:
+                raise ConfigError(f"gen length {L}, {m} steps: {e}") from None
+            grid.append((L, m))
+    return grid
+
+
+def resolve(spec):
+    """('checkpoint', path) for a run folder or ckpt_*.pt, ('model', spec) for a model dir/name."""
+    import checkpoint
+    from configurator import ConfigError
+    from model import model_path_error
+
+    if spec.endswith(".pt"):
+        if not os.path.isfile(spec):
+            raise ConfigError(f"--models: checkpoint {spec} does not exist")
+        return "checkpoint", spec
+    is_model_dir = any(os.path.exists(os.path.join(spec, f)) for f in ("tiny_config.json", "config.json"))
+    if os.path.isdir(spec) and not is_model_dir:
+        if checkpoint.newest(spec) is None:
+            raise ConfigError(f"--models: {spec} holds no ckpt_*.pt and no model (train first, or name a checkpoint)")
+        return "checkpoint", checkpoint.newest(spec)
+    problem = model_path_error(spec)
+    if problem:
+        raise ConfigError(f"--models: {problem}")
+    return "model", spec
+
+
+def main():
+    import checkpoint
+    from configurator import ConfigError, configure
+    from model import TinyLLaDA, load
+
+    cfg = configure(dict(_DEFAULTS))
+    try:
+        data.task(cfg["task"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
+        raise ConfigError(f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()")
+    if cfg["prompt_style"] not in ("auto", "compact", "full"):
+        raise ConfigError(f"--prompt_style={cfg['prompt_style']!r} must be auto, compact or full")
+    if cfg["eval_file"] and not os.path.exists(cfg["eval_file"]):
+        raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
+    for key in ("batch_size", "eval_items"):
+        if cfg[key] < 1:
+            raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
+    grid = step_grid(cfg)
+    specs = [resolve(s) for s in cfg["models"]]
+    names = list(cfg["labels"]) or list(cfg["models"])
+
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    gen = dict(num_range=cfg["num_range"], target_range=cfg["target_range"], ops=cfg["countdown_ops"]) if cfg["task"] == "countdown" else {}
+    gen = dict(blanks=cfg["sudoku_blanks"]) if cfg["task"] == "sudoku" else gen
+    items = data.load_items(cfg["task"], "test", cfg["eval_file"] or None, n=cfg["eval_items"], seed=cfg["seed"] + 1, **gen)
+    items = items[: cfg["eval_items"]]
+
+    rows, samples = [], []
+    for name, (kind, spec) in zip(names, specs):
+        if kind == "checkpoint":
+            model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"])
+        else:
+            model, tok = load(spec, device=device)
+        compact = cfg["prompt_style"] == "compact" or (cfg["prompt_style"] == "auto" and isinstance(unwrap(model), TinyLLaDA))
+        for L, m in grid:
+            t0 = time.time()
+            records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m,
+                               batch_size=cfg["batch_size"], system_prompt="" if compact else data.SYSTEM_PROMPT, compact=compact,
+                               remasking=cfg["remasking"], rank=rank, world=world, desc=f"{name} L={L} m={m}")  # fmt: skip
+            rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=m, seconds=time.time() - t0, **summarize(records)))
+            samples += [dict(model=name, gen_length=L, steps=m, **r) for r in records]
+            if rank == 0:
+                tqdm.write(f"{name}: L={L} m={m} accuracy {100 * rows[-1]['accuracy']:.1f} ± {100 * rows[-1]['se']:.1f}")
+        del model
+
+    if rank == 0:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        with open(os.path.join(cfg["out_dir"], "samples.jsonl"), "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in samples)
+        table = markdown_table(rows)
+        header = f"{cfg['task']}, {len(items)} test items, greedy, {cfg['remasking']} remasking, block {cfg['block_length']}\n\n"
+        with open(os.path.join(cfg["out_dir"], "results.md"), "w") as f:
+            f.write(header + table + "\n")
+        with open(os.path.join(cfg["out_dir"], "results.json"), "w") as f:
+            json.dump({"config": cfg, "rows": rows}, f, indent=1)
+        plot(rows, os.path.join(cfg["out_dir"], "accuracy_vs_steps.png"), f"{cfg['task']}: {len(items)} held-out items, greedy")
+        print(header + table)
+        print(f"wrote {cfg['out_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -180,13 +180,29 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, gradient_checkpointin
     return model, tok
 
 
+def model_path_error(name):
+    """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
+    else one line saying why not. Checked by the scripts before any heavy work."""
+    if name == "tiny" or os.path.exists(name):
+        return None
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
+    if looks_local:
+        return f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
+    return None
+
+
 def _load_llada(name_or_path, dtype):
     from transformers import AutoModel, AutoTokenizer
 
-    if os.path.sep in name_or_path and not os.path.exists(name_or_path):
-        raise FileNotFoundError(f"model path {name_or_path!r} does not exist")
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, torch_dtype=dtype)
+    problem = model_path_error(name_or_path)
+    if problem:
+        raise ValueError(problem)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, torch_dtype=dtype)
+    except (OSError, ValueError) as e:  # no such hub id, no network, files missing from the directory
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None
     if tok.mask_token_id is None:
         # LLaDA's tokenizer has no mask token declared; its config carries the id (126336).
         mask_id = getattr(model.config, "mask_token_id", None)
@@ -233,6 +249,14 @@ def unwrap(model):
     if hasattr(model, "get_base_model"):  # peft
         model = model.get_base_model()
     return model
+
+
+def add_lora(model, rank, alpha):
+    """LoRA adapters (peft) on LORA_TARGETS; only they are trained, and `disable_adapter()`
+    gives the base model back as the reference policy."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS))
 
 
 def set_gradient_checkpointing(model):

@@ -20,12 +20,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoint
 import data
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import decode_completions, evaluate
 from likelihood import ESTIMATORS, SCHEMES, draws_logp, elbo_draws
-from model import LORA_TARGETS, load, save_tiny_checkpoint, unwrap
+from model import add_lora, load, model_path_error, save_tiny_checkpoint, unwrap
 from sample import Rollout, check_settings, generate
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +94,10 @@ ckpt_every = 50
 keep_checkpoints = 2
 stop_after = 0  # stop after this many steps without changing the schedule (0 = run to max_steps)
 resume = False
+max_nonfinite = 20  # this many skipped (non-finite) updates in a row stop the run
+# fault injection, for tests/test_reliability.py only
+fault_nan_steps = ()  # steps whose advantages are made NaN (the update must be skipped)
+fault_kill_in_save = 0  # SIGKILL this process halfway through writing the checkpoint of this step
 wandb = False
 # ---------------------------------------------------------------------------------------------
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
@@ -124,11 +129,8 @@ def validate():
     for key in ("train_file", "eval_file"):
         if config[key] and not os.path.exists(config[key]):
             raise ConfigError(f"--{key}={config[key]} does not exist")
-    if model_name != "tiny" and (model_name.startswith((".", "/")) or os.sep in model_name and not model_name.count("/") == 1):
-        if not os.path.exists(model_name):
-            raise ConfigError(
-                f"--model_name={model_name} does not exist (a local path, 'tiny', or a hub name like GSAI-ML/LLaDA-8B-Instruct)"
-            )
+    if model_path_error(model_name):
+        raise ConfigError(f"--model_name: {model_path_error(model_name)}")
 
 
 validate()
@@ -244,70 +246,19 @@ def warm_start(model, tok, train_items):
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoints: everything needed to continue bit-for-bit, written atomically
-
-
-def fingerprint(model):
-    """Parameter names and shapes of what is trained: a checkpoint of another model is refused."""
-    return sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-
-
-def save_checkpoint(model, opt, sched, step):
-    state = {
-        "step": step,
-        "model": {n: p.detach().cpu() for n, p in unwrap_ddp(model).named_parameters() if p.requires_grad},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        "config": config,
-        "fingerprint": fingerprint(unwrap_ddp(model)),
-    }
-    path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a reader sees the old file set or the complete new one
-    for old in sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))[:-keep_checkpoints]:
-        os.remove(os.path.join(out_dir, old))
-
-
-def load_checkpoint(model, opt, sched):
-    names = sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
-    if not names:
-        log(f"--resume: no checkpoint in {out_dir}, starting fresh")
-        return 0
-    path = os.path.join(out_dir, names[-1])
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["fingerprint"] != fingerprint(unwrap_ddp(model)):
-        raise ConfigError(f"{path} was written for a different model (parameters differ); use another --out_dir")
-    for key in ("model_name", "task", "lora_rank", "estimator", "group_size", "gen_length"):
-        if state["config"].get(key) != config[key]:
-            raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
-    params = dict(unwrap_ddp(model).named_parameters())
-    with torch.no_grad():
-        for n, v in state["model"].items():
-            params[n].copy_(v)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    log(f"resumed from {path} (step {state['step']})")
-    return state["step"]
-
-
-def unwrap_ddp(model):
-    return getattr(model, "module", model)
-
-
-# ---------------------------------------------------------------------------------------------
 # the run
 torch.manual_seed(seed)
-model, tok = load(model_name, device=device, dtype=torch_dtype if model_name != "tiny" else None)
+try:
+    model, tok = load(model_name, device=device, dtype=torch_dtype if model_name != "tiny" else None)
+except ValueError as e:  # the model cannot be loaded, or its tokenizer does not fit it
+    raise ConfigError(f"--model_name: {e}") from None
 train_items, test_items = fetch_items()
+base_model = model_name  # what the trained parameters sit on, for eval.py to rebuild
 if model_name == "tiny":
     model = warm_start(model, tok, train_items)
+    base_model = os.path.join(out_dir, "warm_start")
 if lora_rank > 0:
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS))
+    model = add_lora(model, lora_rank, lora_alpha)
 if gradient_checkpointing:
     from model import set_gradient_checkpointing
 
@@ -332,10 +283,22 @@ warmup = max(1, int(warmup_frac * max_steps))
 sched = torch.optim.lr_scheduler.LambdaLR(
     opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max_steps)))
 )
-start = load_checkpoint(model, opt, sched) if resume else 0
+start, counters = 0, {"nonfinite_total": 0, "nonfinite_in_a_row": 0}
+must_match = ("model_name", "task", "lora_rank", "estimator", "group_size", "gen_length")  # else a resume is another run
+log_path = os.path.join(out_dir, "log.jsonl")
+if resume and checkpoint.newest(out_dir):
+    path = checkpoint.newest(out_dir)
+    state = checkpoint.read(path)
+    start = checkpoint.restore(path, state, model, opt, sched, config, must_match)
+    counters.update(state.get("counters", {}))
+    if master:  # the steps after the checkpoint are run again: drop their log lines (and a half-written one)
+        checkpoint.truncate_log(log_path, start)
+        checkpoint.remove_partial(out_dir)
+    log(f"resumed from {path} (step {start})")
+elif resume:
+    log(f"--resume: no checkpoint in {out_dir}, starting fresh")
 train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
 reward_fn, accuracy_fn = data.task(task)["reward"], data.task(task)["accuracy"]
-log_path = os.path.join(out_dir, "log.jsonl")
 if wandb and master:
     try:
         import wandb as wb
@@ -377,13 +340,15 @@ for step in bar:
         rewards = torch.tensor([reward_fn(t, a) for t, a in zip(texts, answers)])
         accs = torch.tensor([float(accuracy_fn(t, a)) for t, a in zip(texts, answers)])
         advantages = group_advantages(rewards, group_size, scale_std).to(device)
+        if step + 1 in fault_nan_steps:
+            advantages = advantages * float("nan")
         unwrap(model).train()
         draws, old, ref = prepare(
             model, rollout, estimator, mc_steps, mu, seeded("draws", step, micro), scheme, ref_model, prompt_mask_prob
         )
         batches.append((rollout, draws, old, ref, advantages, rewards, accs, lengths))
 
-    loss_sum, metrics = 0.0, {}
+    loss_sum, metrics, skipped = 0.0, {}, 0
     for it in range(mu):
         for a, (rollout, draws, old, ref, advantages, *_) in enumerate(batches):
             loss, m = backward_draws(
@@ -393,7 +358,13 @@ for step in bar:
             loss_sum += loss / grad_accum
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
+        if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
+            opt.step()
+            counters["nonfinite_in_a_row"] = 0
+        else:  # a NaN/inf loss or gradient never reaches the weights or the Adam moments
+            skipped += 1
+            counters["nonfinite_total"] += 1
+            counters["nonfinite_in_a_row"] += 1
         opt.zero_grad(set_to_none=True)
     sched.step()
 
@@ -412,6 +383,7 @@ for step in bar:
         stats /= world
     row = dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
     row.update(step=step + 1, grad_norm=float(grad_norm), lr=sched.get_last_lr()[0], seconds=time.time() - t0)
+    row.update(skipped=skipped, nonfinite_total=counters["nonfinite_total"])
     if master:
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -426,9 +398,16 @@ for step in bar:
             len=f"{row['completion_length']:.1f}",
             s=f"{row['seconds']:.1f}",
         )
+    if counters["nonfinite_in_a_row"] >= max_nonfinite:
+        newest = checkpoint.newest(out_dir) or "none written yet"
+        raise SystemExit(
+            f"stopping at step {step + 1}: {counters['nonfinite_in_a_row']} non-finite updates in a row (all skipped; "
+            f"weights untouched since the last good step). Last checkpoint: {newest}. Lower --lr or check the rewards."
+        )
     if (step + 1) % ckpt_every == 0 or step + 1 == last_step:
         if master:
-            save_checkpoint(model, opt, sched, step + 1)
+            kill = fault_kill_in_save == step + 1
+            checkpoint.save(out_dir, step + 1, model, opt, sched, config, keep_checkpoints, base_model, counters, _kill_midway=kill)
         if ddp:
             dist.barrier()
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from model import check_compatible, load, load_tiny_checkpoint, save_tiny_checkpoint, tiny_tokenizer
+from model import check_compatible, load, load_tiny_checkpoint, model_path_error, save_tiny_checkpoint, tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,8 +59,11 @@ def test_refuses_vocab_mismatch():
 
 
 def test_missing_path_is_clear():
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load("./no/such/model")
+    with pytest.raises(ValueError, match="does not exist"):
+        load("tests/no_such_model")  # one slash, but tests/ is a local folder: not a hub id
+    assert model_path_error("GSAI-ML/LLaDA-8B-Instruct") is None and model_path_error("tiny") is None
 
 
 def test_gradient_checkpointing_same_grads():

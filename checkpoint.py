@@ -1,0 +1,149 @@
+"""Training checkpoints: everything needed to continue a run bit for bit, written so that a kill
+at any moment leaves the newest complete checkpoint loadable.
+
+A checkpoint `out_dir/ckpt_{step:06d}.pt` holds the trained parameters (all of them for full
+fine-tuning, the LoRA adapters otherwise), the optimizer and scheduler states, the RNG states,
+the run's config and a fingerprint (names and shapes of the trained parameters). train.py writes
+and resumes them; eval.py rebuilds a model from one.
+"""
+
+import io
+import json
+import os
+import random
+import signal
+
+import torch
+
+from configurator import ConfigError
+from model import add_lora, load
+
+
+def fingerprint(model):
+    """Names and shapes of the trained parameters: a checkpoint of another model is refused."""
+    return sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def names(out_dir):
+    """Checkpoint files in out_dir, oldest first (a half-written `.tmp` file is never listed)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+
+
+def remove_partial(out_dir):
+    """Delete checkpoint files a kill left half-written (never read: names() skips them)."""
+    for f in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        if f.startswith("ckpt_") and f.endswith(".pt.tmp"):
+            os.remove(os.path.join(out_dir, f))
+
+
+def newest(out_dir):
+    found = names(out_dir)
+    return os.path.join(out_dir, found[-1]) if found else None
+
+
+def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, _kill_midway=False):
+    """base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt);
+    default config["model_name"]. _kill_midway (tests only): SIGKILL this process after half the
+    bytes are written, the worst moment for a crash."""
+    state = {
+        "step": step,
+        "base": base or config["model_name"],
+        "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        "config": config,
+        "fingerprint": fingerprint(model),
+        "counters": dict(counters or {}),
+    }
+    path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
+    with open(path + ".tmp", "wb") as f:
+        if _kill_midway:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    os.replace(path + ".tmp", path)  # atomic: a reader sees the old file set or the complete new one
+    for old in names(out_dir)[:-keep]:
+        os.remove(os.path.join(out_dir, old))
+    return path
+
+
+def truncate_log(log_path, step):
+    """Keep the log lines of steps <= step (those a resume does not run again); a line cut off by
+    a kill is dropped."""
+    if not os.path.exists(log_path):
+        return
+    kept = []
+    with open(log_path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(json.dumps(row) + "\n")
+    with open(log_path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(log_path + ".tmp", log_path)
+
+
+def read(path):
+    """The checkpoint's state dict, or one line saying why it cannot be read."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+    missing = {"step", "model", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
+    if missing:
+        raise ConfigError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)})")
+    return state
+
+
+def restore(path, state, model, opt=None, sched=None, config=None, must_match=()):
+    """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed, so a
+    refused checkpoint never leaves the model half-loaded."""
+    if state["fingerprint"] != fingerprint(model):
+        raise ConfigError(f"{path} was written for a different model (its trained parameters differ from this one's)")
+    for key in must_match:
+        if state["config"].get(key) != config[key]:
+            raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in state["model"].items():
+            params[n].copy_(v)
+    if opt is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+    return state["step"]
+
+
+def load_trained(path, device="cpu", merge_lora=True):
+    """(model, tokenizer, config) from a checkpoint: the base model its config names, LoRA
+    adapters of the same rank if it trained them (merged into the weights, or kept as peft)."""
+    state = read(path)
+    cfg = state["config"]
+    dtype = torch.bfloat16 if cfg.get("dtype") == "bfloat16" and cfg["model_name"] != "tiny" else None
+    base = state.get("base", cfg["model_name"])
+    try:
+        model, tok = load(base, device=device, dtype=dtype)
+    except ValueError as e:
+        raise ConfigError(f"{path}: its base model cannot be loaded ({e})") from None
+    if cfg.get("lora_rank", 0) > 0:
+        model = add_lora(model, cfg["lora_rank"], cfg["lora_alpha"])
+    else:
+        model.requires_grad_(True)
+    restore(path, state, model)
+    if cfg.get("lora_rank", 0) > 0 and merge_lora:
+        model = model.merge_and_unload()
+    return model.eval(), tok, cfg

@@ -1,0 +1,115 @@
+"""eval.py: the grid script's files, sharded equals unsharded, standard errors, checkpoint
+loading (full and LoRA, merged or not), and one-line errors for bad input."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+from eval import standard_error
+from model import add_lora, forward_logits, load, save_tiny_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--eval_items=8", "--batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
+
+
+def run_eval(args, nproc=1):
+    cmd = [sys.executable, "eval.py", *SMALL, *args]
+    if nproc > 1:
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29519"]
+        cmd = [sys.executable, *launch, "eval.py", *SMALL, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def fake_run(out_dir, lora_rank=0):
+    """A training checkpoint of the tiny model with perturbed weights, as train.py writes it."""
+    model, _ = load("tiny")
+    if lora_rank:
+        model = add_lora(model, lora_rank, 2 * lora_rank)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    os.makedirs(out_dir, exist_ok=True)
+    config = dict(model_name="tiny", lora_rank=lora_rank, lora_alpha=2 * lora_rank, dtype="float32")
+    return model, checkpoint.save(out_dir, 3, model, opt, sched, config)
+
+
+def test_standard_error_known_cases():
+    assert standard_error([1, 0, 1, 0]) == pytest.approx(math.sqrt(1 / 3) / 2)  # s² = 1/3, n = 4
+    assert standard_error([0.25, 0.75]) == pytest.approx(0.25)  # s² = 0.125, n = 2
+    assert standard_error([1, 1, 1]) == 0.0 and standard_error([0.5]) == 0.0
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+@pytest.mark.parametrize("merge", [True, False])
+def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
+    trained, path = fake_run(tmp_path, lora_rank)
+    loaded, _, cfg = checkpoint.load_trained(path, merge_lora=merge)
+    assert cfg["lora_rank"] == lora_rank
+    ids = torch.randint(10, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(forward_logits(loaded, ids), forward_logits(trained.eval(), ids), atol=1e-5, rtol=1e-5)
+        base, _ = load("tiny")
+        assert not torch.allclose(forward_logits(base, ids), forward_logits(loaded, ids), atol=1e-3)
+
+
+def test_grid_writes_table_plot_and_samples(tmp_path):
+    save_tiny_checkpoint(load("tiny")[0], f"{tmp_path}/base")
+    fake_run(f"{tmp_path}/run")
+    out = run_eval([f"--models=('{tmp_path}/base','{tmp_path}/run')", "--labels=()", f"--out_dir={tmp_path}/eval"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("results.md", "results.json", "samples.jsonl", "accuracy_vs_steps.png"):
+        assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
+    rows = json.load(open(f"{tmp_path}/eval/results.json"))["rows"]
+    assert [(r["gen_length"], r["steps"]) for r in rows] == [(16, 4), (16, 8), (16, 16)] * 2  # the m = L/4, L/2, L grid
+    table = open(f"{tmp_path}/eval/results.md").read()
+    assert table.count("| countdown | 16 |") == 6 and f"{tmp_path}/run" in table
+    samples = [json.loads(line) for line in open(f"{tmp_path}/eval/samples.jsonl")]
+    assert len(samples) == 6 * 8
+    assert {"prompt", "completion", "answer", "reward", "correct"} <= set(samples[0])
+    # the table's accuracy is the mean of the per-example records
+    first = [s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4]
+    assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(standard_error(first))
+
+
+def test_sharded_equals_one_process(tmp_path):
+    fake_run(f"{tmp_path}/run")
+    args = [f"--models=('{tmp_path}/run',)", "--labels=('m',)", "--step_fractions=(0.5,)"]
+    one = run_eval(args + [f"--out_dir={tmp_path}/one"])
+    two = run_eval(args + [f"--out_dir={tmp_path}/two"], nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    a, b = (open(f"{tmp_path}/{d}/samples.jsonl").read() for d in ("one", "two"))
+    assert a == b and len(a.splitlines()) == 8
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--models=('runs/no_such_run',)", "--labels=()"], "no_such_run does not exist"),
+        (["--models=('/tmp/nothing/ckpt_000001.pt',)", "--labels=()"], "ckpt_000001.pt does not exist"),
+        (["--task=chess"], "task='chess' does not exist"),
+        (["--steps=(3,)"], "steps=3 must be a positive multiple"),
+        (["--block_length=5"], "block_length=5 must divide"),
+        (["--labels=('a',)"], "--labels has 1 names for 2 models"),
+        (["--eval_file=/no/file.jsonl"], "eval_file=/no/file.jsonl does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(args, words):
+    out = run_eval(args)
+    assert out.returncode != 0
+    assert words in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path):
+    with open(f"{tmp_path}/ckpt_000001.pt", "wb") as f:
+        f.write(b"not a checkpoint")
+    out = run_eval([f"--models=('{tmp_path}',)", "--labels=()"])
+    assert out.returncode != 0 and "cannot be read" in out.stderr and "Traceback" not in out.stderr, out.stderr

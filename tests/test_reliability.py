@@ -1,0 +1,127 @@
+"""No lost training, robust numerics, clear errors: train.py on the embedded model is killed at
+random moments (and mid-checkpoint), fed NaNs, and given impossible configurations."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_train import ROOT, SMALL, assert_same, params, run
+
+import checkpoint
+
+FAST = ["--max_steps=10", "--ckpt_every=2", "--keep_checkpoints=3", "--eval_before=False", "--eval_after=False"]
+
+
+def logged_steps(out_dir):
+    rows = []
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line)["step"])
+            except json.JSONDecodeError:
+                pass  # a line cut off by the kill
+    return rows
+
+
+def check_after_kill(out_dir):
+    """The newest checkpoint loads; at most the steps since it are lost."""
+    newest = checkpoint.newest(out_dir)
+    done = logged_steps(out_dir) if os.path.exists(os.path.join(out_dir, "log.jsonl")) else []
+    if newest is None:
+        assert max(done, default=0) < 2 + 2  # killed before (or while) writing the first checkpoint
+        return 0
+    state = checkpoint.read(newest)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert max(done) - state["step"] <= 2  # ckpt_every: the only steps a kill may cost
+    return state["step"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    run([f"--out_dir={out}", *FAST])
+    return params(f"{out}/ckpt_000010.pt")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
+    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *FAST]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # wait for the first log line (the model is built and training), then kill somewhere in the run
+    deadline = time.time() + 120
+    while not os.path.exists(f"{tmp_path}/log.jsonl") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    check_after_kill(str(tmp_path))
+    run([f"--out_dir={tmp_path}", *FAST, "--resume"])
+    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert logged_steps(tmp_path) == list(range(1, 11))  # re-run steps are logged once
+
+
+def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
+    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *FAST, "--fault_kill_in_save=4"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == -signal.SIGKILL
+    assert os.path.exists(f"{tmp_path}/ckpt_000004.pt.tmp") and not os.path.exists(f"{tmp_path}/ckpt_000004.pt")
+    assert check_after_kill(str(tmp_path)) == 2  # the half-written step-4 file is never taken for a checkpoint
+    run([f"--out_dir={tmp_path}", *FAST, "--resume"])
+    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+
+
+def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
+    run([f"--out_dir={tmp_path}", "--max_steps=4", "--ckpt_every=1", "--keep_checkpoints=9", "--fault_nan_steps=(2,3)"])
+    rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
+    assert [r["skipped"] for r in rows] == [0, 1, 1, 0]
+    assert [r["nonfinite_total"] for r in rows] == [0, 1, 2, 2]
+    # steps 2 and 3 never touched the weights: the step-3 state is the step-1 state
+    assert_same(params(f"{tmp_path}/ckpt_000001.pt"), params(f"{tmp_path}/ckpt_000003.pt"), atol=0)
+    step3, step4 = params(f"{tmp_path}/ckpt_000003.pt"), params(f"{tmp_path}/ckpt_000004.pt")
+    assert not all(torch.equal(step3[k], step4[k]) for k in step3)  # step 4 is a real update
+    assert all(torch.isfinite(v).all() for v in params(f"{tmp_path}/ckpt_000004.pt").values())
+
+
+def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
+    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", "--max_steps=30", "--ckpt_every=1", "--keep_checkpoints=2",
+           f"--fault_nan_steps={tuple(range(2, 31))}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode != 0 and "20 non-finite updates in a row" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
+    assert rows[-1]["step"] == 21 and rows[-1]["nonfinite_total"] == 20
+    newest = checkpoint.newest(str(tmp_path))
+    state = checkpoint.read(newest)
+    assert state["step"] == 20  # the newest checkpoint is intact and holds the step-1 weights
+    first = run([f"--out_dir={tmp_path}/one", "--max_steps=30", "--stop_after=1"])
+    assert first.returncode == 0
+    assert_same(params(f"{tmp_path}/one/ckpt_000001.pt"), state["model"], atol=0)
+
+
+BAD = [
+    (["--bogus=1"], "unknown key '--bogus'"),
+    (["--group_size=three"], "--group_size='three' has type str"),
+    (["--gen_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
+    (["--steps=7"], "steps=7 must be a positive multiple"),
+    (["--mc_steps=9"], "--mc_steps=9 must be between 1 and --steps=8"),
+    (["--group_size=1"], "--group_size=1"),
+    (["--model_name=./no/model"], "no/model does not exist"),
+    (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
+    (["--estimator=exactly"], "--estimator='exactly' must be one of"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD)
+def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
+    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(f"{tmp_path}/warm_start")  # stopped before any heavy work
