@@ -9,8 +9,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("script", ["bench/bench_estimators.py"])
-def test_bench_quick(script):
-    out = subprocess.run([sys.executable, script, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize(
+    "script, expect",
+    [
+        ("bench/bench_estimators.py", "| stepwise"),
+        ("bench/bench_sample.py", "identical tokens at temperature 0: yes"),
+        ("bench/bench_train.py", "| k=2 fwd+bwd"),
+    ],
+)
+def test_bench_quick(script, expect):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, script, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
-    assert "| stepwise" in out.stdout
+    assert expect in out.stdout

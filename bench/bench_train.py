@@ -1,0 +1,105 @@
+"""Time, peak memory and MFU of one AGRPO update: k stepwise draws per sequence, each one
+forward + backward (agrpo.backward_draws), on a synthetic rollout of the given shape.
+
+    python bench/bench_train.py --quick                                   # CPU, embedded model (a test)
+    python bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
+
+FLOPs counted per draw: forward F = 2·N·tokens (+ attention); backward 2F with full fine-tuning
+(activation and weight gradients), F with LoRA (activation gradients only; the adapters' own
+FLOPs are negligible); recompute F under gradient checkpointing. MFU = (forward + backward) /
+time / peak, the matmul peak measured on this machine; "HFU" also counts the recompute.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import bench_model, environment, forward_flops, measured_peak_flops, sync  # noqa: E402
+
+from agrpo import backward_draws, prepare  # noqa: E402
+from model import add_lora, set_gradient_checkpointing  # noqa: E402
+from sample import Rollout, transfer_schedule  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", default="tiny", choices=["tiny", "llada8b"])
+ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+ap.add_argument("--batch", type=int, default=8)
+ap.add_argument("--prompt_length", type=int, default=128)
+ap.add_argument("--gen_length", type=int, default=256)
+ap.add_argument("--block_length", type=int, default=32)
+ap.add_argument("--steps", type=int, default=128)
+ap.add_argument("--mc_steps", type=int, default=4, help="k draws per sequence")
+ap.add_argument("--lora_rank", type=int, default=0)
+ap.add_argument("--checkpointing", action="store_true")
+ap.add_argument("--repeats", type=int, default=2)
+ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+args = ap.parse_args()
+if args.quick:
+    args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, args.mc_steps, args.repeats = 4, 16, 32, 16, 16, 2, 1
+
+
+def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
+    """Random tokens, each block's positions committed in a random order by the real schedule."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, min(vocab, 100_000) - 1, (B, P + G), generator=g)
+    ids[ids == mask_id] = 11
+    spb = steps // (G // block_length)
+    per_block = torch.repeat_interleave(torch.arange(spb), torch.tensor(transfer_schedule(block_length, spb)))
+    unmask = torch.stack([torch.cat([b * spb + per_block[torch.randperm(block_length, generator=g)] for b in range(G // block_length)])
+                          for _ in range(B)])  # fmt: skip
+    logp = -torch.rand(B, G, generator=g)
+    return Rollout(ids.to(device), torch.ones(B, P + G, dtype=torch.long, device=device), P, unmask.to(device), logp.to(device),
+                   torch.rand(B, G, generator=g).to(device), steps, block_length, mask_id, (-1,))  # fmt: skip
+
+
+model, mask_id, eos_id, vocab = bench_model(args.model, args.device)
+n_params = sum(p.numel() for p in model.parameters())
+fwd = forward_flops(model, args.batch, args.prompt_length + args.gen_length)
+if args.lora_rank:
+    model = add_lora(model, args.lora_rank, args.lora_rank)
+if args.checkpointing:
+    set_gradient_checkpointing(model)
+model.train()
+rollout = synthetic_rollout(args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, mask_id, vocab, args.device)
+advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(1)).to(args.device)
+
+
+def update():
+    draws, old, _ = prepare(model, rollout, "stepwise", args.mc_steps, 1, torch.Generator().manual_seed(2))
+    backward_draws(model, rollout, draws[0], old[0], advantages)
+    for p in model.parameters():
+        p.grad = None
+
+
+update()  # warm-up
+sync(args.device)
+if args.device.startswith("cuda"):
+    torch.cuda.reset_peak_memory_stats()
+t0 = time.perf_counter()
+for _ in range(args.repeats):
+    update()
+sync(args.device)
+t = (time.perf_counter() - t0) / args.repeats
+if args.device.startswith("cuda"):
+    memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (torch.cuda.max_memory_allocated)"
+else:
+    memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
+
+dtype = next(model.parameters()).dtype
+peak = measured_peak_flops(args.device, dtype)
+model_flops = args.mc_steps * fwd * (2 if args.lora_rank else 3)
+hardware_flops = model_flops + (args.mc_steps * fwd if args.checkpointing else 0)
+trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+print(f"# bench_train: {args.model} ({n_params / 1e6:.1f}M params, {trained / 1e6:.2f}M trained, {dtype}), {environment(args.device)}")
+print(f"# batch {args.batch} x ({args.prompt_length} + {args.gen_length}), k={args.mc_steps} draws, "
+      f"lora_rank={args.lora_rank}, checkpointing={args.checkpointing}")  # fmt: skip
+print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of the update at that peak: {model_flops / peak:.3f} s")
+print("| update | seconds | s per sequence | model TFLOP | MFU % | HFU % | peak memory |")
+print("|---|---:|---:|---:|---:|---:|---|")
+print(f"| k={args.mc_steps} fwd+bwd | {t:.3f} | {t / args.batch:.4f} | {model_flops / 1e12:.2f} | "
+      f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |")  # fmt: skip

@@ -1,0 +1,64 @@
+"""Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts."""
+
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import TinyConfig, TinyLLaDA, load, tiny_tokenizer  # noqa: E402
+
+# LLaDA-8B's shape (its config.json): a randomly initialised copy needs no download
+LLADA_8B = dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, d_ff=12288, rope_theta=500000.0)
+
+
+def bench_model(which, device):
+    """(model, mask_id, eos_id, vocab): 'tiny' (the embedded model) or 'llada8b' (random, bf16)."""
+    if which == "tiny":
+        model, tok = load("tiny", device=device)
+        return model.eval(), tok.mask_token_id, tok.eos_token_id, len(tok)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: 16 GB, not 32 GB then a copy
+    with torch.device(device):
+        model = TinyLLaDA(TinyConfig(**LLADA_8B))
+    torch.set_default_dtype(default)
+    assert len(tiny_tokenizer()) < LLADA_8B["vocab_size"]
+    return model.eval(), 126336, 126081, LLADA_8B["vocab_size"]  # LLaDA's mask and EOS ids
+
+
+def matmul_params(model):
+    """Parameters that take part in matrix multiplies (the embedding lookup does not)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("wte"))
+
+
+def forward_flops(model, batch, seq):
+    """2·N·tokens for the weights plus 4·L²·d per layer and sequence for attention scores and values."""
+    c = model.config
+    return 2 * matmul_params(model) * batch * seq + 4 * c.n_layers * batch * seq * seq * c.d_model
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measured_peak_flops(device, dtype, n=None, repeats=10):
+    """FLOP/s of a large square matmul on this machine: the ceiling the MFU figures are against."""
+    n = n or (8192 if str(device).startswith("cuda") else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def environment(device):
+    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    return f"{gpu}; torch {torch.__version__}"
