@@ -51,7 +51,7 @@ warm_start_think = False  # Countdown solutions with or without the <think> bloc
 # rollout (sample.py)
 gen_length = 16
 block_length = 8
-steps = 8
+steps = 4  # 4 tokens per step: the embedded default trains (and evaluates) fast, parallel decoding
 temperature = 0.7
 top_k = 0  # 0 = off
 top_p = 1.0
@@ -59,7 +59,7 @@ remasking = "low_confidence"  # random (the paper) lowered greedy held-out accur
 # AGRPO (agrpo.py, likelihood.py)
 estimator = "stepwise"  # stepwise | elbo | one_step
 scheme = "low_discrepancy"  # exact | uniform | low_discrepancy | entropy
-mc_steps = 4  # k: forward passes per sequence per inner iteration
+mc_steps = 2  # k: forward passes per sequence per inner iteration (k of the m = steps)
 mu = 1  # inner iterations per rollout batch
 eps_low = 0.2
 eps_high = 0.2
@@ -70,8 +70,8 @@ group_size = 8
 groups_per_micro = 8  # prompt groups per micro-batch per rank
 grad_accum = 1
 # optimisation
-max_steps = 400
-lr = 2e-4
+max_steps = 1000
+lr = 3e-4
 weight_decay = 0.01
 beta1 = 0.9
 beta2 = 0.99
@@ -85,7 +85,7 @@ dtype = "float32"  # float32 | bfloat16
 eval_items = 200
 eval_gen_length = 16
 eval_block_length = 8
-eval_steps = 16
+eval_steps = 4  # as the rollouts; eval.py gives the whole grid (m = 4, 8, 16)
 eval_batch = 100
 eval_before = True
 eval_after = True

@@ -22,3 +22,13 @@ def test_bench_quick(script, expect):
     out = subprocess.run([sys.executable, script, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert expect in out.stdout
+
+
+def test_compare_estimators_quick(tmp_path):
+    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", f"--out_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = open(f"{tmp_path}/RESULTS.md").read()
+    for model in ("warm start", "stepwise", "one_step", "elbo"):
+        assert f"| {model} |" in text
+    assert "the ordering" in text and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0
