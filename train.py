@@ -9,6 +9,7 @@ generated Countdown solutions (cached in out_dir/warm_start), runs AGRPO, and pr
 greedy accuracy before and after.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -80,7 +81,8 @@ warmup_frac = 0.01
 lora_rank = 0  # 0 = full fine-tuning (tiny); 64 for LLaDA
 lora_alpha = 64
 gradient_checkpointing = False
-dtype = "float32"  # float32 | bfloat16
+dtype = "float32"  # float32 | bfloat16: the weights
+autocast = True  # bf16 autocast of forward and backward passes on CUDA (the sampler's Gumbel noise stays float64)
 # evaluation (greedy, low-confidence remasking)
 eval_items = 200
 eval_gen_length = 16
@@ -150,6 +152,11 @@ else:
 master = rank == 0
 torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
 os.makedirs(out_dir, exist_ok=True)
+
+
+def amp():
+    on = autocast and device.startswith("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
 def log(*a):
@@ -320,21 +327,22 @@ for step in bar:
         items = [train_items[i] for i in order[micro * groups_per_micro : (micro + 1) * groups_per_micro]]
         prompts = [data.build_prompt(tok, task, it, system_prompt, compact_prompt) for it in items for _ in range(group_size)]
         unwrap(model).eval()
-        rollout = generate(
-            unwrap(model),
-            prompts,
-            gen_length=gen_length,
-            block_length=block_length,
-            steps=steps,
-            mask_id=tok.mask_token_id,
-            eos_ids=tok.eos_ids,
-            temperature=temperature,
-            top_k=top_k or None,
-            top_p=top_p,
-            remasking=remasking,
-            pad_id=tok.pad_token_id,
-            generator=seeded("rollout", step, micro),
-        )
+        with amp():
+            rollout = generate(
+                unwrap(model),
+                prompts,
+                gen_length=gen_length,
+                block_length=block_length,
+                steps=steps,
+                mask_id=tok.mask_token_id,
+                eos_ids=tok.eos_ids,
+                temperature=temperature,
+                top_k=top_k or None,
+                top_p=top_p,
+                remasking=remasking,
+                pad_id=tok.pad_token_id,
+                generator=seeded("rollout", step, micro),
+            )
         texts, lengths = decode_completions(tok, rollout)
         answers = [data.answer_of(task, it) for it in items for _ in range(group_size)]
         rewards = torch.tensor([reward_fn(t, a) for t, a in zip(texts, answers)])
@@ -343,18 +351,20 @@ for step in bar:
         if step + 1 in fault_nan_steps:
             advantages = advantages * float("nan")
         unwrap(model).train()
-        draws, old, ref = prepare(
-            model, rollout, estimator, mc_steps, mu, seeded("draws", step, micro), scheme, ref_model, prompt_mask_prob
-        )
+        with amp():
+            draws, old, ref = prepare(
+                model, rollout, estimator, mc_steps, mu, seeded("draws", step, micro), scheme, ref_model, prompt_mask_prob
+            )
         batches.append((rollout, draws, old, ref, advantages, rewards, accs, lengths))
 
     loss_sum, metrics, skipped = 0.0, {}, 0
     for it in range(mu):
         for a, (rollout, draws, old, ref, advantages, *_) in enumerate(batches):
-            loss, m = backward_draws(
-                train_model, rollout, draws[it], old[it], advantages, None if ref is None else ref[it],
-                eps_low, eps_high, beta, scale=1.0 / grad_accum, sync=a == grad_accum - 1,
-            )  # fmt: skip
+            with amp():
+                loss, m = backward_draws(
+                    train_model, rollout, draws[it], old[it], advantages, None if ref is None else ref[it],
+                    eps_low, eps_high, beta, scale=1.0 / grad_accum, sync=a == grad_accum - 1,
+                )  # fmt: skip
             loss_sum += loss / grad_accum
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)

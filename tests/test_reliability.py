@@ -2,6 +2,7 @@
 random moments (and mid-checkpoint), fed NaNs, and given impossible configurations."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -125,3 +126,35 @@ def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
     assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not os.path.exists(f"{tmp_path}/warm_start")  # stopped before any heavy work
+
+
+def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
+    from model import load
+
+    trained, _ = load("tiny", seed=1)
+    opt = torch.optim.AdamW(trained.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = checkpoint.save(str(tmp_path), 1, trained, opt, sched, {"model_name": "tiny"})
+    other, _ = load("tiny", tiny_overrides=dict(d_ff=256))
+    before = {n: p.clone() for n, p in other.named_parameters()}
+    with pytest.raises(SystemExit, match="different model"):
+        checkpoint.restore(path, checkpoint.read(path), other)
+    assert all(torch.equal(before[n], p) for n, p in other.named_parameters())
+
+
+def test_all_eos_and_empty_completions_give_a_finite_update():
+    from agrpo import backward_draws, prepare
+    from model import load
+    from sample import Rollout
+
+    model, tok = load("tiny")
+    eos = tok.eos_token_id
+    comp = torch.tensor([[40, 41, 42, 43, eos, eos, eos, eos], [eos] * 8])  # row 1: empty text, all EOS
+    ids = torch.cat([torch.full((2, 4), 50), comp], 1)
+    steps = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 3]]) + torch.tensor([0, 0, 0, 0, 4, 4, 4, 4])
+    r = Rollout(ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, 4, tok.mask_token_id, (eos,))
+    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(0))
+    loss, _ = backward_draws(model, r, draws[0], old[0], torch.tensor([1.0, -1.0]))
+    assert math.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert tok.decode(comp[1].tolist(), skip_special_tokens=True) == ""
