@@ -185,7 +185,8 @@ def model_path_error(name):
     else one line saying why not. Checked by the scripts before any heavy work."""
     if name == "tiny" or os.path.exists(name):
         return None
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
+    # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id
+    looks_local = name.startswith((".", "/", "~", "runs/")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
     if looks_local:
         return f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
     return None
