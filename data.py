@@ -342,6 +342,21 @@ def load_hub(task_name, split):
     raise ValueError(f"no hub source for task={task_name!r}; pass a local file")
 
 
+def generator_knobs(task_name, cfg):
+    """The difficulty knobs of a generated task, taken from a script's config dict."""
+    if task_name == "countdown":
+        return dict(num_range=cfg["num_range"], target_range=cfg["target_range"], ops=cfg["countdown_ops"])
+    if task_name == "sudoku":
+        return dict(blanks=cfg["sudoku_blanks"])
+    return {}
+
+
+def test_set(task_name, path, n, seed, **gen):
+    """The held-out items of a run with this seed: train.py and eval.py evaluate on the same ones.
+    A local file is read (and checked) whole, then cut to n."""
+    return load_items(task_name, "test", path or None, n=None if path else n, seed=seed + 1, **gen)[:n]
+
+
 def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=False, **gen):
     """One entry point for train/eval: a local file if given, else generated items (countdown,
     sudoku; `gen` holds the difficulty knobs) or the hub (gsm8k, math)."""

@@ -193,9 +193,10 @@ def resolve(spec):
         return "checkpoint", spec
     is_model_dir = any(os.path.exists(os.path.join(spec, f)) for f in ("tiny_config.json", "config.json"))
     if os.path.isdir(spec) and not is_model_dir:
-        if checkpoint.newest(spec) is None:
+        newest = checkpoint.newest(spec)
+        if newest is None:
             raise ConfigError(f"--models: {spec} holds no ckpt_*.pt and no model (train first, or name a checkpoint)")
-        return "checkpoint", checkpoint.newest(spec)
+        return "checkpoint", newest
     problem = model_path_error(spec)
     if problem:
         raise ConfigError(f"--models: {problem}")
@@ -230,10 +231,7 @@ def main():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    gen = dict(num_range=cfg["num_range"], target_range=cfg["target_range"], ops=cfg["countdown_ops"]) if cfg["task"] == "countdown" else {}
-    gen = dict(blanks=cfg["sudoku_blanks"]) if cfg["task"] == "sudoku" else gen
-    items = data.load_items(cfg["task"], "test", cfg["eval_file"] or None, n=cfg["eval_items"], seed=cfg["seed"] + 1, **gen)
-    items = items[: cfg["eval_items"]]
+    items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
 
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):

@@ -171,12 +171,10 @@ def seeded(*key):
 
 
 def fetch_items():
-    gen = dict(num_range=num_range, target_range=target_range, ops=countdown_ops) if task == "countdown" else {}
-    gen = dict(blanks=sudoku_blanks) if task == "sudoku" else gen
+    gen = data.generator_knobs(task, config)
     # generated tasks: train and test come from disjoint parts of the problem space (data.split_of)
     train = data.load_items(task, "train", train_file or None, n=20_000 if task in ("countdown", "sudoku") else None, seed=seed, **gen)
-    test = data.load_items(task, "test", eval_file or None, n=None if eval_file else eval_items, seed=seed + 1, **gen)
-    return train, test[:eval_items]
+    return train, data.test_set(task, eval_file, eval_items, seed, **gen)
 
 
 def eval_accuracy(model, tok, items, label):
@@ -293,8 +291,8 @@ sched = torch.optim.lr_scheduler.LambdaLR(
 start, counters = 0, {"nonfinite_total": 0, "nonfinite_in_a_row": 0}
 must_match = ("model_name", "task", "lora_rank", "estimator", "group_size", "gen_length")  # else a resume is another run
 log_path = os.path.join(out_dir, "log.jsonl")
-if resume and checkpoint.newest(out_dir):
-    path = checkpoint.newest(out_dir)
+path = checkpoint.newest(out_dir) if resume else None
+if path:
     state = checkpoint.read(path)
     start = checkpoint.restore(path, state, model, opt, sched, config, must_match)
     counters.update(state.get("counters", {}))

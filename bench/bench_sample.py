@@ -12,7 +12,6 @@ Prints completion tokens/s and forward passes/s of both, their ratio, and the FL
 forward passes against a matmul peak measured on the same machine.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -20,23 +19,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_model, environment, forward_flops, measured_peak_flops, sync  # noqa: E402
+from common import bench_model, environment, forward_flops, measured_peak_flops, quick_shape, random_tokens, shape_parser, sync  # noqa: E402
 
 from sample import generate, transfer_schedule  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--model", default="tiny", choices=["tiny", "llada8b"])
-ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-ap.add_argument("--batch", type=int, default=8)
-ap.add_argument("--prompt_length", type=int, default=128)
-ap.add_argument("--gen_length", type=int, default=256)
-ap.add_argument("--block_length", type=int, default=32)
-ap.add_argument("--steps", type=int, default=128)
-ap.add_argument("--repeats", type=int, default=2)
-ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-args = ap.parse_args()
-if args.quick:
-    args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, args.repeats = 4, 16, 32, 16, 16, 1
+args = quick_shape(shape_parser().parse_args())
 
 
 @torch.no_grad()
@@ -73,8 +60,7 @@ def timed(fn, repeats, device):
 model, mask_id, eos_id, vocab = bench_model(args.model, args.device)
 dtype = next(model.parameters()).dtype
 g = torch.Generator().manual_seed(0)
-prompt = torch.randint(10, min(vocab, 100_000) - 1, (args.batch, args.prompt_length), generator=g).to(args.device)
-prompt[prompt == mask_id] = 11
+prompt = random_tokens((args.batch, args.prompt_length), vocab, mask_id, g).to(args.device)
 setting = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, mask_id=mask_id)
 
 ref_x, t_ref = timed(lambda: reference_generate(model, prompt, **setting), args.repeats, args.device)

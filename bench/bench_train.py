@@ -10,7 +10,6 @@ FLOPs are negligible); recompute F under gradient checkpointing. MFU = (forward 
 time / peak, the matmul peak measured on this machine; "HFU" also counts the recompute.
 """
 
-import argparse
 import os
 import resource
 import sys
@@ -19,35 +18,25 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_model, environment, forward_flops, measured_peak_flops, sync  # noqa: E402
+from common import bench_model, environment, forward_flops, measured_peak_flops, quick_shape, random_tokens, shape_parser, sync  # noqa: E402
 
 from agrpo import backward_draws, prepare  # noqa: E402
 from model import add_lora, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--model", default="tiny", choices=["tiny", "llada8b"])
-ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-ap.add_argument("--batch", type=int, default=8)
-ap.add_argument("--prompt_length", type=int, default=128)
-ap.add_argument("--gen_length", type=int, default=256)
-ap.add_argument("--block_length", type=int, default=32)
-ap.add_argument("--steps", type=int, default=128)
+ap = shape_parser()
 ap.add_argument("--mc_steps", type=int, default=4, help="k draws per sequence")
 ap.add_argument("--lora_rank", type=int, default=0)
 ap.add_argument("--checkpointing", action="store_true")
-ap.add_argument("--repeats", type=int, default=2)
-ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-args = ap.parse_args()
+args = quick_shape(ap.parse_args())
 if args.quick:
-    args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, args.mc_steps, args.repeats = 4, 16, 32, 16, 16, 2, 1
+    args.mc_steps = 2
 
 
 def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
     """Random tokens, each block's positions committed in a random order by the real schedule."""
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, min(vocab, 100_000) - 1, (B, P + G), generator=g)
-    ids[ids == mask_id] = 11
+    ids = random_tokens((B, P + G), vocab, mask_id, g)
     spb = steps // (G // block_length)
     per_block = torch.repeat_interleave(torch.arange(spb), torch.tensor(transfer_schedule(block_length, spb)))
     unmask = torch.stack([torch.cat([b * spb + per_block[torch.randperm(block_length, generator=g)] for b in range(G // block_length)])

@@ -1,5 +1,6 @@
 """Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts."""
 
+import argparse
 import os
 import sys
 import time
@@ -26,6 +27,35 @@ def bench_model(which, device):
     torch.set_default_dtype(default)
     assert len(tiny_tokenizer()) < LLADA_8B["vocab_size"]
     return model.eval(), 126336, 126081, LLADA_8B["vocab_size"]  # LLaDA's mask and EOS ids
+
+
+def shape_parser():
+    """The arguments both timing benches share: which model, where, and the rollout's shape."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny", choices=["tiny", "llada8b"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt_length", type=int, default=128)
+    ap.add_argument("--gen_length", type=int, default=256)
+    ap.add_argument("--block_length", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    return ap
+
+
+def quick_shape(args):
+    """--quick: shrink the shape so a test can run the script in seconds."""
+    if args.quick:
+        args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, args.repeats = 4, 16, 32, 16, 16, 1
+    return args
+
+
+def random_tokens(shape, vocab, mask_id, generator):
+    """Ordinary token ids (never the mask) for synthetic prompts and rollouts."""
+    ids = torch.randint(10, min(vocab, 100_000) - 1, shape, generator=generator)
+    ids[ids == mask_id] = 11
+    return ids
 
 
 def matmul_params(model):
