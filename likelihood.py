@@ -159,13 +159,14 @@ def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy", 
 
 def token_logp(model, rollout, x, read, rows=None, truncate=True):
     """log p_θ(o_j | x) at the read positions, zero elsewhere: (n, G). x (n, L), read (n, G);
-    rows (n,) picks each input's rollout row (default: all rows in order). The log-softmax runs
-    only on read positions, never on the whole (n, L, V) logits."""
+    rows (n,) picks each input's rollout row (default: all rows in order). Only read positions get
+    logits (the vocabulary projection and log-softmax), never the whole (n, L, V)."""
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
-    P = rollout.prompt_length
-    logits = forward_logits(model, x, rollout.attention_mask[rows])[:, P:]
+    at = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    at[:, rollout.prompt_length :] = read
+    logits = forward_logits(model, x, rollout.attention_mask[rows], at=at)  # (N, V), N = read.sum()
     top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
-    lp = policy_logprobs(logits[read], rollout.mask_id, rollout.temperature, top_k, top_p)
+    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p)
     out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)
     return out.masked_scatter(read, lp.gather(-1, rollout.completion[rows][read][:, None]).squeeze(-1))
 

@@ -144,7 +144,10 @@ class TinyLLaDA(nn.Module):
                 residual = name.endswith(("attn_out.weight", "ff_out.weight"))
                 nn.init.normal_(p, std=config.init_std / (math.sqrt(2 * config.n_layers) if residual else 1.0))
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, logits_at=None):
+        """logits_at: index into the (B, L) positions (a bool mask, or a tuple of slices); only those
+        get the vocabulary projection, the largest matmul of a small model and the largest tensor
+        of a big one."""
         x = self.wte(input_ids)
         # key-padding mask: (B, 1, 1, L), True = may attend. Pad queries still see real keys, so no NaN.
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
@@ -153,6 +156,7 @@ class TinyLLaDA(nn.Module):
                 x = checkpoint(block, x, attn_mask, use_reentrant=False)
             else:
                 x = block(x, attn_mask)
+        x = x if logits_at is None else x[logits_at]
         return MaskedLMOutput(logits=self.lm_head(self.norm(x)))
 
 
@@ -217,14 +221,43 @@ def _load_llada(name_or_path, dtype):
     return model, tok
 
 
-def forward_logits(model, ids, attention_mask=None):
-    """Logits (B, L, V). The padding mask is passed only to models that honour it as a
-    bidirectional key mask: LLaDA's hub code ignores `attention_mask` and some copies of it turn a
-    padded mask into a *causal* bias, so for LLaDA left padding is attended, as in its own
-    pipelines (batches of one prompt's group have no padding at all)."""
-    if attention_mask is not None and getattr(unwrap(model), "accepts_padding_mask", False):
-        return model(ids, attention_mask=attention_mask).logits
-    return model(ids).logits
+def forward_logits(model, ids, attention_mask=None, at=None):
+    """Logits (B, L, V), or with `at` only logits[at]: `at` indexes the (B, L) positions, a bool mask
+    (giving (N, V) in row-major order) or a tuple of slices such as (slice(None), slice(lo, hi)).
+    Only those positions go through the vocabulary projection: the sampler reads one block, the
+    estimators read the tokens of one step, and for LLaDA-8B the full (B, L, 126464) logits and their
+    gradient are the largest tensors of an update.
+
+    The padding mask is passed only to models that honour it as a bidirectional key mask: LLaDA's
+    hub code ignores `attention_mask` and some copies of it turn a padded mask into a *causal* bias,
+    so for LLaDA left padding is attended, as in its own pipelines (batches of one prompt's group
+    have no padding at all)."""
+    bare = unwrap(model)
+    kw = {"attention_mask": attention_mask} if attention_mask is not None and getattr(bare, "accepts_padding_mask", False) else {}
+    if at is None:
+        return model(ids, **kw).logits
+    if isinstance(bare, TinyLLaDA):
+        return model(ids, logits_at=at, **kw).logits
+    final_norm = _final_norm(bare)
+    if final_norm is None:  # an unknown architecture: project everything, then select
+        return model(ids, **kw).logits[at]
+    # LLaDA: x = ln_f(x); logits = ff_out(x). Selecting ln_f's output selects what ff_out projects.
+    handle = final_norm.register_forward_hook(lambda module, inputs, out: out[at])
+    try:
+        logits = model(ids, **kw).logits
+    finally:
+        handle.remove()
+    expected = (int(at.sum()),) if torch.is_tensor(at) else torch.empty(ids.shape, device="meta")[at].shape
+    if logits.shape[:-1] != expected:
+        name, got = type(bare).__name__, tuple(logits.shape)
+        raise RuntimeError(f"{name}: logits of shape {got} after selecting positions, expected {tuple(expected)} + (vocab,)")
+    return logits
+
+
+def _final_norm(bare):
+    """LLaDA's final norm (model.transformer.ln_f), whose output is exactly what its head projects."""
+    transformer = getattr(getattr(bare, "model", None), "transformer", None)
+    return transformer["ln_f"] if isinstance(transformer, nn.ModuleDict) and "ln_f" in transformer else None
 
 
 def model_vocab_size(model):

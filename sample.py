@@ -169,7 +169,7 @@ def generate(
         rows = (~done).nonzero().squeeze(1)
         for i, k in enumerate(schedule):
             t = b * spb + i
-            logits = forward_logits(model, x[rows], attn[rows])[:, lo:hi]
+            logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
             lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)  # (n, Bk, V)
             if temperature > 0:
                 u = torch.rand(lp.shape, dtype=torch.float64, device=device, generator=generator)

@@ -4,7 +4,8 @@ forward + backward (agrpo.backward_draws), on a synthetic rollout of the given s
     python bench/bench_train.py --quick                                   # CPU, embedded model (a test)
     python bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
 
-FLOPs counted per draw: forward F = 2·N·tokens (+ attention); backward 2F with full fine-tuning
+FLOPs counted per draw: forward F = 2·N·tokens (+ attention; the vocabulary head only on the
+positions the draw reads, as forward_logits computes it); backward 2F with full fine-tuning
 (activation and weight gradients), F with LoRA (activation gradients only; the adapters' own
 FLOPs are negligible); recompute F under gradient checkpointing. MFU = (forward + backward) /
 time / peak, the matmul peak measured on this machine; "HFU" also counts the recompute.
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import bench_model, environment, forward_flops, measured_peak_flops, quick_shape, random_tokens, shape_parser, sync  # noqa: E402
 
 from agrpo import backward_draws, prepare  # noqa: E402
+from likelihood import make_draws  # noqa: E402
 from model import add_lora, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
@@ -48,13 +50,14 @@ def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
 
 model, mask_id, eos_id, vocab = bench_model(args.model, args.device)
 n_params = sum(p.numel() for p in model.parameters())
-fwd = forward_flops(model, args.batch, args.prompt_length + args.gen_length)
+rollout = synthetic_rollout(args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, mask_id, vocab, args.device)
+read = int(make_draws("stepwise", rollout, args.mc_steps, torch.Generator().manual_seed(2)).read.sum())
+fwd = forward_flops(model, args.batch, args.prompt_length + args.gen_length, head_tokens=read / args.mc_steps)  # per draw
 if args.lora_rank:
     model = add_lora(model, args.lora_rank, args.lora_rank)
 if args.checkpointing:
     set_gradient_checkpointing(model)
 model.train()
-rollout = synthetic_rollout(args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, mask_id, vocab, args.device)
 advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(1)).to(args.device)
 
 

@@ -63,10 +63,15 @@ def matmul_params(model):
     return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("wte"))
 
 
-def forward_flops(model, batch, seq):
-    """2·N·tokens for the weights plus 4·L²·d per layer and sequence for attention scores and values."""
+def forward_flops(model, batch, seq, head_tokens=None):
+    """2·N·tokens for the weights plus 4·L²·d per layer and sequence for attention scores and values.
+    The vocabulary head counts only on `head_tokens` positions (default: all): the positions whose
+    logits the algorithm reads, so a forward that skips the others is not credited for them."""
     c = model.config
-    return 2 * matmul_params(model) * batch * seq + 4 * c.n_layers * batch * seq * seq * c.d_model
+    head = c.d_model * c.vocab_size
+    head_tokens = batch * seq if head_tokens is None else head_tokens
+    body = 2 * (matmul_params(model) - head) * batch * seq + 4 * c.n_layers * batch * seq * seq * c.d_model
+    return body + 2 * head * head_tokens
 
 
 def sync(device):

@@ -6,8 +6,18 @@ import sys
 
 import pytest
 import torch
+from transformers.modeling_outputs import MaskedLMOutput
 
-from model import check_compatible, load, load_tiny_checkpoint, model_path_error, save_tiny_checkpoint, tiny_tokenizer
+from model import (
+    add_lora,
+    check_compatible,
+    forward_logits,
+    load,
+    load_tiny_checkpoint,
+    model_path_error,
+    save_tiny_checkpoint,
+    tiny_tokenizer,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,3 +95,60 @@ def test_checkpoint_roundtrip(tmp_path):
     (tmp_path / "ck" / "tiny_config.json").write_text('{"d_model": 64, "bogus": 1}')
     with pytest.raises(ValueError, match="bogus"):
         load_tiny_checkpoint(tmp_path / "ck")
+
+
+class LLaDAShaped(torch.nn.Module):
+    """LLaDA's module layout where it matters here: model.transformer = ModuleDict(wte, blocks, ln_f,
+    ff_out) and a forward that ends `logits = ff_out(ln_f(x))`, returning an object with .logits."""
+
+    def __init__(self, tiny_model):
+        super().__init__()
+        t = tiny_model
+        self.model = torch.nn.Module()
+        self.model.transformer = torch.nn.ModuleDict(dict(wte=t.wte, blocks=t.blocks, ln_f=t.norm, ff_out=t.lm_head))
+
+    def forward(self, ids):
+        tr = self.model.transformer
+        x = tr["wte"](ids)
+        for block in tr["blocks"]:
+            x = block(x, None)
+        return MaskedLMOutput(logits=tr["ff_out"](tr["ln_f"](x)))
+
+
+class Opaque(torch.nn.Module):
+    """A model whose head cannot be found: forward_logits must project everything, then select."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids):
+        return self.inner(ids)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny+lora", "llada_shaped", "opaque"])
+def test_logits_at_positions_equal_full_logits(kind):
+    """forward_logits(at=...) projects only the selected positions: the values and the gradients
+    must equal those of the full logits indexed afterwards, for each way a model is reached."""
+    model, _ = load("tiny", seed=0)
+    if kind == "tiny+lora":
+        model = add_lora(model, 4, 8)
+    elif kind == "llada_shaped":
+        model = LLaDAShaped(model)
+    elif kind == "opaque":
+        model = Opaque(model)
+    ids = torch.randint(10, 100, (3, 12), generator=torch.Generator().manual_seed(1))
+    at = torch.rand(3, 12, generator=torch.Generator().manual_seed(2)) < 0.3
+    full = forward_logits(model, ids)
+    torch.testing.assert_close(forward_logits(model, ids, at=at), full[at], atol=1e-5, rtol=1e-5)
+    block = (slice(None), slice(4, 8))
+    torch.testing.assert_close(forward_logits(model, ids, at=block), full[block], atol=1e-5, rtol=1e-5)
+    assert forward_logits(model, ids, at=torch.zeros_like(at)).shape == (0, full.shape[-1])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for logits in (lambda: forward_logits(model, ids)[at], lambda: forward_logits(model, ids, at=at)):
+        weights = torch.arange(int(at.sum()) * full.shape[-1], dtype=torch.float32).view(-1, full.shape[-1]).sin()
+        grads.append(torch.autograd.grad((logits() * weights).sum(), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
