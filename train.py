@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 import checkpoint
 import data
+import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import decode_completions, evaluate
-from likelihood import ESTIMATORS, SCHEMES, draws_logp, elbo_draws
+from likelihood import ESTIMATORS, SCHEMES
 from model import add_lora, load, model_path_error, save_tiny_checkpoint, unwrap
-from sample import Rollout, check_settings, generate
+from sample import check_settings, generate
 
 # ---------------------------------------------------------------------------------------------
 # defaults = the embedded default (configs/tiny_countdown.py); presets in configs/ override them
@@ -197,54 +198,23 @@ def eval_accuracy(model, tok, items, label):
     return acc, res
 
 
-# ---------------------------------------------------------------------------------------------
-# warm start: LLaDA's supervised loss −E_t[(1/t) Σ_{masked j} log p(o_j | x_t)] on solutions
-
-
-def solution_text(item):
-    if task == "countdown":
-        return data.countdown_solution_text(item, think=warm_start_think)
-    return data.sudoku_solution_text(item)
-
-
-def sft_batch(tok, items):
-    prompts = [data.build_prompt(tok, task, it, system_prompt, compact_prompt) for it in items]
-    comps = [tok(solution_text(it), add_special_tokens=False).input_ids + [tok.eos_token_id] for it in items]
-    P = max(map(len, prompts))
-    ids = torch.full((len(items), P + gen_length), tok.eos_token_id)
-    attn = torch.ones_like(ids)
-    for i, (p, c) in enumerate(zip(prompts, comps)):
-        ids[i, : P - len(p)], attn[i, : P - len(p)] = tok.pad_token_id, 0
-        ids[i, P - len(p) : P] = torch.tensor(p)
-        ids[i, P : P + len(c)] = torch.tensor(c[:gen_length])  # the rest is EOS padding, trained too (as LLaDA's SFT)
-    zeros = torch.zeros(len(items), gen_length)
-    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, steps, block_length, tok.mask_token_id, tuple(tok.eos_ids))
-
-
 def warm_start(model, tok, train_items):
+    """The embedded model's SFT warm start (sft.py), cached in out_dir/warm_start."""
     path = os.path.join(out_dir, "warm_start")
     if os.path.exists(os.path.join(path, "tiny_config.json")):
         log(f"warm start: loading cached {path}")
         return load(path, device=device)[0]
-    if task not in ("countdown", "sudoku"):
+    if task not in sft.TASKS:
         raise ConfigError(f"the warm start needs generated solutions: task={task!r} has none (use a LLaDA model)")
-    opt = torch.optim.AdamW(model.parameters(), lr=warm_start_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    rng = random.Random(seed + 1)
-    train_items = [it for it in train_items if len(tok(solution_text(it), add_special_tokens=False).input_ids) < gen_length]
-    model.train()
-    bar = tqdm(range(warm_start_steps), desc="warm start (SFT)", disable=not master)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = warm_start_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / warm_start_steps))
-        batch = sft_batch(tok, rng.sample(train_items, warm_start_batch))
-        draws = elbo_draws(batch, 1, seeded("sft", step), read_all=True)
-        loss = -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / (len(batch.ids) * gen_length)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.zero_grad(set_to_none=True)  # a stale SFT gradient would leak into the first AGRPO step
+    n_tokens = [len(tok(sft.solution_text(task, it, warm_start_think), add_special_tokens=False).input_ids) for it in train_items]
+    fits = [it for it, n in zip(train_items, n_tokens) if n < gen_length]
+    if len(fits) < warm_start_batch:
+        raise ConfigError(f"--gen_length={gen_length}: only {len(fits)} training solutions fit (with EOS); the warm start needs more")
+    model = sft.train(
+        model, tok, task, fits, steps=warm_start_steps, lr=warm_start_lr, batch_size=warm_start_batch, gen_length=gen_length,
+        rng=random.Random(seed + 1), generator_for_step=lambda step: seeded("sft", step), system_prompt=system_prompt,
+        compact=compact_prompt, think=warm_start_think, show=master,
+    )  # fmt: skip
     if master:
         save_tiny_checkpoint(model, path)
     return model

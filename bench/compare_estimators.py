@@ -9,6 +9,7 @@ error over seeds).
 
     python bench/compare_estimators.py                       # embedded default, 3 seeds
     python bench/compare_estimators.py --quick               # a few steps: checks the pipeline (a test)
+    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=runs/compare_sudoku
 
 Writes out_dir/RESULTS.md (table and verdict), results.json and reward_curves.png.
 """
@@ -32,9 +33,10 @@ ap.add_argument("--out_dir", default="runs/compare")
 ap.add_argument("--max_steps", type=int, default=600, help="AGRPO steps per run (600 keeps 3 seeds under an hour on 2 cores)")
 ap.add_argument("--eval_items", type=int, default=200)
 ap.add_argument("--step_fractions", default="(0.25,0.5,1.0)")
+ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset; its task and lengths also set eval's")
 ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
-ap.add_argument("train_args", nargs="*", help="extra --key=value passed to every train.py run")
-args = ap.parse_args()
+args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
+
 quick = ["--warm_start_steps=3", "--warm_start_batch=8", "--group_size=4", "--groups_per_micro=1"] if args.quick else []
 if args.quick:
     args.max_steps, args.eval_items, args.seeds = 2, 8, "0"
@@ -57,7 +59,10 @@ def mean_se(xs):
 
 t0 = time.time()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
-common = [*quick, *args.train_args, "--eval_before=False", "--eval_after=False"]
+preset = {"__file__": os.path.join(ROOT, args.config)}  # the preset's task and eval length, which eval.py must share
+exec(open(preset["__file__"]).read(), preset)
+task, eval_length = preset.get("task", "countdown"), preset.get("eval_gen_length", 16)
+common = [args.config, *quick, *train_args, "--eval_before=False", "--eval_after=False"]
 common += [f"--max_steps={args.max_steps}"] if args.max_steps else []
 rows = []  # (seed, model, steps, accuracy)
 warm = os.path.join(out, f"seed{seeds[0]}", ESTIMATORS[0], "warm_start")  # one warm start for every run
@@ -70,8 +75,9 @@ for seed in seeds:
         call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--out_dir={run_dir}", "--resume")
     models = [warm] + [os.path.join(base, e) for e in ESTIMATORS]
     labels = ["warm start", *ESTIMATORS]  # one test set (seed 0) for every seed: only training varies
+    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}"]
     call("eval.py", f"--models={tuple(models)!r}", f"--labels={tuple(labels)!r}", "--seed=0", f"--eval_items={args.eval_items}",
-         "--gen_lengths=(16,)", f"--step_fractions={args.step_fractions}", f"--out_dir={base}/eval")  # fmt: skip
+         *grid, f"--out_dir={base}/eval")  # fmt: skip
     for r in json.load(open(f"{base}/eval/results.json"))["rows"]:
         rows.append((seed, r["model"], r["steps"], r["accuracy"]))
 minutes = (time.time() - t0) / 60
@@ -120,13 +126,13 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(os.path.join(out, "reward_curves.png"), dpi=120)
 
-text = f"""# Estimators compared on the embedded default
+text = f"""# Estimators compared on the embedded model: {task}
 
 Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {len(seeds)} seed(s),
 {minutes:.0f} min on {os.cpu_count()} CPU cores (torch {torch.__version__}, {platform.processor() or platform.machine()}).
 Each seed: one warm start, then three train.py runs differing only in `--estimator` (train.py's other
-defaults, extra arguments: {" ".join(common) or "none"}). Held-out greedy accuracy (%) on
-{args.eval_items} problems, generation length 16, by sampling steps m; mean ± standard error over seeds.
+settings, arguments: {" ".join(common)}). Held-out greedy accuracy (%{", cell accuracy" if task == "sudoku" else ""}) on
+{args.eval_items} problems, generation length {eval_length}, by sampling steps m; mean ± standard error over seeds.
 
 {chr(10).join(lines)}
 

@@ -24,11 +24,13 @@ def test_bench_quick(script, expect):
     assert expect in out.stdout
 
 
-def test_compare_estimators_quick(tmp_path):
-    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", f"--out_dir={tmp_path}"]
+@pytest.mark.parametrize("config", ["configs/tiny_countdown.py", "configs/tiny_sudoku.py"])
+def test_compare_estimators_quick(tmp_path, config):
+    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", f"--config={config}", f"--out_dir={tmp_path}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-3000:]
     text = open(f"{tmp_path}/RESULTS.md").read()
     for model in ("warm start", "stepwise", "one_step", "elbo"):
         assert f"| {model} |" in text
-    assert "the ordering" in text and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0
+    assert "stepwise above one_step" in text and "stepwise above elbo" in text
+    assert ("sudoku" in text) == ("sudoku" in config) and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0

@@ -1,0 +1,68 @@
+"""The warm start of the embedded model: supervised masked-diffusion training (LLaDA's SFT loss) on
+generated solutions, so that AGRPO starts from a policy whose rewards are not all zero.
+
+With o the G completion tokens (the solution, then EOS padding), l ~ U{1..G} of them masked
+uniformly at random (x_l) and the prompt never masked:
+
+    L_SFT(θ) = −E_l E_{x_l} [ (G/l) Σ_{masked j} log p_θ(o_j | prompt, x_l) ] / G
+
+This is likelihood.py's ELBO estimator read at every masked position, EOS padding included, as
+LLaDA's SFT trains on its padding: the model learns where completions end.
+"""
+
+import math
+
+import torch
+from tqdm import tqdm
+
+import data
+from likelihood import draws_logp, elbo_draws
+from sample import Rollout
+
+TASKS = ("countdown", "sudoku")  # the tasks whose generator also gives solutions
+
+
+def solution_text(task, item, think=False):
+    if task == "countdown":
+        return data.countdown_solution_text(item, think=think)
+    return data.sudoku_solution_text(item)
+
+
+def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, think=False):
+    """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
+    prompts = [data.build_prompt(tok, task, it, system_prompt, compact) for it in items]
+    comps = [tok(solution_text(task, it, think), add_special_tokens=False).input_ids + [tok.eos_token_id] for it in items]
+    P = max(map(len, prompts))
+    ids = torch.full((len(items), P + gen_length), tok.eos_token_id)
+    attn = torch.ones_like(ids)
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        ids[i, : P - len(p)], attn[i, : P - len(p)] = tok.pad_token_id, 0
+        ids[i, P - len(p) : P] = torch.tensor(p)
+        ids[i, P : P + len(c)] = torch.tensor(c[:gen_length])  # the rest is EOS padding, trained too
+    zeros = torch.zeros(len(items), gen_length)
+    # the schedule fields are unused by the ELBO draws: one block, one step per token
+    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
+
+
+def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, generator_for_step, system_prompt="",
+          compact=True, think=False, show=True):  # fmt: skip
+    """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
+    solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
+    generator_for_step(step) gives the torch.Generator of that step's masks. Returns the model
+    with no gradient left in .grad."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    model.train()
+    bar = tqdm(range(steps), desc="warm start (SFT)", disable=not show)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, think)
+        draws = elbo_draws(batch, 1, generator_for_step(step), read_all=True)
+        loss = -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / (len(batch.ids) * gen_length)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.zero_grad(set_to_none=True)  # a stale SFT gradient would leak into the first AGRPO step
+    return model
