@@ -39,7 +39,7 @@ def shape_parser():
     ap.add_argument("--gen_length", type=int, default=256)
     ap.add_argument("--block_length", type=int, default=32)
     ap.add_argument("--steps", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     return ap
 

@@ -116,6 +116,7 @@ BAD = [
     (["--model_name=./no/model"], "no/model does not exist"),
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
+    (["--task=sudoku", "--steps=4"], "--gen_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
 ]
 
 
