@@ -231,6 +231,8 @@ def main():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # NCCL's object gather runs on the current device: one per rank
     items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
 
     rows, samples = [], []

@@ -105,6 +105,13 @@ def transfer_schedule(block_length, steps_per_block):
     return [base + (i < extra) for i in range(steps_per_block)]
 
 
+def uniform(shape, generator, device):
+    """U(0,1) in float64, drawn where the generator lives (give one on the model's device: a CPU
+    generator works with a CUDA model too, but draws a (rows, block, vocab) tensor on the CPU)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, dtype=torch.float64, device=where, generator=generator).to(device)
+
+
 def left_pad(prompts, pad_id, device="cpu"):
     """List of token lists -> (ids, attention_mask), padded on the left so completions line up."""
     P = max(len(p) for p in prompts)
@@ -172,7 +179,7 @@ def generate(
             logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
             lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)  # (n, Bk, V)
             if temperature > 0:
-                u = torch.rand(lp.shape, dtype=torch.float64, device=device, generator=generator)
+                u = uniform(lp.shape, generator, device)
                 gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
                 x_hat = (lp.double() + gumbel).argmax(-1)
             else:
@@ -182,7 +189,7 @@ def generate(
                 raw[..., mask_id] = float("-inf")
                 conf = raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)  # log softmax(ℓ)[x̂]
             else:
-                conf = torch.rand(x_hat.shape, dtype=torch.float64, device=device, generator=generator)
+                conf = uniform(x_hat.shape, generator, device)
             conf = conf.masked_fill(x[rows, lo:hi] != mask_id, float("-inf"))
             sel = conf.topk(k, dim=-1).indices  # (n, k) positions within the block
             tok = x_hat.gather(1, sel)

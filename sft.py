@@ -28,7 +28,7 @@ def solution_text(task, item, think=False):
     return data.sudoku_solution_text(item)
 
 
-def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, think=False):
+def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, think=False, device="cpu"):
     """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
     prompts = [data.build_prompt(tok, task, it, system_prompt, compact) for it in items]
     comps = [tok(solution_text(task, it, think), add_special_tokens=False).input_ids + [tok.eos_token_id] for it in items]
@@ -39,7 +39,7 @@ def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, thin
         ids[i, : P - len(p)], attn[i, : P - len(p)] = tok.pad_token_id, 0
         ids[i, P - len(p) : P] = torch.tensor(p)
         ids[i, P : P + len(c)] = torch.tensor(c[:gen_length])  # the rest is EOS padding, trained too
-    zeros = torch.zeros(len(items), gen_length)
+    ids, attn, zeros = ids.to(device), attn.to(device), torch.zeros(len(items), gen_length, device=device)
     # the schedule fields are unused by the ELBO draws: one block, one step per token
     return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
 
@@ -50,13 +50,14 @@ def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, ge
     solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
     generator_for_step(step) gives the torch.Generator of that step's masks. Returns the model
     with no gradient left in .grad."""
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     model.train()
     bar = tqdm(range(steps), desc="warm start (SFT)", disable=not show)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, think)
+        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, think, device)
         draws = elbo_draws(batch, 1, generator_for_step(step), read_all=True)
         loss = -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / (len(batch.ids) * gen_length)
         opt.zero_grad(set_to_none=True)

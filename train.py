@@ -165,10 +165,10 @@ def log(*a):
         tqdm.write(" ".join(str(x) for x in a))
 
 
-def seeded(*key):
+def seeded(*key, device="cpu"):
     """A generator seeded by (seed, *key): the same on every rank and in every partition of work."""
     digest = hashlib.sha256(repr((seed, *key)).encode()).hexdigest()  # not hash(): salted per process
-    return torch.Generator().manual_seed(int(digest[:15], 16))
+    return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
 def fetch_items():
@@ -309,7 +309,7 @@ for step in bar:
                 top_p=top_p,
                 remasking=remasking,
                 pad_id=tok.pad_token_id,
-                generator=seeded("rollout", step, micro),
+                generator=seeded("rollout", step, micro, device=device),  # the Gumbel noise is drawn on the GPU
             )
         texts, lengths = decode_completions(tok, rollout)
         answers = [data.answer_of(task, it) for it in items for _ in range(group_size)]
@@ -355,7 +355,7 @@ for step in bar:
             metrics["kl"] / max(1, metrics["tokens"]),
             metrics["clipped"] / max(1, metrics["tokens"]),
         ]
-    )
+    ).to(device)  # NCCL reduces GPU tensors only
     if ddp:
         dist.all_reduce(stats)
         stats /= world
