@@ -62,6 +62,8 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, captu
 preset = {"__file__": os.path.join(ROOT, args.config)}  # the preset's task and eval length, which eval.py must share
 exec(open(preset["__file__"]).read(), preset)
 task, eval_length = preset.get("task", "countdown"), preset.get("eval_gen_length", 16)
+knobs = ("num_range", "target_range", "countdown_ops", "sudoku_blanks")  # the test set must be drawn as training's
+problem_knobs = [f"--{k}={preset[k]!r}" for k in knobs if k in preset] + [a for a in train_args if a[2:].split("=")[0] in knobs]
 common = [args.config, *quick, *train_args, "--eval_before=False", "--eval_after=False"]
 common += [f"--max_steps={args.max_steps}"] if args.max_steps else []
 rows = []  # (seed, model, steps, accuracy)
@@ -75,7 +77,7 @@ for seed in seeds:
         call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--out_dir={run_dir}", "--resume")
     models = [warm] + [os.path.join(base, e) for e in ESTIMATORS]
     labels = ["warm start", *ESTIMATORS]  # one test set (seed 0) for every seed: only training varies
-    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}"]
+    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}", *problem_knobs]
     call("eval.py", f"--models={tuple(models)!r}", f"--labels={tuple(labels)!r}", "--seed=0", f"--eval_items={args.eval_items}",
          *grid, f"--out_dir={base}/eval")  # fmt: skip
     for r in json.load(open(f"{base}/eval/results.json"))["rows"]:
