@@ -1,11 +1,13 @@
 # The embedded model on generated 4x4 Sudoku: python train.py configs/tiny_sudoku.py
 # The answer "<answer>" + 16 digits + "</answer>" + EOS is 19 tokens, so completions are 24 long
 # (3 blocks of 8); m = L/4 steps as the Countdown default. Accuracy is cell accuracy.
-# 10 blanks: with 6, the warm start alone already filled ~99% of cells in rollouts (measured), and
-# groups of equal rewards leave AGRPO nothing to learn from.
+# A short warm start on 10 blanks, so that AGRPO has something to learn: after the default 2,500
+# SFT steps the model already filled ~99% of the cells in its rollouts (with 6 blanks and with 10,
+# measured), and groups of equal rewards give zero advantages. 300 steps: 50.6% greedy cell accuracy.
 model_name = "tiny"
 task = "sudoku"
 sudoku_blanks = 10
+warm_start_steps = 300
 gen_length = 24
 steps = 6
 eval_gen_length = 24
