@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import data
 from likelihood import draws_logp, elbo_draws
-from sample import Rollout
+from sample import Rollout, left_pad
 
 TASKS = ("countdown", "sudoku")  # the tasks whose generator also gives solutions
 
@@ -30,17 +30,16 @@ def solution_text(task, item, think=False):
 
 def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, think=False, device="cpu"):
     """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
-    prompts = [data.build_prompt(tok, task, it, system_prompt, compact) for it in items]
-    comps = [tok(solution_text(task, it, think), add_special_tokens=False).input_ids + [tok.eos_token_id] for it in items]
-    P = max(map(len, prompts))
-    ids = torch.full((len(items), P + gen_length), tok.eos_token_id)
-    attn = torch.ones_like(ids)
-    for i, (p, c) in enumerate(zip(prompts, comps)):
-        ids[i, : P - len(p)], attn[i, : P - len(p)] = tok.pad_token_id, 0
-        ids[i, P - len(p) : P] = torch.tensor(p)
-        ids[i, P : P + len(c)] = torch.tensor(c[:gen_length])  # the rest is EOS padding, trained too
-    ids, attn, zeros = ids.to(device), attn.to(device), torch.zeros(len(items), gen_length, device=device)
+    prompt_ids, prompt_mask = left_pad([data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id)
+    comps = torch.full((len(items), gen_length), tok.eos_token_id)  # the rest is EOS padding, trained too
+    for i, it in enumerate(items):
+        c = tok(solution_text(task, it, think), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        comps[i, : len(c)] = torch.tensor(c[:gen_length])
+    ids = torch.cat([prompt_ids, comps], 1).to(device)
+    attn = torch.cat([prompt_mask, torch.ones_like(comps)], 1).to(device)
+    zeros = torch.zeros(len(items), gen_length, device=device)
     # the schedule fields are unused by the ELBO draws: one block, one step per token
+    P = prompt_ids.shape[1]
     return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
 
 
