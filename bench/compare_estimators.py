@@ -25,6 +25,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import checkpoint  # noqa: E402
+
 ESTIMATORS = ("stepwise", "one_step", "elbo")
 
 ap = argparse.ArgumentParser()
@@ -33,7 +36,7 @@ ap.add_argument("--out_dir", default="runs/compare")
 ap.add_argument("--max_steps", type=int, default=600, help="AGRPO steps per run (600 keeps 3 seeds under an hour on 2 cores)")
 ap.add_argument("--eval_items", type=int, default=200)
 ap.add_argument("--step_fractions", default="(0.25,0.5,1.0)")
-ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset; its task and lengths also set eval's")
+ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset (task, lengths, problem generator)")
 ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
 args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
 
@@ -59,11 +62,6 @@ def mean_se(xs):
 
 t0 = time.time()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
-preset = {"__file__": os.path.join(ROOT, args.config)}  # the preset's task and eval length, which eval.py must share
-exec(open(preset["__file__"]).read(), preset)
-task, eval_length = preset.get("task", "countdown"), preset.get("eval_gen_length", 16)
-knobs = ("num_range", "target_range", "countdown_ops", "sudoku_blanks")  # the test set must be drawn as training's
-problem_knobs = [f"--{k}={preset[k]!r}" for k in knobs if k in preset] + [a for a in train_args if a[2:].split("=")[0] in knobs]
 common = [args.config, *quick, *train_args, "--eval_before=False", "--eval_after=False"]
 common += [f"--max_steps={args.max_steps}"] if args.max_steps else []
 rows = []  # (seed, model, steps, accuracy)
@@ -77,7 +75,11 @@ for seed in seeds:
         call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--out_dir={run_dir}", "--resume")
     models = [warm] + [os.path.join(base, e) for e in ESTIMATORS]
     labels = ["warm start", *ESTIMATORS]  # one test set (seed 0) for every seed: only training varies
-    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}", *problem_knobs]
+    # eval.py shares the runs' task, eval length and problem generator, read from a checkpoint's resolved config
+    cfg = checkpoint.read(checkpoint.newest(models[1]))["config"]
+    task, eval_length = cfg["task"], cfg["eval_gen_length"]
+    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}"]
+    grid += [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "countdown_ops", "sudoku_blanks")]
     call("eval.py", f"--models={tuple(models)!r}", f"--labels={tuple(labels)!r}", "--seed=0", f"--eval_items={args.eval_items}",
          *grid, f"--out_dir={base}/eval")  # fmt: skip
     for r in json.load(open(f"{base}/eval/results.json"))["rows"]:
