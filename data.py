@@ -71,10 +71,17 @@ def question(task_name, item, compact=False):
     raise ValueError(f"task={task_name!r} does not exist; choose one of {sorted(TASKS)}")
 
 
+def chat_ids(tok, messages):
+    """Token ids of a chat ending in the assistant's turn. Rendered to text, then tokenized: what
+    apply_chat_template(tokenize=True) returns changed in transformers 5 (a dict, not a list)."""
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False).input_ids  # the template already holds the specials
+
+
 def build_prompt(tok, task_name, item, system_prompt=SYSTEM_PROMPT, compact=False):
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question(task_name, item, compact)})
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return chat_ids(tok, messages)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -285,12 +285,22 @@ def unwrap(model):
     return model
 
 
-def add_lora(model, rank, alpha):
+def add_lora(model, rank, alpha, under_autocast=False):
     """LoRA adapters (peft) on LORA_TARGETS; only they are trained, and `disable_adapter()`
-    gives the base model back as the reference policy."""
-    from peft import LoraConfig, get_peft_model
+    gives the base model back as the reference policy.
 
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS))
+    peft keeps the adapters in float32 (right for Adam) and casts every adapter's input to float32:
+    on a bf16 model that is a full copy of the activations, there and back, at each adapted layer.
+    `under_autocast`: the model only ever runs under bf16 autocast, which casts the matmul inputs to
+    bf16 anyway, so the copy changes no number (tested) and is skipped."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS))
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = not under_autocast
+    return model
 
 
 def set_gradient_checkpointing(model):
@@ -305,6 +315,24 @@ def set_gradient_checkpointing(model):
         m.model.set_activation_checkpointing(strategy)
     else:
         m.gradient_checkpointing_enable()
+
+
+def compile_blocks(model):
+    """torch.compile each transformer block in place (regional compilation): the blocks share one
+    code path, so one graph is compiled and reused by all, and norms, RoPE and SwiGLU fuse into few
+    kernels. The vocabulary head and the position selection stay eager: their shapes depend on the
+    data. Shapes that change (rows finishing, prompt lengths) recompile once, then run dynamic."""
+    bare = unwrap(model)
+    if isinstance(bare, TinyLLaDA):
+        blocks = bare.blocks
+    else:  # LLaDA: model.transformer.blocks (block_group_size 1, as LLaDA-8B)
+        transformer = getattr(getattr(bare, "model", None), "transformer", None)
+        blocks = transformer["blocks"] if isinstance(transformer, nn.ModuleDict) and "blocks" in transformer else None
+    if blocks is None:
+        raise ValueError(f"compile: cannot find the transformer blocks of {type(bare).__name__}")
+    for block in blocks:
+        block.compile()
+    return model
 
 
 def save_tiny_checkpoint(model, path):

@@ -28,7 +28,7 @@ from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import decode_completions, evaluate
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, load, model_path_error, save_tiny_checkpoint, unwrap
+from model import add_lora, compile_blocks, load, model_path_error, save_tiny_checkpoint, unwrap
 from sample import check_settings, generate
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +84,7 @@ lora_alpha = 64
 gradient_checkpointing = False
 dtype = "float32"  # float32 | bfloat16: the weights
 autocast = True  # bf16 autocast of forward and backward passes on CUDA (the sampler's Gumbel noise stays float64)
+compile = False  # torch.compile each transformer block of the policy (model.compile_blocks)
 # evaluation (greedy, low-confidence remasking)
 eval_items = 200
 eval_gen_length = 16
@@ -155,9 +156,11 @@ torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
 os.makedirs(out_dir, exist_ok=True)
 
 
+use_amp = autocast and device.startswith("cuda")
+
+
 def amp():
-    on = autocast and device.startswith("cuda")
-    return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
 
 def log(*a):
@@ -179,21 +182,11 @@ def fetch_items():
 
 
 def eval_accuracy(model, tok, items, label):
-    res = evaluate(
-        model,
-        tok,
-        task,
-        items,
-        gen_length=eval_gen_length,
-        block_length=eval_block_length,
-        steps=eval_steps,
-        batch_size=eval_batch,
-        system_prompt=system_prompt,
-        compact=compact_prompt,
-        rank=rank,
-        world=world,
-        desc=label,
-    )
+    with amp():  # the rollouts' precision (and adapters added under_autocast need it)
+        res = evaluate(
+            model, tok, task, items, gen_length=eval_gen_length, block_length=eval_block_length, steps=eval_steps,
+            batch_size=eval_batch, system_prompt=system_prompt, compact=compact_prompt, rank=rank, world=world, desc=label,
+        )  # fmt: skip
     acc = sum(r["accuracy"] for r in res) / max(1, len(res))
     return acc, res
 
@@ -233,7 +226,7 @@ if model_name == "tiny":
     model = warm_start(model, tok, train_items)
     base_model = os.path.join(out_dir, "warm_start")
 if lora_rank > 0:
-    model = add_lora(model, lora_rank, lora_alpha)
+    model = add_lora(model, lora_rank, lora_alpha, under_autocast=use_amp)  # every forward below runs in amp()
 if gradient_checkpointing:
     from model import set_gradient_checkpointing
 
@@ -246,6 +239,8 @@ if beta > 0:
         import copy
 
         ref_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+if compile:
+    compile_blocks(model)
 
 acc_before = None
 if eval_before:

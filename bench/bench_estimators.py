@@ -16,6 +16,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data import chat_ids  # noqa: E402
 from likelihood import exact_logp, make_draws, sequence_logp, stepwise_draws  # noqa: E402
 from model import load  # noqa: E402
 from sample import generate  # noqa: E402
@@ -37,7 +38,7 @@ torch.set_num_threads(max(1, os.cpu_count() or 1))
 overrides = dict(init_std=0.3) if args.checkpoint == "tiny" else None  # peaked distributions at random init
 model, tok = load(args.checkpoint, tiny_overrides=overrides)
 model.eval()
-prompt = tok.apply_chat_template([{"role": "user", "content": "Using the numbers [3, 5, 7], make 22."}], add_generation_prompt=True)
+prompt = chat_ids(tok, [{"role": "user", "content": "Using the numbers [3, 5, 7], make 22."}])
 r = generate(
     model,
     [prompt] * args.rows,

@@ -21,8 +21,20 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_model, environment, forward_flops, measured_peak_flops, quick_shape, random_tokens, shape_parser, sync  # noqa: E402
+from common import (  # noqa: E402
+    amp,
+    bench_model,
+    environment,
+    forward_flops,
+    measured_peak_flops,
+    print_profile,
+    quick_shape,
+    random_tokens,
+    shape_parser,
+    sync,
+)
 
+from model import compile_blocks  # noqa: E402
 from sample import generate, transfer_schedule  # noqa: E402
 
 args = quick_shape(shape_parser().parse_args())
@@ -52,18 +64,22 @@ def reference_generate(model, prompt, gen_length, block_length, steps, mask_id):
 def timed(fn, repeats, device):
     """The median of `repeats` timed calls after a warm-up: on a shared 2-core machine single runs
     vary by ±20%."""
-    fn()  # warm-up (allocator, kernels)
+    with amp(device):  # train.py's precision
+        fn()  # warm-up (allocator, kernels, compilation)
     times = []
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
-        out = fn()
+        with amp(device):
+            out = fn()
         sync(device)
         times.append(time.perf_counter() - t0)
     return out, sorted(times)[len(times) // 2]
 
 
 model, mask_id, eos_id, vocab = bench_model(args.model, args.device)
+if args.compile:
+    compile_blocks(model)  # both samplers run the compiled blocks
 dtype = next(model.parameters()).dtype
 g = torch.Generator().manual_seed(0)
 prompt = random_tokens((args.batch, args.prompt_length), vocab, mask_id, g).to(args.device)
@@ -81,7 +97,7 @@ peak = measured_peak_flops(args.device, dtype)
 tokens = args.batch * args.gen_length
 print(f"# bench_sample: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {dtype}), {environment(args.device)}")
 shape = f"batch {args.batch} x ({args.prompt_length} prompt + {args.gen_length} completion)"
-print(f"# {shape}, block {args.block_length}, {args.steps} steps, T=0")
+print(f"# {shape}, block {args.block_length}, {args.steps} steps, T=0, compile={args.compile}")
 print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of one rollout at that peak: {flops / peak:.3f} s")
 print("| sampler | seconds | completion tok/s | forward passes/s | TFLOP/s | % of matmul peak |")
 print("|---|---:|---:|---:|---:|---:|")
@@ -90,5 +106,8 @@ for name, t in (("reference loop", t_ref), ("generate (stop_at_eos=False)", t_ou
 print(f"speed-up of generate over the reference: {t_ref / t_ours:.2f}x (default settings {t_ref / t_stop:.2f}x)")
 print(f"rows that hit EOS (only these can stop early): {int(stop.is_eos.any(1).sum())} of {args.batch}")
 print(f"identical tokens at temperature 0: {'yes' if same else 'NO'}")
+if args.profile:
+    with amp(args.device):
+        print_profile(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,), stop_at_eos=False), args.device)
 if not same:
     sys.exit("generate and the reference loop disagree at temperature 0")

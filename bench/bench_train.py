@@ -4,6 +4,8 @@ forward + backward (agrpo.backward_draws), on a synthetic rollout of the given s
     python bench/bench_train.py --quick                                   # CPU, embedded model (a test)
     python bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
 
+On CUDA it runs under bf16 autocast with LoRA adapters in float32, as train.py does.
+
 FLOPs counted per draw: forward F = 2·N·tokens (+ attention; the vocabulary head only on the
 positions the draw reads, as forward_logits computes it); backward 2F with full fine-tuning
 (activation and weight gradients), F with LoRA (activation gradients only; the adapters' own
@@ -19,17 +21,29 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench_model, environment, forward_flops, measured_peak_flops, quick_shape, random_tokens, shape_parser, sync  # noqa: E402
+from common import (  # noqa: E402
+    amp,
+    bench_model,
+    environment,
+    forward_flops,
+    measured_peak_flops,
+    print_profile,
+    quick_shape,
+    random_tokens,
+    shape_parser,
+    sync,
+)
 
 from agrpo import backward_draws, prepare  # noqa: E402
 from likelihood import make_draws  # noqa: E402
-from model import add_lora, set_gradient_checkpointing  # noqa: E402
+from model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
 ap = shape_parser()
 ap.add_argument("--mc_steps", type=int, default=4, help="k draws per sequence")
 ap.add_argument("--lora_rank", type=int, default=0)
 ap.add_argument("--checkpointing", action="store_true")
+ap.add_argument("--peft_input_cast", action="store_true", help="keep peft's float32 copy of each adapter input (its default)")
 args = quick_shape(ap.parse_args())
 if args.quick:
     args.mc_steps = 2
@@ -54,16 +68,19 @@ rollout = synthetic_rollout(args.batch, args.prompt_length, args.gen_length, arg
 read = int(make_draws("stepwise", rollout, args.mc_steps, torch.Generator().manual_seed(2)).read.sum())
 fwd = forward_flops(model, args.batch, args.prompt_length + args.gen_length, head_tokens=read / args.mc_steps)  # per draw
 if args.lora_rank:
-    model = add_lora(model, args.lora_rank, args.lora_rank)
+    model = add_lora(model, args.lora_rank, args.lora_rank, under_autocast=args.device.startswith("cuda") and not args.peft_input_cast)
 if args.checkpointing:
     set_gradient_checkpointing(model)
+if args.compile:
+    compile_blocks(model)
 model.train()
 advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(1)).to(args.device)
 
 
 def update():
-    draws, old, _ = prepare(model, rollout, "stepwise", args.mc_steps, 1, torch.Generator().manual_seed(2))
-    backward_draws(model, rollout, draws[0], old[0], advantages)
+    with amp(args.device):
+        draws, old, _ = prepare(model, rollout, "stepwise", args.mc_steps, 1, torch.Generator().manual_seed(2))
+        backward_draws(model, rollout, draws[0], old[0], advantages)
     for p in model.parameters():
         p.grad = None
 
@@ -88,10 +105,12 @@ model_flops = args.mc_steps * fwd * (2 if args.lora_rank else 3)
 hardware_flops = model_flops + (args.mc_steps * fwd if args.checkpointing else 0)
 trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"# bench_train: {args.model} ({n_params / 1e6:.1f}M params, {trained / 1e6:.2f}M trained, {dtype}), {environment(args.device)}")
-print(f"# batch {args.batch} x ({args.prompt_length} + {args.gen_length}), k={args.mc_steps} draws, "
-      f"lora_rank={args.lora_rank}, checkpointing={args.checkpointing}")  # fmt: skip
+print(f"# batch {args.batch} x ({args.prompt_length} + {args.gen_length}), k={args.mc_steps} draws, lora_rank={args.lora_rank}, "
+      f"checkpointing={args.checkpointing}, compile={args.compile}, peft_input_cast={args.peft_input_cast}")  # fmt: skip
 print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of the update at that peak: {model_flops / peak:.3f} s")
 print("| update | seconds | s per sequence | model TFLOP | MFU % | HFU % | peak memory |")
 print("|---|---:|---:|---:|---:|---:|---|")
 print(f"| k={args.mc_steps} fwd+bwd | {t:.3f} | {t / args.batch:.4f} | {model_flops / 1e12:.2f} | "
       f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |")  # fmt: skip
+if args.profile:
+    print_profile(update, args.device)

@@ -1,6 +1,7 @@
 """Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts."""
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -29,6 +30,22 @@ def bench_model(which, device):
     return model.eval(), 126336, 126081, LLADA_8B["vocab_size"]  # LLaDA's mask and EOS ids
 
 
+def amp(device):
+    """train.py's precision: bf16 autocast on CUDA (its `autocast` knob, on by default), none on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else contextlib.nullcontext()
+
+
+def print_profile(fn, device, rows=15):
+    """One more call of fn under torch.profiler: the ops that took the most time, to see where it goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = str(device).startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+        sync(device)
+    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows))
+
+
 def shape_parser():
     """The arguments both timing benches share: which model, where, and the rollout's shape."""
     ap = argparse.ArgumentParser()
@@ -40,6 +57,8 @@ def shape_parser():
     ap.add_argument("--block_length", type=int, default=32)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block (model.compile_blocks)")
+    ap.add_argument("--profile", action="store_true", help="print the ops that take the most time")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     return ap
 
@@ -95,5 +114,6 @@ def measured_peak_flops(device, dtype, n=None, repeats=10):
 
 
 def environment(device):
-    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    cuda = str(device).startswith("cuda")
+    gpu = f"{torch.cuda.get_device_name()}, bf16 autocast" if cuda else f"CPU, {torch.get_num_threads()} threads"
     return f"{gpu}; torch {torch.__version__}"

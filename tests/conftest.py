@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from data import chat_ids
 from model import load
 
 
@@ -13,7 +14,7 @@ def tiny():
 
 
 def chat(tok, text):
-    return tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return chat_ids(tok, [{"role": "user", "content": text}])
 
 
 @pytest.fixture(autouse=True)

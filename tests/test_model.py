@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import MaskedLMOutput
 
+from data import chat_ids
 from model import (
     add_lora,
     check_compatible,
@@ -28,7 +29,7 @@ def test_tokenizer_roundtrip_and_specials():
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids) == text and len(ids) < len(text)  # tags are one token each
     assert tok.mask_token_id is not None and tok.eos_token_id is not None and tok.pad_token_id is not None
-    p = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    p = chat_ids(tok, [{"role": "user", "content": "hi"}])
     assert tok.decode(p) == "<|user|>hi<|eot|><|assistant|>"
 
 
@@ -152,3 +153,33 @@ def test_logits_at_positions_equal_full_logits(kind):
         grads.append(torch.autograd.grad((logits() * weights).sum(), params))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_without_input_cast_is_identical_under_autocast():
+    """add_lora(under_autocast=True) skips peft's float32 copy of each adapter input. Under bf16
+    autocast the matmuls see bf16 either way, so outputs and adapter gradients must be bitwise equal;
+    and the adapters stay float32 (Adam's precision)."""
+    ids = torch.randint(10, 100, (2, 10), generator=torch.Generator().manual_seed(0))
+    results = []
+    for under_autocast in (False, True):
+        model, _ = load("tiny", seed=0, dtype=torch.bfloat16)
+        torch.manual_seed(0)  # peft draws lora_A from the global generator
+        model = add_lora(model, 4, 8, under_autocast=under_autocast)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero; a nonzero B makes the adapters matter
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        seen = set()  # the dtype each adapter receives: float32 is peft's copy, bf16 means it was skipped
+        for name, module in model.named_modules():
+            if name.endswith("lora_A.default"):
+                module.register_forward_hook(lambda mod, inputs, out, seen=seen: seen.add(inputs[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = forward_logits(model, ids)
+            loss = logits.float().logsumexp(-1).mean()
+        assert seen == {torch.bfloat16 if under_autocast else torch.float32}
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        results.append((logits, grads))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+    assert any(bool(g.abs().sum() > 0) for g in gb)
