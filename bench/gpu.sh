@@ -1,30 +1,51 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 7 asks for, in one command, for the device tool (one call, < 10 min):
-#   run(command="bash bench/gpu.sh", timeout_s=600)
-# Needs only torch and peft (the device image has both): the benches build a random
-# LLaDA-8B-shaped model directly in bf16, no download. Tables go to stdout and to $OUT/gpu_*.txt.
+# Every GPU measurement issue 7 asks for, in two device calls of < 10 min each:
+#   run(command="bash bench/gpu.sh eager", timeout_s=600)    # the targets, profiles, a LoRA-cast comparison, tiny train.py
+#   run(command="bash bench/gpu.sh compile", timeout_s=600)  # the same benches with torch.compile'd blocks
+# Needs only torch and peft (the device image has both; its transformers 5 is fine for everything here):
+# the benches build a random LLaDA-8B-shaped model directly in bf16, no download. Tables go to
+# stdout and to $OUT/gpu_*.txt (the profiles are in those files, after the tables).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
+part=${1:-eager}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
+git log -1 --format='commit %h %s' 2>/dev/null
 
 run() {  # run NAME CMD...: keep going if one fails, so one call yields every table it can
     local name=$1; shift
     echo "== $name: $*"
+    local t0=$SECONDS
     "$@" > "$OUT/gpu_$name.txt" 2>&1; local rc=$?
-    grep -v '^\s*$' "$OUT/gpu_$name.txt" | grep -v -i 'warn' | tail -12
-    [ $rc -eq 0 ] || echo "!! $name exited with $rc"
+    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out)' | grep -v '^# matmul' | tail -12
+    [ $rc -eq 0 ] || { echo "!! $name exited with $rc:"; grep -v '^\s*$' "$OUT/gpu_$name.txt" | tail -4; }
+    echo "   ($((SECONDS - t0)) s)"
 }
 
-# rollout: batch 8 x (128 prompt + 256 completion), block 32, 128 steps (target: >= 50% of the bf16 matmul rate)
-run sample python3 bench/bench_sample.py --model llada8b --device cuda
-# update, LoRA r=64 with gradient checkpointing (targets: >= 35% MFU, <= 40 GB)
-run train_lora python3 bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
-# update, full fine-tuning, checkpointing (for comparison; no target)
-run train_full python3 bench/bench_train.py --model llada8b --device cuda --checkpointing
-# the embedded pipeline on CUDA with bf16 autocast: a short run must finish and log finite losses
-# (train.py picks CUDA when it sees one)
-run tiny_train python3 train.py --max_steps=20 --warm_start_steps=200 --eval_items=50 --out_dir=/tmp/tiny_cuda
-cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null
+sample="python3 bench/bench_sample.py --model llada8b --device cuda"
+train="python3 bench/bench_train.py --model llada8b --device cuda"
+tiny="python3 train.py --max_steps=20 --warm_start_steps=200 --eval_items=50"  # train.py picks CUDA when it sees one
+case $part in
+eager)
+    # rollout, batch 8 x (128 prompt + 256 completion), block 32, 128 steps (target: >= 50% of the bf16 matmul rate)
+    run sample $sample --profile
+    # update, LoRA r=64, gradient checkpointing (targets: >= 35% MFU, <= 40 GB)
+    run train_lora $train --lora_rank 64 --checkpointing --profile
+    # the same with peft's float32 copy of every adapter input (model.add_lora): what skipping it saves
+    run train_lora_cast $train --lora_rank 64 --checkpointing --peft_input_cast
+    # full fine-tuning, checkpointing (no target)
+    run train_full $train --checkpointing
+    # the embedded pipeline on CUDA (bf16 autocast): must finish and log finite losses
+    run tiny_train $tiny --out_dir=/tmp/tiny_cuda
+    cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null && tail -1 /tmp/tiny_cuda/log.jsonl | cut -c1-160
+    ;;
+compile)
+    run sample_compile $sample --compile
+    run train_lora_compile $train --lora_rank 64 --checkpointing --compile
+    run tiny_train_compile $tiny --compile --out_dir=/tmp/tiny_cuda_compile
+    ;;
+*)
+    echo "usage: bash bench/gpu.sh eager|compile"; exit 2 ;;
+esac
