@@ -133,8 +133,9 @@ def validate():
     for key in ("train_file", "eval_file"):
         if config[key] and not os.path.exists(config[key]):
             raise ConfigError(f"--{key}={config[key]} does not exist")
-    if model_path_error(model_name):
-        raise ConfigError(f"--model_name: {model_path_error(model_name)}")
+    problem = model_path_error(model_name)
+    if problem:
+        raise ConfigError(f"--model_name: {problem}")
 
 
 validate()
