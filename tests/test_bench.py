@@ -10,18 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
-    "script, expect",
+    "script, flags, expect",
     [
-        ("bench/bench_estimators.py", "| stepwise"),
-        ("bench/bench_sample.py", "identical tokens at temperature 0: yes"),
-        ("bench/bench_train.py", "| k=2 fwd+bwd"),
+        ("bench/bench_estimators.py", [], ["| stepwise"]),
+        ("bench/bench_sample.py", ["--profile"], ["identical tokens at temperature 0: yes", "Self CPU time total"]),
+        ("bench/bench_train.py", ["--profile", "--lora_rank=4"], ["| k=2 fwd+bwd", "Self CPU time total"]),
     ],
 )
-def test_bench_quick(script, expect):
+def test_bench_quick(script, flags, expect):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, script, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run([sys.executable, script, "--quick", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
-    assert expect in out.stdout
+    assert all(e in out.stdout for e in expect)
 
 
 @pytest.mark.parametrize("config", ["configs/tiny_countdown.py", "configs/tiny_sudoku.py"])
