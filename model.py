@@ -254,10 +254,15 @@ def forward_logits(model, ids, attention_mask=None, at=None):
     return logits
 
 
+def _llada_part(bare, name):
+    """A module of LLaDA's model.transformer (ModuleDict) by name, or None for another architecture."""
+    transformer = getattr(getattr(bare, "model", None), "transformer", None)
+    return transformer[name] if isinstance(transformer, nn.ModuleDict) and name in transformer else None
+
+
 def _final_norm(bare):
     """LLaDA's final norm (model.transformer.ln_f), whose output is exactly what its head projects."""
-    transformer = getattr(getattr(bare, "model", None), "transformer", None)
-    return transformer["ln_f"] if isinstance(transformer, nn.ModuleDict) and "ln_f" in transformer else None
+    return _llada_part(bare, "ln_f")
 
 
 def model_vocab_size(model):
@@ -326,8 +331,7 @@ def compile_blocks(model):
     if isinstance(bare, TinyLLaDA):
         blocks = bare.blocks
     else:  # LLaDA: model.transformer.blocks (block_group_size 1, as LLaDA-8B)
-        transformer = getattr(getattr(bare, "model", None), "transformer", None)
-        blocks = transformer["blocks"] if isinstance(transformer, nn.ModuleDict) and "blocks" in transformer else None
+        blocks = _llada_part(bare, "blocks")
     if blocks is None:
         raise ValueError(f"compile: cannot find the transformer blocks of {type(bare).__name__}")
     for block in blocks:

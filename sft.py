@@ -43,6 +43,11 @@ def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, thin
     return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
 
 
+def sft_loss(model, batch, draws):
+    """L_SFT of the ELBO draws, averaged over draws, rows and completion positions."""
+    return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read.numel()
+
+
 def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, generator_for_step, system_prompt="",
           compact=True, think=False, show=True):  # fmt: skip
     """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
@@ -58,7 +63,7 @@ def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, ge
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, think, device)
         draws = elbo_draws(batch, 1, generator_for_step(step), read_all=True)
-        loss = -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / (len(batch.ids) * gen_length)
+        loss = sft_loss(model, batch, draws)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -28,7 +28,7 @@ from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import decode_completions, evaluate
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, compile_blocks, load, model_path_error, save_tiny_checkpoint, unwrap
+from model import add_lora, compile_blocks, load, model_path_error, save_tiny_checkpoint, set_gradient_checkpointing, unwrap
 from sample import check_settings, generate
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +229,6 @@ if model_name == "tiny":
 if lora_rank > 0:
     model = add_lora(model, lora_rank, lora_alpha, under_autocast=use_amp)  # every forward below runs in amp()
 if gradient_checkpointing:
-    from model import set_gradient_checkpointing
-
     set_gradient_checkpointing(model)
 ref_model = None
 if beta > 0:

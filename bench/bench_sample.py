@@ -66,14 +66,13 @@ def timed(fn, repeats, device):
     vary by ±20%."""
     with amp(device):  # train.py's precision
         fn()  # warm-up (allocator, kernels, compilation)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        with amp(device):
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
             out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+            sync(device)
+            times.append(time.perf_counter() - t0)
     return out, sorted(times)[len(times) // 2]
 
 

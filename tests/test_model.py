@@ -157,6 +157,16 @@ def test_logits_at_positions_equal_full_logits(kind):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def seeded_lora(model, under_autocast=False):
+    """add_lora(r=4) with seeded adapters and a nonzero B (peft starts B at zero), so they matter."""
+    torch.manual_seed(0)  # peft draws lora_A from the global generator
+    model = add_lora(model, 4, 8, under_autocast=under_autocast)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
 def test_lora_without_input_cast_is_identical_under_autocast():
     """add_lora(under_autocast=True) skips peft's float32 copy of each adapter input. Under bf16
     autocast the matmuls see bf16 either way, so outputs and adapter gradients must be bitwise equal;
@@ -164,12 +174,7 @@ def test_lora_without_input_cast_is_identical_under_autocast():
     ids = torch.randint(10, 100, (2, 10), generator=torch.Generator().manual_seed(0))
     results = []
     for under_autocast in (False, True):
-        model, _ = load("tiny", seed=0, dtype=torch.bfloat16)
-        torch.manual_seed(0)  # peft draws lora_A from the global generator
-        model = add_lora(model, 4, 8, under_autocast=under_autocast)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:  # peft starts B at zero; a nonzero B makes the adapters matter
-                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+        model = seeded_lora(load("tiny", seed=0, dtype=torch.bfloat16)[0], under_autocast=under_autocast)
         assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
         seen = set()  # the dtype each adapter receives: float32 is peft's copy, bf16 means it was skipped
         for name, module in model.named_modules():
@@ -195,11 +200,7 @@ def test_compile_blocks_matches_eager():
 
     def lora_model():
         model, tok = load("tiny", seed=0)
-        torch.manual_seed(0)
-        model = add_lora(model, 4, 8)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+        model = seeded_lora(model)
         set_gradient_checkpointing(model)
         return model.train(), tok
 
