@@ -7,11 +7,9 @@ the run's config and a fingerprint (names and shapes of the trained parameters).
 and resumes them; eval.py rebuilds a model from one.
 """
 
-import io
 import json
 import os
 import random
-import signal
 
 import torch
 
@@ -43,13 +41,12 @@ def newest(out_dir):
     return os.path.join(out_dir, found[-1]) if found else None
 
 
-def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, _kill_midway=False):
+def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None):
     """base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt);
-    default config["model_name"]. _kill_midway (tests only): SIGKILL this process after half the
-    bytes are written, the worst moment for a crash."""
+    default config["model_name_or_path"]."""
     state = {
         "step": step,
-        "base": base or config["model_name"],
+        "base": base or config["model_name_or_path"],
         "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
@@ -60,12 +57,6 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
     }
     path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
     with open(path + ".tmp", "wb") as f:
-        if _kill_midway:
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            f.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())  # the bytes are on disk before the name points at them
@@ -102,7 +93,7 @@ def read(path):
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or not a torch file
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
-    missing = {"step", "model", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
+    missing = {"step", "base", "model", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
     if missing:
         raise ConfigError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)})")
     return state
@@ -133,17 +124,15 @@ def load_trained(path, device="cpu", merge_lora=True):
     adapters of the same rank if it trained them (merged into the weights, or kept as peft)."""
     state = read(path)
     cfg = state["config"]
-    dtype = torch.bfloat16 if cfg.get("dtype") == "bfloat16" and cfg["model_name"] != "tiny" else None
-    base = state.get("base", cfg["model_name"])
     try:
-        model, tok = load(base, device=device, dtype=dtype)
+        model, tok = load(state["base"], device=device)
     except ValueError as e:
         raise ConfigError(f"{path}: its base model cannot be loaded ({e})") from None
-    if cfg.get("lora_rank", 0) > 0:
-        model = add_lora(model, cfg["lora_rank"], cfg["lora_alpha"])
+    if cfg["lora_r"] > 0:
+        model = add_lora(model, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_target_modules"])
     else:
         model.requires_grad_(True)
     restore(path, state, model)
-    if cfg.get("lora_rank", 0) > 0 and merge_lora:
+    if cfg["lora_r"] > 0 and merge_lora:
         model = model.merge_and_unload()
     return model.eval(), tok, cfg

@@ -1,13 +1,41 @@
 """nanoGPT-style configuration: `python train.py [configs/x.py] [--key=value ...]`.
 
-The script's defaults are the globals at its top; a config file is executed over them, then each
---key=value override is parsed as a Python literal (a bare word stays a string). Unknown keys and
-values of the wrong type stop the script with one line naming the key, before any heavy work.
+A script declares its keys as plain assignments between two marker lines, each with a comment:
+
+    # --- config
+    learning_rate = 3e-4  # AdamW step size (peak of the cosine schedule)
+    # --- end of config
+
+Those lines are the defaults, `--help` (key, default, comment) and the set of known keys: nothing
+else in the script's namespace can be set. A config file is executed over them, then each
+--key=value override is parsed as a Python literal (a bare word stays a string). Unknown keys
+(with a "did you mean" for known names under another spelling) and values of the wrong type stop
+the script with one line, before any heavy work; `--print_config` prints the resolved config as
+JSON and exits.
 """
 
 import ast
+import difflib
+import io
+import json
 import os
 import sys
+import tokenize
+
+BEGIN, END = "# --- config", "# --- end of config"
+
+# names other GRPO code bases (and earlier versions of this one) use for the same concept
+SYNONYMS = {
+    "lr": "learning_rate", "group_size": "num_generations", "mu": "num_iterations", "eps_low": "epsilon",
+    "eps_high": "epsilon_high", "grad_clip": "max_grad_norm", "warmup_frac": "warmup_ratio", "grad_accum": "gradient_accumulation_steps",
+    "gen_length": "max_completion_length", "steps": "sampling_steps", "diffusion_steps": "sampling_steps", "remasking": "unmasking",
+    "mc_steps": "mc_samples", "out_dir": "output_dir", "ckpt_every": "save_steps", "keep_checkpoints": "save_total_limit",
+    "lora_rank": "lora_r", "beta1": "adam_beta1", "beta2": "adam_beta2", "resume": "resume_from_checkpoint",
+    "model_name": "model_name_or_path",
+    "model": "model_name_or_path", "wandb": "report_to", "scale_std": "scale_rewards", "epochs": "num_train_epochs",
+    "eval_batch": "per_device_eval_batch_size", "batch_size": "per_device_eval_batch_size", "eval_steps": "eval_sampling_steps",
+    "eval_gen_length": "eval_max_completion_length", "groups_per_micro": "per_device_train_batch_size",
+}  # fmt: skip
 
 
 class ConfigError(SystemExit):
@@ -17,8 +45,23 @@ class ConfigError(SystemExit):
         super().__init__(f"config error: {msg}")
 
 
+def declared(script):
+    """{key: (default, comment)} of the assignments between the marker lines of `script`."""
+    src = open(script).read()
+    begin, end = src.index(BEGIN), src.index(END)
+    block = src[begin:end]
+    comments = {
+        t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(block).readline) if t.type == tokenize.COMMENT
+    }
+    keys = {}
+    for node in ast.parse(block).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            keys[node.targets[0].id] = (ast.literal_eval(node.value), comments.get(node.lineno, ""))
+    return keys
+
+
 def _coerce(key, value, default):
-    if default is None or isinstance(value, type(default)):
+    if isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -27,11 +70,35 @@ def _coerce(key, value, default):
     raise ConfigError(f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__} (default {default!r})")
 
 
-def configure(config, argv=None):
-    """Apply config files and overrides in order to the dict `config` (a script's defaults)."""
-    for arg in sys.argv[1:] if argv is None else argv:
+def _unknown(key, known, where):
+    close = [SYNONYMS[key]] if SYNONYMS.get(key) in known else difflib.get_close_matches(key, known, n=2, cutoff=0.75)
+    hint = f" (did you mean {' or '.join('--' + k for k in close)}?)" if close else ""
+    return ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
+
+
+def help_text(script, keys):
+    doc = (ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0]
+    width = max(len(k) for k in keys) + 2
+    lines = [doc, "", f"usage: python {os.path.basename(script)} [config.py ...] [--key=value ...] [--print_config]", ""]
+    lines += [f"  --{k:<{width}} {default!r:<22} {comment}" for k, (default, comment) in keys.items()]
+    return "\n".join(lines)
+
+
+def configure(script, argv=None):
+    """The resolved config dict of `script`: its declared defaults, then config files and
+    overrides in order. Handles --help and --print_config (both exit)."""
+    keys = declared(script)
+    config = {k: default for k, (default, _) in keys.items()}
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(help_text(script, keys))
+        sys.exit(0)
+    print_config = "--print_config" in argv
+    for arg in argv:
+        if arg == "--print_config":
+            continue
         if not arg.startswith("--"):
-            if not os.path.exists(arg):
+            if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} does not exist (configs/ lists the presets)")
             scope = {"__file__": os.path.abspath(arg)}  # a preset may exec a shared file beside it
             exec(open(arg).read(), scope)  # a preset is trusted Python, like nanoGPT's
@@ -39,13 +106,12 @@ def configure(config, argv=None):
                 if key.startswith("_") or callable(value) or type(value).__name__ == "module":
                     continue
                 if key not in config:
-                    raise ConfigError(f"{arg} sets unknown key '{key}'")
+                    raise _unknown(key, config, f"{arg} sets ")
                 config[key] = _coerce(key, value, config[key])
             continue
         key, eq, raw = arg[2:].partition("=")
         if key not in config:
-            close = [k for k in config if key.split("_")[0] in k][:3]
-            raise ConfigError(f"unknown key '--{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise _unknown(key, config, "")
         if not eq:
             value = True  # --flag means --flag=True
         else:
@@ -54,4 +120,7 @@ def configure(config, argv=None):
             except (ValueError, SyntaxError):
                 value = raw
         config[key] = _coerce(key, value, config[key])
+    if print_config:
+        print(json.dumps(config, indent=1))
+        sys.exit(0)
     return config

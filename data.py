@@ -1,9 +1,10 @@
-"""Tasks: prompts, procedural generators and loaders (DESIGN.md section 4).
+"""Tasks: prompts, procedural generators and loaders, and the table `TASKS` that declares each task
+once (its prompt, data sources, reward r(o) of the group-relative objective, reported accuracy and
+the warm start's solution text). Adding a task is its functions here and in rewards.py plus one row.
 
 An item is a dict with the fields its task needs: gsm8k/math {"question", "answer"}, countdown
-{"nums", "target"} (generated items also carry "expr", a solution), sudoku {"puzzle",
-"solution"}. `build_prompt` turns an item into chat-template token ids; `TASKS` maps a task name
-to its reward (r_i of the GRPO objective) and its reported accuracy.
+{"nums", "target"} (generated items also carry "expr" and "steps", a solution), sudoku {"puzzle",
+"solution"}. `build_prompt` turns an item into chat-template token ids.
 """
 
 import csv
@@ -13,6 +14,8 @@ import os
 import random
 import re
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import rewards
@@ -21,24 +24,6 @@ SYSTEM_PROMPT = (
     "You are a helpful assistant. Think step by step inside <think> </think> tags, "
     "then give your final answer inside <answer> </answer> tags."
 )
-
-TASKS = {
-    "gsm8k": dict(reward=rewards.gsm8k_reward, accuracy=rewards.gsm8k_correct),
-    "math": dict(reward=rewards.math_reward, accuracy=rewards.math_correct),
-    "countdown": dict(reward=rewards.countdown_reward, accuracy=rewards.countdown_correct),
-    "sudoku": dict(reward=rewards.sudoku_reward, accuracy=rewards.sudoku_accuracy),
-}
-
-
-def answer_of(task_name, item):
-    """What the task's reward compares against: the answer string (gsm8k, math) or the item."""
-    return item["answer"] if task_name in ("gsm8k", "math") else item
-
-
-def task(name):
-    if name not in TASKS:
-        raise ValueError(f"task={name!r} does not exist; choose one of {sorted(TASKS)}")
-    return TASKS[name]
 
 
 class DataError(ValueError):
@@ -49,26 +34,27 @@ class DataError(ValueError):
 # prompts
 
 
-def question(task_name, item, compact=False):
-    if task_name in ("gsm8k", "math"):
-        return item["question"]
-    if task_name == "countdown":
-        nums, target = item["nums"], item["target"]
-        if compact:  # the embedded model's character tokenizer: keep prompts short
-            return f"{' '.join(map(str, nums))} -> {target}"
-        return (
-            f"Using the numbers {list(nums)}, create an equation that equals {target}. "
-            "You can use +, -, * and /, and each number exactly once."
-        )
-    if task_name == "sudoku":
-        if compact:
-            return item["puzzle"]
-        return (
-            "Solve this 4x4 Sudoku: fill the blanks (0) with digits 1-4 so that every row, column and "
-            f"2x2 box holds 1, 2, 3, 4 once. The puzzle, row by row: {item['puzzle']}. "
-            "Answer with the 16 digits of the solved grid."
-        )
-    raise ValueError(f"task={task_name!r} does not exist; choose one of {sorted(TASKS)}")
+def word_problem(item, compact=False):
+    return item["question"]
+
+
+def countdown_question(item, compact=False):
+    nums, target = item["nums"], item["target"]
+    if compact:  # the embedded model's character tokenizer: keep prompts short
+        return f"{' '.join(map(str, nums))} -> {target}"
+    return (
+        f"Using the numbers {list(nums)}, create an equation that equals {target}. You can use +, -, * and /, and each number exactly once."
+    )
+
+
+def sudoku_question(item, compact=False):
+    if compact:
+        return item["puzzle"]
+    return (
+        "Solve this 4x4 Sudoku: fill the blanks (0) with digits 1-4 so that every row, column and "
+        f"2x2 box holds 1, 2, 3, 4 once. The puzzle, row by row: {item['puzzle']}. "
+        "Answer with the 16 digits of the solved grid."
+    )
 
 
 def chat_ids(tok, messages):
@@ -80,7 +66,7 @@ def chat_ids(tok, messages):
 
 def build_prompt(tok, task_name, item, system_prompt=SYSTEM_PROMPT, compact=False):
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": question(task_name, item, compact)})
+    messages.append({"role": "user", "content": task(task_name).question(item, compact)})
     return chat_ids(tok, messages)
 
 
@@ -160,7 +146,7 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
     return items
 
 
-def countdown_solution_text(item, think=True):
+def countdown_solution_text(item, think=False):
     """A supervised completion for the warm start: the two operations, then the equation."""
     a, b = item["steps"]
     return (f"<think>{a}, {b}</think>" if think else "") + f"<answer>{item['expr']}</answer>"
@@ -192,9 +178,10 @@ def sudoku_count_solutions(grid, limit=2):
     return total
 
 
-def sudoku_items(n, seed=0, blanks=8, split=None, unique=False):
+def sudoku_items(n, seed=0, sudoku_blanks=8, split=None, unique=False):
     """n puzzles with exactly one solution and `blanks` empty cells ("0"); split, unique as
     countdown_items."""
+    blanks = sudoku_blanks
     if not 0 <= blanks <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
         raise ValueError(f"blanks={blanks} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
     rng = random.Random(seed)
@@ -305,15 +292,10 @@ def _sudoku_row(where, row):
     return {"puzzle": p, "solution": s}
 
 
-ROW_PARSERS = {"gsm8k": _gsm8k_row, "math": _math_row, "countdown": _countdown_row, "sudoku": _sudoku_row}
-
-
 def load_file(task_name, path, skip_bad=False, limit=None):
     """Items of a task from a local file. A malformed row raises DataError naming it, unless
     skip_bad, which skips it and prints how many were skipped."""
-    parse = ROW_PARSERS.get(task_name)
-    if parse is None:
-        raise ValueError(f"task={task_name!r} does not exist; choose one of {sorted(TASKS)}")
+    parse = task(task_name).parse_row
     items, skipped = [], 0
     for where, row in read_rows(path):
         try:
@@ -331,31 +313,70 @@ def load_file(task_name, path, skip_bad=False, limit=None):
     return items
 
 
-def load_hub(task_name, split):
-    """GSM8K / MATH from the Hugging Face hub through `datasets` (needs network)."""
+def gsm8k_hub(split):
     from datasets import load_dataset
 
-    if task_name == "gsm8k":
-        rows = load_dataset("openai/gsm8k", "main", split=split)
-        return [_gsm8k_row(f"openai/gsm8k[{split}] row {i}", r) for i, r in enumerate(rows)]
-    if task_name == "math" and split == "test":
-        rows = load_dataset("HuggingFaceH4/MATH-500", split="test")
-        return [_math_row(f"HuggingFaceH4/MATH-500 row {i}", r) for i, r in enumerate(rows)]
-    if task_name == "math":  # MATH train, levels 1-4, minus the MATH-500 problems
-        held_out = {r["problem"] for r in load_dataset("HuggingFaceH4/MATH-500", split="test")}
-        rows = load_dataset("DigitalLearningGmbH/MATH-lighteval", split="train")
-        items = [_math_row(f"MATH train row {i}", r) for i, r in enumerate(rows)]
-        return [it for it in items if it["question"] not in held_out and str(it["level"]).strip()[-1:] in "1234"]
-    raise ValueError(f"no hub source for task={task_name!r}; pass a local file")
+    rows = load_dataset("openai/gsm8k", "main", split=split)
+    return [_gsm8k_row(f"openai/gsm8k[{split}] row {i}", r) for i, r in enumerate(rows)]
+
+
+def math_hub(split):
+    """test: MATH-500; train: MATH train, levels 1-4, minus the MATH-500 problems."""
+    from datasets import load_dataset
+
+    held_out = [_math_row(f"HuggingFaceH4/MATH-500 row {i}", r) for i, r in enumerate(load_dataset("HuggingFaceH4/MATH-500", split="test"))]
+    if split == "test":
+        return held_out
+    rows = load_dataset("DigitalLearningGmbH/MATH-lighteval", split="train")
+    items = [_math_row(f"MATH train row {i}", r) for i, r in enumerate(rows)]
+    seen = {it["question"] for it in held_out}
+    return [it for it in items if it["question"] not in seen and str(it["level"]).strip()[-1:] in "1234"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the tasks, one row each
+
+
+@dataclass(frozen=True)
+class Task:
+    question: Callable  # (item, compact) -> the user turn's text
+    parse_row: Callable  # (where, row dict of a local file) -> item, or DataError
+    reward: Callable  # (completion, answer) -> float: r_i of the group-relative advantage
+    accuracy: Callable  # (completion, answer) -> float in [0, 1], the reported accuracy
+    answer: Callable  # item -> what reward and accuracy compare against
+    hub: Callable | None = None  # split -> items, through `datasets` (needs network)
+    generate: Callable | None = None  # (n, seed, split, unique, **knobs) -> items with solutions
+    solution: Callable | None = None  # item -> the warm start's supervised completion text
+    knobs: tuple = ()  # config keys the generator takes (difficulty)
+
+
+def _answer_field(item):
+    return item["answer"]
+
+
+def _whole_item(item):
+    return item
+
+
+TASKS = {
+    "gsm8k": Task(word_problem, _gsm8k_row, rewards.gsm8k_reward, rewards.gsm8k_correct, _answer_field, hub=gsm8k_hub),
+    "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, hub=math_hub),
+    "countdown": Task(countdown_question, _countdown_row, rewards.countdown_reward, rewards.countdown_correct, _whole_item,
+                      generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range")),
+    "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item,
+                   generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks",)),
+}  # fmt: skip
+
+
+def task(name):
+    if name not in TASKS:
+        raise ValueError(f"task={name!r} does not exist; choose one of {sorted(TASKS)}")
+    return TASKS[name]
 
 
 def generator_knobs(task_name, cfg):
     """The difficulty knobs of a generated task, taken from a script's config dict."""
-    if task_name == "countdown":
-        return dict(num_range=cfg["num_range"], target_range=cfg["target_range"], ops=cfg["countdown_ops"])
-    if task_name == "sudoku":
-        return dict(blanks=cfg["sudoku_blanks"])
-    return {}
+    return {k: cfg[k] for k in task(task_name).knobs}
 
 
 def test_set(task_name, path, n, seed, **gen):
@@ -365,14 +386,14 @@ def test_set(task_name, path, n, seed, **gen):
 
 
 def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=False, **gen):
-    """One entry point for train/eval: a local file if given, else generated items (countdown,
-    sudoku; `gen` holds the difficulty knobs) or the hub (gsm8k, math)."""
-    task(task_name)
+    """One entry point for train/eval: a local file if given, else generated items (`gen` holds the
+    difficulty knobs; a test set is distinct problems, training samples with replacement) or the hub."""
+    t = task(task_name)
     if path:
         return load_file(task_name, path, skip_bad, limit=n)
-    if task_name == "countdown":  # a test set is distinct problems; training samples with replacement
-        return countdown_items(n or 256, seed=seed, split=split, unique=split == "test", **gen)
-    if task_name == "sudoku":
-        return sudoku_items(n or 256, seed=seed, split=split, unique=split == "test", **gen)
-    items = load_hub(task_name, split)
+    if t.generate:
+        return t.generate(n or 256, seed=seed, split=split, unique=split == "test", **gen)
+    if t.hub is None:
+        raise ValueError(f"task={task_name!r} has no generator and no hub source; pass a local file")
+    items = t.hub(split)
     return items[:n] if n else items

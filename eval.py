@@ -2,12 +2,13 @@
 generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
-    python eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')" --task=gsm8k \\
+    python eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')" --task=gsm8k --compact_prompt=False \\
         --gen_lengths="(128,256,512)" --block_length=32
+    python eval.py --help                                 # every key, its default and meaning
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
 
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
-standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to out_dir: samples.jsonl (one record per
+standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to output_dir: samples.jsonl (one record per
 item, model, L and m), results.md (the table), results.json and accuracy_vs_steps.png.
 `evaluate` is also what train.py calls before and after training.
 """
@@ -24,42 +25,32 @@ from tqdm import tqdm
 import data
 from model import unwrap
 from rewards import extract_answer
-from sample import check_settings, generate
+from sample import check_settings, decode_completions, generate
 
-# ---------------------------------------------------------------------------------------------
-# defaults: the embedded default's warm start and its AGRPO-trained model (after `python train.py`)
-models = ("runs/tiny_countdown/warm_start", "runs/tiny_countdown")  # run folder (newest checkpoint), ckpt_*.pt, model dir, hub name
-labels = ("warm start", "AGRPO")  # one per model; () = the paths
+# --- config
+models = (
+    "runs/tiny_countdown/warm_start",
+    "runs/tiny_countdown",
+)  # each: a run folder (newest checkpoint), a ckpt_*.pt, a model folder or hub id
+labels = ("warm start", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # gsm8k | math | countdown | sudoku
-eval_file = ""  # local test file; "" = generated (countdown, sudoku, as train.py's test set) or the hub
-eval_items = 200
+eval_file = ""  # local test file; "" = generated (countdown, sudoku: train.py's test set for this seed) or the hub
+eval_items = 200  # test problems scored
 seed = 0  # generated test set: the one train.py with this seed evaluates on
-num_range = (1, 9)  # Countdown / Sudoku generator knobs, as in train.py
-target_range = (1, 99)
-countdown_ops = "+-*/"
-sudoku_blanks = 6
-prompt_style = "auto"  # compact (no system prompt, short question: the tiny model) | full | auto (compact for tiny)
-gen_lengths = (16, 32)
-block_length = 8  # 32 for LLaDA
-step_fractions = (0.25, 0.5, 1.0)  # m = fraction · L for each L
-steps = ()  # explicit step counts used at every length instead of step_fractions
-remasking = "low_confidence"
-batch_size = 100
+num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
+target_range = (1, 99)  # Countdown generator: range of the target
+sudoku_blanks = 6  # Sudoku generator: blank cells per puzzle
+system_prompt = ""  # system turn of every prompt ("" = none), as the models were trained with
+compact_prompt = True  # short question text (the embedded model); False: full sentences
+gen_lengths = (16, 32)  # completion lengths L of the grid
+block_length = 8  # semi-autoregressive block size (32 for LLaDA)
+step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
+sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
+unmasking = "low_confidence"  # low_confidence | random
+per_device_eval_batch_size = 100  # prompts per forward pass
 merge_lora = True  # fold LoRA adapters into the weights (faster); False decodes through peft
-out_dir = "runs/tiny_countdown/eval"
-# ---------------------------------------------------------------------------------------------
-_DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
-
-
-def decode_completions(tok, rollout):
-    """Texts up to the first EOS (what a reward sees) and their lengths in tokens."""
-    texts, lengths = [], []
-    for row, row_eos in zip(rollout.completion, rollout.is_eos):
-        hits = row_eos.nonzero()
-        n = int(hits[0]) if len(hits) else len(row)
-        texts.append(tok.decode(row[:n].tolist(), skip_special_tokens=True))
-        lengths.append(n)
-    return texts, torch.tensor(lengths)
+output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
+# --- end of config
 
 
 @torch.no_grad()
@@ -81,15 +72,15 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
                      eos_ids=tok.eos_ids, remasking=remasking, pad_id=tok.pad_token_id)  # fmt: skip
         texts, lengths = decode_completions(tok, r)
         for i, p, t, n in zip(idx, prompts, texts, lengths.tolist()):
-            answer = data.answer_of(task, items[i])
-            accuracy = float(fns["accuracy"](t, answer))
+            answer = fns.answer(items[i])
+            accuracy = float(fns.accuracy(t, answer))
             out.append(
                 {
                     "index": i,
                     "prompt": tok.decode(p, skip_special_tokens=False),
                     "completion": t,
                     "answer": extract_answer(t),
-                    "reward": fns["reward"](t, answer),
+                    "reward": fns.reward(t, answer),
                     "accuracy": accuracy,
                     "correct": accuracy == 1.0,
                     "length": n,
@@ -171,10 +162,10 @@ def step_grid(cfg):
 
     grid = []
     for L in cfg["gen_lengths"]:
-        counts = cfg["steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
+        counts = cfg["sampling_steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
         for m in dict.fromkeys(counts):
             try:
-                check_settings(L, cfg["block_length"], m, remasking=cfg["remasking"])
+                check_settings(L, cfg["block_length"], m, remasking=cfg["unmasking"])
             except ValueError as e:
                 raise ConfigError(f"gen length {L}, {m} steps: {e}") from None
             grid.append((L, m))
@@ -206,20 +197,18 @@ def resolve(spec):
 def main():
     import checkpoint
     from configurator import ConfigError, configure
-    from model import TinyLLaDA, load
+    from model import load
 
-    cfg = configure(dict(_DEFAULTS))
+    cfg = configure(__file__)
     try:
         data.task(cfg["task"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
         raise ConfigError(f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()")
-    if cfg["prompt_style"] not in ("auto", "compact", "full"):
-        raise ConfigError(f"--prompt_style={cfg['prompt_style']!r} must be auto, compact or full")
     if cfg["eval_file"] and not os.path.exists(cfg["eval_file"]):
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
-    for key in ("batch_size", "eval_items"):
+    for key in ("per_device_eval_batch_size", "eval_items"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
     grid = step_grid(cfg)
@@ -241,12 +230,12 @@ def main():
             model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"])
         else:
             model, tok = load(spec, device=device)
-        compact = cfg["prompt_style"] == "compact" or (cfg["prompt_style"] == "auto" and isinstance(unwrap(model), TinyLLaDA))
         for L, m in grid:
             t0 = time.time()
             records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m,
-                               batch_size=cfg["batch_size"], system_prompt="" if compact else data.SYSTEM_PROMPT, compact=compact,
-                               remasking=cfg["remasking"], rank=rank, world=world, desc=f"{name} L={L} m={m}")  # fmt: skip
+                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=cfg["system_prompt"],
+                               compact=cfg["compact_prompt"],
+                               remasking=cfg["unmasking"], rank=rank, world=world, desc=f"{name} L={L} m={m}")  # fmt: skip
             rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=m, seconds=time.time() - t0, **summarize(records)))
             samples += [dict(model=name, gen_length=L, steps=m, **r) for r in records]
             if rank == 0:
@@ -254,18 +243,18 @@ def main():
         del model
 
     if rank == 0:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        with open(os.path.join(cfg["out_dir"], "samples.jsonl"), "w") as f:
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        with open(os.path.join(cfg["output_dir"], "samples.jsonl"), "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
         table = markdown_table(rows)
-        header = f"{cfg['task']}, {len(items)} test items, greedy, {cfg['remasking']} remasking, block {cfg['block_length']}\n\n"
-        with open(os.path.join(cfg["out_dir"], "results.md"), "w") as f:
+        header = f"{cfg['task']}, {len(items)} test items, greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}\n\n"
+        with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
             f.write(header + table + "\n")
-        with open(os.path.join(cfg["out_dir"], "results.json"), "w") as f:
+        with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
             json.dump({"config": cfg, "rows": rows}, f, indent=1)
-        plot(rows, os.path.join(cfg["out_dir"], "accuracy_vs_steps.png"), f"{cfg['task']}: {len(items)} held-out items, greedy")
+        plot(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), f"{cfg['task']}: {len(items)} held-out items, greedy")
         print(header + table)
-        print(f"wrote {cfg['out_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
+        print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
     if ddp:
         dist.destroy_process_group()
 

@@ -225,3 +225,14 @@ def generate(
         top_k=top_k,
         top_p=top_p,
     )
+
+
+def decode_completions(tok, rollout):
+    """Texts up to the first EOS (what a reward sees) and their lengths in tokens."""
+    texts, lengths = [], []
+    for row, row_eos in zip(rollout.completion, rollout.is_eos):
+        hits = row_eos.nonzero()
+        n = int(hits[0]) if len(hits) else len(row)
+        texts.append(tok.decode(row[:n].tolist(), skip_special_tokens=True))
+        lengths.append(n)
+    return texts, torch.tensor(lengths)

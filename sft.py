@@ -7,33 +7,29 @@ uniformly at random (x_l) and the prompt never masked:
     L_SFT(θ) = −E_l E_{x_l} [ (G/l) Σ_{masked j} log p_θ(o_j | prompt, x_l) ] / G
 
 This is likelihood.py's ELBO estimator read at every masked position, EOS padding included, as
-LLaDA's SFT trains on its padding: the model learns where completions end.
+LLaDA's SFT trains on its padding: the model learns where completions end (ALGORITHM.md, §5).
 """
 
 import math
+import os
+import random
 
 import torch
 from tqdm import tqdm
 
 import data
 from likelihood import draws_logp, elbo_draws
+from model import load, save
 from sample import Rollout, left_pad
 
-TASKS = ("countdown", "sudoku")  # the tasks whose generator also gives solutions
 
-
-def solution_text(task, item, think=False):
-    if task == "countdown":
-        return data.countdown_solution_text(item, think=think)
-    return data.sudoku_solution_text(item)
-
-
-def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, think=False, device="cpu"):
+def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, device="cpu"):
     """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
+    solution = data.task(task).solution
     prompt_ids, prompt_mask = left_pad([data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id)
     comps = torch.full((len(items), gen_length), tok.eos_token_id)  # the rest is EOS padding, trained too
     for i, it in enumerate(items):
-        c = tok(solution_text(task, it, think), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        c = tok(solution(it), add_special_tokens=False).input_ids + [tok.eos_token_id]
         comps[i, : len(c)] = torch.tensor(c[:gen_length])
     ids = torch.cat([prompt_ids, comps], 1).to(device)
     attn = torch.cat([prompt_mask, torch.ones_like(comps)], 1).to(device)
@@ -48,8 +44,8 @@ def sft_loss(model, batch, draws):
     return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read.numel()
 
 
-def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, generator_for_step, system_prompt="",
-          compact=True, think=False, show=True):  # fmt: skip
+def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step, lr=2e-3, batch_size=64, system_prompt="",
+          compact=True, show=True):  # fmt: skip
     """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
     solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
     generator_for_step(step) gives the torch.Generator of that step's masks. Returns the model
@@ -61,7 +57,7 @@ def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, ge
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, think, device)
+        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, device)
         draws = elbo_draws(batch, 1, generator_for_step(step), read_all=True)
         loss = sft_loss(model, batch, draws)
         opt.zero_grad(set_to_none=True)
@@ -71,3 +67,28 @@ def train(model, tok, task, items, *, steps, lr, batch_size, gen_length, rng, ge
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.zero_grad(set_to_none=True)  # a stale SFT gradient would leak into the first AGRPO step
     return model
+
+
+def warm_start(model, tok, task, items, path, *, steps, gen_length, seed, generator_for_step, system_prompt="", compact=True,
+               show=True, write=True):  # fmt: skip
+    """The embedded model after `steps` of SFT on the generated solutions of `items` that fit
+    gen_length, cached as a model folder at `path` (loaded from there when it exists; written when
+    `write`, on one rank under DDP). Returns (model, path)."""
+    device = next(model.parameters()).device
+    if os.path.exists(os.path.join(path, "config.json")):
+        if show:
+            tqdm.write(f"warm start: loading cached {path}")
+        return load(path, device=device)[0], path
+    solution = data.task(task).solution
+    if solution is None:
+        raise ValueError(f"the warm start needs generated solutions: task={task!r} has none (use a pretrained model)")
+    fits = [it for it in items if len(tok(solution(it), add_special_tokens=False).input_ids) < gen_length]
+    if len(fits) < 64:
+        raise ValueError(
+            f"--max_completion_length={gen_length}: only {len(fits)} training solutions fit (with EOS); the warm start needs 64"
+        )
+    model = train(model, tok, task, fits, steps=steps, gen_length=gen_length, rng=random.Random(seed + 1),
+                  generator_for_step=generator_for_step, system_prompt=system_prompt, compact=compact, show=show)  # fmt: skip
+    if write:
+        save(model, tok, path)
+    return model, path

@@ -1,21 +1,26 @@
-"""AGRPO training: roll out G completions per prompt, score them, and take PPO-clip steps on the
-stepwise log-likelihood (agrpo.py). One process, or `torchrun --nproc_per_node 8 train.py ...`.
+"""AGRPO training (ALGORITHM.md): for each step, roll out a group of completions per prompt and
+record each one's unmasking trajectory, score them, take group-relative advantages, draw k of each
+trajectory's m steps, and take PPO-clip steps on the stepwise estimate of log π(o).
 
-    python train.py                                   # embedded default: tiny model, Countdown
-    python train.py configs/llada_gsm8k.py --lr=1e-6  # a preset, then overrides
+    python train.py                                      # embedded default: tiny model, Countdown
+    python train.py configs/llada_gsm8k.py --learning_rate=1e-6
+    torchrun --nproc_per_node 8 train.py configs/llada_gsm8k.py
+    python train.py --help                               # every key, its default and meaning
 
-With no arguments it warm-starts the embedded model by supervised masked-diffusion training on
-generated Countdown solutions (cached in out_dir/warm_start), runs AGRPO, and prints held-out
-greedy accuracy before and after.
+With the embedded model it first warm-starts it by supervised masked-diffusion training on
+generated solutions (sft.py, cached in output_dir/warm_start), and prints held-out greedy accuracy
+before and after AGRPO.
 """
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
 import os
-import random
 import time
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -26,370 +31,346 @@ import data
 import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
-from eval import decode_completions, evaluate
+from eval import evaluate
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, compile_blocks, load, model_path_error, save_tiny_checkpoint, set_gradient_checkpointing, unwrap
-from sample import check_settings, generate
+from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, unwrap
+from sample import check_settings, decode_completions, generate
 
-# ---------------------------------------------------------------------------------------------
-# defaults = the embedded default (configs/tiny_countdown.py); presets in configs/ override them
-model_name = "tiny"  # "tiny", a tiny checkpoint dir, or a LLaDA name/path
+# --- config
+model_name_or_path = "tiny"  # "tiny" (the embedded model), a model folder, or a hub id such as GSAI-ML/LLaDA-8B-Instruct
 task = "countdown"  # gsm8k | math | countdown | sudoku
 train_file = ""  # local JSONL/CSV/Parquet; "" = generated (countdown, sudoku) or the hub (gsm8k, math)
-eval_file = ""
-system_prompt = ""  # "" for the tiny model (character tokens); presets for LLaDA use data.SYSTEM_PROMPT
-compact_prompt = True  # short question text, for the tiny model
-num_range = (1, 9)  # Countdown generator knobs
-target_range = (1, 99)
-countdown_ops = "+-*/"
-sudoku_blanks = 6
-out_dir = "runs/tiny_countdown"
-seed = 0
-# warm start (embedded model only): supervised masked-diffusion training on generated solutions
-warm_start_steps = 2500
-warm_start_lr = 2e-3
-warm_start_batch = 64
-warm_start_think = False  # Countdown solutions with or without the <think> block
-# rollout (sample.py)
-gen_length = 16
-block_length = 8
-steps = 4  # 4 tokens per step: the embedded default trains (and evaluates) fast, parallel decoding
-temperature = 0.7
-top_k = 0  # 0 = off
-top_p = 1.0
-remasking = "low_confidence"  # random (the paper) lowered greedy held-out accuracy more here; see README
-# AGRPO (agrpo.py, likelihood.py)
-estimator = "stepwise"  # stepwise | elbo | one_step
-scheme = "low_discrepancy"  # exact | uniform | low_discrepancy | entropy
-mc_steps = 2  # k: forward passes per sequence per inner iteration (k of the m = steps)
-mu = 1  # inner iterations per rollout batch
-eps_low = 0.2
-eps_high = 0.2
-beta = 0.0  # k3 KL weight; 0 runs no reference pass
-scale_std = False
-prompt_mask_prob = 0.15  # one_step only
-group_size = 8
-groups_per_micro = 8  # prompt groups per micro-batch per rank
-grad_accum = 1
-# optimisation
-max_steps = 1000
-lr = 3e-4
-weight_decay = 0.01
-beta1 = 0.9
-beta2 = 0.99
-grad_clip = 1.0
-warmup_frac = 0.01
-lora_rank = 0  # 0 = full fine-tuning (tiny); 64 for LLaDA
-lora_alpha = 64
-gradient_checkpointing = False
-dtype = "float32"  # float32 | bfloat16: the weights
-autocast = True  # bf16 autocast of forward and backward passes on CUDA (the sampler's Gumbel noise stays float64)
-compile = False  # torch.compile each transformer block of the policy (model.compile_blocks)
-# evaluation (greedy, low-confidence remasking)
-eval_items = 200
-eval_gen_length = 16
-eval_block_length = 8
-eval_steps = 4  # as the rollouts; eval.py gives the whole grid (m = 4, 8, 16)
-eval_batch = 100
-eval_before = True
-eval_after = True
-# logging and checkpoints
-ckpt_every = 50
-keep_checkpoints = 2
-stop_after = 0  # stop after this many steps without changing the schedule (0 = run to max_steps)
-resume = False
-max_nonfinite = 20  # this many skipped (non-finite) updates in a row stop the run
-# fault injection, for tests/test_reliability.py only
-fault_nan_steps = ()  # steps whose advantages are made NaN (the update must be skipped)
-fault_kill_in_save = 0  # SIGKILL this process halfway through writing the checkpoint of this step
-wandb = False
-# ---------------------------------------------------------------------------------------------
-config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
-configure(config)
-globals().update(config)
+eval_file = ""  # local held-out file; "" as train_file
+system_prompt = ""  # system turn of every prompt ("" = none: the embedded model's character tokens)
+compact_prompt = True  # short question text (the embedded model); False: full sentences
+num_range = (1, 9)  # Countdown generator: range of the three numbers
+target_range = (1, 99)  # Countdown generator: range of the target
+sudoku_blanks = 6  # Sudoku generator: blank cells per puzzle
+output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, the warm start, final.json
+seed = 0  # prompts, rollouts, draws and the generated data all derive from it
+warm_start_steps = 2500  # SFT steps of the embedded model before AGRPO (sft.py); cached in output_dir
+max_completion_length = 16  # G: completion tokens per rollout
+block_length = 8  # semi-autoregressive block size; divides G
+sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / block_length
+temperature = 0.7  # rollout sampling temperature
+top_k = 0  # rollout top-k truncation (0 = off)
+top_p = 1.0  # rollout nucleus truncation (1 = off)
+unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random
+estimator = "stepwise"  # log π(o) estimator: stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
+scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance, low-discrepancy) | exact
+mc_samples = 2  # k: forward passes per completion per update (sampled steps or masks)
+num_iterations = 1  # μ: policy updates per batch of rollouts
+epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down
+epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
+beta = 0.0  # weight of the k3 KL to the reference policy (0 = no reference pass)
+scale_rewards = False  # divide advantages by the group's reward std
+num_generations = 8  # completions per prompt (the group)
+per_device_train_batch_size = 64  # completions per rank per micro-batch: whole groups
+gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step
+max_steps = 1000  # optimizer steps; <= 0: num_train_epochs passes over the training prompts
+num_train_epochs = 1.0  # used when max_steps <= 0
+learning_rate = 3e-4  # AdamW peak rate: linear warmup, then cosine decay to 0
+weight_decay = 0.01  # AdamW weight decay
+adam_beta1 = 0.9  # AdamW β1
+adam_beta2 = 0.99  # AdamW β2
+max_grad_norm = 1.0  # gradient-norm clip
+warmup_ratio = 0.01  # fraction of the steps of linear warmup
+lora_r = 0  # LoRA rank (0 = full fine-tuning)
+lora_alpha = 64  # LoRA scale α (the update is α/r · BA)
+lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")  # module-name suffixes LoRA adapts
+gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
+compile = False  # torch.compile each transformer block
+eval_items = 200  # held-out problems scored greedily before and after training (0 = no evaluation)
+eval_max_completion_length = 16  # evaluation decoding: completion tokens
+eval_block_length = 8  # evaluation decoding: block size
+eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole grid)
+per_device_eval_batch_size = 100  # prompts per evaluation forward pass
+save_steps = 50  # write a checkpoint every this many steps (and at the last)
+save_total_limit = 2  # checkpoints kept (the newest)
+resume_from_checkpoint = False  # continue from the newest checkpoint in output_dir
+report_to = "none"  # none | wandb (log.jsonl is always written)
+run_name = ""  # the run's name for report_to ("" = output_dir's name)
+# --- end of config
+
+MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
+MUST_MATCH = (
+    "model_name_or_path",
+    "task",
+    "lora_r",
+    "estimator",
+    "num_generations",
+    "max_completion_length",
+)  # else a resume is another run
 
 
-def validate():
+def validate(cfg):
     """Every impossible combination stops here, before any heavy work, with the key and the fix."""
     try:
-        data.task(task)
-        check_settings(gen_length, block_length, steps, temperature, remasking, top_k or None, top_p)
-        check_settings(eval_gen_length, eval_block_length, eval_steps)
+        data.task(cfg.task)
+        check_settings(
+            cfg.max_completion_length, cfg.block_length, cfg.sampling_steps, cfg.temperature, cfg.unmasking, cfg.top_k or None, cfg.top_p
+        )
+        check_settings(cfg.eval_max_completion_length, cfg.eval_block_length, cfg.eval_sampling_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"--estimator={estimator!r} must be one of {ESTIMATORS}")
-    if scheme not in SCHEMES:
-        raise ConfigError(f"--scheme={scheme!r} must be one of {SCHEMES}")
-    if not 1 <= mc_steps <= steps:
-        raise ConfigError(f"--mc_steps={mc_steps} must be between 1 and --steps={steps} (the number of sampling steps)")
-    for key in ("group_size", "groups_per_micro", "grad_accum", "mu", "max_steps"):
-        if config[key] < 1:
-            raise ConfigError(f"--{key}={config[key]} must be at least 1")
-    if group_size < 2:
-        raise ConfigError(f"--group_size={group_size}: group-relative advantages need at least 2 completions per prompt")
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"--dtype={dtype!r} must be float32 or bfloat16")
+    choices = dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=("none", "wandb"))
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
+    if not 1 <= cfg.mc_samples <= cfg.sampling_steps:
+        raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and --sampling_steps={cfg.sampling_steps}")
+    for key in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps", "warm_start_steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.num_generations < 2:
+        raise ConfigError(f"--num_generations={cfg.num_generations}: group-relative advantages need at least 2 completions per prompt")
+    if cfg.per_device_train_batch_size % cfg.num_generations:
+        raise ConfigError(
+            f"--per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of --num_generations={cfg.num_generations}"
+        )
     for key in ("train_file", "eval_file"):
-        if config[key] and not os.path.exists(config[key]):
-            raise ConfigError(f"--{key}={config[key]} does not exist")
-    problem = model_path_error(model_name)
+        if getattr(cfg, key) and not os.path.exists(getattr(cfg, key)):
+            raise ConfigError(f"--{key}={getattr(cfg, key)} does not exist")
+    problem = model_path_error(cfg.model_name_or_path)
     if problem:
-        raise ConfigError(f"--model_name: {problem}")
+        raise ConfigError(f"--model_name_or_path: {problem}")
 
 
-validate()
-
-# ---------------------------------------------------------------------------------------------
-# processes, devices
-ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-if ddp:
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if torch.cuda.is_available() else "cpu"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device)
-else:
-    rank, world = 0, 1
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-master = rank == 0
-torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-os.makedirs(out_dir, exist_ok=True)
-
-
-use_amp = autocast and device.startswith("cuda")
-
-
-def amp():
-    return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-
-
-def log(*a):
-    if master:
-        tqdm.write(" ".join(str(x) for x in a))
-
-
-def seeded(*key, device="cpu"):
+def seeded(seed, *key, device="cpu"):
     """A generator seeded by (seed, *key): the same on every rank and in every partition of work."""
     digest = hashlib.sha256(repr((seed, *key)).encode()).hexdigest()  # not hash(): salted per process
     return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
-def fetch_items():
-    gen = data.generator_knobs(task, config)
-    # generated tasks: train and test come from disjoint parts of the problem space (data.split_of)
-    train = data.load_items(task, "train", train_file or None, n=20_000 if task in ("countdown", "sudoku") else None, seed=seed, **gen)
-    return train, data.test_set(task, eval_file, eval_items, seed, **gen)
+@dataclass
+class MicroBatch:
+    """One micro-batch of whole groups after the rollout phase: what the update reads."""
+
+    rollout: object  # sample.Rollout: completions and their trajectories
+    rewards: torch.Tensor  # (B,) r_i
+    accuracy: torch.Tensor  # (B,) the task's reported accuracy
+    lengths: torch.Tensor  # (B,) completion tokens up to the first EOS
+    advantages: torch.Tensor  # (B,) A_i, group-relative
+    draws: list  # per inner iteration: likelihood.Draws (sampled steps, or masks)
+    old_logp: list  # per inner iteration: log π_old of the tokens each draw reads
+    ref_logp: list | None  # per inner iteration: log π_ref (β > 0)
 
 
-def eval_accuracy(model, tok, items, label):
-    with amp():  # the rollouts' precision (and adapters added under_autocast need it)
-        res = evaluate(
-            model, tok, task, items, gen_length=eval_gen_length, block_length=eval_block_length, steps=eval_steps,
-            batch_size=eval_batch, system_prompt=system_prompt, compact=compact_prompt, rank=rank, world=world, desc=label,
+def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
+    """Rollout, rewards and group advantages, then the draws with their old and reference log-probs."""
+    prompts = [
+        data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items for _ in range(cfg.num_generations)
+    ]
+    policy = unwrap(model)
+    policy.eval()
+    with amp():
+        rollout = generate(
+            policy, prompts, gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps,
+            mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
+            remasking=cfg.unmasking, pad_id=tok.pad_token_id, generator=seeded(cfg.seed, "rollout", step, micro, device=device),
         )  # fmt: skip
-    acc = sum(r["accuracy"] for r in res) / max(1, len(res))
-    return acc, res
+    texts, lengths = decode_completions(tok, rollout)
+    t = data.task(cfg.task)
+    answers = [t.answer(it) for it in items for _ in range(cfg.num_generations)]
+    rewards = torch.tensor([t.reward(text, a) for text, a in zip(texts, answers)])
+    accuracy = torch.tensor([float(t.accuracy(text, a)) for text, a in zip(texts, answers)])
+    advantages = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards).to(device)
+    policy.train()
+    with amp():
+        draws, old, ref = prepare(model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, seeded(cfg.seed, "draws", step, micro),
+                                  cfg.scheme, ref_model)  # fmt: skip
+    return MicroBatch(rollout, rewards, accuracy, lengths, advantages, draws, old, ref)
 
 
-def warm_start(model, tok, train_items):
-    """The embedded model's SFT warm start (sft.py), cached in out_dir/warm_start."""
-    path = os.path.join(out_dir, "warm_start")
-    if os.path.exists(os.path.join(path, "tiny_config.json")):
-        log(f"warm start: loading cached {path}")
-        return load(path, device=device)[0]
-    if task not in sft.TASKS:
-        raise ConfigError(f"the warm start needs generated solutions: task={task!r} has none (use a LLaDA model)")
-    n_tokens = [len(tok(sft.solution_text(task, it, warm_start_think), add_special_tokens=False).input_ids) for it in train_items]
-    fits = [it for it, n in zip(train_items, n_tokens) if n < gen_length]
-    if len(fits) < warm_start_batch:
-        raise ConfigError(f"--gen_length={gen_length}: only {len(fits)} training solutions fit (with EOS); the warm start needs more")
-    model = sft.train(
-        model, tok, task, fits, steps=warm_start_steps, lr=warm_start_lr, batch_size=warm_start_batch, gen_length=gen_length,
-        rng=random.Random(seed + 1), generator_for_step=lambda step: seeded("sft", step), system_prompt=system_prompt,
-        compact=compact_prompt, think=warm_start_think, show=master,
-    )  # fmt: skip
-    if master:
-        save_tiny_checkpoint(model, path)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# the run
-torch.manual_seed(seed)
-try:
-    model, tok = load(model_name, device=device, dtype=torch_dtype if model_name != "tiny" else None)
-except ValueError as e:  # the model cannot be loaded, or its tokenizer does not fit it
-    raise ConfigError(f"--model_name: {e}") from None
-train_items, test_items = fetch_items()
-base_model = model_name  # what the trained parameters sit on, for eval.py to rebuild
-if model_name == "tiny":
-    model = warm_start(model, tok, train_items)
-    base_model = os.path.join(out_dir, "warm_start")
-if lora_rank > 0:
-    model = add_lora(model, lora_rank, lora_alpha, under_autocast=use_amp)  # every forward below runs in amp()
-if gradient_checkpointing:
-    set_gradient_checkpointing(model)
-ref_model = None
-if beta > 0:
-    if lora_rank > 0:
-        ref_model = model  # with adapters disabled (below) this is the base model
-    else:
-        import copy
-
-        ref_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-if compile:
-    compile_blocks(model)
-
-acc_before = None
-if eval_before:
-    acc_before, _ = eval_accuracy(model, tok, test_items, "eval before")
-    log(f"held-out accuracy before AGRPO: {acc_before:.3f} ({len(test_items)} items, greedy)")
-
-params = [p for p in model.parameters() if p.requires_grad]
-opt = torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-warmup = max(1, int(warmup_frac * max_steps))
-sched = torch.optim.lr_scheduler.LambdaLR(
-    opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max_steps)))
-)
-start, counters = 0, {"nonfinite_total": 0, "nonfinite_in_a_row": 0}
-must_match = ("model_name", "task", "lora_rank", "estimator", "group_size", "gen_length")  # else a resume is another run
-log_path = os.path.join(out_dir, "log.jsonl")
-path = checkpoint.newest(out_dir) if resume else None
-if path:
-    state = checkpoint.read(path)
-    start = checkpoint.restore(path, state, model, opt, sched, config, must_match)
-    counters.update(state.get("counters", {}))
-    if master:  # the steps after the checkpoint are run again: drop their log lines (and a half-written one)
-        checkpoint.truncate_log(log_path, start)
-        checkpoint.remove_partial(out_dir)
-    log(f"resumed from {path} (step {start})")
-elif resume:
-    log(f"--resume: no checkpoint in {out_dir}, starting fresh")
-train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-reward_fn, accuracy_fn = data.task(task)["reward"], data.task(task)["accuracy"]
-if wandb and master:
-    try:
-        import wandb as wb
-
-        wb.init(project="agrpo", config=config, dir=out_dir)
-    except ImportError:
-        log("wandb is not installed; logging to log.jsonl only")
-        wandb = False
-
-n_micro = grad_accum * world  # micro-batches per optimizer step, over all ranks
-last_step = min(max_steps, stop_after) if stop_after else max_steps
-bar = tqdm(range(start, last_step), desc="AGRPO", initial=start, total=max_steps, disable=not master)
-for step in bar:
-    t0 = time.time()
-    order = torch.randperm(len(train_items), generator=seeded("prompts", step))[: groups_per_micro * n_micro].tolist()
-    batches = []
-    for a in range(grad_accum):
-        micro = a * world + rank  # the global micro-batch index: the same work in any partition
-        items = [train_items[i] for i in order[micro * groups_per_micro : (micro + 1) * groups_per_micro]]
-        prompts = [data.build_prompt(tok, task, it, system_prompt, compact_prompt) for it in items for _ in range(group_size)]
-        unwrap(model).eval()
-        with amp():
-            rollout = generate(
-                unwrap(model),
-                prompts,
-                gen_length=gen_length,
-                block_length=block_length,
-                steps=steps,
-                mask_id=tok.mask_token_id,
-                eos_ids=tok.eos_ids,
-                temperature=temperature,
-                top_k=top_k or None,
-                top_p=top_p,
-                remasking=remasking,
-                pad_id=tok.pad_token_id,
-                generator=seeded("rollout", step, micro, device=device),  # the Gumbel noise is drawn on the GPU
-            )
-        texts, lengths = decode_completions(tok, rollout)
-        answers = [data.answer_of(task, it) for it in items for _ in range(group_size)]
-        rewards = torch.tensor([reward_fn(t, a) for t, a in zip(texts, answers)])
-        accs = torch.tensor([float(accuracy_fn(t, a)) for t, a in zip(texts, answers)])
-        advantages = group_advantages(rewards, group_size, scale_std).to(device)
-        if step + 1 in fault_nan_steps:
-            advantages = advantages * float("nan")
-        unwrap(model).train()
-        with amp():
-            draws, old, ref = prepare(
-                model, rollout, estimator, mc_steps, mu, seeded("draws", step, micro), scheme, ref_model, prompt_mask_prob
-            )
-        batches.append((rollout, draws, old, ref, advantages, rewards, accs, lengths))
-
-    loss_sum, metrics, skipped = 0.0, {}, 0
-    for it in range(mu):
-        for a, (rollout, draws, old, ref, advantages, *_) in enumerate(batches):
+def update(cfg, train_model, params, opt, batches, amp):
+    """μ PPO-clip steps over the micro-batches (one backward per draw; gradients synced once per
+    step under DDP). A non-finite gradient skips the step: weights and Adam moments stay untouched.
+    Returns (mean loss, summed metrics, grad norm, steps skipped)."""
+    loss_sum, metrics, skipped, n_acc = 0.0, {}, 0, len(batches)
+    for it in range(cfg.num_iterations):
+        for a, b in enumerate(batches):
             with amp():
                 loss, m = backward_draws(
-                    train_model, rollout, draws[it], old[it], advantages, None if ref is None else ref[it],
-                    eps_low, eps_high, beta, scale=1.0 / grad_accum, sync=a == grad_accum - 1,
+                    train_model, b.rollout, b.draws[it], b.old_logp[it], b.advantages, None if b.ref_logp is None else b.ref_logp[it],
+                    cfg.epsilon, cfg.epsilon_high, cfg.beta, scale=1.0 / n_acc, sync=a == n_acc - 1,
                 )  # fmt: skip
-            loss_sum += loss / grad_accum
+            loss_sum += loss / n_acc
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
             opt.step()
-            counters["nonfinite_in_a_row"] = 0
-        else:  # a NaN/inf loss or gradient never reaches the weights or the Adam moments
+        else:
             skipped += 1
-            counters["nonfinite_total"] += 1
-            counters["nonfinite_in_a_row"] += 1
         opt.zero_grad(set_to_none=True)
-    sched.step()
+    return loss_sum / cfg.num_iterations, metrics, float(grad_norm), skipped
 
-    stats = torch.tensor(
-        [
-            torch.cat([b[5] for b in batches]).mean(),
-            torch.cat([b[6] for b in batches]).mean(),
-            torch.cat([b[7] for b in batches]).float().mean(),
-            loss_sum / mu,
-            metrics["kl"] / max(1, metrics["tokens"]),
-            metrics["clipped"] / max(1, metrics["tokens"]),
-        ]
-    ).to(device)  # NCCL reduces GPU tensors only
+
+def main():
+    cfg = SimpleNamespace(**configure(__file__))
+    validate(cfg)
+
+    # processes and devices: one per GPU under torchrun, or one CPU process
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if ddp:
-        dist.all_reduce(stats)
-        stats /= world
-    row = dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
-    row.update(step=step + 1, grad_norm=float(grad_norm), lr=sched.get_last_lr()[0], seconds=time.time() - t0)
-    row.update(skipped=skipped, nonfinite_total=counters["nonfinite_total"])
-    if master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if wandb:
-            wb.log(row, step=step + 1)
-        bar.set_postfix(
-            reward=f"{row['reward']:.2f}",
-            acc=f"{row['accuracy']:.2f}",
-            loss=f"{row['loss']:.3f}",
-            kl=f"{row['kl']:.3f}",
-            clip=f"{row['clip_frac']:.3f}",
-            len=f"{row['completion_length']:.1f}",
-            s=f"{row['seconds']:.1f}",
-        )
-    if counters["nonfinite_in_a_row"] >= max_nonfinite:
-        newest = checkpoint.newest(out_dir) or "none written yet"
-        raise SystemExit(
-            f"stopping at step {step + 1}: {counters['nonfinite_in_a_row']} non-finite updates in a row (all skipped; "
-            f"weights untouched since the last good step). Last checkpoint: {newest}. Lower --lr or check the rewards."
-        )
-    if (step + 1) % ckpt_every == 0 or step + 1 == last_step:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    master = rank == 0
+    os.makedirs(cfg.output_dir, exist_ok=True)
+
+    def amp():  # bf16 autocast of every forward and backward on CUDA (the sampler's Gumbel noise stays float64)
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+    def log(*a):
         if master:
-            kill = fault_kill_in_save == step + 1
-            checkpoint.save(out_dir, step + 1, model, opt, sched, config, keep_checkpoints, base_model, counters, _kill_midway=kill)
+            tqdm.write(" ".join(str(x) for x in a))
+
+    # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
+    gen = data.generator_knobs(cfg.task, vars(cfg))
+    n_generated = 20_000 if data.task(cfg.task).generate else None
+    train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
+    test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
+
+    # the policy π_θ (and π_ref when β > 0); rank 0 loads first, so remote code is copied once
+    torch.manual_seed(cfg.seed)
+    for turn in range(2 if ddp else 1):
+        if (turn == 0) == master:
+            try:
+                model, tok = load(cfg.model_name_or_path, device=device)
+                base_model = cfg.model_name_or_path  # what the trained parameters sit on, for eval.py to rebuild
+                if cfg.model_name_or_path == "tiny":
+                    model, base_model = sft.warm_start(
+                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), steps=cfg.warm_start_steps,
+                        gen_length=cfg.max_completion_length, seed=cfg.seed, generator_for_step=lambda s: seeded(cfg.seed, "sft", s),
+                        system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, show=master, write=master,
+                    )  # fmt: skip
+            except ValueError as e:  # the model cannot be loaded, or the warm start cannot be trained
+                raise ConfigError(f"--model_name_or_path: {e}") from None
         if ddp:
             dist.barrier()
+    if cfg.lora_r > 0:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model)
+    ref_model = None
+    if cfg.beta > 0:  # with LoRA, the model with its adapters disabled is the reference: no copy
+        ref_model = model if cfg.lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+    if cfg.compile:
+        compile_blocks(model)
 
-if eval_after:
-    acc_after, results = eval_accuracy(model, tok, test_items, "eval after")
-    log(f"held-out accuracy after AGRPO: {acc_after:.3f} ({len(test_items)} items, greedy)")
-    if acc_before is not None:
-        log(f"held-out accuracy: {acc_before:.3f} -> {acc_after:.3f} ({100 * (acc_after - acc_before):+.1f} points)")
-    if master:
-        with open(os.path.join(out_dir, "final.json"), "w") as f:
-            json.dump({"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": max_steps}, f)
-if ddp:
-    dist.destroy_process_group()
+    def held_out_accuracy(label):
+        with amp():  # the rollouts' precision (adapters added under_autocast need it)
+            res = evaluate(model, tok, cfg.task, test_items, gen_length=cfg.eval_max_completion_length, block_length=cfg.eval_block_length,
+                           steps=cfg.eval_sampling_steps, batch_size=cfg.per_device_eval_batch_size, system_prompt=cfg.system_prompt,
+                           compact=cfg.compact_prompt, rank=rank, world=world, desc=label)  # fmt: skip
+        acc = sum(r["accuracy"] for r in res) / len(res)
+        log(f"held-out accuracy {label}: {acc:.3f} ({len(test_items)} items, greedy)")
+        return acc
+
+    acc_before = held_out_accuracy("before AGRPO") if test_items else None
+
+    # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
+    groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations
+    prompts_per_step = groups_per_micro * cfg.gradient_accumulation_steps * world
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
+    )
+
+    start, nonfinite = 0, {"total": 0, "in_a_row": 0}
+    log_path = os.path.join(cfg.output_dir, "log.jsonl")
+    path = checkpoint.newest(cfg.output_dir) if cfg.resume_from_checkpoint else None
+    if path:
+        state = checkpoint.read(path)
+        start = checkpoint.restore(path, state, model, opt, sched, vars(cfg), MUST_MATCH)
+        nonfinite.update(state.get("counters", {}))
+        if master:  # the steps after the checkpoint are run again: drop their log lines (and a half-written checkpoint)
+            checkpoint.truncate_log(log_path, start)
+            checkpoint.remove_partial(cfg.output_dir)
+        log(f"resumed from {path} (step {start})")
+    elif cfg.resume_from_checkpoint:
+        log(f"--resume_from_checkpoint: no checkpoint in {cfg.output_dir}, starting fresh")
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    if cfg.report_to == "wandb" and master:
+        import wandb
+
+        wandb.init(
+            project="agrpo", name=cfg.run_name or os.path.basename(os.path.abspath(cfg.output_dir)), config=vars(cfg), dir=cfg.output_dir
+        )
+
+    bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
+    for step in bar:
+        t0 = time.time()
+        # 1. roll out: whole groups per micro-batch; prompts in epoch-wise random order, the same in any partition over ranks
+        batches = []
+        for a in range(cfg.gradient_accumulation_steps):
+            micro = a * world + rank  # the global micro-batch index
+            first = (step * prompts_per_step + micro * groups_per_micro) % len(train_items)
+            epoch = (step * prompts_per_step + micro * groups_per_micro) // len(train_items)
+            order = torch.cat([torch.randperm(len(train_items), generator=seeded(cfg.seed, "epoch", e)) for e in (epoch, epoch + 1)])
+            items = [train_items[i] for i in order[first : first + groups_per_micro].tolist()]
+            batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
+
+        # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
+        loss, metrics, grad_norm, skipped = update(cfg, train_model, params, opt, batches, amp)
+        sched.step()
+        nonfinite["total"] += skipped
+        nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
+
+        # 3. log: means over every rank's completions
+        stats = torch.tensor(
+            [
+                torch.cat([b.rewards for b in batches]).mean(),
+                torch.cat([b.accuracy for b in batches]).mean(),
+                torch.cat([b.lengths for b in batches]).float().mean(),
+                loss,
+                metrics["kl"] / max(1, metrics["tokens"]),
+                metrics["clipped"] / max(1, metrics["tokens"]),
+            ]
+        ).to(device)  # fmt: skip  (NCCL reduces GPU tensors only)
+        if ddp:
+            dist.all_reduce(stats)
+            stats /= world
+        row = dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
+        row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
+        row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
+        if master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if cfg.report_to == "wandb":
+                wandb.log(row, step=step + 1)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "accuracy", "loss", "kl", "clip_frac", "completion_length", "seconds")})
+        if nonfinite["in_a_row"] >= MAX_NONFINITE:
+            newest = checkpoint.newest(cfg.output_dir) or "none written yet"
+            raise SystemExit(
+                f"stopping at step {step + 1}: {nonfinite['in_a_row']} non-finite updates in a row (all skipped; weights untouched "
+                f"since the last good step). Last checkpoint: {newest}. Lower --learning_rate or check the rewards."
+            )
+
+        # 4. checkpoint
+        if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
+            if master:
+                checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite)
+            if ddp:
+                dist.barrier()
+
+    if test_items:
+        acc_after = held_out_accuracy("after AGRPO")
+        if acc_before is not None:
+            log(f"held-out accuracy: {acc_before:.3f} -> {acc_after:.3f} ({100 * (acc_after - acc_before):+.1f} points)")
+        if master:
+            with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
+                json.dump(
+                    {"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": total_steps}, f
+                )
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
+    main()
