@@ -182,7 +182,7 @@ def resolve(spec):
         if not os.path.isfile(spec):
             raise ConfigError(f"--models: checkpoint {spec} does not exist")
         return "checkpoint", spec
-    is_model_dir = any(os.path.exists(os.path.join(spec, f)) for f in ("tiny_config.json", "config.json"))
+    is_model_dir = os.path.exists(os.path.join(spec, "config.json"))
     if os.path.isdir(spec) and not is_model_dir:
         newest = checkpoint.newest(spec)
         if newest is None:

@@ -9,7 +9,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import TinyConfig, TinyLLaDA, load, tiny_tokenizer  # noqa: E402
+from model import load  # noqa: E402
+from tiny_llada import TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
 
 # LLaDA-8B's shape (its config.json): a randomly initialised copy needs no download
 LLADA_8B = dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, d_ff=12288, rope_theta=500000.0)
@@ -24,9 +25,9 @@ def bench_model(which, device):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: 16 GB, not 32 GB then a copy
     with torch.device(device):
-        model = TinyLLaDA(TinyConfig(**LLADA_8B))
+        model = TinyLLaDAModel(TinyLLaDAConfig(**LLADA_8B, mask_token_id=126336))
     torch.set_default_dtype(default)
-    assert len(tiny_tokenizer()) < LLADA_8B["vocab_size"]
+    assert len(build_tokenizer()) < LLADA_8B["vocab_size"]
     return model.eval(), 126336, 126081, LLADA_8B["vocab_size"]  # LLaDA's mask and EOS ids
 
 

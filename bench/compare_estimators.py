@@ -40,7 +40,7 @@ ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py 
 ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
 args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
 
-quick = ["--warm_start_steps=3", "--warm_start_batch=8", "--group_size=4", "--groups_per_micro=1"] if args.quick else []
+quick = ["--warm_start_steps=3", "--num_generations=4", "--per_device_train_batch_size=4"] if args.quick else []
 if args.quick:
     args.max_steps, args.eval_items, args.seeds = 2, 8, "0"
 seeds = [int(s) for s in args.seeds.split(",")]
@@ -50,9 +50,11 @@ out = os.path.join(ROOT, args.out_dir) if not os.path.isabs(args.out_dir) else a
 def call(script, *a):
     cmd = [sys.executable, script, *a]
     print("$", " ".join(cmd[1:]), flush=True)
+    t = time.time()
     res = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if res.returncode:
         sys.exit(f"{script} failed:\n{res.stderr[-3000:]}")
+    print(f"  done in {time.time() - t:.0f} s ({(time.time() - t0) / 60:.1f} min so far)", flush=True)
 
 
 def mean_se(xs):
@@ -62,7 +64,7 @@ def mean_se(xs):
 
 t0 = time.time()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
-common = [args.config, *quick, *train_args, "--eval_before=False", "--eval_after=False"]
+common = [args.config, *quick, *train_args, "--eval_items=0"]
 common += [f"--max_steps={args.max_steps}"] if args.max_steps else []
 rows = []  # (seed, model, steps, accuracy)
 warm = os.path.join(out, f"seed{seeds[0]}", ESTIMATORS[0], "warm_start")  # one warm start for every run
@@ -72,16 +74,16 @@ for seed in seeds:
         run_dir = os.path.join(base, est)
         if (seed, est) != (seeds[0], ESTIMATORS[0]) and not os.path.exists(os.path.join(run_dir, "warm_start")):
             shutil.copytree(warm, os.path.join(run_dir, "warm_start"))
-        call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--out_dir={run_dir}", "--resume")
+        call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--output_dir={run_dir}", "--resume_from_checkpoint")
     models = [warm] + [os.path.join(base, e) for e in ESTIMATORS]
     labels = ["warm start", *ESTIMATORS]  # one test set (seed 0) for every seed: only training varies
     # eval.py shares the runs' task, eval length and problem generator, read from a checkpoint's resolved config
     cfg = checkpoint.read(checkpoint.newest(models[1]))["config"]
-    task, eval_length = cfg["task"], cfg["eval_gen_length"]
+    task, eval_length = cfg["task"], cfg["eval_max_completion_length"]
     grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}"]
-    grid += [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "countdown_ops", "sudoku_blanks")]
+    grid += [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
     call("eval.py", f"--models={tuple(models)!r}", f"--labels={tuple(labels)!r}", "--seed=0", f"--eval_items={args.eval_items}",
-         *grid, f"--out_dir={base}/eval")  # fmt: skip
+         *grid, f"--output_dir={base}/eval")  # fmt: skip
     for r in json.load(open(f"{base}/eval/results.json"))["rows"]:
         rows.append((seed, r["model"], r["steps"], r["accuracy"]))
 minutes = (time.time() - t0) / 60

@@ -1,4 +1,4 @@
 # The embedded default (what `python train.py` runs): tiny model, generated Countdown, CPU-sized.
-model_name = "tiny"
+model_name_or_path = "tiny"
 task = "countdown"
-out_dir = "runs/tiny_countdown"
+output_dir = "runs/tiny_countdown"

@@ -16,8 +16,8 @@ from data import (
     sudoku_items,
     task,
 )
-from model import tiny_tokenizer
 from rewards import countdown_correct, countdown_reward, sudoku_reward
+from tiny_llada import build_tokenizer as tiny_tokenizer
 
 
 def test_countdown_items_solvable_and_seeded():
@@ -36,15 +36,15 @@ def test_countdown_solver_finds_and_refuses():
 
 
 def test_sudoku_items_unique_and_seeded():
-    items = sudoku_items(100, seed=3, blanks=10)
-    assert items == sudoku_items(100, seed=3, blanks=10)
+    items = sudoku_items(100, seed=3, sudoku_blanks=10)
+    assert items == sudoku_items(100, seed=3, sudoku_blanks=10)
     for it in items:
         grid = [int(c) for c in it["puzzle"]]
         assert grid.count(0) == 10
         assert sudoku_count_solutions(grid, limit=5) == 1
         assert sudoku_reward(f"<answer>{it['solution']}</answer>", it) == 4.0
     with pytest.raises(ValueError, match="blanks"):
-        sudoku_items(1, blanks=14)
+        sudoku_items(1, sudoku_blanks=14)
 
 
 def test_prompt_uses_chat_template():

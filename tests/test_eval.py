@@ -12,10 +12,10 @@ import torch
 
 import checkpoint
 from eval import standard_error
-from model import add_lora, forward_logits, load, save_tiny_checkpoint
+from model import LORA_TARGETS, add_lora, forward_logits, load, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--eval_items=8", "--batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
+SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
 
 
 def run_eval(args, nproc=1):
@@ -38,7 +38,7 @@ def fake_run(out_dir, lora_rank=0):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     os.makedirs(out_dir, exist_ok=True)
-    config = dict(model_name="tiny", lora_rank=lora_rank, lora_alpha=2 * lora_rank, dtype="float32")
+    config = dict(model_name_or_path="tiny", lora_r=lora_rank, lora_alpha=2 * lora_rank, lora_target_modules=LORA_TARGETS)
     return model, checkpoint.save(out_dir, 3, model, opt, sched, config)
 
 
@@ -53,7 +53,7 @@ def test_standard_error_known_cases():
 def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
     trained, path = fake_run(tmp_path, lora_rank)
     loaded, _, cfg = checkpoint.load_trained(path, merge_lora=merge)
-    assert cfg["lora_rank"] == lora_rank
+    assert cfg["lora_r"] == lora_rank
     ids = torch.randint(10, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(forward_logits(loaded, ids), forward_logits(trained.eval(), ids), atol=1e-5, rtol=1e-5)
@@ -62,9 +62,9 @@ def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
 
 
 def test_grid_writes_table_plot_and_samples(tmp_path):
-    save_tiny_checkpoint(load("tiny")[0], f"{tmp_path}/base")
+    save(*load("tiny"), f"{tmp_path}/base")
     fake_run(f"{tmp_path}/run")
-    out = run_eval([f"--models=('{tmp_path}/base','{tmp_path}/run')", "--labels=()", f"--out_dir={tmp_path}/eval"])
+    out = run_eval([f"--models=('{tmp_path}/base','{tmp_path}/run')", "--labels=()", f"--output_dir={tmp_path}/eval"])
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("results.md", "results.json", "samples.jsonl", "accuracy_vs_steps.png"):
         assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
@@ -83,8 +83,8 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
 def test_sharded_equals_one_process(tmp_path):
     fake_run(f"{tmp_path}/run")
     args = [f"--models=('{tmp_path}/run',)", "--labels=('m',)", "--step_fractions=(0.5,)"]
-    one = run_eval(args + [f"--out_dir={tmp_path}/one"])
-    two = run_eval(args + [f"--out_dir={tmp_path}/two"], nproc=2)
+    one = run_eval(args + [f"--output_dir={tmp_path}/one"])
+    two = run_eval(args + [f"--output_dir={tmp_path}/two"], nproc=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     a, b = (open(f"{tmp_path}/{d}/samples.jsonl").read() for d in ("one", "two"))
     assert a == b and len(a.splitlines()) == 8
@@ -96,7 +96,7 @@ def test_sharded_equals_one_process(tmp_path):
         (["--models=('runs/no_such_run',)", "--labels=()"], "no_such_run does not exist"),
         (["--models=('/tmp/nothing/ckpt_000001.pt',)", "--labels=()"], "ckpt_000001.pt does not exist"),
         (["--task=chess"], "task='chess' does not exist"),
-        (["--steps=(3,)"], "steps=3 must be a positive multiple"),
+        (["--sampling_steps=(3,)"], "steps=3 must be a positive multiple"),
         (["--block_length=5"], "block_length=5 must divide"),
         (["--labels=('a',)"], "--labels has 1 names for 2 models"),
         (["--eval_file=/no/file.jsonl"], "eval_file=/no/file.jsonl does not exist"),

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from transformers.modeling_outputs import MaskedLMOutput
 
 from data import chat_ids
 from model import (
@@ -15,18 +14,18 @@ from model import (
     compile_blocks,
     forward_logits,
     load,
-    load_tiny_checkpoint,
     model_path_error,
-    save_tiny_checkpoint,
+    probe_padding_mask,
+    save,
     set_gradient_checkpointing,
-    tiny_tokenizer,
 )
+from tiny_llada import build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tokenizer_roundtrip_and_specials():
-    tok = tiny_tokenizer()
+    tok = build_tokenizer()
     text = "<think>25+3=28\n</think><answer>(25+3)*2</answer>"
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids) == text and len(ids) < len(text)  # tags are one token each
@@ -81,41 +80,64 @@ def test_missing_path_is_clear():
 
 def test_gradient_checkpointing_same_grads():
     a, _ = load("tiny", seed=3)
-    b, _ = load("tiny", seed=3, gradient_checkpointing=True)
+    b, _ = load("tiny", seed=3)
+    set_gradient_checkpointing(b)
     ids = torch.randint(10, 100, (2, 16))
     for m in (a, b):
-        m(ids).logits.logsumexp(-1).mean().backward()
+        m.train()(ids).logits.logsumexp(-1).mean().backward()
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad)
 
 
-def test_checkpoint_roundtrip(tmp_path):
-    model, _ = load("tiny", seed=5)
-    save_tiny_checkpoint(model, tmp_path / "ck")
-    loaded, tok = load(str(tmp_path / "ck"))
-    ids = torch.randint(10, 100, (1, 8))
-    torch.testing.assert_close(model(ids).logits, loaded(ids).logits)
-    (tmp_path / "ck" / "tiny_config.json").write_text('{"d_model": 64, "bogus": 1}')
-    with pytest.raises(ValueError, match="bogus"):
-        load_tiny_checkpoint(tmp_path / "ck")
+def test_saved_folder_loads_without_the_project(tmp_path):
+    """A saved model folder carries its modeling file and auto_map, as LLaDA's hub repository does:
+    a fresh process that never imported this project (not on its path, run elsewhere) loads it with
+    AutoModel/AutoTokenizer and gets the same logits and tokens; `load` of the folder too."""
+    model, tok = load("tiny", seed=5)
+    save(model, tok, str(tmp_path / "ck"))
+    ids = torch.randint(10, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits
+    torch.save({"ids": ids, "logits": expected}, tmp_path / "expected.pt")
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModel, AutoTokenizer\n"
+        f"m = AutoModel.from_pretrained({str(tmp_path / 'ck')!r}, trust_remote_code=True)\n"
+        f"t = AutoTokenizer.from_pretrained({str(tmp_path / 'ck')!r})\n"
+        f"e = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "with torch.no_grad(): out = m(e['ids']).logits\n"
+        "assert not any(n in sys.modules for n in ('model', 'tiny_llada', 'data')), 'project imported'\n"
+        "print(float((out - e['logits']).abs().max()), t.mask_token_id, t.decode(t('<answer>1+2</answer>').input_ids))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff, mask_id, text = out.stdout.split()
+    assert float(diff) == 0.0 and int(mask_id) == tok.mask_token_id and text == "<answer>1+2</answer>"
+    loaded, tok2 = load(str(tmp_path / "ck"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected, atol=0, rtol=0)
+    assert tok2.eos_ids == tok.eos_ids and tok2.mask_token_id == tok.mask_token_id and loaded.honours_padding_mask
 
 
-class LLaDAShaped(torch.nn.Module):
-    """LLaDA's module layout where it matters here: model.transformer = ModuleDict(wte, blocks, ln_f,
-    ff_out) and a forward that ends `logits = ff_out(ln_f(x))`, returning an object with .logits."""
+class IgnoresMask(torch.nn.Module):
+    """A stand-in for LLaDA copies that take `attention_mask` and ignore it (padding is attended)."""
 
-    def __init__(self, tiny_model):
+    def __init__(self, inner):
         super().__init__()
-        t = tiny_model
-        self.model = torch.nn.Module()
-        self.model.transformer = torch.nn.ModuleDict(dict(wte=t.wte, blocks=t.blocks, ln_f=t.norm, ff_out=t.lm_head))
+        self.inner = inner
 
-    def forward(self, ids):
-        tr = self.model.transformer
-        x = tr["wte"](ids)
-        for block in tr["blocks"]:
-            x = block(x, None)
-        return MaskedLMOutput(logits=tr["ff_out"](tr["ln_f"](x)))
+    def forward(self, ids, attention_mask=None):
+        return self.inner(ids)
+
+
+def test_padding_mask_probe():
+    """The mask is passed only to a model whose real-token logits do not change under masked left
+    padding; a model that ignores it, or takes no such argument, is never given one."""
+    model, tok = load("tiny", seed=0)
+    assert probe_padding_mask(model, tok.pad_token_id) and model.honours_padding_mask
+    assert not probe_padding_mask(IgnoresMask(model), tok.pad_token_id)
+    assert not probe_padding_mask(Opaque(model), tok.pad_token_id)
 
 
 class Opaque(torch.nn.Module):
@@ -129,15 +151,13 @@ class Opaque(torch.nn.Module):
         return self.inner(ids)
 
 
-@pytest.mark.parametrize("kind", ["tiny", "tiny+lora", "llada_shaped", "opaque"])
+@pytest.mark.parametrize("kind", ["tiny", "tiny+lora", "opaque"])
 def test_logits_at_positions_equal_full_logits(kind):
     """forward_logits(at=...) projects only the selected positions: the values and the gradients
     must equal those of the full logits indexed afterwards, for each way a model is reached."""
     model, _ = load("tiny", seed=0)
     if kind == "tiny+lora":
         model = add_lora(model, 4, 8)
-    elif kind == "llada_shaped":
-        model = LLaDAShaped(model)
     elif kind == "opaque":
         model = Opaque(model)
     ids = torch.randint(10, 100, (3, 12), generator=torch.Generator().manual_seed(1))

@@ -16,7 +16,7 @@ from test_train import ROOT, SMALL, assert_same, params, run
 
 import checkpoint
 
-FAST = ["--max_steps=10", "--ckpt_every=2", "--keep_checkpoints=3", "--eval_before=False", "--eval_after=False"]
+FAST = ["--max_steps=10", "--save_steps=2", "--save_total_limit=3"]
 
 
 def logged_steps(out_dir):
@@ -46,13 +46,13 @@ def check_after_kill(out_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    run([f"--out_dir={out}", *FAST])
+    run([f"--output_dir={out}", *FAST])
     return params(f"{out}/ckpt_000010.pt")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
-    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *FAST]
+    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     # wait for the first log line (the model is built and training), then kill somewhere in the run
@@ -63,24 +63,24 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     check_after_kill(str(tmp_path))
-    run([f"--out_dir={tmp_path}", *FAST, "--resume"])
+    run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
     assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
     assert logged_steps(tmp_path) == list(range(1, 11))  # re-run steps are logged once
 
 
 def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
-    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *FAST, "--fault_kill_in_save=4"]
+    cmd = [sys.executable, "tests/faults.py", "kill_in_save=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == -signal.SIGKILL
     assert os.path.exists(f"{tmp_path}/ckpt_000004.pt.tmp") and not os.path.exists(f"{tmp_path}/ckpt_000004.pt")
     assert check_after_kill(str(tmp_path)) == 2  # the half-written step-4 file is never taken for a checkpoint
-    run([f"--out_dir={tmp_path}", *FAST, "--resume"])
+    run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
     assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
 
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
-    run([f"--out_dir={tmp_path}", "--max_steps=4", "--ckpt_every=1", "--keep_checkpoints=9", "--fault_nan_steps=(2,3)"])
+    run([f"--output_dir={tmp_path}", "--max_steps=4", "--save_steps=1", "--save_total_limit=9"], faults=["nan_steps=(2,3)"])
     rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
     assert [r["skipped"] for r in rows] == [0, 1, 1, 0]
     assert [r["nonfinite_total"] for r in rows] == [0, 1, 2, 2]
@@ -92,8 +92,8 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
 
 
 def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
-    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", "--max_steps=30", "--ckpt_every=1", "--keep_checkpoints=2",
-           f"--fault_nan_steps={tuple(range(2, 31))}"]  # fmt: skip
+    cmd = [sys.executable, "tests/faults.py", f"nan_steps={tuple(range(2, 31))}", "--", *SMALL, f"--output_dir={tmp_path}",
+           "--max_steps=30", "--save_steps=1", "--save_total_limit=2"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode != 0 and "20 non-finite updates in a row" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
@@ -101,28 +101,29 @@ def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     newest = checkpoint.newest(str(tmp_path))
     state = checkpoint.read(newest)
     assert state["step"] == 20  # the newest checkpoint is intact and holds the step-1 weights
-    first = run([f"--out_dir={tmp_path}/one", "--max_steps=30", "--stop_after=1"])
+    first = run([f"--output_dir={tmp_path}/one", "--max_steps=30", "--save_steps=1"], faults=["stop_after=1"])
     assert first.returncode == 0
     assert_same(params(f"{tmp_path}/one/ckpt_000001.pt"), state["model"], atol=0)
 
 
 BAD = [
     (["--bogus=1"], "unknown key '--bogus'"),
-    (["--group_size=three"], "--group_size='three' has type str"),
-    (["--gen_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
-    (["--steps=7"], "steps=7 must be a positive multiple"),
-    (["--mc_steps=9"], "--mc_steps=9 must be between 1 and --steps=8"),
-    (["--group_size=1"], "--group_size=1"),
-    (["--model_name=./no/model"], "no/model does not exist"),
+    (["--num_generations=three"], "--num_generations='three' has type str"),
+    (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
+    (["--sampling_steps=7"], "steps=7 must be a positive multiple"),
+    (["--mc_samples=9"], "--mc_samples=9 must be between 1 and --sampling_steps=8"),
+    (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1"),
+    (["--per_device_train_batch_size=6"], "--per_device_train_batch_size=6 must be a multiple of --num_generations=4"),
+    (["--model_name_or_path=./no/model"], "no/model does not exist"),
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
-    (["--task=sudoku", "--steps=4"], "--gen_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
+    (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
 ]
 
 
 @pytest.mark.parametrize("args, words", BAD)
 def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
-    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}", *args]
+    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -135,7 +136,7 @@ def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     trained, _ = load("tiny", seed=1)
     opt = torch.optim.AdamW(trained.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    path = checkpoint.save(str(tmp_path), 1, trained, opt, sched, {"model_name": "tiny"})
+    path = checkpoint.save(str(tmp_path), 1, trained, opt, sched, {"model_name_or_path": "tiny"})
     other, _ = load("tiny", tiny_overrides=dict(d_ff=256))
     before = {n: p.clone() for n, p in other.named_parameters()}
     with pytest.raises(SystemExit, match="different model"):

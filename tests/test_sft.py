@@ -18,7 +18,7 @@ def test_sft_batch_layout():
     for i, it in enumerate(items):
         prompt = data.build_prompt(tok, "countdown", it, "", True)
         assert batch.ids[i, P - len(prompt) : P].tolist() == prompt and batch.attention_mask[i, : P - len(prompt)].sum() == 0
-        solution = tok(sft.solution_text("countdown", it), add_special_tokens=False).input_ids
+        solution = tok(data.task("countdown").solution(it), add_special_tokens=False).input_ids
         assert batch.ids[i, P : P + len(solution)].tolist() == solution
         assert (batch.ids[i, P + len(solution) :] == tok.eos_token_id).all()  # EOS, then EOS padding
 

@@ -1,5 +1,6 @@
 """train.py end to end on the embedded model: DDP equals one process, resume equals no stop."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,20 +11,21 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
     "--warm_start_steps=3",
-    "--warm_start_batch=8",
-    "--group_size=4",
-    "--groups_per_micro=1",
-    "--gen_length=16",
-    "--steps=8",
-    "--mc_steps=2",
-    "--eval_before=False",
-    "--eval_after=False",
-    "--lr=1e-3",
+    "--num_generations=4",
+    "--per_device_train_batch_size=4",
+    "--max_completion_length=16",
+    "--sampling_steps=8",
+    "--mc_samples=2",
+    "--eval_items=0",
+    "--learning_rate=1e-3",
 ]
 
 
-def run(args, nproc=1, env=None):
+def run(args, nproc=1, env=None, faults=()):
+    """train.py with SMALL and args; faults ("stop_after=2", ...) run it through tests/faults.py."""
     cmd = [sys.executable, "train.py", *SMALL, *args]
+    if faults:
+        cmd = [sys.executable, "tests/faults.py", *faults, "--", *SMALL, *args]
     if nproc > 1:
         cmd = [
             sys.executable,
@@ -55,8 +57,8 @@ def assert_same(a, b, atol):
 
 def test_ddp_two_ranks_equal_one_process(tmp_path):
     """2 gloo ranks × 1 micro-batch each == 1 process × 2 accumulated micro-batches."""
-    run([f"--out_dir={tmp_path}/one", "--max_steps=2", "--grad_accum=2"])
-    run([f"--out_dir={tmp_path}/ddp", "--max_steps=2", "--grad_accum=1"], nproc=2)
+    run([f"--output_dir={tmp_path}/one", "--max_steps=2", "--gradient_accumulation_steps=2"])
+    run([f"--output_dir={tmp_path}/ddp", "--max_steps=2", "--gradient_accumulation_steps=1"], nproc=2)
     one, ddp = params(f"{tmp_path}/one/ckpt_000002.pt"), params(f"{tmp_path}/ddp/ckpt_000002.pt")
     assert_same(one, ddp, atol=1e-5)
     init = params(f"{tmp_path}/one/ckpt_000002.pt")  # sanity: training moved the weights
@@ -64,10 +66,10 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
 
 
 def test_resume_reaches_the_uninterrupted_state(tmp_path):
-    run([f"--out_dir={tmp_path}/full", "--max_steps=4", "--ckpt_every=2"])
-    run([f"--out_dir={tmp_path}/cut", "--max_steps=4", "--ckpt_every=2", "--stop_after=2"])
+    run([f"--output_dir={tmp_path}/full", "--max_steps=4", "--save_steps=2"])
+    run([f"--output_dir={tmp_path}/cut", "--max_steps=4", "--save_steps=2"], faults=["stop_after=2"])
     assert sorted(f for f in os.listdir(f"{tmp_path}/cut") if f.startswith("ckpt_")) == ["ckpt_000002.pt"]
-    out = run([f"--out_dir={tmp_path}/cut", "--max_steps=4", "--ckpt_every=2", "--resume"])
+    out = run([f"--output_dir={tmp_path}/cut", "--max_steps=4", "--save_steps=2", "--resume_from_checkpoint"])
     assert "resumed from" in out.stdout + out.stderr
     assert_same(params(f"{tmp_path}/full/ckpt_000004.pt"), params(f"{tmp_path}/cut/ckpt_000004.pt"), atol=0)
     # the step-2 state differs from the step-4 state: the resumed steps did something
@@ -78,17 +80,42 @@ def test_resume_reaches_the_uninterrupted_state(tmp_path):
 
 
 def test_resume_refuses_other_model(tmp_path):
-    run([f"--out_dir={tmp_path}/a", "--max_steps=1"])
-    cmd = [sys.executable, "train.py", *SMALL, f"--out_dir={tmp_path}/a", "--max_steps=2", "--resume", "--gen_length=32"]
+    run([f"--output_dir={tmp_path}/a", "--max_steps=1"])
+    again = [f"--output_dir={tmp_path}/a", "--max_steps=2", "--resume_from_checkpoint", "--max_completion_length=32"]
+    cmd = [sys.executable, "train.py", *SMALL, *again]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "gen_length" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode != 0 and "max_completion_length" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_cached_warm_start_gives_the_same_run(tmp_path):
     """A run that trains its warm start in memory equals one that loads it from the cache
     (a stale SFT gradient once leaked into the first AGRPO step of the former)."""
-    run([f"--out_dir={tmp_path}/fresh", "--max_steps=1"])
+    run([f"--output_dir={tmp_path}/fresh", "--max_steps=1"])
     shutil.copytree(f"{tmp_path}/fresh/warm_start", f"{tmp_path}/cached/warm_start")
-    out = run([f"--out_dir={tmp_path}/cached", "--max_steps=1"])
+    out = run([f"--output_dir={tmp_path}/cached", "--max_steps=1"])
     assert "loading cached" in out.stdout + out.stderr
     assert_same(params(f"{tmp_path}/fresh/ckpt_000001.pt"), params(f"{tmp_path}/cached/ckpt_000001.pt"), atol=0)
+
+
+def test_help_print_config_and_unknown_keys():
+    """--help lists every key with its default and comment; --print_config prints the resolved
+    config (preset, then overrides) as JSON and exits before loading anything; a key of another
+    spelling gets a "did you mean"; names imported into train.py are not keys."""
+    from configurator import declared
+
+    def train(*args):
+        return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    keys = declared(os.path.join(ROOT, "train.py"))
+    out = train("--help")
+    assert out.returncode == 0
+    for key, (default, comment) in keys.items():
+        assert f"--{key}" in out.stdout and repr(default) in out.stdout and comment and comment in out.stdout, key
+    out = train("configs/tiny_sudoku.py", "--learning_rate=1e-5", "--print_config")
+    cfg = json.loads(out.stdout)
+    assert out.returncode == 0 and set(cfg) == set(keys)
+    assert cfg["task"] == "sudoku" and cfg["learning_rate"] == 1e-5 and cfg["lora_target_modules"] == list(keys["lora_target_modules"][0])
+    for args, words in [(["--lr=1"], "did you mean --learning_rate"), (["--group_size=4"], "did you mean --num_generations"),
+                        (["--ESTIMATORS=x"], "unknown key '--ESTIMATORS'"), (["--max_steps=True"], "has type bool")]:  # fmt: skip
+        out = train(*args)
+        assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -1,0 +1,65 @@
+"""Runs train.py with faults injected from outside, for tests/test_reliability.py:
+
+    python tests/faults.py nan_steps=(2,3) kill_in_save=4 stop_after=2 -- [train.py arguments]
+
+nan_steps: the advantages of these steps are NaN (one micro-batch per step); kill_in_save: SIGKILL
+after half of this step's checkpoint bytes are written; stop_after: exit cleanly right after this
+step's checkpoint is written.
+"""
+
+import ast
+import io
+import os
+import runpy
+import signal
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+
+import agrpo  # noqa: E402
+import checkpoint  # noqa: E402
+
+sep = sys.argv.index("--")
+faults = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[1:sep])}
+
+real_advantages, calls = agrpo.group_advantages, [0]
+
+
+def nan_advantages(*a, **k):
+    calls[0] += 1
+    adv = real_advantages(*a, **k)
+    return adv * float("nan") if calls[0] in faults.get("nan_steps", ()) else adv
+
+
+real_torch_save = torch.save
+
+
+def save_killed_midway(obj, f, *a, **k):
+    if str(getattr(f, "name", f)).endswith(f"ckpt_{faults['kill_in_save']:06d}.pt.tmp"):
+        buf = io.BytesIO()
+        real_torch_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_torch_save(obj, f, *a, **k)
+
+
+real_checkpoint_save = checkpoint.save
+
+
+def save_then_stop(out_dir, step, *a, **k):
+    path = real_checkpoint_save(out_dir, step, *a, **k)
+    if step == faults["stop_after"]:
+        raise SystemExit(0)
+    return path
+
+
+agrpo.group_advantages = nan_advantages
+if "kill_in_save" in faults:
+    torch.save = save_killed_midway
+if "stop_after" in faults:
+    checkpoint.save = save_then_stop
+sys.argv = ["train.py", *sys.argv[sep + 1 :]]
+runpy.run_path(os.path.join(ROOT, "train.py"), run_name="__main__")
