@@ -1,4 +1,4 @@
-"""The AGRPO update (DESIGN.md section 3): group-relative advantages and the PPO-clip objective
+"""The AGRPO update (ALGORITHM.md §4): group-relative advantages and the PPO-clip objective
 on stepwise log-probabilities.
 
 For a group of G completions of one prompt with rewards r_i:

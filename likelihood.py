@@ -1,4 +1,4 @@
-"""Log-likelihood estimators of a sampled completion o (DESIGN.md section 2).
+"""Log-likelihood estimators of a sampled completion o (ALGORITHM.md §2 and §3).
 
 Stepwise (AGRPO, exact in expectation). With S_t the positions committed at step t and x_t the
 rollout state before step t (every position of step >= t masked, prompt never masked):

@@ -1,4 +1,4 @@
-"""Rewards r(o) of the four tasks (DESIGN.md section 4); the advantages of agrpo.py are built on them.
+"""Rewards r(o) of the four tasks; the group-relative advantages of agrpo.py are built on them.
 
 Every function takes (completion, answer) and returns a float in a documented range for *any*
 string: nothing here calls eval, answers come from the last <answer>…</answer> block, and every

@@ -1,4 +1,5 @@
-"""LLaDA's semi-autoregressive sampler, recording the trajectory that AGRPO's policy is defined on.
+"""LLaDA's semi-autoregressive sampler, recording the trajectory that AGRPO's policy is defined on
+(ALGORITHM.md §1).
 
 x = [prompt ; G × MASK]; the G positions form G/B blocks filled left to right, s = steps·B/G steps
 per block. Step i of a block with m masked positions commits
