@@ -119,6 +119,23 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     return state["step"]
 
 
+def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print):
+    """Continue from the newest checkpoint in out_dir: (step, counters), or (0, {}) when there is
+    none. The steps after it are run again, so their log lines (and a half-written checkpoint)
+    are dropped."""
+    path = newest(out_dir)
+    if path is None:
+        log(f"resume: no checkpoint in {out_dir}, starting fresh")
+        return 0, {}
+    state = read(path)
+    step = restore(path, state, model, opt, sched, config, must_match)
+    if master:
+        truncate_log(log_path, step)
+        remove_partial(out_dir)
+    log(f"resumed from {path} (step {step})")
+    return step, state.get("counters", {})
+
+
 def load_trained(path, device="cpu", merge_lora=True):
     """(model, tokenizer, config) from a checkpoint: the base model its config names, LoRA
     adapters of the same rank if it trained them (merged into the weights, or kept as peft)."""

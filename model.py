@@ -95,7 +95,7 @@ def _from_pretrained(name_or_path, dtype):
         raise ValueError(problem)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, torch_dtype=dtype or "auto")
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")
     except (OSError, ValueError) as e:  # no such hub id, no network, files missing from the directory
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None

@@ -83,6 +83,8 @@ def _math_worker(conn):
     from math_verify import parse, verify
 
     logging.disable(logging.WARNING)  # it warns on every call that we do the timing ourselves
+    # sympy and the LaTeX parser load lazily on first use: warm them up before the time limit applies
+    verify(parse("\\boxed{2\\sin x\\cos x}", parsing_timeout=None), parse("\\boxed{\\sin 2x}", parsing_timeout=None), timeout_seconds=None)
     conn.send("ready")
     while True:
         gold, pred = conn.recv()
@@ -106,11 +108,15 @@ def _math_equal(gold, pred, time_limit):
         parent.recv()  # start-up is not charged to the call's time limit
         _worker = (proc, parent)
     proc, conn = _worker
-    conn.send((gold, pred))
-    if conn.poll(time_limit):
-        return conn.recv()
-    proc.kill()  # overran: kill it, a fresh worker starts on the next call
+    try:
+        conn.send((gold, pred))
+        if conn.poll(time_limit):
+            return conn.recv()
+    except (EOFError, OSError):  # the worker died mid-call (killed from outside): score False, respawn next call
+        pass
+    proc.kill()  # overran or died: a fresh worker starts on the next call
     proc.join()
+    conn.close()
     _worker = None
     return False
 
@@ -277,6 +283,3 @@ def sudoku_reward(completion, answer):
     counts_ok = all(grid.count(d) == 4 for d in "1234")
     clues_ok = all(grid[i] == c for i, c in enumerate(answer["puzzle"]) if c in "1234")
     return 0.25 + 0.25 * counts_ok + 0.5 * clues_ok + 3.0 * sudoku_accuracy(completion, answer)
-
-
-REWARD_RANGE = {"gsm8k": (0.0, 4.0), "math": (0.0, 4.0), "countdown": (-0.5, 4.0), "sudoku": (0.0, 4.0)}

@@ -205,6 +205,75 @@ def update(cfg, train_model, params, opt, batches, amp):
     return loss_sum / cfg.num_iterations, metrics, float(grad_norm), skipped
 
 
+def load_policy(cfg, train_items, device, ddp, master):
+    """(π_θ, tokenizer, π_ref or None, the base its trained parameters sit on). The embedded model is
+    warm-started first (sft.py). Under DDP rank 0 loads first, so remote code and the warm start
+    are written once, then the other ranks load them."""
+    torch.manual_seed(cfg.seed)
+    for turn in range(2 if ddp else 1):
+        if (turn == 0) == master:
+            try:
+                model, tok = load(cfg.model_name_or_path, device=device)
+                base_model = cfg.model_name_or_path
+                if cfg.model_name_or_path == "tiny":
+                    model, base_model = sft.warm_start(
+                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), steps=cfg.warm_start_steps,
+                        gen_length=cfg.max_completion_length, seed=cfg.seed, generator_for_step=lambda s: seeded(cfg.seed, "sft", s),
+                        system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, show=master, write=master,
+                    )  # fmt: skip
+            except ValueError as e:  # the model cannot be loaded, or the warm start cannot be trained
+                raise ConfigError(f"--model_name_or_path: {e}") from None
+        if ddp:
+            dist.barrier()
+    if cfg.lora_r > 0:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model)
+    ref_model = None
+    if cfg.beta > 0:  # with LoRA, the model with its adapters disabled is the reference: no copy
+        ref_model = model if cfg.lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+    if cfg.compile:
+        compile_blocks(model)
+    return model, tok, ref_model, base_model
+
+
+def make_optimizer(cfg, params, total_steps):
+    """AdamW; the rate warms up linearly over warmup_ratio of the steps, then decays to 0 (cosine)."""
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
+    )
+    return opt, sched
+
+
+def prompt_items(cfg, train_items, position, n):
+    """The n prompts at `position` of the run's stream: epoch after epoch, each a fresh seeded
+    permutation of the training items. A position is global, so any partition over ranks and
+    accumulation steps sees the same prompts."""
+    epoch, first = divmod(position, len(train_items))
+    order = torch.cat([torch.randperm(len(train_items), generator=seeded(cfg.seed, "epoch", e)) for e in (epoch, epoch + 1)])
+    return [train_items[i] for i in order[first : first + n].tolist()]
+
+
+def step_means(batches, loss, metrics, device, ddp):
+    """The logged means of a step, over every rank's completions and tokens."""
+    stats = torch.tensor(
+        [
+            torch.cat([b.rewards for b in batches]).mean(),
+            torch.cat([b.accuracy for b in batches]).mean(),
+            torch.cat([b.lengths for b in batches]).float().mean(),
+            loss,
+            metrics["kl"] / max(1, metrics["tokens"]),
+            metrics["clipped"] / max(1, metrics["tokens"]),
+        ]
+    ).to(device)  # fmt: skip  (NCCL reduces GPU tensors only)
+    if ddp:
+        dist.all_reduce(stats)
+        stats /= dist.get_world_size()
+    return dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
+
+
 def main():
     cfg = SimpleNamespace(**configure(__file__))
     validate(cfg)
@@ -233,32 +302,8 @@ def main():
     train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
     test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
 
-    # the policy π_θ (and π_ref when β > 0); rank 0 loads first, so remote code is copied once
-    torch.manual_seed(cfg.seed)
-    for turn in range(2 if ddp else 1):
-        if (turn == 0) == master:
-            try:
-                model, tok = load(cfg.model_name_or_path, device=device)
-                base_model = cfg.model_name_or_path  # what the trained parameters sit on, for eval.py to rebuild
-                if cfg.model_name_or_path == "tiny":
-                    model, base_model = sft.warm_start(
-                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), steps=cfg.warm_start_steps,
-                        gen_length=cfg.max_completion_length, seed=cfg.seed, generator_for_step=lambda s: seeded(cfg.seed, "sft", s),
-                        system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, show=master, write=master,
-                    )  # fmt: skip
-            except ValueError as e:  # the model cannot be loaded, or the warm start cannot be trained
-                raise ConfigError(f"--model_name_or_path: {e}") from None
-        if ddp:
-            dist.barrier()
-    if cfg.lora_r > 0:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
-    if cfg.gradient_checkpointing:
-        set_gradient_checkpointing(model)
-    ref_model = None
-    if cfg.beta > 0:  # with LoRA, the model with its adapters disabled is the reference: no copy
-        ref_model = model if cfg.lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-    if cfg.compile:
-        compile_blocks(model)
+    # the policy π_θ (and π_ref when β > 0)
+    model, tok, ref_model, base_model = load_policy(cfg, train_items, device, ddp, master)
 
     def held_out_accuracy(label):
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
@@ -276,25 +321,13 @@ def main():
     prompts_per_step = groups_per_micro * cfg.gradient_accumulation_steps * world
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
-    )
+    opt, sched = make_optimizer(cfg, params, total_steps)
 
-    start, nonfinite = 0, {"total": 0, "in_a_row": 0}
     log_path = os.path.join(cfg.output_dir, "log.jsonl")
-    path = checkpoint.newest(cfg.output_dir) if cfg.resume_from_checkpoint else None
-    if path:
-        state = checkpoint.read(path)
-        start = checkpoint.restore(path, state, model, opt, sched, vars(cfg), MUST_MATCH)
-        nonfinite.update(state.get("counters", {}))
-        if master:  # the steps after the checkpoint are run again: drop their log lines (and a half-written checkpoint)
-            checkpoint.truncate_log(log_path, start)
-            checkpoint.remove_partial(cfg.output_dir)
-        log(f"resumed from {path} (step {start})")
-    elif cfg.resume_from_checkpoint:
-        log(f"--resume_from_checkpoint: no checkpoint in {cfg.output_dir}, starting fresh")
+    start, nonfinite = 0, {"total": 0, "in_a_row": 0}
+    if cfg.resume_from_checkpoint:
+        start, counters = checkpoint.resume(cfg.output_dir, model, opt, sched, vars(cfg), MUST_MATCH, log_path, master, log)
+        nonfinite.update(counters)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if cfg.report_to == "wandb" and master:
         import wandb
@@ -310,10 +343,7 @@ def main():
         batches = []
         for a in range(cfg.gradient_accumulation_steps):
             micro = a * world + rank  # the global micro-batch index
-            first = (step * prompts_per_step + micro * groups_per_micro) % len(train_items)
-            epoch = (step * prompts_per_step + micro * groups_per_micro) // len(train_items)
-            order = torch.cat([torch.randperm(len(train_items), generator=seeded(cfg.seed, "epoch", e)) for e in (epoch, epoch + 1)])
-            items = [train_items[i] for i in order[first : first + groups_per_micro].tolist()]
+            items = prompt_items(cfg, train_items, step * prompts_per_step + micro * groups_per_micro, groups_per_micro)
             batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
 
         # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
@@ -323,20 +353,7 @@ def main():
         nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
 
         # 3. log: means over every rank's completions
-        stats = torch.tensor(
-            [
-                torch.cat([b.rewards for b in batches]).mean(),
-                torch.cat([b.accuracy for b in batches]).mean(),
-                torch.cat([b.lengths for b in batches]).float().mean(),
-                loss,
-                metrics["kl"] / max(1, metrics["tokens"]),
-                metrics["clipped"] / max(1, metrics["tokens"]),
-            ]
-        ).to(device)  # fmt: skip  (NCCL reduces GPU tensors only)
-        if ddp:
-            dist.all_reduce(stats)
-            stats /= world
-        row = dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
+        row = step_means(batches, loss, metrics, device, ddp)
         row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
         row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
         if master:

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 7 asks for, in two device calls of < 10 min each:
-#   run(command="bash bench/gpu.sh eager", timeout_s=600)    # the targets, profiles, a LoRA-cast comparison, tiny train.py
-#   run(command="bash bench/gpu.sh compile", timeout_s=600)  # the same benches with torch.compile'd blocks
-# Needs only torch and peft (the device image has both; its transformers 5 is fine for everything here):
-# the benches build a random LLaDA-8B-shaped model directly in bf16, no download. Tables go to
-# stdout and to $OUT/gpu_*.txt (the profiles are in those files, after the tables).
+# The GPU measurements, on one CUDA GPU with 80 GB (an H100), each part under 10 minutes:
+#   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
+#   bash bench/gpu.sh compile   # the same benches with torch.compile'd blocks
+# The benches build a random LLaDA-8B-shaped model directly in bf16 (no download). Tables go to
+# stdout and to $OUT/gpu_*.txt (default /tmp/gpu_out; the profiles are in those files, after the tables).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
@@ -38,13 +37,13 @@ eager)
     # full fine-tuning, checkpointing (no target)
     run train_full $train --checkpointing
     # the embedded pipeline on CUDA (bf16 autocast): must finish and log finite losses
-    run tiny_train $tiny --out_dir=/tmp/tiny_cuda
+    run tiny_train $tiny --output_dir=/tmp/tiny_cuda
     cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null && tail -1 /tmp/tiny_cuda/log.jsonl | cut -c1-160
     ;;
 compile)
     run sample_compile $sample --compile
     run train_lora_compile $train --lora_rank 64 --checkpointing --compile
-    run tiny_train_compile $tiny --compile --out_dir=/tmp/tiny_cuda_compile
+    run tiny_train_compile $tiny --compile --output_dir=/tmp/tiny_cuda_compile
     ;;
 *)
     echo "usage: bash bench/gpu.sh eager|compile"; exit 2 ;;

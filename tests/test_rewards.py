@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import data
 from rewards import (
-    REWARD_RANGE,
     countdown_correct,
     countdown_reward,
     eval_arithmetic,
@@ -55,12 +55,14 @@ HOSTILE = [
 
 
 def check_reward(task, text):
-    """A float in the task's documented range, returned in under a second."""
+    """A float in the task's documented range, never a hang. The bound only catches a hang: it is
+    10x the slowest case on an idle 2-core machine (1.5 s, MATH's worker killed at its time limit
+    and respawned); speed itself is not a unit test."""
     fn, answer = FNS[task]
     t0 = time.perf_counter()
     r = fn(text, answer)
-    assert time.perf_counter() - t0 < 1.0
-    lo, hi = REWARD_RANGE[task]
+    assert time.perf_counter() - t0 < 15.0
+    lo, hi = data.task(task).reward_range
     assert isinstance(r, float) and lo <= r <= hi
 
 
@@ -99,7 +101,7 @@ def test_math_cases():
     t0 = time.perf_counter()
     assert not math_correct("<answer>9^{9^{9}}</answer>", "3")  # killed at its time limit
     assert math_correct("<answer>3</answer>", "3")  # and a fresh worker answers the next call
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10.0  # a hang, not speed: 1.0 s on an idle 2-core machine
 
 
 def test_countdown_cases():
@@ -149,3 +151,17 @@ any_text = st.one_of(
 @given(text=any_text)
 def test_property_any_string(task, text):
     check_reward(task, text)
+
+
+def test_math_worker_respawns_warm_after_a_kill():
+    """A worker killed from outside is replaced on the next call, and the replacement is warmed up
+    before the time limit applies: a trigonometric identity right after the respawn is scored
+    correct (its first sympy use once cost more than the 0.5 s limit)."""
+    import rewards
+
+    assert math_correct("<answer>3</answer>", "3")
+    proc = rewards._worker[0]
+    proc.kill()
+    proc.join()
+    assert math_correct("<answer>2\\sin x\\cos x</answer>", "\\sin 2x")
+    assert rewards._worker[0] is not proc and rewards._worker[0].is_alive()

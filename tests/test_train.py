@@ -119,3 +119,18 @@ def test_help_print_config_and_unknown_keys():
                         (["--ESTIMATORS=x"], "unknown key '--ESTIMATORS'"), (["--max_steps=True"], "has type bool")]:  # fmt: skip
         out = train(*args)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_math_training_runs_with_its_verifier_worker(tmp_path):
+    """MATH's reward runs math-verify in a worker process, which imports train.py's main module:
+    without the __main__ guard that re-ran train.py in the worker and the run hung. A few steps
+    of MATH from a local file on a saved embedded model (MATH has no generated warm start)."""
+    from model import load, save
+
+    save(*load("tiny"), str(tmp_path / "base"))
+    rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--task=math", f"--model_name_or_path={tmp_path}/base", f"--train_file={tmp_path}/math.jsonl", "--compact_prompt=False"]
+    run([*args, f"--output_dir={tmp_path}/run", "--max_steps=2", "--max_completion_length=8", "--block_length=8", "--sampling_steps=4"])
+    logged = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
+    assert [r["step"] for r in logged] == [1, 2] and all(0.0 <= r["reward"] <= 4.0 for r in logged)
