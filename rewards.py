@@ -39,7 +39,8 @@ def format_score(text):
 # ---------------------------------------------------------------------------------------------
 # GSM8K: numeric match
 
-_NUMBER = re.compile(r"-?\d{1,30}(?:\.\d{1,30})?(?:/\d{1,30})?")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+MAX_NUMBER = 40  # characters: a longer number never matches (it is not cut into pieces that might)
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\{(-?\d{1,30})\}\{(\d{1,30})\}")
 _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}")
 
@@ -53,7 +54,7 @@ def parse_number(s):
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = s.replace("−", "-")
     found = _NUMBER.findall(s)
-    if not found:
+    if not found or len(found[-1]) > MAX_NUMBER:
         return None
     try:
         return Fraction(found[-1])
@@ -136,13 +137,21 @@ def math_reward(completion, answer):
 # ---------------------------------------------------------------------------------------------
 # Countdown: exact rational arithmetic with a parser of our own
 
-_TOKEN = re.compile(r"\s*(\d{1,12}(?:\.\d{1,12})?|[-+*/×÷()])")
-_LHS_CHARS = re.compile(r"[\d\s+\-*/×÷().]+")
+_TOKEN = re.compile(r"\s*(\d{1,12}|[-+*/()])")  # whole numbers only: "3.5" would invent a number from 3 and 5
+_LHS_CHARS = re.compile(r"[\d\s+\-*/()]+")
+_OPERATORS = {"−": "-", "–": "-", "×": "*", "·": "*", "÷": "/", "\\times": "*", "\\cdot": "*", "\\div": "/"}
 MAX_EXPR = 200  # characters; a Countdown equation is a few dozen
 
 
+def normalize_operators(expr):
+    """The Unicode minus, ×, ÷, · and LaTeX's \\times, \\cdot, \\div as the ASCII operators."""
+    for symbol, ascii_op in _OPERATORS.items():
+        expr = expr.replace(symbol, ascii_op)
+    return expr
+
+
 def tokenize(expr):
-    expr = expr.replace("−", "-").replace("\\times", "*").replace("\\div", "/")
+    expr = normalize_operators(expr)
     tokens, pos = [], 0
     while pos < len(expr):
         m = _TOKEN.match(expr, pos)
@@ -154,7 +163,7 @@ def tokenize(expr):
 
 
 def eval_arithmetic(expr):
-    """Value of an arithmetic expression (numbers, + - * / × ÷, parentheses, unary minus) as a
+    """Value of an arithmetic expression (whole numbers, + - * / and their Unicode forms, parentheses, unary minus) as a
     Fraction, or None if it is not one (syntax, division by zero, too long). Never uses eval;
     "**" is not an operator, so 9**9**9 is a syntax error, and length bounds the work."""
     if len(expr) > MAX_EXPR:
@@ -181,11 +190,11 @@ def eval_arithmetic(expr):
 
     def term():
         v = factor()
-        while v is not None and peek() in ("*", "/", "×", "÷"):
+        while v is not None and peek() in ("*", "/"):
             op, r = take(), factor()
-            if r is None or (op in "/÷" and r == 0):
+            if r is None or (op == "/" and r == 0):
                 return None
-            v = v * r if op in "*×" else v / r
+            v = v * r if op == "*" else v / r
         return v
 
     def factor():
@@ -217,32 +226,39 @@ def eval_arithmetic(expr):
 
 def countdown_terms(answer_text, nums, target):
     """(multiple '=', rhs ok, lhs only numbers/operators, numbers exact, value == target)."""
-    lhs, eq, rhs = answer_text.partition("=")
+    lhs, eq, rhs = normalize_operators(answer_text[: 4 * MAX_EXPR]).partition("=")
     lhs = lhs.strip()
     # "expression = target" is optional: an answer without "=" has no right side to be wrong
     rhs_ok = not eq or eval_arithmetic(rhs.strip()) == target
     lhs_ok = bool(lhs) and _LHS_CHARS.fullmatch(lhs) is not None
-    used = sorted(int(n) for n in re.findall(r"\d{1,12}", lhs)) if lhs_ok else None
+    used = sorted(int(n) for n in re.findall(r"\d{1,12}", lhs)) if lhs_ok and len(lhs) <= MAX_EXPR else None
     nums_ok = used == sorted(int(n) for n in nums)
     value_ok = lhs_ok and eval_arithmetic(lhs) == target
     return answer_text.count("=") > 1, rhs_ok, lhs_ok, nums_ok, value_ok
 
 
+def countdown_reference(answer):
+    """(nums, target) of a Countdown item, or None when it is malformed (never raises)."""
+    nums, target = (answer.get("nums"), answer.get("target")) if isinstance(answer, dict) else (None, None)
+    ints = isinstance(nums, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) for n in nums)
+    return (nums, target) if ints and isinstance(target, int) and not isinstance(target, bool) else None
+
+
 def countdown_correct(completion, answer):
     """An equation over exactly the given numbers that evaluates to the target (and claims no
     other value on its right side)."""
-    a = extract_answer(completion)
-    if a is None:
+    a, ref = extract_answer(completion), countdown_reference(answer)
+    if a is None or ref is None:
         return False
-    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, answer["nums"], answer["target"])
+    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
     return not many_eq and rhs_ok and nums_ok and value_ok
 
 
 def countdown_reward(completion, answer):
-    a = extract_answer(completion)
-    if a is None:
+    a, ref = extract_answer(completion), countdown_reference(answer)
+    if a is None or ref is None:
         return 0.0
-    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, answer["nums"], answer["target"])
+    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
     # the +3 is exactly `countdown_correct`: with the numbers required, the bare target earns nothing
     correct = not many_eq and rhs_ok and nums_ok and value_ok
     return -0.5 * many_eq + (rhs_ok + lhs_ok + nums_ok) / 3 + 3.0 * correct
@@ -260,13 +276,16 @@ def sudoku_grid(completion):
     return digits if len(digits) == 16 else None
 
 
-def _blanks(puzzle):
-    return [i for i, c in enumerate(puzzle) if c not in "1234"]
+def sudoku_reference(answer):
+    """(puzzle, solution) of a Sudoku item as 16-character strings, or None when malformed."""
+    p, s = (answer.get("puzzle"), answer.get("solution")) if isinstance(answer, dict) else (None, None)
+    return (p, s) if isinstance(p, str) and isinstance(s, str) and len(p) == len(s) == 16 else None
 
 
 def sudoku_accuracy(completion, answer):
     """Fraction of the blank cells filled correctly (the paper's Sudoku accuracy)."""
-    grid, blanks = sudoku_grid(completion), _blanks(answer["puzzle"])
+    grid, ref = sudoku_grid(completion), sudoku_reference(answer)
+    blanks = [i for i, c in enumerate(ref[0]) if c not in "1234"] if ref else []
     if grid is None or not blanks:
         return 0.0
     return sum(grid[i] == answer["solution"][i] for i in blanks) / len(blanks)
@@ -278,7 +297,7 @@ def sudoku_correct(completion, answer):
 
 def sudoku_reward(completion, answer):
     grid = sudoku_grid(completion)
-    if grid is None:
+    if grid is None or sudoku_reference(answer) is None:
         return 0.0
     counts_ok = all(grid.count(d) == 4 for d in "1234")
     clues_ok = all(grid[i] == c for i, c in enumerate(answer["puzzle"]) if c in "1234")

@@ -116,6 +116,44 @@ def test_countdown_cases():
     assert countdown_reward("<answer>x = (25+3)*2 = 56</answer>", CD) == pytest.approx(-0.5)
     assert countdown_reward("no answer", CD) == 0.0
     assert countdown_reward("<answer>(25+3)*2</answer><answer>1</answer>", CD) == pytest.approx(2 / 3)  # last block
+    # the Unicode minus and ×, ÷, LaTeX's \times are operators
+    assert countdown_correct("<answer>(25 − 3) × 2 + 12 = 56</answer>", {"nums": [25, 3, 2, 12], "target": 56})
+    assert countdown_correct("<answer>(25+3) \\times 2</answer>", CD) and countdown_correct("<answer>(25+3)·2</answer>", CD)
+    assert countdown_correct("<answer>56 ÷ 2 + 25 − 3</answer>", {"nums": [56, 2, 25, 3], "target": 50})
+
+
+def test_countdown_numbers_cannot_be_invented():
+    """Joining given numbers with a decimal point (3.5 from 3 and 5) makes a number that was not
+    given: never correct, and no credit for using the numbers."""
+    item = {"nums": [3, 5, 2], "target": 7}
+    for text in ["<answer>3.5*2</answer>", "<answer>3.5*2 = 7</answer>", "<answer>2*3.5</answer>", "<answer>(3).(5)*2</answer>"]:
+        assert not countdown_correct(text, item), text
+        assert countdown_reward(text, item) <= 1 / 3 + 1e-9, text
+    assert countdown_correct("<answer>3*5/2-0.5</answer>", item) is False
+    assert countdown_correct("<answer>5+2*3-2*3+2-2</answer>", item) is False  # numbers used twice
+
+
+def test_overlong_numbers_never_match():
+    """A number longer than MAX_NUMBER characters is not read in pieces: 32 ones and an 8 is not 18."""
+    assert not gsm8k_correct("<answer>11111111111111111111111111111118</answer>", "18")
+    assert not gsm8k_correct("<answer>" + "9" * 5000 + "</answer>", "9" * 5000)
+    assert gsm8k_correct("<answer>123456789012</answer>", "123456789012")
+
+
+MALFORMED = [None, "", "x", 7, [], {}, {"nums": "1 2 3", "target": None}, {"nums": [1, 2], "target": "3"},
+             {"nums": [True, False, True], "target": 1}, {"puzzle": "12", "solution": "1"}, {"puzzle": None, "solution": 5}]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", sorted(FNS))
+@pytest.mark.parametrize("reference", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_references_never_raise(task, reference):
+    """Every reward and accuracy function takes any reference: a malformed one scores, never raises."""
+    t = data.task(task)
+    for text in ["<answer>1234341221434321</answer>", "<think>x</think><answer>(25+3)*2 = 56</answer>", ""]:
+        r = t.reward(text, reference)
+        lo, hi = t.reward_range
+        assert isinstance(r, float) and lo <= r <= hi
+        assert 0.0 <= float(t.accuracy(text, reference)) <= 1.0
 
 
 def test_arithmetic_parser():
