@@ -7,9 +7,13 @@ the run's config and a fingerprint (names and shapes of the trained parameters).
 and resumes them; eval.py rebuilds a model from one.
 """
 
+import errno
+import fcntl
 import json
 import os
 import random
+import shutil
+import socket
 
 import torch
 
@@ -36,6 +40,37 @@ def remove_partial(out_dir):
             os.remove(os.path.join(out_dir, f))
 
 
+def claim(out_dir, resume, overwrite):
+    """Make out_dir this run's own, before any heavy work: an exclusive lock held for the life of
+    the process (a second run on the folder stops, naming the holder), and a folder that already
+    holds a run (checkpoints or log.jsonl) is continued only with `resume`, emptied with
+    `overwrite`, or refused. Returns the open lock file (keep it referenced)."""
+    os.makedirs(out_dir, exist_ok=True)
+    lock = open(os.path.join(out_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise ConfigError(
+            f"--output_dir={out_dir} is in use by a running train.py ({holder}): wait for it or choose another folder"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    previous = names(out_dir) + [f for f in ("log.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))]
+    if previous and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"--output_dir={out_dir} holds a run ({', '.join(previous[:3])}): "
+                "--resume_from_checkpoint continues it, --overwrite_output_dir starts over"
+            )
+        for f in previous:
+            os.remove(os.path.join(out_dir, f))
+    return lock
+
+
 def newest(out_dir):
     found = names(out_dir)
     return os.path.join(out_dir, found[-1]) if found else None
@@ -56,10 +91,20 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         "counters": dict(counters or {}),
     }
     path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
-    with open(path + ".tmp", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    try:
+        with open(path + ".tmp", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError ("unexpected pos")
+        os.remove(path + ".tmp")
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
+        if not full:
+            raise
+        last = newest(out_dir) or "none yet"
+        raise SystemExit(
+            f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from {last}"
+        ) from None
     os.replace(path + ".tmp", path)  # atomic: a reader sees the old file set or the complete new one
     for old in names(out_dir)[:-keep]:
         os.remove(os.path.join(out_dir, old))
@@ -123,11 +168,21 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
     """Continue from the newest checkpoint in out_dir: (step, counters), or (0, {}) when there is
     none. The steps after it are run again, so their log lines (and a half-written checkpoint)
     are dropped."""
-    path = newest(out_dir)
-    if path is None:
-        log(f"resume: no checkpoint in {out_dir}, starting fresh")
+    state = path = None
+    for name in reversed(names(out_dir)):  # the newest readable one: a damaged file is passed over
+        try:
+            path = os.path.join(out_dir, name)
+            state = read(path)
+            break
+        except ConfigError as e:
+            log(f"warning: {str(e).removeprefix('config error: ')}; trying an older checkpoint")
+            state = None
+    if state is None:
+        log(f"resume: no readable checkpoint in {out_dir}, starting fresh")
+        if master:  # a kill before the first checkpoint: its log lines are run again
+            truncate_log(log_path, 0)
+            remove_partial(out_dir)
         return 0, {}
-    state = read(path)
     step = restore(path, state, model, opt, sched, config, must_match)
     if master:
         truncate_log(log_path, step)

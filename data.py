@@ -111,7 +111,8 @@ def split_of(key):
 
 
 def _enough(attempts, n, found, what):
-    if attempts > 2000 * n + 10_000:
+    """Stop a generator whose settings cannot deliver n problems: within seconds, not hours."""
+    if attempts > 50 * n + 10_000 or (attempts > 20_000 and found == 0):
         raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
 
 
@@ -147,9 +148,12 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
 
 
 def countdown_solution_text(item, think=False):
-    """A supervised completion for the warm start: the two operations, then the equation."""
-    a, b = item["steps"]
-    return (f"<think>{a}, {b}</think>" if think else "") + f"<answer>{item['expr']}</answer>"
+    """A supervised completion for the warm start: the two operations, then the equation; None for
+    an item without a known solution."""
+    if "expr" not in item:
+        return None
+    think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""
+    return think_block + f"<answer>{item['expr']}</answer>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,10 +230,16 @@ def read_rows(path):
     """(location, row dict) from a JSONL, CSV or Parquet file; a line that is not a JSON object
     comes as (location, DataError) so that the caller decides whether to skip it."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a file")
     if path.endswith(".jsonl") or path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
                 if not line.strip():
                     continue
                 try:
@@ -240,13 +250,21 @@ def read_rows(path):
                     row = DataError(f"{path}:{n}: a line must be a JSON object")
                 yield f"{path}:{n}", row
     elif path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                yield f"{path}:{n}", row
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{path}: not a UTF-8 CSV file ({e})") from None
+        for n, row in enumerate(rows, 2):  # line 1 is the header
+            yield f"{path}:{n}", row
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for n, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError and more on a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:80]})") from None
+        for n, row in enumerate(rows):
             yield f"{path} row {n}", row
     else:
         raise DataError(f"{path}: unknown file type (expected .jsonl, .csv or .parquet)")
@@ -276,12 +294,13 @@ def _countdown_row(where, row):
     nums, target = row.get("nums"), row.get("target")
     if isinstance(nums, str):  # CSV: "25 3 2" or "[25, 3, 2]"
         nums = [int(x) for x in re.findall(r"-?\d+", nums)]
-    _check(isinstance(nums, list) and len(nums) == 3 and all(isinstance(x, int) for x in nums), where, "field 'nums' must be 3 integers")
-    try:
+    ints = isinstance(nums, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in nums)
+    _check(ints and len(nums) == 3, where, f"field 'nums' must be 3 integers, got {str(nums)[:40]}")
+    if isinstance(target, str) and re.fullmatch(r"\s*-?\d+\s*", target):  # CSV
         target = int(target)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: field 'target' must be an integer, got {target!r}") from None
-    return {"nums": nums, "target": target}
+    _check(isinstance(target, int) and not isinstance(target, bool), where, f"field 'target' must be an integer, got {target!r}")
+    solutions = countdown_solutions(nums, target)  # one of them is the warm start's supervised answer
+    return {"nums": nums, "target": target, **({"expr": solutions[0]} if solutions else {})}
 
 
 def _sudoku_row(where, row):
@@ -310,6 +329,8 @@ def load_file(task_name, path, skip_bad=False, limit=None):
             break
     if skipped:
         print(f"{path}: skipped {skipped} malformed rows (skip_bad=True)")
+    if not items:
+        raise DataError(f"{path}: no {task_name} items in the file")
     return items
 
 
@@ -373,6 +394,17 @@ def task(name):
     if name not in TASKS:
         raise ValueError(f"task={name!r} does not exist; choose one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+def check_generator_knobs(cfg):
+    """Raise ValueError naming the first generator knob of cfg's task outside its range."""
+    t = task(cfg["task"])
+    for key in t.knobs:
+        v = cfg[key]
+        if key.endswith("_range") and not (len(v) == 2 and all(isinstance(x, int) and x >= 0 for x in v) and v[0] <= v[1]):
+            raise ValueError(f"--{key}={v!r} must be (low, high) with 0 <= low <= high")
+        if key == "sudoku_blanks" and not (isinstance(v, int) and 0 <= v <= 12):
+            raise ValueError(f"--sudoku_blanks={v!r} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
 
 
 def generator_knobs(task_name, cfg):

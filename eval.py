@@ -201,7 +201,7 @@ def main():
 
     cfg = configure(__file__)
     try:
-        data.task(cfg["task"])
+        data.check_generator_knobs(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
@@ -211,6 +211,13 @@ def main():
     for key in ("per_device_eval_batch_size", "eval_items"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
+    lists = [("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
+             ("gen_lengths", cfg["gen_lengths"], lambda v: isinstance(v, int) and v >= 1, "a non-empty tuple of lengths >= 1"),
+             ("step_fractions", cfg["step_fractions"] or (1.0,), lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]"),
+             ("sampling_steps", cfg["sampling_steps"] or (1,), lambda v: isinstance(v, int) and v >= 1, "step counts >= 1")]  # fmt: skip
+    for key, values, ok, rule in lists:
+        if not values or not all(ok(v) for v in values):
+            raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
     grid = step_grid(cfg)
     specs = [resolve(s) for s in cfg["models"]]
     names = list(cfg["labels"]) or list(cfg["models"])
@@ -222,7 +229,10 @@ def main():
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL's object gather runs on the current device: one per rank
-    items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
+    try:
+        items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
+    except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
+        raise ConfigError(str(e)) from None
 
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):

@@ -10,6 +10,7 @@ This is likelihood.py's ELBO estimator read at every masked position, EOS paddin
 LLaDA's SFT trains on its padding: the model learns where completions end (ALGORITHM.md, §5).
 """
 
+import json
 import math
 import os
 import random
@@ -69,20 +70,28 @@ def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step
     return model
 
 
-def warm_start(model, tok, task, items, path, *, steps, gen_length, seed, generator_for_step, system_prompt="", compact=True,
-               show=True, write=True):  # fmt: skip
+def warm_start(model, tok, task, items, path, settings, *, steps, gen_length, seed, generator_for_step, system_prompt="",
+               compact=True, show=True, write=True):  # fmt: skip
     """The embedded model after `steps` of SFT on the generated solutions of `items` that fit
-    gen_length, cached as a model folder at `path` (loaded from there when it exists; written when
-    `write`, on one rank under DDP). Returns (model, path)."""
+    gen_length, cached as a model folder at `path` with the `settings` (a dict) that made it:
+    loaded from there when they match, trained anew (and said so) when they do not; written when
+    `write`, on one rank under DDP. Returns (model, path)."""
     device = next(model.parameters()).device
+    recorded = os.path.join(path, "warm_start.json")
     if os.path.exists(os.path.join(path, "config.json")):
+        cached = json.load(open(recorded)) if os.path.exists(recorded) else {}
+        if cached == json.loads(json.dumps(settings)):  # through JSON: tuples compare as the lists stored
+            if show:
+                tqdm.write(f"warm start: loading cached {path}")
+            return load(path, device=device)[0], path
         if show:
-            tqdm.write(f"warm start: loading cached {path}")
-        return load(path, device=device)[0], path
+            changed = sorted(k for k in settings if cached.get(k) != json.loads(json.dumps(settings[k])))
+            tqdm.write(f"warm start: {path} was made with other settings ({', '.join(changed) or 'unrecorded'}); training a new one")
     solution = data.task(task).solution
     if solution is None:
         raise ValueError(f"the warm start needs generated solutions: task={task!r} has none (use a pretrained model)")
-    fits = [it for it in items if len(tok(solution(it), add_special_tokens=False).input_ids) < gen_length]
+    texts = [(it, solution(it)) for it in items]
+    fits = [it for it, text in texts if text is not None and len(tok(text, add_special_tokens=False).input_ids) < gen_length]
     if len(fits) < 64:
         raise ValueError(
             f"--max_completion_length={gen_length}: only {len(fits)} training solutions fit (with EOS); the warm start needs 64"
@@ -91,4 +100,6 @@ def warm_start(model, tok, task, items, path, *, steps, gen_length, seed, genera
                   generator_for_step=generator_for_step, system_prompt=system_prompt, compact=compact, show=show)  # fmt: skip
     if write:
         save(model, tok, path)
+        with open(recorded, "w") as f:
+            json.dump(settings, f)
     return model, path

@@ -87,26 +87,36 @@ eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole gri
 per_device_eval_batch_size = 100  # prompts per evaluation forward pass
 save_steps = 50  # write a checkpoint every this many steps (and at the last)
 save_total_limit = 2  # checkpoints kept (the newest)
-resume_from_checkpoint = False  # continue from the newest checkpoint in output_dir
+resume_from_checkpoint = False  # continue from the newest readable checkpoint in output_dir
+overwrite_output_dir = False  # without resume, empty an output_dir that holds a run (checkpoints, log) first
 report_to = "none"  # none | wandb (log.jsonl is always written)
 run_name = ""  # the run's name for report_to ("" = output_dir's name)
 # --- end of config
 
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
-MUST_MATCH = (
-    "model_name_or_path",
-    "task",
-    "lora_r",
-    "estimator",
-    "num_generations",
-    "max_completion_length",
-)  # else a resume is another run
+# what a resume may change: where and how often it writes, what it reports and evaluates, memory and
+# speed. Every other key defines the run; a resume that changes one is refused, naming it.
+MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
+                        "run_name", "eval_file", "eval_items", "eval_max_completion_length", "eval_block_length", "eval_sampling_steps",
+                        "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
+
+
+RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
+    *((k, lambda v: v >= 1, ">= 1") for k in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                             "warm_start_steps", "save_steps", "save_total_limit", "per_device_eval_batch_size")),
+    *((k, lambda v: v > 0, "> 0") for k in ("learning_rate", "max_grad_norm", "epsilon_high", "num_train_epochs", "lora_alpha")),
+    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "eval_items", "lora_r", "top_k")),
+    *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
+    ("epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("lora_target_modules", lambda v: len(v) > 0 and all(isinstance(m, str) and m for m in v), "a non-empty tuple of module names"),
+]  # fmt: skip
 
 
 def validate(cfg):
     """Every impossible combination stops here, before any heavy work, with the key and the fix."""
     try:
-        data.task(cfg.task)
+        data.check_generator_knobs(vars(cfg))
         check_settings(
             cfg.max_completion_length, cfg.block_length, cfg.sampling_steps, cfg.temperature, cfg.unmasking, cfg.top_k or None, cfg.top_p
         )
@@ -119,9 +129,9 @@ def validate(cfg):
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
     if not 1 <= cfg.mc_samples <= cfg.sampling_steps:
         raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and --sampling_steps={cfg.sampling_steps}")
-    for key in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps", "warm_start_steps"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"--{key}={getattr(cfg, key)} must be at least 1")
+    for key, ok, rule in RULES:
+        if not ok(getattr(cfg, key)):
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be {rule}")
     if cfg.num_generations < 2:
         raise ConfigError(f"--num_generations={cfg.num_generations}: group-relative advantages need at least 2 completions per prompt")
     if cfg.per_device_train_batch_size % cfg.num_generations:
@@ -216,8 +226,10 @@ def load_policy(cfg, train_items, device, ddp, master):
                 model, tok = load(cfg.model_name_or_path, device=device)
                 base_model = cfg.model_name_or_path
                 if cfg.model_name_or_path == "tiny":
+                    settings = {k: getattr(cfg, k) for k in ("task", "warm_start_steps", "max_completion_length", "seed", "system_prompt",
+                                                            "compact_prompt", "train_file", *data.task(cfg.task).knobs)}  # fmt: skip
                     model, base_model = sft.warm_start(
-                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), steps=cfg.warm_start_steps,
+                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), settings, steps=cfg.warm_start_steps,
                         gen_length=cfg.max_completion_length, seed=cfg.seed, generator_for_step=lambda s: seeded(cfg.seed, "sft", s),
                         system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, show=master, write=master,
                     )  # fmt: skip
@@ -287,7 +299,9 @@ def main():
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     master = rank == 0
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    lock = checkpoint.claim(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir) if master else None  # noqa: F841
+    if ddp:
+        dist.barrier()  # the other ranks start once the folder is this run's
 
     def amp():  # bf16 autocast of every forward and backward on CUDA (the sampler's Gumbel noise stays float64)
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
@@ -299,8 +313,11 @@ def main():
     # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
     gen = data.generator_knobs(cfg.task, vars(cfg))
     n_generated = 20_000 if data.task(cfg.task).generate else None
-    train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
-    test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
+    try:
+        train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
+        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
+    except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
+        raise ConfigError(str(e)) from None
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model, base_model = load_policy(cfg, train_items, device, ddp, master)
@@ -326,7 +343,8 @@ def main():
     log_path = os.path.join(cfg.output_dir, "log.jsonl")
     start, nonfinite = 0, {"total": 0, "in_a_row": 0}
     if cfg.resume_from_checkpoint:
-        start, counters = checkpoint.resume(cfg.output_dir, model, opt, sched, vars(cfg), MUST_MATCH, log_path, master, log)
+        defining = set(vars(cfg)) - MAY_CHANGE_ON_RESUME
+        start, counters = checkpoint.resume(cfg.output_dir, model, opt, sched, vars(cfg), defining, log_path, master, log)
         nonfinite.update(counters)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if cfg.report_to == "wandb" and master:

@@ -25,7 +25,7 @@ run() {  # run NAME CMD...: keep going if one fails, so one call yields every ta
 
 sample="python3 bench/bench_sample.py --model llada8b --device cuda"
 train="python3 bench/bench_train.py --model llada8b --device cuda"
-tiny="python3 train.py --max_steps=20 --warm_start_steps=200 --eval_items=50"  # train.py picks CUDA when it sees one
+tiny="python3 train.py --max_steps=20 --warm_start_steps=200 --eval_items=50 --overwrite_output_dir"  # train.py picks CUDA when it sees one
 case $part in
 eager)
     # rollout, batch 8 x (128 prompt + 256 completion), block 32, 128 steps (target: >= 50% of the bf16 matmul rate)

@@ -3,11 +3,13 @@
     python tests/faults.py nan_steps=(2,3) kill_in_save=4 stop_after=2 -- [train.py arguments]
 
 nan_steps: the advantages of these steps are NaN (one micro-batch per step); kill_in_save: SIGKILL
-after half of this step's checkpoint bytes are written; stop_after: exit cleanly right after this
-step's checkpoint is written.
+after half of this step's checkpoint bytes are written; disk_full: the disk fills up (ENOSPC) after
+half of this step's checkpoint bytes are written; stop_after: exit cleanly right after this step's
+checkpoint is written.
 """
 
 import ast
+import errno
 import io
 import os
 import runpy
@@ -36,13 +38,16 @@ def nan_advantages(*a, **k):
 real_torch_save = torch.save
 
 
-def save_killed_midway(obj, f, *a, **k):
-    if str(getattr(f, "name", f)).endswith(f"ckpt_{faults['kill_in_save']:06d}.pt.tmp"):
-        buf = io.BytesIO()
-        real_torch_save(obj, buf)
-        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+def save_interrupted_midway(obj, f, *a, **k):
+    for fault in ("kill_in_save", "disk_full"):
+        if fault in faults and str(getattr(f, "name", f)).endswith(f"ckpt_{faults[fault]:06d}.pt.tmp"):
+            buf = io.BytesIO()
+            real_torch_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            if fault == "kill_in_save":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, "No space left on device")
     return real_torch_save(obj, f, *a, **k)
 
 
@@ -57,8 +62,8 @@ def save_then_stop(out_dir, step, *a, **k):
 
 
 agrpo.group_advantages = nan_advantages
-if "kill_in_save" in faults:
-    torch.save = save_killed_midway
+if "kill_in_save" in faults or "disk_full" in faults:
+    torch.save = save_interrupted_midway
 if "stop_after" in faults:
     checkpoint.save = save_then_stop
 sys.argv = ["train.py", *sys.argv[sep + 1 :]]

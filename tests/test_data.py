@@ -71,7 +71,7 @@ def test_loaders_read_fixtures(tmp_path):
     mth = write(tmp_path / "m.jsonl", [json.dumps({"problem": "half?", "solution": "It is $\\boxed{\\frac{1}{2}}$."})])
     assert load_file("math", mth)[0]["answer"] == "\\frac{1}{2}"
     cd = write(tmp_path / "c.jsonl", [json.dumps({"nums": [25, 3, 2], "target": 56})])
-    assert load_items("countdown", path=cd) == [{"nums": [25, 3, 2], "target": 56}]
+    assert [{k: it[k] for k in ("nums", "target")} for it in load_items("countdown", path=cd)] == [{"nums": [25, 3, 2], "target": 56}]
     su = write(tmp_path / "s.csv", ["puzzle,solution", "1.3.3....1..4..1,1234341221434321"])
     assert load_file("sudoku", su) == [{"puzzle": "1030300001004001", "solution": "1234341221434321"}]
 
@@ -111,13 +111,50 @@ def test_skip_bad_counts_and_prints(tmp_path, capsys):
     with pytest.raises(DataError):
         load_file("countdown", path)
     items = load_file("countdown", path, skip_bad=True)
-    assert items == [{"nums": [1, 2, 3], "target": 6}]
+    assert [(it["nums"], it["target"]) for it in items] == [([1, 2, 3], 6)]
     assert "skipped 2 malformed rows" in capsys.readouterr().out
 
 
 def test_missing_file_and_unknown_type(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_file("countdown", str(tmp_path / "nope.jsonl"))
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="unknown file type"):
         load_file("countdown", str(tmp_path / "x.txt"))
+
+
+BAD_FILES = [  # (file name, bytes, words of the one-line error)
+    ("bad.jsonl", b'{"nums": [1, 2, 3], "target": 6}\n{"nums": [1, 2, 3], "target": 3.5}\n', "bad.jsonl:2: field 'target' must be"),
+    ("bools.jsonl", b'{"nums": [true, false, true], "target": 1}\n', "bools.jsonl:1: field 'nums' must be 3 integers"),
+    ("latin1.jsonl", '{"nums": [1, 2, 3], "target": 6}\n{"x": "caf\u00e9"}\n'.encode("latin-1"), "latin1.jsonl:2: not UTF-8 text"),
+    ("broken.parquet", b"PAR1 this is not parquet", "broken.parquet: not a readable Parquet file"),
+    ("empty.jsonl", b"\n", "empty.jsonl: no countdown items"),
+    ("dir.jsonl/", None, "dir.jsonl: not a file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, content, words", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_bad_data_files_stop_with_one_line(tmp_path, script, name, content, words):
+    """train.py and eval.py end on any malformed data file with one line naming file, line and field."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / name.rstrip("/")
+    path.mkdir() if content is None else path.write_bytes(content)
+    key = "--train_file" if script == "train.py" else "--models=('tiny',) --labels=() --eval_file"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, script, *f"{key}={path}".split(), f"--output_dir={tmp_path}/out", "--eval_items=3"]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_local_countdown_rows_get_a_solution_for_the_warm_start(tmp_path):
+    """A local Countdown file (nums, target) feeds the warm start: each solvable row gets a solution."""
+    path = tmp_path / "cd.jsonl"
+    path.write_text('{"nums": [25, 3, 2], "target": 56}\n{"nums": [1, 1, 1], "target": 100}\n')
+    items = load_file("countdown", str(path))
+    assert countdown_reward(task("countdown").solution(items[0]), items[0]) == 4.0
+    assert task("countdown").solution(items[1]) is None  # unsolvable: left out of the warm start

@@ -68,15 +68,71 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
     assert logged_steps(tmp_path) == list(range(1, 11))  # re-run steps are logged once
 
 
-def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
-    cmd = [sys.executable, "tests/faults.py", "kill_in_save=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
+@pytest.mark.parametrize("step", [2, 4])
+def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
+    """Killed inside the first checkpoint write (step 2: no checkpoint yet, two log lines) or a later
+    one: the resume reaches the uninterrupted state and logs every step once."""
+    cmd = [sys.executable, "tests/faults.py", f"kill_in_save={step}", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == -signal.SIGKILL
-    assert os.path.exists(f"{tmp_path}/ckpt_000004.pt.tmp") and not os.path.exists(f"{tmp_path}/ckpt_000004.pt")
-    assert check_after_kill(str(tmp_path)) == 2  # the half-written step-4 file is never taken for a checkpoint
+    assert os.path.exists(f"{tmp_path}/ckpt_{step:06d}.pt.tmp") and not os.path.exists(f"{tmp_path}/ckpt_{step:06d}.pt")
+    assert check_after_kill(str(tmp_path)) == step - 2  # the half-written file is never taken for a checkpoint
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
     assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+    assert logged_steps(tmp_path) == list(range(1, 11))
+
+
+def test_full_disk_stops_with_one_line_and_resumes(tmp_path, uninterrupted):
+    cmd = [sys.executable, "tests/faults.py", "disk_full=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "ckpt_000002.pt" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()[-1:]) == 1
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))  # nothing left that blocks the resume
+    run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
+    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, uninterrupted):
+    run([f"--output_dir={tmp_path}", *FAST])
+    with open(f"{tmp_path}/ckpt_000010.pt", "r+b") as f:
+        f.truncate(1000)
+    out = run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
+    assert "ckpt_000010.pt cannot be read" in out.stderr + out.stdout and "resumed from" in out.stderr + out.stdout
+    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert logged_steps(tmp_path) == list(range(1, 11))
+
+
+def test_an_output_dir_belongs_to_one_run(tmp_path):
+    """A second run on a folder in use stops naming the holder; a fresh run into a folder holding a
+    run is refused unless it resumes or overwrites; a resume that changes what is trained is refused
+    naming the key; a cached warm start made with other settings is trained anew."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=1000"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(f"{tmp_path}/log.jsonl") and time.time() < deadline:
+            time.sleep(0.1)
+        cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--resume_from_checkpoint"]
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0 and f"is in use by a running train.py (pid {first.pid}" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+
+    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=2"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "holds a run" in out.stderr and "--overwrite_output_dir" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    out = run([f"--output_dir={tmp_path}", "--max_steps=2", "--overwrite_output_dir", "--warm_start_steps=4"])
+    assert "other settings (warm_start_steps); training a new one" in out.stderr + out.stdout
+    assert logged_steps(tmp_path) == [1, 2]
+    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=2", "--warm_start_steps=4",
+           "--resume_from_checkpoint", "--learning_rate=5e-4"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "learning_rate=0.001 but this run has learning_rate=0.0005" in out.stderr, out.stderr
 
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
@@ -118,13 +174,28 @@ BAD = [
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
     (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
+    # every numeric knob has a range: none runs silently wrong or crashes late
+    (["--max_grad_norm=-1"], "--max_grad_norm=-1 must be > 0"),
+    (["--epsilon=-1"], "--epsilon=-1 must be in (0, 1)"),
+    (["--beta=-1.0"], "--beta=-1.0 must be >= 0"),
+    (["--warmup_ratio=2"], "--warmup_ratio=2.0 must be in [0, 1]"),
+    (["--save_steps=0"], "--save_steps=0 must be >= 1"),
+    (["--save_steps=-1"], "--save_steps=-1 must be >= 1"),
+    (["--learning_rate=-1"], "--learning_rate=-1.0 must be > 0"),
+    (["--weight_decay=-1"], "--weight_decay=-1.0 must be >= 0"),
+    (["--adam_beta1=1.5"], "--adam_beta1=1.5 must be in [0, 1)"),
+    (["--per_device_eval_batch_size=0"], "--per_device_eval_batch_size=0 must be >= 1"),
+    (["--eval_items=-1"], "--eval_items=-1 must be >= 0"),
+    (["--lora_target_modules=()"], "--lora_target_modules=() must be a non-empty tuple"),
+    (["--num_range=(9,1)"], "--num_range=(9, 1) must be (low, high)"),
+    (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
 ]
 
 
 @pytest.mark.parametrize("args, words", BAD)
 def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *args]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # idle: 5-10 s
     assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not os.path.exists(f"{tmp_path}/warm_start")  # stopped before any heavy work
