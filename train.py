@@ -318,6 +318,8 @@ def main():
         test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
+    # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
+    data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model, base_model = load_policy(cfg, train_items, device, ddp, master)

@@ -1,6 +1,7 @@
 """data.py: generators make valid items deterministically; loaders name what is malformed."""
 
 import json
+import re
 
 import pytest
 
@@ -133,16 +134,27 @@ BAD_FILES = [  # (file name, bytes, words of the one-line error)
 ]  # fmt: skip
 
 
+def bad_file(tmp_path, name, content):
+    path = tmp_path / name.rstrip("/")
+    path.mkdir() if content is None else path.write_bytes(content)
+    return path
+
+
 @pytest.mark.parametrize("name, content, words", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_data_files_raise_a_data_error_naming_them(tmp_path, name, content, words):
+    with pytest.raises(DataError, match=re.escape(words)):
+        load_items("countdown", path=str(bad_file(tmp_path, name, content)))
+
+
+@pytest.mark.parametrize("name, content, words", [BAD_FILES[0], BAD_FILES[2]], ids=["bad.jsonl", "latin1.jsonl"])
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_bad_data_files_stop_with_one_line(tmp_path, script, name, content, words):
-    """train.py and eval.py end on any malformed data file with one line naming file, line and field."""
+def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, name, content, words):
+    """train.py and eval.py end on a malformed data file with one line naming file, line and field."""
     import os
     import subprocess
     import sys
 
-    path = tmp_path / name.rstrip("/")
-    path.mkdir() if content is None else path.write_bytes(content)
+    path = bad_file(tmp_path, name, content)
     key = "--train_file" if script == "train.py" else "--models=('tiny',) --labels=() --eval_file"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, script, *f"{key}={path}".split(), f"--output_dir={tmp_path}/out", "--eval_items=3"]

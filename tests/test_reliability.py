@@ -174,9 +174,14 @@ BAD = [
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
     (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
-    # every numeric knob has a range: none runs silently wrong or crashes late
-    (["--max_grad_norm=-1"], "--max_grad_norm=-1 must be > 0"),
-    (["--epsilon=-1"], "--epsilon=-1 must be in (0, 1)"),
+    (["--max_grad_norm=-1"], "--max_grad_norm=-1.0 must be > 0"),
+    (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
+]
+
+# every numeric and list knob has a range: none runs silently wrong or crashes late. Checked by
+# train.validate in-process (the script's one-line exit on a ConfigError is what BAD checks)
+KNOBS = [
+    (["--epsilon=-1"], "--epsilon=-1.0 must be in (0, 1)"),
     (["--beta=-1.0"], "--beta=-1.0 must be >= 0"),
     (["--warmup_ratio=2"], "--warmup_ratio=2.0 must be in [0, 1]"),
     (["--save_steps=0"], "--save_steps=0 must be >= 1"),
@@ -188,8 +193,20 @@ BAD = [
     (["--eval_items=-1"], "--eval_items=-1 must be >= 0"),
     (["--lora_target_modules=()"], "--lora_target_modules=() must be a non-empty tuple"),
     (["--num_range=(9,1)"], "--num_range=(9, 1) must be (low, high)"),
-    (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
 ]
+
+
+@pytest.mark.parametrize("args, words", KNOBS)
+def test_every_knob_has_a_range(args, words):
+    from types import SimpleNamespace
+
+    import train
+    from configurator import ConfigError, configure
+
+    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args]))
+    with pytest.raises(ConfigError) as e:
+        train.validate(cfg)
+    assert words in str(e.value)
 
 
 @pytest.mark.parametrize("args, words", BAD)

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,40 +99,47 @@ def test_cached_warm_start_gives_the_same_run(tmp_path):
     assert_same(params(f"{tmp_path}/fresh/ckpt_000001.pt"), params(f"{tmp_path}/cached/ckpt_000001.pt"), atol=0)
 
 
-def test_help_print_config_and_unknown_keys():
+def test_help_print_config_and_unknown_keys(capsys):
     """--help lists every key with its default and comment; --print_config prints the resolved
     config (preset, then overrides) as JSON and exits before loading anything; a key of another
     spelling gets a "did you mean"; names imported into train.py are not keys."""
-    from configurator import declared
+    from configurator import ConfigError, configure, declared
 
-    def train(*args):
-        return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-    keys = declared(os.path.join(ROOT, "train.py"))
-    out = train("--help")
-    assert out.returncode == 0
+    script = os.path.join(ROOT, "train.py")
+    keys = declared(script)
+    with pytest.raises(SystemExit) as e:
+        configure(script, ["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
     for key, (default, comment) in keys.items():
-        assert f"--{key}" in out.stdout and repr(default) in out.stdout and comment and comment in out.stdout, key
-    out = train("configs/tiny_sudoku.py", "--learning_rate=1e-5", "--print_config")
-    cfg = json.loads(out.stdout)
-    assert out.returncode == 0 and set(cfg) == set(keys)
-    assert cfg["task"] == "sudoku" and cfg["learning_rate"] == 1e-5 and cfg["lora_target_modules"] == list(keys["lora_target_modules"][0])
+        assert f"--{key}" in out and repr(default) in out and comment and comment in out, key
     for args, words in [(["--lr=1"], "did you mean --learning_rate"), (["--group_size=4"], "did you mean --num_generations"),
                         (["--ESTIMATORS=x"], "unknown key '--ESTIMATORS'"), (["--max_steps=True"], "has type bool")]:  # fmt: skip
-        out = train(*args)
-        assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            configure(script, args)
+    # the script itself: preset, override, JSON, exit 0 before any model or data is touched
+    cmd = [sys.executable, "train.py", "configs/tiny_sudoku.py", "--learning_rate=1e-5", "--print_config", "--output_dir=/nonexistent/x"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cfg = json.loads(out.stdout)
+    assert out.returncode == 0 and set(cfg) == set(keys) and not os.path.exists("/nonexistent/x")
+    assert cfg["task"] == "sudoku" and cfg["learning_rate"] == 1e-5 and cfg["lora_target_modules"] == list(keys["lora_target_modules"][0])
 
 
-def test_math_training_runs_with_its_verifier_worker(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
     """MATH's reward runs math-verify in a worker process, which imports train.py's main module:
     without the __main__ guard that re-ran train.py in the worker and the run hung. A few steps
-    of MATH from a local file on a saved embedded model (MATH has no generated warm start)."""
+    of MATH from a local file on a saved embedded model (MATH has no generated warm start), in one
+    process and on 2 gloo ranks."""
     from model import load, save
 
     save(*load("tiny"), str(tmp_path / "base"))
     rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
     (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["--task=math", f"--model_name_or_path={tmp_path}/base", f"--train_file={tmp_path}/math.jsonl", "--compact_prompt=False"]
-    run([*args, f"--output_dir={tmp_path}/run", "--max_steps=2", "--max_completion_length=8", "--block_length=8", "--sampling_steps=4"])
+    run(
+        [*args, f"--output_dir={tmp_path}/run", "--max_steps=2", "--max_completion_length=8", "--block_length=8", "--sampling_steps=4"],
+        nproc,
+    )
     logged = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
     assert [r["step"] for r in logged] == [1, 2] and all(0.0 <= r["reward"] <= 4.0 for r in logged)
