@@ -2,7 +2,7 @@
 estimator and the ELBO estimator, everything else equal.
 
 One warm start (train.py's, shared by every run), then for each seed three
-`train.py` runs that differ only in --estimator (each with --mc_steps=k forward passes per
+`train.py` runs that differ only in --estimator (each with --mc_samples=k forward passes per
 sequence per update: the same compute), then `eval.py` on the warm start and the three trained
 models at several sampling-step counts. Held-out accuracy is averaged over seeds (± standard
 error over seeds).

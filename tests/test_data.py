@@ -146,14 +146,14 @@ def test_bad_data_files_raise_a_data_error_naming_them(tmp_path, name, content, 
         load_items("countdown", path=str(bad_file(tmp_path, name, content)))
 
 
-@pytest.mark.parametrize("name, content, words", [BAD_FILES[0], BAD_FILES[2]], ids=["bad.jsonl", "latin1.jsonl"])
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, name, content, words):
+@pytest.mark.parametrize("script, bad", [("train.py", BAD_FILES[0]), ("eval.py", BAD_FILES[2])], ids=["train.py", "eval.py"])
+def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, bad):
     """train.py and eval.py end on a malformed data file with one line naming file, line and field."""
     import os
     import subprocess
     import sys
 
+    name, content, words = bad
     path = bad_file(tmp_path, name, content)
     key = "--train_file" if script == "train.py" else "--models=('tiny',) --labels=() --eval_file"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -162,10 +162,17 @@ def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     assert_same(params(f"{tmp_path}/one/ckpt_000001.pt"), state["model"], atol=0)
 
 
-BAD = [
+BAD = [  # through the script: one line on stderr, no traceback, nothing heavy done
     (["--bogus=1"], "unknown key '--bogus'"),
     (["--num_generations=three"], "--num_generations='three' has type str"),
     (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
+    (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
+    (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
+]
+
+# every impossible setting, and every numeric and list knob outside its range, stops in train.validate
+# (in-process here; the script's one-line exit on a ConfigError is what BAD checks)
+KNOBS = [
     (["--sampling_steps=7"], "steps=7 must be a positive multiple"),
     (["--mc_samples=9"], "--mc_samples=9 must be between 1 and --sampling_steps=8"),
     (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1"),
@@ -173,14 +180,7 @@ BAD = [
     (["--model_name_or_path=./no/model"], "no/model does not exist"),
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
-    (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
     (["--max_grad_norm=-1"], "--max_grad_norm=-1.0 must be > 0"),
-    (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
-]
-
-# every numeric and list knob has a range: none runs silently wrong or crashes late. Checked by
-# train.validate in-process (the script's one-line exit on a ConfigError is what BAD checks)
-KNOBS = [
     (["--epsilon=-1"], "--epsilon=-1.0 must be in (0, 1)"),
     (["--beta=-1.0"], "--beta=-1.0 must be >= 0"),
     (["--warmup_ratio=2"], "--warmup_ratio=2.0 must be in [0, 1]"),
