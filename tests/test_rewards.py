@@ -203,3 +203,15 @@ def test_math_worker_respawns_warm_after_a_kill():
     proc.join()
     assert math_correct("<answer>2\\sin x\\cos x</answer>", "\\sin 2x")
     assert rewards._worker[0] is not proc and rewards._worker[0].is_alive()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(nums=st.lists(st.integers(0, 99), min_size=3, max_size=3), op=st.sampled_from("+-*/"), sep=st.sampled_from([".", ". ", ","]))
+def test_property_joined_numbers_never_score(nums, op, sep):
+    """Whatever the numbers, an answer that joins two given numbers into a new one (a decimal point
+    or a comma between them) is never correct, whatever it evaluates to."""
+    a, b, c = nums
+    for target in {a + b + c, a * c, c}:
+        item = {"nums": nums, "target": target}
+        assert not countdown_correct(f"<answer>{a}{sep}{b}{op}{c}</answer>", item)
+        assert not countdown_correct(f"<answer>{a}{sep}{b}{op}{c} = {target}</answer>", item)
