@@ -111,8 +111,10 @@ def split_of(key):
 
 
 def _enough(attempts, n, found, what):
-    """Stop a generator whose settings cannot deliver n problems: within seconds, not hours."""
-    if attempts > 50 * n + 10_000 or (attempts > 20_000 and found == 0):
+    """Stop a generator whose settings cannot deliver n problems: `attempts` counts the tries since
+    the last new problem, so a space that is used up (or empty) fails within seconds, not hours,
+    while a rare last problem is still found."""
+    if attempts > 100_000:
         raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
 
 
@@ -144,6 +146,7 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
         seen.add(repr(key))
         steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
         items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
+        attempts = 0
     return items
 
 
@@ -210,6 +213,7 @@ def sudoku_items(n, seed=0, sudoku_blanks=8, split=None, unique=False):
         if sum(x == 0 for x in puzzle) == blanks and (not split or split_of(key) == split) and not (unique and key in seen):
             seen.add(key)
             items.append({"puzzle": "".join(map(str, puzzle)), "solution": "".join(map(str, sol))})
+            attempts = 0
     return items
 
 
