@@ -11,11 +11,13 @@ from data import (
     countdown_items,
     countdown_solution_text,
     countdown_solutions,
+    generator_knobs,
     load_file,
     load_items,
     sudoku_count_solutions,
     sudoku_items,
     task,
+    test_set,
 )
 from rewards import countdown_correct, countdown_reward, sudoku_reward
 from tiny_llada import build_tokenizer as tiny_tokenizer
@@ -170,3 +172,16 @@ def test_local_countdown_rows_get_a_solution_for_the_warm_start(tmp_path):
     items = load_file("countdown", str(path))
     assert countdown_reward(task("countdown").solution(items[0]), items[0]) == 4.0
     assert task("countdown").solution(items[1]) is None  # unsolvable: left out of the warm start
+
+
+def test_the_default_runs_data_loads():
+    """The presets' generated data can be made: 200 distinct held-out problems (a space that is nearly
+    used up must not be mistaken for an empty one) and the training items."""
+    import configurator
+
+    for preset in ("configs/tiny_countdown.py", "configs/tiny_sudoku.py"):
+        cfg = configurator.configure("train.py", [preset])
+        gen = generator_knobs(cfg["task"], cfg)
+        test = test_set(cfg["task"], "", cfg["eval_items"], cfg["seed"], **gen)
+        assert len(test) == cfg["eval_items"] and len({json.dumps(it, sort_keys=True) for it in test}) == len(test)
+        assert len(load_items(cfg["task"], "train", None, n=2000, seed=cfg["seed"], **gen)) == 2000
