@@ -17,7 +17,6 @@ from data import (
     sudoku_count_solutions,
     sudoku_items,
     task,
-    test_set,
 )
 from rewards import countdown_correct, countdown_reward, sudoku_reward
 from tiny_llada import build_tokenizer as tiny_tokenizer
@@ -178,10 +177,11 @@ def test_the_default_runs_data_loads():
     """The presets' generated data can be made: 200 distinct held-out problems (a space that is nearly
     used up must not be mistaken for an empty one) and the training items."""
     import configurator
+    from data import test_set as held_out_set  # imported as test_set, pytest would collect it
 
     for preset in ("configs/tiny_countdown.py", "configs/tiny_sudoku.py"):
         cfg = configurator.configure("train.py", [preset])
         gen = generator_knobs(cfg["task"], cfg)
-        test = test_set(cfg["task"], "", cfg["eval_items"], cfg["seed"], **gen)
+        test = held_out_set(cfg["task"], "", cfg["eval_items"], cfg["seed"], **gen)
         assert len(test) == cfg["eval_items"] and len({json.dumps(it, sort_keys=True) for it in test}) == len(test)
         assert len(load_items(cfg["task"], "train", None, n=2000, seed=cfg["seed"], **gen)) == 2000
