@@ -149,7 +149,7 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     refused checkpoint never leaves the model half-loaded."""
     if state["fingerprint"] != fingerprint(model):
         raise ConfigError(f"{path} was written for a different model (its trained parameters differ from this one's)")
-    for key in must_match:
+    for key in sorted(must_match):
         if state["config"].get(key) != config[key]:
             raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
     params = dict(model.named_parameters())

@@ -83,7 +83,7 @@ def test_resume_reaches_the_uninterrupted_state(tmp_path):
 
 def test_resume_refuses_other_model(tmp_path):
     run([f"--output_dir={tmp_path}/a", "--max_steps=1"])
-    again = [f"--output_dir={tmp_path}/a", "--max_steps=2", "--resume_from_checkpoint", "--max_completion_length=32"]
+    again = [f"--output_dir={tmp_path}/a", "--max_steps=1", "--resume_from_checkpoint", "--max_completion_length=32"]
     cmd = [sys.executable, "train.py", *SMALL, *again]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "max_completion_length" in out.stderr and "Traceback" not in out.stderr
