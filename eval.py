@@ -94,6 +94,19 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     return sorted(out, key=lambda rec: rec["index"])
 
 
+def init_processes():
+    """(ddp, rank, world, device): one process per GPU under torchrun (NCCL), gloo ranks on CPU, or
+    one process. Each rank's GPU is made current: NCCL's collectives run on it."""
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    return ddp, rank, world, device
+
+
 def standard_error(values):
     """s/√n with the sample standard deviation (n − 1); 0 for fewer than two values."""
     n = len(values)
@@ -222,13 +235,7 @@ def main():
     specs = [resolve(s) for s in cfg["models"]]
     names = list(cfg["labels"]) or list(cfg["models"])
 
-    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)  # NCCL's object gather runs on the current device: one per rank
+    ddp, rank, world, device = init_processes()
     try:
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver

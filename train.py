@@ -31,7 +31,7 @@ import data
 import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
-from eval import evaluate
+from eval import evaluate, init_processes
 from likelihood import ESTIMATORS, SCHEMES
 from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
@@ -291,13 +291,7 @@ def main():
     validate(cfg)
 
     # processes and devices: one per GPU under torchrun, or one CPU process
-    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
+    ddp, rank, world, device = init_processes()
     master = rank == 0
     lock = checkpoint.claim(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir) if master else None  # noqa: F841
     if ddp:
