@@ -14,9 +14,9 @@ that committed a non-EOS token (+1): later steps only pad with EOS. Drawing k st
 all unbiased for the sum; low-discrepancy stratifies the u's over all B·k draws of the batch.
 
 ELBO (LLaDA/VRPO, biased): l ~ U{1..G} stratified over the batch, mask l completion positions,
-    log p(o) >= E[(G/l) Σ_{masked j} log p_θ(o_j | masked)].
+    log p(o) >= E[(G/l) Σ_{masked j} log p_θ(o_j | masked)],   k draws averaged.
 One-step mean field (diffu-GRPO, biased): mask the whole completion and each prompt token with
-probability p, log π ≈ Σ_j log p_θ(o_j | prompt', all-mask).
+probability p, log π ≈ Σ_j log p_θ(o_j | prompt', all-mask), k draws averaged.
 
 Every estimator returns `Draws`: masked inputs, which positions each draw reads, a weight per
 draw and a per-row normaliser, so the same loss runs on all three, and current, old and reference
@@ -120,9 +120,11 @@ def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
     return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
 
 
-def elbo_draws(rollout, k, generator=None, read_all=False):
-    """LLaDA's ELBO with l stratified over the B·k draws of the batch (VRPO-style variance cut).
-    read_all also scores masked positions after the first EOS (LLaDA's SFT trains on its padding)."""
+def elbo_draws(rollout, k, generator=None):
+    """LLaDA's ELBO with l stratified over the B·k draws of the batch (VRPO-style variance cut):
+    mask l ~ U{1..G} of the G completion positions and score every masked one, EOS padding
+    included, as LLaDA's own likelihood does: the G/l weight counts all G positions, so all of
+    them are read. Averaged over the k draws; the normaliser is G, the tokens scored in expectation."""
     B, G = rollout.unmask_step.shape
     u = _uniforms((k, B), generator, stratified=True)
     n_masked = (1 + (u * G).long()).clamp(max=G)  # l ∈ {1..G}
@@ -130,9 +132,8 @@ def elbo_draws(rollout, k, generator=None, read_all=False):
     masked = (scores < n_masked[..., None]).to(rollout.ids.device)
     x = rollout.ids[None].repeat(k, 1, 1)
     x[:, :, rollout.prompt_length :] = x[:, :, rollout.prompt_length :].masked_fill(masked, rollout.mask_id)
-    keep = torch.ones_like(masked[0]) if read_all else completion_mask(rollout)
-    weight = (G / n_masked.float()).to(rollout.ids.device)  # the bound of the *whole* G tokens, read where kept
-    return Draws(x, masked & keep[None], weight, keep.sum(1).float(), truncate=False)
+    weight = (G / (k * n_masked.float())).to(rollout.ids.device)
+    return Draws(x, masked, weight, torch.full((B,), float(G), device=x.device), truncate=False)
 
 
 def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
@@ -144,7 +145,7 @@ def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
     hide = (torch.rand((k, B, P), generator=generator) < prompt_mask_prob).to(x.device) & rollout.attention_mask[None, :, :P].bool()
     x[:, :, :P] = x[:, :, :P].masked_fill(hide, rollout.mask_id)
     keep = completion_mask(rollout)
-    return Draws(x, keep[None].expand(k, -1, -1), torch.ones(k, B, device=x.device), keep.sum(1).float(), truncate=False)
+    return Draws(x, keep[None].expand(k, -1, -1), torch.full((k, B), 1.0 / k, device=x.device), keep.sum(1).float(), truncate=False)
 
 
 def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy", prompt_mask_prob=0.15):
@@ -166,9 +167,10 @@ def token_logp(model, rollout, x, read, rows=None, truncate=True):
     at[:, rollout.prompt_length :] = read
     logits = forward_logits(model, x, rollout.attention_mask[rows], at=at)  # (N, V), N = read.sum()
     top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
-    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p)
+    tokens = rollout.completion[rows][read]
+    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p, keep=tokens)
     out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)
-    return out.masked_scatter(read, lp.gather(-1, rollout.completion[rows][read][:, None]).squeeze(-1))
+    return out.masked_scatter(read, lp.gather(-1, tokens[:, None]).squeeze(-1))
 
 
 def draws_logp(model, rollout, draws, chunk=64):

@@ -77,21 +77,32 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="
         raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
 
 
-def policy_logprobs(logits, mask_id, temperature=0.0, top_k=None, top_p=None):
+def policy_logprobs(logits, mask_id, temperature=0.0, top_k=None, top_p=None, keep=None):
     """log π(· | x_t) per position: the sampling distribution. Shared by sampler and likelihood so
-    the two can never disagree. logits (..., V), any dtype; returns float32 log-probs."""
+    the two can never disagree. logits (..., V), any dtype; returns float32 log-probs.
+
+    keep (...,): token ids that top-k/top-p never remove. The likelihood passes the sampled tokens:
+    the truncation is recomputed from the current logits, and a token the rollout sampled at the
+    edge of the set could otherwise fall out of it (bf16 noise between the rollout and the training
+    pass, or an update) and get log p = −inf, ratio 0 and no gradient. With unchanged weights the
+    set is the rollout's, which held the token anyway, so nothing changes there."""
     logits = logits.float()
     logits[..., mask_id] = float("-inf")  # a committed position must never hold [MASK]
     if temperature > 0:
         logits = logits / temperature
+    protect = None
+    if keep is not None and ((top_k is not None and top_k < logits.shape[-1]) or (top_p is not None and top_p < 1)):
+        protect = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter(-1, keep[..., None], True)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        drop = logits < kth
+        logits = logits.masked_fill(drop if protect is None else drop & ~protect, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop if protect is None else drop & ~protect, float("-inf"))
     return logits.log_softmax(-1)
 
 

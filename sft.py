@@ -42,7 +42,7 @@ def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, devi
 
 def sft_loss(model, batch, draws):
     """L_SFT of the ELBO draws, averaged over draws, rows and completion positions."""
-    return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read.numel()
+    return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read[0].numel()
 
 
 def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step, lr=2e-3, batch_size=64, system_prompt="",
@@ -59,7 +59,7 @@ def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, device)
-        draws = elbo_draws(batch, 1, generator_for_step(step), read_all=True)
+        draws = elbo_draws(batch, 1, generator_for_step(step))
         loss = sft_loss(model, batch, draws)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,5 +1,7 @@
 """likelihood.py: the stepwise estimator is unbiased (value and gradient); ELBO and one-step are not."""
 
+import copy
+
 import pytest
 import torch
 from conftest import chat
@@ -17,7 +19,7 @@ from likelihood import (
     stepwise_draws,
 )
 from model import load
-from sample import Rollout, generate
+from sample import Rollout, generate, policy_logprobs
 
 SCHEMES = ["uniform", "low_discrepancy", "entropy"]
 
@@ -123,6 +125,20 @@ def test_biased_estimators_run_and_are_biased(setup, name):
         assert (est.mean(0) < exact).all()  # a lower bound, here far below
 
 
+@pytest.mark.parametrize("name", ["stepwise", "elbo", "one_step"])
+def test_estimate_does_not_depend_on_k(setup, name):
+    """Σ weight · log p estimates the same quantity (log π(o), or the ELBO) whatever k is: draws
+    are averaged, not summed, so every estimator's loss has one scale and meets max_grad_norm alike."""
+    model, _, r = setup
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        est = {k: torch.stack([sequence_logp(model, r, make_draws(name, r, k, g)) for _ in range(120 // k)]) for k in (1, 4)}
+    gap = (est[1].mean(0) - est[4].mean(0)).abs()
+    se = (est[1].var(0) / len(est[1]) + est[4].var(0) / len(est[4])).sqrt()
+    print(f"\n{name}: k=1 {est[1].mean(0).tolist()} k=4 {est[4].mean(0).tolist()} se {se.tolist()}")
+    assert (gap <= 4 * se + 1e-3 * est[1].mean(0).abs()).all()
+
+
 def test_draws_share_masks_and_are_seeded(setup):
     _, tok, r = setup
     for name in ("stepwise", "elbo", "one_step"):
@@ -139,7 +155,8 @@ def test_elbo_and_one_step_masks(setup):
     P = r.prompt_length
     d = elbo_draws(r, 8, torch.Generator().manual_seed(7))
     n_masked = (d.x[:, :, P:] == tok.mask_token_id).sum(-1)  # (K, B)
-    torch.testing.assert_close(d.weight, 16 / n_masked.float())
+    torch.testing.assert_close(d.weight, 16 / (8 * n_masked.float()))  # G/l, averaged over the k = 8 draws
+    assert torch.equal(d.read, d.x[:, :, P:] == tok.mask_token_id)  # every position the weight counts is scored
     assert n_masked.min() >= 1 and n_masked.max() <= 16 and len(set(n_masked.flatten().tolist())) >= 12  # stratified spread
     d = one_step_draws(r, 200, torch.Generator().manual_seed(8), prompt_mask_prob=0.15)
     assert (d.x[:, :, P:] == tok.mask_token_id).all()
@@ -177,3 +194,33 @@ def test_bad_names_raise(setup):
         make_draws("vrpo", r, 2)
     with pytest.raises(ValueError, match="k=0"):
         sample_steps(r, 0, "uniform")
+
+
+def test_sampled_token_never_truncated_away():
+    """Top-k/top-p is recomputed from the training pass's logits; a token the rollout sampled at the
+    edge of the set keeps a finite log-prob when those logits move (bf16 noise, an update)."""
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.9, 0.0, -1.0]])
+    token = torch.tensor([2])  # third: inside top-3 at the rollout
+    moved = logits.clone()
+    moved[0, 3] = 2.1  # now fourth
+    for kw in (dict(top_k=3), dict(top_p=0.85)):
+        rollout_lp = policy_logprobs(logits, 5, 1.0, **kw)
+        assert torch.isfinite(rollout_lp[0, 2])
+        torch.testing.assert_close(policy_logprobs(logits, 5, 1.0, **kw, keep=token), rollout_lp)  # same set: same numbers
+        assert policy_logprobs(moved, 5, 1.0, **kw)[0, 2] == float("-inf")  # what the keep prevents
+        assert torch.isfinite(policy_logprobs(moved, 5, 1.0, **kw, keep=token)[0, 2])
+
+
+def test_training_logp_finite_after_weights_move(setup):
+    model, tok, _ = setup
+    prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
+    r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
+                 pad_id=tok.pad_token_id, temperature=1.0, top_k=3, top_p=0.9, remasking="random",
+                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(12)))
+        d = stepwise_draws(r, 0, "exact")
+        lp = draws_logp(moved, r, d)
+    assert torch.isfinite(lp[d.read]).all()
