@@ -156,7 +156,7 @@ def countdown_solution_text(item, think=False):
     if "expr" not in item:
         return None
     think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""
-    return think_block + f"<answer>{item['expr']}</answer>"
+    return think_block + f"<answer>{item['expr']}={item['target']}</answer>"  # the asked "expression = target"
 
 
 # ---------------------------------------------------------------------------------------------

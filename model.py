@@ -18,13 +18,14 @@ import torch.nn as nn
 
 import tiny_llada
 
-LLADA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|>
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
 def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None):
     """Return (model, tokenizer). The tokenizer carries `mask_token_id` and `eos_token_id`, and
-    `tokenizer.eos_ids` lists every id that ends a completion. dtype None keeps the weights' own."""
+    `tokenizer.eos_ids` holds the id that ends a completion: the model config's eos_token_id when it
+    has one (LLaDA: <|endoftext|>; its <|eot_id|> closes the turn and is content, as in the paper's
+    released run), else the tokenizer's. dtype None keeps the weights' own."""
     if name_or_path == "tiny":
         tok = tiny_llada.build_tokenizer()
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -40,7 +41,9 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
         tok.mask_token = tok.convert_ids_to_tokens(int(mask_id))
     if tok.pad_token_id is None:
         tok.pad_token_id = tok.eos_token_id
-    tok.eos_ids = tuple(dict.fromkeys(i for i in (tok.eos_token_id, *LLADA_EOS_IDS) if i is not None and i < len(tok)))
+    eos = getattr(model.config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    tok.eos_ids = (eos,) if isinstance(eos, int) and 0 <= eos < len(tok) else (tok.eos_token_id,)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
@@ -141,8 +144,8 @@ def _llada_part(bare, name):
 def check_compatible(model, tok):
     if tok.mask_token_id is None:
         raise ValueError("tokenizer has no mask token: a masked diffusion LM needs `mask_token_id`")
-    if tok.eos_token_id is None:
-        raise ValueError("tokenizer has no eos token: completions could never end")
+    if tok.eos_ids[0] is None:
+        raise ValueError("neither the model config nor the tokenizer names an eos token: completions could never end")
     p = next(model.parameters())
     with torch.no_grad():  # the logits' width, read from one forward pass (config fields differ by model)
         V = forward_logits(model, torch.zeros(1, 2, dtype=torch.long, device=p.device)).shape[-1]

@@ -1,15 +1,20 @@
 """Rewards r(o) of the four tasks; the group-relative advantages of agrpo.py are built on them.
 
 Every function takes (completion, answer) and returns a float in a documented range for *any*
-string: nothing here calls eval, answers come from the last <answer>…</answer> block, and every
-parser works in time linear in its input (MATH's sympy check runs in a worker process that is
-killed past its time limit).
+string: nothing here calls eval, the answer is the body of the first <answer>…</answer> block, and
+every parser works in time linear in its input (MATH's sympy check runs in a worker process that
+is killed past its time limit). The terms follow the paper's released reward functions:
 
-    GSM8K, MATH   0.5·[<think> block] + 0.5·[<answer> block] + 3·[answer correct]        ∈ [0, 4]
-    Countdown     −0.5·[more than one "="] + (1/3)·([right side = target] + [left side only
-                  numbers/operators] + [numbers = the given multiset]) + 3·[correct]     ∈ [−0.5, 4]
-    Sudoku 4×4    0.25·[16 digits] + 0.25·[four of each 1–4] + 0.5·[keeps the clues]
-                  + 3·(fraction of blank cells right)                                     ∈ [0, 4]
+    GSM8K, MATH   0.5·[<think> block] + 0.5·[<answer> block] + 3·[final answer correct]  ∈ [0, 4]
+                  final answer: the answer block, or the whole text without one; inside it,
+                  the first \\boxed{} if there is one
+    Countdown     with an "=" in the answer block (none: 0 format points):
+                  −0.5·[more than one "="] + (1/3)·([last side is the target, digits only]
+                  + [first side only numbers/operators] + [first side's numbers = the given
+                  multiset]) + 3·[first side uses exactly the numbers and equals the target]  ∈ [−0.5, 4]
+    Sudoku 4×4    0.25·[answer exactly 16 characters] + 0.25·[four of each 1–4] + 0.5·[keeps
+                  the clues] (the last two only for 16 characters) + 3·(fraction of blank cells
+                  right in the final answer's first 16 characters, zero-filled on the left)     ∈ [0, 4]
 """
 
 import multiprocessing as mp
@@ -20,16 +25,47 @@ from fractions import Fraction
 # format
 
 
+_ANSWER_OPEN, _ANSWER_CLOSE = re.compile("<answer>", re.I), re.compile("</answer>", re.I)
+_THINK_OPEN, _THINK_CLOSE = re.compile("<think>", re.I), re.compile("</think>", re.I)
+_BRACE = re.compile("[{}]")
+
+
+def _block(text, open_tag, close_tag):
+    """Body of the first complete open…close block, stripped, or None. The first opening tag with a
+    closing tag after it is the first opening tag, so two linear searches suffice."""
+    start = open_tag.search(text)
+    end = close_tag.search(text, start.end()) if start else None
+    return text[start.end() : end.start()].strip() if end else None
+
+
 def extract_answer(text):
-    """Content of the last complete <answer>…</answer> block, or None."""
-    end = text.rfind("</answer>")
-    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
-    return text[start + len("<answer>") : end].strip() if start >= 0 else None
+    """Body of the first complete <answer>…</answer> block (tags in any case), or None."""
+    return _block(text, _ANSWER_OPEN, _ANSWER_CLOSE)
 
 
 def has_think(text):
-    start = text.find("<think>")
-    return start >= 0 and text.find("</think>", start) >= 0
+    return _block(text, _THINK_OPEN, _THINK_CLOSE) is not None
+
+
+def first_boxed(text):
+    """Content of the first \\boxed{…}, braces balanced, or None (also when it never closes)."""
+    start = text.find("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for brace in _BRACE.finditer(text, i):
+        depth += 1 if brace.group() == "{" else -1
+        if depth == 0:
+            return text[i : brace.start()]
+    return None
+
+
+def final_answer(text):
+    """What GSM8K, MATH and Sudoku grade: the answer block, or the whole text when there is none;
+    within it, the first non-empty \\boxed{} if there is one."""
+    a = extract_answer(text)
+    a = text if a is None else a
+    return first_boxed(a) or a
 
 
 def format_score(text):
@@ -63,9 +99,8 @@ def parse_number(s):
 
 
 def gsm8k_correct(completion, answer):
-    pred = extract_answer(completion)
     gold = parse_number(str(answer))
-    return pred is not None and gold is not None and parse_number(pred) == gold
+    return gold is not None and parse_number(final_answer(completion)) == gold
 
 
 def gsm8k_reward(completion, answer):
@@ -123,11 +158,9 @@ def _math_equal(gold, pred, time_limit):
 
 
 def math_correct(completion, answer, time_limit=0.5):
-    pred = extract_answer(completion)
-    if pred is None or len(pred) > 1000:
-        return False
-    wrap = (lambda s: s) if "\\boxed" in pred else (lambda s: "\\boxed{" + s + "}")
-    return _math_equal("\\boxed{" + str(answer) + "}", wrap(pred), time_limit)
+    # the end of a long text without answer tags: where its final expression is, and bounded work
+    pred = final_answer(completion)[-1000:]
+    return _math_equal(f"${answer}$", f"${pred}$", time_limit)
 
 
 def math_reward(completion, answer):
@@ -224,17 +257,22 @@ def eval_arithmetic(expr):
     return value if pos == len(tokens) else None
 
 
+def _whole_numbers(text):
+    """The digit runs of text as ints, or None if one is longer than 12 digits (no real operand is,
+    and it is never cut into smaller numbers that might match)."""
+    runs = re.findall(r"\d+", text)
+    return None if any(len(r) > 12 for r in runs) else sorted(int(r) for r in runs)
+
+
 def countdown_terms(answer_text, nums, target):
-    """(multiple '=', rhs ok, lhs only numbers/operators, numbers exact, value == target)."""
-    lhs, eq, rhs = normalize_operators(answer_text[: 4 * MAX_EXPR]).partition("=")
-    lhs = lhs.strip()
-    # "expression = target" is optional: an answer without "=" has no right side to be wrong
-    rhs_ok = not eq or eval_arithmetic(rhs.strip()) == target
+    """(has '=', more than one '=', last side is the target, first side only numbers/operators,
+    first side's numbers are exactly nums, first side's value is the target)."""
+    sides = normalize_operators(answer_text[: 4 * MAX_EXPR]).split("=")
+    lhs, rhs = sides[0].strip(), sides[-1].strip()
+    rhs_ok = len(sides) > 1 and re.fullmatch(r"\d{1,12}", rhs) is not None and int(rhs) == target
     lhs_ok = bool(lhs) and _LHS_CHARS.fullmatch(lhs) is not None
-    used = sorted(int(n) for n in re.findall(r"\d{1,12}", lhs)) if lhs_ok and len(lhs) <= MAX_EXPR else None
-    nums_ok = used == sorted(int(n) for n in nums)
-    value_ok = lhs_ok and eval_arithmetic(lhs) == target
-    return answer_text.count("=") > 1, rhs_ok, lhs_ok, nums_ok, value_ok
+    nums_ok = _whole_numbers(lhs) == sorted(int(n) for n in nums)
+    return len(sides) > 1, len(sides) > 2, rhs_ok, lhs_ok, nums_ok, eval_arithmetic(lhs) == target
 
 
 def countdown_reference(answer):
@@ -245,35 +283,27 @@ def countdown_reference(answer):
 
 
 def countdown_correct(completion, answer):
-    """An equation over exactly the given numbers that evaluates to the target (and claims no
-    other value on its right side)."""
+    """An answer "expression = …" whose expression uses exactly the given numbers and equals the
+    target (what is claimed on the right is the format term's business, as in the release)."""
     a, ref = extract_answer(completion), countdown_reference(answer)
     if a is None or ref is None:
         return False
-    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
-    return not many_eq and rhs_ok and nums_ok and value_ok
+    has_eq, _, _, _, nums_ok, value_ok = countdown_terms(a, *ref)
+    return has_eq and nums_ok and value_ok
 
 
 def countdown_reward(completion, answer):
     a, ref = extract_answer(completion), countdown_reference(answer)
     if a is None or ref is None:
         return 0.0
-    many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
-    # the +3 is exactly `countdown_correct`: with the numbers required, the bare target earns nothing
-    correct = not many_eq and rhs_ok and nums_ok and value_ok
-    return -0.5 * many_eq + (rhs_ok + lhs_ok + nums_ok) / 3 + 3.0 * correct
+    has_eq, many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
+    if not has_eq:  # "expression = target" is the asked format: without "=" nothing is scored
+        return 0.0
+    return -0.5 * many_eq + (rhs_ok + lhs_ok + nums_ok) / 3 + 3.0 * (nums_ok and value_ok)
 
 
 # ---------------------------------------------------------------------------------------------
 # Sudoku 4×4: answer = {"puzzle": 16 chars, 0 or . for blanks, "solution": 16 digits}
-
-
-def sudoku_grid(completion):
-    a = extract_answer(completion)
-    if a is None:
-        return None
-    digits = re.findall(r"\d", a[:10_000])
-    return digits if len(digits) == 16 else None
 
 
 def sudoku_reference(answer):
@@ -283,12 +313,14 @@ def sudoku_reference(answer):
 
 
 def sudoku_accuracy(completion, answer):
-    """Fraction of the blank cells filled correctly (the paper's Sudoku accuracy)."""
-    grid, ref = sudoku_grid(completion), sudoku_reference(answer)
+    """Fraction of the blank cells right (the paper's Sudoku accuracy), read from the first 16
+    characters of the final answer, zero-filled on the left when shorter."""
+    ref = sudoku_reference(answer)
     blanks = [i for i, c in enumerate(ref[0]) if c not in "1234"] if ref else []
-    if grid is None or not blanks:
+    if not blanks:
         return 0.0
-    return sum(grid[i] == answer["solution"][i] for i in blanks) / len(blanks)
+    grid = final_answer(completion)[:16].zfill(16)
+    return sum(grid[i] == ref[1][i] for i in blanks) / len(blanks)
 
 
 def sudoku_correct(completion, answer):
@@ -296,9 +328,12 @@ def sudoku_correct(completion, answer):
 
 
 def sudoku_reward(completion, answer):
-    grid = sudoku_grid(completion)
-    if grid is None or sudoku_reference(answer) is None:
+    a, ref = extract_answer(completion), sudoku_reference(answer)
+    if ref is None:
         return 0.0
-    counts_ok = all(grid.count(d) == 4 for d in "1234")
-    clues_ok = all(grid[i] == c for i, c in enumerate(answer["puzzle"]) if c in "1234")
-    return 0.25 + 0.25 * counts_ok + 0.5 * clues_ok + 3.0 * sudoku_accuracy(completion, answer)
+    fmt = 0.0
+    if a is not None and len(a) == 16:
+        counts_ok = "".join(sorted(a)) == "1111222233334444"
+        clues_ok = all(a[i] == c for i, c in enumerate(ref[0]) if c in "1234")
+        fmt = 0.25 + 0.25 * counts_ok + 0.5 * clues_ok
+    return fmt + 3.0 * sudoku_accuracy(completion, answer)

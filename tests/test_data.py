@@ -33,7 +33,8 @@ def test_countdown_items_solvable_and_seeded():
 
 def test_countdown_solver_finds_and_refuses():
     assert "(25+3)*2" in countdown_solutions([25, 3, 2], 56) or countdown_solutions([25, 3, 2], 56)
-    assert all(countdown_correct(f"<answer>{e}</answer>", {"nums": [25, 3, 2], "target": 56}) for e in countdown_solutions([25, 3, 2], 56))
+    item = {"nums": [25, 3, 2], "target": 56}
+    assert all(countdown_correct(f"<answer>{e}=56</answer>", item) for e in countdown_solutions([25, 3, 2], 56))
     assert countdown_solutions([1, 1, 1], 100) == []
 
 

@@ -245,3 +245,13 @@ def test_compile_blocks_matches_eager():
     assert torch.equal(ta, tb)
     with pytest.raises(ValueError, match="Opaque"):
         compile_blocks(Opaque(load("tiny")[0]))
+
+
+def test_completion_ends_at_the_config_eos_only():
+    """As in the paper's released run, a completion ends at the model config's eos_token_id (LLaDA:
+    <|endoftext|>); the tokenizer's own eos (LLaDA: <|eot_id|>) is then ordinary content."""
+    _, tok = load("tiny")
+    assert tok.eos_ids == (tok.eos_token_id,)
+    other = tok.convert_tokens_to_ids("<|bos|>")
+    _, tok2 = load("tiny", tiny_overrides={"eos_token_id": other})
+    assert tok2.eos_ids == (other,)

@@ -72,24 +72,37 @@ def test_hostile_inputs_in_range_and_fast(task, text):
     check_reward(task, text)
 
 
-def test_extract_answer_takes_last_block():
-    assert extract_answer("<answer>1</answer> then <answer>2</answer>") == "2"
-    assert extract_answer("<answer>1</answer> then <answer>2") == "1"
+def test_extract_answer_takes_first_block():
+    assert extract_answer("<answer>1</answer> then <answer>2</answer>") == "1"
+    assert extract_answer("<ANSWER> 1 </Answer> then <answer>2") == "1"
+    assert extract_answer("<answer>1 then <answer>2</answer>") == "1 then <answer>2"
     assert extract_answer("no tags") is None
 
 
-def test_gsm8k_cases():
-    assert gsm8k_reward(f"{T}<answer>72</answer>", "72") == 4.0
-    assert gsm8k_reward(f"{T}<answer>71</answer>", "72") == 1.0  # wrong
-    assert gsm8k_reward("<answer>72</answer>", "72") == 3.5  # no think block
-    assert gsm8k_reward(f"{T} the answer is 72", "72") == 0.5  # wrong format
-    assert gsm8k_reward("", "72") == 0.0
+# (completion, expected reward), written from the release's rules: answer block or, without one,
+# the whole text; within it the first \boxed{}; 0.5 per format block, 3 for the right answer
+GSM8K_TABLE = [
+    (f"{T}<answer>72</answer>", 4.0),
+    (f"{T}<answer>71</answer>", 1.0),
+    ("<answer>72</answer>", 3.5),  # no think block
+    (f"{T} the answer is 72", 3.5),  # no answer block: the whole text is graded
+    ("so \\boxed{72}, not 5", 3.0),  # the boxed answer, not the last number
+    ("<answer>\\boxed{72} (3 more than 69)</answer>", 3.5),
+    ("<answer>3</answer><answer>72</answer>", 0.5),  # the first block counts
+    ("", 0.0),
+]
+
+
+@pytest.mark.parametrize("text,expected", GSM8K_TABLE)
+def test_gsm8k_table(text, expected):
+    assert gsm8k_reward(text, "72") == pytest.approx(expected)
+
+
+def test_gsm8k_number_forms():
     for ans in ["$1,000", "1,000.0 dollars", "\\boxed{1000}", "\\$1,000.00", "\\text{about } 1000", "so 1000."]:
         assert gsm8k_correct(f"<answer>{ans}</answer>", "1000"), ans
     assert gsm8k_correct("<answer>\\frac{3}{4}</answer>", "0.75")
     assert gsm8k_correct("<answer>-5</answer>", "-5") and not gsm8k_correct("<answer>5</answer>", "-5")
-    assert gsm8k_correct("<answer>3</answer><answer>72</answer>", "72")  # the last block counts
-    assert not gsm8k_correct("<answer>72</answer><answer>3</answer>", "72")
 
 
 def test_math_cases():
@@ -104,33 +117,51 @@ def test_math_cases():
     assert time.perf_counter() - t0 < 10.0  # a hang, not speed: 1.0 s on an idle 2-core machine
 
 
-def test_countdown_cases():
-    assert countdown_reward("<answer>(25+3)*2</answer>", CD) == 4.0
-    assert countdown_reward("<answer>(25 + 3) × 2 = 56</answer>", CD) == 4.0
-    assert countdown_reward("<answer>2*(3+25)</answer>", CD) == 4.0
-    assert countdown_reward("<answer>(25+3)*2 = 57</answer>", CD) == pytest.approx(2 / 3)  # claims a wrong value
-    assert not countdown_correct("<answer>(25+3)*2 = 57</answer>", CD)
-    assert countdown_reward("<answer>25+3*2</answer>", CD) == pytest.approx(1.0)  # numbers right, value wrong
-    assert countdown_reward("<answer>56</answer>", CD) == pytest.approx(2 / 3)  # the bare target earns no +3
-    assert countdown_reward("<answer>(25+3)*2*1</answer>", CD) == pytest.approx(2 / 3)  # extra number
-    assert countdown_reward("<answer>x = (25+3)*2 = 56</answer>", CD) == pytest.approx(-0.5)
-    assert countdown_reward("no answer", CD) == 0.0
-    assert countdown_reward("<answer>(25+3)*2</answer><answer>1</answer>", CD) == pytest.approx(2 / 3)  # last block
+# the release's Countdown rules: without "=" in the answer block nothing is scored; format thirds
+# for the last side (digits, = target), the first side (only numbers and operators) and its numbers
+# (exactly the given ones), −0.5 for more than one "="; +3 when the first side uses exactly the
+# numbers and equals the target, whatever the right side claims
+COUNTDOWN_TABLE = [
+    ("<answer>(25+3)*2 = 56</answer>", 4.0),
+    ("<answer>(25 + 3) × 2 = 56</answer>", 4.0),  # Unicode operators read as ASCII
+    ("<answer>2*(3+25)=56</answer>", 4.0),
+    ("<answer>(25+3)*2</answer>", 0.0),  # no "="
+    ("<answer>56</answer>", 0.0),
+    ("<answer>= 56</answer>", 1 / 3),
+    ("<answer>(25+3)*2 = 57</answer>", 2 / 3 + 3.0),  # a wrong claim costs the format third only
+    ("<answer>25+3*2 = 31</answer>", 2 / 3),
+    ("<answer>25+3*2 = 56</answer>", 1.0),  # numbers right, value wrong
+    ("<answer>(25+3)*2*1 = 56</answer>", 2 / 3),  # an extra number
+    ("<answer>x = (25+3)*2 = 56</answer>", -0.5 + 1 / 3),
+    ("<answer>(25+3)*2 = 56 = 56</answer>", -0.5 + 1.0 + 3.0),
+    ("<answer>(25+3)*2 = 56.</answer>", 2 / 3 + 3.0),  # the last side must be digits only
+    ("<answer>(25+3)*2 = 56</answer><answer>1</answer>", 4.0),  # the first block
+    ("(25+3)*2 = 56", 0.0),  # no answer block
+]
+
+
+@pytest.mark.parametrize("text,expected", COUNTDOWN_TABLE)
+def test_countdown_table(text, expected):
+    assert countdown_reward(text, CD) == pytest.approx(expected)
+    assert countdown_correct(text, CD) == (expected >= 3.0 - 0.5)
+
+
+def test_countdown_operator_forms():
     # the Unicode minus and ×, ÷, LaTeX's \times are operators
     assert countdown_correct("<answer>(25 − 3) × 2 + 12 = 56</answer>", {"nums": [25, 3, 2, 12], "target": 56})
-    assert countdown_correct("<answer>(25+3) \\times 2</answer>", CD) and countdown_correct("<answer>(25+3)·2</answer>", CD)
-    assert countdown_correct("<answer>56 ÷ 2 + 25 − 3</answer>", {"nums": [56, 2, 25, 3], "target": 50})
+    assert countdown_correct("<answer>(25+3) \\times 2 = 56</answer>", CD) and countdown_correct("<answer>(25+3)·2 = 56</answer>", CD)
+    assert countdown_correct("<answer>56 ÷ 2 + 25 − 3 = 50</answer>", {"nums": [56, 2, 25, 3], "target": 50})
 
 
 def test_countdown_numbers_cannot_be_invented():
     """Joining given numbers with a decimal point (3.5 from 3 and 5) makes a number that was not
-    given: never correct, and no credit for using the numbers."""
+    given: never correct (our parser reads whole numbers only), whatever the format terms give."""
     item = {"nums": [3, 5, 2], "target": 7}
-    for text in ["<answer>3.5*2</answer>", "<answer>3.5*2 = 7</answer>", "<answer>2*3.5</answer>", "<answer>(3).(5)*2</answer>"]:
+    for text in ["<answer>3.5*2 = 7</answer>", "<answer>2*3.5=7</answer>", "<answer>(3).(5)*2 = 7</answer>"]:
         assert not countdown_correct(text, item), text
-        assert countdown_reward(text, item) <= 1 / 3 + 1e-9, text
-    assert countdown_correct("<answer>3*5/2-0.5</answer>", item) is False
-    assert countdown_correct("<answer>5+2*3-2*3+2-2</answer>", item) is False  # numbers used twice
+        assert countdown_reward(text, item) <= 1.0, text
+    assert countdown_correct("<answer>3*5/2-0.5 = 7</answer>", item) is False
+    assert countdown_correct("<answer>5+2*3-2*3+2-2 = 7</answer>", item) is False  # numbers used twice
 
 
 def test_overlong_numbers_never_match():
@@ -167,14 +198,25 @@ def test_arithmetic_parser():
         assert eval_arithmetic(bad) is None, bad
 
 
-def test_sudoku_cases():
-    assert sudoku_reward("<answer>1234341221434321</answer>", SU) == 4.0
-    assert sudoku_accuracy("<answer>1234 3412 2143 4321</answer>", SU) == 1.0
-    wrong_blanks = "1234341221434231"  # cells 13 and 14 (both blank) swapped: counts fine, clues kept
-    assert sudoku_reward(f"<answer>{wrong_blanks}</answer>", SU) == pytest.approx(1.0 + 3.0 * 8 / 10)
-    assert sudoku_reward("<answer>4234341221434321</answer>", SU) == pytest.approx(0.25 + 3.0)  # breaks clue 0 and the counts
-    assert sudoku_reward("<answer>123</answer>", SU) == 0.0
-    assert sudoku_accuracy("", SU) == 0.0
+# the release's Sudoku rules: format points only for an answer block of exactly 16 characters;
+# accuracy from the final answer's first 16 characters, zero-filled on the left
+SUDOKU_TABLE = [
+    ("<answer>1234341221434321</answer>", 4.0),
+    ("<answer>1234341221434231</answer>", 1.0 + 3.0 * 8 / 10),  # two blanks swapped: counts fine, clues kept
+    ("<answer>4234341221434321</answer>", 0.25 + 3.0),  # breaks clue 0 and the counts
+    ("<answer>1234 3412 2143 4321</answer>", 3.0 * 4 / 10),  # not 16 characters; graded on "1234 3412 2143 4"
+    ("<answer>\\boxed{1234341221434321}</answer>", 3.0),  # graded, but not 16 characters
+    ("1234341221434321", 3.0),  # no answer block: the text is graded
+    ("<answer>123</answer>", 3.0 * 1 / 10),  # 0000000000000123: cell 14 happens to be right
+    ("", 0.0),
+]
+
+
+@pytest.mark.parametrize("text,expected", SUDOKU_TABLE)
+def test_sudoku_table(text, expected):
+    assert sudoku_reward(text, SU) == pytest.approx(expected)
+    if extract_answer(text) is None or len(extract_answer(text)) != 16:  # no format points: reward = 3 · accuracy
+        assert sudoku_accuracy(text, SU) == pytest.approx(expected / 3)
 
 
 any_text = st.one_of(
