@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import rewards
-
-SYSTEM_PROMPT = (
-    "You are a helpful assistant. Think step by step inside <think> </think> tags, "
-    "then give your final answer inside <answer> </answer> tags."
-)
+from prompts import COUNTDOWN_PROMPT, MATH_PROMPT, SUDOKU_PROMPT
 
 
 class DataError(ValueError):
@@ -42,19 +38,11 @@ def countdown_question(item, compact=False):
     nums, target = item["nums"], item["target"]
     if compact:  # the embedded model's character tokenizer: keep prompts short
         return f"{' '.join(map(str, nums))} -> {target}"
-    return (
-        f"Using the numbers {list(nums)}, create an equation that equals {target}. You can use +, -, * and /, and each number exactly once."
-    )
+    return f"Target: {target}\nNumbers: {list(nums)}"
 
 
 def sudoku_question(item, compact=False):
-    if compact:
-        return item["puzzle"]
-    return (
-        "Solve this 4x4 Sudoku: fill the blanks (0) with digits 1-4 so that every row, column and "
-        f"2x2 box holds 1, 2, 3, 4 once. The puzzle, row by row: {item['puzzle']}. "
-        "Answer with the 16 digits of the solved grid."
-    )
+    return item["puzzle"] if compact else f"Puzzle: {item['puzzle']}"
 
 
 def chat_ids(tok, messages):
@@ -64,10 +52,22 @@ def chat_ids(tok, messages):
     return tok(text, add_special_tokens=False).input_ids  # the template already holds the specials
 
 
-def build_prompt(tok, task_name, item, system_prompt=SYSTEM_PROMPT, compact=False):
+def build_prompt(tok, task_name, item, system_prompt="", compact=False):
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": task(task_name).question(item, compact)})
     return chat_ids(tok, messages)
+
+
+def system_prompt_text(task_name, system_prompt="", system_prompt_file=""):
+    """The system turn a run uses: the text of `system_prompt_file` when given (any exact text),
+    else the task's own prompt for "task", none for "", else `system_prompt` itself."""
+    if system_prompt_file:
+        try:
+            with open(system_prompt_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"system_prompt_file={system_prompt_file}: {getattr(e, 'strerror', None) or e}") from None
+    return task(task_name).system_prompt if system_prompt == "task" else system_prompt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +374,7 @@ class Task:
     generate: Callable | None = None  # (n, seed, split, unique, **knobs) -> items with solutions
     solution: Callable | None = None  # item -> the warm start's supervised completion text
     knobs: tuple = ()  # config keys the generator takes (difficulty)
+    system_prompt: str = ""  # the task's own system turn (system_prompt = "task")
 
 
 def _answer_field(item):
@@ -385,12 +386,15 @@ def _whole_item(item):
 
 
 TASKS = {
-    "gsm8k": Task(word_problem, _gsm8k_row, rewards.gsm8k_reward, rewards.gsm8k_correct, _answer_field, (0.0, 4.0), hub=gsm8k_hub),
-    "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, (0.0, 4.0), hub=math_hub),
+    "gsm8k": Task(word_problem, _gsm8k_row, rewards.gsm8k_reward, rewards.gsm8k_correct, _answer_field, (0.0, 4.0), hub=gsm8k_hub,
+                  system_prompt=MATH_PROMPT),
+    "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, (0.0, 4.0), hub=math_hub,
+                 system_prompt=MATH_PROMPT),
     "countdown": Task(countdown_question, _countdown_row, rewards.countdown_reward, rewards.countdown_correct, _whole_item, (-0.5, 4.0),
-                      generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range")),
+                      generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range"),
+                      system_prompt=COUNTDOWN_PROMPT),
     "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item, (0.0, 4.0),
-                   generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks",)),
+                   generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks",), system_prompt=SUDOKU_PROMPT),
 }  # fmt: skip
 
 

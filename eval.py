@@ -40,7 +40,8 @@ seed = 0  # generated test set: the one train.py with this seed evaluates on
 num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
 target_range = (1, 99)  # Countdown generator: range of the target
 sudoku_blanks = 6  # Sudoku generator: blank cells per puzzle
-system_prompt = ""  # system turn of every prompt ("" = none), as the models were trained with
+system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
+system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 gen_lengths = (16, 32)  # completion lengths L of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
@@ -54,7 +55,7 @@ output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jso
 
 
 @torch.no_grad()
-def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt=data.SYSTEM_PROMPT,
+def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
              compact=False, remasking="low_confidence", rank=0, world=1, desc="eval"):  # fmt: skip
     """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct), in
     item order. Batches are fixed first and dealt to ranks (batch b to rank b mod world), so each
@@ -237,6 +238,7 @@ def main():
 
     ddp, rank, world, device = init_processes()
     try:
+        system = data.system_prompt_text(cfg["task"], cfg["system_prompt"], cfg["system_prompt_file"])
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
@@ -250,7 +252,7 @@ def main():
         for L, m in grid:
             t0 = time.time()
             records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m,
-                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=cfg["system_prompt"],
+                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=system,
                                compact=cfg["compact_prompt"],
                                remasking=cfg["unmasking"], rank=rank, world=world, desc=f"{name} L={L} m={m}")  # fmt: skip
             rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=m, seconds=time.time() - t0, **summarize(records)))

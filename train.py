@@ -41,7 +41,8 @@ model_name_or_path = "tiny"  # "tiny" (the embedded model), a model folder, or a
 task = "countdown"  # gsm8k | math | countdown | sudoku
 train_file = ""  # local JSONL/CSV/Parquet; "" = generated (countdown, sudoku) or the hub (gsm8k, math)
 eval_file = ""  # local held-out file; "" as train_file
-system_prompt = ""  # system turn of every prompt ("" = none: the embedded model's character tokens)
+system_prompt = ""  # system turn: "task" = the task's own (data.py), "" = none (the embedded model), else this text
+system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 num_range = (1, 9)  # Countdown generator: range of the three numbers
 target_range = (1, 99)  # Countdown generator: range of the target
@@ -97,8 +98,8 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 # what a resume may change: where and how often it writes, what it reports and evaluates, memory and
 # speed. Every other key defines the run; a resume that changes one is refused, naming it.
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
-                        "run_name", "eval_file", "eval_items", "eval_max_completion_length", "eval_block_length", "eval_sampling_steps",
-                        "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
+                        "run_name", "system_prompt_file", "eval_file", "eval_items", "eval_max_completion_length", "eval_block_length",
+                        "eval_sampling_steps", "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
@@ -138,7 +139,7 @@ def validate(cfg):
         raise ConfigError(
             f"--per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of --num_generations={cfg.num_generations}"
         )
-    for key in ("train_file", "eval_file"):
+    for key in ("train_file", "eval_file", "system_prompt_file"):
         if getattr(cfg, key) and not os.path.exists(getattr(cfg, key)):
             raise ConfigError(f"--{key}={getattr(cfg, key)} does not exist")
     problem = model_path_error(cfg.model_name_or_path)
@@ -303,6 +304,9 @@ def main():
     def log(*a):
         if master:
             tqdm.write(" ".join(str(x) for x in a))
+
+    # the system turn's text itself, so that a resume compares the text and not the file name
+    cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt, cfg.system_prompt_file)
 
     # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
     gen = data.generator_knobs(cfg.task, vars(cfg))

@@ -16,9 +16,10 @@ from data import (
     load_items,
     sudoku_count_solutions,
     sudoku_items,
+    system_prompt_text,
     task,
 )
-from rewards import countdown_correct, countdown_reward, sudoku_reward
+from rewards import countdown_correct, countdown_reward, math_reward, sudoku_reward
 from tiny_llada import build_tokenizer as tiny_tokenizer
 
 
@@ -56,6 +57,37 @@ def test_prompt_uses_chat_template():
     text = tok.decode(build_prompt(tok, "countdown", item, system_prompt="Be brief.", compact=True))
     assert text == "<|system|>Be brief.<|eot|><|user|>1 2 3 -> 7<|eot|><|assistant|>"
     assert "[1, 2, 3]" in tok.decode(build_prompt(tok, "countdown", item))
+
+
+def test_system_prompt_choices(tmp_path):
+    assert system_prompt_text("sudoku", "task") == task("sudoku").system_prompt != ""
+    assert system_prompt_text("gsm8k", "") == "" and system_prompt_text("gsm8k", "Be brief.") == "Be brief."
+    exact = "Line one.\n  Line two, é.\n"
+    (tmp_path / "p.txt").write_text(exact, encoding="utf-8")
+    assert system_prompt_text("gsm8k", "task", str(tmp_path / "p.txt")) == exact  # the file wins, byte for byte
+    with pytest.raises(DataError, match=r"^system_prompt_file=.*missing\.txt: No such file"):
+        system_prompt_text("gsm8k", "", str(tmp_path / "missing.txt"))
+
+
+def test_task_prompts_examples_earn_full_reward():
+    """Each task's system turn asks for the format its reward reads: the examples it shows score the
+    full reward (4) on their own problems, and the math template's shape does too."""
+    cd = re.search(r"numbers (\[[^]]*\]) and the target (\d+).*?(<answer>.*?</answer>)", task("countdown").system_prompt, re.S)
+    item = {"nums": json.loads(cd.group(1)), "target": int(cd.group(2))}
+    assert countdown_reward("<think>x</think>" + cd.group(3), item) == 4.0
+    shots = re.findall(r"Puzzle: (\d{16})\n(<think>.*?</think>\n<answer>.*?</answer>)", task("sudoku").system_prompt, re.S)
+    assert len(shots) == 2
+    for puzzle, completion in shots:
+        solution = re.search(r"<answer>\s*(\d{16})", completion).group(1)
+        grid = [int(c) for c in puzzle]
+        assert sudoku_count_solutions(grid) == 1 and all(p in "0" or p == s for p, s in zip(puzzle, solution))
+        units = [[r * 4 + c for c in range(4)] for r in range(4)] + [[r * 4 + c for r in range(4)] for c in range(4)]
+        units += [[(br + r) * 4 + bc + c for r in (0, 1) for c in (0, 1)] for br in (0, 2) for bc in (0, 2)]
+        assert all({solution[i] for i in unit} == set("1234") for unit in units)  # the shown grid is a solution
+        assert sudoku_reward(completion, {"puzzle": puzzle, "solution": solution}) == 4.0
+    shape = task("math").system_prompt.split(":", 1)[1].replace("the final answer", "\\frac{1}{2}")
+    assert math_reward(shape, "\\frac12") == 4.0
+    assert task("gsm8k").system_prompt == task("math").system_prompt
 
 
 def test_unknown_task():
