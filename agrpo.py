@@ -68,7 +68,8 @@ def draw_loss(logp, old_logp, advantages, read, weight, norm, eps_low=0.2, eps_h
     n = read.sum()
     metrics = {
         "tokens": n.item(),
-        "clipped": (is_clipped & read).sum().item(),
+        "clipped_low": (is_clipped & read & (ratio < 1)).sum().item(),  # ρ below 1 − ε with A < 0
+        "clipped_high": (is_clipped & read & (ratio > 1)).sum().item(),  # ρ above 1 + ε with A > 0
         "kl": (kl * read).sum().item(),
         "ratio_dev": ((ratio - 1).abs() * read).sum().item(),
     }

@@ -18,7 +18,7 @@ import socket
 import torch
 
 from configurator import ConfigError
-from model import add_lora, load
+from model import add_lora, load, merge_lora_float32
 
 
 def fingerprint(model):
@@ -59,7 +59,7 @@ def claim(out_dir, resume, overwrite):
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
     lock.flush()
-    previous = names(out_dir) + [f for f in ("log.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))]
+    previous = names(out_dir) + [f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))]
     if previous and not resume:
         if not overwrite:
             raise ConfigError(
@@ -206,5 +206,5 @@ def load_trained(path, device="cpu", merge_lora=True):
         model.requires_grad_(True)
     restore(path, state, model)
     if cfg["lora_r"] > 0 and merge_lora:
-        model = model.merge_and_unload()
+        model = merge_lora_float32(model)
     return model.eval(), tok, cfg

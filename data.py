@@ -1,6 +1,7 @@
-"""Tasks: prompts, procedural generators and loaders, and the table `TASKS` that declares each task
-once (its prompt, data sources, reward r(o) of the group-relative objective, reported accuracy and
-the warm start's solution text). Adding a task is its functions here and in rewards.py plus one row.
+"""Tasks: questions, loaders (local files and the released run's hub data), and the table `TASKS`
+that declares each task once (its prompts, data sources, generator (puzzles.py), reward r(o) of the
+group-relative objective, reported accuracy and the warm start's solution text). Adding a task is
+its functions here and in rewards.py plus one row.
 
 An item is a dict with the fields its task needs: gsm8k/math {"question", "answer"}, countdown
 {"nums", "target"} (generated items also carry "expr" and "steps", a solution), sudoku {"puzzle",
@@ -8,18 +9,15 @@ An item is a dict with the fields its task needs: gsm8k/math {"question", "answe
 """
 
 import csv
-import itertools
 import json
 import os
-import random
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 
 import rewards
 from prompts import COUNTDOWN_PROMPT, MATH_PROMPT, SUDOKU_PROMPT
+from puzzles import countdown_items, countdown_solution_text, countdown_solutions, sudoku_items, sudoku_solution_text
 
 
 class DataError(ValueError):
@@ -68,157 +66,6 @@ def system_prompt_text(task_name, system_prompt="", system_prompt_file=""):
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"system_prompt_file={system_prompt_file}: {getattr(e, 'strerror', None) or e}") from None
     return task(task_name).system_prompt if system_prompt == "task" else system_prompt
-
-
-# ---------------------------------------------------------------------------------------------
-# Countdown: 3 numbers, + - * /, each number once
-
-
-def _combine(a, b):
-    """Every (value, text) reachable from two (value, text) operands."""
-    (va, ta), (vb, tb) = a, b
-    yield va + vb, f"{ta}+{tb}"
-    yield va * vb, f"{_wrap(ta)}*{_wrap(tb)}"
-    yield va - vb, f"{ta}-{_wrap(tb)}"
-    yield vb - va, f"{tb}-{_wrap(ta)}"
-    if vb != 0:
-        yield va / vb, f"{_wrap(ta)}/{_wrap(tb, True)}"
-    if va != 0:
-        yield vb / va, f"{_wrap(tb)}/{_wrap(ta, True)}"
-
-
-def _wrap(t, strict=False):
-    return f"({t})" if any(op in t for op in ("+", "-") + (("*", "/") if strict else ())) else t
-
-
-def countdown_solutions(nums, target):
-    """All expressions over exactly `nums` (in some order and tree) that equal target."""
-    leaves = [(Fraction(n), str(n)) for n in nums]
-    found = []
-    for i, j in itertools.permutations(range(3), 2):
-        k = 3 - i - j
-        for ab in _combine(leaves[i], leaves[j]):
-            for v, t in _combine(ab, leaves[k]):
-                if v == target:
-                    found.append(t)
-    return found
-
-
-def split_of(key):
-    """'test' for a fixed tenth of all problems, 'train' otherwise: a stable hash of the problem
-    itself, so generated train and test sets never share a problem, whatever their sizes."""
-    return "test" if zlib.crc32(repr(key).encode()) % 10 == 0 else "train"
-
-
-def _enough(attempts, n, found, what):
-    """Stop a generator whose settings cannot deliver n problems: `attempts` counts the tries since
-    the last new problem, so a space that is used up (or empty) fails within seconds, not hours,
-    while a rare last problem is still found."""
-    if attempts > 100_000:
-        raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
-
-
-def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=None, unique=False, ops="+-*/"):
-    """n solvable items; each carries "expr", one solution, and "steps", the two operations.
-    split: None (any), or only problems of split_of's 'train' / 'test' part; unique: no problem
-    twice; ops: the operations the generated solutions use (any may be used to answer)."""
-    rng = random.Random(seed)
-    items, seen, attempts = [], set(), 0
-    while len(items) < n:
-        attempts += 1
-        _enough(attempts, n, len(items), "Countdown")
-        nums = [rng.randint(*num_range) for _ in range(3)]
-        i, j = rng.sample(range(3), 2)
-        k = 3 - i - j
-        pair = list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j]))))
-        first_value, first_text = rng.choice([c for c, o in zip(pair, "+*--//") if o in ops])
-        if first_value.denominator != 1 or first_value <= 0:  # whole, positive intermediate results
-            continue
-        third = (Fraction(nums[k]), str(nums[k]))
-        op = rng.choice([i for i, o in enumerate("+*--//") if o in ops])  # same operation on expression and value
-        value, expr = list(_combine((first_value, first_text), third))[op]
-        _, step_text = list(_combine((first_value, str(first_value)), third))[op]
-        if value.denominator != 1 or not target_range[0] <= value <= target_range[1]:
-            continue
-        key = (sorted(nums), int(value))
-        if (split and split_of(key) != split) or (unique and repr(key) in seen):
-            continue
-        seen.add(repr(key))
-        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
-        items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
-        attempts = 0
-    return items
-
-
-def countdown_solution_text(item, think=False):
-    """A supervised completion for the warm start: the two operations, then the equation; None for
-    an item without a known solution."""
-    if "expr" not in item:
-        return None
-    think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""
-    return think_block + f"<answer>{item['expr']}={item['target']}</answer>"  # the asked "expression = target"
-
-
-# ---------------------------------------------------------------------------------------------
-# Sudoku 4×4, unique solution
-
-_BASE = [[1, 2, 3, 4], [3, 4, 1, 2], [2, 1, 4, 3], [4, 3, 2, 1]]
-
-
-def sudoku_count_solutions(grid, limit=2):
-    """Number of completions of a 16-cell grid (0 = blank), counting up to `limit`."""
-    g = list(grid)
-    try:
-        i = g.index(0)
-    except ValueError:
-        return 1
-    r, c = divmod(i, 4)
-    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
-    used = {g[r * 4 + x] for x in range(4)} | {g[x * 4 + c] for x in range(4)} | {g[b] for b in box}
-    total = 0
-    for d in range(1, 5):
-        if d not in used:
-            g[i] = d
-            total += sudoku_count_solutions(g, limit - total)
-            if total >= limit:
-                break
-    return total
-
-
-def sudoku_items(n, seed=0, sudoku_blanks=8, split=None, unique=False):
-    """n puzzles with exactly one solution and `blanks` empty cells ("0"); split, unique as
-    countdown_items."""
-    blanks = sudoku_blanks
-    if not 0 <= blanks <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
-        raise ValueError(f"blanks={blanks} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
-    rng = random.Random(seed)
-    items, seen, attempts = [], set(), 0
-    while len(items) < n:
-        attempts += 1
-        _enough(attempts, n, len(items), "Sudoku")
-        digits = rng.sample(range(1, 5), 4)
-        rows = [b * 2 + r for b in rng.sample([0, 1], 2) for r in rng.sample([0, 1], 2)]
-        cols = [s * 2 + c for s in rng.sample([0, 1], 2) for c in rng.sample([0, 1], 2)]
-        sol = [digits[_BASE[r][c] - 1] for r in rows for c in cols]
-        if rng.random() < 0.5:  # transpose
-            sol = [sol[c * 4 + r] for r in range(4) for c in range(4)]
-        puzzle = list(sol)
-        for i in rng.sample(range(16), 16):
-            if sum(x == 0 for x in puzzle) == blanks:
-                break
-            puzzle[i], keep = 0, puzzle[i]
-            if sudoku_count_solutions(puzzle) != 1:
-                puzzle[i] = keep
-        key = "".join(map(str, puzzle))
-        if sum(x == 0 for x in puzzle) == blanks and (not split or split_of(key) == split) and not (unique and key in seen):
-            seen.add(key)
-            items.append({"puzzle": "".join(map(str, puzzle)), "solution": "".join(map(str, sol))})
-            attempts = 0
-    return items
-
-
-def sudoku_solution_text(item):
-    return f"<answer>{item['solution']}</answer>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,13 +135,14 @@ def _math_row(where, row):
     _check(isinstance(q, str) and q.strip(), where, "field 'problem' missing or empty")
     ans = row.get("answer")
     if ans is None and isinstance(row.get("solution"), str):
-        m = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", row["solution"])
-        ans = m[-1] if m else None
+        ans = rewards.first_boxed(row["solution"])  # the first \\boxed{}, as the released loader takes it
     _check(isinstance(ans, str) and ans.strip(), where, "field 'answer' missing (and no \\boxed{} in 'solution')")
     return {"question": q, "answer": ans.strip(), "level": row.get("level")}
 
 
 def _countdown_row(where, row):
+    if "nums" not in row and "input" in row:  # the released 3-number test file: {"input": "30,100,93", "output": "23"}
+        row = {"nums": row["input"], "target": row.get("output")}
     nums, target = row.get("nums"), row.get("target")
     if isinstance(nums, str):  # CSV: "25 3 2" or "[25, 3, 2]"
         nums = [int(x) for x in re.findall(r"-?\d+", nums)]
@@ -308,7 +156,9 @@ def _countdown_row(where, row):
 
 
 def _sudoku_row(where, row):
+    row = {k.lower(): v for k, v in row.items()}  # SPG's CSV files: Puzzle, Solution
     p, s = str(row.get("puzzle", "")).replace(".", "0"), str(row.get("solution", ""))
+    p = p.zfill(16) if re.fullmatch(r"\d{12,15}", p) else p  # a CSV reader that took the puzzle for a number lost its leading 0s
     _check(re.fullmatch(r"[0-4]{16}", p) is not None, where, "field 'puzzle' must be 16 digits 0-4 (0 or . for blanks)")
     _check(re.fullmatch(r"[1-4]{16}", s) is not None, where, "field 'solution' must be 16 digits 1-4")
     _check(all(a in "0" or a == b for a, b in zip(p, s)), where, "field 'solution' contradicts a clue of 'puzzle'")
@@ -338,24 +188,66 @@ def load_file(task_name, path, skip_bad=False, limit=None):
     return items
 
 
-def gsm8k_hub(split):
+def _hub(*args, **kwargs):
     from datasets import load_dataset
 
-    rows = load_dataset("openai/gsm8k", "main", split=split)
-    return [_gsm8k_row(f"openai/gsm8k[{split}] row {i}", r) for i, r in enumerate(rows)]
+    return load_dataset(*args, **kwargs)
+
+
+def gsm8k_hub(split):
+    """train: openai/gsm8k; test: madrylab/gsm8k-platinum (GSM8K's test set with its label errors
+    fixed or removed), every item, as in the released run."""
+    name, rows = ("openai/gsm8k", _hub("openai/gsm8k", "main", split="train")) if split == "train" else (
+        "madrylab/gsm8k-platinum", _hub("madrylab/gsm8k-platinum", split="test"))  # fmt: skip
+    return [_gsm8k_row(f"{name}[{split}] row {i}", r) for i, r in enumerate(rows)]
 
 
 def math_hub(split):
-    """test: MATH-500; train: MATH train, levels 1-4, minus the MATH-500 problems."""
-    from datasets import load_dataset
-
-    held_out = [_math_row(f"HuggingFaceH4/MATH-500 row {i}", r) for i, r in enumerate(load_dataset("HuggingFaceH4/MATH-500", split="test"))]
+    """test: HuggingFaceH4/MATH-500; train: qwedsacf/competition_math (MATH's 12.5k train and test
+    problems) minus the MATH-500 problems, levels 1-4 (level 5 is out of LLaDA's reach)."""
+    held_out = [_math_row(f"HuggingFaceH4/MATH-500 row {i}", r) for i, r in enumerate(_hub("HuggingFaceH4/MATH-500", split="test"))]
     if split == "test":
         return held_out
-    rows = load_dataset("DigitalLearningGmbH/MATH-lighteval", split="train")
-    items = [_math_row(f"MATH train row {i}", r) for i, r in enumerate(rows)]
-    seen = {it["question"] for it in held_out}
-    return [it for it in items if it["question"] not in seen and str(it["level"]).strip()[-1:] in "1234"]
+    seen, items = {it["question"] for it in held_out}, []
+    for i, r in enumerate(_hub("qwedsacf/competition_math", split="train")):
+        if r.get("problem") in seen or str(r.get("level") or "")[-1:] not in set("01234"):
+            continue
+        try:
+            items.append(_math_row(f"qwedsacf/competition_math row {i}", r))
+        except DataError:  # no \\boxed{} answer in the solution: the released loader drops these too
+            pass
+    return items
+
+
+COUNTDOWN_TRAIN_ROWS = 20_000  # the released run trains on the 3-number items of the first 20,000 rows
+
+
+def countdown_hub(split):
+    """Jiayi-Pan/Countdown-Tasks-3to4, 3-number items only: train from its first 20,000 rows, test
+    the first 256 3-number items after them (the release's own 3-number test file, from SPG, loads
+    as eval_file; train.py then drops its problems from training, as the release does)."""
+    rows = _hub("Jiayi-Pan/Countdown-Tasks-3to4", split="train")
+    part = range(min(COUNTDOWN_TRAIN_ROWS, len(rows))) if split == "train" else range(COUNTDOWN_TRAIN_ROWS, len(rows))
+    items = []
+    for i in part:
+        if len(rows[i]["nums"]) == 3:
+            items.append(_countdown_row(f"Jiayi-Pan/Countdown-Tasks-3to4 row {i}", rows[i]))
+            if split == "test" and len(items) == 256:
+                break
+    return items
+
+
+def problem_key(task_name, item):
+    """What makes two items the same problem: the question; Countdown's numbers and target; a Sudoku's
+    solution grid (a test grid must never be the answer to a training puzzle)."""
+    if task_name == "countdown":
+        return (tuple(sorted(item["nums"])), item["target"])
+    return item["solution"] if task_name == "sudoku" else item["question"]
+
+
+def without_test_problems(task_name, train_items, test_items):
+    held_out = {problem_key(task_name, it) for it in test_items}
+    return [it for it in train_items if problem_key(task_name, it) not in held_out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +283,7 @@ TASKS = {
     "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, (0.0, 4.0), hub=math_hub,
                  system_prompt=MATH_PROMPT),
     "countdown": Task(countdown_question, _countdown_row, rewards.countdown_reward, rewards.countdown_correct, _whole_item, (-0.5, 4.0),
-                      generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range"),
+                      hub=countdown_hub, generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range"),
                       system_prompt=COUNTDOWN_PROMPT),
     "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item, (0.0, 4.0),
                    generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks",), system_prompt=SUDOKU_PROMPT),
@@ -409,10 +301,11 @@ def check_generator_knobs(cfg):
     t = task(cfg["task"])
     for key in t.knobs:
         v = cfg[key]
-        if key.endswith("_range") and not (len(v) == 2 and all(isinstance(x, int) and x >= 0 for x in v) and v[0] <= v[1]):
+        pair = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        if key.endswith("_range") and not (pair and 0 <= v[0] <= v[1]):
             raise ValueError(f"--{key}={v!r} must be (low, high) with 0 <= low <= high")
-        if key == "sudoku_blanks" and not (isinstance(v, int) and 0 <= v <= 12):
-            raise ValueError(f"--sudoku_blanks={v!r} must be in 0..12 for a uniquely solvable 4x4 Sudoku")
+        if key == "sudoku_blanks" and not (pair and 0 <= v[0] <= v[1] <= 12):
+            raise ValueError(f"--sudoku_blanks={v!r} must be (low, high) with 0 <= low <= high <= 12: a unique 4x4 solution needs 4 clues")
 
 
 def generator_knobs(task_name, cfg):
@@ -422,19 +315,23 @@ def generator_knobs(task_name, cfg):
 
 def test_set(task_name, path, n, seed, **gen):
     """The held-out items of a run with this seed: train.py and eval.py evaluate on the same ones.
-    A local file is read (and checked) whole, then cut to n."""
-    return load_items(task_name, "test", path or None, n=None if path else n, seed=seed + 1, **gen)[:n]
+    n < 0: the whole test set (a file or the hub); a file or hub split is read whole, then cut to n."""
+    if n < 0 and not path and task(task_name).generate:
+        raise ValueError(f"eval_items={n} (the whole test set) needs eval_file (a file or 'hub'): generated test sets take a count")
+    items = load_items(task_name, "test", path or None, n=None if path or n < 0 else n, seed=seed + 1, **gen)
+    return items if n < 0 else items[:n]
 
 
 def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=False, **gen):
-    """One entry point for train/eval: a local file if given, else generated items (`gen` holds the
-    difficulty knobs; a test set is distinct problems, training samples with replacement) or the hub."""
+    """One entry point for train/eval: a local file, "hub" (the task's hub source, the released run's
+    data), or, without either, generated items (`gen` holds the difficulty knobs; a test set is
+    distinct problems, training samples with replacement) or the hub for tasks without a generator."""
     t = task(task_name)
-    if path:
+    if path and path != "hub":
         return load_file(task_name, path, skip_bad, limit=n)
-    if t.generate:
+    if t.generate and not path:
         return t.generate(n or 256, seed=seed, split=split, unique=split == "test", **gen)
     if t.hub is None:
-        raise ValueError(f"task={task_name!r} has no generator and no hub source; pass a local file")
+        raise ValueError(f"task={task_name!r} has no hub source; pass a local file")
     items = t.hub(split)
     return items[:n] if n else items

@@ -34,12 +34,12 @@ models = (
 )  # each: a run folder (newest checkpoint), a ckpt_*.pt, a model folder or hub id
 labels = ("warm start", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # gsm8k | math | countdown | sudoku
-eval_file = ""  # local test file; "" = generated (countdown, sudoku: train.py's test set for this seed) or the hub
-eval_items = 200  # test problems scored
+eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
+eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
 num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
 target_range = (1, 99)  # Countdown generator: range of the target
-sudoku_blanks = 6  # Sudoku generator: blank cells per puzzle
+sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
 system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
@@ -49,7 +49,7 @@ step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
 sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
 unmasking = "low_confidence"  # low_confidence | random
 per_device_eval_batch_size = 100  # prompts per forward pass
-merge_lora = True  # fold LoRA adapters into the weights (faster); False decodes through peft
+merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
 
@@ -220,11 +220,12 @@ def main():
         raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
         raise ConfigError(f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()")
-    if cfg["eval_file"] and not os.path.exists(cfg["eval_file"]):
+    if cfg["eval_file"] not in ("", "hub") and not os.path.exists(cfg["eval_file"]):
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
-    for key in ("per_device_eval_batch_size", "eval_items"):
-        if cfg[key] < 1:
-            raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
+    if cfg["per_device_eval_batch_size"] < 1:
+        raise ConfigError(f"--per_device_eval_batch_size={cfg['per_device_eval_batch_size']} must be at least 1")
+    if cfg["eval_items"] < 1 and cfg["eval_items"] != -1:
+        raise ConfigError(f"--eval_items={cfg['eval_items']} must be at least 1, or -1 for the whole test set")
     lists = [("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
              ("gen_lengths", cfg["gen_lengths"], lambda v: isinstance(v, int) and v >= 1, "a non-empty tuple of lengths >= 1"),
              ("step_fractions", cfg["step_fractions"] or (1.0,), lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]"),

@@ -81,12 +81,28 @@ def save(model, tok, path):
 def model_path_error(name):
     """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
     else one line saying why not. Checked by the scripts before any heavy work."""
-    if name == "tiny" or os.path.exists(name):
+    if name == "tiny":
         return None
+    if os.path.isdir(name):
+        return missing_model_files(name)
+    if os.path.exists(name):
+        return f"{name} is a file; a model is a folder (config.json, tokenizer files, weights) or a hub id"
     # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id
     looks_local = name.startswith((".", "/", "~", "runs/")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
     if looks_local:
         return f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
+    return None
+
+
+def missing_model_files(folder):
+    """One line naming what a local model folder lacks (config, tokenizer, weights), or None."""
+    files = set(os.listdir(folder))
+    if "config.json" not in files:
+        return f"{folder} has no config.json: not a model folder"
+    if not files & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"}:
+        return f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json): save the tokenizer into the model folder"
+    if not any(f.endswith((".safetensors", ".bin")) for f in files):
+        return f"{folder} has no weights (model.safetensors or pytorch_model.bin, or their shards)"
     return None
 
 
@@ -99,7 +115,9 @@ def _from_pretrained(name_or_path, dtype):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")
-    except (OSError, ValueError) as e:  # no such hub id, no network, files missing from the directory
+    # no such hub id, no network, a file missing or damaged; transformers raises KeyError for a tokenizer
+    # it cannot map to the config's remote class, ImportError for remote code needing a missing package
+    except (OSError, ValueError, KeyError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None
     return model, tok
@@ -178,6 +196,13 @@ def add_lora(model, rank, alpha, targets=LORA_TARGETS, under_autocast=False):
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = not under_autocast
     return model
+
+
+def merge_lora_float32(model):
+    """The LoRA model as one plain model with W + (α/r)·BA folded in, in float32. Folding into bf16
+    weights rounds every adapted weight again: greedy text then differed from the trained (unmerged)
+    model's on LLaDA. In float32 the sum is exact to float32 rounding, at twice bf16's memory."""
+    return model.float().merge_and_unload()
 
 
 def set_gradient_checkpointing(model):

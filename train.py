@@ -32,21 +32,21 @@ import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import evaluate, init_processes
-from likelihood import ESTIMATORS, SCHEMES
+from likelihood import ESTIMATORS, SCHEMES, completion_mask
 from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
 
 # --- config
 model_name_or_path = "tiny"  # "tiny" (the embedded model), a model folder, or a hub id such as GSAI-ML/LLaDA-8B-Instruct
 task = "countdown"  # gsm8k | math | countdown | sudoku
-train_file = ""  # local JSONL/CSV/Parquet; "" = generated (countdown, sudoku) or the hub (gsm8k, math)
-eval_file = ""  # local held-out file; "" as train_file
+train_file = ""  # local JSONL/CSV/Parquet, or "hub" (the released run's data); "" = generated (countdown, sudoku) or the hub
+eval_file = ""  # held-out items: as train_file
 system_prompt = ""  # system turn: "task" = the task's own (data.py), "" = none (the embedded model), else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 num_range = (1, 9)  # Countdown generator: range of the three numbers
 target_range = (1, 99)  # Countdown generator: range of the target
-sudoku_blanks = 6  # Sudoku generator: blank cells per puzzle
+sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, the warm start, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
 warm_start_steps = 2500  # SFT steps of the embedded model before AGRPO (sft.py); cached in output_dir
@@ -86,6 +86,8 @@ eval_max_completion_length = 16  # evaluation decoding: completion tokens
 eval_block_length = 8  # evaluation decoding: block size
 eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole grid)
 per_device_eval_batch_size = 100  # prompts per evaluation forward pass
+eval_every = 0  # held-out accuracy every this many steps too, logged as eval_accuracy (0 = before and after only)
+log_completions_steps = 0  # every this many steps, prompts, completions, rewards, advantages to completions.jsonl (0 = never)
 save_steps = 50  # write a checkpoint every this many steps (and at the last)
 save_total_limit = 2  # checkpoints kept (the newest)
 resume_from_checkpoint = False  # continue from the newest readable checkpoint in output_dir
@@ -98,15 +100,17 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 # what a resume may change: where and how often it writes, what it reports and evaluates, memory and
 # speed. Every other key defines the run; a resume that changes one is refused, naming it.
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
-                        "run_name", "system_prompt_file", "eval_file", "eval_items", "eval_max_completion_length", "eval_block_length",
-                        "eval_sampling_steps", "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
+                        "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
+                        "eval_max_completion_length", "eval_block_length", "eval_sampling_steps", "per_device_eval_batch_size",
+                        "gradient_checkpointing", "compile"}  # fmt: skip
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
     *((k, lambda v: v >= 1, ">= 1") for k in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps",
                                              "warm_start_steps", "save_steps", "save_total_limit", "per_device_eval_batch_size")),
     *((k, lambda v: v > 0, "> 0") for k in ("learning_rate", "max_grad_norm", "epsilon_high", "num_train_epochs", "lora_alpha")),
-    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "eval_items", "lora_r", "top_k")),
+    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps")),
+    ("eval_items", lambda v: v >= -1, ">= -1 (-1: the whole test set, 0: no evaluation)"),
     *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
     ("epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
     ("warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -140,7 +144,7 @@ def validate(cfg):
             f"--per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of --num_generations={cfg.num_generations}"
         )
     for key in ("train_file", "eval_file", "system_prompt_file"):
-        if getattr(cfg, key) and not os.path.exists(getattr(cfg, key)):
+        if getattr(cfg, key) not in ("", "hub") and not os.path.exists(getattr(cfg, key)):
             raise ConfigError(f"--{key}={getattr(cfg, key)} does not exist")
     problem = model_path_error(cfg.model_name_or_path)
     if problem:
@@ -158,6 +162,7 @@ class MicroBatch:
     """One micro-batch of whole groups after the rollout phase: what the update reads."""
 
     rollout: object  # sample.Rollout: completions and their trajectories
+    texts: list  # the completions as the reward read them
     rewards: torch.Tensor  # (B,) r_i
     accuracy: torch.Tensor  # (B,) the task's reported accuracy
     lengths: torch.Tensor  # (B,) completion tokens up to the first EOS
@@ -190,7 +195,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     with amp():
         draws, old, ref = prepare(model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, seeded(cfg.seed, "draws", step, micro),
                                   cfg.scheme, ref_model)  # fmt: skip
-    return MicroBatch(rollout, rewards, accuracy, lengths, advantages, draws, old, ref)
+    return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, draws, old, ref)
 
 
 def update(cfg, train_model, params, opt, batches, amp):
@@ -269,22 +274,46 @@ def prompt_items(cfg, train_items, position, n):
     return [train_items[i] for i in order[first : first + n].tolist()]
 
 
-def step_means(batches, loss, metrics, device, ddp):
-    """The logged means of a step, over every rank's completions and tokens."""
-    stats = torch.tensor(
-        [
-            torch.cat([b.rewards for b in batches]).mean(),
-            torch.cat([b.accuracy for b in batches]).mean(),
-            torch.cat([b.lengths for b in batches]).float().mean(),
-            loss,
-            metrics["kl"] / max(1, metrics["tokens"]),
-            metrics["clipped"] / max(1, metrics["tokens"]),
-        ]
-    ).to(device)  # fmt: skip  (NCCL reduces GPU tensors only)
+def step_means(cfg, batches, loss, metrics, device, ddp):
+    """The logged means of a step over every rank's completions and tokens. Every reward is its
+    format terms + 3 · accuracy (rewards.py), so the two parts are logged apart."""
+    rewards = torch.cat([b.rewards for b in batches])
+    accuracy = torch.cat([b.accuracy for b in batches])
+    group_std = rewards.view(-1, cfg.num_generations).std(1)
+    in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
+    entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
+    tokens = max(1, metrics["tokens"])
+    stats = {
+        "reward": rewards.mean(),
+        "reward_std": group_std.mean(),
+        "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
+        "reward_format": (rewards - 3 * accuracy).mean(),
+        "reward_correct": (3 * accuracy).mean(),
+        "accuracy": accuracy.mean(),
+        "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
+        "entropy": entropy[in_text].mean(),  # of the sampling distribution, per completion token
+        "loss": loss,
+        "kl": metrics["kl"] / tokens,
+        "clip_frac": (metrics["clipped_low"] + metrics["clipped_high"]) / tokens,
+        "clip_low": metrics["clipped_low"] / tokens,
+        "clip_high": metrics["clipped_high"] / tokens,
+        "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
+    }
+    values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
     if ddp:
-        dist.all_reduce(stats)
-        stats /= dist.get_world_size()
-    return dict(zip(["reward", "accuracy", "completion_length", "loss", "kl", "clip_frac"], stats.tolist()))
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(stats, values.tolist()))
+
+
+def completion_rows(cfg, tok, step, batches):
+    """One JSON row per completion of this rank: what log_completions_steps writes."""
+    rows = []
+    for b in batches:
+        prompts = tok.batch_decode(b.rollout.ids[:, : b.rollout.prompt_length], skip_special_tokens=True)
+        for p, t, r, a in zip(prompts, b.texts, b.rewards.tolist(), b.advantages.tolist()):
+            rows.append({"step": step, "prompt": p, "completion": t, "reward": r, "advantage": a})
+    return rows
 
 
 def main():
@@ -308,12 +337,13 @@ def main():
     # the system turn's text itself, so that a resume compares the text and not the file name
     cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt, cfg.system_prompt_file)
 
-    # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
+    # data: generated tasks draw train and test from disjoint parts of the problem space (puzzles.split_of)
     gen = data.generator_knobs(cfg.task, vars(cfg))
     n_generated = 20_000 if data.task(cfg.task).generate else None
     try:
         train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
-        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items > 0 else []
+        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items else []
+        train_items = data.without_test_problems(cfg.task, train_items, test_items)  # a file or hub test set may overlap
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
     # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
@@ -340,12 +370,14 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(cfg, params, total_steps)
 
-    log_path = os.path.join(cfg.output_dir, "log.jsonl")
+    log_path, completions_path = os.path.join(cfg.output_dir, "log.jsonl"), os.path.join(cfg.output_dir, "completions.jsonl")
     start, nonfinite = 0, {"total": 0, "in_a_row": 0}
     if cfg.resume_from_checkpoint:
         defining = set(vars(cfg)) - MAY_CHANGE_ON_RESUME
         start, counters = checkpoint.resume(cfg.output_dir, model, opt, sched, vars(cfg), defining, log_path, master, log)
         nonfinite.update(counters)
+        if master:
+            checkpoint.truncate_log(completions_path, start)  # the steps after the checkpoint run again
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     if cfg.report_to == "wandb" and master:
         import wandb
@@ -371,15 +403,26 @@ def main():
         nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
 
         # 3. log: means over every rank's completions
-        row = step_means(batches, loss, metrics, device, ddp)
+        row = step_means(cfg, batches, loss, metrics, device, ddp)
         row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
         row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
+        if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
+            row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
+        if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
+            shards = [None] * world
+            if ddp:
+                dist.all_gather_object(shards, completion_rows(cfg, tok, step + 1, batches))
+            else:
+                shards = [completion_rows(cfg, tok, step + 1, batches)]
+            if master:
+                with open(completions_path, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for shard in shards for r in shard)
         if master:
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if cfg.report_to == "wandb":
                 wandb.log(row, step=step + 1)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "accuracy", "loss", "kl", "clip_frac", "completion_length", "seconds")})
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")})
         if nonfinite["in_a_row"] >= MAX_NONFINITE:
             newest = checkpoint.newest(cfg.output_dir) or "none written yet"
             raise SystemExit(
@@ -390,7 +433,8 @@ def main():
         # 4. checkpoint
         if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
             if master:
-                checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite)
+                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite)
+                log(f"step {step + 1}: checkpoint {path}")
             if ddp:
                 dist.barrier()
 

@@ -4,7 +4,7 @@
 # and groups of equal rewards carry no advantage); accuracy is cell accuracy.
 model_name_or_path = "tiny"
 task = "sudoku"
-sudoku_blanks = 10
+sudoku_blanks = (10, 10)
 warm_start_steps = 300
 max_completion_length = 24
 sampling_steps = 6

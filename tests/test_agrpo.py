@@ -34,7 +34,7 @@ def test_loss_by_hand():
     # row 1 (A=-2): ratios 0.85 (inside) and 2.0: -min(-1.7, -1.7) = 1.7, -min(-4, -2.4) = 4; scale 2/4
     expected = (0.5 * -(1.2 + 1.0) + 0.5 * (1.7 + 4.0)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert m["tokens"] == 4 and m["clipped"] == 1  # only row 0's 1.25 (row 1's 2.0 with A<0 is not clipped)
+    assert m["tokens"] == 4 and m["clipped_high"] == 1 and m["clipped_low"] == 0  # only row 0's 1.25 (row 1's 2.0 with A<0 is not clipped)
 
 
 def test_clip_engages_exactly_outside_the_range():
@@ -115,3 +115,14 @@ def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
     loss1, _ = backward_draws(model, r, draws[0], old[0], adv, eps_low=10.0, eps_high=10.0)
     assert loss1 < loss0, (loss0, loss1)
     assert m["tokens"] > 0 and math.isfinite(loss0)
+
+
+def test_clip_low_and_high_are_counted_apart():
+    from agrpo import draw_loss
+
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.5, -0.5, 0.0], [0.5, -0.5, 0.0]])  # ratios e^0.5 (above 1.2), e^-0.5 (below 0.8), 1
+    adv = torch.tensor([1.0, -1.0])
+    read = torch.ones(2, 3, dtype=torch.bool)
+    _, m = draw_loss(logp, old, adv, read, torch.ones(2), torch.ones(2))
+    assert (m["clipped_high"], m["clipped_low"], m["tokens"]) == (1, 1, 6)  # row 0's high ratio, row 1's low one

@@ -8,16 +8,18 @@ import pytest
 from data import (
     DataError,
     build_prompt,
-    countdown_items,
-    countdown_solution_text,
-    countdown_solutions,
     generator_knobs,
     load_file,
     load_items,
-    sudoku_count_solutions,
-    sudoku_items,
     system_prompt_text,
     task,
+)
+from puzzles import (
+    countdown_items,
+    countdown_solution_text,
+    countdown_solutions,
+    sudoku_count_solutions,
+    sudoku_items,
 )
 from rewards import countdown_correct, countdown_reward, math_reward, sudoku_reward
 from tiny_llada import build_tokenizer as tiny_tokenizer
@@ -40,15 +42,25 @@ def test_countdown_solver_finds_and_refuses():
 
 
 def test_sudoku_items_unique_and_seeded():
-    items = sudoku_items(100, seed=3, sudoku_blanks=10)
-    assert items == sudoku_items(100, seed=3, sudoku_blanks=10)
+    items = sudoku_items(100, seed=3, sudoku_blanks=(10, 10))
+    assert items == sudoku_items(100, seed=3, sudoku_blanks=(10, 10))
     for it in items:
         grid = [int(c) for c in it["puzzle"]]
         assert grid.count(0) == 10
         assert sudoku_count_solutions(grid, limit=5) == 1
         assert sudoku_reward(f"<answer>{it['solution']}</answer>", it) == 4.0
     with pytest.raises(ValueError, match="blanks"):
-        sudoku_items(1, sudoku_blanks=14)
+        sudoku_items(1, sudoku_blanks=(4, 14))
+
+
+def test_sudoku_split_holds_out_solution_grids():
+    """Test puzzles never share a solution grid with training puzzles (a model cannot answer a test
+    puzzle from a memorised training grid), and the generator reaches every grid, not a subset."""
+    train = sudoku_items(3000, seed=0, sudoku_blanks=(7, 12), split="train")
+    test = sudoku_items(256, seed=1, sudoku_blanks=(7, 12), split="test", unique=True)
+    assert not {it["solution"] for it in train} & {it["solution"] for it in test}
+    assert len({it["solution"] for it in train}) > 240  # of 288 grids, about 90% on the train side
+    assert {it["puzzle"].count("0") for it in test} == set(range(7, 13))
 
 
 def test_prompt_uses_chat_template():
@@ -218,3 +230,55 @@ def test_the_default_runs_data_loads():
         test = held_out_set(cfg["task"], "", cfg["eval_items"], cfg["seed"], **gen)
         assert len(test) == cfg["eval_items"] and len({json.dumps(it, sort_keys=True) for it in test}) == len(test)
         assert len(load_items(cfg["task"], "train", None, n=2000, seed=cfg["seed"], **gen)) == 2000
+
+
+def test_released_data_sources(monkeypatch):
+    """The hub loaders on small fixtures in each source's column schema: the released run's data
+    and filters (GSM8K-Platinum; competition_math minus MATH-500, levels 1-4, first \\boxed{};
+    3-number Countdown items of the first rows)."""
+    import data
+
+    tables = {
+        ("openai/gsm8k", "train"): [{"question": "q1", "answer": "steps\n#### 1,000"}],
+        ("madrylab/gsm8k-platinum", "test"): [{"question": "q2", "answer": "x\n#### 7", "cleaning_status": "consensus"}],
+        ("HuggingFaceH4/MATH-500", "test"): [{"problem": "p500", "solution": "s", "answer": "\\frac12", "subject": "Algebra", "level": 3,
+                                              "unique_id": "test/algebra/1.json"}],
+        ("qwedsacf/competition_math", "train"): [
+            {"problem": "p500", "level": "Level 3", "type": "Algebra", "solution": "\\boxed{\\frac12}"},  # a MATH-500 problem
+            {"problem": "p1", "level": "Level 4", "type": "Algebra", "solution": "so \\boxed{\\frac{1}{2}} or \\boxed{9}"},
+            {"problem": "p2", "level": "Level 5", "type": "Algebra", "solution": "\\boxed{2}"},
+            {"problem": "p3", "level": "Level ?", "type": "Algebra", "solution": "\\boxed{3}"},
+            {"problem": "p4", "level": "Level 1", "type": "Algebra", "solution": "no box"},
+        ],
+        ("Jiayi-Pan/Countdown-Tasks-3to4", "train"): [
+            {"target": 9, "nums": [2, 3, 4]}, {"target": 24, "nums": [1, 2, 3, 4]}, {"target": 5, "nums": [1, 2, 3]},
+            {"target": 7, "nums": [1, 2, 4]}, {"target": 10, "nums": [1, 2, 3, 4]}, {"target": 6, "nums": [1, 2, 3]},
+        ],
+    }  # fmt: skip
+    monkeypatch.setattr(data, "_hub", lambda name, *config, split: tables[(name, split)])
+    monkeypatch.setattr(data, "COUNTDOWN_TRAIN_ROWS", 3)
+    assert load_items("gsm8k", "train") == [{"question": "q1", "answer": "1000"}]
+    assert load_items("gsm8k", "test") == [{"question": "q2", "answer": "7"}]
+    assert [(it["question"], it["answer"]) for it in load_items("math", "test")] == [("p500", "\\frac12")]
+    assert [(it["question"], it["answer"]) for it in load_items("math", "train")] == [("p1", "\\frac{1}{2}")]
+    assert [(it["nums"], it["target"]) for it in load_items("countdown", "train", "hub")] == [([2, 3, 4], 9), ([1, 2, 3], 5)]
+    assert [(it["nums"], it["target"]) for it in load_items("countdown", "test", "hub")] == [([1, 2, 4], 7), ([1, 2, 3], 6)]
+    assert data.test_set("countdown", "hub", -1, 0) == load_items("countdown", "test", "hub")  # -1: the whole test set
+    with pytest.raises(ValueError, match="eval_items=-1"):
+        data.test_set("countdown", "", -1, 0)  # a generated test set needs a count
+
+
+def test_released_local_files(tmp_path):
+    """The released run's local files: Countdown's 3-number test file and SPG's Sudoku CSVs (read as
+    numbers by some tools, so a puzzle may have lost its leading zeros). A training set drops the
+    problems of the test set, and a Sudoku test grid is never a training answer."""
+    import data
+
+    cd = write(tmp_path / "cd3.jsonl", ['{"input": "30,100,93", "output": "23"}', '{"input": "83,18,75", "output": "10"}'])
+    assert [(it["nums"], it["target"]) for it in load_file("countdown", cd)] == [([30, 100, 93], 23), ([83, 18, 75], 10)]
+    su = write(tmp_path / "sudoku.csv", ["Puzzle,Solution", "310200404001043,4312213434211243", "1002020100030310,1432324141232314"])
+    assert load_file("sudoku", su)[0] == {"puzzle": "0310200404001043", "solution": "4312213434211243"}
+    train = [{"nums": [93, 30, 100], "target": 23}, {"nums": [1, 2, 3], "target": 6}]
+    assert data.without_test_problems("countdown", train, load_file("countdown", cd)) == train[1:]
+    other_puzzle_same_grid = {"puzzle": "4300210034001200", "solution": "4312213434211243"}
+    assert data.without_test_problems("sudoku", [other_puzzle_same_grid], load_file("sudoku", su)) == []

@@ -1,5 +1,6 @@
 """Foundation: the embedded model and tokenizer, the checks on load, gradient checkpointing."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -76,6 +77,23 @@ def test_missing_path_is_clear():
     with pytest.raises(ValueError, match="does not exist"):
         load("tests/no_such_model")  # one slash, but tests/ is a local folder: not a hub id
     assert model_path_error("GSAI-ML/LLaDA-8B-Instruct") is None and model_path_error("tiny") is None
+
+
+def test_incomplete_model_folder_is_one_line(tmp_path):
+    """A model folder without its tokenizer (LLaDA's modeling files copied alone once ended in a raw
+    KeyError: 'LLaDAConfig'), config or weights: one line naming what is missing."""
+    model, tok = load("tiny")
+    for lose, says in [("tokenizer", "no tokenizer files"), ("config.json", "no config.json"), ("model.safetensors", "no weights")]:
+        folder = tmp_path / lose
+        save(model, tok, str(folder))
+        for f in os.listdir(folder):
+            if f.startswith(lose) or (lose == "tokenizer" and f in ("special_tokens_map.json", "chat_template.jinja")):
+                os.remove(folder / f)
+        with pytest.raises(ValueError, match=says) as e:
+            load(str(folder))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="is a file"):
+        load(str(tmp_path / "tokenizer" / "config.json"))
 
 
 def test_gradient_checkpointing_same_grads():
@@ -255,3 +273,30 @@ def test_completion_ends_at_the_config_eos_only():
     other = tok.convert_tokens_to_ids("<|bos|>")
     _, tok2 = load("tiny", tiny_overrides={"eos_token_id": other})
     assert tok2.eos_ids == (other,)
+
+
+def test_merged_lora_is_the_trained_model():
+    """eval.py folds adapters into the weights: in float32, the merged model decodes the same greedy
+    tokens as the trained (unmerged) model and its logits agree to float32 rounding, also on a bf16
+    base, where folding into bf16 weights would round every adapted weight again."""
+    from model import add_lora, merge_lora_float32
+    from sample import generate
+
+    base, tok = load("tiny", seed=7, dtype=torch.bfloat16)
+    lora = add_lora(base, 8, 16)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    ids = torch.randint(10, 100, (4, 24), generator=torch.Generator().manual_seed(1))
+    trained = copy.deepcopy(lora).float()  # the trained function, computed in float32
+    with torch.no_grad():
+        want = trained(ids).logits
+        bf16_merge = copy.deepcopy(lora).merge_and_unload()(ids).logits.float()
+        merged = merge_lora_float32(copy.deepcopy(lora))
+        got = merged(ids).logits
+    assert next(merged.parameters()).dtype == torch.float32
+    assert (got - want).abs().max() < 1e-4 < (bf16_merge - want).abs().max()
+    prompts = [[5 + i, 40, 41, 42] for i in range(4)]
+    kw = dict(gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
+    assert torch.equal(generate(trained, prompts, **kw).ids, generate(merged, prompts, **kw).ids)

@@ -190,7 +190,7 @@ KNOBS = [
     (["--weight_decay=-1"], "--weight_decay=-1.0 must be >= 0"),
     (["--adam_beta1=1.5"], "--adam_beta1=1.5 must be in [0, 1)"),
     (["--per_device_eval_batch_size=0"], "--per_device_eval_batch_size=0 must be >= 1"),
-    (["--eval_items=-1"], "--eval_items=-1 must be >= 0"),
+    (["--eval_items=-2"], "--eval_items=-2 must be >= -1"),
     (["--lora_target_modules=()"], "--lora_target_modules=() must be a non-empty tuple"),
     (["--num_range=(9,1)"], "--num_range=(9, 1) must be (low, high)"),
 ]

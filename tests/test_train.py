@@ -143,3 +143,24 @@ def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
     )
     logged = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
     assert [r["step"] for r in logged] == [1, 2] and all(0.0 <= r["reward"] <= 4.0 for r in logged)
+
+
+def test_logging_at_the_released_runs_level(tmp_path):
+    """log.jsonl has the released run's scalars (reward std, zero-std groups, reward parts, clip low
+    and high, entropy, ratio deviation), eval_every adds held-out accuracy, a line names each
+    checkpoint, and log_completions_steps writes every completion with its reward and advantage."""
+    out = run([f"--output_dir={tmp_path}/r", "--max_steps=3", "--eval_items=4", "--per_device_eval_batch_size=4", "--eval_every=2",
+               "--log_completions_steps=2", "--save_steps=2"])  # fmt: skip
+    rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
+    keys = {"reward", "reward_std", "frac_reward_zero_std", "reward_format", "reward_correct", "entropy", "clip_low", "clip_high",
+            "clip_frac", "ratio_dev", "kl", "loss", "accuracy", "completion_length", "grad_norm", "lr"}  # fmt: skip
+    assert all(keys <= set(r) for r in rows) and [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert abs(r["reward_format"] + r["reward_correct"] - r["reward"]) < 1e-5 and 0 <= r["frac_reward_zero_std"] <= 1
+        assert abs(r["clip_low"] + r["clip_high"] - r["clip_frac"]) < 1e-6 and r["entropy"] >= 0
+    assert [("eval_accuracy" in r) for r in rows] == [False, True, False]  # step 2; the last step's is the final evaluation
+    assert "step 2: checkpoint" in out.stderr + out.stdout and "step 3: checkpoint" in out.stderr + out.stdout
+    done = [json.loads(line) for line in open(f"{tmp_path}/r/completions.jsonl")]
+    assert len(done) == 4 and {d["step"] for d in done} == {2}  # one group of 4 completions at step 2
+    assert all(set(d) == {"step", "prompt", "completion", "reward", "advantage"} for d in done)
+    assert abs(sum(d["advantage"] for d in done)) < 1e-5  # group-relative

@@ -1,0 +1,180 @@
+"""Procedurally generated tasks: Countdown (3 numbers, + - * /, each number once) and 4x4 Sudoku
+with a unique solution, with their solvers. The embedded default trains and evaluates on these; the
+split of every problem into train or test is a hash of the problem itself (split_of), so the two
+never share one, whatever their sizes.
+"""
+
+import itertools
+import random
+import zlib
+from fractions import Fraction
+
+# ---------------------------------------------------------------------------------------------
+# Countdown: 3 numbers, + - * /, each number once
+
+
+def _combine(a, b):
+    """Every (value, text) reachable from two (value, text) operands."""
+    (va, ta), (vb, tb) = a, b
+    yield va + vb, f"{ta}+{tb}"
+    yield va * vb, f"{_wrap(ta)}*{_wrap(tb)}"
+    yield va - vb, f"{ta}-{_wrap(tb)}"
+    yield vb - va, f"{tb}-{_wrap(ta)}"
+    if vb != 0:
+        yield va / vb, f"{_wrap(ta)}/{_wrap(tb, True)}"
+    if va != 0:
+        yield vb / va, f"{_wrap(tb)}/{_wrap(ta, True)}"
+
+
+def _wrap(t, strict=False):
+    return f"({t})" if any(op in t for op in ("+", "-") + (("*", "/") if strict else ())) else t
+
+
+def countdown_solutions(nums, target):
+    """All expressions over exactly `nums` (in some order and tree) that equal target."""
+    leaves = [(Fraction(n), str(n)) for n in nums]
+    found = []
+    for i, j in itertools.permutations(range(3), 2):
+        k = 3 - i - j
+        for ab in _combine(leaves[i], leaves[j]):
+            for v, t in _combine(ab, leaves[k]):
+                if v == target:
+                    found.append(t)
+    return found
+
+
+def split_of(key):
+    """'test' for a fixed tenth of all problems, 'train' otherwise: a stable hash of the problem
+    itself, so generated train and test sets never share a problem, whatever their sizes."""
+    return "test" if zlib.crc32(repr(key).encode()) % 10 == 0 else "train"
+
+
+def _enough(attempts, n, found, what):
+    """Stop a generator whose settings cannot deliver n problems: `attempts` counts the tries since
+    the last new problem, so a space that is used up (or empty) fails within seconds, not hours,
+    while a rare last problem is still found."""
+    if attempts > 100_000:
+        raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
+
+
+def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=None, unique=False, ops="+-*/"):
+    """n solvable items; each carries "expr", one solution, and "steps", the two operations.
+    split: None (any), or only problems of split_of's 'train' / 'test' part; unique: no problem
+    twice; ops: the operations the generated solutions use (any may be used to answer)."""
+    rng = random.Random(seed)
+    items, seen, attempts = [], set(), 0
+    while len(items) < n:
+        attempts += 1
+        _enough(attempts, n, len(items), "Countdown")
+        nums = [rng.randint(*num_range) for _ in range(3)]
+        i, j = rng.sample(range(3), 2)
+        k = 3 - i - j
+        pair = list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j]))))
+        first_value, first_text = rng.choice([c for c, o in zip(pair, "+*--//") if o in ops])
+        if first_value.denominator != 1 or first_value <= 0:  # whole, positive intermediate results
+            continue
+        third = (Fraction(nums[k]), str(nums[k]))
+        op = rng.choice([i for i, o in enumerate("+*--//") if o in ops])  # same operation on expression and value
+        value, expr = list(_combine((first_value, first_text), third))[op]
+        _, step_text = list(_combine((first_value, str(first_value)), third))[op]
+        if value.denominator != 1 or not target_range[0] <= value <= target_range[1]:
+            continue
+        key = (sorted(nums), int(value))
+        if (split and split_of(key) != split) or (unique and repr(key) in seen):
+            continue
+        seen.add(repr(key))
+        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
+        items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
+        attempts = 0
+    return items
+
+
+def countdown_solution_text(item, think=False):
+    """A supervised completion for the warm start: the two operations, then the equation; None for
+    an item without a known solution."""
+    if "expr" not in item:
+        return None
+    think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""
+    return think_block + f"<answer>{item['expr']}={item['target']}</answer>"  # the asked "expression = target"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sudoku 4×4, unique solution
+
+
+def random_grid(rng):
+    """A complete 4x4 Sudoku grid, filled cell by cell in a random digit order with backtracking:
+    every one of the 288 grids can come out."""
+    grid = [0] * 16
+
+    def fill(i):
+        if i == 16:
+            return True
+        r, c = divmod(i, 4)
+        box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
+        used = {grid[r * 4 + x] for x in range(4)} | {grid[x * 4 + c] for x in range(4)} | {grid[b] for b in box}
+        for d in rng.sample(range(1, 5), 4):
+            if d not in used:
+                grid[i] = d
+                if fill(i + 1):
+                    return True
+        grid[i] = 0
+        return False
+
+    fill(0)
+    return grid
+
+
+def sudoku_count_solutions(grid, limit=2):
+    """Number of completions of a 16-cell grid (0 = blank), counting up to `limit`."""
+    g = list(grid)
+    try:
+        i = g.index(0)
+    except ValueError:
+        return 1
+    r, c = divmod(i, 4)
+    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
+    used = {g[r * 4 + x] for x in range(4)} | {g[x * 4 + c] for x in range(4)} | {g[b] for b in box}
+    total = 0
+    for d in range(1, 5):
+        if d not in used:
+            g[i] = d
+            total += sudoku_count_solutions(g, limit - total)
+            if total >= limit:
+                break
+    return total
+
+
+def sudoku_items(n, seed=0, sudoku_blanks=(8, 8), split=None, unique=False):
+    """n puzzles with exactly one solution and between sudoku_blanks[0] and [1] empty cells ("0").
+    The split goes by the *solution grid*, so no test grid is ever a training puzzle's answer;
+    unique: no puzzle twice."""
+    lo, hi = sudoku_blanks
+    if not 0 <= lo <= hi <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
+        raise ValueError(f"sudoku_blanks={sudoku_blanks} must be (low, high) with 0 <= low <= high <= 12: a unique solution needs 4 clues")
+    rng = random.Random(seed)
+    items, seen, attempts = [], set(), 0
+    while len(items) < n:
+        attempts += 1
+        _enough(attempts, n, len(items), "Sudoku")
+        sol = random_grid(rng)
+        solution = "".join(map(str, sol))
+        if split and split_of(solution) != split:
+            continue
+        blanks, puzzle = rng.randint(lo, hi), list(sol)
+        for i in rng.sample(range(16), 16):
+            if sum(x == 0 for x in puzzle) == blanks:
+                break
+            puzzle[i], keep = 0, puzzle[i]
+            if sudoku_count_solutions(puzzle) != 1:
+                puzzle[i] = keep
+        key = "".join(map(str, puzzle))
+        if sum(x == 0 for x in puzzle) == blanks and not (unique and key in seen):
+            seen.add(key)
+            items.append({"puzzle": key, "solution": solution})
+            attempts = 0
+    return items
+
+
+def sudoku_solution_text(item):
+    return f"<answer>{item['solution']}</answer>"
