@@ -1,10 +1,17 @@
-"""Training checkpoints: everything needed to continue a run bit for bit, written so that a kill
-at any moment leaves the newest complete checkpoint loadable.
+"""Training checkpoints: everything needed to continue a run bit for bit, in the formats the
+ecosystem loads, written so that a kill at any moment leaves the newest complete checkpoint loadable.
 
-A checkpoint `out_dir/ckpt_{step:06d}.pt` holds the trained parameters (all of them for full
-fine-tuning, the LoRA adapters otherwise), the optimizer and scheduler states, the RNG states,
-the run's config and a fingerprint (names and shapes of the trained parameters). train.py writes
-and resumes them; eval.py rebuilds a model from one.
+A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
+
+    adapter_config.json, adapter_model.safetensors   LoRA: PeftModel.from_pretrained(base, folder)
+    config.json, model.safetensors (+ modeling file) full fine-tuning: AutoModel.from_pretrained(folder)
+    tokenizer files                                  the run's tokenizer
+    optimizer.pt         optimizer and scheduler states, torch RNG state: tensors and numbers only,
+                         read with torch.load(weights_only=True), so nothing is ever unpickled
+    trainer_state.json   step, base model, the run's resolved config, the fingerprint of the trained
+                         parameters (names and shapes), counters, Python's RNG state
+
+train.py writes and resumes them; eval.py and export.py rebuild the trained model from one.
 """
 
 import errno
@@ -12,32 +19,37 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import socket
 
 import torch
+from safetensors.torch import load_file
 
 from configurator import ConfigError
 from model import add_lora, load, merge_lora_float32
 
+PREFIX = "checkpoint-"
+
 
 def fingerprint(model):
     """Names and shapes of the trained parameters: a checkpoint of another model is refused."""
-    return sorted((n, list(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    return sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad)
 
 
 def names(out_dir):
-    """Checkpoint files in out_dir, oldest first (a half-written `.tmp` file is never listed)."""
+    """Complete checkpoint folders in out_dir, oldest first (a half-written `.tmp` one never counts)."""
     if not os.path.isdir(out_dir):
         return []
-    return sorted(f for f in os.listdir(out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+    found = [f for f in os.listdir(out_dir) if re.fullmatch(PREFIX + r"\d+", f) and os.path.isdir(os.path.join(out_dir, f))]
+    return sorted(found, key=lambda f: int(f[len(PREFIX) :]))
 
 
 def remove_partial(out_dir):
-    """Delete checkpoint files a kill left half-written (never read: names() skips them)."""
+    """Delete the folders a kill left half-written or half-replaced (never read: names() skips them)."""
     for f in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
-        if f.startswith("ckpt_") and f.endswith(".pt.tmp"):
-            os.remove(os.path.join(out_dir, f))
+        if f.startswith(PREFIX) and f.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(out_dir, f), ignore_errors=True)
 
 
 def claim(out_dir, resume, overwrite):
@@ -67,7 +79,8 @@ def claim(out_dir, resume, overwrite):
                 "--resume_from_checkpoint continues it, --overwrite_output_dir starts over"
             )
         for f in previous:
-            os.remove(os.path.join(out_dir, f))
+            path = os.path.join(out_dir, f)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     return lock
 
 
@@ -76,28 +89,43 @@ def newest(out_dir):
     return os.path.join(out_dir, found[-1]) if found else None
 
 
-def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None):
-    """base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt);
-    default config["model_name_or_path"]."""
+def _fsync_tree(folder):
+    """Every file's bytes, and the folder's entries, on disk before the folder is renamed into place."""
+    for f in os.listdir(folder):
+        with open(os.path.join(folder, f), "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None):
+    """Write checkpoint-{step} (into checkpoint-{step}.tmp, then renamed) and keep the newest `keep`.
+    base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
+    config["model_name_or_path"]. Returns the folder."""
+    path = os.path.join(out_dir, f"{PREFIX}{step}")
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
     state = {
         "step": step,
         "base": base or config["model_name_or_path"],
-        "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         "config": config,
         "fingerprint": fingerprint(model),
         "counters": dict(counters or {}),
+        "python_rng": list(random.getstate()),
     }
-    path = os.path.join(out_dir, f"ckpt_{step:06d}.pt")
     try:
-        with open(path + ".tmp", "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.makedirs(tmp)
+        getattr(model, "module", model).save_pretrained(tmp)  # peft: the adapters; else the whole model
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+                   os.path.join(tmp, "optimizer.pt"))  # fmt: skip
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(state, f)
+        _fsync_tree(tmp)
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError ("unexpected pos")
-        os.remove(path + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
         if not full:
             raise
@@ -105,9 +133,12 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         raise SystemExit(
             f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from {last}"
         ) from None
-    os.replace(path + ".tmp", path)  # atomic: a reader sees the old file set or the complete new one
+    if os.path.exists(path):  # a step run again after a resume from an older checkpoint
+        os.replace(path, path + ".old")
+        shutil.rmtree(path + ".old")
+    os.replace(tmp, path)  # atomic: a reader sees the old folders or the complete new one
     for old in names(out_dir)[:-keep]:
-        os.remove(os.path.join(out_dir, old))
+        shutil.rmtree(os.path.join(out_dir, old))
     return path
 
 
@@ -131,36 +162,66 @@ def truncate_log(log_path, step):
 
 
 def read(path):
-    """The checkpoint's state dict, or one line saying why it cannot be read."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path} does not exist")
+    """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
+    `path`, or one line saying why it cannot be read."""
+    state_file = os.path.join(path, "trainer_state.json")
+    if not os.path.isdir(path):
+        raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
+        with open(state_file) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
-    missing = {"step", "base", "model", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
+    missing = {"step", "base", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
     if missing:
         raise ConfigError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)})")
-    return state
+    return state | {"path": path}
+
+
+def tensors(path):
+    """The trained parameters a checkpoint holds, as saved (peft's adapter names, or the model's)."""
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    try:
+        return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
+    except Exception as e:  # safetensors raises its own error types on a damaged file
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def trainer_tensors(path):
+    """Optimizer, scheduler and torch RNG states: tensors, numbers, lists and dicts only."""
+    try:
+        return torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated, or holding objects that would have to be unpickled
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def restore(path, state, model, opt=None, sched=None, config=None, must_match=()):
-    """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed, so a
-    refused checkpoint never leaves the model half-loaded."""
-    if state["fingerprint"] != fingerprint(model):
+    """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed and every
+    file has been read, so a refused checkpoint never leaves the model half-loaded."""
+    if [list(x) for x in state["fingerprint"]] != fingerprint(model):
         raise ConfigError(f"{path} was written for a different model (its trained parameters differ from this one's)")
-    for key in sorted(must_match):
-        if state["config"].get(key) != config[key]:
+    for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
+        if state["config"].get(key) != json.loads(json.dumps(config[key])):
             raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in state["model"].items():
-            params[n].copy_(v)
+    saved = tensors(path)
+    extra = trainer_tensors(path) if opt is not None else None
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, saved)
+    else:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if params.keys() - saved.keys():
+            raise ConfigError(f"{path} lacks trained parameters: {sorted(params.keys() - saved.keys())[:3]}")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
     if opt is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        opt.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
     return state["step"]
 
 
@@ -173,6 +234,7 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
         try:
             path = os.path.join(out_dir, name)
             state = read(path)
+            tensors(path), trainer_tensors(path)  # every file readable, before anything is copied
             break
         except ConfigError as e:
             log(f"warning: {str(e).removeprefix('config error: ')}; trying an older checkpoint")
@@ -192,8 +254,9 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
 
 
 def load_trained(path, device="cpu", merge_lora=True):
-    """(model, tokenizer, config) from a checkpoint: the base model its config names, LoRA
-    adapters of the same rank if it trained them (merged into the weights, or kept as peft)."""
+    """(model, tokenizer, config) from a checkpoint folder: the base model its state names with the
+    LoRA adapters of the run (merged into the weights in float32, or kept as peft), or, for full
+    fine-tuning, the folder itself, which is a model folder."""
     state = read(path)
     cfg = state["config"]
     try:

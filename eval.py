@@ -31,7 +31,7 @@ from sample import check_settings, decode_completions, generate
 models = (
     "runs/tiny_countdown/warm_start",
     "runs/tiny_countdown",
-)  # each: a run folder (newest checkpoint), a ckpt_*.pt, a model folder or hub id
+)  # each: a run folder (newest checkpoint), a checkpoint-N folder, a model folder (or an export) or a hub id
 labels = ("warm start", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # gsm8k | math | countdown | sudoku
 eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
@@ -187,20 +187,18 @@ def step_grid(cfg):
 
 
 def resolve(spec):
-    """('checkpoint', path) for a run folder or ckpt_*.pt, ('model', spec) for a model dir/name."""
+    """('checkpoint', folder) for a checkpoint folder or a run folder (its newest checkpoint),
+    ('model', spec) for a model folder (an exported one too) or a hub id."""
     import checkpoint
     from configurator import ConfigError
     from model import model_path_error
 
-    if spec.endswith(".pt"):
-        if not os.path.isfile(spec):
-            raise ConfigError(f"--models: checkpoint {spec} does not exist")
+    if os.path.isfile(os.path.join(spec, "trainer_state.json")):
         return "checkpoint", spec
-    is_model_dir = os.path.exists(os.path.join(spec, "config.json"))
-    if os.path.isdir(spec) and not is_model_dir:
+    if os.path.isdir(spec) and not os.path.exists(os.path.join(spec, "config.json")):
         newest = checkpoint.newest(spec)
         if newest is None:
-            raise ConfigError(f"--models: {spec} holds no ckpt_*.pt and no model (train first, or name a checkpoint)")
+            raise ConfigError(f"--models: {spec} holds no checkpoint-N folder and no model (train first, or name a checkpoint)")
         return "checkpoint", newest
     problem = model_path_error(spec)
     if problem:

@@ -433,7 +433,8 @@ def main():
         # 4. checkpoint
         if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
             if master:
-                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite)
+                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite,
+                                       tok)  # fmt: skip
                 log(f"step {step + 1}: checkpoint {path}")
             if ddp:
                 dist.barrier()

@@ -3,9 +3,9 @@
     python tests/faults.py nan_steps=(2,3) kill_in_save=4 stop_after=2 -- [train.py arguments]
 
 nan_steps: the advantages of these steps are NaN (one micro-batch per step); kill_in_save: SIGKILL
-after half of this step's checkpoint bytes are written; disk_full: the disk fills up (ENOSPC) after
-half of this step's checkpoint bytes are written; stop_after: exit cleanly right after this step's
-checkpoint is written.
+once the model files and half of optimizer.pt of this step's checkpoint folder are written;
+disk_full: the disk fills up (ENOSPC) at the same point; stop_after: exit cleanly right after this
+step's checkpoint is written.
 """
 
 import ast
@@ -40,11 +40,13 @@ real_torch_save = torch.save
 
 def save_interrupted_midway(obj, f, *a, **k):
     for fault in ("kill_in_save", "disk_full"):
-        if fault in faults and str(getattr(f, "name", f)).endswith(f"ckpt_{faults[fault]:06d}.pt.tmp"):
+        if fault in faults and str(f).endswith(f"checkpoint-{faults[fault]}.tmp/optimizer.pt"):
             buf = io.BytesIO()
             real_torch_save(obj, buf)
-            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            f.flush()
+            with open(f, "wb") as out:  # the model files are written by now: the folder is half done
+                out.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                out.flush()
+                os.fsync(out.fileno())
             if fault == "kill_in_save":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -94,7 +94,7 @@ def test_sharded_equals_one_process(tmp_path):
     "args, words",
     [
         (["--models=('runs/no_such_run',)", "--labels=()"], "no_such_run does not exist"),
-        (["--models=('/tmp/nothing/ckpt_000001.pt',)", "--labels=()"], "ckpt_000001.pt does not exist"),
+        (["--models=('/tmp/nothing/checkpoint-1',)", "--labels=()"], "checkpoint-1 does not exist"),
         (["--task=chess"], "task='chess' does not exist"),
         (["--sampling_steps=(3,)"], "steps=3 must be a positive multiple"),
         (["--block_length=5"], "block_length=5 must divide"),
@@ -109,7 +109,8 @@ def test_bad_input_is_one_line(args, words):
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path):
-    with open(f"{tmp_path}/ckpt_000001.pt", "wb") as f:
+    os.makedirs(f"{tmp_path}/checkpoint-1")
+    with open(f"{tmp_path}/checkpoint-1/trainer_state.json", "wb") as f:
         f.write(b"not a checkpoint")
     out = run_eval([f"--models=('{tmp_path}',)", "--labels=()"])
     assert out.returncode != 0 and "cannot be read" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -38,7 +38,7 @@ def check_after_kill(out_dir):
         assert max(done, default=0) < 2 + 2  # killed before (or while) writing the first checkpoint
         return 0
     state = checkpoint.read(newest)
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in checkpoint.tensors(newest).values())
     assert max(done) - state["step"] <= 2  # ckpt_every: the only steps a kill may cost
     return state["step"]
 
@@ -47,7 +47,7 @@ def check_after_kill(out_dir):
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     run([f"--output_dir={out}", *FAST])
-    return params(f"{out}/ckpt_000010.pt")
+    return params(f"{out}/checkpoint-10")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -64,7 +64,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
     proc.wait()
     check_after_kill(str(tmp_path))
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
-    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
     assert logged_steps(tmp_path) == list(range(1, 11))  # re-run steps are logged once
 
 
@@ -75,10 +75,10 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
     cmd = [sys.executable, "tests/faults.py", f"kill_in_save={step}", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == -signal.SIGKILL
-    assert os.path.exists(f"{tmp_path}/ckpt_{step:06d}.pt.tmp") and not os.path.exists(f"{tmp_path}/ckpt_{step:06d}.pt")
+    assert os.path.exists(f"{tmp_path}/checkpoint-{step}.tmp") and not os.path.exists(f"{tmp_path}/checkpoint-{step}")
     assert check_after_kill(str(tmp_path)) == step - 2  # the half-written file is never taken for a checkpoint
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
-    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
     assert logged_steps(tmp_path) == list(range(1, 11))
 
@@ -86,20 +86,20 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
 def test_full_disk_stops_with_one_line_and_resumes(tmp_path, uninterrupted):
     cmd = [sys.executable, "tests/faults.py", "disk_full=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "ckpt_000002.pt" in out.stderr, out.stderr[-2000:]
+    assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "checkpoint-2" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()[-1:]) == 1
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))  # nothing left that blocks the resume
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
-    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, uninterrupted):
     run([f"--output_dir={tmp_path}", *FAST])
-    with open(f"{tmp_path}/ckpt_000010.pt", "r+b") as f:
+    with open(f"{tmp_path}/checkpoint-10/optimizer.pt", "r+b") as f:
         f.truncate(1000)
     out = run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
-    assert "ckpt_000010.pt cannot be read" in out.stderr + out.stdout and "resumed from" in out.stderr + out.stdout
-    assert_same(uninterrupted, params(f"{tmp_path}/ckpt_000010.pt"), atol=0)
+    assert "checkpoint-10 cannot be read" in out.stderr + out.stdout and "resumed from" in out.stderr + out.stdout
+    assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
     assert logged_steps(tmp_path) == list(range(1, 11))
 
 
@@ -141,10 +141,10 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
     assert [r["skipped"] for r in rows] == [0, 1, 1, 0]
     assert [r["nonfinite_total"] for r in rows] == [0, 1, 2, 2]
     # steps 2 and 3 never touched the weights: the step-3 state is the step-1 state
-    assert_same(params(f"{tmp_path}/ckpt_000001.pt"), params(f"{tmp_path}/ckpt_000003.pt"), atol=0)
-    step3, step4 = params(f"{tmp_path}/ckpt_000003.pt"), params(f"{tmp_path}/ckpt_000004.pt")
+    assert_same(params(f"{tmp_path}/checkpoint-1"), params(f"{tmp_path}/checkpoint-3"), atol=0)
+    step3, step4 = params(f"{tmp_path}/checkpoint-3"), params(f"{tmp_path}/checkpoint-4")
     assert not all(torch.equal(step3[k], step4[k]) for k in step3)  # step 4 is a real update
-    assert all(torch.isfinite(v).all() for v in params(f"{tmp_path}/ckpt_000004.pt").values())
+    assert all(torch.isfinite(v).all() for v in params(f"{tmp_path}/checkpoint-4").values())
 
 
 def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
@@ -159,7 +159,7 @@ def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     assert state["step"] == 20  # the newest checkpoint is intact and holds the step-1 weights
     first = run([f"--output_dir={tmp_path}/one", "--max_steps=30", "--save_steps=1"], faults=["stop_after=1"])
     assert first.returncode == 0
-    assert_same(params(f"{tmp_path}/one/ckpt_000001.pt"), state["model"], atol=0)
+    assert_same(params(f"{tmp_path}/one/checkpoint-1"), checkpoint.tensors(newest), atol=0)
 
 
 BAD = [  # through the script: one line on stderr, no traceback, nothing heavy done
@@ -230,6 +230,30 @@ def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     with pytest.raises(SystemExit, match="different model"):
         checkpoint.restore(path, checkpoint.read(path), other)
     assert all(torch.equal(before[n], p) for n, p in other.named_parameters())
+
+
+class RunsCode:
+    """Unpickling this object would run a command: the attack a pickled checkpoint allows."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_never_unpickled(tmp_path):
+    """A checkpoint someone sends you: its optimizer.pt is a pickle that runs a command when loaded.
+    The resume refuses it (torch.load with weights_only) and the command never runs."""
+    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--save_steps=1"])
+    marker = tmp_path / "owned"
+    torch.save({"optimizer": RunsCode(marker)}, f"{tmp_path}/r/checkpoint-2/optimizer.pt")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        checkpoint.trainer_tensors(f"{tmp_path}/r/checkpoint-2")
+    assert not marker.exists()
+    out = run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--save_steps=1", "--resume_from_checkpoint"])
+    assert "checkpoint-2 cannot be read" in out.stderr + out.stdout and "resumed from" in out.stderr + out.stdout
+    assert not marker.exists()
 
 
 def test_all_eos_and_empty_completions_give_a_finite_update():

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+import checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
     "--warm_start_steps=3",
@@ -48,7 +50,7 @@ def run(args, nproc=1, env=None, faults=()):
 
 
 def params(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return checkpoint.tensors(path)
 
 
 def assert_same(a, b, atol):
@@ -61,23 +63,23 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     """2 gloo ranks × 1 micro-batch each == 1 process × 2 accumulated micro-batches."""
     run([f"--output_dir={tmp_path}/one", "--max_steps=2", "--gradient_accumulation_steps=2"])
     run([f"--output_dir={tmp_path}/ddp", "--max_steps=2", "--gradient_accumulation_steps=1"], nproc=2)
-    one, ddp = params(f"{tmp_path}/one/ckpt_000002.pt"), params(f"{tmp_path}/ddp/ckpt_000002.pt")
+    one, ddp = params(f"{tmp_path}/one/checkpoint-2"), params(f"{tmp_path}/ddp/checkpoint-2")
     assert_same(one, ddp, atol=1e-5)
-    init = params(f"{tmp_path}/one/ckpt_000002.pt")  # sanity: training moved the weights
+    init = params(f"{tmp_path}/one/checkpoint-2")  # sanity: training moved the weights
     assert any((v != 0).any() for v in init.values())
 
 
 def test_resume_reaches_the_uninterrupted_state(tmp_path):
     run([f"--output_dir={tmp_path}/full", "--max_steps=4", "--save_steps=2"])
     run([f"--output_dir={tmp_path}/cut", "--max_steps=4", "--save_steps=2"], faults=["stop_after=2"])
-    assert sorted(f for f in os.listdir(f"{tmp_path}/cut") if f.startswith("ckpt_")) == ["ckpt_000002.pt"]
+    assert sorted(f for f in os.listdir(f"{tmp_path}/cut") if f.startswith("checkpoint-")) == ["checkpoint-2"]
     out = run([f"--output_dir={tmp_path}/cut", "--max_steps=4", "--save_steps=2", "--resume_from_checkpoint"])
     assert "resumed from" in out.stdout + out.stderr
-    assert_same(params(f"{tmp_path}/full/ckpt_000004.pt"), params(f"{tmp_path}/cut/ckpt_000004.pt"), atol=0)
+    assert_same(params(f"{tmp_path}/full/checkpoint-4"), params(f"{tmp_path}/cut/checkpoint-4"), atol=0)
     # the step-2 state differs from the step-4 state: the resumed steps did something
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(params(f"{tmp_path}/cut/ckpt_000002.pt").values(), params(f"{tmp_path}/cut/ckpt_000004.pt").values())
+        for a, b in zip(params(f"{tmp_path}/cut/checkpoint-2").values(), params(f"{tmp_path}/cut/checkpoint-4").values())
     )
 
 
@@ -96,7 +98,7 @@ def test_cached_warm_start_gives_the_same_run(tmp_path):
     shutil.copytree(f"{tmp_path}/fresh/warm_start", f"{tmp_path}/cached/warm_start")
     out = run([f"--output_dir={tmp_path}/cached", "--max_steps=1"])
     assert "loading cached" in out.stdout + out.stderr
-    assert_same(params(f"{tmp_path}/fresh/ckpt_000001.pt"), params(f"{tmp_path}/cached/ckpt_000001.pt"), atol=0)
+    assert_same(params(f"{tmp_path}/fresh/checkpoint-1"), params(f"{tmp_path}/cached/checkpoint-1"), atol=0)
 
 
 def test_help_print_config_and_unknown_keys(capsys):

@@ -1,0 +1,55 @@
+"""Export a trained run as a standalone Hugging Face model folder: the policy AGRPO trained, with
+its LoRA adapters merged into the weights in float32 and the result cast to the base model's
+dtype, the tokenizer, and the modeling code (LLaDA's remote-code files and `auto_map`, or the
+embedded model's tiny_llada.py). Nothing of this project is needed to load it:
+
+    python export.py runs/tiny_countdown runs/tiny_countdown_export       # a run: its newest checkpoint
+    python export.py runs/llada_gsm8k/checkpoint-300 exports/llada_gsm8k  # one checkpoint
+
+    AutoModel.from_pretrained("exports/llada_gsm8k", trust_remote_code=True)
+
+eval.py takes the exported folder like any model folder. The adapters alone stay in the checkpoint
+folder: PeftModel.from_pretrained(base, "runs/llada_gsm8k/checkpoint-300").
+"""
+
+import os
+import sys
+
+import torch
+
+import checkpoint
+from configurator import ConfigError
+from model import merge_lora_float32, save, unwrap
+
+
+def export(source, out_dir):
+    """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir."""
+    from eval import resolve
+
+    kind, path = resolve(source)
+    if kind != "checkpoint":
+        raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
+    model, tok, cfg = checkpoint.load_trained(path, merge_lora=False)
+    dtype = next(unwrap(model).parameters()).dtype  # the base model's own: bf16 for LLaDA
+    if cfg["lora_r"] > 0:
+        model = merge_lora_float32(model)
+    model = model.to(dtype)
+    model.requires_grad_(False)
+    save(model, tok, out_dir)
+    return path, dtype
+
+
+def main(argv):
+    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    source, out_dir = argv
+    if os.path.exists(out_dir):
+        raise ConfigError(f"{out_dir} exists: choose a new folder for the export")
+    with torch.no_grad():
+        path, dtype = export(source, out_dir)
+    print(f"exported {path} ({str(dtype).removeprefix('torch.')}) to {out_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
