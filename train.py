@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 import checkpoint
 import data
+import logs
 import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import evaluate, init_processes
-from likelihood import ESTIMATORS, SCHEMES, completion_mask
+from likelihood import ESTIMATORS, SCHEMES
 from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
 
@@ -92,15 +93,16 @@ save_steps = 50  # write a checkpoint every this many steps (and at the last)
 save_total_limit = 2  # checkpoints kept (the newest)
 resume_from_checkpoint = False  # continue from the newest readable checkpoint in output_dir
 overwrite_output_dir = False  # without resume, empty an output_dir that holds a run (checkpoints, log) first
-report_to = "none"  # none | wandb (log.jsonl is always written)
+report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (log.jsonl is always written)
 run_name = ""  # the run's name for report_to ("" = output_dir's name)
+project = "agrpo"  # the wandb project
 # --- end of config
 
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
 # what a resume may change: where and how often it writes, what it reports and evaluates, memory and
 # speed. Every other key defines the run; a resume that changes one is refused, naming it.
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
-                        "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
+                        "project", "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
                         "eval_max_completion_length", "eval_block_length", "eval_sampling_steps", "per_device_eval_batch_size",
                         "gradient_checkpointing", "compile"}  # fmt: skip
 
@@ -128,7 +130,7 @@ def validate(cfg):
         check_settings(cfg.eval_max_completion_length, cfg.eval_block_length, cfg.eval_sampling_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    choices = dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=("none", "wandb"))
+    choices = dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=logs.REPORTERS)
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
@@ -274,48 +276,6 @@ def prompt_items(cfg, train_items, position, n):
     return [train_items[i] for i in order[first : first + n].tolist()]
 
 
-def step_means(cfg, batches, loss, metrics, device, ddp):
-    """The logged means of a step over every rank's completions and tokens. Every reward is its
-    format terms + 3 · accuracy (rewards.py), so the two parts are logged apart."""
-    rewards = torch.cat([b.rewards for b in batches])
-    accuracy = torch.cat([b.accuracy for b in batches])
-    group_std = rewards.view(-1, cfg.num_generations).std(1)
-    in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
-    entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
-    tokens = max(1, metrics["tokens"])
-    stats = {
-        "reward": rewards.mean(),
-        "reward_std": group_std.mean(),
-        "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
-        "reward_format": (rewards - 3 * accuracy).mean(),
-        "reward_correct": (3 * accuracy).mean(),
-        "accuracy": accuracy.mean(),
-        "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
-        "entropy": entropy[in_text].mean(),  # of the sampling distribution, per completion token
-        "loss": loss,
-        "kl": metrics["kl"] / tokens,
-        "clip_frac": (metrics["clipped_low"] + metrics["clipped_high"]) / tokens,
-        "clip_low": metrics["clipped_low"] / tokens,
-        "clip_high": metrics["clipped_high"] / tokens,
-        "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
-    }
-    values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
-    if ddp:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return dict(zip(stats, values.tolist()))
-
-
-def completion_rows(cfg, tok, step, batches):
-    """One JSON row per completion of this rank: what log_completions_steps writes."""
-    rows = []
-    for b in batches:
-        prompts = tok.batch_decode(b.rollout.ids[:, : b.rollout.prompt_length], skip_special_tokens=True)
-        for p, t, r, a in zip(prompts, b.texts, b.rewards.tolist(), b.advantages.tolist()):
-            rows.append({"step": step, "prompt": p, "completion": t, "reward": r, "advantage": a})
-    return rows
-
-
 def main():
     cfg = SimpleNamespace(**configure(__file__))
     validate(cfg)
@@ -379,12 +339,7 @@ def main():
         if master:
             checkpoint.truncate_log(completions_path, start)  # the steps after the checkpoint run again
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    if cfg.report_to == "wandb" and master:
-        import wandb
-
-        wandb.init(
-            project="agrpo", name=cfg.run_name or os.path.basename(os.path.abspath(cfg.output_dir)), config=vars(cfg), dir=cfg.output_dir
-        )
+    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, cfg.run_name, cfg.project, vars(cfg)) if master else None
 
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
     for step in bar:
@@ -403,25 +358,18 @@ def main():
         nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
 
         # 3. log: means over every rank's completions
-        row = step_means(cfg, batches, loss, metrics, device, ddp)
+        row = logs.step_means(cfg, batches, loss, metrics, device, ddp)
         row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
         row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
         if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
             row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
+        completions = []
         if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
-            shards = [None] * world
-            if ddp:
-                dist.all_gather_object(shards, completion_rows(cfg, tok, step + 1, batches))
-            else:
-                shards = [completion_rows(cfg, tok, step + 1, batches)]
-            if master:
-                with open(completions_path, "a") as f:
-                    f.writelines(json.dumps(r) + "\n" for shard in shards for r in shard)
+            completions = logs.gather_rows(logs.completion_rows(tok, step + 1, batches), world, ddp)
         if master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if cfg.report_to == "wandb":
-                wandb.log(row, step=step + 1)
+            logs.append_jsonl(log_path, [row])
+            logs.append_jsonl(completions_path, completions)
+            logs.report(reporter, row, step + 1, completions)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")})
         if nonfinite["in_a_row"] >= MAX_NONFINITE:
             newest = checkpoint.newest(cfg.output_dir) or "none written yet"
@@ -448,6 +396,7 @@ def main():
                 json.dump(
                     {"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": total_steps}, f
                 )
+    logs.close_reporter(reporter)
     if ddp:
         dist.destroy_process_group()
 

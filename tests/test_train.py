@@ -166,3 +166,36 @@ def test_logging_at_the_released_runs_level(tmp_path):
     assert len(done) == 4 and {d["step"] for d in done} == {2}  # one group of 4 completions at step 2
     assert all(set(d) == {"step", "prompt", "completion", "reward", "advantage"} for d in done)
     assert abs(sum(d["advantage"] for d in done)) < 1e-5  # group-relative
+
+
+def test_report_to_tensorboard_equals_the_log(tmp_path):
+    """report_to=tensorboard: the event files, read back with tensorboard's own reader, hold every
+    scalar of log.jsonl at its step, and the completions as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=tensorboard", "--log_completions_steps=1"])
+    rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
+    events = EventAccumulator(f"{tmp_path}/r/tensorboard", size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    keys = [k for k in rows[0] if k != "step"]
+    assert sorted(events.Tags()["scalars"]) == sorted(f"train/{k}" for k in keys)
+    for k in keys:
+        logged = events.Scalars(f"train/{k}")
+        assert [e.step for e in logged] == [1, 2]
+        assert all(abs(e.value - r[k]) <= 1e-6 * max(1.0, abs(r[k])) for e, r in zip(logged, rows)), k  # float32 in the events
+    assert "completions/text_summary" in events.Tags()["tensors"]
+
+
+def test_report_to_wandb_offline(tmp_path):
+    """report_to=wandb in offline mode (no network): the run is written under output_dir/wandb with
+    the completions tables. (wandb 0.31 has no public reader for the scalars of an offline run.)"""
+    import glob
+
+    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=wandb", "--log_completions_steps=1", "--run_name=t"],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})  # fmt: skip
+    offline = glob.glob(f"{tmp_path}/r/wandb/offline-run-*")
+    assert len(offline) == 1 and glob.glob(f"{offline[0]}/run-*.wandb")
+    tables = [json.load(open(f)) for f in sorted(glob.glob(f"{offline[0]}/files/media/table/completions_*.table.json"))]
+    done = [json.loads(line) for line in open(f"{tmp_path}/r/completions.jsonl")]
+    assert len(tables) == 2
+    assert [row[:3] for t in tables for row in t["data"]] == [[d["prompt"], d["completion"], d["reward"]] for d in done]

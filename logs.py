@@ -1,0 +1,113 @@
+"""What a run records, step by step: one row of means per step in output_dir/log.jsonl (always),
+the completions every `log_completions_steps` in completions.jsonl, and the same rows in
+tensorboard or wandb when `report_to` names one (scalars, and the completions as a table/text).
+"""
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+from likelihood import completion_mask
+
+REPORTERS = ("none", "tensorboard", "wandb")
+
+
+def step_means(cfg, batches, loss, metrics, device, ddp):
+    """The logged means of a step over every rank's completions and tokens. Every reward is its
+    format terms + 3 · accuracy (rewards.py), so the two parts are logged apart."""
+    rewards = torch.cat([b.rewards for b in batches])
+    accuracy = torch.cat([b.accuracy for b in batches])
+    group_std = rewards.view(-1, cfg.num_generations).std(1)
+    in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
+    entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
+    tokens = max(1, metrics["tokens"])
+    stats = {
+        "reward": rewards.mean(),
+        "reward_std": group_std.mean(),
+        "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
+        "reward_format": (rewards - 3 * accuracy).mean(),
+        "reward_correct": (3 * accuracy).mean(),
+        "accuracy": accuracy.mean(),
+        "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
+        "entropy": entropy[in_text].mean(),  # of the sampling distribution, per completion token
+        "loss": loss,
+        "kl": metrics["kl"] / tokens,
+        "clip_frac": (metrics["clipped_low"] + metrics["clipped_high"]) / tokens,
+        "clip_low": metrics["clipped_low"] / tokens,
+        "clip_high": metrics["clipped_high"] / tokens,
+        "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
+    }
+    values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
+    if ddp:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(stats, values.tolist()))
+
+
+def completion_rows(tok, step, batches):
+    """One JSON row per completion of this rank: what log_completions_steps writes."""
+    rows = []
+    for b in batches:
+        prompts = tok.batch_decode(b.rollout.ids[:, : b.rollout.prompt_length], skip_special_tokens=True)
+        for p, t, r, a in zip(prompts, b.texts, b.rewards.tolist(), b.advantages.tolist()):
+            rows.append({"step": step, "prompt": p, "completion": t, "reward": r, "advantage": a})
+    return rows
+
+
+def gather_rows(rows, world, ddp):
+    """Every rank's rows, on every rank, rank 0's first."""
+    if not ddp:
+        return rows
+    shards = [None] * world
+    dist.all_gather_object(shards, rows)
+    return [r for shard in shards for r in shard]
+
+
+def append_jsonl(path, rows):
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def open_reporter(report_to, output_dir, run_name, project, config):
+    """The handle rows are reported to: None, a tensorboard SummaryWriter (output_dir/tensorboard),
+    or a wandb run (output_dir/wandb; WANDB_MODE=offline works without a network)."""
+    name = run_name or os.path.basename(os.path.abspath(output_dir))
+    if report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(os.path.join(output_dir, "tensorboard"))
+    if report_to == "wandb":
+        import wandb
+
+        return wandb.init(project=project, name=name, config=config, dir=output_dir)
+    return None
+
+
+def report(handle, row, step, completions=()):
+    """The scalars of a step's row under train/, and its completions as a table."""
+    if handle is None:
+        return
+    scalars = {f"train/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+    if hasattr(handle, "add_scalar"):  # tensorboard
+        for k, v in scalars.items():
+            handle.add_scalar(k, v, step)
+        if completions:
+            lines = ["| prompt | completion | reward | advantage |", "|---|---|---:|---:|"]
+            cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines += [f"| {cell(c['prompt'])} | {cell(c['completion'])} | {c['reward']:.3g} | {c['advantage']:.3g} |" for c in completions]
+            handle.add_text("completions", "\n".join(lines), step)
+        handle.flush()
+    else:  # wandb
+        import wandb
+
+        if completions:
+            columns = ["prompt", "completion", "reward", "advantage"]
+            scalars["completions"] = wandb.Table(columns=columns, data=[[c[k] for k in columns] for c in completions])
+        handle.log(scalars, step=step)
+
+
+def close_reporter(handle):
+    if handle is not None:
+        (handle.close if hasattr(handle, "add_scalar") else handle.finish)()
