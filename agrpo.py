@@ -53,9 +53,10 @@ def clipped_objective(logp, old_logp, advantages, eps_low=0.2, eps_high=0.2):
     return -torch.min(unclipped, clipped), is_clipped, ratio
 
 
-def draw_loss(logp, old_logp, advantages, read, weight, norm, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logp=None):
-    """Loss of one draw: logp, old_logp, ref_logp, read (B, G); weight, norm, advantages (B,).
-    Returns (scalar loss, metrics summed over read tokens)."""
+def draw_loss(logp, old_logp, advantages, read, weight, norm, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logp=None, n_rows=None):
+    """Loss of one draw: logp, old_logp, ref_logp, read (B, G); weight, norm, advantages (B,);
+    n_rows: the N of the 1/N (default B; more when rows were left out). Returns (scalar loss,
+    metrics summed over read tokens)."""
     # tokens not read are zeroed before exp(): a -inf there (top-k truncation) must not make NaN
     logp, old_logp = logp.masked_fill(~read, 0.0), old_logp.masked_fill(~read, 0.0)
     per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], eps_low, eps_high)
@@ -64,7 +65,7 @@ def draw_loss(logp, old_logp, advantages, read, weight, norm, eps_low=0.2, eps_h
         kl = k3(logp.clamp(min=-30.0), ref_logp.masked_fill(~read, 0.0).clamp(min=-30.0))
         per_tok = per_tok + beta * kl
     scale = (weight / norm)[:, None] * read  # (B, G)
-    loss = (per_tok * scale).sum() / logp.shape[0]
+    loss = (per_tok * scale).sum() / (n_rows or logp.shape[0])
     n = read.sum()
     metrics = {
         "tokens": n.item(),
@@ -94,31 +95,46 @@ def prepare(model, rollout, estimator, k, mu, generator, scheme="low_discrepancy
     return all_draws, old, ref
 
 
-def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, eps_low=0.2, eps_high=0.2, beta=0.0, scale=1.0, sync=True):
+def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, eps_low=0.2, eps_high=0.2, beta=0.0, scale=1.0, sync=True,
+                   skip_zero_advantage=True):  # fmt: skip
     """Forward + backward once per draw (one forward pass of memory). Gradients accumulate in
     .grad, scaled by `scale` (1/gradient-accumulation). Under DDP only the last backward syncs,
-    and only if `sync`. Returns the loss value and summed metrics."""
+    and only if `sync`. Returns the loss value, summed metrics and the number of rows left out.
+
+    With β = 0 a row whose advantage is exactly 0 (every row of a group whose rewards are all
+    equal) has loss terms of exactly 0 and no gradient, so `skip_zero_advantage` leaves it out of
+    the forward and backward passes; the 1/N keeps counting it, so the loss and gradient are those
+    of the whole batch. A synced draw whose rows are all left out still runs one row with its loss
+    times 0, so every DDP rank makes the same collective calls."""
     total, metrics = 0.0, {}
-    K = draws.x.shape[0]
+    B, K = advantages.shape[0], draws.x.shape[0]
+    keep = (advantages != 0) if skip_zero_advantage and beta == 0 else torch.ones_like(advantages, dtype=torch.bool)
+    rows = keep.nonzero().squeeze(1)
     for j in range(K):
         last = sync and j == K - 1
+        if len(rows) == 0 and not (last and hasattr(model, "no_sync")):
+            continue
+        live = rows if len(rows) else torch.zeros(1, dtype=torch.long, device=advantages.device)
         ctx = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
         with ctx:
-            logp = token_logp(model, rollout, draws.x[j], draws.read[j], truncate=draws.truncate)
+            logp = token_logp(model, rollout, draws.x[j][live], draws.read[j][live], rows=live, truncate=draws.truncate)
             loss, m = draw_loss(
                 logp,
-                old_logp[j],
-                advantages,
-                draws.read[j],
-                draws.weight[j],
-                draws.norm,
+                old_logp[j][live],
+                advantages[live],
+                draws.read[j][live],
+                draws.weight[j][live],
+                draws.norm[live],
                 eps_low,
                 eps_high,
                 beta,
-                None if ref_logp is None else ref_logp[j],
+                None if ref_logp is None else ref_logp[j][live],
+                n_rows=B,
             )
+            if len(rows) == 0:
+                loss, m = loss * 0.0, {k: 0.0 for k in m}
             (loss * scale).backward()
         total += loss.item()
         for key, v in m.items():
             metrics[key] = metrics.get(key, 0.0) + v
-    return total, metrics
+    return total, metrics, B - len(rows)

@@ -22,6 +22,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
     group_std = rewards.view(-1, cfg.num_generations).std(1)
     in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
     entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
+    metrics = {k: 0.0 for k in ("tokens", "kl", "clipped_low", "clipped_high", "ratio_dev")} | metrics  # all rows left out: none
     tokens = max(1, metrics["tokens"])
     stats = {
         "reward": rewards.mean(),
@@ -38,6 +39,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
         "clip_low": metrics["clipped_low"] / tokens,
         "clip_high": metrics["clipped_high"] / tokens,
         "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
+        "frac_rows_left_out": metrics.get("rows_left_out", 0) / max(1, metrics.get("rows", 0)),  # advantage 0: no passes
     }
     values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
     if ddp:

@@ -65,6 +65,7 @@ num_iterations = 1  # μ: policy updates per batch of rollouts
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
 beta = 0.0  # weight of the k3 KL to the reference policy (0 = no reference pass)
+skip_zero_advantage = True  # with beta = 0, rows with advantage 0 skip the update's passes (their terms are exactly 0)
 scale_rewards = False  # divide advantages by the group's reward std
 num_generations = 8  # completions per prompt (the group)
 per_device_train_batch_size = 64  # completions per rank per micro-batch: whole groups
@@ -104,7 +105,7 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
                         "project", "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
                         "eval_max_completion_length", "eval_block_length", "eval_sampling_steps", "per_device_eval_batch_size",
-                        "gradient_checkpointing", "compile"}  # fmt: skip
+                        "gradient_checkpointing", "compile", "skip_zero_advantage"}  # fmt: skip
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
@@ -208,11 +209,13 @@ def update(cfg, train_model, params, opt, batches, amp):
     for it in range(cfg.num_iterations):
         for a, b in enumerate(batches):
             with amp():
-                loss, m = backward_draws(
+                loss, m, left_out = backward_draws(
                     train_model, b.rollout, b.draws[it], b.old_logp[it], b.advantages, None if b.ref_logp is None else b.ref_logp[it],
                     cfg.epsilon, cfg.epsilon_high, cfg.beta, scale=1.0 / n_acc, sync=a == n_acc - 1,
+                    skip_zero_advantage=cfg.skip_zero_advantage,
                 )  # fmt: skip
             loss_sum += loss / n_acc
+            m |= {"rows_left_out": left_out, "rows": len(b.advantages)}
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
