@@ -47,7 +47,8 @@ gen_lengths = (16, 32)  # completion lengths L of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
 sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
-unmasking = "low_confidence"  # low_confidence | random
+unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
+thresholds = ()  # threshold decoding: one more row per τ at each L (its steps column: mean forward passes per item)
 per_device_eval_batch_size = 100  # prompts per forward pass
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
@@ -56,8 +57,9 @@ output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jso
 
 @torch.no_grad()
 def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
-             compact=False, remasking="low_confidence", rank=0, world=1, desc="eval"):  # fmt: skip
-    """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct), in
+             compact=False, remasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
+    """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct, length,
+    forward passes), in
     item order. Batches are fixed first and dealt to ranks (batch b to rank b mod world), so each
     item is decoded in the same batch whatever the world size: sharded results equal one
     process's exactly. Under torch.distributed every rank returns all records."""
@@ -70,9 +72,9 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
         prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact) for i in idx]
         r = generate(m, prompts, gen_length=gen_length, block_length=block_length, steps=steps, mask_id=tok.mask_token_id,
-                     eos_ids=tok.eos_ids, remasking=remasking, pad_id=tok.pad_token_id)  # fmt: skip
+                     eos_ids=tok.eos_ids, remasking=remasking, threshold=threshold, pad_id=tok.pad_token_id)  # fmt: skip
         texts, lengths = decode_completions(tok, r)
-        for i, p, t, n in zip(idx, prompts, texts, lengths.tolist()):
+        for i, p, t, n, passes in zip(idx, prompts, texts, lengths.tolist(), r.passes.tolist()):
             answer = fns.answer(items[i])
             accuracy = float(fns.accuracy(t, answer))
             out.append(
@@ -85,6 +87,7 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
                     "accuracy": accuracy,
                     "correct": accuracy == 1.0,
                     "length": n,
+                    "passes": passes,  # forward passes this item's decoding took
                 }
             )
     m.train(was_training)
@@ -124,19 +127,20 @@ def summarize(records):
 
 def markdown_table(rows):
     lines = [
-        "| model | task | gen length | steps | accuracy (%) | ± SE | mean length | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | task | gen length | decoding | steps | accuracy (%) | ± SE | mean length | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
         lines.append(
-            f"| {r['model']} | {r['task']} | {r['gen_length']} | {r['steps']} | {100 * r['accuracy']:.1f} | "
+            f"| {r['model']} | {r['task']} | {r['gen_length']} | {how} | {r['steps']:.3g} | {100 * r['accuracy']:.1f} | "
             f"{100 * r['se']:.1f} | {r['mean_length']:.1f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
 
 
 def plot(rows, path, title):
-    """Accuracy against sampling steps, one line per model (and generation length)."""
+    """Accuracy against sampling steps (forward passes), one line per model (and generation length)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,13 +151,16 @@ def plot(rows, path, title):
     lengths = sorted({r["gen_length"] for r in rows})
     for name in model_names:  # colour = model, line style = generation length
         for L in lengths:
-            line = sorted((r for r in rows if (r["model"], r["gen_length"]) == (name, L)), key=lambda r: r["steps"])
-            if not line:
-                continue
-            x, y, se = ([f(r) for r in line] for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"]))
             color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
             label = f"{name} (L={L})" if len(lengths) > 1 else name
-            ax.errorbar(x, y, yerr=se, marker="o", capsize=3, color=color, linestyle=style, label=label)
+            for thresholded in (False, True):  # fixed steps: a line; threshold decoding: squares at its mean steps
+                line = [r for r in rows if (r["model"], r["gen_length"]) == (name, L) and (r.get("threshold") is not None) == thresholded]
+                if not line:
+                    continue
+                line.sort(key=lambda r: r["steps"])
+                x, y, se = ([f(r) for r in line] for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"]))
+                ax.errorbar(x, y, yerr=se, marker="s" if thresholded else "o", capsize=3, color=color,
+                            linestyle="none" if thresholded else style, label=f"{label}, threshold" if thresholded else label)  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("sampling steps m")
@@ -171,7 +178,8 @@ def plot(rows, path, title):
 
 
 def step_grid(cfg):
-    """(L, m) pairs; every one is checked against the sampler before any model is loaded."""
+    """(L, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
+    sampler before any model is loaded."""
     from configurator import ConfigError
 
     grid = []
@@ -182,7 +190,13 @@ def step_grid(cfg):
                 check_settings(L, cfg["block_length"], m, remasking=cfg["unmasking"])
             except ValueError as e:
                 raise ConfigError(f"gen length {L}, {m} steps: {e}") from None
-            grid.append((L, m))
+            grid.append((L, m, None))
+        for tau in cfg["thresholds"]:
+            try:
+                check_settings(L, cfg["block_length"], 1, remasking="threshold", threshold=tau)
+            except ValueError as e:
+                raise ConfigError(f"gen length {L}: {e}") from None
+            grid.append((L, None, tau))
     return grid
 
 
@@ -248,16 +262,20 @@ def main():
             model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"])
         else:
             model, tok = load(spec, device=device)
-        for L, m in grid:
+        for L, m, tau in grid:
             t0 = time.time()
-            records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m,
-                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=system,
-                               compact=cfg["compact_prompt"],
-                               remasking=cfg["unmasking"], rank=rank, world=world, desc=f"{name} L={L} m={m}")  # fmt: skip
-            rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=m, seconds=time.time() - t0, **summarize(records)))
-            samples += [dict(model=name, gen_length=L, steps=m, **r) for r in records]
+            how = f"m={m}" if tau is None else f"τ={tau}"
+            records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m or L,
+                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=system, compact=cfg["compact_prompt"],
+                               remasking=cfg["unmasking"] if tau is None else "threshold", threshold=tau, rank=rank, world=world,
+                               desc=f"{name} L={L} {how}")  # fmt: skip
+            steps = m if tau is None else sum(r["passes"] for r in records) / len(records)
+            rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=steps, threshold=tau, seconds=time.time() - t0,
+                             **summarize(records)))  # fmt: skip
+            samples += [dict(model=name, gen_length=L, steps=m, threshold=tau, **r) for r in records]
             if rank == 0:
-                tqdm.write(f"{name}: L={L} m={m} accuracy {100 * rows[-1]['accuracy']:.1f} ± {100 * rows[-1]['se']:.1f}")
+                acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
+                tqdm.write(f"{name}: L={L} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")
         del model
 
     if rank == 0:

@@ -32,6 +32,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
         "reward_correct": (3 * accuracy).mean(),
         "accuracy": accuracy.mean(),
         "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
+        "rollout_passes": torch.cat([b.rollout.passes for b in batches]).float().mean(),  # forward passes per completion
         "entropy": entropy[in_text].mean(),  # of the sampling distribution, per completion token
         "loss": loss,
         "kl": metrics["kl"] / tokens,

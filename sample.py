@@ -21,13 +21,14 @@ distribution: mask removed, temperature, top-k, top-p) and that distribution's `
 T = 0 (greedy) `logp` and `entropy` are those of the temperature-1 distribution.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from model import forward_logits
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "threshold")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Rollout:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    passes: torch.Tensor | None = None  # (B,) forward passes each row took (threshold decoding: its own m')
 
     @property
     def completion(self):
@@ -56,16 +58,20 @@ class Rollout:
         return torch.isin(self.completion, torch.tensor(self.eos_ids, device=self.ids.device))
 
 
-def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="low_confidence", top_k=None, top_p=None):
-    """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work)."""
+def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="low_confidence", top_k=None, top_p=None, threshold=None):
+    """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
+    Threshold decoding takes its own number of steps, so `steps` is not checked for it."""
     if gen_length < 1:
         raise ValueError(f"gen_length={gen_length} must be at least 1")
     if block_length < 1 or gen_length % block_length:
         raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
     n_blocks = gen_length // block_length
-    if steps < 1 or steps % n_blocks:
+    if remasking == "threshold":
+        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
+            raise ValueError(f"threshold={threshold!r} must be a number > 0: the confidence that commits a position (>1: one a step)")
+    elif steps < 1 or steps % n_blocks:
         raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")
-    if steps // n_blocks > block_length:
+    if remasking != "threshold" and steps // n_blocks > block_length:
         raise ValueError(f"steps={steps} gives {steps // n_blocks} steps per block but a block has only block_length={block_length} tokens")
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
@@ -137,6 +143,37 @@ def left_pad(prompts, pad_id, device="cpu"):
     return ids, mask
 
 
+def candidates(logits, mask_id, temperature, top_k, top_p, generator, device):
+    """One step's proposals at the positions of `logits` (n, Bk, V): the sampling log-probs
+    (n, Bk, V), a candidate x̂ per position (Gumbel-max with float64 noise; argmax at T = 0) and
+    its confidence log softmax(ℓ)[x̂] under the untempered, untruncated distribution (n, Bk)."""
+    lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)
+    if temperature > 0:
+        u = uniform(lp.shape, generator, device)
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+        x_hat = (lp.double() + gumbel).argmax(-1)
+    else:
+        x_hat = lp.argmax(-1)
+    raw = logits.double()
+    raw[..., mask_id] = float("-inf")
+    return lp, x_hat, raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)
+
+
+def commit(x, unmask_step, logp, entropy, rows, cols, sel, x_hat, lp, step, P):
+    """Write the chosen candidates: rows (n,), cols (n, Bk) absolute positions, sel (n, k) indices
+    into cols (or a (n, Bk) bool mask), step (n,) or a number: the step that commits them."""
+    if sel.dtype == torch.bool:
+        r, c = sel.nonzero(as_tuple=True)
+    else:
+        r, c = torch.arange(len(rows), device=x.device)[:, None].expand_as(sel).flatten(), sel.flatten()
+    R, C, tok = rows[r], cols[r, c], x_hat[r, c]
+    chosen = lp[r, c]  # (N, V): only the committed positions' distributions
+    x[R, C] = tok
+    unmask_step[R, C - P] = step[r] if torch.is_tensor(step) else step
+    logp[R, C - P] = chosen.gather(-1, tok[:, None]).squeeze(-1)
+    entropy[R, C - P] = entropy_of(chosen)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -152,6 +189,7 @@ def generate(
     top_k=None,
     top_p=None,
     remasking="low_confidence",
+    threshold=None,
     stop_at_eos=True,
     pad_id=0,
     generator=None,
@@ -160,8 +198,9 @@ def generate(
     token lists. With `stop_at_eos`, a row whose finished blocks contain an EOS is no longer
     computed; its later blocks are filled with EOS (logp = entropy = 0), which is what a trained
     LLaDA produces there and what the estimators ignore (they draw only steps up to the last one
-    that committed a non-EOS token)."""
-    check_settings(gen_length, block_length, steps, temperature, remasking, top_k, top_p)
+    that committed a non-EOS token). `remasking="threshold"` decodes with confidence threshold
+    `threshold` instead of a fixed number of steps (generate_threshold)."""
+    check_settings(gen_length, block_length, steps, temperature, remasking, top_k, top_p, threshold)
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):
         prompt_ids, attention_mask = left_pad(prompt_ids, pad_id, device)
@@ -176,52 +215,12 @@ def generate(
     unmask_step = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
     logp = torch.zeros((B, gen_length), device=device)
     entropy = torch.zeros((B, gen_length), device=device)
-
-    n_blocks = gen_length // block_length
-    spb = steps // n_blocks
-    schedule = transfer_schedule(block_length, spb)
-    fill_steps = torch.repeat_interleave(torch.arange(spb, device=device), torch.tensor(schedule, device=device))
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-
-    for b in range(n_blocks):
-        lo, hi = P + b * block_length, P + (b + 1) * block_length
-        rows = (~done).nonzero().squeeze(1)
-        for i, k in enumerate(schedule):
-            t = b * spb + i
-            logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
-            lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)  # (n, Bk, V)
-            if temperature > 0:
-                u = uniform(lp.shape, generator, device)
-                gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
-                x_hat = (lp.double() + gumbel).argmax(-1)
-            else:
-                x_hat = lp.argmax(-1)
-            if remasking == "low_confidence":
-                raw = logits.double()
-                raw[..., mask_id] = float("-inf")
-                conf = raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)  # log softmax(ℓ)[x̂]
-            else:
-                conf = uniform(x_hat.shape, generator, device)
-            conf = conf.masked_fill(x[rows, lo:hi] != mask_id, float("-inf"))
-            sel = conf.topk(k, dim=-1).indices  # (n, k) positions within the block
-            tok = x_hat.gather(1, sel)
-            lp_sel = lp.gather(1, sel[..., None].expand(-1, -1, lp.shape[-1]))  # (n, k, V): only committed rows
-            x[rows[:, None], lo + sel] = tok
-            c = sel + b * block_length
-            unmask_step[rows[:, None], c] = t
-            logp[rows[:, None], c] = lp_sel.gather(-1, tok[..., None]).squeeze(-1)
-            entropy[rows[:, None], c] = entropy_of(lp_sel)
-        if done.any():  # finished rows: EOS in this block's positions, in schedule order
-            x[done, lo:hi] = eos_ids[0]
-            unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
-        if stop_at_eos and eos_ids:
-            done |= torch.isin(x[:, P:hi], torch.tensor(eos_ids, device=device)).any(1)
-            if done.all():  # fill the remaining blocks at once
-                for b2 in range(b + 1, n_blocks):
-                    x[:, P + b2 * block_length : P + (b2 + 1) * block_length] = eos_ids[0]
-                    unmask_step[:, b2 * block_length : (b2 + 1) * block_length] = b2 * spb + fill_steps
-                break
-
+    state = (x, attn, unmask_step, logp, entropy)
+    sampling = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device)
+    if remasking == "threshold":
+        steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids if stop_at_eos else (), sampling)
+    else:
+        passes = fixed_steps(model, state, P, gen_length, block_length, steps, remasking, eos_ids if stop_at_eos else (), sampling)
     return Rollout(
         ids=x,
         attention_mask=attn,
@@ -236,7 +235,85 @@ def generate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        passes=passes,
     )
+
+
+def fixed_steps(model, state, P, gen_length, block_length, steps, remasking, stop_eos, sampling):
+    """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions."""
+    x, attn, unmask_step, logp, entropy = state
+    B, device = x.shape[0], x.device
+    n_blocks = gen_length // block_length
+    spb = steps // n_blocks
+    schedule = transfer_schedule(block_length, spb)
+    fill_steps = torch.repeat_interleave(torch.arange(spb, device=device), torch.tensor(schedule, device=device))
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    passes = torch.zeros(B, dtype=torch.long, device=device)
+    for b in range(n_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        rows = (~done).nonzero().squeeze(1)
+        passes[rows] += spb
+        cols = torch.arange(lo, hi, device=device).expand(len(rows), -1)
+        for i, k in enumerate(schedule):
+            logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
+            lp, x_hat, conf = candidates(logits, **sampling)
+            if remasking == "random":
+                conf = uniform(x_hat.shape, sampling["generator"], device)
+            conf = conf.masked_fill(x[rows, lo:hi] != sampling["mask_id"], float("-inf"))
+            commit(x, unmask_step, logp, entropy, rows, cols, conf.topk(k, dim=-1).indices, x_hat, lp, b * spb + i, P)
+        if done.any():  # finished rows: EOS in this block's positions, in schedule order
+            x[done, lo:hi] = stop_eos[0]
+            unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
+        if stop_eos:
+            done |= torch.isin(x[:, P:hi], torch.tensor(stop_eos, device=device)).any(1)
+            if done.all():  # fill the remaining blocks at once
+                for b2 in range(b + 1, n_blocks):
+                    x[:, P + b2 * block_length : P + (b2 + 1) * block_length] = stop_eos[0]
+                    unmask_step[:, b2 * block_length : (b2 + 1) * block_length] = b2 * spb + fill_steps
+                break
+    return passes
+
+
+def generate_threshold(model, state, P, gen_length, block_length, threshold, stop_eos, sampling):
+    """Confidence-threshold parallel decoding (Fast-dLLM's rule) as an exact policy: at each of its
+    steps a row commits every masked position of its current block whose confidence is at least
+    `threshold`, and at least the most confident one. Rows advance through their blocks on their
+    own (a row whose block is full moves to its next; a finished row is no longer computed), so each
+    row has its own number of steps m', recorded in unmask_step as for fixed steps. A row whose
+    finished blocks hold an EOS is filled with EOS at its next step index. Returns the width of the
+    step axis (the most steps of any row, its EOS fill included) and each row's forward passes."""
+    x, attn, unmask_step, logp, entropy = state
+    B, L, device = x.shape[0], x.shape[1], x.device
+    n_blocks = gen_length // block_length
+    block = torch.zeros(B, dtype=torch.long, device=device)  # each row's current block
+    step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step index
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    log_tau = math.log(threshold)
+    eos = torch.tensor(stop_eos, dtype=torch.long, device=device)
+    while active.any():
+        rows = active.nonzero().squeeze(1)
+        cols = P + block[rows, None] * block_length + torch.arange(block_length, device=device)  # (n, Bk)
+        at = torch.zeros((len(rows), L), dtype=torch.bool, device=device).scatter_(1, cols, True)
+        logits = forward_logits(model, x[rows], attn[rows], at=at).view(len(rows), block_length, -1)
+        lp, x_hat, conf = candidates(logits, **sampling)
+        masked = x[rows[:, None], cols] == sampling["mask_id"]
+        conf = conf.masked_fill(~masked, float("-inf"))
+        chosen = (conf >= log_tau) & masked
+        chosen.scatter_(1, conf.topk(1, dim=-1).indices, True)  # at least the most confident
+        commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step[rows], P)
+        step[rows] += 1
+        full = rows[~(x[rows[:, None], cols] == sampling["mask_id"]).any(1)]  # rows whose block is now complete
+        if len(full):
+            ended = torch.isin(x[full, P:], eos).any(1) if len(stop_eos) else torch.zeros_like(full, dtype=torch.bool)
+            block[full] += 1
+            last = block[full] == n_blocks
+            for r in full[ended & ~last].tolist():  # EOS seen: the rest is EOS, committed at the row's next step
+                start = P + int(block[r]) * block_length
+                x[r, start:] = stop_eos[0]
+                unmask_step[r, start - P :] = step[r]
+            active[full[ended | last]] = False
+    filled = (unmask_step == step[:, None]).any(1)
+    return int((step + filled.long()).max()), step
 
 
 def decode_completions(tok, rollout):

@@ -57,7 +57,8 @@ sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / block_le
 temperature = 0.7  # rollout sampling temperature
 top_k = 0  # rollout top-k truncation (0 = off)
 top_p = 1.0  # rollout nucleus truncation (1 = off)
-unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random
+unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random | threshold
+threshold = 0.9  # unmasking = "threshold": commit every masked position of the block this confident (at least one a step)
 estimator = "stepwise"  # log π(o) estimator: stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance, low-discrepancy) | exact
 mc_samples = 2  # k: forward passes per completion per update (sampled steps or masks)
@@ -126,7 +127,14 @@ def validate(cfg):
     try:
         data.check_generator_knobs(vars(cfg))
         check_settings(
-            cfg.max_completion_length, cfg.block_length, cfg.sampling_steps, cfg.temperature, cfg.unmasking, cfg.top_k or None, cfg.top_p
+            cfg.max_completion_length,
+            cfg.block_length,
+            cfg.sampling_steps,
+            cfg.temperature,
+            cfg.unmasking,
+            cfg.top_k or None,
+            cfg.top_p,
+            cfg.threshold,
         )
         check_settings(cfg.eval_max_completion_length, cfg.eval_block_length, cfg.eval_sampling_steps)
     except ValueError as e:
@@ -135,8 +143,9 @@ def validate(cfg):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
-    if not 1 <= cfg.mc_samples <= cfg.sampling_steps:
-        raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and --sampling_steps={cfg.sampling_steps}")
+    most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # a threshold run takes its own m'
+    if not 1 <= cfg.mc_samples <= most:
+        raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and {most}, the most steps a rollout takes")
     for key, ok, rule in RULES:
         if not ok(getattr(cfg, key)):
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be {rule}")
@@ -186,7 +195,8 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
         rollout = generate(
             policy, prompts, gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps,
             mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
-            remasking=cfg.unmasking, pad_id=tok.pad_token_id, generator=seeded(cfg.seed, "rollout", step, micro, device=device),
+            remasking=cfg.unmasking, threshold=cfg.threshold, pad_id=tok.pad_token_id,
+            generator=seeded(cfg.seed, "rollout", step, micro, device=device),
         )  # fmt: skip
     texts, lengths = decode_completions(tok, rollout)
     t = data.task(cfg.task)

@@ -64,19 +64,23 @@ def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
 def test_grid_writes_table_plot_and_samples(tmp_path):
     save(*load("tiny"), f"{tmp_path}/base")
     fake_run(f"{tmp_path}/run")
-    out = run_eval([f"--models=('{tmp_path}/base','{tmp_path}/run')", "--labels=()", f"--output_dir={tmp_path}/eval"])
+    models = f"--models=('{tmp_path}/base','{tmp_path}/run')"
+    out = run_eval([models, "--labels=()", f"--output_dir={tmp_path}/eval", "--thresholds=(2.0,)"])
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("results.md", "results.json", "samples.jsonl", "accuracy_vs_steps.png"):
         assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
     rows = json.load(open(f"{tmp_path}/eval/results.json"))["rows"]
-    assert [(r["gen_length"], r["steps"]) for r in rows] == [(16, 4), (16, 8), (16, 16)] * 2  # the m = L/4, L/2, L grid
+    # the m = L/4, L/2, L grid, then threshold decoding (τ > 1: one token a step, 16 passes per item without EOS)
+    assert [(r["gen_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [(16, None)] * 3 + [(16, 2.0)]
+    assert [r["steps"] for r in rows if r["threshold"] is None] == [4, 8, 16] * 2
+    assert all(1 <= r["steps"] <= 16 for r in rows if r["threshold"] is not None)
     table = open(f"{tmp_path}/eval/results.md").read()
-    assert table.count("| countdown | 16 |") == 6 and f"{tmp_path}/run" in table
+    assert table.count("| countdown | 16 |") == 8 and f"{tmp_path}/run" in table and "τ = 2.0" in table
     samples = [json.loads(line) for line in open(f"{tmp_path}/eval/samples.jsonl")]
-    assert len(samples) == 6 * 8
+    assert len(samples) == 8 * 8
     assert {"prompt", "completion", "answer", "reward", "correct"} <= set(samples[0])
     # the table's accuracy is the mean of the per-example records
-    first = [s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4]
+    first = [s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4 and s["threshold"] is None]
     assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(standard_error(first))
 
 

@@ -47,6 +47,23 @@ def setup():
     return model, tok, r
 
 
+@pytest.fixture(scope="module")
+def threshold_setup(setup):
+    """Threshold decoding on the same model: rows with different numbers of steps m'."""
+    model, tok, _ = setup
+    prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
+    r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
+                 pad_id=tok.pad_token_id, temperature=0.9, top_k=40, remasking="threshold", threshold=0.3,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert len(set(last_step(r).tolist())) == 2  # the rows' m' differ
+    return model, tok, r
+
+
+@pytest.fixture(params=["fixed_steps", "threshold"])
+def rollouts(request, setup, threshold_setup):
+    return setup if request.param == "fixed_steps" else threshold_setup
+
+
 def step_table(model, r):
     """f(t) for every row and step t < m', by exact forward passes: (B, m)."""
     d = stepwise_draws(r, 0, "exact")
@@ -55,15 +72,15 @@ def step_table(model, r):
     return f * d.weight.T
 
 
-def test_exact_matches_recorded_trajectory(setup):
-    model, _, r = setup
+def test_exact_matches_recorded_trajectory(rollouts):
+    model, _, r = rollouts
     with torch.no_grad():
         torch.testing.assert_close(exact_logp(model, r), r.logp.sum(1), atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_value_unbiased(setup, scheme):
-    model, _, r = setup
+def test_value_unbiased(rollouts, scheme):
+    model, _, r = rollouts
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         exact = exact_logp(model, r).sum()
@@ -74,9 +91,9 @@ def test_value_unbiased(setup, scheme):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_gradient_unbiased(setup, scheme):
+def test_gradient_unbiased(rollouts, scheme):
     """The gradient's projection on a fixed random direction v: mean over draws vs exact."""
-    model, _, r = setup
+    model, _, r = rollouts
     params = [p for p in model.parameters()]
     v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
 

@@ -140,3 +140,60 @@ def test_eos_rows_stop_and_fill(tiny):
     assert short.completion[0, :5].eq(60).all() and short.completion[0, 5:].eq(tok.eos_token_id).all()
     assert (short.logp[0, 8:] == 0).all() and (short.unmask_step[0, 8:] >= 4).all()
     assert sorted(short.unmask_step[0, 8:16].tolist()) == sorted(full.unmask_step[0, 8:16].tolist())
+
+
+def test_threshold_above_one_is_low_confidence_one_token_a_step(tiny):
+    """At temperature 0 with τ > 1 only the most confident position is committed each step: token
+    for token, low-confidence decoding with steps = gen_length."""
+    model, tok = tiny
+    low = run(model, tok, steps=24, remasking="low_confidence")
+    thr = run(model, tok, remasking="threshold", threshold=1.5)
+    assert torch.equal(thr.ids, low.ids) and torch.equal(thr.unmask_step, low.unmask_step)
+    torch.testing.assert_close(thr.logp, low.logp, atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    """A random model with a larger init: peaked, uneven confidences, so a threshold commits a
+    varying number of positions per step (the plain random model is flat: one per step)."""
+    from model import load
+
+    model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3))
+    return model.eval(), tok
+
+
+def threshold_rollout(model, tok, prompts=PROMPTS, threshold=0.3, **kw):
+    return run(model, tok, prompts, remasking="threshold", threshold=threshold, temperature=1.0, top_k=40,
+               generator=torch.Generator().manual_seed(5), **kw)  # fmt: skip
+
+
+def test_threshold_rows_take_their_own_steps_and_replay(peaked):
+    """Each row advances on its own, so rows end with different step counts m'; every position is
+    committed once, blocks left to right; the recorded log-probs equal a fresh forward on every
+    rebuilt x_t of the row's own steps (the trajectory is an exact policy)."""
+    model, tok = peaked
+    r = threshold_rollout(model, tok, stop_at_eos=False)
+    steps = r.unmask_step.max(1).values + 1
+    assert len(set(steps.tolist())) > 1 and int(steps.max()) == r.steps and int(steps.max()) < 24  # fewer passes than tokens
+    for row in r.unmask_step:
+        assert sorted(set(row.tolist())) == list(range(int(row.max()) + 1))  # every step commits something
+        blocks = row.view(3, 8)
+        assert (blocks[1:].min(1).values > blocks[:-1].max(1).values).all()  # blocks strictly left to right
+    for t in range(r.steps):
+        at_t = r.unmask_step == t
+        logits = model(rebuild(r, t), attention_mask=r.attention_mask).logits[:, r.prompt_length :]
+        lp = policy_logprobs(logits, r.mask_id, 1.0, 40, None)
+        replay = lp.gather(-1, r.completion[..., None]).squeeze(-1)
+        torch.testing.assert_close(replay[at_t], r.logp[at_t], atol=1e-5, rtol=1e-5)
+
+
+def test_threshold_padding_invariance_and_bad_threshold(peaked):
+    model, tok = peaked
+    batch = run(model, tok, remasking="threshold", threshold=0.3)
+    assert len(set((batch.unmask_step.max(1).values + 1).tolist())) > 1
+    for i, p in enumerate(PROMPTS):
+        alone = run(model, tok, prompts=[p], remasking="threshold", threshold=0.3)
+        assert torch.equal(alone.completion[0], batch.completion[i]) and torch.equal(alone.unmask_step[0], batch.unmask_step[i])
+    for bad in (0, -0.5, None, "high"):
+        with pytest.raises(ValueError, match="threshold"):
+            run(model, tok, remasking="threshold", threshold=bad)

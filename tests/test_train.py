@@ -199,3 +199,11 @@ def test_report_to_wandb_offline(tmp_path):
     done = [json.loads(line) for line in open(f"{tmp_path}/r/completions.jsonl")]
     assert len(tables) == 2
     assert [row[:3] for t in tables for row in t["data"]] == [[d["prompt"], d["completion"], d["reward"]] for d in done]
+
+
+def test_threshold_rollouts_train(tmp_path):
+    """unmasking=threshold: each completion takes its own number of steps; a run trains on them and
+    logs the forward passes a rollout took."""
+    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--unmasking=threshold", "--threshold=0.5", "--mc_samples=2"])
+    rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and all(1 <= r["rollout_passes"] <= 16 for r in rows)
