@@ -225,12 +225,16 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     return state["step"]
 
 
-def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print):
-    """Continue from the newest checkpoint in out_dir: (step, counters), or (0, {}) when there is
-    none. The steps after it are run again, so their log lines (and a half-written checkpoint)
-    are dropped."""
+def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print, only=None):
+    """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
+    (step, counters), or (0, {}) when there is none. The steps after it are run again, so their
+    log lines (and a half-written checkpoint) are dropped."""
     state = path = None
-    for name in reversed(names(out_dir)):  # the newest readable one: a damaged file is passed over
+    if only is not None:  # one named checkpoint: read as it is, no fallback
+        state = read(only)
+        tensors(only), trainer_tensors(only)
+        path = only
+    for name in reversed(names(out_dir)) if only is None else ():  # the newest readable one: a damaged one is passed over
         try:
             path = os.path.join(out_dir, name)
             state = read(path)

@@ -7,7 +7,8 @@ A script declares its keys as plain assignments between two marker lines, each w
     # --- end of config
 
 Those lines are the defaults, `--help` (key, default, comment) and the set of known keys: nothing
-else in the script's namespace can be set. A config file is executed over them, then each
+else in the script's namespace can be set. A value must have its default's type; an annotated key
+(`resume_from_checkpoint: bool | str = False`) also takes the types it names. A config file is executed over them, then each
 --key=value override is parsed as a Python literal (a bare word stays a string). Unknown keys
 (with a "did you mean" for known names under another spelling) and values of the wrong type stop
 the script with one line, before any heavy work; `--print_config` prints the resolved config as
@@ -57,11 +58,20 @@ def declared(script):
     for node in ast.parse(block).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             keys[node.targets[0].id] = (ast.literal_eval(node.value), comments.get(node.lineno, ""))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):  # `key: bool | str = False`
+            keys[node.target.id] = (ast.literal_eval(node.value), comments.get(node.lineno, ""))
+            ALSO[node.target.id] = tuple(TYPES[n.id] for n in ast.walk(node.annotation) if isinstance(n, ast.Name))
     return keys
+
+
+TYPES = {"bool": bool, "str": str, "int": int, "float": float, "tuple": tuple}
+ALSO = {}  # key -> the types an annotated key also takes
 
 
 def _coerce(key, value, default):
     if isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
+        return value
+    if type(value) in ALSO.get(key, ()):
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

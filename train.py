@@ -93,7 +93,7 @@ eval_every = 0  # held-out accuracy every this many steps too, logged as eval_ac
 log_completions_steps = 0  # every this many steps, prompts, completions, rewards, advantages to completions.jsonl (0 = never)
 save_steps = 50  # write a checkpoint every this many steps (and at the last)
 save_total_limit = 2  # checkpoints kept (the newest)
-resume_from_checkpoint = False  # continue from the newest readable checkpoint in output_dir
+resume_from_checkpoint: bool | str = False  # True: continue from the newest readable checkpoint in output_dir; or a checkpoint-N folder
 overwrite_output_dir = False  # without resume, empty an output_dir that holds a run (checkpoints, log) first
 report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (log.jsonl is always written)
 run_name = ""  # the run's name for report_to ("" = output_dir's name)
@@ -155,6 +155,8 @@ def validate(cfg):
         raise ConfigError(
             f"--per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of --num_generations={cfg.num_generations}"
         )
+    if isinstance(cfg.resume_from_checkpoint, str) and not os.path.isfile(os.path.join(cfg.resume_from_checkpoint, "trainer_state.json")):
+        raise ConfigError(f"--resume_from_checkpoint={cfg.resume_from_checkpoint} is not a checkpoint folder (no trainer_state.json)")
     for key in ("train_file", "eval_file", "system_prompt_file"):
         if getattr(cfg, key) not in ("", "hub") and not os.path.exists(getattr(cfg, key)):
             raise ConfigError(f"--{key}={getattr(cfg, key)} does not exist")
@@ -347,7 +349,18 @@ def main():
     start, nonfinite = 0, {"total": 0, "in_a_row": 0}
     if cfg.resume_from_checkpoint:
         defining = set(vars(cfg)) - MAY_CHANGE_ON_RESUME
-        start, counters = checkpoint.resume(cfg.output_dir, model, opt, sched, vars(cfg), defining, log_path, master, log)
+        start, counters = checkpoint.resume(
+            cfg.output_dir,
+            model,
+            opt,
+            sched,
+            vars(cfg),
+            defining,
+            log_path,
+            master,
+            log,
+            only=cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None,
+        )
         nonfinite.update(counters)
         if master:
             checkpoint.truncate_log(completions_path, start)  # the steps after the checkpoint run again

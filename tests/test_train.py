@@ -83,6 +83,18 @@ def test_resume_reaches_the_uninterrupted_state(tmp_path):
     )
 
 
+def test_resume_from_a_named_checkpoint(tmp_path):
+    """--resume_from_checkpoint=<checkpoint folder> continues from that one, not the newest: the
+    steps after it run again and reach the uninterrupted state."""
+    run([f"--output_dir={tmp_path}/full", "--max_steps=4", "--save_steps=1", "--save_total_limit=4"])
+    shutil.copytree(f"{tmp_path}/full", f"{tmp_path}/again", ignore=shutil.ignore_patterns(".lock"))
+    out = run([f"--output_dir={tmp_path}/again", "--max_steps=4", "--save_steps=1", "--save_total_limit=4",
+               f"--resume_from_checkpoint={tmp_path}/again/checkpoint-2"])  # fmt: skip
+    assert f"resumed from {tmp_path}/again/checkpoint-2 (step 2)" in out.stdout + out.stderr
+    assert_same(params(f"{tmp_path}/full/checkpoint-4"), params(f"{tmp_path}/again/checkpoint-4"), atol=0)
+    assert [json.loads(line)["step"] for line in open(f"{tmp_path}/again/log.jsonl")] == [1, 2, 3, 4]
+
+
 def test_resume_refuses_other_model(tmp_path):
     run([f"--output_dir={tmp_path}/a", "--max_steps=1"])
     again = [f"--output_dir={tmp_path}/a", "--max_steps=1", "--resume_from_checkpoint", "--max_completion_length=32"]
