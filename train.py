@@ -229,6 +229,9 @@ def update(cfg, train_model, params, opt, batches, amp):
             loss_sum += loss / n_acc
             m |= {"rows_left_out": left_out, "rows": len(b.advantages)}
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+        for p in params:  # every row left out (advantage 0): a zero gradient, so AdamW decays and steps as it would with one
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
             opt.step()
