@@ -161,9 +161,10 @@ def truncate_log(log_path, step):
     os.replace(log_path + ".tmp", log_path)
 
 
-def read(path):
+def read(path, with_tensors=False):
     """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
-    `path`, or one line saying why it cannot be read."""
+    `path` (and with_tensors, its saved `tensors` and `trainer` tensors), or one line saying why it
+    cannot be read."""
     state_file = os.path.join(path, "trainer_state.json")
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
@@ -175,7 +176,10 @@ def read(path):
     missing = {"step", "base", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
     if missing:
         raise ConfigError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)})")
-    return state | {"path": path}
+    state["path"] = path
+    if with_tensors:
+        state["tensors"], state["trainer"] = tensors(path), trainer_tensors(path)
+    return state
 
 
 def tensors(path):
@@ -203,8 +207,8 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
         if state["config"].get(key) != json.loads(json.dumps(config[key])):
             raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
-    saved = tensors(path)
-    extra = trainer_tensors(path) if opt is not None else None
+    saved = state["tensors"] if "tensors" in state else tensors(path)
+    extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -229,20 +233,17 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
     """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
     (step, counters), or (0, {}) when there is none. The steps after it are run again, so their
     log lines (and a half-written checkpoint) are dropped."""
-    state = path = None
-    if only is not None:  # one named checkpoint: read as it is, no fallback
-        state = read(only)
-        tensors(only), trainer_tensors(only)
-        path = only
-    for name in reversed(names(out_dir)) if only is None else ():  # the newest readable one: a damaged one is passed over
+    # the newest readable one (a damaged one is passed over), or the named one as it is
+    paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]
+    state = None
+    for path in paths:
         try:
-            path = os.path.join(out_dir, name)
-            state = read(path)
-            tensors(path), trainer_tensors(path)  # every file readable, before anything is copied
+            state = read(path, with_tensors=True)  # every file read before anything is copied
             break
         except ConfigError as e:
+            if only is not None:
+                raise
             log(f"warning: {str(e).removeprefix('config error: ')}; trying an older checkpoint")
-            state = None
     if state is None:
         log(f"resume: no readable checkpoint in {out_dir}, starting fresh")
         if master:  # a kill before the first checkpoint: its log lines are run again

@@ -8,10 +8,10 @@ A script declares its keys as plain assignments between two marker lines, each w
 
 Those lines are the defaults, `--help` (key, default, comment) and the set of known keys: nothing
 else in the script's namespace can be set. A value must have its default's type; an annotated key
-(`resume_from_checkpoint: bool | str = False`) also takes the types it names. A config file is executed over them, then each
---key=value override is parsed as a Python literal (a bare word stays a string). Unknown keys
-(with a "did you mean" for known names under another spelling) and values of the wrong type stop
-the script with one line, before any heavy work; `--print_config` prints the resolved config as
+(`resume_from_checkpoint: bool | str = False`) also takes the types it names. A config file is
+executed over them, then each --key=value override is parsed as a Python literal (a bare word
+stays a string). Unknown keys (with a "did you mean" for known names under another spelling) and
+values of the wrong type stop the script with one line, before any heavy work; `--print_config` prints the resolved config as
 JSON and exits.
 """
 
@@ -48,30 +48,36 @@ class ConfigError(SystemExit):
 
 def declared(script):
     """{key: (default, comment)} of the assignments between the marker lines of `script`."""
+    return _parse(script)[0]
+
+
+TYPES = {"bool": bool, "str": str, "int": int, "float": float, "tuple": tuple}
+
+
+def _parse(script):
+    """declared()'s keys, and {key: types} for the annotated ones (`key: bool | str = False`)."""
     src = open(script).read()
     begin, end = src.index(BEGIN), src.index(END)
     block = src[begin:end]
     comments = {
         t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(block).readline) if t.type == tokenize.COMMENT
     }
-    keys = {}
+    keys, also = {}, {}
     for node in ast.parse(block).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             keys[node.targets[0].id] = (ast.literal_eval(node.value), comments.get(node.lineno, ""))
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):  # `key: bool | str = False`
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             keys[node.target.id] = (ast.literal_eval(node.value), comments.get(node.lineno, ""))
-            ALSO[node.target.id] = tuple(TYPES[n.id] for n in ast.walk(node.annotation) if isinstance(n, ast.Name))
-    return keys
+            also[node.target.id] = tuple(TYPES[n.id] for n in ast.walk(node.annotation) if isinstance(n, ast.Name))
+    return keys, also
 
 
-TYPES = {"bool": bool, "str": str, "int": int, "float": float, "tuple": tuple}
-ALSO = {}  # key -> the types an annotated key also takes
-
-
-def _coerce(key, value, default):
+def _coerce(key, value, default, also=()):
+    """value, if it has the default's type (an int for a float is widened, a list for a tuple
+    converted) or one of `also`, the types an annotated key takes; else one line saying why not."""
     if isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
         return value
-    if type(value) in ALSO.get(key, ()):
+    if type(value) in also:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -97,7 +103,7 @@ def help_text(script, keys):
 def configure(script, argv=None):
     """The resolved config dict of `script`: its declared defaults, then config files and
     overrides in order. Handles --help and --print_config (both exit)."""
-    keys = declared(script)
+    keys, also = _parse(script)
     config = {k: default for k, (default, _) in keys.items()}
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
@@ -117,7 +123,7 @@ def configure(script, argv=None):
                     continue
                 if key not in config:
                     raise _unknown(key, config, f"{arg} sets ")
-                config[key] = _coerce(key, value, config[key])
+                config[key] = _coerce(key, value, config[key], also.get(key, ()))
             continue
         key, eq, raw = arg[2:].partition("=")
         if key not in config:
@@ -129,7 +135,7 @@ def configure(script, argv=None):
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 value = raw
-        config[key] = _coerce(key, value, config[key])
+        config[key] = _coerce(key, value, config[key], also.get(key, ()))
     if print_config:
         print(json.dumps(config, indent=1))
         sys.exit(0)

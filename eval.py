@@ -59,10 +59,9 @@ output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jso
 def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
              compact=False, remasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
     """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct, length,
-    forward passes), in
-    item order. Batches are fixed first and dealt to ranks (batch b to rank b mod world), so each
-    item is decoded in the same batch whatever the world size: sharded results equal one
-    process's exactly. Under torch.distributed every rank returns all records."""
+    forward passes), in item order. Batches are fixed first and dealt to ranks (batch b to rank
+    b mod world), so each item is decoded in the same batch whatever the world size: sharded
+    results equal one process's exactly. Under torch.distributed every rank returns all records."""
     fns = data.task(task)
     m = unwrap(model)
     was_training = m.training

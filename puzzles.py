@@ -102,6 +102,13 @@ def countdown_solution_text(item, think=False):
 # Sudoku 4×4, unique solution
 
 
+def seen_by(grid, i):
+    """The digits already in cell i's row, column and 2x2 box."""
+    r, c = divmod(i, 4)
+    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
+    return {grid[r * 4 + x] for x in range(4)} | {grid[x * 4 + c] for x in range(4)} | {grid[b] for b in box}
+
+
 def random_grid(rng):
     """A complete 4x4 Sudoku grid, filled cell by cell in a random digit order with backtracking:
     every one of the 288 grids can come out."""
@@ -110,9 +117,7 @@ def random_grid(rng):
     def fill(i):
         if i == 16:
             return True
-        r, c = divmod(i, 4)
-        box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
-        used = {grid[r * 4 + x] for x in range(4)} | {grid[x * 4 + c] for x in range(4)} | {grid[b] for b in box}
+        used = seen_by(grid, i)
         for d in rng.sample(range(1, 5), 4):
             if d not in used:
                 grid[i] = d
@@ -132,9 +137,7 @@ def sudoku_count_solutions(grid, limit=2):
         i = g.index(0)
     except ValueError:
         return 1
-    r, c = divmod(i, 4)
-    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
-    used = {g[r * 4 + x] for x in range(4)} | {g[x * 4 + c] for x in range(4)} | {g[b] for b in box}
+    used = seen_by(g, i)
     total = 0
     for d in range(1, 5):
         if d not in used:

@@ -69,10 +69,13 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="
     if remasking == "threshold":
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
             raise ValueError(f"threshold={threshold!r} must be a number > 0: the confidence that commits a position (>1: one a step)")
-    elif steps < 1 or steps % n_blocks:
-        raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")
-    if remasking != "threshold" and steps // n_blocks > block_length:
-        raise ValueError(f"steps={steps} gives {steps // n_blocks} steps per block but a block has only block_length={block_length} tokens")
+    else:
+        if steps < 1 or steps % n_blocks:
+            raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")
+        if steps // n_blocks > block_length:
+            raise ValueError(
+                f"steps={steps} gives {steps // n_blocks} steps per block but a block has only block_length={block_length} tokens"
+            )
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
     if remasking not in REMASKING:
@@ -143,10 +146,11 @@ def left_pad(prompts, pad_id, device="cpu"):
     return ids, mask
 
 
-def candidates(logits, mask_id, temperature, top_k, top_p, generator, device):
+def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, confidence=True):
     """One step's proposals at the positions of `logits` (n, Bk, V): the sampling log-probs
-    (n, Bk, V), a candidate x̂ per position (Gumbel-max with float64 noise; argmax at T = 0) and
-    its confidence log softmax(ℓ)[x̂] under the untempered, untruncated distribution (n, Bk)."""
+    (n, Bk, V), a candidate x̂ per position (Gumbel-max with float64 noise; argmax at T = 0) and,
+    with `confidence`, its confidence log softmax(ℓ)[x̂] under the untempered, untruncated
+    distribution (n, Bk), else None (random unmasking needs none)."""
     lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)
     if temperature > 0:
         u = uniform(lp.shape, generator, device)
@@ -154,24 +158,23 @@ def candidates(logits, mask_id, temperature, top_k, top_p, generator, device):
         x_hat = (lp.double() + gumbel).argmax(-1)
     else:
         x_hat = lp.argmax(-1)
+    if not confidence:
+        return lp, x_hat, None
     raw = logits.double()
     raw[..., mask_id] = float("-inf")
     return lp, x_hat, raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)
 
 
-def commit(x, unmask_step, logp, entropy, rows, cols, sel, x_hat, lp, step, P):
-    """Write the chosen candidates: rows (n,), cols (n, Bk) absolute positions, sel (n, k) indices
-    into cols (or a (n, Bk) bool mask), step (n,) or a number: the step that commits them."""
-    if sel.dtype == torch.bool:
-        r, c = sel.nonzero(as_tuple=True)
-    else:
-        r, c = torch.arange(len(rows), device=x.device)[:, None].expand_as(sel).flatten(), sel.flatten()
+def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step, P):
+    """Write the chosen candidates: rows (n,), cols (n, Bk) absolute positions, chosen (n, Bk)
+    bool, step (n,): the step of each row that commits them."""
+    r, c = chosen.nonzero(as_tuple=True)
     R, C, tok = rows[r], cols[r, c], x_hat[r, c]
-    chosen = lp[r, c]  # (N, V): only the committed positions' distributions
+    dist = lp[r, c]  # (N, V): only the committed positions' distributions
     x[R, C] = tok
-    unmask_step[R, C - P] = step[r] if torch.is_tensor(step) else step
-    logp[R, C - P] = chosen.gather(-1, tok[:, None]).squeeze(-1)
-    entropy[R, C - P] = entropy_of(chosen)
+    unmask_step[R, C - P] = step[r]
+    logp[R, C - P] = dist.gather(-1, tok[:, None]).squeeze(-1)
+    entropy[R, C - P] = entropy_of(dist)
 
 
 @torch.no_grad()
@@ -256,11 +259,12 @@ def fixed_steps(model, state, P, gen_length, block_length, steps, remasking, sto
         cols = torch.arange(lo, hi, device=device).expand(len(rows), -1)
         for i, k in enumerate(schedule):
             logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
-            lp, x_hat, conf = candidates(logits, **sampling)
+            lp, x_hat, conf = candidates(logits, **sampling, confidence=remasking == "low_confidence")
             if remasking == "random":
                 conf = uniform(x_hat.shape, sampling["generator"], device)
             conf = conf.masked_fill(x[rows, lo:hi] != sampling["mask_id"], float("-inf"))
-            commit(x, unmask_step, logp, entropy, rows, cols, conf.topk(k, dim=-1).indices, x_hat, lp, b * spb + i, P)
+            chosen = torch.zeros_like(conf, dtype=torch.bool).scatter_(1, conf.topk(k, dim=-1).indices, True)
+            commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, torch.full_like(rows, b * spb + i), P)
         if done.any():  # finished rows: EOS in this block's positions, in schedule order
             x[done, lo:hi] = stop_eos[0]
             unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
@@ -302,7 +306,7 @@ def generate_threshold(model, state, P, gen_length, block_length, threshold, sto
         chosen.scatter_(1, conf.topk(1, dim=-1).indices, True)  # at least the most confident
         commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step[rows], P)
         step[rows] += 1
-        full = rows[~(x[rows[:, None], cols] == sampling["mask_id"]).any(1)]  # rows whose block is now complete
+        full = rows[~(masked & ~chosen).any(1)]  # rows whose block is now complete
         if len(full):
             ended = torch.isin(x[full, P:], eos).any(1) if len(stop_eos) else torch.zeros_like(full, dtype=torch.bool)
             block[full] += 1
