@@ -313,12 +313,18 @@ def generator_knobs(task_name, cfg):
     return {k: cfg[k] for k in task(task_name).knobs}
 
 
-def test_set(task_name, path, n, seed, **gen):
+def test_set(task_name, path, n, seed, split="test", **gen):
     """The held-out items of a run with this seed: train.py and eval.py evaluate on the same ones.
-    n < 0: the whole test set (a file or the hub); a file or hub split is read whole, then cut to n."""
+    n < 0: the whole test set (a file or the hub); a file or hub split is read whole, then cut to n.
+    split="validation": generated problems of the validation part instead (tuning never reads test)."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"eval_split={split!r} must be 'test' or 'validation'")
+    if split == "validation" and (path or not task(task_name).generate):
+        raise ValueError(f"eval_split='validation' exists for generated tasks only (task={task_name!r}, eval_file={path!r}): "
+                         "pass a validation file as eval_file instead")  # fmt: skip
     if n < 0 and not path and task(task_name).generate:
         raise ValueError(f"eval_items={n} (the whole test set) needs eval_file (a file or 'hub'): generated test sets take a count")
-    items = load_items(task_name, "test", path or None, n=None if path or n < 0 else n, seed=seed + 1, **gen)
+    items = load_items(task_name, split, path or None, n=None if path or n < 0 else n, seed=seed + 1, **gen)
     return items if n < 0 else items[:n]
 
 
@@ -330,7 +336,7 @@ def load_items(task_name, split="train", path=None, n=None, seed=0, skip_bad=Fal
     if path and path != "hub":
         return load_file(task_name, path, skip_bad, limit=n)
     if t.generate and not path:
-        return t.generate(n or 256, seed=seed, split=split, unique=split == "test", **gen)
+        return t.generate(n or 256, seed=seed, split=split, unique=split != "train", **gen)
     if t.hub is None:
         raise ValueError(f"task={task_name!r} has no hub source; pass a local file")
     items = t.hub(split)

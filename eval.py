@@ -29,13 +29,14 @@ from sample import check_settings, decode_completions, generate
 
 # --- config
 models = (
-    "runs/tiny_countdown/warm_start",
+    "models/tiny-countdown",
     "runs/tiny_countdown",
 )  # each: a run folder (newest checkpoint), a checkpoint-N folder, a model folder (or an export) or a hub id
-labels = ("warm start", "AGRPO")  # one name per model; () = the paths
+labels = ("base", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # gsm8k | math | countdown | sudoku
 eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
+eval_split = "test"  # test | validation (generated tasks: the tenth of problems kept apart for tuning)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
 num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
 target_range = (1, 99)  # Countdown generator: range of the target
@@ -251,7 +252,8 @@ def main():
     ddp, rank, world, device = init_processes()
     try:
         system = data.system_prompt_text(cfg["task"], cfg["system_prompt"], cfg["system_prompt_file"])
-        items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
+        gen = data.generator_knobs(cfg["task"], cfg)
+        items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
 

@@ -2,7 +2,7 @@
 chosen positions only, LoRA, activation checkpointing, regional compilation.
 
     load("tiny")                          # the embedded model (tiny_llada.py), seeded random init
-    load("runs/x/warm_start")             # any Hugging Face model folder: config, weights, tokenizer
+    load("models/tiny-countdown")         # any Hugging Face model folder: config, weights, tokenizer
     load("GSAI-ML/LLaDA-8B-Instruct")     # a hub id, through the model's remote code
 
 Every model is a Hugging Face model whose forward returns `.logits` (B, L, V); folders and hub ids
@@ -18,6 +18,7 @@ import torch.nn as nn
 
 import tiny_llada
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
@@ -78,9 +79,16 @@ def save(model, tok, path):
     os.replace(tmp, path)
 
 
+def shipped(name):
+    """`name`, or the project's own models/ folder of that name when run from elsewhere."""
+    here = os.path.join(ROOT, name)
+    return here if name.startswith("models/") and not os.path.exists(name) and os.path.isdir(here) else name
+
+
 def model_path_error(name):
     """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
     else one line saying why not. Checked by the scripts before any heavy work."""
+    name = shipped(name)
     if name == "tiny":
         return None
     if os.path.isdir(name):
@@ -88,7 +96,7 @@ def model_path_error(name):
     if os.path.exists(name):
         return f"{name} is a file; a model is a folder (config.json, tokenizer files, weights) or a hub id"
     # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id
-    looks_local = name.startswith((".", "/", "~", "runs/")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
+    looks_local = name.startswith((".", "/", "~", "runs/", "models/")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
     if looks_local:
         return f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
     return None
@@ -112,6 +120,7 @@ def _from_pretrained(name_or_path, dtype):
     problem = model_path_error(name_or_path)
     if problem:
         raise ValueError(problem)
+    name_or_path = shipped(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")

@@ -1,7 +1,7 @@
 """Procedurally generated tasks: Countdown (3 numbers, + - * /, each number once) and 4x4 Sudoku
 with a unique solution, with their solvers. The embedded default trains and evaluates on these; the
-split of every problem into train or test is a hash of the problem itself (split_of), so the two
-never share one, whatever their sizes.
+split of every problem into train, validation or test is a hash of the problem itself (split_of),
+so no two share one, whatever their sizes.
 """
 
 import itertools
@@ -43,10 +43,14 @@ def countdown_solutions(nums, target):
     return found
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def split_of(key):
-    """'test' for a fixed tenth of all problems, 'train' otherwise: a stable hash of the problem
-    itself, so generated train and test sets never share a problem, whatever their sizes."""
-    return "test" if zlib.crc32(repr(key).encode()) % 10 == 0 else "train"
+    """'test' for a fixed tenth of all problems, 'validation' for another tenth (for choosing
+    hyperparameters without reading the test set), 'train' for the rest: a stable hash of the
+    problem itself, so the generated sets never share a problem, whatever their sizes."""
+    return {0: "test", 1: "validation"}.get(zlib.crc32(repr(key).encode()) % 10, "train")
 
 
 def _enough(attempts, n, found, what):
@@ -59,7 +63,7 @@ def _enough(attempts, n, found, what):
 
 def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=None, unique=False, ops="+-*/"):
     """n solvable items; each carries "expr", one solution, and "steps", the two operations.
-    split: None (any), or only problems of split_of's 'train' / 'test' part; unique: no problem
+    split: None (any), or only problems of one of split_of's parts (SPLITS); unique: no problem
     twice; ops: the operations the generated solutions use (any may be used to answer)."""
     rng = random.Random(seed)
     items, seen, attempts = [], set(), 0

@@ -1,5 +1,11 @@
-"""The warm start of the embedded model: supervised masked-diffusion training (LLaDA's SFT loss) on
-generated solutions, so that AGRPO starts from a policy whose rewards are not all zero.
+"""The embedded base model: supervised masked-diffusion training (LLaDA's SFT loss) of the embedded
+model on generated solutions, so that AGRPO starts from a policy whose rewards are not all zero.
+It plays the part LLaDA-8B-Instruct plays on the real path: trained once, shipped in models/ with
+the command that made it and a checksum (models/README.md), loaded by train.py and the comparisons.
+
+    python sft.py                                              # models/tiny-countdown
+    python sft.py --task=sudoku --sudoku_blanks="(10,10)" --max_steps=300 --max_completion_length=24 \\
+        --output_dir=models/tiny-sudoku
 
 With o the G completion tokens (the solution, then EOS padding), l ~ U{1..G} of them masked
 uniformly at random (x_l) and the prompt never masked:
@@ -10,10 +16,14 @@ This is likelihood.py's ELBO estimator read at every masked position, EOS paddin
 LLaDA's SFT trains on its padding: the model learns where completions end (ALGORITHM.md, §5).
 """
 
+import hashlib
 import json
 import math
 import os
 import random
+import subprocess
+import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -22,6 +32,22 @@ import data
 from likelihood import draws_logp, elbo_draws
 from model import load, save
 from sample import Rollout, left_pad
+
+# --- config
+model_name_or_path = "tiny"  # the model trained: "tiny" (the embedded model, seeded random init) or a model folder
+task = "countdown"  # a generated task: countdown | sudoku
+num_range = (1, 9)  # Countdown generator: range of the three numbers (as train.py)
+target_range = (1, 99)  # Countdown generator: range of the target
+sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
+system_prompt = ""  # system turn of the prompts ("" = none, as the embedded default trains with)
+compact_prompt = True  # short question text, as the embedded default
+max_completion_length = 16  # G: solutions (with their EOS) must fit; the rest is EOS padding
+max_steps = 2500  # AdamW steps
+learning_rate = 2e-3  # peak rate: warmup over 50 steps, cosine decay to 0
+batch_size = 64  # solutions per step, drawn from 20,000 generated training problems
+seed = 0  # the model's init, the problems, the batches and the masks
+output_dir = "models/tiny-countdown"  # the model folder written (config, safetensors, tokenizer, sft.json)
+# --- end of config
 
 
 def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, device="cpu"):
@@ -49,12 +75,13 @@ def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step
           compact=True, show=True):  # fmt: skip
     """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
     solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
-    generator_for_step(step) gives the torch.Generator of that step's masks. Returns the model
-    with no gradient left in .grad."""
+    generator_for_step(step) gives the torch.Generator of that step's masks. Returns (the model
+    with no gradient left in .grad, the last step's loss)."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     model.train()
-    bar = tqdm(range(steps), desc="warm start (SFT)", disable=not show)
+    bar = tqdm(range(steps), desc="SFT", disable=not show)
+    loss = torch.tensor(float("nan"))
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -66,40 +93,61 @@ def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.zero_grad(set_to_none=True)  # a stale SFT gradient would leak into the first AGRPO step
-    return model
+    model.zero_grad(set_to_none=True)
+    return model.eval(), loss.item()
 
 
-def warm_start(model, tok, task, items, path, settings, *, steps, gen_length, seed, generator_for_step, system_prompt="",
-               compact=True, show=True, write=True):  # fmt: skip
-    """The embedded model after `steps` of SFT on the generated solutions of `items` that fit
-    gen_length, cached as a model folder at `path` with the `settings` (a dict) that made it:
-    loaded from there when they match, trained anew (and said so) when they do not; written when
-    `write`, on one rank under DDP. Returns (model, path)."""
-    device = next(model.parameters()).device
-    recorded = os.path.join(path, "warm_start.json")
-    if os.path.exists(os.path.join(path, "config.json")):
-        cached = json.load(open(recorded)) if os.path.exists(recorded) else {}
-        if cached == json.loads(json.dumps(settings)):  # through JSON: tuples compare as the lists stored
-            if show:
-                tqdm.write(f"warm start: loading cached {path}")
-            return load(path, device=device)[0], path
-        if show:
-            changed = sorted(k for k in settings if cached.get(k) != json.loads(json.dumps(settings[k])))
-            tqdm.write(f"warm start: {path} was made with other settings ({', '.join(changed) or 'unrecorded'}); training a new one")
-    solution = data.task(task).solution
-    if solution is None:
-        raise ValueError(f"the warm start needs generated solutions: task={task!r} has none (use a pretrained model)")
-    texts = [(it, solution(it)) for it in items]
-    fits = [it for it, text in texts if text is not None and len(tok(text, add_special_tokens=False).input_ids) < gen_length]
-    if len(fits) < 64:
-        raise ValueError(
-            f"--max_completion_length={gen_length}: only {len(fits)} training solutions fit (with EOS); the warm start needs 64"
-        )
-    model = train(model, tok, task, fits, steps=steps, gen_length=gen_length, rng=random.Random(seed + 1),
-                  generator_for_step=generator_for_step, system_prompt=system_prompt, compact=compact, show=show)  # fmt: skip
-    if write:
-        save(model, tok, path)
-        with open(recorded, "w") as f:
-            json.dump(settings, f)
-    return model, path
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main():
+    from configurator import ConfigError, configure
+
+    cfg = configure(__file__)
+    t = data.task(cfg["task"]) if cfg["task"] in data.TASKS else None
+    if t is None or t.solution is None or t.generate is None:
+        raise ConfigError(f"--task={cfg['task']!r}: SFT needs a generated task with solutions (countdown, sudoku)")
+    for key in ("max_steps", "batch_size", "max_completion_length"):
+        if cfg[key] < 1:
+            raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
+    try:
+        data.check_generator_knobs(cfg)
+        model, tok = load(cfg["model_name_or_path"], seed=cfg["seed"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
+    fits = [it for it in items if len(tok(t.solution(it), add_special_tokens=False).input_ids) < cfg["max_completion_length"]]
+    if len(fits) < cfg["batch_size"]:
+        raise ConfigError(f"--max_completion_length={cfg['max_completion_length']}: only {len(fits)} solutions fit (with EOS)")
+    start = time.time()
+    masks = lambda s: torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + s)  # noqa: E731
+    model, loss = train(model, tok, cfg["task"], fits, steps=cfg["max_steps"], gen_length=cfg["max_completion_length"],
+                        rng=random.Random(cfg["seed"] + 1), generator_for_step=masks,
+                        lr=cfg["learning_rate"], batch_size=cfg["batch_size"], system_prompt=cfg["system_prompt"],
+                        compact=cfg["compact_prompt"])  # fmt: skip
+    save(model, tok, cfg["output_dir"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip() or "unknown"
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here).stdout.strip():
+        commit += " with uncommitted changes"
+    record = {
+        "command": " ".join(["python", "sft.py", *sys.argv[1:]]),
+        "config": cfg,
+        "commit": commit,
+        "torch": torch.__version__,
+        "minutes": round((time.time() - start) / 60, 1),
+        "final_loss": round(loss, 4),
+        "model.safetensors sha256": sha256(os.path.join(cfg["output_dir"], "model.safetensors")),
+    }
+    with open(os.path.join(cfg["output_dir"], "sft.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,9 @@ trajectory's m steps, and take PPO-clip steps on the stepwise estimate of log π
     torchrun --nproc_per_node 8 train.py configs/llada_gsm8k.py
     python train.py --help                               # every key, its default and meaning
 
-With the embedded model it first warm-starts it by supervised masked-diffusion training on
-generated solutions (sft.py, cached in output_dir/warm_start), and prints held-out greedy accuracy
-before and after AGRPO.
+The embedded default starts from models/tiny-countdown, the embedded model after supervised
+masked-diffusion training on generated solutions (sft.py; the command that made it is in
+models/README.md), and prints held-out greedy accuracy before and after AGRPO.
 """
 
 import contextlib
@@ -29,7 +29,6 @@ from tqdm import tqdm
 import checkpoint
 import data
 import logs
-import sft
 from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import evaluate, init_processes
@@ -38,7 +37,7 @@ from model import add_lora, compile_blocks, load, model_path_error, set_gradient
 from sample import check_settings, decode_completions, generate
 
 # --- config
-model_name_or_path = "tiny"  # "tiny" (the embedded model), a model folder, or a hub id such as GSAI-ML/LLaDA-8B-Instruct
+model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped), a hub id (GSAI-ML/LLaDA-8B-Instruct), "tiny" (random)
 task = "countdown"  # gsm8k | math | countdown | sudoku
 train_file = ""  # local JSONL/CSV/Parquet, or "hub" (the released run's data); "" = generated (countdown, sudoku) or the hub
 eval_file = ""  # held-out items: as train_file
@@ -48,9 +47,8 @@ compact_prompt = True  # short question text (the embedded model); False: full s
 num_range = (1, 9)  # Countdown generator: range of the three numbers
 target_range = (1, 99)  # Countdown generator: range of the target
 sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
-output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, the warm start, final.json
+output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
-warm_start_steps = 2500  # SFT steps of the embedded model before AGRPO (sft.py); cached in output_dir
 max_completion_length = 16  # G: completion tokens per rollout
 block_length = 8  # semi-autoregressive block size; divides G
 sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / block_length
@@ -85,6 +83,7 @@ lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
 eval_items = 200  # held-out problems scored greedily before and after training (0 = no evaluation)
+eval_split = "test"  # test | validation (generated tasks: a tenth of the problems kept apart for tuning)
 eval_max_completion_length = 16  # evaluation decoding: completion tokens
 eval_block_length = 8  # evaluation decoding: block size
 eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole grid)
@@ -105,13 +104,13 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 # speed. Every other key defines the run; a resume that changes one is refused, naming it.
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
                         "project", "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
-                        "eval_max_completion_length", "eval_block_length", "eval_sampling_steps", "per_device_eval_batch_size",
-                        "gradient_checkpointing", "compile", "skip_zero_advantage"}  # fmt: skip
+                        "eval_split", "eval_max_completion_length", "eval_block_length", "eval_sampling_steps",
+                        "per_device_eval_batch_size", "gradient_checkpointing", "compile", "skip_zero_advantage"}  # fmt: skip
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
     *((k, lambda v: v >= 1, ">= 1") for k in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps",
-                                             "warm_start_steps", "save_steps", "save_total_limit", "per_device_eval_batch_size")),
+                                             "save_steps", "save_total_limit", "per_device_eval_batch_size")),
     *((k, lambda v: v > 0, "> 0") for k in ("learning_rate", "max_grad_norm", "epsilon_high", "num_train_epochs", "lora_alpha")),
     *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps")),
     ("eval_items", lambda v: v >= -1, ">= -1 (-1: the whole test set, 0: no evaluation)"),
@@ -241,25 +240,15 @@ def update(cfg, train_model, params, opt, batches, amp):
     return loss_sum / cfg.num_iterations, metrics, float(grad_norm), skipped
 
 
-def load_policy(cfg, train_items, device, ddp, master):
-    """(π_θ, tokenizer, π_ref or None, the base its trained parameters sit on). The embedded model is
-    warm-started first (sft.py). Under DDP rank 0 loads first, so remote code and the warm start
-    are written once, then the other ranks load them."""
+def load_policy(cfg, device, ddp, master):
+    """(π_θ, tokenizer, π_ref or None). Under DDP rank 0 loads first, so a hub model's remote code
+    is fetched once, then the other ranks load it."""
     torch.manual_seed(cfg.seed)
     for turn in range(2 if ddp else 1):
         if (turn == 0) == master:
             try:
                 model, tok = load(cfg.model_name_or_path, device=device)
-                base_model = cfg.model_name_or_path
-                if cfg.model_name_or_path == "tiny":
-                    settings = {k: getattr(cfg, k) for k in ("task", "warm_start_steps", "max_completion_length", "seed", "system_prompt",
-                                                            "compact_prompt", "train_file", *data.task(cfg.task).knobs)}  # fmt: skip
-                    model, base_model = sft.warm_start(
-                        model, tok, cfg.task, train_items, os.path.join(cfg.output_dir, "warm_start"), settings, steps=cfg.warm_start_steps,
-                        gen_length=cfg.max_completion_length, seed=cfg.seed, generator_for_step=lambda s: seeded(cfg.seed, "sft", s),
-                        system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, show=master, write=master,
-                    )  # fmt: skip
-            except ValueError as e:  # the model cannot be loaded, or the warm start cannot be trained
+            except ValueError as e:  # the model cannot be loaded
                 raise ConfigError(f"--model_name_or_path: {e}") from None
         if ddp:
             dist.barrier()
@@ -272,7 +261,7 @@ def load_policy(cfg, train_items, device, ddp, master):
         ref_model = model if cfg.lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
     if cfg.compile:
         compile_blocks(model)
-    return model, tok, ref_model, base_model
+    return model, tok, ref_model
 
 
 def make_optimizer(cfg, params, total_steps):
@@ -320,7 +309,7 @@ def main():
     n_generated = 20_000 if data.task(cfg.task).generate else None
     try:
         train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
-        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items else []
+        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, cfg.eval_split, **gen) if cfg.eval_items else []
         train_items = data.without_test_problems(cfg.task, train_items, test_items)  # a file or hub test set may overlap
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
@@ -328,7 +317,7 @@ def main():
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
 
     # the policy π_θ (and π_ref when β > 0)
-    model, tok, ref_model, base_model = load_policy(cfg, train_items, device, ddp, master)
+    model, tok, ref_model = load_policy(cfg, device, ddp, master)
 
     def held_out_accuracy(label):
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
@@ -410,8 +399,8 @@ def main():
         # 4. checkpoint
         if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
             if master:
-                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base_model, nonfinite,
-                                       tok)  # fmt: skip
+                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, cfg.model_name_or_path,
+                                       nonfinite, tok)  # fmt: skip
                 log(f"step {step + 1}: checkpoint {path}")
             if ddp:
                 dist.barrier()

@@ -12,6 +12,12 @@ Prints completion tokens/s and forward passes/s of both, their ratio, and the FL
 matmul peak measured on the same machine. FLOPs counted are the ones the algorithm needs (every
 position through the layers, the vocabulary head on the current block only), the same count for
 both samplers: work the reference does beyond that is its inefficiency, not credited.
+
+Threshold decoding (--thresholds) gets rows too: its forward passes per row and speed on the same
+prompts (on a random model confidences are low, so this is its slowest case). With the embedded
+model a second table compares it with fixed-step decoding where confidences mean something: the
+shipped base model (models/tiny-countdown) on the Countdown test set, forward passes, completion
+positions decoded per second and accuracy, greedy.
 """
 
 import os
@@ -37,7 +43,11 @@ from common import (  # noqa: E402
 from model import compile_blocks  # noqa: E402
 from sample import generate, transfer_schedule  # noqa: E402
 
-args = quick_shape(shape_parser().parse_args())
+ap = shape_parser()
+ap.add_argument("--thresholds", default="(0.5,0.7,0.9)", help="τ of the threshold-decoding rows")
+ap.add_argument("--accuracy_items", type=int, default=200, help="Countdown test problems of the accuracy table (tiny)")
+args = quick_shape(ap.parse_args())
+thresholds = tuple(float(t) for t in args.thresholds.strip("()").split(",") if t.strip())
 
 
 @torch.no_grad()
@@ -88,6 +98,10 @@ ref_x, t_ref = timed(lambda: reference_generate(model, prompt, **setting), args.
 ours, t_ours = timed(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,), stop_at_eos=False), args.repeats, args.device)
 same = torch.equal(ref_x, ours.ids)
 stop, t_stop = timed(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,)), args.repeats, args.device)
+by_threshold = {}
+for tau in thresholds:
+    fast = dict(setting, steps=args.gen_length, remasking="threshold", threshold=tau)  # steps: unused by threshold decoding
+    by_threshold[tau] = timed(lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device)
 
 L = args.prompt_length + args.gen_length
 # the work the algorithm needs: every step a forward over all L positions, logits of the current block
@@ -102,11 +116,38 @@ print("| sampler | seconds | completion tok/s | forward passes/s | TFLOP/s | % o
 print("|---|---:|---:|---:|---:|---:|")
 for name, t in (("reference loop", t_ref), ("generate (stop_at_eos=False)", t_ours), ("generate (default)", t_stop)):
     print(f"| {name} | {t:.3f} | {tokens / t:,.0f} | {args.steps / t:.1f} | {flops / t / 1e12:.2f} | {100 * flops / t / peak:.1f} |")
+for tau, (r, t) in by_threshold.items():
+    passes, batch_passes = r.passes.float().mean().item(), r.passes.max().item()
+    print(f"| generate (threshold τ = {tau}), {passes:.1f} passes/row | {t:.3f} | {tokens / t:,.0f} | {batch_passes / t:.1f} | | |")
 print(f"speed-up of generate over the reference: {t_ref / t_ours:.2f}x (default settings {t_ref / t_stop:.2f}x)")
 print(f"rows that hit EOS (only these can stop early): {int(stop.is_eos.any(1).sum())} of {args.batch}")
 print(f"identical tokens at temperature 0: {'yes' if same else 'NO'}")
 if args.profile:
     with amp(args.device):
         print_profile(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,), stop_at_eos=False), args.device)
+if args.model == "tiny" and thresholds:
+    # where confidences mean something: the shipped base model on its task, fixed steps against τ
+    import data  # noqa: E402
+    from eval import evaluate  # noqa: E402
+    from model import load  # noqa: E402
+
+    base, tok = load("models/tiny-countdown", device=args.device)
+    items = data.test_set("countdown", "", 20 if args.quick else args.accuracy_items, 0, num_range=(1, 9), target_range=(1, 99))
+    G, block = 16, 8
+    print(f"\n# models/tiny-countdown, Countdown test set ({len(items)} problems, train.py's for seed 0), L = {G}, block {block}, greedy,")
+    print("# batch 100; tok/s counts all L completion positions decoded (EOS padding included)")
+    print("| decoding | forward passes per row | seconds | completion tok/s | accuracy (%) ± SE |")
+    print("|---|---:|---:|---:|---:|")
+    from eval import standard_error  # noqa: E402
+
+    for m, tau in [(4, None), (8, None), (16, None), *((None, t) for t in thresholds)]:
+        how = dict(remasking="threshold", threshold=tau, steps=G) if tau else dict(steps=m)
+        recs, t = timed(lambda how=how: evaluate(base, tok, "countdown", items, gen_length=G, block_length=block, batch_size=100,
+                                                 compact=True, **how), args.repeats, args.device)  # fmt: skip
+        acc = [r["accuracy"] for r in recs]
+        passes = sum(r["passes"] for r in recs) / len(recs)
+        label = f"threshold τ = {tau}" if tau else f"fixed, m = {m}"
+        score = f"{100 * sum(acc) / len(acc):.1f} ± {100 * standard_error(acc):.1f}"
+        print(f"| {label} | {passes:.2f} | {t:.2f} | {len(recs) * G / t:,.0f} | {score} |")
 if not same:
     sys.exit("generate and the reference loop disagree at temperature 0")

@@ -1,116 +1,166 @@
-"""The paper's comparison at small scale: AGRPO's stepwise estimator against diffu-GRPO's one-step
-estimator and the ELBO estimator, everything else equal.
+"""The paper's comparison at small scale, with a rate tuned for each estimator: AGRPO's stepwise
+estimator against diffu-GRPO's one-step estimator and the ELBO estimator, all from one shipped base
+model (models/), everything but the estimator and its rate equal.
 
-One warm start (train.py's, shared by every run), then for each seed three
-`train.py` runs that differ only in --estimator (each with --mc_samples=k forward passes per
-sequence per update: the same compute), then `eval.py` on the warm start and the three trained
-models at several sampling-step counts. Held-out accuracy is averaged over seeds (± standard
-error over seeds).
+1. Sweep: for each estimator and each rate in --rates, one train.py run (seed --tune_seed), scored
+   on the *validation* split (a tenth of the generated problems that neither training nor the test
+   set ever contains, puzzles.split_of). Each estimator keeps the rate with the best validation
+   accuracy, averaged over the m of the grid.
+2. Test: each estimator at its rate with --seeds (fresh: not the tuning seed), plus scheme=exact
+   (every one of the m steps, the sum the stepwise draws estimate) at the stepwise rate: the
+   ceiling of what sampling k of the m steps costs. Scored once on the test split.
 
-    python bench/compare_estimators.py                       # embedded default, 3 seeds
-    python bench/compare_estimators.py --quick               # a few steps: checks the pipeline (a test)
-    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=runs/compare_sudoku
+Every run is a train.py run with --mc_samples=k forward passes per sequence per update (the same
+compute; exact uses m), then eval.py at m = --sampling_steps. Each finished run and evaluation is
+cached under out_dir/runs, so an interrupted comparison continues where it stopped.
 
-Writes out_dir/RESULTS.md (table and verdict), results.json and reward_curves.png.
+    python bench/compare_estimators.py                       # Countdown: writes bench/compare/
+    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=bench/compare_sudoku
+    python bench/compare_estimators.py --quick --out_dir=/tmp/q   # a few steps: checks the pipeline (a test)
+
+Writes out_dir/RESULTS.md (sweep, rates, test table, paired differences), results.json and
+reward_curves.png.
 """
 
 import argparse
+import ast
 import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import checkpoint  # noqa: E402
+from configurator import configure  # noqa: E402
 
 ESTIMATORS = ("stepwise", "one_step", "elbo")
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--seeds", default="0,1,2")
-ap.add_argument("--out_dir", default="runs/compare")
-ap.add_argument("--max_steps", type=int, default=600, help="AGRPO steps per run (600 keeps 3 seeds under an hour on 2 cores)")
-ap.add_argument("--eval_items", type=int, default=200)
-ap.add_argument("--step_fractions", default="(0.25,0.5,1.0)")
-ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset (task, lengths, problem generator)")
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset: task, base model, lengths, generator")
+ap.add_argument("--out_dir", default="bench/compare")
+ap.add_argument("--rates", default="(1e-4,3e-4,1e-3)", help="learning rates swept for every estimator")
+ap.add_argument("--tune_seed", type=int, default=0)
+ap.add_argument("--seeds", default="(1,2,3)", help="the test runs' seeds (not the tuning seed)")
+ap.add_argument("--max_steps", type=int, default=400, help="AGRPO steps per run")
+ap.add_argument("--eval_items", type=int, default=200, help="validation and test problems scored")
+ap.add_argument("--sampling_steps", default="", help="evaluation grid of m (default: L/4, L/2, L)")
+ap.add_argument("--jobs", type=int, default=2, help="runs at a time, each on cpu_count/jobs threads")
 ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
 args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
 
-quick = ["--warm_start_steps=3", "--num_generations=4", "--per_device_train_batch_size=4"] if args.quick else []
 if args.quick:
-    args.max_steps, args.eval_items, args.seeds = 2, 8, "0"
-seeds = [int(s) for s in args.seeds.split(",")]
-out = os.path.join(ROOT, args.out_dir) if not os.path.isabs(args.out_dir) else args.out_dir
+    args.max_steps, args.eval_items, args.rates, args.seeds = 2, 8, "(1e-3,)", "(1,)"
+    train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
+out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
+cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])  # what every run shares (eval.py needs it too)
+task, L = cfg["task"], cfg["eval_max_completion_length"]
+rates, seeds = tuple(ast.literal_eval(args.rates)), tuple(ast.literal_eval(args.seeds))
+grid_m = tuple(ast.literal_eval(args.sampling_steps)) if args.sampling_steps else (L // 4, L // 2, L)
+grid_m = (cfg["eval_sampling_steps"],) if args.quick else grid_m
+threads = max(1, (os.cpu_count() or 1) // args.jobs)
+env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+t0 = time.time()
 
 
 def call(script, *a):
-    cmd = [sys.executable, script, *a]
-    print("$", " ".join(cmd[1:]), flush=True)
-    t = time.time()
-    res = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    res = subprocess.run([sys.executable, script, *a], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     if res.returncode:
-        sys.exit(f"{script} failed:\n{res.stderr[-3000:]}")
-    print(f"  done in {time.time() - t:.0f} s ({(time.time() - t0) / 60:.1f} min so far)", flush=True)
+        raise RuntimeError(f"{script} {' '.join(a)} failed:\n{res.stderr[-3000:]}")
+
+
+def name(est, lr, seed, scheme=None):
+    return f"{est}{'_' + scheme if scheme else ''}_lr{lr:g}_seed{seed}"
+
+
+def trained(run_dir):
+    newest = checkpoint.newest(run_dir) if os.path.isdir(run_dir) else None
+    return newest is not None and checkpoint.read(newest)["step"] >= args.max_steps
+
+
+def scores(model, label, split):
+    """{m: accuracy} of `model` on `split`, from eval.py (cached in out_dir/runs/label/eval_split)."""
+    where = os.path.join(out, "runs", label, f"eval_{split}")
+    if not os.path.exists(os.path.join(where, "results.json")):
+        knobs = [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
+        call("eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}", "--seed=0",
+             f"--eval_items={args.eval_items}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+             f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
+    return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
+
+
+def job(spec):
+    """Train (or finish) one run, then score it: (spec, {m: accuracy})."""
+    est, lr, seed, scheme, split = spec
+    label = name(est, lr, seed, scheme)
+    run_dir = os.path.join(out, "runs", label)
+    if not trained(run_dir):
+        extra = [f"--scheme={scheme}"] if scheme else []
+        call("train.py", args.config, *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
+             f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+    return spec, scores(run_dir, label, split)
+
+
+def run_all(specs, desc):
+    results = {}
+    with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(specs), desc=desc) as bar:
+        for spec, acc in pool.map(job, specs):
+            results[spec] = acc
+            bar.update()
+            bar.set_postfix(minutes=f"{(time.time() - t0) / 60:.0f}")
+    return results
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
 
 
 def mean_se(xs):
-    m = sum(xs) / len(xs)
+    m = mean(xs)
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan"))
 
 
-t0 = time.time()
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
-common = [args.config, *quick, *train_args, "--eval_items=0"]
-common += [f"--max_steps={args.max_steps}"] if args.max_steps else []
-rows = []  # (seed, model, steps, accuracy)
-warm = os.path.join(out, f"seed{seeds[0]}", ESTIMATORS[0], "warm_start")  # one warm start for every run
-for seed in seeds:
-    base = os.path.join(out, f"seed{seed}")
-    for est in ESTIMATORS:
-        run_dir = os.path.join(base, est)
-        if (seed, est) != (seeds[0], ESTIMATORS[0]) and not os.path.exists(os.path.join(run_dir, "warm_start")):
-            shutil.copytree(warm, os.path.join(run_dir, "warm_start"))
-        call("train.py", *common, f"--seed={seed}", f"--estimator={est}", f"--output_dir={run_dir}", "--resume_from_checkpoint")
-    models = [warm] + [os.path.join(base, e) for e in ESTIMATORS]
-    labels = ["warm start", *ESTIMATORS]  # one test set (seed 0) for every seed: only training varies
-    # eval.py shares the runs' task, eval length and problem generator, read from a checkpoint's resolved config
-    cfg = checkpoint.read(checkpoint.newest(models[1]))["config"]
-    task, eval_length = cfg["task"], cfg["eval_max_completion_length"]
-    grid = [f"--task={task}", f"--gen_lengths=({eval_length},)", f"--step_fractions={args.step_fractions}"]
-    grid += [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
-    call("eval.py", f"--models={tuple(models)!r}", f"--labels={tuple(labels)!r}", "--seed=0", f"--eval_items={args.eval_items}",
-         *grid, f"--output_dir={base}/eval")  # fmt: skip
-    for r in json.load(open(f"{base}/eval/results.json"))["rows"]:
-        rows.append((seed, r["model"], r["steps"], r["accuracy"]))
+# 1. sweep on validation
+base = cfg["model_name_or_path"]
+sweep = run_all([(e, lr, args.tune_seed, None, "validation") for e in ESTIMATORS for lr in rates], "sweep (validation)")
+best = {e: max(rates, key=lambda lr: mean(list(sweep[e, lr, args.tune_seed, None, "validation"].values()))) for e in ESTIMATORS}
+
+# 2. test: each estimator at its rate, fresh seeds; the exact ceiling at the stepwise rate
+finals = [(e, best[e], s, None, "test") for e in ESTIMATORS for s in seeds]
+finals += [("stepwise", best["stepwise"], s, "exact", "test") for s in seeds]
+test = run_all(finals, "test runs")
+base_scores = {split: scores(base, "base", split) for split in ("validation", "test")}
 minutes = (time.time() - t0) / 60
 
-# table: mean ± SE over seeds per (model, steps)
-step_counts = sorted({r[2] for r in rows})
-labels = ["warm start", *ESTIMATORS]
-summary = {(m, s): mean_se([r[3] for r in rows if r[1] == m and r[2] == s]) for m in labels for s in step_counts}
-lines = ["| model | " + " | ".join(f"m = {s}" for s in step_counts) + " |", "|---|" + "---:|" * len(step_counts)]
-for m in labels:
-    cells = [f"{100 * summary[m, s][0]:.1f} ± {100 * summary[m, s][1]:.1f}" for s in step_counts]
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
-
-
-def acc(seed, model, s):
-    return next(r[3] for r in rows if r[:3] == (seed, model, s))
-
-
+# tables
+ms = sorted(grid_m)
+rows_of = {e: [test[e, best[e], s, None, "test"] for s in seeds] for e in ESTIMATORS}
+rows_of["exact (stepwise rate)"] = [test["stepwise", best["stepwise"], s, "exact", "test"] for s in seeds]
+unit = "cell accuracy" if task == "sudoku" else "accuracy"
+sweep_lines = ["| estimator | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |", "|---|" + "---:|" * len(rates) + "---|"]
+for e in ESTIMATORS:
+    cells = [f"{100 * mean(list(sweep[e, lr, args.tune_seed, None, 'validation'].values())):.1f}" for lr in rates]
+    sweep_lines.append(f"| {e} | " + " | ".join(cells) + f" | {best[e]:g} |")
+test_lines = ["| model | rate | " + " | ".join(f"m = {m}" for m in ms) + " |", "|---|---|" + "---:|" * len(ms)]
+test_lines.append("| base | | " + " | ".join(f"{100 * base_scores['test'][m]:.1f}" for m in ms) + " |")
+for label, runs in rows_of.items():
+    rate = best["stepwise" if label.startswith("exact") else label]
+    cells = [f"{100 * mean_se([r[m] for r in runs])[0]:.1f} ± {100 * mean_se([r[m] for r in runs])[1]:.1f}" for m in ms]
+    test_lines.append(f"| {label} | {rate:g} | " + " | ".join(cells) + " |")
 verdict = []  # paired by seed: runs of one seed see the same prompts, so part of their noise cancels
-for other in ("one_step", "elbo"):
-    for s in step_counts:
-        d, se = mean_se([acc(seed, "stepwise", s) - acc(seed, other, s) for seed in seeds])
-        holds = "holds" if d > 2 * se else ("is reversed" if d < -2 * se else "is not resolved (within 2 SE)")
-        diff = f"stepwise − {other} = {100 * d:+.1f} ± {100 * se:.1f} points ({len(seeds)} seeds)"
-        verdict.append(f"- m = {s}: {diff}: stepwise above {other} {holds}.")
+for other in ("one_step", "elbo", "exact (stepwise rate)"):
+    for m in ms:
+        d, se = mean_se([a[m] - b[m] for a, b in zip(rows_of["stepwise"], rows_of[other])])
+        word = "above" if d > 2 * se else ("below" if d < -2 * se else "level with (within 2 SE)")
+        verdict.append(f"- m = {m}: stepwise − {other} = {100 * d:+.1f} ± {100 * se:.1f} points: stepwise is {word} {other}.")
 
-# reward curves: mean over seeds, smoothed over 20 steps
+# reward curves of the test runs: mean over seeds, smoothed
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -118,39 +168,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402  (for its version in the header)
 
 fig, ax = plt.subplots(figsize=(6, 4))
-for est in ESTIMATORS:
-    curves = [[json.loads(line)["reward"] for line in open(os.path.join(out, f"seed{s}", est, "log.jsonl"))] for s in seeds]
+for label, (e, scheme) in {**{e: (e, None) for e in ESTIMATORS}, "exact": ("stepwise", "exact")}.items():
+    curves = [[json.loads(x)["reward"] for x in open(os.path.join(out, "runs", name(e, best[e], s, scheme), "log.jsonl"))] for s in seeds]
     n = min(map(len, curves))
-    mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+    avg = [mean([c[i] for c in curves]) for i in range(n)]
     w = max(1, min(20, n // 5))
-    smooth = [sum(mean[max(0, i - w + 1) : i + 1]) / len(mean[max(0, i - w + 1) : i + 1]) for i in range(n)]
-    ax.plot(range(1, n + 1), smooth, label=est)
+    ax.plot(range(1, n + 1), [mean(avg[max(0, i - w + 1) : i + 1]) for i in range(n)], label=f"{label} (lr {best[e]:g})")
 ax.set_xlabel("AGRPO step")
-ax.set_ylabel(f"mean training reward ({len(seeds)} seeds, {w}-step average)")
+ax.set_ylabel(f"training reward ({len(seeds)} seeds, {w}-step mean)")
 ax.grid(alpha=0.3)
 ax.legend()
 fig.tight_layout()
 fig.savefig(os.path.join(out, "reward_curves.png"), dpi=120)
 
-text = f"""# Estimators compared on the embedded model: {task}
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+text = f"""# Estimators compared with a rate each: {task}
 
-Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {len(seeds)} seed(s),
-{minutes:.0f} min on {os.cpu_count()} CPU cores (torch {torch.__version__}, {platform.processor() or platform.machine()}).
-Each seed: one warm start, then three train.py runs differing only in `--estimator` (train.py's other
-settings, arguments: {" ".join(common)}). Held-out greedy accuracy (%{", cell accuracy" if task == "sudoku" else ""}) on
-{args.eval_items} problems, generation length {eval_length}, by sampling steps m; mean ± standard error over seeds.
+Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
+{os.cpu_count()} CPU cores ({args.jobs} runs at a time, {threads} thread(s) each; torch {torch.__version__},
+{platform.processor() or platform.machine()}). Base model `{base}`; every run: `train.py {args.config} {" ".join(train_args)}
+--max_steps={args.max_steps}` with its estimator, rate and seed. Greedy {unit} (%) on {args.eval_items} problems,
+generation length {L}, by sampling steps m.
 
-{chr(10).join(lines)}
+## 1. Sweep (seed {args.tune_seed}, validation split: {unit} averaged over m = {", ".join(map(str, ms))})
 
-Does the paper's ordering (stepwise AGRPO above diffu-GRPO's one-step estimate, and above ELBO) hold at this scale?
-Differences are paired by seed; "holds" means more than 2 standard errors above zero.
+{chr(10).join(sweep_lines)}
+
+## 2. Test split, each estimator at its chosen rate (mean ± standard error over seeds {", ".join(map(str, seeds))})
+
+{chr(10).join(test_lines)}
+
+Differences paired by seed ("above" / "below": more than 2 standard errors from zero):
 
 {chr(10).join(verdict)}
 
-Training reward curves: reward_curves.png.
+Training reward curves of the test runs: reward_curves.png.
 """
 with open(os.path.join(out, "RESULTS.md"), "w") as f:
     f.write(text)
 with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump({"rows": rows, "minutes": minutes}, f)
+    swept = {name(e, lr, args.tune_seed): sweep[e, lr, args.tune_seed, None, "validation"] for e in ESTIMATORS for lr in rates}
+    json.dump({"sweep": swept, "best": best, "test": rows_of, "base": base_scores, "minutes": minutes}, f)
 print(text)

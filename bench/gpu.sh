@@ -18,18 +18,21 @@ run() {  # run NAME CMD...: keep going if one fails, so one call yields every ta
     echo "== $name: $*"
     local t0=$SECONDS
     "$@" > "$OUT/gpu_$name.txt" 2>&1; local rc=$?
-    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out)' | grep -v '^# matmul' | tail -12
+    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out)' | grep -v '^# matmul' | tail -24
     [ $rc -eq 0 ] || { echo "!! $name exited with $rc:"; grep -v '^\s*$' "$OUT/gpu_$name.txt" | tail -4; }
     echo "   ($((SECONDS - t0)) s)"
 }
 
 sample="python3 bench/bench_sample.py --model llada8b --device cuda"
 train="python3 bench/bench_train.py --model llada8b --device cuda"
-tiny="python3 train.py --max_steps=20 --warm_start_steps=200 --eval_items=50 --overwrite_output_dir"  # train.py picks CUDA when it sees one
+tiny="python3 train.py --max_steps=20 --eval_items=50 --overwrite_output_dir"  # the shipped tiny base; train.py picks CUDA when it sees one
 case $part in
 eager)
-    # rollout, batch 8 x (128 prompt + 256 completion), block 32, 128 steps (target: >= 50% of the bf16 matmul rate)
+    # rollout, batch 8 x (128 prompt + 256 completion), block 32, 128 steps (target: >= 50% of the bf16 matmul rate),
+    # with threshold-decoding rows (tau 0.5, 0.7, 0.9; a random model's low confidences make them its slowest case)
     run sample $sample --profile
+    # fixed steps against threshold decoding on the shipped tiny base: passes, speed, accuracy
+    run sample_tiny python3 bench/bench_sample.py --model tiny --device cuda
     # update, LoRA r=64, gradient checkpointing (targets: >= 35% MFU, <= 40 GB)
     run train_lora $train --lora_rank 64 --checkpointing --profile
     # the same with peft's float32 copy of every adapter input (model.add_lora): what skipping it saves
@@ -38,6 +41,7 @@ eager)
     run train_full $train --checkpointing
     # the embedded pipeline on CUDA (bf16 autocast): must finish and log finite losses
     run tiny_train $tiny --output_dir=/tmp/tiny_cuda
+    run tiny_train_threshold $tiny --unmasking=threshold --output_dir=/tmp/tiny_cuda_threshold
     cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null && tail -1 /tmp/tiny_cuda/log.jsonl | cut -c1-160
     ;;
 compile)

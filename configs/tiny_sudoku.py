@@ -1,11 +1,11 @@
 # The embedded model on generated 4x4 Sudoku: python train.py configs/tiny_sudoku.py
 # "<answer>" + 16 digits + "</answer>" + EOS is 19 tokens: completions of 24 (3 blocks of 8), m = L/4.
-# A short warm start on 10 blanks leaves AGRPO room to learn (a long one fills nearly every cell,
-# and groups of equal rewards carry no advantage); accuracy is cell accuracy.
-model_name_or_path = "tiny"
+# The shipped base (models/tiny-sudoku) had a short SFT on 10 blanks, which leaves AGRPO room to
+# learn (a long one fills nearly every cell, and groups of equal rewards carry no advantage);
+# accuracy is cell accuracy.
+model_name_or_path = "models/tiny-sudoku"
 task = "sudoku"
 sudoku_blanks = (10, 10)
-warm_start_steps = 300
 max_completion_length = 24
 sampling_steps = 6
 eval_max_completion_length = 24

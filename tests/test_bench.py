@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end in their quick modes (numbers are not checked here)."""
 
+import glob
 import os
 import subprocess
 import sys
@@ -13,7 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     "script, flags, expect",
     [
         ("bench/bench_estimators.py", [], ["| stepwise"]),
-        ("bench/bench_sample.py", ["--profile"], ["identical tokens at temperature 0: yes", "Self CPU time total"]),
+        (
+            "bench/bench_sample.py",
+            ["--profile"],
+            [
+                "identical tokens at temperature 0: yes",
+                "Self CPU time total",
+                "| generate (threshold τ = 0.9)",
+                "| fixed, m = 4 |",
+                "| threshold τ = 0.5 |",
+            ],
+        ),
         ("bench/bench_train.py", ["--profile", "--lora_rank=4"], ["| k=2 fwd+bwd", "Self CPU time total"]),
     ],
 )
@@ -26,11 +37,25 @@ def test_bench_quick(script, flags, expect):
 
 @pytest.mark.parametrize("config", ["configs/tiny_sudoku.py"])  # one preset: the script's pipeline; train.py's Countdown runs in test_train
 def test_compare_estimators_quick(tmp_path, config):
+    """Sweep, test runs, tables; a second call finds every run and evaluation cached and redoes none."""
     cmd = [sys.executable, "bench/compare_estimators.py", "--quick", f"--config={config}", f"--out_dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = open(f"{tmp_path}/RESULTS.md").read()
-    for model in ("warm start", "stepwise", "one_step", "elbo"):
+    for model in ("base", "stepwise", "one_step", "elbo", "exact (stepwise rate)"):
         assert f"| {model} |" in text
-    assert "stepwise above one_step" in text and "stepwise above elbo" in text
+    assert "## 1. Sweep" in text and "validation" in text and "stepwise − one_step" in text and "stepwise − elbo" in text
     assert ("sudoku" in text) == ("sudoku" in config) and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0
+    stamps = {p: os.path.getmtime(p) for p in glob.glob(f"{tmp_path}/runs/*/*") if not p.endswith(".lock")}
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps  # nothing retrained or re-scored
+
+
+def test_compare_threshold_quick(tmp_path):
+    cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--out_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = open(f"{tmp_path}/RESULTS.md").read()
+    assert "| fixed | 2 |" in text and "| threshold | 2 |" in text
+    assert os.path.getsize(f"{tmp_path}/accuracy_vs_rollout_passes.png") > 0

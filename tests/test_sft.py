@@ -1,7 +1,14 @@
-"""The warm start (sft.py): batch layout and that its loss goes down."""
+"""The embedded base models (sft.py): batch layout, the loss goes down, the script writes a model
+folder with its record, and the shipped models/ folders match their recorded checksums and load."""
 
+import glob
+import json
+import os
 import random
+import subprocess
+import sys
 
+import pytest
 import torch
 
 import data
@@ -34,7 +41,44 @@ def test_sft_lowers_its_loss():
             return sft.sft_loss(model, held, draws).item()
 
     before = loss()
-    sft.train(model, tok, "countdown", items, steps=60, lr=2e-3, batch_size=16, gen_length=16, rng=random.Random(0),
+    model, _ = sft.train(model, tok, "countdown", items, steps=60, lr=2e-3, batch_size=16, gen_length=16, rng=random.Random(0),
               generator_for_step=lambda s: torch.Generator().manual_seed(s), show=False)  # fmt: skip
     assert loss() < 0.7 * before
     assert all(p.grad is None for p in model.parameters())  # nothing left to leak into AGRPO's first step
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "models", "*", "sft.json")))
+
+
+def test_models_are_shipped():
+    assert {os.path.basename(os.path.dirname(p)) for p in SHIPPED} >= {"tiny-countdown", "tiny-sudoku"}
+
+
+@pytest.mark.parametrize("record", SHIPPED, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_shipped_model_matches_its_checksum_and_loads(record):
+    """The file is the one its record names (a changed or LFS-pointer file fails here), and loads
+    from any working directory by its models/ name, as train.py's default does."""
+    folder = os.path.dirname(record)
+    meta = json.load(open(record))
+    assert sft.sha256(os.path.join(folder, "model.safetensors")) == meta["model.safetensors sha256"]
+    assert meta["command"].startswith("python sft.py") and meta["config"]["output_dir"] == f"models/{os.path.basename(folder)}"
+    here = os.getcwd()
+    try:
+        os.chdir("/")
+        model, tok = load(f"models/{os.path.basename(folder)}")
+    finally:
+        os.chdir(here)
+    assert model.config.vocab_size == len(tok) and tok.mask_token_id is not None
+
+
+def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
+    out = f"{tmp_path}/m"
+    cmd = [sys.executable, "sft.py", "--max_steps=3", "--batch_size=8", f"--output_dir={out}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.load(open(f"{out}/sft.json"))
+    assert meta["config"]["max_steps"] == 3 and meta["model.safetensors sha256"] == sft.sha256(f"{out}/model.safetensors")
+    load(out)
+    bad = subprocess.run([sys.executable, "sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "generated task" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,128 @@
+"""Training with threshold rollouts against fixed-step rollouts, on the embedded default: held-out
+accuracy against the rollout forward passes spent to reach it.
+
+Two train.py runs from the shipped base model (models/tiny-countdown), identical but for the
+rollout sampler: fixed-step low-confidence unmasking (m = sampling_steps of the preset) and
+threshold unmasking with τ (each completion in its own number of passes, at least one per block).
+Every --every steps a checkpoint is scored on the test set with both decoders (greedy fixed m,
+greedy τ), so each run is read with the decoder it trained with and with the other one. The x axis
+is the rollout forward passes per completion summed over the steps so far (log.jsonl's
+rollout_passes): the rollout's compute, which dominates a step on a real model.
+
+    python bench/compare_threshold.py                          # writes bench/compare_threshold/
+    python bench/compare_threshold.py --quick --out_dir=/tmp/t # a few steps: checks the pipeline
+
+Runs and evaluations are cached under out_dir, so an interrupted comparison continues.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configurator import configure  # noqa: E402
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--config", default="configs/tiny_countdown.py")
+ap.add_argument("--out_dir", default="bench/compare_threshold")
+ap.add_argument("--threshold", type=float, default=0.9, help="τ of the threshold run and of its decoding")
+ap.add_argument("--max_steps", type=int, default=1000)
+ap.add_argument("--every", type=int, default=100, help="steps between scored checkpoints")
+ap.add_argument("--eval_items", type=int, default=200)
+ap.add_argument("--quick", action="store_true")
+args, train_args = ap.parse_known_args()
+if args.quick:
+    args.max_steps, args.every, args.eval_items = 2, 1, 8
+    train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
+out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
+cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])
+L, m, tau = cfg["eval_max_completion_length"], cfg["eval_sampling_steps"], args.threshold
+RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
+threads = max(1, (os.cpu_count() or 1) // 2)
+env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+t0 = time.time()
+
+
+def call(script, *a):
+    res = subprocess.run([sys.executable, script, *a], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if res.returncode:
+        raise RuntimeError(f"{script} {' '.join(a)} failed:\n{res.stderr[-3000:]}")
+
+
+def score(model, where):
+    """{'fixed': (accuracy, passes), 'threshold': (accuracy, passes)} of one model on the test set."""
+    if not os.path.exists(f"{where}/results.json"):
+        call("eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}", f"--eval_items={args.eval_items}", "--seed=0",
+             f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}", f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
+             *(f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "compact_prompt")),
+             f"--output_dir={where}")  # fmt: skip
+    rows = json.load(open(f"{where}/results.json"))["rows"]
+    return {("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["steps"]) for r in rows}
+
+
+def train_and_score(run):
+    run_dir = os.path.join(out, run)
+    call("train.py", args.config, *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.every}", "--eval_items=0",
+         f"--save_total_limit={args.max_steps // args.every + 1}", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+    passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
+    points = [(0, 0.0, base)]
+    for step in range(args.every, args.max_steps + 1, args.every):
+        points.append((step, sum(passes[:step]), score(f"{run_dir}/checkpoint-{step}", f"{run_dir}/eval_{step}")))
+    return run, points
+
+
+base = score(cfg["model_name_or_path"], f"{out}/eval_base")  # step 0 of both runs
+with ThreadPoolExecutor(2) as pool:
+    results = dict(pool.map(train_and_score, RUNS))
+minutes = (time.time() - t0) / 60
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(6.5, 4.2))
+for i, run in enumerate(RUNS):
+    for decoding, style in (("fixed", "-o"), ("threshold", "--s")):
+        pts = results[run]
+        label = f"trained {run}, decoded {'m = ' + str(m) if decoding == 'fixed' else 'τ = ' + str(tau)}"
+        ax.plot([p[1] for p in pts], [100 * p[2][decoding][0] for p in pts], style, color=f"C{i}", label=label, markersize=4)
+ax.set_xlabel("rollout forward passes per completion, summed over steps")
+ax.set_ylabel(f"held-out greedy accuracy (%), {args.eval_items} problems")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(f"{out}/accuracy_vs_rollout_passes.png", dpi=120)
+
+lines = [f"| run | step | rollout passes so far | per rollout | accuracy, m = {m} (%) | accuracy, τ = {tau} (%) | τ: passes per item |",
+         "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+for run, pts in results.items():
+    for step, spent, s in pts:
+        per = f"{spent / step:.2f}" if step else ""
+        accs = f"{100 * s['fixed'][0]:.1f} | {100 * s['threshold'][0]:.1f}"
+        lines.append(f"| {run} | {step} | {spent:,.0f} | {per} | {accs} | {s['threshold'][1]:.2f} |")
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+text = f"""# Threshold rollouts against fixed-step rollouts: {cfg["task"]}
+
+Command: `python bench/compare_threshold.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
+{os.cpu_count()} CPU cores (2 runs at a time, {threads} thread(s) each; torch {torch.__version__}, {platform.machine()}).
+Both runs: `train.py {args.config} {" ".join(train_args)} --max_steps={args.max_steps}` from `{cfg["model_name_or_path"]}`, one with
+fixed-step rollouts (m = {cfg["sampling_steps"]}, {cfg["unmasking"]}), one with threshold rollouts (τ = {tau}). Each checkpoint scored
+greedily on {args.eval_items} test problems (L = {L}) with fixed steps (m = {m}) and with threshold decoding (τ = {tau}).
+
+{chr(10).join(lines)}
+
+Plot: accuracy_vs_rollout_passes.png.
+"""
+with open(f"{out}/RESULTS.md", "w") as f:
+    f.write(text)
+with open(f"{out}/results.json", "w") as f:
+    json.dump({"runs": results, "minutes": minutes}, f)
+print(text)
