@@ -12,7 +12,7 @@ rollout_passes): the rollout's compute, which dominates a step on a real model.
     python bench/compare_threshold.py                          # writes bench/compare_threshold/
     python bench/compare_threshold.py --quick --out_dir=/tmp/t # a few steps: checks the pipeline
 
-Runs and evaluations are cached under out_dir, so an interrupted comparison continues.
+Runs and evaluations are cached under out_dir/runs, so an interrupted comparison continues.
 """
 
 import argparse
@@ -67,7 +67,7 @@ def score(model, where):
 
 
 def train_and_score(run):
-    run_dir = os.path.join(out, run)
+    run_dir = os.path.join(out, "runs", run)
     call("train.py", args.config, *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.every}", "--eval_items=0",
          f"--save_total_limit={args.max_steps // args.every + 1}", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
     passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
@@ -77,7 +77,7 @@ def train_and_score(run):
     return run, points
 
 
-base = score(cfg["model_name_or_path"], f"{out}/eval_base")  # step 0 of both runs
+base = score(cfg["model_name_or_path"], f"{out}/runs/eval_base")  # step 0 of both runs
 with ThreadPoolExecutor(2) as pool:
     results = dict(pool.map(train_and_score, RUNS))
 minutes = (time.time() - t0) / 60
