@@ -1,7 +1,7 @@
 """Tasks: questions, loaders (local files and the released run's hub data), and the table `TASKS`
 that declares each task once (its prompts, data sources, generator (puzzles.py), reward r(o) of the
-group-relative objective, reported accuracy and the warm start's solution text). Adding a task is
-its functions here and in rewards.py plus one row.
+group-relative objective, reported accuracy and the solution text the base models' SFT reads).
+Adding a task is its functions here and in rewards.py plus one row.
 
 An item is a dict with the fields its task needs: gsm8k/math {"question", "answer"}, countdown
 {"nums", "target"} (generated items also carry "expr" and "steps", a solution), sudoku {"puzzle",
@@ -151,7 +151,7 @@ def _countdown_row(where, row):
     if isinstance(target, str) and re.fullmatch(r"\s*-?\d+\s*", target):  # CSV
         target = int(target)
     _check(isinstance(target, int) and not isinstance(target, bool), where, f"field 'target' must be an integer, got {target!r}")
-    solutions = countdown_solutions(nums, target)  # one of them is the warm start's supervised answer
+    solutions = countdown_solutions(nums, target)  # one of them is the SFT answer (sft.py)
     return {"nums": nums, "target": target, **({"expr": solutions[0]} if solutions else {})}
 
 
@@ -264,7 +264,7 @@ class Task:
     reward_range: tuple  # (lowest, highest) reward on any completion
     hub: Callable | None = None  # split -> items, through `datasets` (needs network)
     generate: Callable | None = None  # (n, seed, split, unique, **knobs) -> items with solutions
-    solution: Callable | None = None  # item -> the warm start's supervised completion text
+    solution: Callable | None = None  # item -> the supervised completion text (sft.py)
     knobs: tuple = ()  # config keys the generator takes (difficulty)
     system_prompt: str = ""  # the task's own system turn (system_prompt = "task")
 

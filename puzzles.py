@@ -94,8 +94,8 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
 
 
 def countdown_solution_text(item, think=False):
-    """A supervised completion for the warm start: the two operations, then the equation; None for
-    an item without a known solution."""
+    """A supervised completion for the base model's SFT (sft.py): the two operations, then the
+    equation; None for an item without a known solution."""
     if "expr" not in item:
         return None
     think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""

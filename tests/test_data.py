@@ -209,13 +209,13 @@ def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, bad):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_local_countdown_rows_get_a_solution_for_the_warm_start(tmp_path):
-    """A local Countdown file (nums, target) feeds the warm start: each solvable row gets a solution."""
+def test_local_countdown_rows_get_a_solution_for_sft(tmp_path):
+    """A local Countdown file (nums, target) feeds SFT: each solvable row gets a solution."""
     path = tmp_path / "cd.jsonl"
     path.write_text('{"nums": [25, 3, 2], "target": 56}\n{"nums": [1, 1, 1], "target": 100}\n')
     items = load_file("countdown", str(path))
     assert countdown_reward(task("countdown").solution(items[0]), items[0]) == 4.0
-    assert task("countdown").solution(items[1]) is None  # unsolvable: left out of the warm start
+    assert task("countdown").solution(items[1]) is None  # unsolvable: left out of SFT
 
 
 def test_the_default_runs_data_loads():

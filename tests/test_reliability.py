@@ -106,7 +106,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(tmp_path, uninterr
 def test_an_output_dir_belongs_to_one_run(tmp_path):
     """A second run on a folder in use stops naming the holder; a fresh run into a folder holding a
     run is refused unless it resumes or overwrites; a resume that changes what is trained is refused
-    naming the key; a cached warm start made with other settings is trained anew."""
+    naming the key;"""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.Popen([sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=1000"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -132,7 +132,7 @@ def test_help_print_config_and_unknown_keys(capsys):
 def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
     """MATH's reward runs math-verify in a worker process, which imports train.py's main module:
     without the __main__ guard that re-ran train.py in the worker and the run hung. A few steps
-    of MATH from a local file on a saved embedded model (MATH has no generated warm start), in one
+    of MATH from a local file on a saved embedded model (MATH has no shipped base), in one
     process and on 2 gloo ranks."""
     from model import load, save
 
