@@ -13,17 +13,31 @@ from fractions import Fraction
 # Countdown: 3 numbers, + - * /, each number once
 
 
+OPS = "+*--//"  # the operations _values yields, by index: a+b, a*b, a-b, b-a, a/b, b/a
+
+
+def _values(va, vb):
+    """(value, operation index) of every result of two operands, in OPS order; a division by zero
+    is left out. Whole operands stay ints (exact and fast), a quotient is a Fraction."""
+    out = [(va + vb, 0), (va * vb, 1), (va - vb, 2), (vb - va, 3)]
+    if vb != 0:
+        out.append((Fraction(va) / vb, 4))
+    if va != 0:
+        out.append((Fraction(vb) / va, 5))
+    return out
+
+
+def _text(ta, tb, op):
+    """The expression text of operation `op` (an OPS index) on operand texts ta, tb."""
+    return (f"{ta}+{tb}", f"{_wrap(ta)}*{_wrap(tb)}", f"{ta}-{_wrap(tb)}", f"{tb}-{_wrap(ta)}", f"{_wrap(ta)}/{_wrap(tb, True)}",
+            f"{_wrap(tb)}/{_wrap(ta, True)}")[op]  # fmt: skip
+
+
 def _combine(a, b):
     """Every (value, text) reachable from two (value, text) operands."""
     (va, ta), (vb, tb) = a, b
-    yield va + vb, f"{ta}+{tb}"
-    yield va * vb, f"{_wrap(ta)}*{_wrap(tb)}"
-    yield va - vb, f"{ta}-{_wrap(tb)}"
-    yield vb - va, f"{tb}-{_wrap(ta)}"
-    if vb != 0:
-        yield va / vb, f"{_wrap(ta)}/{_wrap(tb, True)}"
-    if va != 0:
-        yield vb / va, f"{_wrap(tb)}/{_wrap(ta, True)}"
+    for v, op in _values(va, vb):
+        yield v, _text(ta, tb, op)
 
 
 def _wrap(t, strict=False):
@@ -73,21 +87,23 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
         nums = [rng.randint(*num_range) for _ in range(3)]
         i, j = rng.sample(range(3), 2)
         k = 3 - i - j
-        pair = list(_combine((Fraction(nums[i]), str(nums[i])), (Fraction(nums[j]), str(nums[j]))))
-        first_value, first_text = rng.choice([c for c, o in zip(pair, "+*--//") if o in ops])
+        # values first, texts only for a kept problem (most draws are rejected)
+        first_value, first_op = rng.choice([(v, op) for v, op in _values(nums[i], nums[j]) if OPS[op] in ops])
         if first_value.denominator != 1 or first_value <= 0:  # whole, positive intermediate results
             continue
-        third = (Fraction(nums[k]), str(nums[k]))
-        op = rng.choice([i for i, o in enumerate("+*--//") if o in ops])  # same operation on expression and value
-        value, expr = list(_combine((first_value, first_text), third))[op]
-        _, step_text = list(_combine((first_value, str(first_value)), third))[op]
-        if value.denominator != 1 or not target_range[0] <= value <= target_range[1]:
+        first_value = int(first_value)
+        op = rng.choice([i for i, o in enumerate(OPS) if o in ops])  # same operation on expression and value
+        value = {last_op: v for v, last_op in _values(first_value, nums[k])}.get(op)
+        if value is None or value.denominator != 1 or not target_range[0] <= value <= target_range[1]:  # x/0, or out of range
             continue
+        last_op = op
         key = (sorted(nums), int(value))
         if (split and split_of(key) != split) or (unique and repr(key) in seen):
             continue
         seen.add(repr(key))
-        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
+        first_text = _text(str(nums[i]), str(nums[j]), first_op)
+        expr, step_text = _text(first_text, str(nums[k]), last_op), _text(str(first_value), str(nums[k]), last_op)
+        steps = [f"{first_text}={first_value}", f"{step_text}={int(value)}"]
         items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
         attempts = 0
     return items

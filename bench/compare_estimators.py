@@ -31,7 +31,7 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
@@ -49,14 +49,15 @@ ap.add_argument("--rates", default="(1e-4,3e-4,1e-3)", help="learning rates swep
 ap.add_argument("--tune_seed", type=int, default=0)
 ap.add_argument("--seeds", default="(1,2,3)", help="the test runs' seeds (not the tuning seed)")
 ap.add_argument("--max_steps", type=int, default=400, help="AGRPO steps per run")
-ap.add_argument("--eval_items", type=int, default=200, help="validation and test problems scored")
+ap.add_argument("--eval_items", type=int, default=200, help="test problems scored")
+ap.add_argument("--validation_items", type=int, default=150, help="validation problems scored (default Countdown: 181 exist)")
 ap.add_argument("--sampling_steps", default="", help="evaluation grid of m (default: L/4, L/2, L)")
 ap.add_argument("--jobs", type=int, default=2, help="runs at a time, each on cpu_count/jobs threads")
 ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
 args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
 
 if args.quick:
-    args.max_steps, args.eval_items, args.rates, args.seeds = 2, 8, "(1e-3,)", "(1,)"
+    args.max_steps, args.eval_items, args.validation_items, args.rates, args.seeds = 2, 8, 8, "(1e-3,)", "(1,)"
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
 cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])  # what every run shares (eval.py needs it too)
@@ -90,7 +91,7 @@ def scores(model, label, split):
     if not os.path.exists(os.path.join(where, "results.json")):
         knobs = [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
         call("eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}", "--seed=0",
-             f"--eval_items={args.eval_items}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+             f"--eval_items={args.eval_items if split == 'test' else args.validation_items}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
              f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
     return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
@@ -108,9 +109,15 @@ def job(spec):
 
 
 def run_all(specs, desc):
+    """Every spec's job, --jobs at a time; the first failure stops the rest (the runs finished so far stay cached)."""
     results = {}
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(specs), desc=desc) as bar:
-        for spec, acc in pool.map(job, specs):
+        for future in as_completed([pool.submit(job, s) for s in specs]):
+            try:
+                spec, acc = future.result()
+            except RuntimeError as e:
+                pool.shutdown(cancel_futures=True)
+                sys.exit(str(e))
             results[spec] = acc
             bar.update()
             bar.set_postfix(minutes=f"{(time.time() - t0) / 60:.0f}")
@@ -188,9 +195,9 @@ Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit
 {os.cpu_count()} CPU cores ({args.jobs} runs at a time, {threads} thread(s) each; torch {torch.__version__},
 {platform.processor() or platform.machine()}). Base model `{base}`; every run: `train.py {args.config} {" ".join(train_args)}
 --max_steps={args.max_steps}` with its estimator, rate and seed. Greedy {unit} (%) on {args.eval_items} problems,
-generation length {L}, by sampling steps m.
+generation length {L}, by sampling steps m (the test table; the sweep's count is in its heading).
 
-## 1. Sweep (seed {args.tune_seed}, validation split: {unit} averaged over m = {", ".join(map(str, ms))})
+## 1. Sweep (seed {args.tune_seed}; validation split, {args.validation_items} problems: {unit} averaged over m = {", ".join(map(str, ms))})
 
 {chr(10).join(sweep_lines)}
 

@@ -58,8 +58,10 @@ def test_sudoku_split_holds_out_solution_grids():
     puzzle from a memorised training grid), and the generator reaches every grid, not a subset."""
     train = sudoku_items(3000, seed=0, sudoku_blanks=(7, 12), split="train")
     test = sudoku_items(256, seed=1, sudoku_blanks=(7, 12), split="test", unique=True)
-    assert not {it["solution"] for it in train} & {it["solution"] for it in test}
-    assert len({it["solution"] for it in train}) > 240  # of 288 grids, about 90% on the train side
+    valid = sudoku_items(256, seed=1, sudoku_blanks=(7, 12), split="validation", unique=True)
+    grids = [{it["solution"] for it in part} for part in (train, valid, test)]
+    assert not grids[0] & grids[1] and not grids[0] & grids[2] and not grids[1] & grids[2]
+    assert len(grids[0]) > 200 and sum(map(len, grids)) == 288  # about 80% of the 288 grids on the train side, every grid reached
     assert {it["puzzle"].count("0") for it in test} == set(range(7, 13))
 
 
@@ -282,3 +284,11 @@ def test_released_local_files(tmp_path):
     assert data.without_test_problems("countdown", train, load_file("countdown", cd)) == train[1:]
     other_puzzle_same_grid = {"puzzle": "4300210034001200", "solution": "4312213434211243"}
     assert data.without_test_problems("sudoku", [other_puzzle_same_grid], load_file("sudoku", su)) == []
+
+
+def test_countdown_generator_with_zero_in_range_makes_valid_problems():
+    """Numbers may be 0: a division by zero is a rejected draw, never a crash, and every generated
+    solution scores full reward."""
+    items = countdown_items(300, seed=5, num_range=(0, 20), target_range=(0, 100))
+    assert any(0 in it["nums"] for it in items)
+    assert all(countdown_reward(task("countdown").solution(it), it) == 4.0 for it in items)
