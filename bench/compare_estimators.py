@@ -90,8 +90,9 @@ def scores(model, label, split):
     where = os.path.join(out, "runs", label, f"eval_{split}")
     if not os.path.exists(os.path.join(where, "results.json")):
         knobs = [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
+        n = args.eval_items if split == "test" else args.validation_items
         call("eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}", "--seed=0",
-             f"--eval_items={args.eval_items if split == 'test' else args.validation_items}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+             f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
              f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
     return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
