@@ -121,6 +121,8 @@ def _from_pretrained(name_or_path, dtype):
     if problem:
         raise ValueError(problem)
     name_or_path = shipped(name_or_path)
+    if os.path.isdir(name_or_path):  # recorded by absolute path (config, peft's adapter_config): loadable from any folder
+        name_or_path = os.path.abspath(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")

@@ -33,7 +33,7 @@ from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import evaluate, init_processes
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, unwrap
+from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, shipped, unwrap
 from sample import check_settings, decode_completions, generate
 
 # --- config
@@ -318,6 +318,8 @@ def main():
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model = load_policy(cfg, device, ddp, master)
+    base = shipped(cfg.model_name_or_path)  # what a checkpoint names as its base: a local folder by absolute path
+    base = os.path.abspath(base) if os.path.isdir(base) else base
 
     def held_out_accuracy(label):
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
@@ -399,8 +401,8 @@ def main():
         # 4. checkpoint
         if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
             if master:
-                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, cfg.model_name_or_path,
-                                       nonfinite, tok)  # fmt: skip
+                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite,
+                                       tok)  # fmt: skip
                 log(f"step {step + 1}: checkpoint {path}")
             if ddp:
                 dist.barrier()
