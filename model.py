@@ -85,6 +85,13 @@ def shipped(name):
     return here if name.startswith("models/") and not os.path.exists(name) and os.path.isdir(here) else name
 
 
+def resolved(name):
+    """What a model is recorded as: a local folder (a shipped one too) by absolute path, so configs,
+    checkpoints and peft's adapter_config load from any folder; a hub id or "tiny" as given."""
+    name = shipped(name)
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
 def model_path_error(name):
     """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
     else one line saying why not. Checked by the scripts before any heavy work."""
@@ -120,9 +127,7 @@ def _from_pretrained(name_or_path, dtype):
     problem = model_path_error(name_or_path)
     if problem:
         raise ValueError(problem)
-    name_or_path = shipped(name_or_path)
-    if os.path.isdir(name_or_path):  # recorded by absolute path (config, peft's adapter_config): loadable from any folder
-        name_or_path = os.path.abspath(name_or_path)
+    name_or_path = resolved(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")

@@ -33,7 +33,7 @@ from agrpo import backward_draws, group_advantages, prepare
 from configurator import ConfigError, configure
 from eval import evaluate, init_processes
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, compile_blocks, load, model_path_error, set_gradient_checkpointing, shipped, unwrap
+from model import add_lora, compile_blocks, load, model_path_error, resolved, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
 
 # --- config
@@ -318,8 +318,7 @@ def main():
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model = load_policy(cfg, device, ddp, master)
-    base = shipped(cfg.model_name_or_path)  # what a checkpoint names as its base: a local folder by absolute path
-    base = os.path.abspath(base) if os.path.isdir(base) else base
+    base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base
 
     def held_out_accuracy(label):
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
