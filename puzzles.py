@@ -28,9 +28,17 @@ def _values(va, vb):
 
 
 def _text(ta, tb, op):
-    """The expression text of operation `op` (an OPS index) on operand texts ta, tb."""
-    return (f"{ta}+{tb}", f"{_wrap(ta)}*{_wrap(tb)}", f"{ta}-{_wrap(tb)}", f"{tb}-{_wrap(ta)}", f"{_wrap(ta)}/{_wrap(tb, True)}",
-            f"{_wrap(tb)}/{_wrap(ta, True)}")[op]  # fmt: skip
+    """The expression text of operation `op` (an OPS index) on operand texts ta, tb: brackets only
+    where precedence needs them."""
+    a, b = (tb, ta) if op in (3, 5) else (ta, tb)
+    symbol = OPS[op]
+    if symbol == "+":
+        return f"{a}+{b}"
+    if symbol == "*":
+        return f"{_wrap(a)}*{_wrap(b)}"
+    if symbol == "-":
+        return f"{a}-{_wrap(b)}"
+    return f"{_wrap(a)}/{_wrap(b, True)}"
 
 
 def _combine(a, b):
@@ -75,11 +83,21 @@ def _enough(attempts, n, found, what):
         raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
 
 
+def _whole(va, vb, op):
+    """Operation `op` (an OPS index) on whole numbers when its result is whole, else None (a
+    fraction, or x/0): the generator keeps whole results only, so it needs no Fractions."""
+    if op < 4:
+        return (va + vb, va * vb, va - vb, vb - va)[op]
+    num, den = (va, vb) if op == 4 else (vb, va)
+    return num // den if den and num % den == 0 else None
+
+
 def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=None, unique=False, ops="+-*/"):
     """n solvable items; each carries "expr", one solution, and "steps", the two operations.
     split: None (any), or only problems of one of split_of's parts (SPLITS); unique: no problem
     twice; ops: the operations the generated solutions use (any may be used to answer)."""
     rng = random.Random(seed)
+    allowed = [i for i, o in enumerate(OPS) if o in ops]
     items, seen, attempts = [], set(), 0
     while len(items) < n:
         attempts += 1
@@ -87,24 +105,23 @@ def countdown_items(n, seed=0, num_range=(1, 20), target_range=(1, 100), split=N
         nums = [rng.randint(*num_range) for _ in range(3)]
         i, j = rng.sample(range(3), 2)
         k = 3 - i - j
-        # values first, texts only for a kept problem (most draws are rejected)
-        first_value, first_op = rng.choice([(v, op) for v, op in _values(nums[i], nums[j]) if OPS[op] in ops])
-        if first_value.denominator != 1 or first_value <= 0:  # whole, positive intermediate results
+        # the first operation: any allowed one with a result (_values' order; x/0 has none)
+        first_op = rng.choice([op for op in allowed if not (op == 4 and nums[j] == 0 or op == 5 and nums[i] == 0)])
+        first_value = _whole(nums[i], nums[j], first_op)
+        if first_value is None or first_value <= 0:  # whole, positive intermediate results
             continue
-        first_value = int(first_value)
-        op = rng.choice([i for i, o in enumerate(OPS) if o in ops])  # same operation on expression and value
-        value = {last_op: v for v, last_op in _values(first_value, nums[k])}.get(op)
-        if value is None or value.denominator != 1 or not target_range[0] <= value <= target_range[1]:  # x/0, or out of range
+        last_op = rng.choice(allowed)
+        value = _whole(first_value, nums[k], last_op)
+        if value is None or not target_range[0] <= value <= target_range[1]:
             continue
-        last_op = op
-        key = (sorted(nums), int(value))
+        key = (sorted(nums), value)
         if (split and split_of(key) != split) or (unique and repr(key) in seen):
             continue
         seen.add(repr(key))
         first_text = _text(str(nums[i]), str(nums[j]), first_op)
         expr, step_text = _text(first_text, str(nums[k]), last_op), _text(str(first_value), str(nums[k]), last_op)
-        steps = [f"{first_text}={first_value}", f"{step_text}={int(value)}"]
-        items.append({"nums": nums, "target": int(value), "expr": expr, "steps": steps})
+        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
+        items.append({"nums": nums, "target": value, "expr": expr, "steps": steps})
         attempts = 0
     return items
 
@@ -122,11 +139,14 @@ def countdown_solution_text(item, think=False):
 # Sudoku 4×4, unique solution
 
 
+# the cells that share a row, column or 2x2 box with cell i (the cell itself left out)
+PEERS = [tuple(j for j in range(16) if j != i and (j // 4 == i // 4 or j % 4 == i % 4 or (j // 8, j % 4 // 2) == (i // 8, i % 4 // 2)))
+         for i in range(16)]  # fmt: skip
+
+
 def seen_by(grid, i):
     """The digits already in cell i's row, column and 2x2 box."""
-    r, c = divmod(i, 4)
-    box = [(r // 2 * 2 + dr) * 4 + c // 2 * 2 + dc for dr in (0, 1) for dc in (0, 1)]
-    return {grid[r * 4 + x] for x in range(4)} | {grid[x * 4 + c] for x in range(4)} | {grid[b] for b in box}
+    return {grid[j] for j in PEERS[i]}
 
 
 def random_grid(rng):
@@ -150,22 +170,35 @@ def random_grid(rng):
     return grid
 
 
+def _every_grid():
+    """The 288 complete 4x4 Sudoku grids, in lexicographic order."""
+    grids, grid = [], [0] * 16
+
+    def fill(i):
+        if i == 16:
+            return grids.append(tuple(grid))
+        for d in sorted({1, 2, 3, 4} - seen_by(grid, i)):
+            grid[i] = d
+            fill(i + 1)
+        grid[i] = 0
+
+    fill(0)
+    return grids
+
+
+GRIDS = _every_grid()
+# AGREE[i][d]: one bit per grid of GRIDS, set where that grid has digit d in cell i
+AGREE = [[sum(1 << n for n, g in enumerate(GRIDS) if g[i] == d) for d in range(5)] for i in range(16)]
+
+
 def sudoku_count_solutions(grid, limit=2):
-    """Number of completions of a 16-cell grid (0 = blank), counting up to `limit`."""
-    g = list(grid)
-    try:
-        i = g.index(0)
-    except ValueError:
-        return 1
-    used = seen_by(g, i)
-    total = 0
-    for d in range(1, 5):
-        if d not in used:
-            g[i] = d
-            total += sudoku_count_solutions(g, limit - total)
-            if total >= limit:
-                break
-    return total
+    """Number of completions of a 16-cell grid (0 = blank), counting up to `limit`: the grids
+    that agree with every clue, an AND of one bit mask per clue."""
+    agree = (1 << len(GRIDS)) - 1
+    for i, d in enumerate(grid):
+        if d:
+            agree &= AGREE[i][d]
+    return min(agree.bit_count(), limit)
 
 
 def sudoku_items(n, seed=0, sudoku_blanks=(8, 8), split=None, unique=False):

@@ -165,7 +165,6 @@ BAD = [  # through the script: one line on stderr, no traceback, nothing heavy d
     (["--bogus=1"], "unknown key '--bogus'"),
     (["--num_generations=three"], "--num_generations='three' has type str"),
     (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
-    (["--task=sudoku", "--sampling_steps=4"], "--max_completion_length=16: only 0 training solutions fit"),  # 19 tokens with EOS
     (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
 ]
 
