@@ -1,16 +1,29 @@
-"""Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts."""
+"""Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts, and the
+comparisons' way of running a project script."""
 
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from model import load  # noqa: E402
 from tiny_llada import TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
+
+
+def run_script(threads, script, *args):
+    """`python script args` in the project root on `threads` CPU threads, its output dropped; a
+    failure raises RuntimeError with the end of its stderr (a comparison stops at the first one)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if res.returncode:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+
 
 # LLaDA-8B's shape (its config.json): a randomly initialised copy needs no download
 LLADA_8B = dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, d_ff=12288, rope_theta=500000.0)

@@ -37,6 +37,8 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common import run_script  # noqa: E402  (bench/)
+
 import checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
 
@@ -66,14 +68,7 @@ rates, seeds = tuple(ast.literal_eval(args.rates)), tuple(ast.literal_eval(args.
 grid_m = tuple(ast.literal_eval(args.sampling_steps)) if args.sampling_steps else (L // 4, L // 2, L)
 grid_m = (cfg["eval_sampling_steps"],) if args.quick else grid_m
 threads = max(1, (os.cpu_count() or 1) // args.jobs)
-env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 t0 = time.time()
-
-
-def call(script, *a):
-    res = subprocess.run([sys.executable, script, *a], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    if res.returncode:
-        raise RuntimeError(f"{script} {' '.join(a)} failed:\n{res.stderr[-3000:]}")
 
 
 def name(est, lr, seed, scheme=None):
@@ -91,9 +86,9 @@ def scores(model, label, split):
     if not os.path.exists(os.path.join(where, "results.json")):
         knobs = [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
         n = args.eval_items if split == "test" else args.validation_items
-        call("eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}", "--seed=0",
-             f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
-             f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
+        run_script(threads, "eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}",
+                   "--seed=0", f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+                   f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
     return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
 
@@ -104,7 +99,7 @@ def job(spec):
     run_dir = os.path.join(out, "runs", label)
     if not trained(run_dir):
         extra = [f"--scheme={scheme}"] if scheme else []
-        call("train.py", args.config, *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
+        run_script(threads, "train.py", args.config, *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
              f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
     return spec, scores(run_dir, label, split)
 

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common import run_script  # noqa: E402  (bench/)
+
 from configurator import configure  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,31 +47,26 @@ cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])
 L, m, tau = cfg["eval_max_completion_length"], cfg["eval_sampling_steps"], args.threshold
 RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
 threads = max(1, (os.cpu_count() or 1) // 2)
-env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 t0 = time.time()
-
-
-def call(script, *a):
-    res = subprocess.run([sys.executable, script, *a], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    if res.returncode:
-        raise RuntimeError(f"{script} {' '.join(a)} failed:\n{res.stderr[-3000:]}")
 
 
 def score(model, where):
     """{'fixed': (accuracy, passes), 'threshold': (accuracy, passes)} of one model on the test set."""
     if not os.path.exists(f"{where}/results.json"):
-        call("eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}", f"--eval_items={args.eval_items}", "--seed=0",
-             f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}", f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
-             *(f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "compact_prompt")),
-             f"--output_dir={where}")  # fmt: skip
+        run_script(threads, "eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}",
+                   f"--eval_items={args.eval_items}", "--seed=0", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+                   f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
+                   *(f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "compact_prompt")),
+                   f"--output_dir={where}")  # fmt: skip
     rows = json.load(open(f"{where}/results.json"))["rows"]
     return {("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["steps"]) for r in rows}
 
 
 def train_and_score(run):
     run_dir = os.path.join(out, "runs", run)
-    call("train.py", args.config, *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.every}", "--eval_items=0",
-         f"--save_total_limit={args.max_steps // args.every + 1}", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+    run_script(threads, "train.py", args.config, *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.every}",
+               "--eval_items=0", f"--save_total_limit={args.max_steps // args.every + 1}", f"--output_dir={run_dir}",
+               "--resume_from_checkpoint")  # fmt: skip
     passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
     points = [(0, 0.0, base)]
     for step in range(args.every, args.max_steps + 1, args.every):

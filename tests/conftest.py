@@ -1,8 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from data import chat_ids
 from model import load
+
+# pytest -n N (xdist): the workers share the cores, so each computes on its share of them
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="session")

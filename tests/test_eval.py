@@ -21,7 +21,7 @@ SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--gen_lengths=(16,
 def run_eval(args, nproc=1):
     cmd = [sys.executable, "eval.py", *SMALL, *args]
     if nproc > 1:
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29519"]
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"]  # a free port
         cmd = [sys.executable, *launch, "eval.py", *SMALL, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 

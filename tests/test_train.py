@@ -36,8 +36,7 @@ def run(args, nproc=1, env=None, faults=()):
             "torch.distributed.run",
             "--nproc_per_node",
             str(nproc),
-            "--master_port",
-            "29517",
+            "--standalone",  # a free port: tests may run side by side
             "train.py",
             *SMALL,
             *args,
