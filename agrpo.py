@@ -102,21 +102,25 @@ def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, e
     and only if `sync`. Returns the loss value, summed metrics and the number of rows left out.
 
     With β = 0 a row whose advantage is exactly 0 (every row of a group whose rewards are all
-    equal) has loss terms of exactly 0 and no gradient, so `skip_zero_advantage` leaves it out of
-    the forward and backward passes; the 1/N keeps counting it, so the loss and gradient are those
-    of the whole batch. A synced draw whose rows are all left out still runs one row with its loss
+    equal) has loss terms of exactly 0 and a gradient of exactly 0, so `skip_zero_advantage`
+    leaves it out of the passes; the 1/N keeps counting it. Either way the rows of advantage 0 are
+    not in the other rows' pass: without skipping they get a pass of their own, which adds exact
+    zeros to .grad, so skipping leaves the loss and the gradient bit for bit as they were (one
+    pass over all rows would differ from both by float rounding: its weight gradients sum the rows
+    in another order). A synced draw whose rows are all left out still runs one row with its loss
     times 0, so every DDP rank makes the same collective calls."""
     total, metrics = 0.0, {}
     B, K = advantages.shape[0], draws.x.shape[0]
-    keep = (advantages != 0) if skip_zero_advantage and beta == 0 else torch.ones_like(advantages, dtype=torch.bool)
-    rows = keep.nonzero().squeeze(1)
-    for j in range(K):
-        last = sync and j == K - 1
-        if len(rows) == 0 and not (last and hasattr(model, "no_sync")):
-            continue
-        live = rows if len(rows) else torch.zeros(1, dtype=torch.long, device=advantages.device)
-        ctx = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
-        with ctx:
+    zero = (advantages == 0) if beta == 0 else torch.zeros_like(advantages, dtype=torch.bool)
+    rows = (~zero).nonzero().squeeze(1)
+    parts = [p for p in (rows, zero.nonzero().squeeze(1)[: 0 if skip_zero_advantage else B]) if len(p)]
+    passes = [(j, p) for j in range(K) for p in parts]
+    if not passes and sync and hasattr(model, "no_sync"):  # nothing to run here, but the other ranks wait for this one's sync
+        passes = [(K - 1, None)]
+    for n, (j, part) in enumerate(passes):
+        live = torch.zeros(1, dtype=torch.long, device=advantages.device) if part is None else part
+        last = sync and n == len(passes) - 1
+        with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
             logp = token_logp(model, rollout, draws.x[j][live], draws.read[j][live], rows=live, truncate=draws.truncate)
             loss, m = draw_loss(
                 logp,
@@ -131,10 +135,10 @@ def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, e
                 None if ref_logp is None else ref_logp[j][live],
                 n_rows=B,
             )
-            if len(rows) == 0:
+            if part is None:
                 loss, m = loss * 0.0, {k: 0.0 for k in m}
             (loss * scale).backward()
         total += loss.item()
         for key, v in m.items():
             metrics[key] = metrics.get(key, 0.0) + v
-    return total, metrics, B - len(rows)
+    return total, metrics, B - sum(len(p) for p in parts)

@@ -64,7 +64,7 @@ num_iterations = 1  # μ: policy updates per batch of rollouts
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
 beta = 0.0  # weight of the k3 KL to the reference policy (0 = no reference pass)
-skip_zero_advantage = True  # with beta = 0, rows with advantage 0 skip the update's passes (their terms are exactly 0)
+skip_zero_advantage = True  # beta = 0: rows of advantage 0 skip the update's passes (False: a pass of their own; same gradient bit for bit)
 scale_rewards = False  # divide advantages by the group's reward std
 num_generations = 8  # completions per prompt (the group)
 per_device_train_batch_size = 64  # completions per rank per micro-batch: whole groups
