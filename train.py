@@ -310,9 +310,14 @@ def main():
     try:
         train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
         test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, cfg.eval_split, **gen) if cfg.eval_items else []
-        train_items = data.without_test_problems(cfg.task, train_items, test_items)  # a file or hub test set may overlap
+        loaded, train_items = len(train_items), data.without_test_problems(cfg.task, train_items, test_items)  # a file or hub may overlap
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
+    if not train_items:
+        raise ConfigError(f"no training items: all {loaded} items of train_file={cfg.train_file!r} are held-out problems "
+                          f"(eval_file={cfg.eval_file!r}); train on other problems or set eval_items=0")  # fmt: skip
+    if len(train_items) < loaded:
+        log(f"left out {loaded - len(train_items)} of {loaded} training items: they are held-out problems too")
     # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
 

@@ -221,6 +221,22 @@ def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, bad):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_training_on_the_held_out_problems_alone_stops_with_one_line(tmp_path):
+    """A train file whose every problem is in the eval file leaves nothing to train on: train.py
+    says so in one line (overlapping problems are left out of training)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "cd.jsonl"
+    path.write_text('{"nums": [25, 3, 2], "target": 56}\n{"nums": [4, 5, 6], "target": 26}\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "train.py", f"--train_file={path}", f"--eval_file={path}", "--eval_items=2", f"--output_dir={tmp_path}/out"]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)  # idle: 5 s
+    assert out.returncode != 0 and "no training items: all 2 items of train_file=" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_local_countdown_rows_get_a_solution_for_sft(tmp_path):
     """A local Countdown file (nums, target) feeds SFT: each solvable row gets a solution."""
     path = tmp_path / "cd.jsonl"
