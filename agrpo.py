@@ -112,8 +112,8 @@ def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, e
     total, metrics = 0.0, {}
     B, K = advantages.shape[0], draws.x.shape[0]
     zero = (advantages == 0) if beta == 0 else torch.zeros_like(advantages, dtype=torch.bool)
-    rows = (~zero).nonzero().squeeze(1)
-    parts = [p for p in (rows, zero.nonzero().squeeze(1)[: 0 if skip_zero_advantage else B]) if len(p)]
+    kept, zeros = (~zero).nonzero().squeeze(1), zero.nonzero().squeeze(1)
+    parts = [p for p in ([kept] if skip_zero_advantage else [kept, zeros]) if len(p)]
     passes = [(j, p) for j in range(K) for p in parts]
     if not passes and sync and hasattr(model, "no_sync"):  # nothing to run here, but the other ranks wait for this one's sync
         passes = [(K - 1, None)]
