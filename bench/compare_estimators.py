@@ -69,6 +69,7 @@ grid_m = tuple(ast.literal_eval(args.sampling_steps)) if args.sampling_steps els
 grid_m = (cfg["eval_sampling_steps"],) if args.quick else grid_m
 threads = max(1, (os.cpu_count() or 1) // args.jobs)
 t0 = time.time()
+trained_here = []  # the runs this call trained; the others were cached by an earlier call
 
 
 def name(est, lr, seed, scheme=None):
@@ -100,8 +101,14 @@ def job(spec):
     if not trained(run_dir):
         extra = [f"--scheme={scheme}"] if scheme else []
         run_script(threads, "train.py", args.config, *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
-             f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+                   f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+        trained_here.append(label)
     return spec, scores(run_dir, label, split)
+
+
+def train_minutes(label):
+    """Minutes a run's AGRPO steps took, from its log (each step once, a resumed run's too)."""
+    return sum(json.loads(x)["seconds"] for x in open(os.path.join(out, "runs", label, "log.jsonl"))) / 60
 
 
 def run_all(specs, desc):
@@ -140,6 +147,8 @@ finals += [("stepwise", best["stepwise"], s, "exact", "test") for s in seeds]
 test = run_all(finals, "test runs")
 base_scores = {split: scores(base, "base", split) for split in ("validation", "test")}
 minutes = (time.time() - t0) / 60
+labels = [name(e, lr, s, scheme) for e, lr, s, scheme, _ in [*sweep, *test]]
+steps_minutes = sum(train_minutes(label) for label in labels)
 
 # tables
 ms = sorted(grid_m)
@@ -189,9 +198,11 @@ text = f"""# Estimators compared with a rate each: {task}
 
 Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
 {os.cpu_count()} CPU cores ({args.jobs} runs at a time, {threads} thread(s) each; torch {torch.__version__},
-{platform.processor() or platform.machine()}). Base model `{base}`; every run: `train.py {args.config} {" ".join(train_args)}
---max_steps={args.max_steps}` with its estimator, rate and seed. Greedy {unit} (%) on {args.eval_items} problems,
-generation length {L}, by sampling steps m (the test table; the sweep's count is in its heading).
+{platform.processor() or platform.machine()}), in which {len(trained_here)} of the {len(labels)} runs were trained (the others were
+cached by earlier calls). The AGRPO steps of all {len(labels)} runs took {steps_minutes:.0f} min in all (their logs). Base model
+`{base}`; every run: `train.py {args.config} {" ".join(train_args)} --max_steps={args.max_steps}` with its estimator, rate and seed.
+Greedy {unit} (%) on {args.eval_items} problems, generation length {L}, by sampling steps m (the test table; the
+sweep's count is in its heading).
 
 ## 1. Sweep (seed {args.tune_seed}; validation split, {args.validation_items} problems: {unit} averaged over m = {", ".join(map(str, ms))})
 
@@ -211,5 +222,5 @@ with open(os.path.join(out, "RESULTS.md"), "w") as f:
     f.write(text)
 with open(os.path.join(out, "results.json"), "w") as f:
     swept = {name(e, lr, args.tune_seed): sweep[e, lr, args.tune_seed, None, "validation"] for e in ESTIMATORS for lr in rates}
-    json.dump({"sweep": swept, "best": best, "test": rows_of, "base": base_scores, "minutes": minutes}, f)
+    json.dump({"sweep": swept, "best": best, "test": rows_of, "base": base_scores, "minutes": minutes, "steps_minutes": steps_minutes}, f)
 print(text)
