@@ -15,7 +15,8 @@ compute; exact uses m), then eval.py at m = --sampling_steps. Each finished run 
 cached under out_dir/runs, so an interrupted comparison continues where it stopped.
 
     python bench/compare_estimators.py                       # Countdown: writes bench/compare/
-    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=bench/compare_sudoku
+    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=bench/compare_sudoku \
+        --rates="(1e-5,3e-5,1e-4,3e-4)"                      # Sudoku: its rates sit lower
     python bench/compare_estimators.py --quick --out_dir=/tmp/q   # a few steps: checks the pipeline (a test)
 
 Writes out_dir/RESULTS.md (sweep, rates, test table, paired differences), results.json and
