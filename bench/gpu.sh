@@ -2,12 +2,26 @@
 # The GPU measurements, on one CUDA GPU with 80 GB (an H100), each part under 10 minutes:
 #   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
 #   bash bench/gpu.sh compile   # the same benches with torch.compile'd blocks
+#   bash bench/gpu.sh wheels    # (where pip reaches PyPI) the pinned transformers, peft and their hub
+#                               # libraries as Python 3.12 wheels in .whl/, for a GPU machine without them
+# A GPU image with another transformers (5.x cannot load LLaDA's remote code): when .whl/ holds wheels,
+# eager and compile install them into /tmp/site and put it in front of the image's packages.
 # The benches build a random LLaDA-8B-shaped model directly in bf16 (no download). Tables go to
 # stdout and to $OUT/gpu_*.txt (default /tmp/gpu_out; the profiles are in those files, after the tables).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
 part=${1:-eager}
+if [ "$part" = wheels ]; then
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 peft==0.18.1
+    exit
+fi
+if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
@@ -50,5 +64,5 @@ compile)
     run tiny_train_compile $tiny --compile --output_dir=/tmp/tiny_cuda_compile
     ;;
 *)
-    echo "usage: bash bench/gpu.sh eager|compile"; exit 2 ;;
+    echo "usage: bash bench/gpu.sh eager|compile|wheels"; exit 2 ;;
 esac
