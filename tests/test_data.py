@@ -1,7 +1,10 @@
 """data.py: generators make valid items deterministically; loaders name what is malformed."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -192,6 +195,15 @@ BAD_FILES = [  # (file name, bytes, words of the one-line error)
 ]  # fmt: skip
 
 
+def one_line_failure(script, *args):
+    """Run a script that must fail; its error is one line and no traceback (idle: ~5 s). Returns stderr."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, script, *args], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    return out.stderr
+
+
 def bad_file(tmp_path, name, content):
     path = tmp_path / name.rstrip("/")
     path.mkdir() if content is None else path.write_bytes(content)
@@ -207,34 +219,19 @@ def test_bad_data_files_raise_a_data_error_naming_them(tmp_path, name, content, 
 @pytest.mark.parametrize("script, bad", [("train.py", BAD_FILES[0]), ("eval.py", BAD_FILES[2])], ids=["train.py", "eval.py"])
 def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, bad):
     """train.py and eval.py end on a malformed data file with one line naming file, line and field."""
-    import os
-    import subprocess
-    import sys
-
     name, content, words = bad
     path = bad_file(tmp_path, name, content)
     key = "--train_file" if script == "train.py" else "--models=('tiny',) --labels=() --eval_file"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, script, *f"{key}={path}".split(), f"--output_dir={tmp_path}/out", "--eval_items=3"]
-    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert words in one_line_failure(script, *f"{key}={path}".split(), f"--output_dir={tmp_path}/out", "--eval_items=3")
 
 
 def test_training_on_the_held_out_problems_alone_stops_with_one_line(tmp_path):
     """A train file whose every problem is in the eval file leaves nothing to train on: train.py
     says so in one line (overlapping problems are left out of training)."""
-    import os
-    import subprocess
-    import sys
-
     path = tmp_path / "cd.jsonl"
     path.write_text('{"nums": [25, 3, 2], "target": 56}\n{"nums": [4, 5, 6], "target": 26}\n')
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "train.py", f"--train_file={path}", f"--eval_file={path}", "--eval_items=2", f"--output_dir={tmp_path}/out"]
-    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)  # idle: 5 s
-    assert out.returncode != 0 and "no training items: all 2 items of train_file=" in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    args = f"--train_file={path}", f"--eval_file={path}", "--eval_items=2", f"--output_dir={tmp_path}/out"
+    assert "no training items: all 2 items of train_file=" in one_line_failure("train.py", *args)
 
 
 def test_local_countdown_rows_get_a_solution_for_sft(tmp_path):
