@@ -15,7 +15,7 @@ part=${1:-eager}
 if [ "$part" = wheels ]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 peft==0.18.1
+        $(grep -E '^(transformers|peft)==' requirements.txt) tokenizers==0.22.2 huggingface_hub==0.36.2  # what 4.57 accepts
     exit
 fi
 if ls .whl/*.whl > /dev/null 2>&1; then
