@@ -27,9 +27,13 @@ import torch
 from safetensors.torch import load_file
 
 from configurator import ConfigError
-from model import add_lora, load, merge_lora_float32
+from model import add_lora, is_shipped_or_hub, load, merge_lora_float32
 
 PREFIX = "checkpoint-"
+
+
+class RunMismatch(ConfigError):
+    """The checkpoint is whole but belongs to another model or run: an older one would not fit either."""
 
 
 def fingerprint(model):
@@ -137,7 +141,10 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         os.replace(path, path + ".old")
         shutil.rmtree(path + ".old")
     os.replace(tmp, path)  # atomic: a reader sees the old folders or the complete new one
-    for old in names(out_dir)[:-keep]:
+    # keep this one and the newest keep - 1 before it; a later-numbered one (passed over as damaged
+    # by the resume) is left for the user, never counted in place of the one just written
+    older = [f for f in names(out_dir) if int(f[len(PREFIX) :]) < step]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(os.path.join(out_dir, old))
     return path
 
@@ -173,13 +180,33 @@ def read(path, with_tensors=False):
             state = json.load(f)
     except (OSError, ValueError) as e:
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
-    missing = {"step", "base", "config", "fingerprint"} - set(state) if isinstance(state, dict) else {"everything"}
-    if missing:
-        raise ConfigError(f"{path} is not a training checkpoint of this project (missing {sorted(missing)})")
+    problem = state_problem(state, need_rng=with_tensors)
+    if problem:
+        raise ConfigError(f"{path} is not a whole training checkpoint of this project: trainer_state.json {problem}")
     state["path"] = path
     if with_tensors:
         state["tensors"], state["trainer"] = tensors(path), trainer_tensors(path)
     return state
+
+
+def state_problem(state, need_rng):
+    """What is wrong with a trainer state's fields (missing, or of the wrong type), or None."""
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    fields = {"step": int, "base": str, "config": dict, "fingerprint": list}
+    fields |= {"counters": dict, "python_rng": list} if need_rng else {}
+    for key, kind in fields.items():
+        if key not in state:
+            return f"has no '{key}'"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"has '{key}' of type {type(state[key]).__name__}, expected {kind.__name__}"
+    if state["step"] < 0 or not all(isinstance(x, list) and len(x) == 2 for x in state["fingerprint"]):
+        return "has a negative 'step' or a malformed 'fingerprint'"
+    rng = state.get("python_rng")
+    if need_rng and not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list) and len(rng[1]) == 625
+                         and all(isinstance(x, int) and 0 <= x < 2**32 for x in rng[1])):  # fmt: skip
+        return "has a malformed 'python_rng'"
+    return None
 
 
 def tensors(path):
@@ -203,30 +230,48 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed and every
     file has been read, so a refused checkpoint never leaves the model half-loaded."""
     if [list(x) for x in state["fingerprint"]] != fingerprint(model):
-        raise ConfigError(f"{path} was written for a different model (its trained parameters differ from this one's)")
+        raise RunMismatch(f"{path} was written for a different model (its trained parameters differ from this one's)")
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
         if state["config"].get(key) != json.loads(json.dumps(config[key])):
-            raise ConfigError(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
+            raise RunMismatch(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
     saved = state["tensors"] if "tensors" in state else tensors(path)
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
+    if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
+        raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the optimizer, scheduler or RNG state")
     if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+        check_tensors(path, saved, get_peft_model_state_dict(model))
         set_peft_model_state_dict(model, saved)
     else:
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        if params.keys() - saved.keys():
-            raise ConfigError(f"{path} lacks trained parameters: {sorted(params.keys() - saved.keys())[:3]}")
+        check_tensors(path, saved, params)
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(saved[n])
     if opt is not None:
-        opt.load_state_dict(extra["optimizer"])
-        sched.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["torch_rng"])
+        try:
+            opt.load_state_dict(extra["optimizer"])
+            sched.load_state_dict(extra["scheduler"])
+            torch.set_rng_state(extra["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # loaded as data, but not this optimizer's state
+            raise ConfigError(f"checkpoint {path}: optimizer.pt does not hold this run's optimizer state ({type(e).__name__})") from None
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
     return state["step"]
+
+
+def check_tensors(path, saved, expected):
+    """Every expected tensor is in the checkpoint with its own shape: an adapter file that is missing,
+    empty or of another rank would otherwise load as untrained adapters (peft skips missing keys) or
+    broadcast a (1,) tensor into a whole parameter."""
+    missing = sorted(expected.keys() - saved.keys())
+    if missing:
+        what = "no weights at all" if not saved else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+        raise ConfigError(f"checkpoint {path} is incomplete: {what}")
+    for name, t in expected.items():
+        if tuple(saved[name].shape) != tuple(t.shape):
+            raise ConfigError(f"checkpoint {path}: {name} has shape {tuple(saved[name].shape)}, the model's is {tuple(t.shape)}")
 
 
 def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print, only=None):
@@ -235,22 +280,25 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
     log lines (and a half-written checkpoint) are dropped."""
     # the newest readable one (a damaged one is passed over), or the named one as it is
     paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]
-    state = None
+    step = None
     for path in paths:
         try:
-            state = read(path, with_tensors=True)  # every file read before anything is copied
+            state = read(path, with_tensors=True)  # every file read and checked before anything is copied
+            step = restore(path, state, model, opt, sched, config, must_match)
             break
         except ConfigError as e:
-            if only is not None:
+            if only is not None or isinstance(e, RunMismatch):
                 raise
             log(f"warning: {str(e).removeprefix('config error: ')}; trying an older checkpoint")
-    if state is None:
-        log(f"resume: no readable checkpoint in {out_dir}, starting fresh")
+    if step is None and paths:
+        raise ConfigError(f"none of the {len(paths)} checkpoints in {out_dir} can be used (warnings above): name a good one with "
+                          "--resume_from_checkpoint=PATH, or start over with --overwrite_output_dir")  # fmt: skip
+    if step is None:
+        log(f"resume: no checkpoint in {out_dir}, starting fresh")
         if master:  # a kill before the first checkpoint: its log lines are run again
             truncate_log(log_path, 0)
             remove_partial(out_dir)
         return 0, {}
-    step = restore(path, state, model, opt, sched, config, must_match)
     if master:
         truncate_log(log_path, step)
         remove_partial(out_dir)
@@ -258,21 +306,38 @@ def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True
     return step, state.get("counters", {})
 
 
-def load_trained(path, device="cpu", merge_lora=True):
-    """(model, tokenizer, config) from a checkpoint folder: the base model its state names with the
-    LoRA adapters of the run (merged into the weights in float32, or kept as peft), or, for full
-    fine-tuning, the folder itself, which is a model folder."""
+def has_own_code(folder):
+    """True if a local model folder's config names modeling code of its own (`auto_map`)."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return "auto_map" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_trained(path, device="cpu", merge_lora=True, base=None):
+    """(model, tokenizer, config) from a checkpoint folder: its base model with the LoRA adapters of
+    the run (merged into the weights in float32, or kept as peft), or, for full fine-tuning, the
+    trained weights on the base. `base`: the base model as the user names it; by default the one the
+    checkpoint names, whose own modeling code runs only if it is a hub id or a model shipped with
+    the project: a local folder named by a checkpoint file could hold any code."""
     state = read(path)
     cfg = state["config"]
+    trusted = base is not None or is_shipped_or_hub(state["base"])
+    if not trusted and has_own_code(state["base"]):
+        raise ConfigError(
+            f"{path} names its base model {state['base']}, a local folder with its own modeling code, which is "
+            f"not run for a name read from a checkpoint: if you trust that folder, pass --base_model={state['base']}"
+        )
     try:
-        model, tok = load(state["base"], device=device)
+        model, tok = load(base or state["base"], device=device, trust_remote_code=trusted)
     except ValueError as e:
         raise ConfigError(f"{path}: its base model cannot be loaded ({e})") from None
-    if cfg["lora_r"] > 0:
+    if cfg.get("lora_r", 0) > 0:
         model = add_lora(model, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_target_modules"])
     else:
         model.requires_grad_(True)
     restore(path, state, model)
-    if cfg["lora_r"] > 0 and merge_lora:
+    if cfg.get("lora_r", 0) > 0 and merge_lora:
         model = merge_lora_float32(model)
     return model.eval(), tok, cfg

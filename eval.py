@@ -2,10 +2,15 @@
 generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
-    python eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')" --task=gsm8k --compact_prompt=False \\
-        --gen_lengths="(128,256,512)" --block_length=32
+    python eval.py configs/llada_gsm8k.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')"
+    python eval.py --models="('runs/llada_gsm8k',)" --gen_lengths="(128,256,512)"
     python eval.py --help                                 # every key, its default and meaning
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
+
+A model evaluates as its run was trained: when --models holds a run or checkpoint folder, the task,
+its system turn and prompt form, the test set and the run's evaluation decoding (eval_* keys) come from
+the run's recorded config; a training preset (configs/*.py) given first supplies them the same way;
+keys on the command line override both. The table's header says which were used and where from.
 
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
 standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to output_dir: samples.jsonl (one record per
@@ -51,6 +56,7 @@ sampling_steps = ()  # explicit step counts used at every L instead of step_frac
 unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
 thresholds = ()  # threshold decoding: one more row per τ at each L (its steps column: mean forward passes per item)
 per_device_eval_batch_size = 100  # prompts per forward pass
+base_model = ""  # base model of the checkpoints in --models ("" = the one each names; a local folder's own code then never runs)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
@@ -220,12 +226,82 @@ def resolve(spec):
     return "model", spec
 
 
+# what a training run records that decides how it is evaluated: eval.py key -> train.py key
+RUN_SETTINGS = {
+    **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
+    **{k: k for k in ("num_range", "target_range", "sudoku_blanks", "per_device_eval_batch_size")},
+    **{"gen_lengths": "eval_max_completion_length", "block_length": "eval_block_length", "sampling_steps": "eval_sampling_steps"},
+}
+
+
+def run_settings(train_cfg, recorded):
+    """The eval.py settings a training config decides. `recorded`: a checkpoint's config, whose
+    system_prompt is already the exact text the run used (its file is not read again)."""
+    out = {k: tuple(train_cfg[t]) if isinstance(train_cfg[t], list) else train_cfg[t] for k, t in RUN_SETTINGS.items() if t in train_cfg}
+    for k in ("gen_lengths", "sampling_steps"):
+        if k in out:
+            out[k] = (out[k],)
+    if recorded:
+        out["system_prompt_file"] = ""
+    if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
+        del out["eval_items"]
+    return out
+
+
+def take_run_settings(cfg, given, specs, presets):
+    """Fill cfg, where the command line left a key alone, from the checkpoints among the models, then
+    from training presets. Returns {key: where its value came from}."""
+    import checkpoint
+    from configurator import ConfigError, configure
+
+    sources = {}
+    if "step_fractions" in given:  # steps asked for as fractions of L: the run's one step count would override them
+        given = given | {"sampling_steps"}
+    for path in [spec for kind, spec in specs if kind == "checkpoint"]:
+        for k, v in run_settings(checkpoint.read(path)["config"], recorded=True).items():
+            if k in given:
+                continue
+            if k in sources and cfg[k] != v:
+                raise ConfigError(f"{sources[k]} and {path} were trained with different {k} ({cfg[k]!r}, {v!r}): "
+                                  f"evaluate them apart, or choose one with --{k}")  # fmt: skip
+            cfg[k], sources[k] = v, path
+    if presets:
+        train_cfg = configure(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets)
+        for k, v in run_settings(train_cfg, recorded=False).items():
+            if k not in given:
+                cfg[k], sources[k] = v, presets[-1]
+        if "output_dir" not in given:
+            cfg["output_dir"] = os.path.join(train_cfg["output_dir"], "eval")
+    return sources
+
+
+def settings_line(cfg, sources, given):
+    """Which run settings were used, grouped by where each came from."""
+    where = {}
+    for k in RUN_SETTINGS:
+        source = "the command line" if k in given else sources.get(k, "eval.py's defaults")
+        value = f"{len(cfg[k])} characters" if k == "system_prompt" and len(cfg[k]) > 40 else repr(cfg[k])
+        where.setdefault(source, []).append(f"{k}={value}")
+    return "; ".join(f"from {source}: {', '.join(kv)}" for source, kv in where.items())
+
+
 def main():
+    import sys
+
     import checkpoint
     from configurator import ConfigError, configure
     from model import load
 
-    cfg = configure(__file__)
+    # a positional argument is a training preset: the run settings it implies, as for a checkpoint
+    argv = sys.argv[1:]
+    presets = [a for a in argv if not a.startswith("-")]
+    cfg = configure(__file__, [a for a in argv if a.startswith("-") and a != "--print_config"])
+    given = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
+    specs = [resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
+    sources = take_run_settings(cfg, given, specs, presets)
+    if "--print_config" in argv:
+        print(json.dumps(cfg, indent=1))
+        sys.exit(0)
     try:
         data.check_generator_knobs(cfg)
     except ValueError as e:
@@ -246,7 +322,6 @@ def main():
         if not values or not all(ok(v) for v in values):
             raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
     grid = step_grid(cfg)
-    specs = [resolve(s) for s in cfg["models"]]
     names = list(cfg["labels"]) or list(cfg["models"])
 
     ddp, rank, world, device = init_processes()
@@ -260,7 +335,7 @@ def main():
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":
-            model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"])
+            model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"], base=cfg["base_model"] or None)
         else:
             model, tok = load(spec, device=device)
         for L, m, tau in grid:
@@ -285,6 +360,7 @@ def main():
             f.writelines(json.dumps(s) + "\n" for s in samples)
         table = markdown_table(rows)
         header = f"{cfg['task']}, {len(items)} test items, greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}\n\n"
+        header += f"Settings {settings_line(cfg, sources, given)}.\n\n"
         with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:

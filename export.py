@@ -5,6 +5,7 @@ embedded model's tiny_llada.py). Nothing of this project is needed to load it:
 
     python export.py runs/tiny_countdown runs/tiny_countdown_export       # a run: its newest checkpoint
     python export.py runs/llada_gsm8k/checkpoint-300 exports/llada_gsm8k  # one checkpoint
+    python export.py RUN OUT --base_model=PATH     # the base named by you (a local base's own code runs only then)
 
     AutoModel.from_pretrained("exports/llada_gsm8k", trust_remote_code=True)
 
@@ -22,14 +23,15 @@ from configurator import ConfigError
 from model import merge_lora_float32, save, unwrap
 
 
-def export(source, out_dir):
-    """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir."""
+def export(source, out_dir, base=None):
+    """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir. base: the
+    base model as the user names it (default: the one the checkpoint names)."""
     from eval import resolve
 
     kind, path = resolve(source)
     if kind != "checkpoint":
         raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
-    model, tok, cfg = checkpoint.load_trained(path, merge_lora=False)
+    model, tok, cfg = checkpoint.load_trained(path, merge_lora=False, base=base)
     dtype = next(unwrap(model).parameters()).dtype  # the base model's own: bf16 for LLaDA
     if cfg["lora_r"] > 0:
         model = merge_lora_float32(model)
@@ -40,6 +42,8 @@ def export(source, out_dir):
 
 
 def main(argv):
+    base = next((a.removeprefix("--base_model=") for a in argv if a.startswith("--base_model=")), None)
+    argv = [a for a in argv if not a.startswith("--base_model=")]
     if len(argv) != 2 or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
@@ -47,7 +51,7 @@ def main(argv):
     if os.path.exists(out_dir):
         raise ConfigError(f"{out_dir} exists: choose a new folder for the export")
     with torch.no_grad():
-        path, dtype = export(source, out_dir)
+        path, dtype = export(source, out_dir, base)
     print(f"exported {path} ({str(dtype).removeprefix('torch.')}) to {out_dir}")
 
 

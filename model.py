@@ -22,11 +22,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
-def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None):
+def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
     """Return (model, tokenizer). The tokenizer carries `mask_token_id` and `eos_token_id`, and
     `tokenizer.eos_ids` holds the id that ends a completion: the model config's eos_token_id when it
     has one (LLaDA: <|endoftext|>; its <|eot_id|> closes the turn and is content, as in the paper's
-    released run), else the tokenizer's. dtype None keeps the weights' own."""
+    released run), else the tokenizer's. dtype None keeps the weights' own. trust_remote_code=False
+    refuses, in one line, a model whose code is its own files (`auto_map`) rather than transformers'."""
     if name_or_path == "tiny":
         tok = tiny_llada.build_tokenizer()
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -34,7 +35,7 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
             config = tiny_llada.TinyLLaDAConfig(**{"vocab_size": len(tok), "mask_token_id": tok.mask_token_id} | (tiny_overrides or {}))
             model = tiny_llada.TinyLLaDAModel(config)
     else:
-        model, tok = _from_pretrained(name_or_path, dtype)
+        model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
         if mask_id is None:
@@ -97,6 +98,13 @@ def resolved(name):
     return os.path.abspath(name) if os.path.isdir(name) else name
 
 
+def is_shipped_or_hub(name):
+    """A model whose code may run without being named by the user: the project's own models/ folders
+    and hub ids (their code is the hub repository's, as loading them anywhere runs it)."""
+    path = os.path.realpath(shipped(name)) if os.path.exists(shipped(name)) else None
+    return name == "tiny" or (path.startswith(os.path.join(ROOT, "models") + os.sep) if path else model_path_error(name) is None)
+
+
 def model_path_error(name):
     """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
     else one line saying why not. Checked by the scripts before any heavy work."""
@@ -126,7 +134,7 @@ def missing_model_files(folder):
     return None
 
 
-def _from_pretrained(name_or_path, dtype):
+def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
     from transformers import AutoModel, AutoTokenizer
 
     problem = model_path_error(name_or_path)
@@ -134,8 +142,8 @@ def _from_pretrained(name_or_path, dtype):
         raise ValueError(problem)
     name_or_path = resolved(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype or "auto")
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or "auto")
     # no such hub id, no network, a file missing or damaged; transformers raises KeyError for a tokenizer
     # it cannot map to the config's remote class, ImportError for remote code needing a missing package
     except (OSError, ValueError, KeyError, ImportError) as e:

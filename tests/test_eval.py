@@ -18,6 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
 
 
+TINY = ["--models=('tiny',)", "--labels=()"]
+
+
 def run_eval(args, nproc=1):
     cmd = [sys.executable, "eval.py", *SMALL, *args]
     if nproc > 1:
@@ -99,11 +102,11 @@ def test_sharded_equals_one_process(tmp_path):
     [
         (["--models=('runs/no_such_run',)", "--labels=()"], "no_such_run does not exist"),
         (["--models=('/tmp/nothing/checkpoint-1',)", "--labels=()"], "checkpoint-1 does not exist"),
-        (["--task=chess"], "task='chess' does not exist"),
-        (["--sampling_steps=(3,)"], "steps=3 must be a positive multiple"),
-        (["--block_length=5"], "block_length=5 must divide"),
-        (["--labels=('a',)"], "--labels has 1 names for 2 models"),
-        (["--eval_file=/no/file.jsonl"], "eval_file=/no/file.jsonl does not exist"),
+        (["--task=chess", *TINY], "task='chess' does not exist"),
+        (["--sampling_steps=(3,)", *TINY], "steps=3 must be a positive multiple"),
+        (["--block_length=5", *TINY], "block_length=5 must divide"),
+        (["--labels=('a',)", "--models=('tiny','tiny')"], "--labels has 1 names for 2 models"),
+        (["--eval_file=/no/file.jsonl", *TINY], "eval_file=/no/file.jsonl does not exist"),
     ],
 )
 def test_bad_input_is_one_line(args, words):
@@ -118,3 +121,41 @@ def test_unreadable_checkpoint_is_one_line(tmp_path):
         f.write(b"not a checkpoint")
     out = run_eval([f"--models=('{tmp_path}',)", "--labels=()"])
     assert out.returncode != 0 and "cannot be read" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
+    """Task, system turn, prompt form, test set and evaluation decoding come from the run's recorded
+    config unless given on the command line; the table's header says which were used."""
+    model, _ = load("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    config = dict(model_name_or_path="tiny", lora_r=0, task="sudoku", system_prompt="Fill the grid.", system_prompt_file="/gone.txt",
+                  compact_prompt=True, seed=0, sudoku_blanks=[10, 10], eval_file="", eval_items=5, eval_split="test",
+                  eval_max_completion_length=24, eval_block_length=8, eval_sampling_steps=6, per_device_eval_batch_size=4)  # fmt: skip
+    checkpoint.save(f"{tmp_path}/run", 3, model, opt, sched, config)
+    args = [f"{sys.executable}", "eval.py", f"--models=('{tmp_path}/run',)", "--labels=()"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([*args, f"--output_dir={tmp_path}/e"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    samples = [json.loads(line) for line in open(f"{tmp_path}/e/samples.jsonl")]
+    assert len(samples) == 5 and all("Fill the grid." in s["prompt"] and (s["gen_length"], s["steps"]) == (24, 6) for s in samples)
+    header = open(f"{tmp_path}/e/results.md").read().split("|")[0]
+    assert "sudoku, 5 test items" in header and f"from {tmp_path}/run/checkpoint-3: task='sudoku'" in header
+    out = subprocess.run([*args, "--eval_items=3", "--system_prompt=", f"--output_dir={tmp_path}/f"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)  # fmt: skip
+    samples = [json.loads(line) for line in open(f"{tmp_path}/f/samples.jsonl")]
+    assert len(samples) == 3 and not any("Fill the grid." in s["prompt"] for s in samples)
+    assert "from the command line: system_prompt='', eval_items=3" in open(f"{tmp_path}/f/results.md").read()
+
+
+def test_a_training_preset_serves_eval(tmp_path):
+    """`python eval.py configs/llada_gsm8k.py` decodes as the released evaluation: 256 tokens, blocks of
+    32, 128 steps, the whole test set, the task's own system turn and full sentences."""
+    cmd = [sys.executable, "eval.py", "configs/llada_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cfg = json.loads(out.stdout)
+    assert (cfg["task"], cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"]) == ("gsm8k", [256], 32, [128])
+    assert (cfg["eval_items"], cfg["system_prompt"], cfg["compact_prompt"], cfg["seed"]) == (-1, "task", False, 333)
+    assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
+    out = subprocess.run([*cmd, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout)["block_length"] == 16

@@ -271,3 +271,105 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     assert math.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert tok.decode(comp[1].tolist(), skip_special_tokens=True) == ""
+
+
+def lora_run(tmp_path, steps=(1, 2), keep=3):
+    """A LoRA model with a checkpoint at each of `steps` (adapters moved in between), as train.py saves them."""
+    from model import add_lora, load
+
+    model, _ = load("tiny", seed=0)
+    model = add_lora(model, 4, 8)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for step in steps:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * step)
+        checkpoint.save(str(tmp_path), step, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 4, "lora_alpha": 8,
+                        "lora_target_modules": list(LORA)}, keep=keep)  # fmt: skip
+    return model, opt, sched
+
+
+LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+def damage(path, how):
+    from safetensors.torch import save_file
+
+    adapters = f"{path}/adapter_model.safetensors"
+    if how == "adapters deleted":
+        os.remove(adapters)
+    elif how == "adapters empty":
+        save_file({}, adapters)
+    elif how == "adapters of shape (1,)":
+        save_file({k: torch.ones(1) for k in checkpoint.tensors(path)}, adapters)
+    else:
+        state = json.load(open(f"{path}/trainer_state.json"))
+        if how == "step is a string":
+            state["step"] = str(state["step"])
+        elif how == "no python_rng":
+            del state["python_rng"]
+        json.dump(state, open(f"{path}/trainer_state.json", "w"))
+
+
+DAMAGES = ["adapters deleted", "adapters empty", "adapters of shape (1,)", "step is a string", "no python_rng"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_checkpoint_is_never_used(tmp_path, how):
+    """A checkpoint is used only whole: every adapter with its shape, every state field of its type.
+    Otherwise a resume takes the next older good one with a warning, and eval/export refuse it."""
+    model, opt, sched = lora_run(tmp_path)
+    good = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+    damage(f"{tmp_path}/checkpoint-2", how)
+    if "adapters" in how:
+        with pytest.raises(SystemExit, match="incomplete|has shape"):
+            checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
+    warnings = []
+    step, _ = checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), f"{tmp_path}/log.jsonl", log=warnings.append)
+    assert step == 1 and "checkpoint-2" in warnings[0] and "trying an older checkpoint" in warnings[0]
+    assert all(torch.allclose(p, good[n] - 0.02) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_no_fresh_start_over_damaged_checkpoints(tmp_path):
+    """When every checkpoint is damaged the resume stops, naming the way out; nothing is emptied."""
+    model, opt, sched = lora_run(tmp_path)
+    for step in (1, 2):
+        damage(f"{tmp_path}/checkpoint-{step}", "adapters deleted")
+    with open(f"{tmp_path}/log.jsonl", "w") as f:
+        f.write('{"step": 1}\n{"step": 2}\n')
+    with pytest.raises(SystemExit, match="none of the 2 checkpoints .* can be used"):
+        checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), f"{tmp_path}/log.jsonl", log=lambda *a: None)
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"] and len(open(f"{tmp_path}/log.jsonl").readlines()) == 2
+
+
+def test_a_new_checkpoint_is_never_deleted_for_an_unreadable_later_one(tmp_path):
+    os.makedirs(f"{tmp_path}/checkpoint-999")  # unreadable: no files
+    lora_run(tmp_path, steps=(1, 2, 3), keep=1)
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-3", "checkpoint-999"]
+
+
+def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
+    """A trainer_state.json whose base is a local folder with its own modeling code (auto_map): eval.py
+    and export.py refuse it in one line saying how to trust it, and the code never runs; named by
+    the user with --base_model it loads."""
+    from model import load, save
+
+    model, tok = load("tiny")
+    save(model, tok, f"{tmp_path}/base")
+    marker = tmp_path / "owned"
+    with open(f"{tmp_path}/base/tiny_llada.py", "a") as f:
+        f.write(f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt = checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 0}, base=f"{tmp_path}/base")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for cmd in (["eval.py", f"--models=('{ckpt}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"],
+                ["export.py", ckpt, f"{tmp_path}/export"]):  # fmt: skip
+        out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode != 0 and f"--base_model={tmp_path}/base" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()
+    out = subprocess.run([sys.executable, "export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]
