@@ -108,6 +108,8 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]. Returns the folder."""
     path = os.path.join(out_dir, f"{PREFIX}{step}")
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
+        raise SystemExit(f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     state = {

@@ -67,8 +67,10 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="
         raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
     n_blocks = gen_length // block_length
     if remasking == "threshold":
-        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
-            raise ValueError(f"threshold={threshold!r} must be a number > 0: the confidence that commits a position (>1: one a step)")
+        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
+            raise ValueError(
+                f"threshold={threshold!r} must be a finite number > 0: the confidence that commits a position (>1: one a step)"
+            )
     else:
         if steps < 1 or steps % n_blocks:
             raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")

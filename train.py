@@ -111,7 +111,11 @@ MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_outpu
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
     *((k, lambda v: v >= 1, ">= 1") for k in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps",
                                              "save_steps", "save_total_limit", "per_device_eval_batch_size")),
-    *((k, lambda v: v > 0, "> 0") for k in ("learning_rate", "max_grad_norm", "epsilon_high", "num_train_epochs", "lora_alpha")),
+    ("learning_rate", lambda v: 0 < v <= 1, "in (0, 1]: AdamW moves each weight by up to ~10x the rate a step"),
+    ("temperature", lambda v: 0 <= v <= 100, "in [0, 100]"),
+    ("num_train_epochs", lambda v: 0 < v <= 1e6, "in (0, 1e6]"),
+    ("seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
+    *((k, lambda v: v > 0, "> 0") for k in ("max_grad_norm", "epsilon_high", "lora_alpha")),
     *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps")),
     ("eval_items", lambda v: v >= -1, ">= -1 (-1: the whole test set, 0: no evaluation)"),
     *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
@@ -145,6 +149,9 @@ def validate(cfg):
     most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # a threshold run takes its own m'
     if not 1 <= cfg.mc_samples <= most:
         raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and {most}, the most steps a rollout takes")
+    for key, value in vars(cfg).items():  # inf and nan pass every comparison-free check below, so none may pass here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key}={value!r} must be a finite number")
     for key, ok, rule in RULES:
         if not ok(getattr(cfg, key)):
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be {rule}")
@@ -380,6 +387,13 @@ def main():
         sched.step()
         nonfinite["total"] += skipped
         nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
+
+        # a finite gradient and a rate <= 1 keep AdamW's weights finite; should they not be, nothing of
+        # this step may reach a checkpoint (without a copy of weights and moments it cannot be undone)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            newest = checkpoint.newest(cfg.output_dir) or "none written yet"
+            raise SystemExit(f"stopping at step {step + 1}: the weights are not finite after the optimizer step (nothing of it "
+                             f"was saved). Last checkpoint: {newest}. Lower --learning_rate.")  # fmt: skip
 
         # 3. log: means over every rank's completions
         row = logs.step_means(cfg, batches, loss, metrics, device, ddp)

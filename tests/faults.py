@@ -5,7 +5,7 @@
 nan_steps: the advantages of these steps are NaN (one micro-batch per step); kill_in_save: SIGKILL
 once the model files and half of optimizer.pt of this step's checkpoint folder are written;
 disk_full: the disk fills up (ENOSPC) at the same point; stop_after: exit cleanly right after this
-step's checkpoint is written.
+step's checkpoint is written; inf_weights_at: the optimizer step of this step leaves a weight infinite.
 """
 
 import ast
@@ -63,6 +63,19 @@ def save_then_stop(out_dir, step, *a, **k):
     return path
 
 
+real_adamw_step, steps_taken = torch.optim.AdamW.step, [0]
+
+
+def step_then_inf(self, *a, **k):
+    out = real_adamw_step(self, *a, **k)
+    steps_taken[0] += 1
+    if steps_taken[0] == faults.get("inf_weights_at"):
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+    return out
+
+
+torch.optim.AdamW.step = step_then_inf
 agrpo.group_advantages = nan_advantages
 if "kill_in_save" in faults or "disk_full" in faults:
     torch.save = save_interrupted_midway

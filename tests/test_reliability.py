@@ -146,6 +146,30 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
     assert all(torch.isfinite(v).all() for v in params(f"{tmp_path}/checkpoint-4").values())
 
 
+def test_nonfinite_weights_after_a_step_are_never_saved(tmp_path):
+    """An optimizer step that leaves a weight infinite stops the run in one line before that step is
+    logged or checkpointed; the checkpoints before it stay the newest."""
+    cmd = [sys.executable, "tests/faults.py", "inf_weights_at=3", "--", *SMALL, f"--output_dir={tmp_path}", "--max_steps=5",
+           "--save_steps=1", "--save_total_limit=9"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode != 0 and "stopping at step 3: the weights are not finite" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "checkpoint-2" in out.stderr.strip().splitlines()[-1]
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"] and logged_steps(tmp_path) == [1, 2]
+
+
+def test_a_nonfinite_model_is_never_checkpointed(tmp_path):
+    from model import load
+
+    model, _ = load("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(SystemExit, match="not finite"):
+        checkpoint.save(str(tmp_path), 1, model, opt, sched, {"model_name_or_path": "tiny"})
+    assert checkpoint.names(str(tmp_path)) == []
+
+
 def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     cmd = [sys.executable, "tests/faults.py", f"nan_steps={tuple(range(2, 31))}", "--", *SMALL, f"--output_dir={tmp_path}",
            "--max_steps=30", "--save_steps=1", "--save_total_limit=2"]  # fmt: skip
@@ -185,7 +209,14 @@ KNOBS = [
     (["--warmup_ratio=2"], "--warmup_ratio=2.0 must be in [0, 1]"),
     (["--save_steps=0"], "--save_steps=0 must be >= 1"),
     (["--save_steps=-1"], "--save_steps=-1 must be >= 1"),
-    (["--learning_rate=-1"], "--learning_rate=-1.0 must be > 0"),
+    (["--learning_rate=-1"], "--learning_rate=-1.0 must be in (0, 1]"),
+    (["--learning_rate=1e30"], "--learning_rate=1e+30 must be in (0, 1]"),
+    (["--learning_rate=1e999"], "--learning_rate=inf must be a finite number"),
+    (["--temperature=1e999"], "--temperature=inf must be a finite number"),
+    (["--temperature=1e9"], "--temperature=1000000000.0 must be in [0, 100]"),
+    (["--num_train_epochs=1e999"], "--num_train_epochs=inf must be a finite number"),
+    (["--seed=99999999999999999999999"], "--seed=99999999999999999999999 must be in [0, 2**63)"),
+    (["--threshold=1e999"], "--threshold=inf must be a finite number"),
     (["--weight_decay=-1"], "--weight_decay=-1.0 must be >= 0"),
     (["--adam_beta1=1.5"], "--adam_beta1=1.5 must be in [0, 1)"),
     (["--per_device_eval_batch_size=0"], "--per_device_eval_batch_size=0 must be >= 1"),
