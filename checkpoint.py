@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 
 import torch
@@ -34,6 +35,26 @@ PREFIX = "checkpoint-"
 
 class RunMismatch(ConfigError):
     """The checkpoint is whole but belongs to another model or run: an older one would not fit either."""
+
+
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption): the run writes its last finished step and stops."""
+
+
+def catch_stop_signals():
+    """SIGINT and SIGTERM raise Interrupted where they arrive, except while state["defer"] is set
+    (the weights are changing: the update, its logging and checkpoint); then the signal waits in
+    state["signal"] for the end of the step. Returns that state."""
+    state = {"defer": False, "signal": None}
+
+    def handler(signum, frame):
+        state["signal"] = signum
+        if not state["defer"]:
+            raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+    return state
 
 
 def fingerprint(model):

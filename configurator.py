@@ -92,6 +92,13 @@ def _unknown(key, known, where):
     return ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
 
 
+def _frames(e):
+    tb = e.__traceback__
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
 def help_text(script, keys):
     doc = (ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0]
     width = max(len(k) for k in keys) + 2
@@ -117,7 +124,11 @@ def configure(script, argv=None):
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg} does not exist (configs/ lists the presets)")
             scope = {"__file__": os.path.abspath(arg)}  # a preset may exec a shared file beside it
-            exec(open(arg).read(), scope)  # a preset is trusted Python, like nanoGPT's
+            try:
+                exec(compile(open(arg).read(), arg, "exec"), scope)  # a preset is trusted Python, like nanoGPT's
+            except Exception as e:  # a syntax error, or a name it uses that does not exist
+                line = getattr(e, "lineno", None) or next((t.tb_lineno for t in _frames(e) if t.tb_frame.f_code.co_filename == arg), "?")
+                raise ConfigError(f"config file {arg}, line {line}: {type(e).__name__}: {getattr(e, 'msg', None) or e}") from None
             for key, value in scope.items():
                 if key.startswith("_") or callable(value) or type(value).__name__ == "module":
                     continue

@@ -102,12 +102,13 @@ def read_rows(path):
                 yield f"{path}:{n}", row
     elif path.endswith(".csv"):
         try:
-            with open(path, encoding="utf-8", newline="") as f:
+            with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of the first column's name
                 rows = list(csv.DictReader(f))
         except (UnicodeDecodeError, csv.Error) as e:
             raise DataError(f"{path}: not a UTF-8 CSV file ({e})") from None
         for n, row in enumerate(rows, 2):  # line 1 is the header
-            yield f"{path}:{n}", row
+            extra = row.pop(None, None)  # csv puts the fields beyond the header's under the key None
+            yield f"{path}:{n}", DataError(f"{path}:{n}: {len(extra)} more fields than the header's {len(row)}") if extra else row
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -191,7 +192,11 @@ def load_file(task_name, path, skip_bad=False, limit=None):
 def _hub(*args, **kwargs):
     from datasets import load_dataset
 
-    return load_dataset(*args, **kwargs)
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as e:  # no network, no such dataset, a damaged cache: datasets raises many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"hub dataset {args[0]} cannot be loaded ({first}); give a local file as train_file/eval_file") from None
 
 
 def gsm8k_hub(split):

@@ -322,6 +322,13 @@ def main():
         if not values or not all(ok(v) for v in values):
             raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
     grid = step_grid(cfg)
+    try:  # where the results go must take them, before any model is loaded
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        with open(os.path.join(cfg["output_dir"], ".write_test"), "w"):
+            pass
+        os.remove(os.path.join(cfg["output_dir"], ".write_test"))
+    except OSError as e:
+        raise ConfigError(f"--output_dir={cfg['output_dir']} cannot hold the results ({e.strerror})") from None
     names = list(cfg["labels"]) or list(cfg["models"])
 
     ddp, rank, world, device = init_processes()

@@ -69,8 +69,12 @@ def gather_rows(rows, world, ddp):
 
 
 def append_jsonl(path, rows):
-    with open(path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    """Append rows; a full or unwritable disk stops the run in one line (a resume drops a cut-off line)."""
+    try:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    except OSError as e:
+        raise SystemExit(f"cannot write {path} ({e.strerror}): free space or fix the folder, then --resume_from_checkpoint") from None
 
 
 def open_reporter(report_to, output_dir, run_name, project, config):
@@ -84,7 +88,11 @@ def open_reporter(report_to, output_dir, run_name, project, config):
     if report_to == "wandb":
         import wandb
 
-        return wandb.init(project=project, name=name, config=config, dir=output_dir)
+        try:
+            return wandb.init(project=project, name=name, config=config, dir=output_dir)
+        except Exception as e:  # no login, no network: wandb raises its own types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(f"--report_to=wandb: {first} (`wandb login`, or WANDB_MODE=offline to log locally)") from None
     return None
 
 

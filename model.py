@@ -144,9 +144,9 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or "auto")
-    # no such hub id, no network, a file missing or damaged; transformers raises KeyError for a tokenizer
-    # it cannot map to the config's remote class, ImportError for remote code needing a missing package
-    except (OSError, ValueError, KeyError, ImportError) as e:
+    # no such hub id, no network, a file missing or damaged (safetensors and tokenizers raise their own
+    # types), a tokenizer transformers cannot map to the config's class, remote code needing a package
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None
     return model, tok

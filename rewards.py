@@ -115,6 +115,9 @@ _worker = None
 
 def _math_worker(conn):
     import logging
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle: no traceback from here
 
     from math_verify import parse, verify
 

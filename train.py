@@ -18,6 +18,8 @@ import hashlib
 import json
 import math
 import os
+import random
+import signal
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -260,7 +262,10 @@ def load_policy(cfg, device, ddp, master):
         if ddp:
             dist.barrier()
     if cfg.lora_r > 0:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
+        try:
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
+        except ValueError as e:  # peft: no module of the model matches the targets
+            raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules}: {str(e).splitlines()[0]}") from None
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(model)
     ref_model = None
@@ -293,6 +298,7 @@ def prompt_items(cfg, train_items, position, n):
 def main():
     cfg = SimpleNamespace(**configure(__file__))
     validate(cfg)
+    stop = checkpoint.catch_stop_signals()  # Ctrl-C and SIGTERM: the last finished step is saved, then one line
 
     # processes and devices: one per GPU under torchrun, or one CPU process
     ddp, rank, world, device = init_processes()
@@ -327,6 +333,9 @@ def main():
         log(f"left out {loaded - len(train_items)} of {loaded} training items: they are held-out problems too")
     # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
+
+    # a logging service that cannot be reached stops the run before the model loads
+    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, cfg.run_name, cfg.project, vars(cfg)) if master else None
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model = load_policy(cfg, device, ddp, master)
@@ -370,74 +379,97 @@ def main():
         if master:
             checkpoint.truncate_log(completions_path, start)  # the steps after the checkpoint run again
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, cfg.run_name, cfg.project, vars(cfg)) if master else None
 
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
-    for step in bar:
-        t0 = time.time()
-        # 1. roll out: whole groups per micro-batch; prompts in epoch-wise random order, the same in any partition over ranks
-        batches = []
-        for a in range(cfg.gradient_accumulation_steps):
-            micro = a * world + rank  # the global micro-batch index
-            items = prompt_items(cfg, train_items, step * prompts_per_step + micro * groups_per_micro, groups_per_micro)
-            batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
+    finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
+    try:
+        for step in bar:
+            t0 = time.time()
+            # 1. roll out: whole groups per micro-batch; prompts in epoch-wise random order, the same in any partition over ranks
+            batches = []
+            for a in range(cfg.gradient_accumulation_steps):
+                micro = a * world + rank  # the global micro-batch index
+                items = prompt_items(cfg, train_items, step * prompts_per_step + micro * groups_per_micro, groups_per_micro)
+                batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
 
-        # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
-        loss, metrics, grad_norm, skipped = update(cfg, train_model, params, opt, batches, amp)
-        sched.step()
-        nonfinite["total"] += skipped
-        nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
+            stop["defer"] = True  # from here the weights change: a signal waits for the end of the step
+            # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
+            loss, metrics, grad_norm, skipped = update(cfg, train_model, params, opt, batches, amp)
+            sched.step()
+            nonfinite["total"] += skipped
+            nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
 
-        # a finite gradient and a rate <= 1 keep AdamW's weights finite; should they not be, nothing of
-        # this step may reach a checkpoint (without a copy of weights and moments it cannot be undone)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            newest = checkpoint.newest(cfg.output_dir) or "none written yet"
-            raise SystemExit(f"stopping at step {step + 1}: the weights are not finite after the optimizer step (nothing of it "
-                             f"was saved). Last checkpoint: {newest}. Lower --learning_rate.")  # fmt: skip
+            # a finite gradient and a rate <= 1 keep AdamW's weights finite; should they not be, nothing of
+            # this step may reach a checkpoint (without a copy of weights and moments it cannot be undone)
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                newest = checkpoint.newest(cfg.output_dir) or "none written yet"
+                raise SystemExit(f"stopping at step {step + 1}: the weights are not finite after the optimizer step (nothing of it "
+                                 f"was saved). Last checkpoint: {newest}. Lower --learning_rate.")  # fmt: skip
 
-        # 3. log: means over every rank's completions
-        row = logs.step_means(cfg, batches, loss, metrics, device, ddp)
-        row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
-        row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
-        if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-            row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
-        completions = []
-        if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
-            completions = logs.gather_rows(logs.completion_rows(tok, step + 1, batches), world, ddp)
-        if master:
-            logs.append_jsonl(log_path, [row])
-            logs.append_jsonl(completions_path, completions)
-            logs.report(reporter, row, step + 1, completions)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")})
-        if nonfinite["in_a_row"] >= MAX_NONFINITE:
-            newest = checkpoint.newest(cfg.output_dir) or "none written yet"
-            raise SystemExit(
-                f"stopping at step {step + 1}: {nonfinite['in_a_row']} non-finite updates in a row (all skipped; weights untouched "
-                f"since the last good step). Last checkpoint: {newest}. Lower --learning_rate or check the rewards."
-            )
-
-        # 4. checkpoint
-        if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
+            # 3. log: means over every rank's completions
+            row = logs.step_means(cfg, batches, loss, metrics, device, ddp)
+            row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
+            row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
+            if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
+                row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
+            completions = []
+            if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
+                completions = logs.gather_rows(logs.completion_rows(tok, step + 1, batches), world, ddp)
             if master:
-                path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite,
-                                       tok)  # fmt: skip
-                log(f"step {step + 1}: checkpoint {path}")
-            if ddp:
-                dist.barrier()
-
-    if test_items:
-        acc_after = held_out_accuracy("after AGRPO")
-        if acc_before is not None:
-            log(f"held-out accuracy: {acc_before:.3f} -> {acc_after:.3f} ({100 * (acc_after - acc_before):+.1f} points)")
-        if master:
-            with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
-                json.dump(
-                    {"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": total_steps}, f
+                logs.append_jsonl(log_path, [row])
+                logs.append_jsonl(completions_path, completions)
+                logs.report(reporter, row, step + 1, completions)
+                bar.set_postfix(
+                    {k: f"{row[k]:.3g}" for k in ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")}
                 )
+            if nonfinite["in_a_row"] >= MAX_NONFINITE:
+                newest = checkpoint.newest(cfg.output_dir) or "none written yet"
+                raise SystemExit(
+                    f"stopping at step {step + 1}: {nonfinite['in_a_row']} non-finite updates in a row (all skipped; weights untouched "
+                    f"since the last good step). Last checkpoint: {newest}. Lower --learning_rate or check the rewards."
+                )
+
+            # 4. checkpoint
+            if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
+                if master:
+                    path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite,
+                                           tok)  # fmt: skip
+                    log(f"step {step + 1}: checkpoint {path}")
+                if ddp:
+                    dist.barrier()
+            finished = (step + 1, torch.get_rng_state(), random.getstate())
+            if stop["signal"] is not None:
+                raise checkpoint.Interrupted(stop["signal"])
+            stop["defer"] = False
+
+        if test_items:
+            acc_after = held_out_accuracy("after AGRPO")
+            if acc_before is not None:
+                log(f"held-out accuracy: {acc_before:.3f} -> {acc_after:.3f} ({100 * (acc_after - acc_before):+.1f} points)")
+            if master:
+                with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
+                    json.dump(
+                        {"accuracy_before": acc_before, "accuracy_after": acc_after, "eval_items": len(test_items), "steps": total_steps}, f
+                    )
+    except checkpoint.Interrupted as e:
+        stop["defer"] = True  # a second Ctrl-C does not cut the checkpoint short
+        done, torch_rng, python_rng = finished
+        path = checkpoint.newest(cfg.output_dir)
+        if master and done > start and not (path or "").endswith(f"{checkpoint.PREFIX}{done}"):
+            torch.set_rng_state(torch_rng)
+            random.setstate(python_rng)
+            path = checkpoint.save(cfg.output_dir, done, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite, tok)
+        logs.close_reporter(reporter)
+        bar.close()
+        how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
+        raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} after step {done}: {how}") from None
     logs.close_reporter(reporter)
     if ddp:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
-    main()
+    try:
+        main()
+    except checkpoint.Interrupted as e:  # before the first step: nothing to save
+        raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} before training began: nothing written") from None

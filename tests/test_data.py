@@ -315,3 +315,24 @@ def test_countdown_generator_with_zero_in_range_makes_valid_problems():
     items = countdown_items(300, seed=5, num_range=(0, 20), target_range=(0, 100))
     assert any(0 in it["nums"] for it in items)
     assert all(countdown_reward(task("countdown").solution(it), it) == 4.0 for it in items)
+
+
+def test_csv_with_a_byte_order_mark_or_an_extra_field(tmp_path):
+    """A CSV saved with a byte-order mark reads as without one; a row with more fields than the
+    header is named, never read with its extra fields dropped."""
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfPuzzle,Solution\n1204400100102000,1234432134122143\n")
+    assert load_file("sudoku", str(tmp_path / "bom.csv")) == [{"puzzle": "1204400100102000", "solution": "1234432134122143"}]
+    (tmp_path / "extra.csv").write_text("puzzle,solution\n1204400100102000,1234432134122143,9\n")
+    with pytest.raises(DataError, match=re.escape("extra.csv:2: 1 more fields than the header's 2")):
+        load_file("sudoku", str(tmp_path / "extra.csv"))
+
+
+def test_unreachable_hub_data_is_one_data_error(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="hub dataset openai/gsm8k cannot be loaded .*give a local file"):
+        load_items("gsm8k", "train", "hub")

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -404,3 +405,58 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
     out = subprocess.run([sys.executable, "export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted, signum):
+    """Ctrl-C or a cluster's SIGTERM mid-run: a checkpoint of the last finished step is written (none
+    was due), the run ends with one line naming it, and the resume finishes bit for bit."""
+    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *FAST, "--save_steps=100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and len(logged_steps(tmp_path)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=300)[1]
+    last = err.strip().splitlines()[-1]
+    done = logged_steps(tmp_path)[-1]
+    assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+    assert last == f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint {tmp_path}/checkpoint-{done}: continue " \
+                   "with --resume_from_checkpoint", last  # fmt: skip
+    assert 3 <= done < 10 and checkpoint.names(str(tmp_path)) == [f"checkpoint-{done}"]
+    run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
+    assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
+
+
+def one_line(cmd, env=None):
+    out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_broken_inputs_end_in_one_line(tmp_path):
+    """What used to end in a traceback: a preset that does not run, LoRA targets that match nothing, a
+    damaged weights or tokenizer file, a log that cannot be appended, results with nowhere to go."""
+    (tmp_path / "preset.py").write_text("learning_rate = 1e-4\nlora_r = (\n")
+    assert one_line(["train.py", f"{tmp_path}/preset.py"]) == f"config error: config file {tmp_path}/preset.py, line 2: " \
+        "SyntaxError: '(' was never closed"  # fmt: skip
+    (tmp_path / "names.py").write_text("learning_rate = lr_from_elsewhere\n")
+    assert "names.py, line 1: NameError" in one_line(["train.py", f"{tmp_path}/names.py"])
+    args = [*SMALL, "--max_steps=1", "--eval_items=0"]
+    assert "--lora_target_modules=('nothing',): Target modules {'nothing'} not found" in one_line(
+        ["train.py", *args, "--lora_r=4", "--lora_target_modules=('nothing',)", f"--output_dir={tmp_path}/a"]
+    )
+    for name, damaged in (("model.safetensors", b"\x10\x00"), ("tokenizer.json", b'{"version": ')):
+        shutil.copytree(os.path.join(ROOT, "models/tiny-countdown"), tmp_path / name)
+        (tmp_path / name / name).write_bytes(damaged)
+        assert f"cannot load model '{tmp_path}/{name}'" in one_line(["train.py", *args, f"--model_name_or_path={tmp_path}/{name}",
+                                                                      f"--output_dir={tmp_path}/{name}-run"])  # fmt: skip
+    (tmp_path / "a_file").write_text("")
+    assert "--output_dir=" in one_line(["eval.py", "--models=('tiny',)", "--labels=()", f"--output_dir={tmp_path}/a_file"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | {"HOME": str(tmp_path), "WANDB_MODE": "online"}
+    assert one_line(["train.py", *args, "--report_to=wandb", f"--output_dir={tmp_path}/w"], env).startswith("--report_to=wandb: ")
+    import logs
+
+    with pytest.raises(SystemExit, match="cannot write .*log.jsonl"):
+        logs.append_jsonl(f"{tmp_path}/no_such_folder/log.jsonl", [{"step": 1}])
