@@ -50,10 +50,13 @@ def chat_ids(tok, messages):
     return tok(text, add_special_tokens=False).input_ids  # the template already holds the specials
 
 
-def build_prompt(tok, task_name, item, system_prompt="", compact=False):
+def build_prompt(tok, task_name, item, system_prompt="", compact=False, max_length=0):
+    """The prompt's token ids; longer than max_length (> 0) they are cut from the left, as TRL's
+    max_prompt_length does (the system turn goes first, the question's end and the assistant turn stay)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": task(task_name).question(item, compact)})
-    return chat_ids(tok, messages)
+    ids = chat_ids(tok, messages)
+    return ids[-max_length:] if max_length > 0 else ids
 
 
 def system_prompt_text(task_name, system_prompt="", system_prompt_file=""):

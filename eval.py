@@ -49,6 +49,7 @@ sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzl
 system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
+max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
 gen_lengths = (16, 32)  # completion lengths L of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
@@ -64,7 +65,7 @@ output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jso
 
 @torch.no_grad()
 def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
-             compact=False, remasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
+             compact=False, max_prompt_length=0, remasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
     """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct, length,
     forward passes), in item order. Batches are fixed first and dealt to ranks (batch b to rank
     b mod world), so each item is decoded in the same batch whatever the world size: sharded
@@ -76,7 +77,7 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
     out = []
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
-        prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact) for i in idx]
+        prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact, max_prompt_length) for i in idx]
         r = generate(m, prompts, gen_length=gen_length, block_length=block_length, steps=steps, mask_id=tok.mask_token_id,
                      eos_ids=tok.eos_ids, remasking=remasking, threshold=threshold, pad_id=tok.pad_token_id)  # fmt: skip
         texts, lengths = decode_completions(tok, r)
@@ -229,7 +230,7 @@ def resolve(spec):
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
     **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
-    **{k: k for k in ("num_range", "target_range", "sudoku_blanks", "per_device_eval_batch_size")},
+    **{k: k for k in ("num_range", "target_range", "sudoku_blanks", "per_device_eval_batch_size", "max_prompt_length")},
     **{"gen_lengths": "eval_max_completion_length", "block_length": "eval_block_length", "sampling_steps": "eval_sampling_steps"},
 }
 
@@ -312,6 +313,8 @@ def main():
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
     if cfg["per_device_eval_batch_size"] < 1:
         raise ConfigError(f"--per_device_eval_batch_size={cfg['per_device_eval_batch_size']} must be at least 1")
+    if cfg["max_prompt_length"] < 0:
+        raise ConfigError(f"--max_prompt_length={cfg['max_prompt_length']} must be >= 0 (0: no limit)")
     if cfg["eval_items"] < 1 and cfg["eval_items"] != -1:
         raise ConfigError(f"--eval_items={cfg['eval_items']} must be at least 1, or -1 for the whole test set")
     lists = [("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
@@ -350,6 +353,7 @@ def main():
             how = f"m={m}" if tau is None else f"τ={tau}"
             records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m or L,
                                batch_size=cfg["per_device_eval_batch_size"], system_prompt=system, compact=cfg["compact_prompt"],
+                               max_prompt_length=cfg["max_prompt_length"],
                                remasking=cfg["unmasking"] if tau is None else "threshold", threshold=tau, rank=rank, world=world,
                                desc=f"{name} L={L} {how}")  # fmt: skip
             steps = m if tau is None else sum(r["passes"] for r in records) / len(records)

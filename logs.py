@@ -41,6 +41,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
         "clip_high": metrics["clipped_high"] / tokens,
         "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
         "frac_rows_left_out": metrics.get("rows_left_out", 0) / max(1, metrics.get("rows", 0)),  # advantage 0: no passes
+        "frac_prompts_cut": sum(b.prompts_cut for b in batches) / len(rewards),  # longer than max_prompt_length
     }
     values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
     if ddp:

@@ -51,6 +51,7 @@ target_range = (1, 99)  # Countdown generator: range of the target
 sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
+max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit)
 max_completion_length = 16  # G: completion tokens per rollout
 block_length = 8  # semi-autoregressive block size; divides G
 sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / block_length
@@ -118,7 +119,8 @@ RULES = [  # (key, check, allowed values): every numeric and list knob, checked 
     ("num_train_epochs", lambda v: 0 < v <= 1e6, "in (0, 1e6]"),
     ("seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
     *((k, lambda v: v > 0, "> 0") for k in ("max_grad_norm", "epsilon_high", "lora_alpha")),
-    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps")),
+    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps",
+                                             "max_prompt_length")),
     ("eval_items", lambda v: v >= -1, ">= -1 (-1: the whole test set, 0: no evaluation)"),
     *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
     ("epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
@@ -192,13 +194,13 @@ class MicroBatch:
     draws: list  # per inner iteration: likelihood.Draws (sampled steps, or masks)
     old_logp: list  # per inner iteration: log π_old of the tokens each draw reads
     ref_logp: list | None  # per inner iteration: log π_ref (β > 0)
+    prompts_cut: int  # rows whose prompt was cut to max_prompt_length
 
 
 def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     """Rollout, rewards and group advantages, then the draws with their old and reference log-probs."""
-    prompts = [
-        data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items for _ in range(cfg.num_generations)
-    ]
+    whole = [data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items]
+    prompts = [p[-cfg.max_prompt_length :] if cfg.max_prompt_length else p for p in whole for _ in range(cfg.num_generations)]
     policy = unwrap(model)
     policy.eval()
     with amp():
@@ -218,7 +220,8 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     with amp():
         draws, old, ref = prepare(model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, seeded(cfg.seed, "draws", step, micro),
                                   cfg.scheme, ref_model)  # fmt: skip
-    return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, draws, old, ref)
+    cut = sum(len(p) > cfg.max_prompt_length > 0 for p in whole) * cfg.num_generations
+    return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, draws, old, ref, cut)
 
 
 def update(cfg, train_model, params, opt, batches, amp):
@@ -345,10 +348,19 @@ def main():
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
             res = evaluate(model, tok, cfg.task, test_items, gen_length=cfg.eval_max_completion_length, block_length=cfg.eval_block_length,
                            steps=cfg.eval_sampling_steps, batch_size=cfg.per_device_eval_batch_size, system_prompt=cfg.system_prompt,
-                           compact=cfg.compact_prompt, rank=rank, world=world, desc=label)  # fmt: skip
+                           compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length, rank=rank, world=world,
+                           desc=label)  # fmt: skip
         acc = sum(r["accuracy"] for r in res) / len(res)
         log(f"held-out accuracy {label}: {acc:.3f} ({len(test_items)} items, greedy)")
         return acc
+
+    if cfg.max_prompt_length and (cfg.train_file or not data.task(cfg.task).generate):  # generated prompts are short by design
+        lengths = [len(data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt)) for it in train_items]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > cfg.max_prompt_length:
+            over = sum(n > cfg.max_prompt_length for n in lengths)
+            log(f"{over} of {len(lengths)} training prompts are longer than max_prompt_length={cfg.max_prompt_length} tokens and "
+                f"are cut from the left; the longest, training item {longest}, has {lengths[longest]} tokens")  # fmt: skip
 
     acc_before = held_out_accuracy("before AGRPO") if test_items else None
 

@@ -207,3 +207,24 @@ def test_threshold_rollouts_train(tmp_path):
     run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--unmasking=threshold", "--threshold=0.5", "--mc_samples=2"])
     rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and all(1 <= r["rollout_passes"] <= 16 for r in rows)
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
+    """max_prompt_length (TRL's name and behaviour): a longer prompt keeps its last tokens, the run
+    names the longest training prompt once and logs the fraction of rows cut each step."""
+    from data import build_prompt
+    from model import load
+
+    _, tok = load("tiny")
+    item = {"question": "x" * 500 + " 1 + 1?", "answer": "2"}
+    whole = build_prompt(tok, "gsm8k", item)
+    assert build_prompt(tok, "gsm8k", item, max_length=40) == whole[-40:] and len(whole) > 40
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps(item) + "\n" + json.dumps({"question": "2 + 2?", "answer": "4"}) + "\n")
+    out = run([f"--output_dir={tmp_path}/run", "--task=gsm8k", f"--train_file={path}", "--eval_items=0", "--max_prompt_length=40",
+               "--max_steps=2", "--per_device_train_batch_size=8", "--model_name_or_path=tiny"])  # fmt: skip
+    text = out.stdout + out.stderr
+    assert f"1 of 2 training prompts are longer than max_prompt_length=40 tokens and are cut from the left; the longest, training " \
+           f"item 0, has {len(whole)} tokens" in text  # fmt: skip
+    rows = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
+    assert [r["frac_prompts_cut"] for r in rows] == [0.5, 0.5]  # both prompts in every step (2 groups of 4)
