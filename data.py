@@ -294,7 +294,8 @@ TASKS = {
                       hub=countdown_hub, generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range"),
                       system_prompt=COUNTDOWN_PROMPT),
     "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item, (0.0, 4.0),
-                   generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks",), system_prompt=SUDOKU_PROMPT),
+                   generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks", "sudoku_test_blanks"),
+                   system_prompt=SUDOKU_PROMPT),
 }  # fmt: skip
 
 
@@ -312,6 +313,10 @@ def check_generator_knobs(cfg):
         pair = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
         if key.endswith("_range") and not (pair and 0 <= v[0] <= v[1]):
             raise ValueError(f"--{key}={v!r} must be (low, high) with 0 <= low <= high")
+        if key == "sudoku_test_blanks" and not (isinstance(v, (tuple, list)) and all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], int) and 0 <= p[0] <= 12 and isinstance(p[1], int)
+                and p[1] >= 0 for p in v) and (not v or sum(p[1] for p in v) > 0)):  # fmt: skip
+            raise ValueError(f"--sudoku_test_blanks={v!r} must be ((blanks, weight), ...) with blanks in 0..12 and weights >= 0")
         if key == "sudoku_blanks" and not (pair and 0 <= v[0] <= v[1] <= 12):
             raise ValueError(f"--sudoku_blanks={v!r} must be (low, high) with 0 <= low <= high <= 12: a unique 4x4 solution needs 4 clues")
 

@@ -41,11 +41,12 @@ labels = ("base", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # gsm8k | math | countdown | sudoku
 eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
-eval_split = "test"  # test | validation (generated tasks: the tenth of problems kept apart for tuning)
+eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
 num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
 target_range = (1, 99)  # Countdown generator: range of the target
 sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
+sudoku_test_blanks = ()  # Sudoku test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
 system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
@@ -230,7 +231,10 @@ def resolve(spec):
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
     **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
-    **{k: k for k in ("num_range", "target_range", "sudoku_blanks", "per_device_eval_batch_size", "max_prompt_length")},
+    **{
+        k: k
+        for k in ("num_range", "target_range", "sudoku_blanks", "sudoku_test_blanks", "per_device_eval_batch_size", "max_prompt_length")
+    },
     **{"gen_lengths": "eval_max_completion_length", "block_length": "eval_block_length", "sampling_steps": "eval_sampling_steps"},
 }
 

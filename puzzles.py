@@ -201,14 +201,29 @@ def sudoku_count_solutions(grid, limit=2):
     return min(agree.bit_count(), limit)
 
 
-def sudoku_items(n, seed=0, sudoku_blanks=(8, 8), split=None, unique=False):
+def blank_counts(n, weights, rng):
+    """n blank counts in the proportions of weights ((blanks, weight), ...), by largest remainder,
+    shuffled: a test set of n puzzles with the blank distribution of a published one."""
+    total = sum(w for _, w in weights)
+    exact = [(b, n * w / total) for b, w in weights]
+    counts = {b: int(x) for b, x in exact}
+    for b, _ in sorted(exact, key=lambda bx: bx[1] - int(bx[1]), reverse=True)[: n - sum(counts.values())]:
+        counts[b] += 1
+    out = [b for b, c in counts.items() for _ in range(c)]
+    rng.shuffle(out)
+    return out
+
+
+def sudoku_items(n, seed=0, sudoku_blanks=(8, 8), split=None, unique=False, sudoku_test_blanks=()):
     """n puzzles with exactly one solution and between sudoku_blanks[0] and [1] empty cells ("0").
-    The split goes by the *solution grid*, so no test grid is ever a training puzzle's answer;
-    unique: no puzzle twice."""
+    The split goes by the *solution grid*, so no test grid is ever a training puzzle's answer (of the
+    288 grids, 226 train, 21 validation, 41 test); unique: no puzzle twice. sudoku_test_blanks
+    ((blanks, weight), ...): the test and validation puzzles' blank counts in these proportions."""
     lo, hi = sudoku_blanks
     if not 0 <= lo <= hi <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
         raise ValueError(f"sudoku_blanks={sudoku_blanks} must be (low, high) with 0 <= low <= high <= 12: a unique solution needs 4 clues")
     rng = random.Random(seed)
+    targets = blank_counts(n, sudoku_test_blanks, rng) if sudoku_test_blanks and split in ("test", "validation") else None
     items, seen, attempts = [], set(), 0
     while len(items) < n:
         attempts += 1
@@ -217,7 +232,7 @@ def sudoku_items(n, seed=0, sudoku_blanks=(8, 8), split=None, unique=False):
         solution = "".join(map(str, sol))
         if split and split_of(solution) != split:
             continue
-        blanks, puzzle = rng.randint(lo, hi), list(sol)
+        blanks, puzzle = (rng.randint(lo, hi) if targets is None else targets[len(items)]), list(sol)
         for i in rng.sample(range(16), 16):
             if sum(x == 0 for x in puzzle) == blanks:
                 break

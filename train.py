@@ -49,6 +49,7 @@ compact_prompt = True  # short question text (the embedded model); False: full s
 num_range = (1, 9)  # Countdown generator: range of the three numbers
 target_range = (1, 99)  # Countdown generator: range of the target
 sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
+sudoku_test_blanks = ()  # Sudoku test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
 max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit)
@@ -86,7 +87,7 @@ lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
 eval_items = 200  # held-out problems scored greedily before and after training (0 = no evaluation)
-eval_split = "test"  # test | validation (generated tasks: a tenth of the problems kept apart for tuning)
+eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 eval_max_completion_length = 16  # evaluation decoding: completion tokens
 eval_block_length = 8  # evaluation decoding: block size
 eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole grid)

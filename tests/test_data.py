@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
+import data
 from data import (
     DataError,
     build_prompt,
+    check_generator_knobs,
     generator_knobs,
     load_file,
     load_items,
@@ -18,9 +20,11 @@ from data import (
     task,
 )
 from puzzles import (
+    GRIDS,
     countdown_items,
     countdown_solution_text,
     countdown_solutions,
+    split_of,
     sudoku_count_solutions,
     sudoku_items,
 )
@@ -336,3 +340,23 @@ def test_unreachable_hub_data_is_one_data_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="hub dataset openai/gsm8k cannot be loaded .*give a local file"):
         load_items("gsm8k", "train", "hub")
+
+
+def test_sudoku_test_set_has_the_published_blank_distribution():
+    """The LLaDA preset's generated test set has the blank counts of SPG's 256-puzzle test file
+    (7: 82, 8: 83, 9: 76, 11: 12, 12: 3); training puzzles keep their own range; the grid split is
+    226 / 21 / 41 of the 288 grids."""
+    import collections
+
+    from configurator import configure
+
+    cfg = configure(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"), ["configs/llada_sudoku.py"])
+    gen = generator_knobs("sudoku", cfg)
+    test = data.test_set("sudoku", cfg["eval_file"], cfg["eval_items"], cfg["seed"], **gen)
+    assert collections.Counter(it["puzzle"].count("0") for it in test) == {7: 82, 8: 83, 9: 76, 11: 12, 12: 3}
+    assert len({it["puzzle"] for it in test}) == 256
+    train = sudoku_items(600, seed=0, split="train", **gen)
+    assert {it["puzzle"].count("0") for it in train} == set(range(7, 13))
+    assert collections.Counter(split_of("".join(map(str, g))) for g in GRIDS) == {"train": 226, "validation": 21, "test": 41}
+    with pytest.raises(ValueError, match="sudoku_test_blanks"):
+        check_generator_knobs({"task": "sudoku", "sudoku_blanks": (7, 12), "sudoku_test_blanks": ((13, 1),)})
