@@ -7,7 +7,8 @@ is killed past its time limit). The terms follow the paper's released reward fun
 
     GSM8K, MATH   0.5·[<think> block] + 0.5·[<answer> block] + 3·[final answer correct]  ∈ [0, 4]
                   final answer: the answer block, or the whole text without one; inside it,
-                  the first \\boxed{} if there is one
+                  the first \\boxed{} if there is one. GSM8K: its last number, only when nothing
+                  is applied to it (2^3 is not 3); MATH: math-verify, plain numbers compared exactly
     Countdown     with an "=" in the answer block (none: 0 format points):
                   −0.5·[more than one "="] + (1/3)·([last side is the target, digits only]
                   + [first side only numbers/operators] + [first side's numbers = the given
@@ -19,6 +20,7 @@ is killed past its time limit). The terms follow the paper's released reward fun
 
 import multiprocessing as mp
 import re
+from collections import deque
 from fractions import Fraction
 
 # ---------------------------------------------------------------------------------------------
@@ -75,27 +77,40 @@ def format_score(text):
 # ---------------------------------------------------------------------------------------------
 # GSM8K: numeric match
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+_NUMBER = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?(?:[eE][-+]?\d+)?")  # 72, 0.5, .5, 3/4, and 1e3 (to refuse it)
 MAX_NUMBER = 40  # characters: a longer number never matches (it is not cut into pieces that might)
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\{(-?\d{1,30})\}\{(\d{1,30})\}")
-_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*(?:\{\s*(-?\d{1,30})\s*\}|(\d))\s*(?:\{\s*(\d{1,30})\s*\}|(\d))")  # \frac{3}{4}, \frac34
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\{([^{}]*)\}")
+# what, right before or after a number, applies something to it (2^3, \sqrt{49}, 7!, 3 * 4, 10 - 5)
+_APPLIED_BEFORE = re.compile(r"(?:[\^_*/×÷·√!]|\\[a-zA-Z]+|(?<=[\d)\]}])\s*[-+])\s*\{?\s*$")
+_APPLIED_AFTER = re.compile(r"^\s*\}?\s*(?:[\^_*/×÷·√!(]|\\(?:times|cdot|div)|[-+]\s*[\d.(])")
+_NEUTRAL_COMMANDS = re.compile(r"\\(?:approx|quad|qquad|le|leq|ge|geq|sim|equiv|to|rightarrow|Rightarrow|implies|left|right)\s*\{?\s*$")
 
 
 def parse_number(s):
-    """The last number in s as a Fraction: commas, $, %, units, LaTeX (\\boxed, \\frac, \\text)
-    and trailing ".0" are handled; None when there is no number."""
+    """The final answer of s as a Fraction, or None: its last number, read as written (commas,
+    `{,}`, $, %, units, \\boxed, \\frac, \\text, a sign "- 5" or "-.5" handled), and only when
+    nothing is applied to it: 2^3, 1e3, \\sqrt{49}, 7! or 10 - 5 give None, not the 3, 49, 7 or 5."""
     s = s.replace("\\boxed", "").replace("\\$", "").replace("$", "").replace("\\%", "").replace("\\!", "").replace("\\,", "")
-    s = _LATEX_TEXT.sub(r" \1 ", s)
-    s = _LATEX_FRAC.sub(r"\1/\2", s)
+    s = _LATEX_TEXT.sub(r" \1 ", s).replace("{,}", ",")
+    s = _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = s.replace("−", "-")
-    found = _NUMBER.findall(s)
-    if not found or len(found[-1]) > MAX_NUMBER:
+    found = deque(_NUMBER.finditer(s), maxlen=1).pop() if _NUMBER.search(s) else None  # the last number
+    if found is None or len(found.group()) > MAX_NUMBER or "e" in found.group().lower():
+        return None
+    before, after = s[max(0, found.start() - 64) : found.start()], s[found.end() : found.end() + 64]  # the neighbourhood decides
+    sign = re.search(r"-\s*$", before)
+    sign = sign if sign and not re.search(r"[\d)\]}]\s*$", before[: sign.start()]) else None  # a sign, not a subtraction
+    if sign:
+        before = before[: sign.start()]
+    if (_APPLIED_BEFORE.search(before) and not _NEUTRAL_COMMANDS.search(before)) or _APPLIED_AFTER.match(after):
         return None
     try:
-        return Fraction(found[-1])
+        value = Fraction(found.group())
     except (ValueError, ZeroDivisionError):
         return None
+    return -value if sign else value
 
 
 def gsm8k_correct(completion, answer):
@@ -160,9 +175,33 @@ def _math_equal(gold, pred, time_limit):
     return False
 
 
+_PLAIN_NUMBER = re.compile(r"\s*-?\s*(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?\s*")
+_VARIABLE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z](?![a-zA-Z])")  # x, n: a single letter that is no LaTeX command
+
+
+def plain_number(text):
+    """A Fraction when text is nothing but one number (0.333333, -3/4, \\frac{1}{3}, $5$), else None."""
+    s = _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", text.replace("$", "").replace("\\boxed", ""))
+    s = s.replace("{", " ").replace("}", " ").replace("−", "-")
+    return parse_number(s) if _PLAIN_NUMBER.fullmatch(s) else None
+
+
 def math_correct(completion, answer, time_limit=0.5):
-    # the end of a long text without answer tags: where its final expression is, and bounded work
-    pred = final_answer(completion)[-1000:]
+    """math-verify's equivalence, with two exceptions where it is too lenient: two plain numbers are
+    compared exactly (0.333333 is not 1/3), and an equation is right only if every side without a
+    variable is right too (x = 7 is 7, 8 = 7 is wrong). The whole answer is read, within the time limit."""
+    pred = final_answer(completion)
+    sides = pred.split("=") if len(pred) <= 4 * MAX_EXPR else [pred]
+    for side in sides[:-1] if len(sides) <= 4 else []:
+        if not _VARIABLE.search(side) and not _math_side_equal(answer, side, time_limit):
+            return False
+    return _math_side_equal(answer, pred, time_limit)
+
+
+def _math_side_equal(answer, pred, time_limit):
+    gold, guess = plain_number(str(answer)), plain_number(pred)
+    if gold is not None and guess is not None:
+        return gold == guess
     return _math_equal(f"${answer}$", f"${pred}$", time_limit)
 
 
@@ -267,15 +306,24 @@ def _whole_numbers(text):
     return None if any(len(r) > 12 for r in runs) else sorted(int(r) for r in runs)
 
 
+def equation_body(lhs):
+    """The expression of an equation's first side as written around it: a label before it ("Answer:"),
+    a \\boxed{} or $, \\( \\) wrapper read through (the format third for a bare expression still asks for none)."""
+    lhs = re.sub(r"^\s*[A-Za-z][A-Za-z ]{0,30}:", "", lhs)
+    lhs = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", lhs)
+    return re.sub(r"\$|\\[()\[\]]", "", lhs)
+
+
 def countdown_terms(answer_text, nums, target):
     """(has '=', more than one '=', last side is the target, first side only numbers/operators,
     first side's numbers are exactly nums, first side's value is the target)."""
     sides = normalize_operators(answer_text[: 4 * MAX_EXPR]).split("=")
     lhs, rhs = sides[0].strip(), sides[-1].strip()
+    value = eval_arithmetic(equation_body(lhs))
     rhs_ok = len(sides) > 1 and re.fullmatch(r"\d{1,12}", rhs) is not None and int(rhs) == target
     lhs_ok = bool(lhs) and _LHS_CHARS.fullmatch(lhs) is not None
     nums_ok = _whole_numbers(lhs) == sorted(int(n) for n in nums)
-    return len(sides) > 1, len(sides) > 2, rhs_ok, lhs_ok, nums_ok, eval_arithmetic(lhs) == target
+    return len(sides) > 1, len(sides) > 2, rhs_ok, lhs_ok, nums_ok, value == target
 
 
 def countdown_reference(answer):

@@ -16,6 +16,7 @@ from rewards import (
     gsm8k_reward,
     math_correct,
     math_reward,
+    parse_number,
     sudoku_accuracy,
     sudoku_reward,
 )
@@ -257,3 +258,81 @@ def test_property_joined_numbers_never_score(nums, op, sep):
         item = {"nums": nums, "target": target}
         assert not countdown_correct(f"<answer>{a}{sep}{b}{op}{c}</answer>", item)
         assert not countdown_correct(f"<answer>{a}{sep}{b}{op}{c} = {target}</answer>", item)
+
+
+# answers read as written: (final answer, reference, correct) for GSM8K's last-number rule
+GSM8K_AS_WRITTEN = [
+    (".5", "0.5", True), (".5", "5", False), ("-.5", "-0.5", True), ("-.5", "5", False), ("\\frac12", "0.5", True),
+    ("\\frac12", "12", False), ("- 5", "-5", True), ("- 5", "5", False), ("\\$1{,}000", "1000", True),
+    ("2^3", "3", False), ("2^3", "8", False), ("2^{3}", "3", False), ("1e3", "3", False), ("1e3", "1000", False),
+    ("\\sqrt{49}", "49", False), ("\\sqrt{49}", "7", False), ("7!", "7", False), ("10 - 5", "5", False), ("3 \\times 4", "4", False),
+    ("10 - 5 = 5", "5", True), ("about 72 dollars.", "72", True), ("72%", "72", True), ("x = -3", "-3", True), ("\\approx 72", "72", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, gold, correct", GSM8K_AS_WRITTEN)
+def test_gsm8k_reads_the_answer_as_written(text, gold, correct):
+    assert gsm8k_correct(f"<answer>{text}</answer>", gold) is correct
+
+
+MATH_AS_WRITTEN = [
+    ("8 = 7", "7", False), ("x = 7", "7", True), ("2 + 5 = 7", "7", True), ("0.333333", "\\frac{1}{3}", False),
+    ("\\frac{1}{3}", "\\frac{1}{3}", True), ("0.5", "\\frac{1}{2}", True), ("0.25", "\\frac14", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, gold, correct", MATH_AS_WRITTEN)
+def test_math_reads_the_answer_as_written(text, gold, correct):
+    assert math_correct(f"<answer>{text}</answer>", gold) is correct
+
+
+def test_math_reads_a_long_answer_whole():
+    """Without answer tags the whole text is the answer: a \\boxed{} early in a long one is still read."""
+    assert math_correct("\\boxed{7} " + "and then some words " * 100, "7")
+
+
+COUNTDOWN_AS_WRITTEN = [  # (answer block, reward): the +3 reads through labels and wrappers; the format thirds are the release's
+    ("Answer: (30 - 100) + 93 = 23", 3 + 2 / 3), ("Final answer: (30 - 100) + 93 = 23", 3 + 2 / 3),
+    ("\\boxed{(30 - 100) + 93} = 23", 3 + 2 / 3), ("$(30 - 100) + 93 = 23$", 3 + 1 / 3), ("\\((30 - 100) + 93\\) = 23", 3 + 2 / 3),
+    ("Answer: 30 + 93 = 23", 1 / 3), ("Answer: (30 - 100) + 93", 0.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, reward", COUNTDOWN_AS_WRITTEN)
+def test_countdown_reads_the_equation_through_labels_and_wrappers(text, reward):
+    item = {"nums": [30, 100, 93], "target": 23}
+    assert countdown_reward(f"<answer>{text}</answer>", item) == pytest.approx(reward)
+
+
+number = st.one_of(st.integers(-(10**6), 10**6).map(str), st.decimals(-1000, 1000, places=3, allow_nan=False).map(str))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(x=number, unit=st.sampled_from(["", " dollars", "%", ".", " apples."]), lead=st.sampled_from(["", "The answer is ", "$", "x = "]))
+def test_property_gsm8k_a_bare_number_is_read_exactly(x, unit, lead):
+    """A number as the last thing written, with markup or a unit around it, is read exactly."""
+    assert gsm8k_correct(f"<answer>{lead}{x}{unit}</answer>", x)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    x=st.integers(0, 10**6), form=st.sampled_from(["2^{x}", "{x}^2", "\\sqrt{{{x}}}", "{x}!", "3 * {x}", "10 - {x}", "{x}e2", "\\log {x}"])
+)
+def test_property_gsm8k_an_applied_number_is_never_read(x, form):
+    """Whatever the number, an answer that applies something to it is not that number."""
+    assert parse_number(form.replace("x", str(x)) if "{x}" not in form else form.format(x=x)) is None
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(nums=st.lists(st.integers(1, 99), min_size=3, max_size=3), label=st.sampled_from(["", "Answer: ", "Equation: "]),
+       wrap=st.sampled_from(["{}", "\\boxed{{{}}}", "${}$", "\\({}\\)"]))  # fmt: skip
+def test_property_countdown_a_right_equation_stays_right_when_labelled_or_wrapped(nums, label, wrap):
+    a, b, c = nums
+    item = {"nums": nums, "target": a + b * c}
+    assert countdown_correct(f"<answer>{label}{wrap.format(f'{a} + {b} * {c}')} = {a + b * c}</answer>", item)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(den=st.sampled_from([3, 7, 9, 11]), digits=st.integers(2, 8))
+def test_property_math_a_rounded_decimal_is_not_the_fraction(den, digits):
+    assert not math_correct(f"<answer>{round(1 / den, digits)}</answer>", f"\\frac{{1}}{{{den}}}")
