@@ -25,6 +25,7 @@ import signal
 import socket
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from configurator import ConfigError
@@ -82,8 +83,11 @@ def claim(out_dir, resume, overwrite):
     the process (a second run on the folder stops, naming the holder), and a folder that already
     holds a run (checkpoints or log.jsonl) is continued only with `resume`, emptied with
     `overwrite`, or refused. Returns the open lock file (keep it referenced)."""
-    os.makedirs(out_dir, exist_ok=True)
-    lock = open(os.path.join(out_dir, ".lock"), "a+")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:  # a file of that name, no permission, a path that cannot exist
+        raise ConfigError(f"--output_dir={out_dir} cannot hold the run ({e.strerror})") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -229,6 +233,40 @@ def state_problem(state, need_rng):
     if need_rng and not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list) and len(rng[1]) == 625
                          and all(isinstance(x, int) and 0 <= x < 2**32 for x in rng[1])):  # fmt: skip
         return "has a malformed 'python_rng'"
+    return None
+
+
+def missing_tensors(path, state):
+    """Why a checkpoint lacks trained tensors its fingerprint names (or holds one of another shape),
+    read from the safetensors headers alone; None when it has them all. peft saves the adapters
+    without their adapter name (lora_A.weight for lora_A.default.weight)."""
+    expected = {re.sub(r"\.default(?=\.)", "", name): list(shape) for name, shape in state["fingerprint"]}
+    saved = {}
+    try:
+        for f in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+            with safe_open(os.path.join(path, f), "pt") as st:
+                saved |= {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
+    except Exception as e:  # safetensors raises its own error types on a damaged header
+        return f"cannot be read ({type(e).__name__}: {str(e)[:120]})"
+    missing = sorted(expected.keys() - saved.keys())
+    if missing:
+        return f"is incomplete: {len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+    wrong = next((k for k in expected if saved[k] != expected[k]), None)
+    return f"is damaged: {wrong} has shape {saved[wrong]}, expected {expected[wrong]}" if wrong else None
+
+
+def newest_whole(run_dir, log=print):
+    """The newest checkpoint of a run folder whose state and trained tensors are whole (a damaged
+    one is passed over with a warning), or None."""
+    for name in reversed(names(run_dir)):
+        path = os.path.join(run_dir, name)
+        try:
+            problem = missing_tensors(path, read(path))
+        except ConfigError as e:
+            problem = str(e).removeprefix("config error: ")
+        if problem is None:
+            return path
+        log(f"warning: {problem if problem.startswith(path) else f'checkpoint {path} {problem}'}; trying an older checkpoint")
     return None
 
 

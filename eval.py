@@ -21,6 +21,7 @@ item, model, L and m), results.md (the table), results.json and accuracy_vs_step
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -209,7 +210,7 @@ def step_grid(cfg):
 
 
 def resolve(spec):
-    """('checkpoint', folder) for a checkpoint folder or a run folder (its newest checkpoint),
+    """('checkpoint', folder) for a checkpoint folder or a run folder (its newest whole checkpoint),
     ('model', spec) for a model folder (an exported one too) or a hub id."""
     import checkpoint
     from configurator import ConfigError
@@ -218,9 +219,11 @@ def resolve(spec):
     if os.path.isfile(os.path.join(spec, "trainer_state.json")):
         return "checkpoint", spec
     if os.path.isdir(spec) and not os.path.exists(os.path.join(spec, "config.json")):
-        newest = checkpoint.newest(spec)
-        if newest is None:
+        if not checkpoint.names(spec):
             raise ConfigError(f"--models: {spec} holds no checkpoint-N folder and no model (train first, or name a checkpoint)")
+        newest = checkpoint.newest_whole(spec, log=lambda line: print(line, file=sys.stderr))
+        if newest is None:
+            raise ConfigError(f"--models: none of the checkpoints in {spec} is whole (warnings above)")
         return "checkpoint", newest
     problem = model_path_error(spec)
     if problem:
@@ -291,8 +294,6 @@ def settings_line(cfg, sources, given):
 
 
 def main():
-    import sys
-
     import checkpoint
     from configurator import ConfigError, configure
     from model import load
@@ -335,7 +336,8 @@ def main():
             pass
         os.remove(os.path.join(cfg["output_dir"], ".write_test"))
     except OSError as e:
-        raise ConfigError(f"--output_dir={cfg['output_dir']} cannot hold the results ({e.strerror})") from None
+        why = "it is a file" if os.path.isfile(cfg["output_dir"]) else e.strerror
+        raise ConfigError(f"--output_dir={cfg['output_dir']} cannot hold the results ({why})") from None
     names = list(cfg["labels"]) or list(cfg["models"])
 
     ddp, rank, world, device = init_processes()

@@ -159,3 +159,20 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
     out = subprocess.run([*cmd, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16
+
+
+def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):
+    """A run whose newest checkpoint lost its adapters: eval.py warns and takes the one before it."""
+    model, _ = load("tiny")
+    model = add_lora(model, 2, 4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    config = dict(model_name_or_path="tiny", lora_r=2, lora_alpha=4, lora_target_modules=LORA_TARGETS)
+    for step in (1, 2):
+        checkpoint.save(str(tmp_path), step, model, opt, sched, config)
+    os.remove(f"{tmp_path}/checkpoint-2/adapter_model.safetensors")
+    assert checkpoint.newest_whole(str(tmp_path), log=lambda *a: None) == f"{tmp_path}/checkpoint-1"
+    out = run_eval([f"--models=('{tmp_path}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"warning: checkpoint {tmp_path}/checkpoint-2 is incomplete" in out.stderr
+    assert json.loads(open(f"{tmp_path}/e/samples.jsonl").readline())["model"] == str(tmp_path)

@@ -453,7 +453,9 @@ def test_broken_inputs_end_in_one_line(tmp_path):
         assert f"cannot load model '{tmp_path}/{name}'" in one_line(["train.py", *args, f"--model_name_or_path={tmp_path}/{name}",
                                                                       f"--output_dir={tmp_path}/{name}-run"])  # fmt: skip
     (tmp_path / "a_file").write_text("")
-    assert "--output_dir=" in one_line(["eval.py", "--models=('tiny',)", "--labels=()", f"--output_dir={tmp_path}/a_file"])
+    assert "cannot hold the results (it is a file)" in one_line(["eval.py", "--models=('tiny',)", "--labels=()",
+                                                                  f"--output_dir={tmp_path}/a_file"])  # fmt: skip
+    assert "cannot hold the run" in one_line(["train.py", *args, f"--output_dir={tmp_path}/a_file"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | {"HOME": str(tmp_path), "WANDB_MODE": "online"}
     assert one_line(["train.py", *args, "--report_to=wandb", f"--output_dir={tmp_path}/w"], env).startswith("--report_to=wandb: ")
     import logs
