@@ -13,12 +13,13 @@ it reads, with ρ = exp(log π_θ − log π_old) and w_ij the draw's importance
     L     = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
 norm_i is m' for AGRPO: with uniform steps w = m'/k, so L is Σ over tokens / (k·N), a per-sequence
-mean over steps. `backward_draws` calls backward once per draw, so peak memory is one forward
-pass whatever k is. For AGRPO, log π_old of a sampled step is the rollout's own recorded logp
+mean over steps. `accumulate_gradients` calls backward once per draw, so peak memory is one
+forward pass whatever k is. For AGRPO, log π_old of a sampled step is the rollout's own recorded logp
 (exact, no forward pass); ELBO and one-step need an old-policy pass on the same masks.
 """
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -95,50 +96,76 @@ def prepare(model, rollout, estimator, k, mu, generator, scheme="low_discrepancy
     return all_draws, old, ref
 
 
-def backward_draws(model, rollout, draws, old_logp, advantages, ref_logp=None, eps_low=0.2, eps_high=0.2, beta=0.0, scale=1.0, sync=True,
-                   skip_zero_advantage=True):  # fmt: skip
-    """Forward + backward once per draw (one forward pass of memory). Gradients accumulate in
-    .grad, scaled by `scale` (1/gradient-accumulation). Under DDP only the last backward syncs,
-    and only if `sync`. Returns the loss value, summed metrics and the number of rows left out.
+@dataclass
+class MicroBatch:
+    """One micro-batch of whole groups after the rollout phase: what the update reads."""
 
-    With β = 0 a row whose advantage is exactly 0 (every row of a group whose rewards are all
-    equal) has loss terms of exactly 0 and a gradient of exactly 0, so `skip_zero_advantage`
-    leaves it out of the passes; the 1/N keeps counting it. Either way the rows of advantage 0 are
-    not in the other rows' pass: without skipping they get a pass of their own, which adds exact
-    zeros to .grad, so skipping leaves the loss and the gradient bit for bit as they were (one
-    pass over all rows would differ from both by float rounding: its weight gradients sum the rows
-    in another order). A synced draw whose rows are all left out still runs one row with its loss
-    times 0, so every DDP rank makes the same collective calls."""
-    total, metrics = 0.0, {}
-    B, K = advantages.shape[0], draws.x.shape[0]
-    zero = (advantages == 0) if beta == 0 else torch.zeros_like(advantages, dtype=torch.bool)
-    kept, zeros = (~zero).nonzero().squeeze(1), zero.nonzero().squeeze(1)
-    parts = [p for p in ([kept] if skip_zero_advantage else [kept, zeros]) if len(p)]
-    passes = [(j, p) for j in range(K) for p in parts]
-    if not passes and sync and hasattr(model, "no_sync"):  # nothing to run here, but the other ranks wait for this one's sync
-        passes = [(K - 1, None)]
-    for n, (j, part) in enumerate(passes):
-        live = torch.zeros(1, dtype=torch.long, device=advantages.device) if part is None else part
-        last = sync and n == len(passes) - 1
-        with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
-            logp = token_logp(model, rollout, draws.x[j][live], draws.read[j][live], rows=live, truncate=draws.truncate)
-            loss, m = draw_loss(
-                logp,
-                old_logp[j][live],
-                advantages[live],
-                draws.read[j][live],
-                draws.weight[j][live],
-                draws.norm[live],
-                eps_low,
-                eps_high,
-                beta,
-                None if ref_logp is None else ref_logp[j][live],
-                n_rows=B,
-            )
-            if part is None:
-                loss, m = loss * 0.0, {k: 0.0 for k in m}
-            (loss * scale).backward()
-        total += loss.item()
-        for key, v in m.items():
-            metrics[key] = metrics.get(key, 0.0) + v
-    return total, metrics, B - sum(len(p) for p in parts)
+    rollout: object  # sample.Rollout: completions and their trajectories
+    texts: list  # the completions as the reward read them
+    rewards: torch.Tensor  # (B,) r_i
+    accuracy: torch.Tensor  # (B,) the task's reported accuracy
+    lengths: torch.Tensor  # (B,) completion tokens up to the first EOS
+    advantages: torch.Tensor  # (B,) A_i, group-relative
+    rows: torch.Tensor  # the rows the update runs (kept_rows)
+    draws: list  # per inner iteration: likelihood.Draws (sampled steps, or masks)
+    old_logp: list  # per inner iteration: log π_old of the tokens each draw reads
+    ref_logp: list | None  # per inner iteration: log π_ref (β > 0)
+    prompts_cut: int = 0  # rows whose prompt was cut to max_prompt_length
+
+
+def kept_rows(advantages, beta):
+    """The rows an update runs. With β = 0 a row of advantage 0 (a group whose rewards are all equal)
+    has a loss and a gradient of exactly 0, so it is left out; the 1/N of the loss still counts it."""
+    keep = advantages != 0 if beta == 0 else torch.ones_like(advantages, dtype=torch.bool)
+    return keep.nonzero().squeeze(1)
+
+
+def accumulate_gradients(model, batches, it, eps_low, eps_high, beta, amp=contextlib.nullcontext):
+    """One inner iteration's gradient in .grad: for every micro-batch and draw j, the clipped loss of
+    the tokens the draw reads and its backward (one forward pass of memory), scaled by
+    1/micro-batches. Under DDP the gradients are all-reduced once, on the last backward; a rank whose
+    last micro-batch has no rows runs one row's zero loss to take part. Returns (loss, metrics)."""
+    loss_sum, metrics = 0.0, {}
+    for a, b in enumerate(batches):
+        d, rows, total = b.draws[it], b.rows, 0.0
+        K = d.x.shape[0] if len(rows) else 0
+        for j in range(K):
+            model.require_backward_grad_sync = a == len(batches) - 1 and j == K - 1  # nanoGPT's DDP switch
+            with amp():
+                logp = token_logp(model, b.rollout, d.x[j][rows], d.read[j][rows], rows, d.truncate)  # log π_θ(o_j | x_t)
+                ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
+                loss, m = draw_loss(logp, b.old_logp[it][j][rows], b.advantages[rows], d.read[j][rows], d.weight[j][rows],
+                                    d.norm[rows], eps_low, eps_high, beta, ref, n_rows=len(b.advantages))  # fmt: skip
+                (loss * (1.0 / len(batches))).backward()
+            total += loss.item()
+            metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+        loss_sum += total / len(batches)
+    if not len(batches[-1].rows):
+        model.require_backward_grad_sync = True
+        with amp():
+            zero_loss(model, batches[-1], it).backward()
+    return loss_sum, metrics
+
+
+def zero_loss(model, b, it):
+    """0 × one row's log-prob: a backward that puts zeros in .grad and takes part in DDP's all-reduce."""
+    d, row = b.draws[it], torch.zeros(1, dtype=torch.long, device=b.advantages.device)
+    return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, d.truncate).sum() * 0.0
+
+
+def update(model, params, opt, batches, num_iterations, eps_low, eps_high, beta, max_grad_norm, amp=contextlib.nullcontext):
+    """The optimizer steps of one rollout phase: μ inner iterations, each a gradient over all
+    micro-batches, the norm clip and one AdamW step. A non-finite gradient skips the step: weights
+    and moments stay untouched. Returns (mean loss, summed metrics, last grad norm, steps skipped)."""
+    loss_sum, metrics, skipped = 0.0, {}, 0
+    for it in range(num_iterations):
+        loss, m = accumulate_gradients(model, batches, it, eps_low, eps_high, beta, amp)
+        loss_sum += loss / num_iterations
+        metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
+            opt.step()
+        else:
+            skipped += 1
+        opt.zero_grad(set_to_none=True)
+    return loss_sum, metrics, float(grad_norm), skipped

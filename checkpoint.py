@@ -23,13 +23,14 @@ import re
 import shutil
 import signal
 import socket
+import sys
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from configurator import ConfigError
-from model import add_lora, is_shipped_or_hub, load, merge_lora_float32
+from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"
 
@@ -402,3 +403,21 @@ def load_trained(path, device="cpu", merge_lora=True, base=None):
     if cfg.get("lora_r", 0) > 0 and merge_lora:
         model = merge_lora_float32(model)
     return model.eval(), tok, cfg
+
+
+def resolve(spec):
+    """('checkpoint', folder) for a checkpoint folder or a run folder (its newest whole checkpoint),
+    ('model', spec) for a model folder (an exported one too) or a hub id."""
+    if os.path.isfile(os.path.join(spec, "trainer_state.json")):
+        return "checkpoint", spec
+    if os.path.isdir(spec) and not os.path.exists(os.path.join(spec, "config.json")):
+        if not names(spec):
+            raise ConfigError(f"{spec} holds no checkpoint-N folder and no model (train first, or name a checkpoint)")
+        newest = newest_whole(spec, log=lambda line: print(line, file=sys.stderr))
+        if newest is None:
+            raise ConfigError(f"none of the checkpoints in {spec} is whole (warnings above)")
+        return "checkpoint", newest
+    problem = model_path_error(spec)
+    if problem:
+        raise ConfigError(problem)
+    return "model", spec

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import ddp
 from model import unwrap
 from rewards import extract_answer
 from sample import check_settings, decode_completions, generate
@@ -100,24 +101,7 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
                 }
             )
     m.train(was_training)
-    if world > 1 and dist.is_initialized():
-        shards = [None] * world
-        dist.all_gather_object(shards, out)
-        out = [rec for shard_out in shards for rec in shard_out]
-    return sorted(out, key=lambda rec: rec["index"])
-
-
-def init_processes():
-    """(ddp, rank, world, device): one process per GPU under torchrun (NCCL), gloo ranks on CPU, or
-    one process. Each rank's GPU is made current: NCCL's collectives run on it."""
-    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    return ddp, rank, world, device
+    return sorted(ddp.gather(out, world), key=lambda rec: rec["index"])
 
 
 def standard_error(values):
@@ -209,28 +193,6 @@ def step_grid(cfg):
     return grid
 
 
-def resolve(spec):
-    """('checkpoint', folder) for a checkpoint folder or a run folder (its newest whole checkpoint),
-    ('model', spec) for a model folder (an exported one too) or a hub id."""
-    import checkpoint
-    from configurator import ConfigError
-    from model import model_path_error
-
-    if os.path.isfile(os.path.join(spec, "trainer_state.json")):
-        return "checkpoint", spec
-    if os.path.isdir(spec) and not os.path.exists(os.path.join(spec, "config.json")):
-        if not checkpoint.names(spec):
-            raise ConfigError(f"--models: {spec} holds no checkpoint-N folder and no model (train first, or name a checkpoint)")
-        newest = checkpoint.newest_whole(spec, log=lambda line: print(line, file=sys.stderr))
-        if newest is None:
-            raise ConfigError(f"--models: none of the checkpoints in {spec} is whole (warnings above)")
-        return "checkpoint", newest
-    problem = model_path_error(spec)
-    if problem:
-        raise ConfigError(f"--models: {problem}")
-    return "model", spec
-
-
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
     **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
@@ -303,7 +265,7 @@ def main():
     presets = [a for a in argv if not a.startswith("-")]
     cfg = configure(__file__, [a for a in argv if a.startswith("-") and a != "--print_config"])
     given = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
-    specs = [resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
+    specs = [checkpoint.resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
     sources = take_run_settings(cfg, given, specs, presets)
     if "--print_config" in argv:
         print(json.dumps(cfg, indent=1))
@@ -340,7 +302,7 @@ def main():
         raise ConfigError(f"--output_dir={cfg['output_dir']} cannot hold the results ({why})") from None
     names = list(cfg["labels"]) or list(cfg["models"])
 
-    ddp, rank, world, device = init_processes()
+    distributed, rank, world, device = ddp.init_processes()
     try:
         system = data.system_prompt_text(cfg["task"], cfg["system_prompt"], cfg["system_prompt_file"])
         gen = data.generator_knobs(cfg["task"], cfg)
@@ -385,7 +347,7 @@ def main():
         plot(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), f"{cfg['task']}: {len(items)} held-out items, greedy")
         print(header + table)
         print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
-    if ddp:
+    if distributed:
         dist.destroy_process_group()
 
 

@@ -26,9 +26,7 @@ from model import merge_lora_float32, save, unwrap
 def export(source, out_dir, base=None):
     """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir. base: the
     base model as the user names it (default: the one the checkpoint names)."""
-    from eval import resolve
-
-    kind, path = resolve(source)
+    kind, path = checkpoint.resolve(source)
     if kind != "checkpoint":
         raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
     model, tok, cfg = checkpoint.load_trained(path, merge_lora=False, base=base)

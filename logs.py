@@ -40,7 +40,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
         "clip_low": metrics["clipped_low"] / tokens,
         "clip_high": metrics["clipped_high"] / tokens,
         "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
-        "frac_rows_left_out": metrics.get("rows_left_out", 0) / max(1, metrics.get("rows", 0)),  # advantage 0: no passes
+        "frac_rows_left_out": sum(len(b.advantages) - len(b.rows) for b in batches) / len(rewards),  # advantage 0: no passes
         "frac_prompts_cut": sum(b.prompts_cut for b in batches) / len(rewards),  # longer than max_prompt_length
     }
     values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
@@ -58,15 +58,6 @@ def completion_rows(tok, step, batches):
         for p, t, r, a in zip(prompts, b.texts, b.rewards.tolist(), b.advantages.tolist()):
             rows.append({"step": step, "prompt": p, "completion": t, "reward": r, "advantage": a})
     return rows
-
-
-def gather_rows(rows, world, ddp):
-    """Every rank's rows, on every rank, rank 0's first."""
-    if not ddp:
-        return rows
-    shards = [None] * world
-    dist.all_gather_object(shards, rows)
-    return [r for shard in shards for r in shard]
 
 
 def append_jsonl(path, rows):

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -30,10 +29,11 @@ from tqdm import tqdm
 
 import checkpoint
 import data
+import ddp
 import logs
-from agrpo import backward_draws, group_advantages, prepare
+from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
 from configurator import ConfigError, configure
-from eval import evaluate, init_processes
+from eval import evaluate
 from likelihood import ESTIMATORS, SCHEMES
 from model import add_lora, compile_blocks, load, model_path_error, resolved, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
@@ -68,7 +68,6 @@ num_iterations = 1  # μ: policy updates per batch of rollouts
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
 beta = 0.0  # weight of the k3 KL to the reference policy (0 = no reference pass)
-skip_zero_advantage = True  # beta = 0: rows of advantage 0 skip the update's passes (False: a pass of their own; same gradient bit for bit)
 scale_rewards = False  # divide advantages by the group's reward std
 num_generations = 8  # completions per prompt (the group)
 per_device_train_batch_size = 64  # completions per rank per micro-batch: whole groups
@@ -109,7 +108,7 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
                         "project", "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
                         "eval_split", "eval_max_completion_length", "eval_block_length", "eval_sampling_steps",
-                        "per_device_eval_batch_size", "gradient_checkpointing", "compile", "skip_zero_advantage"}  # fmt: skip
+                        "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
@@ -182,22 +181,6 @@ def seeded(seed, *key, device="cpu"):
     return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
-@dataclass
-class MicroBatch:
-    """One micro-batch of whole groups after the rollout phase: what the update reads."""
-
-    rollout: object  # sample.Rollout: completions and their trajectories
-    texts: list  # the completions as the reward read them
-    rewards: torch.Tensor  # (B,) r_i
-    accuracy: torch.Tensor  # (B,) the task's reported accuracy
-    lengths: torch.Tensor  # (B,) completion tokens up to the first EOS
-    advantages: torch.Tensor  # (B,) A_i, group-relative
-    draws: list  # per inner iteration: likelihood.Draws (sampled steps, or masks)
-    old_logp: list  # per inner iteration: log π_old of the tokens each draw reads
-    ref_logp: list | None  # per inner iteration: log π_ref (β > 0)
-    prompts_cut: int  # rows whose prompt was cut to max_prompt_length
-
-
 def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     """Rollout, rewards and group advantages, then the draws with their old and reference log-probs."""
     whole = [data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items]
@@ -222,48 +205,20 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
         draws, old, ref = prepare(model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, seeded(cfg.seed, "draws", step, micro),
                                   cfg.scheme, ref_model)  # fmt: skip
     cut = sum(len(p) > cfg.max_prompt_length > 0 for p in whole) * cfg.num_generations
-    return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, draws, old, ref, cut)
+    return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, kept_rows(advantages, cfg.beta), draws, old, ref, cut)
 
 
-def update(cfg, train_model, params, opt, batches, amp):
-    """μ PPO-clip steps over the micro-batches (one backward per draw; gradients synced once per
-    step under DDP). A non-finite gradient skips the step: weights and Adam moments stay untouched.
-    Returns (mean loss, summed metrics, grad norm, steps skipped)."""
-    loss_sum, metrics, skipped, n_acc = 0.0, {}, 0, len(batches)
-    for it in range(cfg.num_iterations):
-        for a, b in enumerate(batches):
-            with amp():
-                loss, m, left_out = backward_draws(
-                    train_model, b.rollout, b.draws[it], b.old_logp[it], b.advantages, None if b.ref_logp is None else b.ref_logp[it],
-                    cfg.epsilon, cfg.epsilon_high, cfg.beta, scale=1.0 / n_acc, sync=a == n_acc - 1,
-                    skip_zero_advantage=cfg.skip_zero_advantage,
-                )  # fmt: skip
-            loss_sum += loss / n_acc
-            m |= {"rows_left_out": left_out, "rows": len(b.advantages)}
-            metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
-        for p in params:  # every row left out (advantage 0): a zero gradient, so AdamW decays and steps as it would with one
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
-            opt.step()
-        else:
-            skipped += 1
-        opt.zero_grad(set_to_none=True)
-    return loss_sum / cfg.num_iterations, metrics, float(grad_norm), skipped
-
-
-def load_policy(cfg, device, ddp, master):
+def load_policy(cfg, device, distributed, master):
     """(π_θ, tokenizer, π_ref or None). Under DDP rank 0 loads first, so a hub model's remote code
     is fetched once, then the other ranks load it."""
     torch.manual_seed(cfg.seed)
-    for turn in range(2 if ddp else 1):
+    for turn in range(2 if distributed else 1):
         if (turn == 0) == master:
             try:
                 model, tok = load(cfg.model_name_or_path, device=device)
             except ValueError as e:  # the model cannot be loaded
                 raise ConfigError(f"--model_name_or_path: {e}") from None
-        if ddp:
+        if distributed:
             dist.barrier()
     if cfg.lora_r > 0:
         try:
@@ -305,10 +260,10 @@ def main():
     stop = checkpoint.catch_stop_signals()  # Ctrl-C and SIGTERM: the last finished step is saved, then one line
 
     # processes and devices: one per GPU under torchrun, or one CPU process
-    ddp, rank, world, device = init_processes()
+    distributed, rank, world, device = ddp.init_processes()
     master = rank == 0
     lock = checkpoint.claim(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir) if master else None  # noqa: F841
-    if ddp:
+    if distributed:
         dist.barrier()  # the other ranks start once the folder is this run's
 
     def amp():  # bf16 autocast of every forward and backward on CUDA (the sampler's Gumbel noise stays float64)
@@ -342,7 +297,7 @@ def main():
     reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, cfg.run_name, cfg.project, vars(cfg)) if master else None
 
     # the policy π_θ (and π_ref when β > 0)
-    model, tok, ref_model = load_policy(cfg, device, ddp, master)
+    model, tok, ref_model = load_policy(cfg, device, distributed, master)
     base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base
 
     def held_out_accuracy(label):
@@ -391,7 +346,7 @@ def main():
         nonfinite.update(counters)
         if master:
             checkpoint.truncate_log(completions_path, start)  # the steps after the checkpoint run again
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
     finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
@@ -407,7 +362,8 @@ def main():
 
             stop["defer"] = True  # from here the weights change: a signal waits for the end of the step
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
-            loss, metrics, grad_norm, skipped = update(cfg, train_model, params, opt, batches, amp)
+            loss, metrics, grad_norm, skipped = update(train_model, params, opt, batches, cfg.num_iterations, cfg.epsilon, cfg.epsilon_high,
+                                                       cfg.beta, cfg.max_grad_norm, amp)  # fmt: skip
             sched.step()
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
@@ -420,14 +376,14 @@ def main():
                                  f"was saved). Last checkpoint: {newest}. Lower --learning_rate.")  # fmt: skip
 
             # 3. log: means over every rank's completions
-            row = logs.step_means(cfg, batches, loss, metrics, device, ddp)
+            row = logs.step_means(cfg, batches, loss, metrics, device, distributed)
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
                 row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
             completions = []
             if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
-                completions = logs.gather_rows(logs.completion_rows(tok, step + 1, batches), world, ddp)
+                completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), world)
             if master:
                 logs.append_jsonl(log_path, [row])
                 logs.append_jsonl(completions_path, completions)
@@ -448,7 +404,7 @@ def main():
                     path = checkpoint.save(cfg.output_dir, step + 1, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite,
                                            tok)  # fmt: skip
                     log(f"step {step + 1}: checkpoint {path}")
-                if ddp:
+                if distributed:
                     dist.barrier()
             finished = (step + 1, torch.get_rng_state(), random.getstate())
             if stop["signal"] is not None:
@@ -477,7 +433,7 @@ def main():
         how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
         raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} after step {done}: {how}") from None
     logs.close_reporter(reporter)
-    if ddp:
+    if distributed:
         dist.destroy_process_group()
 
 

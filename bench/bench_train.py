@@ -1,5 +1,5 @@
 """Time, peak memory and MFU of one AGRPO update: k stepwise draws per sequence, each one
-forward + backward (agrpo.backward_draws), on a synthetic rollout of the given shape.
+forward + backward (agrpo.accumulate_gradients), on a synthetic rollout of the given shape.
 
     python bench/bench_train.py --quick                                   # CPU, embedded model (a test)
     python bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
@@ -34,7 +34,7 @@ from common import (  # noqa: E402
     sync,
 )
 
-from agrpo import backward_draws, prepare  # noqa: E402
+from agrpo import MicroBatch, accumulate_gradients, prepare  # noqa: E402
 from likelihood import make_draws  # noqa: E402
 from model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
@@ -80,7 +80,9 @@ advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(1))
 def update():
     with amp(args.device):
         draws, old, _ = prepare(model, rollout, "stepwise", args.mc_steps, 1, torch.Generator().manual_seed(2))
-        backward_draws(model, rollout, draws[0], old[0], advantages)
+        rows = torch.arange(args.batch, device=args.device)
+        batch = MicroBatch(rollout, [], None, None, None, advantages, rows, draws, old, None)
+        accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
     for p in model.parameters():
         p.grad = None
 

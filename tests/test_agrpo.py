@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import chat
 
-from agrpo import backward_draws, clipped_objective, draw_loss, group_advantages, k3, prepare
+from agrpo import MicroBatch, accumulate_gradients, clipped_objective, draw_loss, group_advantages, k3, kept_rows, prepare
 from likelihood import token_logp
 from model import load
 from sample import generate
@@ -108,11 +108,12 @@ def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
     draws, old, _ = prepare(model, r, estimator, 4, 1, torch.Generator().manual_seed(3))
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.005)
-    loss0, m, _ = backward_draws(model, r, draws[0], old[0], adv, eps_low=10.0, eps_high=10.0)  # no clipping: a pure gradient step
+    batch = micro_batch(r, adv, draws, old)
+    loss0, m = accumulate_gradients(model, [batch], 0, eps_low=10.0, eps_high=10.0, beta=0.0)  # no clipping: a pure gradient step
     opt.step()
     opt.zero_grad()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    loss1, _, _ = backward_draws(model, r, draws[0], old[0], adv, eps_low=10.0, eps_high=10.0)
+    loss1, _ = accumulate_gradients(model, [batch], 0, eps_low=10.0, eps_high=10.0, beta=0.0)
     assert loss1 < loss0, (loss0, loss1)
     assert m["tokens"] > 0 and math.isfinite(loss0)
 
@@ -128,29 +129,42 @@ def test_clip_low_and_high_are_counted_apart():
     assert (m["clipped_high"], m["clipped_low"], m["tokens"]) == (1, 1, 6)  # row 0's high ratio, row 1's low one
 
 
+def micro_batch(r, adv, draws, old, rows=None, ref=None):
+    B = len(adv)
+    rows = kept_rows(adv, 0.0) if rows is None else rows
+    return MicroBatch(r, [""] * B, torch.zeros(B), torch.zeros(B), torch.zeros(B), adv, rows, draws, old, ref)
+
+
 @pytest.mark.parametrize("estimator", ["stepwise", "elbo", "one_step"])
 def test_rows_with_zero_advantage_left_out_give_the_same_gradient(rollout_setup, estimator):
     """Group 0's rewards are all equal (advantages 0) and two rows of group 1 sit at its mean: with
-    β = 0 their loss terms are exactly 0, so leaving them out of the passes leaves the loss and the
-    gradient bit for bit, and the 1/N still counts them. One pass over all eight rows gives the
-    same gradient to float32 rounding only (its weight gradients sum the rows in another order)."""
+    β = 0 their loss terms and gradients are exactly 0, so the micro-batch leaves them out and the
+    1/N still counts them. Running every row gives the same loss and gradient to float rounding."""
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 1.0, 1.0]), 4)
-    assert (adv == 0).sum() == 6
+    assert (adv == 0).sum() == 6 and kept_rows(adv, 0.0).tolist() == [4, 5] and len(kept_rows(adv, 0.1)) == 8
     draws, old, _ = prepare(model, r, estimator, 3, 1, torch.Generator().manual_seed(4))
 
-    def gradient(adv, skip):
+    def gradient(rows):
         model.zero_grad(set_to_none=True)
-        loss, _, left_out = backward_draws(model, r, draws[0], old[0], adv, skip_zero_advantage=skip)
-        return loss, left_out, [p.grad.clone() for p in model.parameters()]
+        loss, _ = accumulate_gradients(model, [micro_batch(r, adv, draws, old, rows)], 0, 0.2, 0.2, 0.0)
+        return loss, [p.grad.clone() for p in model.parameters()]
 
-    (loss_all, kept_all, grad_all), (loss_skip, kept_skip, grad_skip) = gradient(adv, False), gradient(adv, True)
-    assert (kept_all, kept_skip) == (0, 6)
-    assert loss_skip == loss_all and all(torch.equal(a, b) for a, b in zip(grad_all, grad_skip))
-    assert any(g.abs().sum() > 0 for g in grad_skip)
-    # the rows of advantage 0 carry a gradient of exactly 0: a tiny advantage instead puts them in
-    # the one pass over all rows, which differs only by rounding
-    _, _, grad_one_pass = gradient(torch.where(adv == 0, torch.full_like(adv, 1e-30), adv), True)
-    worst = max(((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item() for a, b in zip(grad_one_pass, grad_skip))
+    (loss_kept, grad_kept), (loss_all, grad_all) = gradient(None), gradient(torch.arange(8))
+    assert any(g.abs().sum() > 0 for g in grad_kept)
+    assert abs(loss_kept - loss_all) <= 1e-6 * max(1.0, abs(loss_all))
+    worst = max(((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item() for a, b in zip(grad_all, grad_kept))
     assert worst < 1e-5
+
+
+def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
+    """Every row left out: one row's zero loss still runs (a DDP rank takes part in the all-reduce),
+    so .grad holds zeros, and AdamW decays and steps as it would with a zero gradient."""
+    _, _, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = torch.zeros(8)
+    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(4))
+    loss, metrics = accumulate_gradients(model, [micro_batch(r, adv, draws, old)], 0, 0.2, 0.2, 0.0)
+    assert loss == 0.0 and metrics == {}
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())

@@ -10,7 +10,7 @@ import torch
 from test_train import ROOT, run
 
 import checkpoint
-from eval import resolve
+from checkpoint import resolve
 from model import forward_logits
 
 # runs in a fresh interpreter, from another folder, without this project on its path

@@ -288,7 +288,7 @@ def test_a_checkpoint_crafted_to_run_code_is_never_unpickled(tmp_path):
 
 
 def test_all_eos_and_empty_completions_give_a_finite_update():
-    from agrpo import backward_draws, prepare
+    from agrpo import MicroBatch, accumulate_gradients, prepare
     from model import load
     from sample import Rollout
 
@@ -299,7 +299,9 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     steps = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 3]]) + torch.tensor([0, 0, 0, 0, 4, 4, 4, 4])
     r = Rollout(ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, 4, tok.mask_token_id, (eos,))
     draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(0))
-    loss, _, _ = backward_draws(model, r, draws[0], old[0], torch.tensor([1.0, -1.0]))
+    adv = torch.tensor([1.0, -1.0])
+    batch = MicroBatch(r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None)
+    loss, _ = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
     assert math.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert tok.decode(comp[1].tolist(), skip_special_tokens=True) == ""

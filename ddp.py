@@ -1,0 +1,28 @@
+"""Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process; and the
+one collective the scripts share besides DDP's own gradient all-reduce (agrpo.py)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_processes():
+    """(ddp, rank, world, device). Each rank's GPU is made current: NCCL's collectives run on it."""
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    return ddp, rank, world, device
+
+
+def gather(items, world):
+    """Every rank's list of items, on every rank, rank 0's first (one process: the list itself)."""
+    if world == 1 or not dist.is_initialized():
+        return items
+    shards = [None] * world
+    dist.all_gather_object(shards, items)
+    return [item for shard in shards for item in shard]
