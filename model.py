@@ -12,14 +12,52 @@ the embedded model exercise the path LLaDA-8B takes.
 
 import os
 import shutil
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 import tiny_llada
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the code must know of a model family, declared once: which configs are it, where its
+    transformer blocks and the norm before the vocabulary head are (logits = head(final_norm(x)),
+    the position of a token predicts it), and the modules LoRA adapts."""
+
+    model_types: tuple  # config.model_type values of this family
+    layers: str  # attribute path to the ModuleDict holding the blocks, the final norm and the head
+    blocks: str
+    final_norm: str
+    lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts the head "ff_out", as the release does
+
+
+FAMILIES = {
+    "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f",
+                    ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")),  # LLaDA-8B-Instruct, 1.5; tiny_llada.py
+}  # fmt: skip
+
+
+def family_of(model):
+    """The Family of a model, from its config's model_type; any other stops with one line."""
+    model_type = getattr(getattr(unwrap(model), "config", None), "model_type", None)
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    supported = ", ".join(f"{name} ({', '.join(f.model_types)})" for name, f in FAMILIES.items())
+    raise ValueError(
+        f"{type(unwrap(model)).__name__} (model_type {model_type!r}) is not a model family this code knows; supported: {supported}"
+    )
+
+
+def family_part(model, name):
+    """A module of the family's layout by name: its block list, final norm or head."""
+    layers = unwrap(model)
+    for attribute in family_of(model).layers.split("."):
+        layers = getattr(layers, attribute)
+    return layers[name]
 
 
 def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
@@ -46,6 +84,7 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     eos = getattr(model.config, "eos_token_id", None)
     eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
     tok.eos_ids = (eos,) if isinstance(eos, int) and 0 <= eos < len(tok) else (tok.eos_token_id,)
+    family_of(model)  # an architecture the code does not know stops here
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
@@ -204,11 +243,8 @@ def _selected_logits(model, ids, kw, at):
     bare = unwrap(model)
     if at is None:
         return model(ids, **kw).logits
-    final_norm = _llada_part(bare, "ln_f")
-    if final_norm is None:  # an unknown architecture: project everything, then select
-        return model(ids, **kw).logits[at]
-    # LLaDA's layout: logits = ff_out(ln_f(x)). Selecting ln_f's output selects what ff_out projects.
-    handle = final_norm.register_forward_hook(lambda module, inputs, out: out[at])
+    # logits = head(final_norm(x)): selecting the final norm's output selects what the head projects
+    handle = family_part(model, family_of(model).final_norm).register_forward_hook(lambda module, inputs, out: out[at])
     try:
         logits = model(ids, **kw).logits
     finally:
@@ -218,12 +254,6 @@ def _selected_logits(model, ids, kw, at):
         name, got = type(bare).__name__, tuple(logits.shape)
         raise RuntimeError(f"{name}: logits of shape {got} after selecting positions, expected {tuple(expected)} + (vocab,)")
     return logits
-
-
-def _llada_part(bare, name):
-    """A module of LLaDA's `model.transformer` (ModuleDict) by name, or None for another layout."""
-    transformer = getattr(getattr(bare, "model", None), "transformer", None)
-    return transformer[name] if isinstance(transformer, nn.ModuleDict) and name in transformer else None
 
 
 def check_compatible(model, tok):
@@ -246,10 +276,11 @@ def unwrap(model):
     return model
 
 
-def add_lora(model, rank, alpha, targets=LORA_TARGETS, under_autocast=False):
-    """LoRA adapters (peft) on the modules whose names end in `targets`; only they are trained, and
-    `disable_adapter()` gives the base model back as the reference policy. With LLaDA's names the
-    suffix "ff_out" also adapts the output head (transformer.ff_out), as the paper's release does.
+def add_lora(model, rank, alpha, targets=(), under_autocast=False):
+    """LoRA adapters (peft) on the modules whose names end in `targets` (() = the family's); only they
+    are trained, and `disable_adapter()` gives the base model back as the reference policy. With
+    LLaDA's names the suffix "ff_out" also adapts the output head (transformer.ff_out), as the paper's
+    release does.
 
     peft keeps the adapters in float32 (right for Adam) and casts every adapter's input to float32:
     on a bf16 model that is a full copy of the activations, there and back, at each adapted layer.
@@ -258,7 +289,8 @@ def add_lora(model, rank, alpha, targets=LORA_TARGETS, under_autocast=False):
     from peft import LoraConfig, get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets)))
+    targets = list(targets or family_of(model).lora_targets)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = not under_autocast
@@ -289,9 +321,6 @@ def compile_blocks(model):
     code path, so one graph is compiled and reused by all, and norms, RoPE and SwiGLU fuse into few
     kernels. The vocabulary head and the position selection stay eager: their shapes depend on the
     data. Shapes that change (rows finishing, prompt lengths) recompile once, then run dynamic."""
-    blocks = _llada_part(unwrap(model), "blocks")  # model.transformer.blocks (block_group_size 1, as LLaDA-8B)
-    if blocks is None:
-        raise ValueError(f"compile: cannot find the transformer blocks of {type(unwrap(model)).__name__}")
-    for block in blocks:
+    for block in family_part(model, family_of(model).blocks):  # LLaDA: block_group_size 1, as LLaDA-8B
         block.compile()
     return model

@@ -35,7 +35,7 @@ from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
 from configurator import ConfigError, configure
 from eval import evaluate
 from likelihood import ESTIMATORS, SCHEMES
-from model import add_lora, compile_blocks, load, model_path_error, resolved, set_gradient_checkpointing, unwrap
+from model import add_lora, compile_blocks, family_of, load, model_path_error, resolved, set_gradient_checkpointing, unwrap
 from sample import check_settings, decode_completions, generate
 
 # --- config
@@ -82,7 +82,7 @@ max_grad_norm = 1.0  # gradient-norm clip
 warmup_ratio = 0.01  # fraction of the steps of linear warmup
 lora_r = 0  # LoRA rank (0 = full fine-tuning)
 lora_alpha = 64  # LoRA scale α (the update is α/r · BA)
-lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")  # module-name suffixes LoRA adapts
+lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: model.FAMILIES)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
 eval_items = 200  # held-out problems scored greedily before and after training (0 = no evaluation)
@@ -125,7 +125,7 @@ RULES = [  # (key, check, allowed values): every numeric and list knob, checked 
     *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
     ("epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
     ("warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("lora_target_modules", lambda v: len(v) > 0 and all(isinstance(m, str) and m for m in v), "a non-empty tuple of module names"),
+    ("lora_target_modules", lambda v: all(isinstance(m, str) and m for m in v), "a tuple of module names"),
 ]  # fmt: skip
 
 
@@ -220,6 +220,8 @@ def load_policy(cfg, device, distributed, master):
                 raise ConfigError(f"--model_name_or_path: {e}") from None
         if distributed:
             dist.barrier()
+    # the family's LoRA targets by name, so a checkpoint records (and a resume compares) the modules adapted
+    cfg.lora_target_modules = tuple(cfg.lora_target_modules or family_of(model).lora_targets)
     if cfg.lora_r > 0:
         try:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))

@@ -79,9 +79,11 @@ def test_on_policy_ratios_are_one(rollout_setup):
 
 
 class Counting(torch.nn.Module):
+    """The model it wraps (its family and layout too), counting its forward passes."""
+
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.config, self.model = inner, 0, inner.config, inner.model
 
     def forward(self, *a, **k):
         self.calls += 1

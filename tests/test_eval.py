@@ -12,7 +12,7 @@ import torch
 
 import checkpoint
 from eval import standard_error
-from model import LORA_TARGETS, add_lora, forward_logits, load, save
+from model import FAMILIES, add_lora, forward_logits, load, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
@@ -41,7 +41,7 @@ def fake_run(out_dir, lora_rank=0):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     os.makedirs(out_dir, exist_ok=True)
-    config = dict(model_name_or_path="tiny", lora_r=lora_rank, lora_alpha=2 * lora_rank, lora_target_modules=LORA_TARGETS)
+    config = dict(model_name_or_path="tiny", lora_r=lora_rank, lora_alpha=2 * lora_rank, lora_target_modules=FAMILIES["llada"].lora_targets)
     return model, checkpoint.save(out_dir, 3, model, opt, sched, config)
 
 
@@ -167,7 +167,7 @@ def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):
     model = add_lora(model, 2, 4)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    config = dict(model_name_or_path="tiny", lora_r=2, lora_alpha=4, lora_target_modules=LORA_TARGETS)
+    config = dict(model_name_or_path="tiny", lora_r=2, lora_alpha=4, lora_target_modules=FAMILIES["llada"].lora_targets)
     for step in (1, 2):
         checkpoint.save(str(tmp_path), step, model, opt, sched, config)
     os.remove(f"{tmp_path}/checkpoint-2/adapter_model.safetensors")

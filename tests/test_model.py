@@ -1,6 +1,7 @@
 """Foundation: the embedded model and tokenizer, the checks on load, gradient checkpointing."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from model import (
     add_lora,
     check_compatible,
     compile_blocks,
+    family_of,
     forward_logits,
     load,
     model_path_error,
@@ -139,11 +141,12 @@ def test_saved_folder_loads_without_the_project(tmp_path):
 
 
 class IgnoresMask(torch.nn.Module):
-    """A stand-in for LLaDA copies that take `attention_mask` and ignore it (padding is attended)."""
+    """A stand-in for LLaDA copies that take `attention_mask` and ignore it (padding is attended):
+    the same family and layout as the model it wraps."""
 
     def __init__(self, inner):
         super().__init__()
-        self.inner = inner
+        self.inner, self.config, self.model = inner, inner.config, inner.model
 
     def forward(self, ids, attention_mask=None):
         return self.inner(ids)
@@ -179,7 +182,7 @@ def test_greedy_row_independent_of_batch_mates(honours):
 
 
 class Opaque(torch.nn.Module):
-    """A model whose head cannot be found: forward_logits must project everything, then select."""
+    """A model of no family the code knows: no config, no known layout."""
 
     def __init__(self, inner):
         super().__init__()
@@ -189,15 +192,15 @@ class Opaque(torch.nn.Module):
         return self.inner(ids)
 
 
-@pytest.mark.parametrize("kind", ["tiny", "tiny+lora", "opaque"])
+@pytest.mark.parametrize("kind", ["tiny", "tiny+lora", "ignores mask"])
 def test_logits_at_positions_equal_full_logits(kind):
     """forward_logits(at=...) projects only the selected positions: the values and the gradients
     must equal those of the full logits indexed afterwards, for each way a model is reached."""
     model, _ = load("tiny", seed=0)
     if kind == "tiny+lora":
         model = add_lora(model, 4, 8)
-    elif kind == "opaque":
-        model = Opaque(model)
+    elif kind == "ignores mask":
+        model = IgnoresMask(model)
     ids = torch.randint(10, 100, (3, 12), generator=torch.Generator().manual_seed(1))
     at = torch.rand(3, 12, generator=torch.Generator().manual_seed(2)) < 0.3
     full = forward_logits(model, ids)
@@ -213,6 +216,19 @@ def test_logits_at_positions_equal_full_logits(kind):
         grads.append(torch.autograd.grad((logits() * weights).sum(), params))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_an_unknown_family_stops_with_one_line(tmp_path):
+    """A model of no declared family is refused at load, naming the families the code supports (a
+    silent fallback would score the wrong positions of a model that predicts the next one)."""
+    with pytest.raises(ValueError, match=r"Opaque \(model_type None\) is not a model family this code knows; supported: llada"):
+        family_of(Opaque(load("tiny")[0]))
+    model, tok = load("tiny")
+    save(model, tok, f"{tmp_path}/other")
+    config = json.load(open(f"{tmp_path}/other/config.json"))
+    json.dump(config | {"model_type": "gpt2", "auto_map": {}}, open(f"{tmp_path}/other/config.json", "w"))
+    with pytest.raises(ValueError, match="not a model family this code knows"):
+        load(f"{tmp_path}/other")
 
 
 def seeded_lora(model, under_autocast=False):
@@ -282,7 +298,7 @@ def test_compile_blocks_matches_eager():
         torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-4)
     assert torch.equal(ta, tb)
     with pytest.raises(ValueError, match="Opaque"):
-        compile_blocks(Opaque(load("tiny")[0]))
+        compile_blocks(Opaque(load("tiny")[0]))  # no family, no known blocks
 
 
 def test_completion_ends_at_the_config_eos_only():

@@ -222,7 +222,7 @@ KNOBS = [
     (["--adam_beta1=1.5"], "--adam_beta1=1.5 must be in [0, 1)"),
     (["--per_device_eval_batch_size=0"], "--per_device_eval_batch_size=0 must be >= 1"),
     (["--eval_items=-2"], "--eval_items=-2 must be >= -1"),
-    (["--lora_target_modules=()"], "--lora_target_modules=() must be a non-empty tuple"),
+    (["--lora_target_modules=('',)"], "--lora_target_modules=('',) must be a tuple of module names"),
     (["--num_range=(9,1)"], "--num_range=(9, 1) must be (low, high)"),
 ]
 

@@ -1,5 +1,7 @@
 """Foundation: the sampler follows LLaDA's schedule and its recorded trajectory replays exactly."""
 
+import types
+
 import pytest
 import torch
 from conftest import chat
@@ -108,13 +110,17 @@ def test_bad_settings_raise(tiny, kw, name):
 
 
 class Scripted(torch.nn.Module):
-    """Logits fixed by position: token `a` before completion offset `eos_at`, EOS from there on."""
+    """Logits fixed by position: token `a` before completion offset `eos_at`, EOS from there on. In the
+    LLaDA family's layout (model.transformer["ln_f"] before an identity head), so positions select."""
 
     def __init__(self, vocab, prompt_len, a, eos, eos_at):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.vocab, self.P, self.a, self.eos, self.eos_at = vocab, prompt_len, a, eos, eos_at
         self.calls = 0
+        self.config = types.SimpleNamespace(model_type="tiny_llada")
+        self.model = torch.nn.Module()
+        self.model.transformer = torch.nn.ModuleDict({"ln_f": torch.nn.Identity()})
 
     def forward(self, ids, attention_mask=None):
         self.calls += 1
@@ -123,7 +129,7 @@ class Scripted(torch.nn.Module):
         logits[:, pos < self.P + self.eos_at, self.a] = 5.0
         logits[:, pos >= self.P + self.eos_at, self.eos] = 5.0
         logits[..., 1] = 50.0  # a huge mask logit: must never be sampled
-        return type("Out", (), {"logits": logits})()
+        return types.SimpleNamespace(logits=self.model.transformer["ln_f"](logits))
 
 
 def test_eos_rows_stop_and_fill(tiny):
