@@ -3,7 +3,7 @@ on stepwise log-probabilities.
 
 For a group of G completions of one prompt with rewards r_i:
 
-    A_i = r_i − mean_group(r)                      (÷ std_group(r) with scale_std)
+    A_i = r_i − mean_group(r)                      (÷ std_group(r) with scale_rewards)
 
 For each draw j (a sampled step t_j for AGRPO, a random mask for ELBO/one-step) and each token o
 it reads, with ρ = exp(log π_θ − log π_old) and w_ij the draw's importance weight:
@@ -26,14 +26,14 @@ import torch
 from likelihood import draws_logp, make_draws, token_logp
 
 
-def group_advantages(rewards, group_size, scale_std=False, eps=1e-4):
+def group_advantages(rewards, num_generations, scale_rewards=False, eps=1e-4):
     """(N,) rewards in consecutive groups -> (N,) advantages. A group whose rewards are all equal
-    gets exactly zero advantage (no NaN, even with scale_std)."""
-    if rewards.numel() % group_size:
-        raise ValueError(f"group_size={group_size} does not divide the {rewards.numel()} rewards")
-    r = rewards.float().view(-1, group_size)
+    gets exactly zero advantage (no NaN, even with scale_rewards)."""
+    if rewards.numel() % num_generations:
+        raise ValueError(f"num_generations={num_generations} does not divide the {rewards.numel()} rewards")
+    r = rewards.float().view(-1, num_generations)
     adv = r - r.mean(1, keepdim=True)
-    if scale_std:
+    if scale_rewards:
         adv = adv / (r.std(1, keepdim=True, unbiased=False) + eps)
     return adv.flatten()
 
@@ -44,23 +44,23 @@ def k3(logp, ref_logp):
     return d.exp() - d - 1
 
 
-def clipped_objective(logp, old_logp, advantages, eps_low=0.2, eps_high=0.2):
+def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2):
     """Per-token −min(ρA, clip(ρ)A) and where the clip is active (gradient zero there).
     advantages broadcast against logp."""
     ratio = (logp - old_logp).exp()
     unclipped = ratio * advantages
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * advantages
-    is_clipped = ((ratio < 1 - eps_low) & (advantages < 0)) | ((ratio > 1 + eps_high) & (advantages > 0))
+    clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high) * advantages
+    is_clipped = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
     return -torch.min(unclipped, clipped), is_clipped, ratio
 
 
-def draw_loss(logp, old_logp, advantages, read, weight, norm, eps_low=0.2, eps_high=0.2, beta=0.0, ref_logp=None, n_rows=None):
+def draw_loss(logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None, n_rows=None):
     """Loss of one draw: logp, old_logp, ref_logp, read (B, G); weight, norm, advantages (B,);
     n_rows: the N of the 1/N (default B; more when rows were left out). Returns (scalar loss,
     metrics summed over read tokens)."""
     # tokens not read are zeroed before exp(): a -inf there (top-k truncation) must not make NaN
     logp, old_logp = logp.masked_fill(~read, 0.0), old_logp.masked_fill(~read, 0.0)
-    per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], eps_low, eps_high)
+    per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], epsilon, epsilon_high)
     kl = torch.zeros_like(per_tok)
     if beta > 0:
         kl = k3(logp.clamp(min=-30.0), ref_logp.masked_fill(~read, 0.0).clamp(min=-30.0))
@@ -120,7 +120,7 @@ def kept_rows(advantages, beta):
     return keep.nonzero().squeeze(1)
 
 
-def accumulate_gradients(model, batches, it, eps_low, eps_high, beta, amp=contextlib.nullcontext):
+def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext):
     """One inner iteration's gradient in .grad: for every micro-batch and draw j, the clipped loss of
     the tokens the draw reads and its backward (one forward pass of memory), scaled by
     1/micro-batches. Under DDP the gradients are all-reduced once, on the last backward; a rank whose
@@ -135,7 +135,7 @@ def accumulate_gradients(model, batches, it, eps_low, eps_high, beta, amp=contex
                 logp = token_logp(model, b.rollout, d.x[j][rows], d.read[j][rows], rows, d.truncate)  # log π_θ(o_j | x_t)
                 ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
                 loss, m = draw_loss(logp, b.old_logp[it][j][rows], b.advantages[rows], d.read[j][rows], d.weight[j][rows],
-                                    d.norm[rows], eps_low, eps_high, beta, ref, n_rows=len(b.advantages))  # fmt: skip
+                                    d.norm[rows], epsilon, epsilon_high, beta, ref, n_rows=len(b.advantages))  # fmt: skip
                 (loss * (1.0 / len(batches))).backward()
             total += loss.item()
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
@@ -153,13 +153,13 @@ def zero_loss(model, b, it):
     return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, d.truncate).sum() * 0.0
 
 
-def update(model, params, opt, batches, num_iterations, eps_low, eps_high, beta, max_grad_norm, amp=contextlib.nullcontext):
+def update(model, params, opt, batches, num_iterations, epsilon, epsilon_high, beta, max_grad_norm, amp=contextlib.nullcontext):
     """The optimizer steps of one rollout phase: μ inner iterations, each a gradient over all
     micro-batches, the norm clip and one AdamW step. A non-finite gradient skips the step: weights
     and moments stay untouched. Returns (mean loss, summed metrics, last grad norm, steps skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
     for it in range(num_iterations):
-        loss, m = accumulate_gradients(model, batches, it, eps_low, eps_high, beta, amp)
+        loss, m = accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp)
         loss_sum += loss / num_iterations
         metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -1,4 +1,4 @@
-"""Evaluation: greedy decoding (low-confidence remasking) on a task's test set, over a grid of
+"""Evaluation: greedy decoding (low-confidence unmasking) on a task's test set, over a grid of
 generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
@@ -68,7 +68,7 @@ output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jso
 
 @torch.no_grad()
 def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
-             compact=False, max_prompt_length=0, remasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
+             compact=False, max_prompt_length=0, unmasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
     """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct, length,
     forward passes), in item order. Batches are fixed first and dealt to ranks (batch b to rank
     b mod world), so each item is decoded in the same batch whatever the world size: sharded
@@ -82,7 +82,7 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
         prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact, max_prompt_length) for i in idx]
         r = generate(m, prompts, gen_length=gen_length, block_length=block_length, steps=steps, mask_id=tok.mask_token_id,
-                     eos_ids=tok.eos_ids, remasking=remasking, threshold=threshold, pad_id=tok.pad_token_id)  # fmt: skip
+                     eos_ids=tok.eos_ids, unmasking=unmasking, threshold=threshold, pad_id=tok.pad_token_id)  # fmt: skip
         texts, lengths = decode_completions(tok, r)
         for i, p, t, n, passes in zip(idx, prompts, texts, lengths.tolist(), r.passes.tolist()):
             answer = fns.answer(items[i])
@@ -180,13 +180,13 @@ def step_grid(cfg):
         counts = cfg["sampling_steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
         for m in dict.fromkeys(counts):
             try:
-                check_settings(L, cfg["block_length"], m, remasking=cfg["unmasking"])
+                check_settings(L, cfg["block_length"], m, unmasking=cfg["unmasking"])
             except ValueError as e:
                 raise ConfigError(f"gen length {L}, {m} steps: {e}") from None
             grid.append((L, m, None))
         for tau in cfg["thresholds"]:
             try:
-                check_settings(L, cfg["block_length"], 1, remasking="threshold", threshold=tau)
+                check_settings(L, cfg["block_length"], 1, unmasking="threshold", threshold=tau)
             except ValueError as e:
                 raise ConfigError(f"gen length {L}: {e}") from None
             grid.append((L, None, tau))
@@ -322,7 +322,7 @@ def main():
             records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m or L,
                                batch_size=cfg["per_device_eval_batch_size"], system_prompt=system, compact=cfg["compact_prompt"],
                                max_prompt_length=cfg["max_prompt_length"],
-                               remasking=cfg["unmasking"] if tau is None else "threshold", threshold=tau, rank=rank, world=world,
+                               unmasking=cfg["unmasking"] if tau is None else "threshold", threshold=tau, rank=rank, world=world,
                                desc=f"{name} L={L} {how}")  # fmt: skip
             steps = m if tau is None else sum(r["passes"] for r in records) / len(records)
             rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=steps, threshold=tau, seconds=time.time() - t0,

@@ -28,7 +28,7 @@ import torch
 
 from model import forward_logits
 
-REMASKING = ("low_confidence", "random", "threshold")
+UNMASKING = ("low_confidence", "random", "threshold")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Rollout:
         return torch.isin(self.completion, torch.tensor(self.eos_ids, device=self.ids.device))
 
 
-def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="low_confidence", top_k=None, top_p=None, threshold=None):
+def check_settings(gen_length, block_length, steps, temperature=0.0, unmasking="low_confidence", top_k=None, top_p=None, threshold=None):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
     Threshold decoding takes its own number of steps, so `steps` is not checked for it."""
     if gen_length < 1:
@@ -66,7 +66,7 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="
     if block_length < 1 or gen_length % block_length:
         raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
     n_blocks = gen_length // block_length
-    if remasking == "threshold":
+    if unmasking == "threshold":
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
             raise ValueError(
                 f"threshold={threshold!r} must be a finite number > 0: the confidence that commits a position (>1: one a step)"
@@ -80,8 +80,8 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, remasking="
             )
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r} must be one of {REMASKING}")
+    if unmasking not in UNMASKING:
+        raise ValueError(f"unmasking={unmasking!r} must be one of {UNMASKING}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1 or None")
     if top_p is not None and not 0 < top_p <= 1:
@@ -193,7 +193,7 @@ def generate(
     temperature=0.0,
     top_k=None,
     top_p=None,
-    remasking="low_confidence",
+    unmasking="low_confidence",
     threshold=None,
     stop_at_eos=True,
     pad_id=0,
@@ -203,9 +203,9 @@ def generate(
     token lists. With `stop_at_eos`, a row whose finished blocks contain an EOS is no longer
     computed; its later blocks are filled with EOS (logp = entropy = 0), which is what a trained
     LLaDA produces there and what the estimators ignore (they draw only steps up to the last one
-    that committed a non-EOS token). `remasking="threshold"` decodes with confidence threshold
+    that committed a non-EOS token). `unmasking="threshold"` decodes with confidence threshold
     `threshold` instead of a fixed number of steps (generate_threshold)."""
-    check_settings(gen_length, block_length, steps, temperature, remasking, top_k, top_p, threshold)
+    check_settings(gen_length, block_length, steps, temperature, unmasking, top_k, top_p, threshold)
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):
         prompt_ids, attention_mask = left_pad(prompt_ids, pad_id, device)
@@ -222,10 +222,10 @@ def generate(
     entropy = torch.zeros((B, gen_length), device=device)
     state = (x, attn, unmask_step, logp, entropy)
     sampling = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device)
-    if remasking == "threshold":
+    if unmasking == "threshold":
         steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids if stop_at_eos else (), sampling)
     else:
-        passes = fixed_steps(model, state, P, gen_length, block_length, steps, remasking, eos_ids if stop_at_eos else (), sampling)
+        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids if stop_at_eos else (), sampling)
     return Rollout(
         ids=x,
         attention_mask=attn,
@@ -244,7 +244,7 @@ def generate(
     )
 
 
-def fixed_steps(model, state, P, gen_length, block_length, steps, remasking, stop_eos, sampling):
+def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, stop_eos, sampling):
     """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions."""
     x, attn, unmask_step, logp, entropy = state
     B, device = x.shape[0], x.device
@@ -261,8 +261,8 @@ def fixed_steps(model, state, P, gen_length, block_length, steps, remasking, sto
         cols = torch.arange(lo, hi, device=device).expand(len(rows), -1)
         for i, k in enumerate(schedule):
             logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
-            lp, x_hat, conf = candidates(logits, **sampling, confidence=remasking == "low_confidence")
-            if remasking == "random":
+            lp, x_hat, conf = candidates(logits, **sampling, confidence=unmasking == "low_confidence")
+            if unmasking == "random":
                 conf = uniform(x_hat.shape, sampling["generator"], device)
             conf = conf.masked_fill(x[rows, lo:hi] != sampling["mask_id"], float("-inf"))
             chosen = torch.zeros_like(conf, dtype=torch.bool).scatter_(1, conf.topk(k, dim=-1).indices, True)

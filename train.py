@@ -191,7 +191,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
         rollout = generate(
             policy, prompts, gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps,
             mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
-            remasking=cfg.unmasking, threshold=cfg.threshold, pad_id=tok.pad_token_id,
+            unmasking=cfg.unmasking, threshold=cfg.threshold, pad_id=tok.pad_token_id,
             generator=seeded(cfg.seed, "rollout", step, micro, device=device),
         )  # fmt: skip
     texts, lengths = decode_completions(tok, rollout)

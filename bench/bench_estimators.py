@@ -48,7 +48,7 @@ r = generate(
     mask_id=tok.mask_token_id,
     eos_ids=tok.eos_ids,
     temperature=0.9,
-    remasking="random",
+    unmasking="random",
     generator=torch.Generator().manual_seed(0),
 )
 params = list(model.parameters())

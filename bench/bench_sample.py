@@ -52,7 +52,7 @@ thresholds = tuple(float(t) for t in args.thresholds.strip("()").split(",") if t
 
 @torch.no_grad()
 def reference_generate(model, prompt, gen_length, block_length, steps, mask_id):
-    """The sampler written plainly (temperature 0, low-confidence remasking)."""
+    """The sampler written plainly (temperature 0, low-confidence unmasking)."""
     B, P = prompt.shape
     x = torch.cat([prompt, torch.full((B, gen_length), mask_id, device=prompt.device)], 1)
     n_blocks = gen_length // block_length
@@ -100,7 +100,7 @@ same = torch.equal(ref_x, ours.ids)
 stop, t_stop = timed(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,)), args.repeats, args.device)
 by_threshold = {}
 for tau in thresholds:
-    fast = dict(setting, steps=args.gen_length, remasking="threshold", threshold=tau)  # steps: unused by threshold decoding
+    fast = dict(setting, steps=args.gen_length, unmasking="threshold", threshold=tau)  # steps: unused by threshold decoding
     by_threshold[tau] = timed(lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device)
 
 L = args.prompt_length + args.gen_length
@@ -141,7 +141,7 @@ if args.model == "tiny" and thresholds:
     from eval import standard_error  # noqa: E402
 
     for m, tau in [(4, None), (8, None), (16, None), *((None, t) for t in thresholds)]:
-        how = dict(remasking="threshold", threshold=tau, steps=G) if tau else dict(steps=m)
+        how = dict(unmasking="threshold", threshold=tau, steps=G) if tau else dict(steps=m)
         recs, t = timed(lambda how=how: evaluate(base, tok, "countdown", items, gen_length=G, block_length=block, batch_size=100,
                                                  compact=True, **how), args.repeats, args.device)  # fmt: skip
         acc = [r["accuracy"] for r in recs]

@@ -15,10 +15,10 @@ from sample import generate
 def test_advantages_mean_centred_and_degenerate_groups():
     r = torch.tensor([1.0, 3.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0])
     assert group_advantages(r, 4).tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    scaled = group_advantages(r, 4, scale_std=True)
+    scaled = group_advantages(r, 4, scale_rewards=True)
     assert torch.isfinite(scaled).all() and scaled[4:].eq(0).all()  # all-equal group: zero, not NaN
     torch.testing.assert_close(scaled[:4], torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (math.sqrt(0.5) + 1e-4))
-    with pytest.raises(ValueError, match="group_size"):
+    with pytest.raises(ValueError, match="num_generations"):
         group_advantages(r, 3)
 
 
@@ -29,7 +29,7 @@ def test_loss_by_hand():
     read = torch.tensor([[True, True, False], [True, False, True]])
     adv = torch.tensor([1.0, -2.0])
     weight, norm = torch.tensor([3.0, 2.0]), torch.tensor([6.0, 4.0])
-    loss, m = draw_loss(logp, old, adv, read, weight, norm, eps_low=0.2, eps_high=0.2)
+    loss, m = draw_loss(logp, old, adv, read, weight, norm, epsilon=0.2, epsilon_high=0.2)
     # row 0 (A=+1): ratios 1.25 -> clipped to 1.2, and 1.0: -(1.2 + 1.0); scale 3/6
     # row 1 (A=-2): ratios 0.85 (inside) and 2.0: -min(-1.7, -1.7) = 1.7, -min(-4, -2.4) = 4; scale 2/4
     expected = (0.5 * -(1.2 + 1.0) + 0.5 * (1.7 + 4.0)) / 2
@@ -38,14 +38,14 @@ def test_loss_by_hand():
 
 
 def test_clip_engages_exactly_outside_the_range():
-    eps_low, eps_high = 0.1, 0.3
+    epsilon, epsilon_high = 0.1, 0.3
     ratios = torch.tensor([0.85, 0.9, 0.95, 1.0, 1.2, 1.3, 1.35])
     logp, old = ratios.log(), torch.zeros(7)
     for a, expect in [(1.0, [False] * 6 + [True]), (-1.0, [True] + [False] * 6)]:
-        _, clipped, _ = clipped_objective(logp.clone().requires_grad_(), old, torch.full((7,), a), eps_low, eps_high)
+        _, clipped, _ = clipped_objective(logp.clone().requires_grad_(), old, torch.full((7,), a), epsilon, epsilon_high)
         assert clipped.tolist() == expect
         x = logp.clone().requires_grad_()
-        obj, _, _ = clipped_objective(x, old, torch.full((7,), a), eps_low, eps_high)
+        obj, _, _ = clipped_objective(x, old, torch.full((7,), a), epsilon, epsilon_high)
         obj.sum().backward()
         assert ((x.grad == 0) == clipped).all()  # zero gradient exactly where clipped
 
@@ -62,7 +62,7 @@ def rollout_setup():
     prompts = [chat(tok, "3 4 5 -> 17")] * 4 + [chat(tok, "1 2 3 -> 9")] * 4
     r = generate(
         model, prompts, gen_length=16, block_length=8, steps=8, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-        pad_id=tok.pad_token_id, temperature=1.0, top_k=30, remasking="random", generator=torch.Generator().manual_seed(0),
+        pad_id=tok.pad_token_id, temperature=1.0, top_k=30, unmasking="random", generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     return model, tok, r
 
@@ -111,11 +111,11 @@ def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.005)
     batch = micro_batch(r, adv, draws, old)
-    loss0, m = accumulate_gradients(model, [batch], 0, eps_low=10.0, eps_high=10.0, beta=0.0)  # no clipping: a pure gradient step
+    loss0, m = accumulate_gradients(model, [batch], 0, epsilon=10.0, epsilon_high=10.0, beta=0.0)  # no clipping: a pure gradient step
     opt.step()
     opt.zero_grad()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    loss1, _ = accumulate_gradients(model, [batch], 0, eps_low=10.0, eps_high=10.0, beta=0.0)
+    loss1, _ = accumulate_gradients(model, [batch], 0, epsilon=10.0, epsilon_high=10.0, beta=0.0)
     assert loss1 < loss0, (loss0, loss1)
     assert m["tokens"] > 0 and math.isfinite(loss0)
 

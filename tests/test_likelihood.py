@@ -41,7 +41,7 @@ def setup():
         pad_id=tok.pad_token_id,
         temperature=0.9,
         top_k=40,
-        remasking="random",
+        unmasking="random",
         generator=torch.Generator().manual_seed(0),
     )
     return model, tok, r
@@ -53,7 +53,7 @@ def threshold_setup(setup):
     model, tok, _ = setup
     prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
     r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-                 pad_id=tok.pad_token_id, temperature=0.9, top_k=40, remasking="threshold", threshold=0.3,
+                 pad_id=tok.pad_token_id, temperature=0.9, top_k=40, unmasking="threshold", threshold=0.3,
                  generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert len(set(last_step(r).tolist())) == 2  # the rows' m' differ
     return model, tok, r
@@ -232,7 +232,7 @@ def test_training_logp_finite_after_weights_move(setup):
     model, tok, _ = setup
     prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
     r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-                 pad_id=tok.pad_token_id, temperature=1.0, top_k=3, top_p=0.9, remasking="random",
+                 pad_id=tok.pad_token_id, temperature=1.0, top_k=3, top_p=0.9, unmasking="random",
                  generator=torch.Generator().manual_seed(3))  # fmt: skip
     moved = copy.deepcopy(model)
     with torch.no_grad():

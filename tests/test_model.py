@@ -173,11 +173,11 @@ def test_greedy_row_independent_of_batch_mates(honours):
     model = model if honours else IgnoresMask(model)
     prompts = [list(range(5, 5 + n)) for n in (3, 9, 6, 9, 1)]
     settings = dict(gen_length=8, block_length=4, steps=4, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id)
-    for remasking in ("low_confidence", "threshold"):
-        together = generate(model, prompts, remasking=remasking, threshold=0.5, **settings)
+    for unmasking in ("low_confidence", "threshold"):
+        together = generate(model, prompts, unmasking=unmasking, threshold=0.5, **settings)
         for i, p in enumerate(prompts):
-            alone = generate(model, [p], remasking=remasking, threshold=0.5, **settings)
-            assert torch.equal(together.completion[i], alone.completion[0]), (remasking, i)
+            alone = generate(model, [p], unmasking=unmasking, threshold=0.5, **settings)
+            assert torch.equal(together.completion[i], alone.completion[0]), (unmasking, i)
             torch.testing.assert_close(together.logp[i], alone.logp[0], atol=1e-5, rtol=1e-5)
 
 

@@ -23,13 +23,13 @@ def test_schedule_formula():
     assert sum(transfer_schedule(32, 5)) == 32
 
 
-@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
-def test_schedule_followed_at_t0(tiny, remasking):
+@pytest.mark.parametrize("unmasking", ["low_confidence", "random"])
+def test_schedule_followed_at_t0(tiny, unmasking):
     model, tok = tiny
     gen, block, steps = 24, 8, 9  # 3 steps per block: k = [3, 3, 2]
-    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, remasking=remasking, stop_at_eos=False)
-    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, remasking=remasking, stop_at_eos=False)
-    if remasking == "low_confidence":
+    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, stop_at_eos=False)
+    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, stop_at_eos=False)
+    if unmasking == "low_confidence":
         assert torch.equal(r.ids, again.ids) and torch.equal(r.unmask_step, again.unmask_step)  # deterministic
     assert (r.completion != tok.mask_token_id).all()  # every position committed, never to [MASK]
     spb, k = steps // (gen // block), transfer_schedule(block, steps // (gen // block))
@@ -50,14 +50,14 @@ def rebuild(r, t):
 
 
 @pytest.mark.parametrize(
-    "remasking,temperature,top_k,top_p",
+    "unmasking,temperature,top_k,top_p",
     [("low_confidence", 0.0, None, None), ("low_confidence", 0.8, 20, 0.9), ("random", 1.0, None, None), ("random", 0.6, 50, 0.95)],
 )
-def test_recorded_logp_replays(tiny, remasking, temperature, top_k, top_p):
+def test_recorded_logp_replays(tiny, unmasking, temperature, top_k, top_p):
     """log p(o_j | x_t) from a fresh forward on the rebuilt x_t equals the recorded value, every step."""
     model, tok = tiny
     g = torch.Generator().manual_seed(1)
-    r = run(model, tok, remasking=remasking, temperature=temperature, top_k=top_k, top_p=top_p, generator=g)
+    r = run(model, tok, unmasking=unmasking, temperature=temperature, top_k=top_k, top_p=top_p, generator=g)
     for t in range(r.steps):
         at_t = r.unmask_step == t
         assert at_t.any(1).all()  # every row commits at every step (no EOS with this seed)
@@ -82,9 +82,9 @@ def test_padding_invariance(tiny):
 
 def test_seeded_sampling_reproducible(tiny):
     model, tok = tiny
-    a = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(3))
-    b = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(3))
-    c = run(model, tok, temperature=1.0, remasking="random", generator=torch.Generator().manual_seed(4))
+    a = run(model, tok, temperature=1.0, unmasking="random", generator=torch.Generator().manual_seed(3))
+    b = run(model, tok, temperature=1.0, unmasking="random", generator=torch.Generator().manual_seed(3))
+    c = run(model, tok, temperature=1.0, unmasking="random", generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.ids, b.ids) and not torch.equal(a.ids, c.ids)
 
 
@@ -95,7 +95,7 @@ def test_seeded_sampling_reproducible(tiny):
         (dict(steps=4), "steps"),  # 3 blocks
         (dict(steps=48), "steps"),  # 16 steps per block of 8
         (dict(temperature=-0.1), "temperature"),
-        (dict(remasking="top_prob"), "remasking"),
+        (dict(unmasking="top_prob"), "unmasking"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_k=0), "top_k"),
     ],
@@ -152,8 +152,8 @@ def test_threshold_above_one_is_low_confidence_one_token_a_step(tiny):
     """At temperature 0 with τ > 1 only the most confident position is committed each step: token
     for token, low-confidence decoding with steps = gen_length."""
     model, tok = tiny
-    low = run(model, tok, steps=24, remasking="low_confidence")
-    thr = run(model, tok, remasking="threshold", threshold=1.5)
+    low = run(model, tok, steps=24, unmasking="low_confidence")
+    thr = run(model, tok, unmasking="threshold", threshold=1.5)
     assert torch.equal(thr.ids, low.ids) and torch.equal(thr.unmask_step, low.unmask_step)
     torch.testing.assert_close(thr.logp, low.logp, atol=1e-6, rtol=0)
 
@@ -169,7 +169,7 @@ def peaked():
 
 
 def threshold_rollout(model, tok, prompts=PROMPTS, threshold=0.3, **kw):
-    return run(model, tok, prompts, remasking="threshold", threshold=threshold, temperature=1.0, top_k=40,
+    return run(model, tok, prompts, unmasking="threshold", threshold=threshold, temperature=1.0, top_k=40,
                generator=torch.Generator().manual_seed(5), **kw)  # fmt: skip
 
 
@@ -195,11 +195,11 @@ def test_threshold_rows_take_their_own_steps_and_replay(peaked):
 
 def test_threshold_padding_invariance_and_bad_threshold(peaked):
     model, tok = peaked
-    batch = run(model, tok, remasking="threshold", threshold=0.3)
+    batch = run(model, tok, unmasking="threshold", threshold=0.3)
     assert len(set((batch.unmask_step.max(1).values + 1).tolist())) > 1
     for i, p in enumerate(PROMPTS):
-        alone = run(model, tok, prompts=[p], remasking="threshold", threshold=0.3)
+        alone = run(model, tok, prompts=[p], unmasking="threshold", threshold=0.3)
         assert torch.equal(alone.completion[0], batch.completion[i]) and torch.equal(alone.unmask_step[0], batch.unmask_step[i])
     for bad in (0, -0.5, None, "high"):
         with pytest.raises(ValueError, match="threshold"):
-            run(model, tok, remasking="threshold", threshold=bad)
+            run(model, tok, unmasking="threshold", threshold=bad)
