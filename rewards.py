@@ -374,10 +374,6 @@ def sudoku_accuracy(completion, answer):
     return sum(grid[i] == ref[1][i] for i in blanks) / len(blanks)
 
 
-def sudoku_correct(completion, answer):
-    return sudoku_accuracy(completion, answer) == 1.0
-
-
 def sudoku_reward(completion, answer):
     a, ref = extract_answer(completion), sudoku_reference(answer)
     if ref is None:

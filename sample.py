@@ -40,7 +40,6 @@ class Rollout:
     logp: torch.Tensor  # (B, G) log-prob of the committed token at its step
     entropy: torch.Tensor  # (B, G) entropy of the sampling distribution there
     steps: int  # m, total sampling steps
-    block_length: int
     mask_id: int
     eos_ids: tuple
     temperature: float = 0.0
@@ -234,7 +233,6 @@ def generate(
         logp=logp,
         entropy=entropy,
         steps=steps,
-        block_length=block_length,
         mask_id=mask_id,
         eos_ids=eos_ids,
         temperature=temperature,

@@ -63,7 +63,7 @@ def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, devi
     zeros = torch.zeros(len(items), gen_length, device=device)
     # the schedule fields are unused by the ELBO draws: one block, one step per token
     P = prompt_ids.shape[1]
-    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
+    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
 
 
 def sft_loss(model, batch, draws):

@@ -59,7 +59,7 @@ def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
                           for _ in range(B)])  # fmt: skip
     logp = -torch.rand(B, G, generator=g)
     return Rollout(ids.to(device), torch.ones(B, P + G, dtype=torch.long, device=device), P, unmask.to(device), logp.to(device),
-                   torch.rand(B, G, generator=g).to(device), steps, block_length, mask_id, (-1,))  # fmt: skip
+                   torch.rand(B, G, generator=g).to(device), steps, mask_id, (-1,))  # fmt: skip
 
 
 model, mask_id, eos_id, vocab = bench_model(args.model, args.device)

@@ -189,7 +189,7 @@ def hand_rollout():
     comp = torch.tensor([[60, 61, 62, 63, 64, 65, eos, eos], [eos] * 8])
     steps = torch.tensor([[0, 3, 1, 2, 5, 4, 6, 7], [1, 0, 2, 3, 4, 5, 6, 7]])
     ids = torch.cat([torch.full((2, 3), 70), comp], 1)
-    return Rollout(ids, torch.ones_like(ids), 3, steps, torch.zeros(2, 8), torch.rand(2, 8), 8, 8, mask, (eos,))
+    return Rollout(ids, torch.ones_like(ids), 3, steps, torch.zeros(2, 8), torch.rand(2, 8), 8, mask, (eos,))
 
 
 def test_only_steps_up_to_last_content_step_are_drawn():

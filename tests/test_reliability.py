@@ -297,7 +297,7 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     comp = torch.tensor([[40, 41, 42, 43, eos, eos, eos, eos], [eos] * 8])  # row 1: empty text, all EOS
     ids = torch.cat([torch.full((2, 4), 50), comp], 1)
     steps = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 3]]) + torch.tensor([0, 0, 0, 0, 4, 4, 4, 4])
-    r = Rollout(ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, 4, tok.mask_token_id, (eos,))
+    r = Rollout(ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, tok.mask_token_id, (eos,))
     draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(0))
     adv = torch.tensor([1.0, -1.0])
     batch = MicroBatch(r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None)
