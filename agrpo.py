@@ -155,17 +155,37 @@ def zero_loss(model, b, it):
 
 def update(model, params, opt, batches, num_iterations, epsilon, epsilon_high, beta, max_grad_norm, amp=contextlib.nullcontext):
     """The optimizer steps of one rollout phase: μ inner iterations, each a gradient over all
-    micro-batches, the norm clip and one AdamW step. A non-finite gradient skips the step: weights
-    and moments stay untouched. Returns (mean loss, summed metrics, last grad norm, steps skipped)."""
+    micro-batches, the norm clip and one AdamW step. A non-finite gradient, or a step that would leave
+    a weight non-finite, is skipped: weights and moments stay untouched. Returns (mean loss, summed
+    metrics, last grad norm, steps skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
     for it in range(num_iterations):
         loss, m = accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp)
         loss_sum += loss / num_iterations
         metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if torch.isfinite(grad_norm):  # all-reduced under DDP, so every rank decides the same
+        if torch.isfinite(grad_norm) and adamw_keeps_finite(opt):  # all-reduced under DDP: every rank decides the same
             opt.step()
         else:
             skipped += 1
         opt.zero_grad(set_to_none=True)
     return loss_sum, metrics, float(grad_norm), skipped
+
+
+@torch.no_grad()
+def adamw_keeps_finite(opt):
+    """Whether AdamW's next step leaves every weight finite: its update computed aside, one parameter
+    at a time (no copy of the model), so a step that would break the weights is never taken."""
+    for group in opt.param_groups:
+        (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state, g = opt.state.get(p, {}), p.grad.float()
+            t = float(state.get("step", 0)) + 1
+            m = (1 - b1) * g + (b1 * state["exp_avg"] if state else 0)
+            v = (1 - b2) * g * g + (b2 * state["exp_avg_sq"] if state else 0)
+            new = p.float() * (1 - lr * group["weight_decay"]) - lr / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + eps)
+            if not bool(torch.isfinite(new).all()):
+                return False
+    return True

@@ -170,3 +170,26 @@ def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
     loss, metrics = accumulate_gradients(model, [micro_batch(r, adv, draws, old)], 0, 0.2, 0.2, 0.0)
     assert loss == 0.0 and metrics == {}
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
+    """AdamW with a rate that overflows the weights: the step is skipped and counted, and weights and
+    moments stay exactly as they were (as for a non-finite gradient); a sane rate steps."""
+    from agrpo import adamw_keeps_finite, update
+
+    _, _, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 3.0, 0.0, 1.0]), 4)
+    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e38)
+    _, _, grad_norm, skipped = update(model, params, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    assert math.isfinite(grad_norm) and skipped == 1 and not opt.state
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    _, _, _, skipped = update(model, params, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
+    for p in params:  # the check agrees with the step it stands in for: the next sane step stays finite
+        p.grad = torch.ones_like(p)
+    assert adamw_keeps_finite(opt)
