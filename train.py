@@ -433,7 +433,7 @@ def main():
         logs.close_reporter(reporter)
         bar.close()
         how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
-        raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} after step {done}: {how}") from None
+        raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} after step {done}: {how}" if master else 1) from None
     logs.close_reporter(reporter)
     if distributed:
         dist.destroy_process_group()
