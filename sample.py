@@ -194,15 +194,14 @@ def generate(
     top_p=None,
     unmasking="low_confidence",
     threshold=None,
-    stop_at_eos=True,
     pad_id=0,
     generator=None,
 ):
     """Sample completions. prompt_ids: (B, P) left-padded tensor with `attention_mask`, or a list of
-    token lists. With `stop_at_eos`, a row whose finished blocks contain an EOS is no longer
-    computed; its later blocks are filled with EOS (logp = entropy = 0), which is what a trained
-    LLaDA produces there and what the estimators ignore (they draw only steps up to the last one
-    that committed a non-EOS token). `unmasking="threshold"` decodes with confidence threshold
+    token lists. A row whose finished blocks contain one of `eos_ids` is no longer computed; its
+    later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
+    there and what the estimators ignore (they draw only steps up to the last one that committed a
+    non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with confidence threshold
     `threshold` instead of a fixed number of steps (generate_threshold)."""
     check_settings(gen_length, block_length, steps, temperature, unmasking, top_k, top_p, threshold)
     device = next(model.parameters()).device
@@ -222,9 +221,9 @@ def generate(
     state = (x, attn, unmask_step, logp, entropy)
     sampling = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device)
     if unmasking == "threshold":
-        steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids if stop_at_eos else (), sampling)
+        steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids, sampling)
     else:
-        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids if stop_at_eos else (), sampling)
+        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids, sampling)
     return Rollout(
         ids=x,
         attention_mask=attn,

@@ -27,8 +27,8 @@ def test_schedule_formula():
 def test_schedule_followed_at_t0(tiny, unmasking):
     model, tok = tiny
     gen, block, steps = 24, 8, 9  # 3 steps per block: k = [3, 3, 2]
-    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, stop_at_eos=False)
-    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, stop_at_eos=False)
+    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, eos_ids=())
+    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, eos_ids=())
     if unmasking == "low_confidence":
         assert torch.equal(r.ids, again.ids) and torch.equal(r.unmask_step, again.unmask_step)  # deterministic
     assert (r.completion != tok.mask_token_id).all()  # every position committed, never to [MASK]
@@ -137,10 +137,10 @@ def test_eos_rows_stop_and_fill(tiny):
     prompt = [5, 6, 7]
     model = Scripted(len(tok), len(prompt), a=60, eos=tok.eos_token_id, eos_at=5)
     kw = dict(gen_length=32, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
-    full = generate(model, [prompt], stop_at_eos=False, **kw)
+    full = generate(model, [prompt], **(kw | {"eos_ids": ()}))
     calls_full = model.calls
     model.calls = 0
-    short = generate(model, [prompt], stop_at_eos=True, **kw)
+    short = generate(model, [prompt], **kw)
     assert model.calls == 4 < calls_full == 16  # only block 0 is computed
     assert torch.equal(full.ids, short.ids)  # same tokens: the filled EOS is what the model gives
     assert short.completion[0, :5].eq(60).all() and short.completion[0, 5:].eq(tok.eos_token_id).all()
@@ -178,7 +178,7 @@ def test_threshold_rows_take_their_own_steps_and_replay(peaked):
     committed once, blocks left to right; the recorded log-probs equal a fresh forward on every
     rebuilt x_t of the row's own steps (the trajectory is an exact policy)."""
     model, tok = peaked
-    r = threshold_rollout(model, tok, stop_at_eos=False)
+    r = threshold_rollout(model, tok, eos_ids=())
     steps = r.unmask_step.max(1).values + 1
     assert len(set(steps.tolist())) > 1 and int(steps.max()) == r.steps and int(steps.max()) < 24  # fewer passes than tokens
     for row in r.unmask_step:
