@@ -269,7 +269,6 @@ class Task:
     reward: Callable  # (completion, answer) -> float: r_i of the group-relative advantage
     accuracy: Callable  # (completion, answer) -> float in [0, 1], the reported accuracy
     answer: Callable  # item -> what reward and accuracy compare against
-    reward_range: tuple  # (lowest, highest) reward on any completion
     hub: Callable | None = None  # split -> items, through `datasets` (needs network)
     generate: Callable | None = None  # (n, seed, split, unique, **knobs) -> items with solutions
     solution: Callable | None = None  # item -> the supervised completion text (sft.py)
@@ -286,14 +285,14 @@ def _whole_item(item):
 
 
 TASKS = {
-    "gsm8k": Task(word_problem, _gsm8k_row, rewards.gsm8k_reward, rewards.gsm8k_correct, _answer_field, (0.0, 4.0), hub=gsm8k_hub,
+    "gsm8k": Task(word_problem, _gsm8k_row, rewards.gsm8k_reward, rewards.gsm8k_correct, _answer_field, hub=gsm8k_hub,
                   system_prompt=MATH_PROMPT),
-    "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, (0.0, 4.0), hub=math_hub,
+    "math": Task(word_problem, _math_row, rewards.math_reward, rewards.math_correct, _answer_field, hub=math_hub,
                  system_prompt=MATH_PROMPT),
-    "countdown": Task(countdown_question, _countdown_row, rewards.countdown_reward, rewards.countdown_correct, _whole_item, (-0.5, 4.0),
+    "countdown": Task(countdown_question, _countdown_row, rewards.countdown_reward, rewards.countdown_correct, _whole_item,
                       hub=countdown_hub, generate=countdown_items, solution=countdown_solution_text, knobs=("num_range", "target_range"),
                       system_prompt=COUNTDOWN_PROMPT),
-    "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item, (0.0, 4.0),
+    "sudoku": Task(sudoku_question, _sudoku_row, rewards.sudoku_reward, rewards.sudoku_accuracy, _whole_item,
                    generate=sudoku_items, solution=sudoku_solution_text, knobs=("sudoku_blanks", "sudoku_test_blanks"),
                    system_prompt=SUDOKU_PROMPT),
 }  # fmt: skip

@@ -1,5 +1,5 @@
 """Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process; and the
-one collective the scripts share besides DDP's own gradient all-reduce (agrpo.py)."""
+collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py)."""
 
 import os
 
@@ -26,3 +26,12 @@ def gather(items, world):
     shards = [None] * world
     dist.all_gather_object(shards, items)
     return [item for shard in shards for item in shard]
+
+
+def mean_over_ranks(values, device):
+    """The mean of a list of numbers over the ranks (one process: the numbers themselves)."""
+    t = torch.tensor(values, device=device)  # NCCL reduces GPU tensors only
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()

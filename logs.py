@@ -7,14 +7,14 @@ import json
 import os
 
 import torch
-import torch.distributed as dist
 
+from ddp import mean_over_ranks
 from likelihood import completion_mask
 
 REPORTERS = ("none", "tensorboard", "wandb")
 
 
-def step_means(cfg, batches, loss, metrics, device, ddp):
+def step_means(cfg, batches, loss, metrics, device):
     """The logged means of a step over every rank's completions and tokens. Every reward is its
     format terms + 3 · accuracy (rewards.py), so the two parts are logged apart."""
     rewards = torch.cat([b.rewards for b in batches])
@@ -43,11 +43,7 @@ def step_means(cfg, batches, loss, metrics, device, ddp):
         "frac_rows_left_out": sum(len(b.advantages) - len(b.rows) for b in batches) / len(rewards),  # advantage 0: no passes
         "frac_prompts_cut": sum(b.prompts_cut for b in batches) / len(rewards),  # longer than max_prompt_length
     }
-    values = torch.tensor([float(v) for v in stats.values()], device=device)  # NCCL reduces GPU tensors only
-    if ddp:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return dict(zip(stats, values.tolist()))
+    return dict(zip(stats, mean_over_ranks([float(v) for v in stats.values()], device)))
 
 
 def completion_rows(tok, step, batches):

@@ -378,7 +378,7 @@ def main():
                                  f"was saved). Last checkpoint: {newest}. Lower --learning_rate.")  # fmt: skip
 
             # 3. log: means over every rank's completions
-            row = logs.step_means(cfg, batches, loss, metrics, device, distributed)
+            row = logs.step_means(cfg, batches, loss, metrics, device)
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:

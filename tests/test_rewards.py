@@ -30,6 +30,7 @@ FNS = {
     "sudoku": (sudoku_reward, SU),
 }
 T = "<think>because</think>"
+REWARD_RANGE = {"gsm8k": (0.0, 4.0), "math": (0.0, 4.0), "countdown": (-0.5, 4.0), "sudoku": (0.0, 4.0)}  # rewards.py's docstring
 
 HOSTILE = [
     "",
@@ -63,7 +64,7 @@ def check_reward(task, text):
     t0 = time.perf_counter()
     r = fn(text, answer)
     assert time.perf_counter() - t0 < 15.0
-    lo, hi = data.task(task).reward_range
+    lo, hi = REWARD_RANGE[task]
     assert isinstance(r, float) and lo <= r <= hi
 
 
@@ -183,7 +184,7 @@ def test_malformed_references_never_raise(task, reference):
     t = data.task(task)
     for text in ["<answer>1234341221434321</answer>", "<think>x</think><answer>(25+3)*2 = 56</answer>", ""]:
         r = t.reward(text, reference)
-        lo, hi = t.reward_range
+        lo, hi = REWARD_RANGE[task]
         assert isinstance(r, float) and lo <= r <= hi
         assert 0.0 <= float(t.accuracy(text, reference)) <= 1.0
 
