@@ -249,9 +249,17 @@ def missing_tensors(path, state):
                 saved |= {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
     except Exception as e:  # safetensors raises its own error types on a damaged header
         return f"cannot be read ({type(e).__name__}: {str(e)[:120]})"
+    return shapes_problem(expected, saved)
+
+
+def shapes_problem(expected, saved):
+    """Why saved {name: shape} lacks a tensor of expected {name: shape} or holds one of another shape,
+    or None: an adapter file that is missing, empty or of another rank would otherwise load as
+    untrained adapters (peft skips missing keys) or broadcast a (1,) tensor into a whole parameter."""
     missing = sorted(expected.keys() - saved.keys())
     if missing:
-        return f"is incomplete: {len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+        what = "no weights at all" if not saved else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+        return f"is incomplete: {what}"
     wrong = next((k for k in expected if saved[k] != expected[k]), None)
     return f"is damaged: {wrong} has shape {saved[wrong]}, expected {expected[wrong]}" if wrong else None
 
@@ -324,16 +332,10 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
 
 
 def check_tensors(path, saved, expected):
-    """Every expected tensor is in the checkpoint with its own shape: an adapter file that is missing,
-    empty or of another rank would otherwise load as untrained adapters (peft skips missing keys) or
-    broadcast a (1,) tensor into a whole parameter."""
-    missing = sorted(expected.keys() - saved.keys())
-    if missing:
-        what = "no weights at all" if not saved else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
-        raise ConfigError(f"checkpoint {path} is incomplete: {what}")
-    for name, t in expected.items():
-        if tuple(saved[name].shape) != tuple(t.shape):
-            raise ConfigError(f"checkpoint {path}: {name} has shape {tuple(saved[name].shape)}, the model's is {tuple(t.shape)}")
+    """Every expected tensor is in the checkpoint with its own shape (shapes_problem), before any is copied."""
+    problem = shapes_problem({n: list(t.shape) for n, t in expected.items()}, {n: list(t.shape) for n, t in saved.items()})
+    if problem:
+        raise ConfigError(f"checkpoint {path} {problem}")
 
 
 def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print, only=None):

@@ -92,6 +92,12 @@ def _unknown(key, known, where):
     return ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
 
 
+def first_line(e):
+    """The first line of an exception's message (its type's name when it has none): what a one-line error quotes."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _frames(e):
     tb = e.__traceback__
     while tb is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import rewards
+from configurator import first_line
 from prompts import COUNTDOWN_PROMPT, MATH_PROMPT, SUDOKU_PROMPT
 from puzzles import countdown_items, countdown_solution_text, countdown_solutions, sudoku_items, sudoku_solution_text
 
@@ -55,7 +56,11 @@ def build_prompt(tok, task_name, item, system_prompt="", compact=False, max_leng
     max_prompt_length does (the system turn goes first, the question's end and the assistant turn stay)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": task(task_name).question(item, compact)})
-    ids = chat_ids(tok, messages)
+    return cut_left(chat_ids(tok, messages), max_length)
+
+
+def cut_left(ids, max_length):
+    """The last max_length ids (all of them for max_length 0): TRL's left truncation of a prompt."""
     return ids[-max_length:] if max_length > 0 else ids
 
 
@@ -198,8 +203,7 @@ def _hub(*args, **kwargs):
     try:
         return load_dataset(*args, **kwargs)
     except Exception as e:  # no network, no such dataset, a damaged cache: datasets raises many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"hub dataset {args[0]} cannot be loaded ({first}); give a local file as train_file/eval_file") from None
+        raise DataError(f"hub dataset {args[0]} cannot be loaded ({first_line(e)}); give a local file as train_file/eval_file") from None
 
 
 def gsm8k_hub(split):

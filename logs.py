@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from configurator import first_line
 from ddp import mean_over_ranks
 from likelihood import completion_mask
 
@@ -79,8 +80,7 @@ def open_reporter(report_to, output_dir, run_name, project, config):
         try:
             return wandb.init(project=project, name=name, config=config, dir=output_dir)
         except Exception as e:  # no login, no network: wandb raises its own types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SystemExit(f"--report_to=wandb: {first} (`wandb login`, or WANDB_MODE=offline to log locally)") from None
+            raise SystemExit(f"--report_to=wandb: {first_line(e)} (`wandb login`, or WANDB_MODE=offline to log locally)") from None
     return None
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 import tiny_llada
+from configurator import first_line
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,12 +53,12 @@ def family_of(model):
     )
 
 
-def family_part(model, name):
-    """A module of the family's layout by name: its block list, final norm or head."""
-    layers = unwrap(model)
-    for attribute in family_of(model).layers.split("."):
+def family_part(model, part):
+    """A module of the family's layout: part "blocks" (the block list) or "final_norm"."""
+    family, layers = family_of(model), unwrap(model)
+    for attribute in family.layers.split("."):
         layers = getattr(layers, attribute)
-    return layers[name]
+    return layers[getattr(family, part)]
 
 
 def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
@@ -186,8 +187,7 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
     # no such hub id, no network, a file missing or damaged (safetensors and tokenizers raise their own
     # types), a tokenizer transformers cannot map to the config's class, remote code needing a package
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load model {name_or_path!r}: {first}") from None
+        raise ValueError(f"cannot load model {name_or_path!r}: {first_line(e)}") from None
     return model, tok
 
 
@@ -244,7 +244,7 @@ def _selected_logits(model, ids, kw, at):
     if at is None:
         return model(ids, **kw).logits
     # logits = head(final_norm(x)): selecting the final norm's output selects what the head projects
-    handle = family_part(model, family_of(model).final_norm).register_forward_hook(lambda module, inputs, out: out[at])
+    handle = family_part(model, "final_norm").register_forward_hook(lambda module, inputs, out: out[at])
     try:
         logits = model(ids, **kw).logits
     finally:
@@ -321,6 +321,6 @@ def compile_blocks(model):
     code path, so one graph is compiled and reused by all, and norms, RoPE and SwiGLU fuse into few
     kernels. The vocabulary head and the position selection stay eager: their shapes depend on the
     data. Shapes that change (rows finishing, prompt lengths) recompile once, then run dynamic."""
-    for block in family_part(model, family_of(model).blocks):  # LLaDA: block_group_size 1, as LLaDA-8B
+    for block in family_part(model, "blocks"):  # LLaDA: block_group_size 1, as LLaDA-8B
         block.compile()
     return model

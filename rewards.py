@@ -87,16 +87,22 @@ _APPLIED_AFTER = re.compile(r"^\s*\}?\s*(?:[\^_*/×÷·√!(]|\\(?:times|cdot|di
 _NEUTRAL_COMMANDS = re.compile(r"\\(?:approx|quad|qquad|le|leq|ge|geq|sim|equiv|to|rightarrow|Rightarrow|implies|left|right)\s*\{?\s*$")
 
 
+def fractions_as_slash(s):
+    """\\frac{3}{4} and \\frac34 (also \\dfrac, \\tfrac) written as 3/4."""
+    return _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", s)
+
+
 def parse_number(s):
     """The final answer of s as a Fraction, or None: its last number, read as written (commas,
     `{,}`, $, %, units, \\boxed, \\frac, \\text, a sign "- 5" or "-.5" handled), and only when
     nothing is applied to it: 2^3, 1e3, \\sqrt{49}, 7! or 10 - 5 give None, not the 3, 49, 7 or 5."""
     s = s.replace("\\boxed", "").replace("\\$", "").replace("$", "").replace("\\%", "").replace("\\!", "").replace("\\,", "")
     s = _LATEX_TEXT.sub(r" \1 ", s).replace("{,}", ",")
-    s = _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", s)
+    s = fractions_as_slash(s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = s.replace("−", "-")
-    found = deque(_NUMBER.finditer(s), maxlen=1).pop() if _NUMBER.search(s) else None  # the last number
+    last = deque(_NUMBER.finditer(s), maxlen=1)
+    found = last.pop() if last else None
     if found is None or len(found.group()) > MAX_NUMBER or "e" in found.group().lower():
         return None
     before, after = s[max(0, found.start() - 64) : found.start()], s[found.end() : found.end() + 64]  # the neighbourhood decides
@@ -181,7 +187,7 @@ _VARIABLE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z](?![a-zA-Z])")  # x, n: a single
 
 def plain_number(text):
     """A Fraction when text is nothing but one number (0.333333, -3/4, \\frac{1}{3}, $5$), else None."""
-    s = _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", text.replace("$", "").replace("\\boxed", ""))
+    s = fractions_as_slash(text.replace("$", "").replace("\\boxed", ""))
     s = s.replace("{", " ").replace("}", " ").replace("−", "-")
     return parse_number(s) if _PLAIN_NUMBER.fullmatch(s) else None
 

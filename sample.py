@@ -201,8 +201,8 @@ def generate(
     token lists. A row whose finished blocks contain one of `eos_ids` is no longer computed; its
     later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
     there and what the estimators ignore (they draw only steps up to the last one that committed a
-    non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with confidence threshold
-    `threshold` instead of a fixed number of steps (generate_threshold)."""
+    non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
+    confidence threshold `threshold` instead of a fixed number of steps (generate_threshold)."""
     check_settings(gen_length, block_length, steps, temperature, unmasking, top_k, top_p, threshold)
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):

@@ -32,7 +32,7 @@ import data
 import ddp
 import logs
 from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, first_line
 from eval import evaluate
 from likelihood import ESTIMATORS, SCHEMES
 from model import add_lora, compile_blocks, family_of, load, model_path_error, resolved, set_gradient_checkpointing, unwrap
@@ -184,7 +184,7 @@ def seeded(seed, *key, device="cpu"):
 def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     """Rollout, rewards and group advantages, then the draws with their old and reference log-probs."""
     whole = [data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items]
-    prompts = [p[-cfg.max_prompt_length :] if cfg.max_prompt_length else p for p in whole for _ in range(cfg.num_generations)]
+    prompts = [data.cut_left(p, cfg.max_prompt_length) for p in whole for _ in range(cfg.num_generations)]
     policy = unwrap(model)
     policy.eval()
     with amp():
@@ -226,7 +226,7 @@ def load_policy(cfg, device, distributed, master):
         try:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, under_autocast=device.startswith("cuda"))
         except ValueError as e:  # peft: no module of the model matches the targets
-            raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules}: {first_line(e)}") from None
     if cfg.gradient_checkpointing:
         set_gradient_checkpointing(model)
     ref_model = None
@@ -370,8 +370,8 @@ def main():
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
 
-            # a finite gradient and a rate <= 1 keep AdamW's weights finite; should they not be, nothing of
-            # this step may reach a checkpoint (without a copy of weights and moments it cannot be undone)
+            # update never takes a step AdamW would make non-finite; weights broken anyway (from outside the
+            # optimizer) stop the run here, before this step is logged or saved
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 newest = checkpoint.newest(cfg.output_dir) or "none written yet"
                 raise SystemExit(f"stopping at step {step + 1}: the weights are not finite after the optimizer step (nothing of it "
