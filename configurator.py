@@ -105,22 +105,31 @@ def _frames(e):
         tb = tb.tb_next
 
 
-def help_text(script, keys):
+def help_text(script, sections):
+    """The script's docstring's first paragraph, then each file's keys: default and comment."""
     doc = (ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0]
-    width = max(len(k) for k in keys) + 2
+    width = max(len(k) for _, keys in sections for k in keys) + 2
     lines = [doc, "", f"usage: python {os.path.basename(script)} [config.py ...] [--key=value ...] [--print_config]", ""]
-    lines += [f"  --{k:<{width}} {default!r:<22} {comment}" for k, (default, comment) in keys.items()]
+    for path, keys in sections:
+        if path != script:
+            lines += ["", f"  options of {os.path.relpath(path, os.path.dirname(script))}:"]
+        lines += [f"  --{k:<{width}} {default!r:<22} {comment}" for k, (default, comment) in keys.items()]
     return "\n".join(lines)
 
 
-def configure(script, argv=None):
-    """The resolved config dict of `script`: its declared defaults, then config files and
-    overrides in order. Handles --help and --print_config (both exit)."""
-    keys, also = _parse(script)
-    config = {k: default for k, (default, _) in keys.items()}
+def configure(script, argv=None, option_files=()):
+    """The resolved config dict of `script`: its declared defaults and those of `option_files` (the
+    task files' generator options), then config files and overrides in order. Handles --help and
+    --print_config (both exit)."""
+    sections, also = [], {}
+    for path in (script, *option_files):
+        keys, types = _parse(path)
+        sections.append((path, keys))
+        also.update(types)
+    config = {k: default for _, keys in sections for k, (default, _) in keys.items()}
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
-        print(help_text(script, keys))
+        print(help_text(script, sections))
         sys.exit(0)
     print_config = "--print_config" in argv
     for arg in argv:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import data
 import ddp
+from configurator import declared
 from model import unwrap
 from rewards import extract_answer
 from sample import check_settings, decode_completions, generate
@@ -40,15 +41,11 @@ models = (
     "runs/tiny_countdown",
 )  # each: a run folder (newest checkpoint), a checkpoint-N folder, a model folder (or an export) or a hub id
 labels = ("base", "AGRPO")  # one name per model; () = the paths
-task = "countdown"  # gsm8k | math | countdown | sudoku
+task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
 eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
-num_range = (1, 9)  # Countdown generator: range of the three numbers (as in train.py)
-target_range = (1, 99)  # Countdown generator: range of the target
-sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
-sudoku_test_blanks = ()  # Sudoku test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
 system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
@@ -196,10 +193,7 @@ def step_grid(cfg):
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
     **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
-    **{
-        k: k
-        for k in ("num_range", "target_range", "sudoku_blanks", "sudoku_test_blanks", "per_device_eval_batch_size", "max_prompt_length")
-    },
+    **{k: k for k in ("per_device_eval_batch_size", "max_prompt_length", *(k for f in data.option_files() for k in declared(f)))},
     **{"gen_lengths": "eval_max_completion_length", "block_length": "eval_block_length", "sampling_steps": "eval_sampling_steps"},
 }
 
@@ -236,7 +230,7 @@ def take_run_settings(cfg, given, specs, presets):
                                   f"evaluate them apart, or choose one with --{k}")  # fmt: skip
             cfg[k], sources[k] = v, path
     if presets:
-        train_cfg = configure(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets)
+        train_cfg = configure(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets, data.option_files())
         for k, v in run_settings(train_cfg, recorded=False).items():
             if k not in given:
                 cfg[k], sources[k] = v, presets[-1]
@@ -263,7 +257,7 @@ def main():
     # a positional argument is a training preset: the run settings it implies, as for a checkpoint
     argv = sys.argv[1:]
     presets = [a for a in argv if not a.startswith("-")]
-    cfg = configure(__file__, [a for a in argv if a.startswith("-") and a != "--print_config"])
+    cfg = configure(__file__, [a for a in argv if a.startswith("-") and a != "--print_config"], data.option_files())
     given = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
     specs = [checkpoint.resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
     sources = take_run_settings(cfg, given, specs, presets)
@@ -271,7 +265,7 @@ def main():
         print(json.dumps(cfg, indent=1))
         sys.exit(0)
     try:
-        data.check_generator_knobs(cfg)
+        data.check_task_options(cfg["task"], cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
@@ -305,7 +299,7 @@ def main():
     distributed, rank, world, device = ddp.init_processes()
     try:
         system = data.system_prompt_text(cfg["task"], cfg["system_prompt"], cfg["system_prompt_file"])
-        gen = data.generator_knobs(cfg["task"], cfg)
+        gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None

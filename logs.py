@@ -16,8 +16,7 @@ REPORTERS = ("none", "tensorboard", "wandb")
 
 
 def step_means(cfg, batches, loss, metrics, device):
-    """The logged means of a step over every rank's completions and tokens. Every reward is its
-    format terms + 3 · accuracy (rewards.py), so the two parts are logged apart."""
+    """The logged means of a step over every rank's completions and tokens."""
     rewards = torch.cat([b.rewards for b in batches])
     accuracy = torch.cat([b.accuracy for b in batches])
     group_std = rewards.view(-1, cfg.num_generations).std(1)
@@ -29,8 +28,6 @@ def step_means(cfg, batches, loss, metrics, device):
         "reward": rewards.mean(),
         "reward_std": group_std.mean(),
         "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
-        "reward_format": (rewards - 3 * accuracy).mean(),
-        "reward_correct": (3 * accuracy).mean(),
         "accuracy": accuracy.mean(),
         "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
         "rollout_passes": torch.cat([b.rollout.passes for b in batches]).float().mean(),  # forward passes per completion

@@ -35,10 +35,7 @@ from sample import Rollout, left_pad
 
 # --- config
 model_name_or_path = "tiny"  # the model trained: "tiny" (the embedded model, seeded random init) or a model folder
-task = "countdown"  # a generated task: countdown | sudoku
-num_range = (1, 9)  # Countdown generator: range of the three numbers (as train.py)
-target_range = (1, 99)  # Countdown generator: range of the target
-sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
+task = "countdown"  # a task of tasks/ with a generator and solutions: countdown | sudoku (their options: --help)
 system_prompt = ""  # system turn of the prompts ("" = none, as the embedded default trains with)
 compact_prompt = True  # short question text, as the embedded default
 max_completion_length = 16  # G: solutions (with their EOS) must fit; the rest is EOS padding
@@ -108,19 +105,19 @@ def sha256(path):
 def main():
     from configurator import ConfigError, configure
 
-    cfg = configure(__file__)
-    t = data.task(cfg["task"]) if cfg["task"] in data.TASKS else None
-    if t is None or t.solution is None or t.generate is None:
-        raise ConfigError(f"--task={cfg['task']!r}: SFT needs a generated task with solutions (countdown, sudoku)")
+    cfg = configure(__file__, option_files=data.option_files())
+    t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
+    if t is None or not hasattr(t, "solution") or not hasattr(t, "generate"):
+        raise ConfigError(f"--task={cfg['task']!r}: SFT needs a task with a generator and solutions (tasks/countdown.py, tasks/sudoku.py)")
     for key in ("max_steps", "batch_size", "max_completion_length"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
     try:
-        data.check_generator_knobs(cfg)
+        data.check_task_options(cfg["task"], cfg)
         model, tok = load(cfg["model_name_or_path"], seed=cfg["seed"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.generator_knobs(cfg["task"], cfg))
+    items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.task_options(cfg["task"], cfg))
     fits = [it for it in items if len(tok(t.solution(it), add_special_tokens=False).input_ids) < cfg["max_completion_length"]]
     if len(fits) < cfg["batch_size"]:
         raise ConfigError(f"--max_completion_length={cfg['max_completion_length']}: only {len(fits)} solutions fit (with EOS)")

@@ -40,16 +40,12 @@ from sample import check_settings, decode_completions, generate
 
 # --- config
 model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped), a hub id (GSAI-ML/LLaDA-8B-Instruct), "tiny" (random)
-task = "countdown"  # gsm8k | math | countdown | sudoku
+task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
 train_file = ""  # local JSONL/CSV/Parquet, or "hub" (the released run's data); "" = generated (countdown, sudoku) or the hub
 eval_file = ""  # held-out items: as train_file
-system_prompt = ""  # system turn: "task" = the task's own (data.py), "" = none (the embedded model), else this text
+system_prompt = ""  # system turn: "task" = the task's own (its file in tasks/), "" = none (the embedded model), else this text
 system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
-num_range = (1, 9)  # Countdown generator: range of the three numbers
-target_range = (1, 99)  # Countdown generator: range of the target
-sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
-sudoku_test_blanks = ()  # Sudoku test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
 max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit)
@@ -132,7 +128,7 @@ RULES = [  # (key, check, allowed values): every numeric and list knob, checked 
 def validate(cfg):
     """Every impossible combination stops here, before any heavy work, with the key and the fix."""
     try:
-        data.check_generator_knobs(vars(cfg))
+        data.check_task_options(cfg.task, vars(cfg))
         check_settings(
             cfg.max_completion_length,
             cfg.block_length,
@@ -257,7 +253,7 @@ def prompt_items(cfg, train_items, position, n):
 
 
 def main():
-    cfg = SimpleNamespace(**configure(__file__))
+    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files()))
     validate(cfg)
     stop = checkpoint.catch_stop_signals()  # Ctrl-C and SIGTERM: the last finished step is saved, then one line
 
@@ -278,9 +274,9 @@ def main():
     # the system turn's text itself, so that a resume compares the text and not the file name
     cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt, cfg.system_prompt_file)
 
-    # data: generated tasks draw train and test from disjoint parts of the problem space (puzzles.split_of)
-    gen = data.generator_knobs(cfg.task, vars(cfg))
-    n_generated = 20_000 if data.task(cfg.task).generate else None
+    # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
+    gen = data.task_options(cfg.task, vars(cfg))
+    n_generated = 20_000 if hasattr(data.task(cfg.task), "generate") else None
     try:
         train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
         test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, cfg.eval_split, **gen) if cfg.eval_items else []
@@ -312,7 +308,7 @@ def main():
         log(f"held-out accuracy {label}: {acc:.3f} ({len(test_items)} items, greedy)")
         return acc
 
-    if cfg.max_prompt_length and (cfg.train_file or not data.task(cfg.task).generate):  # generated prompts are short by design
+    if cfg.max_prompt_length and (cfg.train_file or not hasattr(data.task(cfg.task), "generate")):  # generated prompts are short by design
         lengths = [len(data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt)) for it in train_items]
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] > cfg.max_prompt_length:

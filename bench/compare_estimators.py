@@ -4,7 +4,7 @@ model (models/), everything but the estimator and its rate equal.
 
 1. Sweep: for each estimator and each rate in --rates, one train.py run (seed --tune_seed), scored
    on the *validation* split (a tenth of the generated problems that neither training nor the test
-   set ever contains, puzzles.split_of). Each estimator keeps the rate with the best validation
+   set ever contains, data.split_of). Each estimator keeps the rate with the best validation
    accuracy, averaged over the m of the grid.
 2. Test: each estimator at its rate with --seeds (fresh: not the tuning seed), plus scheme=exact
    (every one of the m steps, the sum the stepwise draws estimate) at the stepwise rate: the
@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 from common import run_script  # noqa: E402  (bench/)
 
 import checkpoint  # noqa: E402
+import data  # noqa: E402
 from configurator import configure  # noqa: E402
 
 ESTIMATORS = ("stepwise", "one_step", "elbo")
@@ -63,7 +64,9 @@ if args.quick:
     args.max_steps, args.eval_items, args.validation_items, args.rates, args.seeds = 2, 8, 8, "(1e-3,)", "(1,)"
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
-cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])  # what every run shares (eval.py needs it too)
+cfg = configure(
+    os.path.join(ROOT, "train.py"), [args.config, *train_args], data.option_files()
+)  # what every run shares (eval.py needs it too)
 task, L = cfg["task"], cfg["eval_max_completion_length"]
 rates, seeds = tuple(ast.literal_eval(args.rates)), tuple(ast.literal_eval(args.seeds))
 grid_m = tuple(ast.literal_eval(args.sampling_steps)) if args.sampling_steps else (L // 4, L // 2, L)
@@ -86,7 +89,7 @@ def scores(model, label, split):
     """{m: accuracy} of `model` on `split`, from eval.py (cached in out_dir/runs/label/eval_split)."""
     where = os.path.join(out, "runs", label, f"eval_{split}")
     if not os.path.exists(os.path.join(where, "results.json")):
-        knobs = [f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "system_prompt", "compact_prompt")]
+        knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
         n = args.eval_items if split == "test" else args.validation_items
         run_script(threads, "eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}",
                    "--seed=0", f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",

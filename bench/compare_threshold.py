@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import run_script  # noqa: E402  (bench/)
 
+import data  # noqa: E402
 from configurator import configure  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +44,7 @@ if args.quick:
     args.max_steps, args.every, args.eval_items = 2, 1, 8
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
-cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args])
+cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args], data.option_files())
 L, m, tau = cfg["eval_max_completion_length"], cfg["eval_sampling_steps"], args.threshold
 RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
 threads = max(1, (os.cpu_count() or 1) // 2)
@@ -56,7 +57,7 @@ def score(model, where):
         run_script(threads, "eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}",
                    f"--eval_items={args.eval_items}", "--seed=0", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
                    f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
-                   *(f"--{k}={cfg[k]!r}" for k in ("num_range", "target_range", "sudoku_blanks", "compact_prompt")),
+                   *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
                    f"--output_dir={where}")  # fmt: skip
     rows = json.load(open(f"{where}/results.json"))["rows"]
     return {("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["steps"]) for r in rows}

@@ -1,7 +1,7 @@
 # LLaDA-8B-Instruct with the paper's released configuration, shared by the llada_*.py presets.
 # 8 GPUs x 8 completions per device x 2 accumulation steps = 16 prompts of 8 completions per step.
 model_name_or_path = "GSAI-ML/LLaDA-8B-Instruct"
-system_prompt = "task"  # each task's own system turn (data.py)
+system_prompt = "task"  # each task's own system turn (SYSTEM_PROMPT of tasks/<task>.py)
 compact_prompt = False
 seed = 333
 lora_r = 64

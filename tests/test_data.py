@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,23 +13,21 @@ import data
 from data import (
     DataError,
     build_prompt,
-    check_generator_knobs,
-    generator_knobs,
+    check_task_options,
     load_file,
     load_items,
+    split_of,
     system_prompt_text,
     task,
-)
-from puzzles import (
-    GRIDS,
-    countdown_items,
-    countdown_solution_text,
-    countdown_solutions,
-    split_of,
-    sudoku_count_solutions,
-    sudoku_items,
+    task_options,
 )
 from rewards import countdown_correct, countdown_reward, math_reward, sudoku_reward
+from tasks.countdown import generate as countdown_items
+from tasks.countdown import solution as countdown_solution_text
+from tasks.countdown import solutions as countdown_solutions
+from tasks.sudoku import GRIDS
+from tasks.sudoku import count_solutions as sudoku_count_solutions
+from tasks.sudoku import generate as sudoku_items
 from tiny_llada import build_tokenizer as tiny_tokenizer
 
 
@@ -91,7 +90,7 @@ def test_prompt_uses_chat_template():
 
 
 def test_system_prompt_choices(tmp_path):
-    assert system_prompt_text("sudoku", "task") == task("sudoku").system_prompt != ""
+    assert system_prompt_text("sudoku", "task") == task("sudoku").SYSTEM_PROMPT != ""
     assert system_prompt_text("gsm8k", "") == "" and system_prompt_text("gsm8k", "Be brief.") == "Be brief."
     exact = "Line one.\n  Line two, é.\n"
     (tmp_path / "p.txt").write_text(exact, encoding="utf-8")
@@ -103,10 +102,10 @@ def test_system_prompt_choices(tmp_path):
 def test_task_prompts_examples_earn_full_reward():
     """Each task's system turn asks for the format its reward reads: the examples it shows score the
     full reward (4) on their own problems, and the math template's shape does too."""
-    cd = re.search(r"numbers (\[[^]]*\]) and the target (\d+).*?(<answer>.*?</answer>)", task("countdown").system_prompt, re.S)
+    cd = re.search(r"numbers (\[[^]]*\]) and the target (\d+).*?(<answer>.*?</answer>)", task("countdown").SYSTEM_PROMPT, re.S)
     item = {"nums": json.loads(cd.group(1)), "target": int(cd.group(2))}
     assert countdown_reward("<think>x</think>" + cd.group(3), item) == 4.0
-    shots = re.findall(r"Puzzle: (\d{16})\n(<think>.*?</think>\n<answer>.*?</answer>)", task("sudoku").system_prompt, re.S)
+    shots = re.findall(r"Puzzle: (\d{16})\n(<think>.*?</think>\n<answer>.*?</answer>)", task("sudoku").SYSTEM_PROMPT, re.S)
     assert len(shots) == 2
     for puzzle, completion in shots:
         solution = re.search(r"<answer>\s*(\d{16})", completion).group(1)
@@ -116,9 +115,9 @@ def test_task_prompts_examples_earn_full_reward():
         units += [[(br + r) * 4 + bc + c for r in (0, 1) for c in (0, 1)] for br in (0, 2) for bc in (0, 2)]
         assert all({solution[i] for i in unit} == set("1234") for unit in units)  # the shown grid is a solution
         assert sudoku_reward(completion, {"puzzle": puzzle, "solution": solution}) == 4.0
-    shape = task("math").system_prompt.split(":", 1)[1].replace("the final answer", "\\frac{1}{2}")
+    shape = task("math").SYSTEM_PROMPT.split(":", 1)[1].replace("the final answer", "\\frac{1}{2}")
     assert math_reward(shape, "\\frac12") == 4.0
-    assert task("gsm8k").system_prompt == task("math").system_prompt
+    assert task("gsm8k").SYSTEM_PROMPT == task("math").SYSTEM_PROMPT
 
 
 def test_unknown_task():
@@ -254,8 +253,8 @@ def test_the_default_runs_data_loads():
     from data import test_set as held_out_set  # imported as test_set, pytest would collect it
 
     for preset in ("configs/tiny_countdown.py", "configs/tiny_sudoku.py"):
-        cfg = configurator.configure("train.py", [preset])
-        gen = generator_knobs(cfg["task"], cfg)
+        cfg = configurator.configure("train.py", [preset], data.option_files())
+        gen = task_options(cfg["task"], cfg)
         test = held_out_set(cfg["task"], "", cfg["eval_items"], cfg["seed"], **gen)
         assert len(test) == cfg["eval_items"] and len({json.dumps(it, sort_keys=True) for it in test}) == len(test)
         assert len(load_items(cfg["task"], "train", None, n=2000, seed=cfg["seed"], **gen)) == 2000
@@ -284,8 +283,13 @@ def test_released_data_sources(monkeypatch):
             {"target": 7, "nums": [1, 2, 4]}, {"target": 10, "nums": [1, 2, 3, 4]}, {"target": 6, "nums": [1, 2, 3]},
         ],
     }  # fmt: skip
-    monkeypatch.setattr(data, "_hub", lambda name, *config, split: tables[(name, split)])
-    monkeypatch.setattr(data, "COUNTDOWN_TRAIN_ROWS", 3)
+    import tasks.countdown
+    import tasks.gsm8k
+    import tasks.math
+
+    for module in (tasks.gsm8k, tasks.math, tasks.countdown):
+        monkeypatch.setattr(module, "hub_dataset", lambda name, *config, split: tables[(name, split)])
+    monkeypatch.setattr(tasks.countdown, "HUB_TRAIN_ROWS", 3)
     assert load_items("gsm8k", "train") == [{"question": "q1", "answer": "1000"}]
     assert load_items("gsm8k", "test") == [{"question": "q2", "answer": "7"}]
     assert [(it["question"], it["answer"]) for it in load_items("math", "test")] == [("p500", "\\frac12")]
@@ -350,8 +354,12 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
 
     from configurator import configure
 
-    cfg = configure(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"), ["configs/llada_sudoku.py"])
-    gen = generator_knobs("sudoku", cfg)
+    cfg = configure(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"),
+        ["configs/llada_sudoku.py"],
+        data.option_files(),
+    )
+    gen = task_options("sudoku", cfg)
     test = data.test_set("sudoku", cfg["eval_file"], cfg["eval_items"], cfg["seed"], **gen)
     assert collections.Counter(it["puzzle"].count("0") for it in test) == {7: 82, 8: 83, 9: 76, 11: 12, 12: 3}
     assert len({it["puzzle"] for it in test}) == 256
@@ -359,4 +367,97 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
     assert {it["puzzle"].count("0") for it in train} == set(range(7, 13))
     assert collections.Counter(split_of("".join(map(str, g))) for g in GRIDS) == {"train": 226, "validation": 21, "test": 41}
     with pytest.raises(ValueError, match="sudoku_test_blanks"):
-        check_generator_knobs({"task": "sudoku", "sudoku_blanks": (7, 12), "sudoku_test_blanks": ((13, 1),)})
+        check_task_options("sudoku", {"sudoku_blanks": (7, 12), "sudoku_test_blanks": ((13, 1),)})
+
+
+TOY_TASK = '''"""Toy: repeat the digits of the question."""
+
+import random
+
+import rewards
+from data import check, split_of
+
+SYSTEM_PROMPT = "Repeat the digits inside <answer> </answer> tags."
+
+# --- config
+toy_digits = 3  # how many digits a question has
+# --- end of config
+
+reward = rewards.toy_reward
+
+
+def accuracy(completion, answer):
+    return float(reward(completion, answer) == 1.0)
+
+
+def question(item, compact=False):
+    return item["digits"]
+
+
+def answer(item):
+    return item["digits"]
+
+
+def problem_key(item):
+    return item["digits"]
+
+
+def parse_row(where, row):
+    check(str(row.get("digits", "")).isdigit(), where, "field 'digits' must be digits")
+    return {"digits": str(row["digits"])}
+
+
+def check_options(toy_digits):
+    if not 1 <= toy_digits <= 6:
+        raise ValueError(f"--toy_digits={toy_digits} must be in 1..6")
+
+
+def generate(n, seed=0, split=None, unique=False, toy_digits=3):
+    rng, items = random.Random(seed), []
+    while len(items) < n:
+        digits = "".join(rng.choice("0123456789") for _ in range(toy_digits))
+        if (split is None or split_of(digits) == split) and not (unique and {"digits": digits} in items):
+            items.append({"digits": digits})
+    return items
+'''
+
+TOY_REWARD = '''
+
+def toy_reward(completion, answer):
+    return 1.0 if extract_answer(completion) == answer else 0.0
+'''
+
+
+def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
+    """A copy of the project plus tasks/toy.py and one function in rewards.py, nothing else edited:
+    --help lists its option, a bad option stops in one line, train.py trains it a step, eval.py
+    scores the run on the toy's test set."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    copy = tmp_path / "project"
+    (copy / "tasks").mkdir(parents=True)
+    for name in os.listdir(root):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(root, name), copy / name)
+    for name in os.listdir(os.path.join(root, "tasks")):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(root, "tasks", name), copy / "tasks" / name)
+    (copy / "tasks" / "toy.py").write_text(TOY_TASK)
+    with open(copy / "rewards.py", "a") as f:
+        f.write(TOY_REWARD)
+
+    def script(*args):
+        return subprocess.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
+
+    assert "--toy_digits" in script("train.py", "--help").stdout
+    bad = script("train.py", "--task=toy", "--toy_digits=9")
+    assert bad.returncode != 0 and bad.stderr.strip() == "config error: --toy_digits=9 must be in 1..6"
+    small = ["--model_name_or_path=tiny", "--num_generations=2", "--per_device_train_batch_size=2", "--eval_items=4"]
+    out = script("train.py", "--task=toy", "--toy_digits=2", "--max_steps=1", *small, f"--output_dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["step"] for r in rows] == [1] and 0 <= rows[0]["reward"] <= 1
+    assert json.load(open(tmp_path / "run" / "final.json"))["eval_items"] == 4
+    out = script("eval.py", f"--models=('{tmp_path}/run',)", "--labels=('toy',)", f"--output_dir={tmp_path}/eval")
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.load(open(tmp_path / "eval" / "results.json"))
+    assert results["config"]["task"] == "toy" and results["config"]["toy_digits"] == 2 and len(results["rows"]) == 1

@@ -231,10 +231,11 @@ KNOBS = [
 def test_every_knob_has_a_range(args, words):
     from types import SimpleNamespace
 
+    import data
     import train
     from configurator import ConfigError, configure
 
-    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args]))
+    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args], data.option_files()))
     with pytest.raises(ConfigError) as e:
         train.validate(cfg)
     assert words in str(e.value)

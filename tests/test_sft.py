@@ -81,4 +81,4 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     assert meta["config"]["max_steps"] == 3 and meta["model.safetensors sha256"] == sft.sha256(f"{out}/model.safetensors")
     load(out)
     bad = subprocess.run([sys.executable, "sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "generated task" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode != 0 and "a task with a generator and solutions" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

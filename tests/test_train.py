@@ -105,12 +105,13 @@ def test_help_print_config_and_unknown_keys(capsys):
     """--help lists every key with its default and comment; --print_config prints the resolved
     config (preset, then overrides) as JSON and exits before loading anything; a key of another
     spelling gets a "did you mean"; names imported into train.py are not keys."""
+    import data
     from configurator import ConfigError, configure, declared
 
     script = os.path.join(ROOT, "train.py")
-    keys = declared(script)
+    keys = declared(script) | {k: v for f in data.option_files() for k, v in declared(f).items()}  # a task's options too
     with pytest.raises(SystemExit) as e:
-        configure(script, ["--help"])
+        configure(script, ["--help"], data.option_files())
     out = capsys.readouterr().out
     assert e.value.code == 0
     for key, (default, comment) in keys.items():
@@ -148,17 +149,17 @@ def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
 
 
 def test_logging_at_the_released_runs_level(tmp_path):
-    """log.jsonl has the released run's scalars (reward std, zero-std groups, reward parts, clip low
+    """log.jsonl has the released run's scalars (reward std, zero-std groups, clip low
     and high, entropy, ratio deviation), eval_every adds held-out accuracy, a line names each
     checkpoint, and log_completions_steps writes every completion with its reward and advantage."""
     out = run([f"--output_dir={tmp_path}/r", "--max_steps=3", "--eval_items=4", "--per_device_eval_batch_size=4", "--eval_every=2",
                "--log_completions_steps=2", "--save_steps=2"])  # fmt: skip
     rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
-    keys = {"reward", "reward_std", "frac_reward_zero_std", "reward_format", "reward_correct", "entropy", "clip_low", "clip_high",
+    keys = {"reward", "reward_std", "frac_reward_zero_std", "entropy", "clip_low", "clip_high",
             "clip_frac", "ratio_dev", "kl", "loss", "accuracy", "completion_length", "grad_norm", "lr"}  # fmt: skip
     assert all(keys <= set(r) for r in rows) and [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        assert abs(r["reward_format"] + r["reward_correct"] - r["reward"]) < 1e-5 and 0 <= r["frac_reward_zero_std"] <= 1
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["frac_reward_zero_std"] <= 1
         assert abs(r["clip_low"] + r["clip_high"] - r["clip_frac"]) < 1e-6 and r["entropy"] >= 0
     assert [("eval_accuracy" in r) for r in rows] == [False, True, False]  # step 2; the last step's is the final evaluation
     assert "step 2: checkpoint" in out.stderr + out.stdout and "step 3: checkpoint" in out.stderr + out.stdout

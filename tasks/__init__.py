@@ -1,0 +1,16 @@
+"""The tasks, one file each: `--task=NAME` runs tasks/NAME.py. A task file defines
+
+    SYSTEM_PROMPT                 its own system turn (`system_prompt = "task"`)
+    question(item, compact)       the user turn's text of an item
+    parse_row(where, row)         an item from a row of a local file, or data.DataError naming `where`
+    answer(item)                  what reward and accuracy compare a completion against
+    reward, accuracy              (completion, answer) -> float: r(o) of the group-relative advantage
+                                  (a function in rewards.py) and the reported accuracy in [0, 1]
+    problem_key(item)             what makes two items the same problem (test problems never train)
+
+and, where it has them, `load_hub(split)` (the released run's data, through `datasets`),
+`generate(n, seed, split, unique, **options)` (procedural items; split as data.split_of),
+`check_options(**options)` (a ValueError naming the first option out of range) and `solution(item)`
+(the completion the embedded base model's SFT reads). A generator's options are the task file's
+config block: train.py, eval.py and sft.py take them as --key=value like their own keys.
+"""
