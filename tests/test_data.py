@@ -421,11 +421,11 @@ def generate(n, seed=0, split=None, unique=False, toy_digits=3):
     return items
 '''
 
-TOY_REWARD = '''
+TOY_REWARD = """
 
 def toy_reward(completion, answer):
     return 1.0 if extract_answer(completion) == answer else 0.0
-'''
+"""
 
 
 def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
