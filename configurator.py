@@ -25,18 +25,35 @@ import tokenize
 
 BEGIN, END = "# --- config", "# --- end of config"
 
-# names other GRPO code bases (and earlier versions of this one) use for the same concept
+# other libraries' names for our keys (TRL/transformers, nanoGPT, verl, LLaDA's generate, d1): a "did you mean"
 SYNONYMS = {
-    "lr": "learning_rate", "group_size": "num_generations", "mu": "num_iterations", "eps_low": "epsilon",
-    "eps_high": "epsilon_high", "grad_clip": "max_grad_norm", "warmup_frac": "warmup_ratio", "grad_accum": "gradient_accumulation_steps",
-    "gen_length": "max_completion_length", "steps": "sampling_steps", "diffusion_steps": "sampling_steps", "remasking": "unmasking",
-    "mc_steps": "mc_samples", "out_dir": "output_dir", "ckpt_every": "save_steps", "keep_checkpoints": "save_total_limit",
-    "lora_rank": "lora_r", "beta1": "adam_beta1", "beta2": "adam_beta2", "resume": "resume_from_checkpoint",
-    "model_name": "model_name_or_path",
-    "model": "model_name_or_path", "wandb": "report_to", "scale_std": "scale_rewards", "epochs": "num_train_epochs",
-    "eval_batch": "per_device_eval_batch_size", "batch_size": "per_device_eval_batch_size", "eval_steps": "eval_sampling_steps",
-    "eval_gen_length": "eval_max_completion_length", "groups_per_micro": "per_device_train_batch_size",
-}  # fmt: skip
+    "lr": "learning_rate",
+    "grad_clip": "max_grad_norm",
+    "beta1": "adam_beta1",
+    "beta2": "adam_beta2",  # nanoGPT
+    "out_dir": "output_dir",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "wandb_log": "report_to",
+    "group_size": "num_generations",
+    "rollout_n": "num_generations",
+    "mu": "num_iterations",
+    "ppo_epochs": "num_iterations",
+    "clip_ratio_low": "epsilon",
+    "clip_ratio_high": "epsilon_high",
+    "clip_ratio": "epsilon",
+    "kl_coef": "beta",
+    "lora_rank": "lora_r",
+    "target_modules": "lora_target_modules",
+    "model_path": "model_name_or_path",
+    "gen_length": "max_completion_length",
+    "steps": "sampling_steps",
+    "diffusion_steps": "sampling_steps",
+    "remasking": "unmasking",
+    "eval_steps": "eval_every",
+    "resume": "resume_from_checkpoint",
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+}
 
 
 class ConfigError(SystemExit):

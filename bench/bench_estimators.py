@@ -5,46 +5,48 @@ log π(o) for every row of one rollout, and of the gradient's projection on a fi
 direction v, then prints mean bias (± its standard error) and standard deviation of both, and
 the wall time of one value estimate (forward passes only, no grad).
 
-    python bench/bench_estimators.py [--draws 100] [--checkpoint DIR] [--quick]
+    python bench/bench_estimators.py [--draws=100] [--model_name_or_path=DIR] [--quick]
 """
 
-import argparse
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import configure  # noqa: E402
 from data import chat_ids  # noqa: E402
 from likelihood import exact_logp, make_draws, sequence_logp, stepwise_draws  # noqa: E402
 from model import load  # noqa: E402
 from sample import generate  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--checkpoint", default="tiny", help="'tiny' (random init) or a trained tiny checkpoint dir")
-ap.add_argument("--draws", type=int, default=100)
-ap.add_argument("--ks", default="1,4,16")
-ap.add_argument("--rows", type=int, default=4)
-ap.add_argument("--gen_length", type=int, default=32)
-ap.add_argument("--steps", type=int, default=32)
-ap.add_argument("--quick", action="store_true", help="a few draws, k=1 only: checks the script runs")
-args = ap.parse_args()
+# --- config
+model_name_or_path = "tiny"  # "tiny" (the embedded model at a random init with peaked outputs) or a model folder
+draws = 100  # independent estimates per estimator and k
+mc_samples = (1, 4, 16)  # k: forward passes per estimate
+per_device_train_batch_size = 4  # completions of the one rollout
+max_completion_length = 32  # G: completion tokens
+sampling_steps = 32  # m: unmasking steps of the rollout
+quick = False  # a few draws, k = 1 only: checks the script runs
+# --- end of config
+
+args = SimpleNamespace(**configure(__file__))
 if args.quick:
-    args.draws, args.ks, args.rows, args.gen_length, args.steps = 4, "1", 2, 16, 16
-ks = [int(k) for k in args.ks.split(",")]
+    args.draws, args.mc_samples, args.per_device_train_batch_size, args.max_completion_length, args.sampling_steps = 4, (1,), 2, 16, 16
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-overrides = dict(init_std=0.3) if args.checkpoint == "tiny" else None  # peaked distributions at random init
-model, tok = load(args.checkpoint, tiny_overrides=overrides)
+overrides = dict(init_std=0.3) if args.model_name_or_path == "tiny" else None  # peaked distributions at random init
+model, tok = load(args.model_name_or_path, tiny_overrides=overrides)
 model.eval()
 prompt = chat_ids(tok, [{"role": "user", "content": "Using the numbers [3, 5, 7], make 22."}])
 r = generate(
     model,
-    [prompt] * args.rows,
-    gen_length=args.gen_length,
-    block_length=min(8, args.gen_length),
-    steps=args.steps,
+    [prompt] * args.per_device_train_batch_size,
+    gen_length=args.max_completion_length,
+    block_length=min(8, args.max_completion_length),
+    steps=args.sampling_steps,
     mask_id=tok.mask_token_id,
     eos_ids=tok.eos_ids,
     temperature=0.9,
@@ -63,13 +65,14 @@ def grad_proj(draws):
 with torch.no_grad():
     exact = exact_logp(model, r)
 exact_grad = grad_proj(stepwise_draws(r, 0, "exact"))
-print(f"rollout: {args.rows} rows, G={args.gen_length}, m={args.steps} steps; exact log π per row {[round(x, 2) for x in exact.tolist()]}")
+shape = f"{args.per_device_train_batch_size} rows, G={args.max_completion_length}, m={args.sampling_steps} steps"
+print(f"rollout: {shape}; exact log π per row {[round(x, 2) for x in exact.tolist()]}")
 print(f"exact gradient projection (Σ rows): {exact_grad:.3f}; {args.draws} draws per cell; value columns per row (averaged over rows)\n")
 header = ["estimator".ljust(26), "  k", " value bias ± se", "value std", "  grad bias ± se", " grad std", " ms/est"]
 print("| " + " | ".join(header) + " |")
 print(f"|{'-' * 28}|{'-' * 5}|{'-' * 18}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 9}|")
 variants = [("stepwise", "uniform"), ("stepwise", "low_discrepancy"), ("stepwise", "entropy"), ("elbo", None), ("one_step", None)]
-for k in ks:
+for k in args.mc_samples:
     for est, scheme in variants:
         g = torch.Generator().manual_seed(1)
         vals, grads, t0 = [], [], time.perf_counter()

@@ -2,7 +2,7 @@
 forward + backward (agrpo.accumulate_gradients), on a synthetic rollout of the given shape.
 
     python bench/bench_train.py --quick                                   # CPU, embedded model (a test)
-    python bench/bench_train.py --model llada8b --device cuda --lora_rank 64 --checkpointing
+    python bench/bench_train.py --model_shape=llada8b --lora_r=64 --gradient_checkpointing
 
 On CUDA it runs under bf16 autocast with LoRA adapters in float32, as train.py does.
 
@@ -28,9 +28,8 @@ from common import (  # noqa: E402
     forward_flops,
     measured_peak_flops,
     print_profile,
-    quick_shape,
     random_tokens,
-    shape_parser,
+    shape_config,
     sync,
 )
 
@@ -39,14 +38,16 @@ from likelihood import make_draws  # noqa: E402
 from model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
-ap = shape_parser()
-ap.add_argument("--mc_steps", type=int, default=4, help="k draws per sequence")
-ap.add_argument("--lora_rank", type=int, default=0)
-ap.add_argument("--checkpointing", action="store_true")
-ap.add_argument("--peft_input_cast", action="store_true", help="keep peft's float32 copy of each adapter input (its default)")
-args = quick_shape(ap.parse_args())
+# --- config
+mc_samples = 4  # k: stepwise draws per sequence
+lora_r = 0  # LoRA rank (0 = full fine-tuning); α = r
+gradient_checkpointing = False  # recompute activations in the backward pass
+peft_input_cast = False  # keep peft's float32 copy of each adapter input (its default; train.py skips it)
+# --- end of config
+
+args = shape_config(__file__)  # and the rollout shape of bench/common.py
 if args.quick:
-    args.mc_steps = 2
+    args.mc_samples = 2
 
 
 def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
@@ -62,25 +63,26 @@ def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
                    torch.rand(B, G, generator=g).to(device), steps, mask_id, (-1,))  # fmt: skip
 
 
-model, mask_id, eos_id, vocab = bench_model(args.model, args.device)
+model, mask_id, eos_id, vocab = bench_model(args.model_shape, args.device)
 n_params = sum(p.numel() for p in model.parameters())
-rollout = synthetic_rollout(args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, mask_id, vocab, args.device)
-read = int(make_draws("stepwise", rollout, args.mc_steps, torch.Generator().manual_seed(2)).read.sum())
-fwd = forward_flops(model, args.batch, args.prompt_length + args.gen_length, head_tokens=read / args.mc_steps)  # per draw
-if args.lora_rank:
-    model = add_lora(model, args.lora_rank, args.lora_rank, under_autocast=args.device.startswith("cuda") and not args.peft_input_cast)
-if args.checkpointing:
+B, P, G = args.per_device_train_batch_size, args.prompt_length, args.max_completion_length
+rollout = synthetic_rollout(B, P, G, args.block_length, args.sampling_steps, mask_id, vocab, args.device)
+read = int(make_draws("stepwise", rollout, args.mc_samples, torch.Generator().manual_seed(2)).read.sum())
+fwd = forward_flops(model, B, P + G, head_tokens=read / args.mc_samples)  # per draw
+if args.lora_r:
+    model = add_lora(model, args.lora_r, args.lora_r, under_autocast=args.device.startswith("cuda") and not args.peft_input_cast)
+if args.gradient_checkpointing:
     set_gradient_checkpointing(model)
 if args.compile:
     compile_blocks(model)
 model.train()
-advantages = torch.randn(args.batch, generator=torch.Generator().manual_seed(1)).to(args.device)
+advantages = torch.randn(args.per_device_train_batch_size, generator=torch.Generator().manual_seed(1)).to(args.device)
 
 
 def update():
     with amp(args.device):
-        draws, old, _ = prepare(model, rollout, "stepwise", args.mc_steps, 1, torch.Generator().manual_seed(2))
-        rows = torch.arange(args.batch, device=args.device)
+        draws, old, _ = prepare(model, rollout, "stepwise", args.mc_samples, 1, torch.Generator().manual_seed(2))
+        rows = torch.arange(args.per_device_train_batch_size, device=args.device)
         batch = MicroBatch(rollout, [], None, None, None, advantages, rows, draws, old, None)
         accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
     for p in model.parameters():
@@ -103,16 +105,17 @@ else:
 
 dtype = next(model.parameters()).dtype
 peak = measured_peak_flops(args.device, dtype)
-model_flops = args.mc_steps * fwd * (2 if args.lora_rank else 3)
-hardware_flops = model_flops + (args.mc_steps * fwd if args.checkpointing else 0)
+model_flops = args.mc_samples * fwd * (2 if args.lora_r else 3)
+hardware_flops = model_flops + (args.mc_samples * fwd if args.gradient_checkpointing else 0)
 trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-print(f"# bench_train: {args.model} ({n_params / 1e6:.1f}M params, {trained / 1e6:.2f}M trained, {dtype}), {environment(args.device)}")
-print(f"# batch {args.batch} x ({args.prompt_length} + {args.gen_length}), k={args.mc_steps} draws, lora_rank={args.lora_rank}, "
-      f"checkpointing={args.checkpointing}, compile={args.compile}, peft_input_cast={args.peft_input_cast}")  # fmt: skip
+sizes = f"{n_params / 1e6:.1f}M params, {trained / 1e6:.2f}M trained, {dtype}"
+print(f"# bench_train: {args.model_shape} ({sizes}), {environment(args.device)}")
+print(f"# batch {B} x ({P} + {G}), k={args.mc_samples} draws, lora_r={args.lora_r}, "
+      f"gradient_checkpointing={args.gradient_checkpointing}, compile={args.compile}, peft_input_cast={args.peft_input_cast}")  # fmt: skip
 print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of the update at that peak: {model_flops / peak:.3f} s")
 print("| update | seconds | s per sequence | model TFLOP | MFU % | HFU % | peak memory |")
 print("|---|---:|---:|---:|---:|---:|---|")
-print(f"| k={args.mc_steps} fwd+bwd | {t:.3f} | {t / args.batch:.4f} | {model_flops / 1e12:.2f} | "
+print(f"| k={args.mc_samples} fwd+bwd | {t:.3f} | {t / args.per_device_train_batch_size:.4f} | {model_flops / 1e12:.2f} | "
       f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |")  # fmt: skip
 if args.profile:
     print_profile(update, args.device)

@@ -1,7 +1,7 @@
-"""Shared by the benchmarks: the models they time, a measured matmul peak, FLOP counts, and the
+"""Shared by the benchmarks: the rollout shape the timing benches take (the config block below, keys
+as train.py names them), the models they time, a measured matmul peak, FLOP counts, and the
 comparisons' way of running a project script."""
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -12,6 +12,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from configurator import configure  # noqa: E402
 from model import load  # noqa: E402
 from tiny_llada import TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
 
@@ -23,6 +24,25 @@ def run_script(threads, script, *args):
     res = subprocess.run([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     if res.returncode:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+
+
+def comparison_config(script, default_preset="configs/tiny_countdown.py"):
+    """(the comparison's own config, train.py's config every run shares, train.py's arguments):
+    `python bench/x.py [preset.py ...] [--key=value ...]`, where a key of the script's config block
+    is the script's and any other key goes to every train.py run, as presets do."""
+    from types import SimpleNamespace
+
+    import data
+    from configurator import declared
+
+    argv = sys.argv[1:]
+    own_keys = declared(script)
+    own = [a for a in argv if a.startswith("-") and a.lstrip("-").partition("=")[0] in (*own_keys, "help", "h", "print_config")]
+    train_argv = [a for a in argv if a not in own] or []
+    if not any(not a.startswith("-") for a in train_argv):
+        train_argv.insert(0, default_preset)
+    args = SimpleNamespace(**configure(script, own))
+    return args, configure(os.path.join(ROOT, "train.py"), train_argv, data.option_files()), train_argv
 
 
 # LLaDA-8B's shape (its config.json): a randomly initialised copy needs no download
@@ -60,27 +80,30 @@ def print_profile(fn, device, rows=15):
     print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows))
 
 
-def shape_parser():
-    """The arguments both timing benches share: which model, where, and the rollout's shape."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny", choices=["tiny", "llada8b"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--prompt_length", type=int, default=128)
-    ap.add_argument("--gen_length", type=int, default=256)
-    ap.add_argument("--block_length", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block (model.compile_blocks)")
-    ap.add_argument("--profile", action="store_true", help="print the ops that take the most time")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-    return ap
+# --- config
+model_shape = "tiny"  # tiny: the embedded model | llada8b: a random model of LLaDA-8B's shape, bf16
+device = ""  # cuda | cpu ("" = cuda when there is one)
+per_device_train_batch_size = 8  # sequences of the rollout
+prompt_length = 128  # prompt tokens (random ids)
+max_completion_length = 256  # G: completion tokens
+block_length = 32  # semi-autoregressive block size
+sampling_steps = 128  # m: unmasking steps
+repeats = 3  # timed calls (after one warm-up)
+compile = False  # torch.compile each transformer block (model.compile_blocks)
+profile = False  # print the ops that take the most time
+quick = False  # tiny sizes: checks the script runs
+# --- end of config
 
 
-def quick_shape(args):
-    """--quick: shrink the shape so a test can run the script in seconds."""
+def shape_config(script):
+    """The config of a timing bench: its own keys and the shape above, --quick shrinking the shape."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(**configure(script, option_files=[os.path.abspath(__file__)]))
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
-        args.batch, args.prompt_length, args.gen_length, args.block_length, args.steps, args.repeats = 4, 16, 32, 16, 16, 1
+        args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 4, 16, 32
+        args.block_length, args.sampling_steps, args.repeats = 16, 16, 1
     return args
 
 

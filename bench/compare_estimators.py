@@ -2,29 +2,29 @@
 estimator against diffu-GRPO's one-step estimator and the ELBO estimator, all from one shipped base
 model (models/), everything but the estimator and its rate equal.
 
-1. Sweep: for each estimator and each rate in --rates, one train.py run (seed --tune_seed), scored
+1. Sweep: for each estimator and each rate in learning_rates, one train.py run (seed tune_seed), scored
    on the *validation* split (a tenth of the generated problems that neither training nor the test
    set ever contains, data.split_of). Each estimator keeps the rate with the best validation
    accuracy, averaged over the m of the grid.
-2. Test: each estimator at its rate with --seeds (fresh: not the tuning seed), plus scheme=exact
+2. Test: each estimator at its rate with `seeds` (fresh: not the tuning seed), plus scheme=exact
    (every one of the m steps, the sum the stepwise draws estimate) at the stepwise rate: the
    ceiling of what sampling k of the m steps costs. Scored once on the test split.
 
 Every run is a train.py run with --mc_samples=k forward passes per sequence per update (the same
-compute; exact uses m), then eval.py at m = --sampling_steps. Each finished run and evaluation is
-cached under out_dir/runs, so an interrupted comparison continues where it stopped.
+compute; exact uses m), then eval.py at each m of eval_sampling_steps. Each finished run and
+evaluation is cached under output_dir/runs, so an interrupted comparison continues where it stopped.
+A train.py preset given first (default configs/tiny_countdown.py) and any --key=value that is not
+a key of this script go to every train.py run.
 
     python bench/compare_estimators.py                       # Countdown: writes bench/compare/
-    python bench/compare_estimators.py --config=configs/tiny_sudoku.py --out_dir=bench/compare_sudoku \
-        --rates="(1e-5,3e-5,1e-4,3e-4)"                      # Sudoku: its rates sit lower
-    python bench/compare_estimators.py --quick --out_dir=/tmp/q   # a few steps: checks the pipeline (a test)
+    python bench/compare_estimators.py configs/tiny_sudoku.py --output_dir=bench/compare_sudoku \
+        --learning_rates="(1e-5,3e-5,1e-4,3e-4)"             # Sudoku: its rates sit lower
+    python bench/compare_estimators.py --quick --output_dir=/tmp/q   # a few steps: checks the pipeline (a test)
 
-Writes out_dir/RESULTS.md (sweep, rates, test table, paired differences), results.json and
+Writes output_dir/RESULTS.md (sweep, rates, test table, paired differences), results.json and
 reward_curves.png.
 """
 
-import argparse
-import ast
 import json
 import math
 import os
@@ -38,38 +38,34 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import run_script  # noqa: E402  (bench/)
+from common import comparison_config, run_script  # noqa: E402  (bench/)
 
 import checkpoint  # noqa: E402
 import data  # noqa: E402
-from configurator import configure  # noqa: E402
 
 ESTIMATORS = ("stepwise", "one_step", "elbo")
 
-ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--config", default="configs/tiny_countdown.py", help="train.py preset: task, base model, lengths, generator")
-ap.add_argument("--out_dir", default="bench/compare")
-ap.add_argument("--rates", default="(3e-5,1e-4,3e-4,1e-3)", help="learning rates swept for every estimator")
-ap.add_argument("--tune_seed", type=int, default=0)
-ap.add_argument("--seeds", default="(1,2,3)", help="the test runs' seeds (not the tuning seed)")
-ap.add_argument("--max_steps", type=int, default=400, help="AGRPO steps per run")
-ap.add_argument("--eval_items", type=int, default=200, help="test problems scored")
-ap.add_argument("--validation_items", type=int, default=150, help="validation problems scored (default Countdown: 181 exist)")
-ap.add_argument("--sampling_steps", default="", help="evaluation grid of m (default: L/4, L/2, L)")
-ap.add_argument("--jobs", type=int, default=2, help="runs at a time, each on cpu_count/jobs threads")
-ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script end to end")
-args, train_args = ap.parse_known_args()  # any other --key=value goes to every train.py run
+# --- config
+output_dir = "bench/compare"  # RESULTS.md, results.json, reward_curves.png, runs/ (every run and evaluation, cached)
+learning_rates = (3e-5, 1e-4, 3e-4, 1e-3)  # swept for every estimator
+tune_seed = 0  # the sweep's seed
+seeds = (1, 2, 3)  # the test runs' seeds (not the tuning seed)
+max_steps = 400  # AGRPO steps per run
+eval_items = 200  # test problems scored
+validation_items = 150  # validation problems scored (default Countdown: 181 exist)
+eval_sampling_steps = ()  # the evaluation grid of m (() = L/4, L/2, L)
+jobs = 2  # runs at a time, each on cpu_count/jobs threads
+quick = False  # tiny budget: checks the script end to end
+# --- end of config
 
+args, cfg, train_args = comparison_config(__file__)  # cfg: train.py's config every run shares (eval.py needs it too)
 if args.quick:
-    args.max_steps, args.eval_items, args.validation_items, args.rates, args.seeds = 2, 8, 8, "(1e-3,)", "(1,)"
+    args.max_steps, args.eval_items, args.validation_items, args.learning_rates, args.seeds = 2, 8, 8, (1e-3,), (1,)
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
-out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
-cfg = configure(
-    os.path.join(ROOT, "train.py"), [args.config, *train_args], data.option_files()
-)  # what every run shares (eval.py needs it too)
+out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
 task, L = cfg["task"], cfg["eval_max_completion_length"]
-rates, seeds = tuple(ast.literal_eval(args.rates)), tuple(ast.literal_eval(args.seeds))
-grid_m = tuple(ast.literal_eval(args.sampling_steps)) if args.sampling_steps else (L // 4, L // 2, L)
+rates, seeds = args.learning_rates, args.seeds
+grid_m = args.eval_sampling_steps or (L // 4, L // 2, L)
 grid_m = (cfg["eval_sampling_steps"],) if args.quick else grid_m
 threads = max(1, (os.cpu_count() or 1) // args.jobs)
 t0 = time.time()
@@ -86,7 +82,7 @@ def trained(run_dir):
 
 
 def scores(model, label, split):
-    """{m: accuracy} of `model` on `split`, from eval.py (cached in out_dir/runs/label/eval_split)."""
+    """{m: accuracy} of `model` on `split`, from eval.py (cached in output_dir/runs/label/eval_split)."""
     where = os.path.join(out, "runs", label, f"eval_{split}")
     if not os.path.exists(os.path.join(where, "results.json")):
         knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
@@ -104,7 +100,7 @@ def job(spec):
     run_dir = os.path.join(out, "runs", label)
     if not trained(run_dir):
         extra = [f"--scheme={scheme}"] if scheme else []
-        run_script(threads, "train.py", args.config, *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
+        run_script(threads, "train.py", *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
                    f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
         trained_here.append(label)
     return spec, scores(run_dir, label, split)
@@ -204,7 +200,7 @@ Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit
 {os.cpu_count()} CPU cores ({args.jobs} runs at a time, {threads} thread(s) each; torch {torch.__version__},
 {platform.processor() or platform.machine()}), in which {len(trained_here)} of the {len(labels)} runs were trained (the others were
 cached by earlier calls). The AGRPO steps of all {len(labels)} runs took {steps_minutes:.0f} min in all (their logs). Base model
-`{base}`; every run: `train.py {args.config} {" ".join(train_args)} --max_steps={args.max_steps}` with its estimator, rate and seed.
+`{base}`; every run: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` with its estimator, rate and seed.
 Greedy {unit} (%) on {args.eval_items} problems, generation length {L}, by sampling steps m (the test table; the
 sweep's count is in its heading).
 

@@ -4,18 +4,19 @@ accuracy against the rollout forward passes spent to reach it.
 Two train.py runs from the shipped base model (models/tiny-countdown), identical but for the
 rollout sampler: fixed-step low-confidence unmasking (m = sampling_steps of the preset) and
 threshold unmasking with τ (each completion in its own number of passes, at least one per block).
-Every --every steps a checkpoint is scored on the test set with both decoders (greedy fixed m,
+Every save_steps steps a checkpoint is scored on the test set with both decoders (greedy fixed m,
 greedy τ), so each run is read with the decoder it trained with and with the other one. The x axis
 is the rollout forward passes per completion summed over the steps so far (log.jsonl's
 rollout_passes): the rollout's compute, which dominates a step on a real model.
 
-    python bench/compare_threshold.py                          # writes bench/compare_threshold/
-    python bench/compare_threshold.py --quick --out_dir=/tmp/t # a few steps: checks the pipeline
+    python bench/compare_threshold.py                             # writes bench/compare_threshold/
+    python bench/compare_threshold.py --quick --output_dir=/tmp/t # a few steps: checks the pipeline
 
-Runs and evaluations are cached under out_dir/runs, so an interrupted comparison continues.
+A train.py preset given first (default configs/tiny_countdown.py) and any --key=value that is not a
+key of this script go to both train.py runs. Runs and evaluations are cached under output_dir/runs,
+so an interrupted comparison continues.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -26,25 +27,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import run_script  # noqa: E402  (bench/)
+from common import comparison_config, run_script  # noqa: E402  (bench/)
 
 import data  # noqa: E402
-from configurator import configure  # noqa: E402
 
-ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-ap.add_argument("--config", default="configs/tiny_countdown.py")
-ap.add_argument("--out_dir", default="bench/compare_threshold")
-ap.add_argument("--threshold", type=float, default=0.9, help="τ of the threshold run and of its decoding")
-ap.add_argument("--max_steps", type=int, default=1000)
-ap.add_argument("--every", type=int, default=100, help="steps between scored checkpoints")
-ap.add_argument("--eval_items", type=int, default=200)
-ap.add_argument("--quick", action="store_true")
-args, train_args = ap.parse_known_args()
+# --- config
+output_dir = "bench/compare_threshold"  # RESULTS.md, accuracy_vs_rollout_passes.png, runs/ (cached)
+threshold = 0.9  # τ of the threshold run and of its decoding
+max_steps = 1000  # AGRPO steps per run
+save_steps = 100  # steps between checkpoints, each one scored
+eval_items = 200  # test problems scored
+quick = False  # a few steps: checks the pipeline
+# --- end of config
+
+args, cfg, train_args = comparison_config(__file__)  # cfg: train.py's config both runs share
 if args.quick:
-    args.max_steps, args.every, args.eval_items = 2, 1, 8
+    args.max_steps, args.save_steps, args.eval_items = 2, 1, 8
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
-out = args.out_dir if os.path.isabs(args.out_dir) else os.path.join(ROOT, args.out_dir)
-cfg = configure(os.path.join(ROOT, "train.py"), [args.config, *train_args], data.option_files())
+out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
 L, m, tau = cfg["eval_max_completion_length"], cfg["eval_sampling_steps"], args.threshold
 RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
 threads = max(1, (os.cpu_count() or 1) // 2)
@@ -65,12 +65,12 @@ def score(model, where):
 
 def train_and_score(run):
     run_dir = os.path.join(out, "runs", run)
-    run_script(threads, "train.py", args.config, *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.every}",
-               "--eval_items=0", f"--save_total_limit={args.max_steps // args.every + 1}", f"--output_dir={run_dir}",
+    run_script(threads, "train.py", *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.save_steps}",
+               "--eval_items=0", f"--save_total_limit={args.max_steps // args.save_steps + 1}", f"--output_dir={run_dir}",
                "--resume_from_checkpoint")  # fmt: skip
     passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
     points = [(0, 0.0, base)]
-    for step in range(args.every, args.max_steps + 1, args.every):
+    for step in range(args.save_steps, args.max_steps + 1, args.save_steps):
         points.append((step, sum(passes[:step]), score(f"{run_dir}/checkpoint-{step}", f"{run_dir}/eval_{step}")))
     return run, points
 
@@ -111,7 +111,7 @@ text = f"""# Threshold rollouts against fixed-step rollouts: {cfg["task"]}
 
 Command: `python bench/compare_threshold.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
 {os.cpu_count()} CPU cores (2 runs at a time, {threads} thread(s) each; torch {torch.__version__}, {platform.machine()}).
-Both runs: `train.py {args.config} {" ".join(train_args)} --max_steps={args.max_steps}` from `{cfg["model_name_or_path"]}`, one with
+Both runs: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` from `{cfg["model_name_or_path"]}`, one with
 fixed-step rollouts (m = {cfg["sampling_steps"]}, {cfg["unmasking"]}), one with threshold rollouts (τ = {tau}). Each checkpoint scored
 greedily on {args.eval_items} test problems (L = {L}) with fixed steps (m = {m}) and with threshold decoding (τ = {tau}).
 

@@ -37,8 +37,8 @@ run() {  # run NAME CMD...: keep going if one fails, so one call yields every ta
     echo "   ($((SECONDS - t0)) s)"
 }
 
-sample="python3 bench/bench_sample.py --model llada8b --device cuda"
-train="python3 bench/bench_train.py --model llada8b --device cuda"
+sample="python3 bench/bench_sample.py --model_shape=llada8b --device=cuda"
+train="python3 bench/bench_train.py --model_shape=llada8b --device=cuda"
 tiny="python3 train.py --max_steps=20 --eval_items=50 --overwrite_output_dir"  # the shipped tiny base; train.py picks CUDA when it sees one
 case $part in
 eager)
@@ -46,13 +46,13 @@ eager)
     # with threshold-decoding rows (tau 0.5, 0.7, 0.9; a random model's low confidences make them its slowest case)
     run sample $sample --profile
     # fixed steps against threshold decoding on the shipped tiny base: passes, speed, accuracy
-    run sample_tiny python3 bench/bench_sample.py --model tiny --device cuda
+    run sample_tiny python3 bench/bench_sample.py --model_shape=tiny --device=cuda
     # update, LoRA r=64, gradient checkpointing (targets: >= 35% MFU, <= 40 GB)
-    run train_lora $train --lora_rank 64 --checkpointing --profile
+    run train_lora $train --lora_r=64 --gradient_checkpointing --profile
     # the same with peft's float32 copy of every adapter input (model.add_lora): what skipping it saves
-    run train_lora_cast $train --lora_rank 64 --checkpointing --peft_input_cast
+    run train_lora_cast $train --lora_r=64 --gradient_checkpointing --peft_input_cast
     # full fine-tuning, checkpointing (no target)
-    run train_full $train --checkpointing
+    run train_full $train --gradient_checkpointing
     # the embedded pipeline on CUDA (bf16 autocast): must finish and log finite losses
     run tiny_train $tiny --output_dir=/tmp/tiny_cuda
     run tiny_train_threshold $tiny --unmasking=threshold --output_dir=/tmp/tiny_cuda_threshold
@@ -60,7 +60,7 @@ eager)
     ;;
 compile)
     run sample_compile $sample --compile
-    run train_lora_compile $train --lora_rank 64 --checkpointing --compile
+    run train_lora_compile $train --lora_r=64 --gradient_checkpointing --compile
     run tiny_train_compile $tiny --compile --output_dir=/tmp/tiny_cuda_compile
     ;;
 *)

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                 "| threshold τ = 0.5 |",
             ],
         ),
-        ("bench/bench_train.py", ["--profile", "--lora_rank=4"], ["| k=2 fwd+bwd", "Self CPU time total"]),
+        ("bench/bench_train.py", ["--profile", "--lora_r=4"], ["| k=2 fwd+bwd", "Self CPU time total"]),
     ],
 )
 def test_bench_quick(script, flags, expect):
@@ -38,7 +38,7 @@ def test_bench_quick(script, flags, expect):
 @pytest.mark.parametrize("config", ["configs/tiny_sudoku.py"])  # one preset: the script's pipeline; train.py's Countdown runs in test_train
 def test_compare_estimators_quick(tmp_path, config):
     """Sweep, test runs, tables; a second call finds every run and evaluation cached and redoes none."""
-    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", f"--config={config}", f"--out_dir={tmp_path}"]
+    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", config, f"--output_dir={tmp_path}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = open(f"{tmp_path}/RESULTS.md").read()
@@ -53,9 +53,22 @@ def test_compare_estimators_quick(tmp_path, config):
 
 
 def test_compare_threshold_quick(tmp_path):
-    cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--out_dir={tmp_path}"]
+    cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--output_dir={tmp_path}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = open(f"{tmp_path}/RESULTS.md").read()
     assert "| fixed | 2 |" in text and "| threshold | 2 |" in text
     assert os.path.getsize(f"{tmp_path}/accuracy_vs_rollout_passes.png") > 0
+
+
+def test_bench_scripts_are_configured_like_train_py():
+    """The benches take train.py's key names as --key=value, list them in --help, and refuse any
+    other spelling in one line (with a "did you mean" for another library's name)."""
+    help_text = subprocess.run([sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for key in ("--mc_samples", "--lora_r", "--gradient_checkpointing", "--sampling_steps", "--max_completion_length"):
+        assert key in help_text
+    for script, flag, words in [("bench/bench_train.py", "--lora_rank=4", "did you mean --lora_r"),
+                                ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
+                                ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'")]:  # fmt: skip
+        out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
