@@ -29,8 +29,6 @@ BEGIN, END = "# --- config", "# --- end of config"
 SYNONYMS = {
     "lr": "learning_rate",
     "grad_clip": "max_grad_norm",
-    "beta1": "adam_beta1",
-    "beta2": "adam_beta2",  # nanoGPT
     "out_dir": "output_dir",
     "gradient_accumulation": "gradient_accumulation_steps",
     "wandb_log": "report_to",
@@ -122,6 +120,19 @@ def _frames(e):
         tb = tb.tb_next
 
 
+def preset_values(path):
+    """{name: value} a preset file sets (names starting with _, functions and modules left out)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist (configs/ lists the presets)")
+    scope = {"__file__": os.path.abspath(path)}  # a preset may exec a shared file beside it
+    try:
+        exec(compile(open(path).read(), path, "exec"), scope)  # a preset is trusted Python, like nanoGPT's
+    except Exception as e:  # a syntax error, or a name it uses that does not exist
+        line = getattr(e, "lineno", None) or next((t.tb_lineno for t in _frames(e) if t.tb_frame.f_code.co_filename == path), "?")
+        raise ConfigError(f"config file {path}, line {line}: {type(e).__name__}: {getattr(e, 'msg', None) or e}") from None
+    return {k: v for k, v in scope.items() if not (k.startswith("_") or callable(v) or type(v).__name__ == "module")}
+
+
 def help_text(script, sections):
     """The script's docstring's first paragraph, then each file's keys: default and comment."""
     doc = (ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0]
@@ -153,17 +164,7 @@ def configure(script, argv=None, option_files=()):
         if arg == "--print_config":
             continue
         if not arg.startswith("--"):
-            if not os.path.isfile(arg):
-                raise ConfigError(f"config file {arg} does not exist (configs/ lists the presets)")
-            scope = {"__file__": os.path.abspath(arg)}  # a preset may exec a shared file beside it
-            try:
-                exec(compile(open(arg).read(), arg, "exec"), scope)  # a preset is trusted Python, like nanoGPT's
-            except Exception as e:  # a syntax error, or a name it uses that does not exist
-                line = getattr(e, "lineno", None) or next((t.tb_lineno for t in _frames(e) if t.tb_frame.f_code.co_filename == arg), "?")
-                raise ConfigError(f"config file {arg}, line {line}: {type(e).__name__}: {getattr(e, 'msg', None) or e}") from None
-            for key, value in scope.items():
-                if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-                    continue
+            for key, value in preset_values(arg).items():
                 if key not in config:
                     raise _unknown(key, config, f"{arg} sets ")
                 config[key] = _coerce(key, value, config[key], also.get(key, ()))

@@ -104,15 +104,15 @@ def cut_left(ids, max_length):
     return ids[-max_length:] if max_length > 0 else ids
 
 
-def system_prompt_text(task_name, system_prompt="", system_prompt_file=""):
-    """The system turn a run uses: the text of `system_prompt_file` when given (any exact text),
-    else the task's own prompt for "task", none for "", else `system_prompt` itself."""
-    if system_prompt_file:
+def system_prompt_text(task_name, system_prompt=""):
+    """The system turn a run uses: the task's own prompt for "task", none for "", the exact text of
+    a file for a path ending in .txt, else `system_prompt` itself."""
+    if system_prompt.endswith(".txt"):
         try:
-            with open(system_prompt_file, encoding="utf-8") as f:
+            with open(system_prompt, encoding="utf-8") as f:
                 return f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"system_prompt_file={system_prompt_file}: {getattr(e, 'strerror', None) or e}") from None
+            raise DataError(f"system_prompt={system_prompt}: {getattr(e, 'strerror', None) or e}") from None
     return task(task_name).SYSTEM_PROMPT if system_prompt == "task" else system_prompt
 
 

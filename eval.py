@@ -2,15 +2,17 @@
 generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
-    python eval.py configs/llada_gsm8k.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')"
+    python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')"
     python eval.py --models="('runs/llada_gsm8k',)" --gen_lengths="(128,256,512)"
     python eval.py --help                                 # every key, its default and meaning
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
 
 A model evaluates as its run was trained: when --models holds a run or checkpoint folder, the task,
-its system turn and prompt form, the test set and the run's evaluation decoding (eval_* keys) come from
-the run's recorded config; a training preset (configs/*.py) given first supplies them the same way;
-keys on the command line override both. The table's header says which were used and where from.
+its system turn and prompt form, the test set and the decoding (the rollouts' length, blocks and
+steps, as train.py scores held-out accuracy) come from the run's recorded config; a training preset
+(configs/*.py) supplies them the same way. A preset of eval.py's own keys (configs/llada_eval.py: the
+released evaluation's decoding) and keys on the command line override both. The table's header says
+which settings were used and where each came from.
 
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
 standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to output_dir: samples.jsonl (one record per
@@ -46,8 +48,7 @@ eval_file = ""  # local test file, or "hub" (the released run's); "" = generated
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
-system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, else this text
-system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
+system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, a .txt file, or text
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
 gen_lengths = (16, 32)  # completion lengths L of the grid
@@ -192,21 +193,18 @@ def step_grid(cfg):
 
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
-    **{k: k for k in ("task", "system_prompt", "system_prompt_file", "compact_prompt", "seed", "eval_file", "eval_items", "eval_split")},
-    **{k: k for k in ("per_device_eval_batch_size", "max_prompt_length", *(k for f in data.option_files() for k in declared(f)))},
-    **{"gen_lengths": "eval_max_completion_length", "block_length": "eval_block_length", "sampling_steps": "eval_sampling_steps"},
+    **{k: k for k in ("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length")},
+    **{k: k for f in data.option_files() for k in declared(f)},
+    **{"gen_lengths": "max_completion_length", "block_length": "block_length", "sampling_steps": "sampling_steps"},
 }
 
 
-def run_settings(train_cfg, recorded):
-    """The eval.py settings a training config decides. `recorded`: a checkpoint's config, whose
-    system_prompt is already the exact text the run used (its file is not read again)."""
+def run_settings(train_cfg):
+    """The eval.py settings a training config (a checkpoint's, or a preset's) decides."""
     out = {k: tuple(train_cfg[t]) if isinstance(train_cfg[t], list) else train_cfg[t] for k, t in RUN_SETTINGS.items() if t in train_cfg}
     for k in ("gen_lengths", "sampling_steps"):
         if k in out:
             out[k] = (out[k],)
-    if recorded:
-        out["system_prompt_file"] = ""
     if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
         del out["eval_items"]
     return out
@@ -222,7 +220,7 @@ def take_run_settings(cfg, given, specs, presets):
     if "step_fractions" in given:  # steps asked for as fractions of L: the run's one step count would override them
         given = given | {"sampling_steps"}
     for path in [spec for kind, spec in specs if kind == "checkpoint"]:
-        for k, v in run_settings(checkpoint.read(path)["config"], recorded=True).items():
+        for k, v in run_settings(checkpoint.read(path)["config"]).items():
             if k in given:
                 continue
             if k in sources and cfg[k] != v:
@@ -231,7 +229,7 @@ def take_run_settings(cfg, given, specs, presets):
             cfg[k], sources[k] = v, path
     if presets:
         train_cfg = configure(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets, data.option_files())
-        for k, v in run_settings(train_cfg, recorded=False).items():
+        for k, v in run_settings(train_cfg).items():
             if k not in given:
                 cfg[k], sources[k] = v, presets[-1]
         if "output_dir" not in given:
@@ -243,7 +241,7 @@ def settings_line(cfg, sources, given):
     """Which run settings were used, grouped by where each came from."""
     where = {}
     for k in RUN_SETTINGS:
-        source = "the command line" if k in given else sources.get(k, "eval.py's defaults")
+        source = sources.get(k, "the command line" if k in given else "eval.py's defaults")
         value = f"{len(cfg[k])} characters" if k == "system_prompt" and len(cfg[k]) > 40 else repr(cfg[k])
         where.setdefault(source, []).append(f"{k}={value}")
     return "; ".join(f"from {source}: {', '.join(kv)}" for source, kv in where.items())
@@ -251,16 +249,21 @@ def settings_line(cfg, sources, given):
 
 def main():
     import checkpoint
-    from configurator import ConfigError, configure
+    from configurator import ConfigError, configure, preset_values
     from model import load
 
-    # a positional argument is a training preset: the run settings it implies, as for a checkpoint
+    # a positional argument is a preset: of eval.py's own keys (applied as given on the command line),
+    # or else a training preset (the run settings it implies, as for a checkpoint)
     argv = sys.argv[1:]
-    presets = [a for a in argv if not a.startswith("-")]
-    cfg = configure(__file__, [a for a in argv if a.startswith("-") and a != "--print_config"], data.option_files())
-    given = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
+    files = [a for a in argv if not a.startswith("-")]
+    own = [f for f in files if preset_values(f).keys() <= declared(__file__).keys()]
+    presets = [f for f in files if f not in own]
+    cfg = configure(__file__, [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")], data.option_files())
+    on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
+    given = on_command_line | {k for f in own for k in preset_values(f)}
     specs = [checkpoint.resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
     sources = take_run_settings(cfg, given, specs, presets)
+    sources |= {k: f for f in own for k in preset_values(f) if k not in on_command_line}
     if "--print_config" in argv:
         print(json.dumps(cfg, indent=1))
         sys.exit(0)
@@ -298,7 +301,8 @@ def main():
 
     distributed, rank, world, device = ddp.init_processes()
     try:
-        system = data.system_prompt_text(cfg["task"], cfg["system_prompt"], cfg["system_prompt_file"])
+        recorded = sources.get("system_prompt") in [spec for kind, spec in specs if kind == "checkpoint"]  # the text itself
+        system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver

@@ -63,10 +63,12 @@ def append_jsonl(path, rows):
         raise SystemExit(f"cannot write {path} ({e.strerror}): free space or fix the folder, then --resume_from_checkpoint") from None
 
 
-def open_reporter(report_to, output_dir, run_name, project, config):
+def open_reporter(report_to, output_dir, config):
     """The handle rows are reported to: None, a tensorboard SummaryWriter (output_dir/tensorboard),
-    or a wandb run (output_dir/wandb; WANDB_MODE=offline works without a network)."""
-    name = run_name or os.path.basename(os.path.abspath(output_dir))
+    or a wandb run (output_dir/wandb; WANDB_MODE=offline works without a network) named by
+    WANDB_NAME or output_dir, in the project WANDB_PROJECT or "agrpo" (wandb's own variables)."""
+    name = os.environ.get("WANDB_NAME") or os.path.basename(os.path.abspath(output_dir))
+    project = os.environ.get("WANDB_PROJECT") or "agrpo"
     if report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
 

@@ -43,8 +43,7 @@ model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped
 task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
 train_file = ""  # local JSONL/CSV/Parquet, or "hub" (the released run's data); "" = generated (countdown, sudoku) or the hub
 eval_file = ""  # held-out items: as train_file
-system_prompt = ""  # system turn: "task" = the task's own (its file in tasks/), "" = none (the embedded model), else this text
-system_prompt_file = ""  # a file whose exact text is the system turn (overrides system_prompt)
+system_prompt = ""  # system turn: "task" = the task's own (tasks/), "" = none (the embedded model), a .txt file = its text, else this
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it
@@ -71,22 +70,13 @@ gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step
 max_steps = 1000  # optimizer steps; <= 0: num_train_epochs passes over the training prompts
 num_train_epochs = 1.0  # used when max_steps <= 0
 learning_rate = 3e-4  # AdamW peak rate: linear warmup, then cosine decay to 0
-weight_decay = 0.01  # AdamW weight decay
-adam_beta1 = 0.9  # AdamW β1
-adam_beta2 = 0.99  # AdamW β2
 max_grad_norm = 1.0  # gradient-norm clip
-warmup_ratio = 0.01  # fraction of the steps of linear warmup
 lora_r = 0  # LoRA rank (0 = full fine-tuning)
 lora_alpha = 64  # LoRA scale α (the update is α/r · BA)
 lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: model.FAMILIES)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
-eval_items = 200  # held-out problems scored greedily before and after training (0 = no evaluation)
-eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
-eval_max_completion_length = 16  # evaluation decoding: completion tokens
-eval_block_length = 8  # evaluation decoding: block size
-eval_sampling_steps = 4  # evaluation decoding: steps (eval.py gives a whole grid)
-per_device_eval_batch_size = 100  # prompts per evaluation forward pass
+eval_items = 200  # held-out problems scored before and after training, greedily at the rollouts' length, blocks and steps
 eval_every = 0  # held-out accuracy every this many steps too, logged as eval_accuracy (0 = before and after only)
 log_completions_steps = 0  # every this many steps, prompts, completions, rewards, advantages to completions.jsonl (0 = never)
 save_steps = 50  # write a checkpoint every this many steps (and at the last)
@@ -94,33 +84,39 @@ save_total_limit = 2  # checkpoints kept (the newest)
 resume_from_checkpoint: bool | str = False  # True: continue from the newest readable checkpoint in output_dir; or a checkpoint-N folder
 overwrite_output_dir = False  # without resume, empty an output_dir that holds a run (checkpoints, log) first
 report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (log.jsonl is always written)
-run_name = ""  # the run's name for report_to ("" = output_dir's name)
-project = "agrpo"  # the wandb project
 # --- end of config
 
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
 # what a resume may change: where and how often it writes, what it reports and evaluates, memory and
 # speed. Every other key defines the run; a resume that changes one is refused, naming it.
-MAY_CHANGE_ON_RESUME = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "save_steps", "save_total_limit", "report_to",
-                        "project", "run_name", "system_prompt_file", "eval_every", "log_completions_steps", "eval_file", "eval_items",
-                        "eval_split", "eval_max_completion_length", "eval_block_length", "eval_sampling_steps",
-                        "per_device_eval_batch_size", "gradient_checkpointing", "compile"}  # fmt: skip
+MAY_CHANGE_ON_RESUME = {
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "save_steps",
+    "save_total_limit",
+    "report_to",
+    "eval_every",
+    "log_completions_steps",
+    "eval_file",
+    "eval_items",
+    "gradient_checkpointing",
+    "compile",
+}
 
 
 RULES = [  # (key, check, allowed values): every numeric and list knob, checked before any heavy work
     *((k, lambda v: v >= 1, ">= 1") for k in ("num_iterations", "per_device_train_batch_size", "gradient_accumulation_steps",
-                                             "save_steps", "save_total_limit", "per_device_eval_batch_size")),
+                                             "save_steps", "save_total_limit")),
     ("learning_rate", lambda v: 0 < v <= 1, "in (0, 1]: AdamW moves each weight by up to ~10x the rate a step"),
     ("temperature", lambda v: 0 <= v <= 100, "in [0, 100]"),
     ("num_train_epochs", lambda v: 0 < v <= 1e6, "in (0, 1e6]"),
     ("seed", lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
     *((k, lambda v: v > 0, "> 0") for k in ("max_grad_norm", "epsilon_high", "lora_alpha")),
-    *((k, lambda v: v >= 0, ">= 0") for k in ("weight_decay", "beta", "lora_r", "top_k", "eval_every", "log_completions_steps",
+    *((k, lambda v: v >= 0, ">= 0") for k in ("beta", "lora_r", "top_k", "eval_every", "log_completions_steps",
                                              "max_prompt_length")),
     ("eval_items", lambda v: v >= -1, ">= -1 (-1: the whole test set, 0: no evaluation)"),
-    *((k, lambda v: 0 <= v < 1, "in [0, 1)") for k in ("adam_beta1", "adam_beta2")),
     ("epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("lora_target_modules", lambda v: all(isinstance(m, str) and m for m in v), "a tuple of module names"),
 ]  # fmt: skip
 
@@ -139,7 +135,6 @@ def validate(cfg):
             cfg.top_p,
             cfg.threshold,
         )
-        check_settings(cfg.eval_max_completion_length, cfg.eval_block_length, cfg.eval_sampling_steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     choices = dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=logs.REPORTERS)
@@ -163,9 +158,10 @@ def validate(cfg):
         )
     if isinstance(cfg.resume_from_checkpoint, str) and not os.path.isfile(os.path.join(cfg.resume_from_checkpoint, "trainer_state.json")):
         raise ConfigError(f"--resume_from_checkpoint={cfg.resume_from_checkpoint} is not a checkpoint folder (no trainer_state.json)")
-    for key in ("train_file", "eval_file", "system_prompt_file"):
-        if getattr(cfg, key) not in ("", "hub") and not os.path.exists(getattr(cfg, key)):
-            raise ConfigError(f"--{key}={getattr(cfg, key)} does not exist")
+    for key in ("train_file", "eval_file", "system_prompt"):
+        path = getattr(cfg, key)
+        if (key != "system_prompt" or path.endswith(".txt")) and path not in ("", "hub") and not os.path.exists(path):
+            raise ConfigError(f"--{key}={path} does not exist")
     problem = model_path_error(cfg.model_name_or_path)
     if problem:
         raise ConfigError(f"--model_name_or_path: {problem}")
@@ -234,9 +230,10 @@ def load_policy(cfg, device, distributed, master):
 
 
 def make_optimizer(cfg, params, total_steps):
-    """AdamW; the rate warms up linearly over warmup_ratio of the steps, then decays to 0 (cosine)."""
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    """AdamW as the released run configures it: β = (0.9, 0.99), weight decay 0.01, the rate warming up
+    linearly over the first 1% of the steps, then decaying to 0 (cosine)."""
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
+    warmup = max(1, int(0.01 * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
     )
@@ -272,14 +269,14 @@ def main():
             tqdm.write(" ".join(str(x) for x in a))
 
     # the system turn's text itself, so that a resume compares the text and not the file name
-    cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt, cfg.system_prompt_file)
+    cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt)
 
     # data: generated tasks draw train and test from disjoint parts of the problem space (data.split_of)
     gen = data.task_options(cfg.task, vars(cfg))
     n_generated = 20_000 if hasattr(data.task(cfg.task), "generate") else None
     try:
         train_items = data.load_items(cfg.task, "train", cfg.train_file or None, n=n_generated, seed=cfg.seed, **gen)
-        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, cfg.eval_split, **gen) if cfg.eval_items else []
+        test_items = data.test_set(cfg.task, cfg.eval_file, cfg.eval_items, cfg.seed, **gen) if cfg.eval_items else []
         loaded, train_items = len(train_items), data.without_test_problems(cfg.task, train_items, test_items)  # a file or hub may overlap
     except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
@@ -292,7 +289,7 @@ def main():
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
 
     # a logging service that cannot be reached stops the run before the model loads
-    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, cfg.run_name, cfg.project, vars(cfg)) if master else None
+    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, vars(cfg)) if master else None
 
     # the policy π_θ (and π_ref when β > 0)
     model, tok, ref_model = load_policy(cfg, device, distributed, master)
@@ -300,8 +297,8 @@ def main():
 
     def held_out_accuracy(label):
         with amp():  # the rollouts' precision (adapters added under_autocast need it)
-            res = evaluate(model, tok, cfg.task, test_items, gen_length=cfg.eval_max_completion_length, block_length=cfg.eval_block_length,
-                           steps=cfg.eval_sampling_steps, batch_size=cfg.per_device_eval_batch_size, system_prompt=cfg.system_prompt,
+            res = evaluate(model, tok, cfg.task, test_items, gen_length=cfg.max_completion_length, block_length=cfg.block_length,
+                           steps=cfg.sampling_steps, batch_size=cfg.per_device_train_batch_size, system_prompt=cfg.system_prompt,
                            compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length, rank=rank, world=world,
                            desc=label)  # fmt: skip
         acc = sum(r["accuracy"] for r in res) / len(res)

@@ -63,10 +63,10 @@ if args.quick:
     args.max_steps, args.eval_items, args.validation_items, args.learning_rates, args.seeds = 2, 8, 8, (1e-3,), (1,)
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
-task, L = cfg["task"], cfg["eval_max_completion_length"]
+task, L = cfg["task"], cfg["max_completion_length"]  # scored at the rollouts' length and blocks
 rates, seeds = args.learning_rates, args.seeds
 grid_m = args.eval_sampling_steps or (L // 4, L // 2, L)
-grid_m = (cfg["eval_sampling_steps"],) if args.quick else grid_m
+grid_m = (cfg["sampling_steps"],) if args.quick else grid_m
 threads = max(1, (os.cpu_count() or 1) // args.jobs)
 t0 = time.time()
 trained_here = []  # the runs this call trained; the others were cached by an earlier call
@@ -88,7 +88,7 @@ def scores(model, label, split):
         knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
         n = args.eval_items if split == "test" else args.validation_items
         run_script(threads, "eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}",
-                   "--seed=0", f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+                   "--seed=0", f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['block_length']}",
                    f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
     return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 

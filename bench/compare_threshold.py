@@ -45,7 +45,7 @@ if args.quick:
     args.max_steps, args.save_steps, args.eval_items = 2, 1, 8
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
-L, m, tau = cfg["eval_max_completion_length"], cfg["eval_sampling_steps"], args.threshold
+L, m, tau = cfg["max_completion_length"], cfg["sampling_steps"], args.threshold
 RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
 threads = max(1, (os.cpu_count() or 1) // 2)
 t0 = time.time()
@@ -55,7 +55,7 @@ def score(model, where):
     """{'fixed': (accuracy, passes), 'threshold': (accuracy, passes)} of one model on the test set."""
     if not os.path.exists(f"{where}/results.json"):
         run_script(threads, "eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}",
-                   f"--eval_items={args.eval_items}", "--seed=0", f"--gen_lengths=({L},)", f"--block_length={cfg['eval_block_length']}",
+                   f"--eval_items={args.eval_items}", "--seed=0", f"--gen_lengths=({L},)", f"--block_length={cfg['block_length']}",
                    f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
                    *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
                    f"--output_dir={where}")  # fmt: skip

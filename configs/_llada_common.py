@@ -7,12 +7,8 @@ seed = 333
 lora_r = 64
 lora_alpha = 64
 gradient_checkpointing = False
-learning_rate = 5e-6
-weight_decay = 0.01
-adam_beta1 = 0.9
-adam_beta2 = 0.99
+learning_rate = 5e-6  # AdamW β = (0.9, 0.99), weight decay 0.01, 1% warmup, cosine: train.py's own, as released
 max_grad_norm = 1.0
-warmup_ratio = 0.01
 max_steps = -1
 num_train_epochs = 5.0
 num_generations = 8
@@ -32,10 +28,7 @@ unmasking = "random"
 temperature = 0.6
 top_p = 0.99
 top_k = 150
-eval_max_completion_length = 256
-eval_block_length = 32
-eval_sampling_steps = 128
-per_device_eval_batch_size = 8
-eval_items = -1  # the whole test set (GSM8K-Platinum: 1,209 items; MATH-500: 500)
+eval_items = -1  # the whole test set (GSM8K-Platinum: 1,209 items; MATH-500: 500); eval.py scores it as released
+# (configs/llada_eval.py); train.py's held-out accuracy decodes as the rollouts do (384 tokens, blocks of 12)
 save_steps = 15
 save_total_limit = 100

@@ -94,9 +94,9 @@ def test_system_prompt_choices(tmp_path):
     assert system_prompt_text("gsm8k", "") == "" and system_prompt_text("gsm8k", "Be brief.") == "Be brief."
     exact = "Line one.\n  Line two, é.\n"
     (tmp_path / "p.txt").write_text(exact, encoding="utf-8")
-    assert system_prompt_text("gsm8k", "task", str(tmp_path / "p.txt")) == exact  # the file wins, byte for byte
-    with pytest.raises(DataError, match=r"^system_prompt_file=.*missing\.txt: No such file"):
-        system_prompt_text("gsm8k", "", str(tmp_path / "missing.txt"))
+    assert system_prompt_text("gsm8k", str(tmp_path / "p.txt")) == exact  # a .txt file's exact text, byte for byte
+    with pytest.raises(DataError, match=r"^system_prompt=.*missing\.txt: No such file"):
+        system_prompt_text("gsm8k", str(tmp_path / "missing.txt"))
 
 
 def test_task_prompts_examples_earn_full_reward():

@@ -129,16 +129,18 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     model, _ = load("tiny")
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    config = dict(model_name_or_path="tiny", lora_r=0, task="sudoku", system_prompt="Fill the grid.", system_prompt_file="/gone.txt",
-                  compact_prompt=True, seed=0, sudoku_blanks=[10, 10], eval_file="", eval_items=5, eval_split="test",
-                  eval_max_completion_length=24, eval_block_length=8, eval_sampling_steps=6, per_device_eval_batch_size=4)  # fmt: skip
+    # a recorded system turn is the exact text the run used: one ending in .txt is not read as a file again
+    config = dict(model_name_or_path="tiny", lora_r=0, task="sudoku", system_prompt="Fill the grid. See notes.txt",
+                  compact_prompt=True, seed=0, sudoku_blanks=[10, 10], eval_file="", eval_items=5,
+                  max_completion_length=24, block_length=8, sampling_steps=6)  # fmt: skip
     checkpoint.save(f"{tmp_path}/run", 3, model, opt, sched, config)
     args = [f"{sys.executable}", "eval.py", f"--models=('{tmp_path}/run',)", "--labels=()"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([*args, f"--output_dir={tmp_path}/e"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     samples = [json.loads(line) for line in open(f"{tmp_path}/e/samples.jsonl")]
-    assert len(samples) == 5 and all("Fill the grid." in s["prompt"] and (s["gen_length"], s["steps"]) == (24, 6) for s in samples)
+    assert len(samples) == 5 and all((s["gen_length"], s["steps"]) == (24, 6) for s in samples)
+    assert all("Fill the grid. See notes.txt" in s["prompt"] for s in samples)
     header = open(f"{tmp_path}/e/results.md").read().split("|")[0]
     assert "sudoku, 5 test items" in header and f"from {tmp_path}/run/checkpoint-3: task='sudoku'" in header
     out = subprocess.run([*args, "--eval_items=3", "--system_prompt=", f"--output_dir={tmp_path}/f"], cwd=ROOT, capture_output=True,
@@ -149,15 +151,19 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
 
 
 def test_a_training_preset_serves_eval(tmp_path):
-    """`python eval.py configs/llada_gsm8k.py` decodes as the released evaluation: 256 tokens, blocks of
-    32, 128 steps, the whole test set, the task's own system turn and full sentences."""
+    """`python eval.py configs/llada_gsm8k.py` evaluates as the run trains (384 tokens, blocks of 12,
+    128 steps, the whole test set, the task's own system turn, full sentences); with
+    configs/llada_eval.py after it, as the released evaluation decodes (256 tokens, blocks of 32)."""
     cmd = [sys.executable, "eval.py", "configs/llada_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    cfg = json.loads(out.stdout)
-    assert (cfg["task"], cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"]) == ("gsm8k", [256], 32, [128])
+    cfg = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    assert (cfg["task"], cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"]) == ("gsm8k", [384], 12, [128])
     assert (cfg["eval_items"], cfg["system_prompt"], cfg["compact_prompt"], cfg["seed"]) == (-1, "task", False, 333)
     assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
-    out = subprocess.run([*cmd, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    released = [*cmd[:3], "configs/llada_eval.py", *cmd[3:]]
+    cfg = json.loads(subprocess.run(released, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    assert (cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"], cfg["per_device_eval_batch_size"]) == ([256], 32, [128], 8)
+    assert (cfg["task"], cfg["eval_items"], cfg["system_prompt"]) == ("gsm8k", -1, "task")
+    out = subprocess.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16
 
 

@@ -152,7 +152,7 @@ def test_logging_at_the_released_runs_level(tmp_path):
     """log.jsonl has the released run's scalars (reward std, zero-std groups, clip low
     and high, entropy, ratio deviation), eval_every adds held-out accuracy, a line names each
     checkpoint, and log_completions_steps writes every completion with its reward and advantage."""
-    out = run([f"--output_dir={tmp_path}/r", "--max_steps=3", "--eval_items=4", "--per_device_eval_batch_size=4", "--eval_every=2",
+    out = run([f"--output_dir={tmp_path}/r", "--max_steps=3", "--eval_items=4", "--eval_every=2",
                "--log_completions_steps=2", "--save_steps=2"])  # fmt: skip
     rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
     keys = {"reward", "reward_std", "frac_reward_zero_std", "entropy", "clip_low", "clip_high",
@@ -192,8 +192,8 @@ def test_report_to_wandb_offline(tmp_path):
     the completions tables. (wandb 0.31 has no public reader for the scalars of an offline run.)"""
     import glob
 
-    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=wandb", "--log_completions_steps=1", "--run_name=t"],
-        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})  # fmt: skip
+    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=wandb", "--log_completions_steps=1"],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_NAME": "t"})  # fmt: skip
     offline = glob.glob(f"{tmp_path}/r/wandb/offline-run-*")
     assert len(offline) == 1 and glob.glob(f"{offline[0]}/run-*.wandb")
     tables = [json.load(open(f)) for f in sorted(glob.glob(f"{offline[0]}/files/media/table/completions_*.table.json"))]
