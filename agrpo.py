@@ -54,7 +54,9 @@ def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2)
     return -torch.min(unclipped, clipped), is_clipped, ratio
 
 
-def draw_loss(logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None, n_rows=None):
+def draw_loss(
+    logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None, n_rows=None
+):
     """Loss of one draw: logp, old_logp, ref_logp, read (B, G); weight, norm, advantages (B,);
     n_rows: the N of the 1/N (default B; more when rows were left out). Returns (scalar loss,
     metrics summed over read tokens)."""
@@ -78,7 +80,9 @@ def draw_loss(logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsil
     return loss, metrics
 
 
-def prepare(model, rollout, estimator, k, mu, generator, scheme="low_discrepancy", ref_model=None, prompt_mask_prob=0.15):
+def prepare(
+    model, rollout, estimator, k, mu, generator, scheme="low_discrepancy", ref_model=None, prompt_mask_prob=0.15
+):
     """Draws for all μ inner iterations, with old and reference log-probs taken before any update.
     ref_model: None (β = 0: no reference pass), a frozen copy, or a peft model whose adapters are
     disabled for the pass (the base model is the reference, at no extra memory)."""
@@ -132,10 +136,23 @@ def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=co
         for j in range(K):
             model.require_backward_grad_sync = a == len(batches) - 1 and j == K - 1  # nanoGPT's DDP switch
             with amp():
-                logp = token_logp(model, b.rollout, d.x[j][rows], d.read[j][rows], rows, d.truncate)  # log π_θ(o_j | x_t)
+                logp = token_logp(
+                    model, b.rollout, d.x[j][rows], d.read[j][rows], rows, d.truncate
+                )  # log π_θ(o_j | x_t)
                 ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
-                loss, m = draw_loss(logp, b.old_logp[it][j][rows], b.advantages[rows], d.read[j][rows], d.weight[j][rows],
-                                    d.norm[rows], epsilon, epsilon_high, beta, ref, n_rows=len(b.advantages))  # fmt: skip
+                loss, m = draw_loss(
+                    logp,
+                    b.old_logp[it][j][rows],
+                    b.advantages[rows],
+                    d.read[j][rows],
+                    d.weight[j][rows],
+                    d.norm[rows],
+                    epsilon,
+                    epsilon_high,
+                    beta,
+                    ref,
+                    n_rows=len(b.advantages),
+                )
                 (loss * (1.0 / len(batches))).backward()
             total += loss.item()
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
@@ -153,11 +170,12 @@ def zero_loss(model, b, it):
     return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, d.truncate).sum() * 0.0
 
 
-def update(model, params, opt, batches, num_iterations, epsilon, epsilon_high, beta, max_grad_norm, amp=contextlib.nullcontext):
+def update(model, opt, batches, num_iterations, epsilon, epsilon_high, beta, max_grad_norm, amp=contextlib.nullcontext):
     """The optimizer steps of one rollout phase: μ inner iterations, each a gradient over all
     micro-batches, the norm clip and one AdamW step. A non-finite gradient, or a step that would leave
     a weight non-finite, is skipped: weights and moments stay untouched. Returns (mean loss, summed
     metrics, last grad norm, steps skipped)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     loss_sum, metrics, skipped = 0.0, {}, 0
     for it in range(num_iterations):
         loss, m = accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp)

@@ -59,6 +59,19 @@ def catch_stop_signals():
     return state
 
 
+def save_after_stop(out_dir, finished, start, save):
+    """After a stop signal: the checkpoint of the last finished step, written with the RNG state as it
+    was then (unless that step's checkpoint exists), or the newest one, or None. finished: (step, torch
+    RNG state, Python RNG state); save(step) writes one."""
+    done, torch_rng, python_rng = finished
+    path = newest(out_dir)
+    if done > start and not (path or "").endswith(f"{PREFIX}{done}"):
+        torch.set_rng_state(torch_rng)
+        random.setstate(python_rng)
+        path = save(done)
+    return path
+
+
 def fingerprint(model):
     """Names and shapes of the trained parameters: a checkpoint of another model is refused."""
     return sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad)
@@ -68,7 +81,9 @@ def names(out_dir):
     """Complete checkpoint folders in out_dir, oldest first (a half-written `.tmp` one never counts)."""
     if not os.path.isdir(out_dir):
         return []
-    found = [f for f in os.listdir(out_dir) if re.fullmatch(PREFIX + r"\d+", f) and os.path.isdir(os.path.join(out_dir, f))]
+    found = [
+        f for f in os.listdir(out_dir) if re.fullmatch(PREFIX + r"\d+", f) and os.path.isdir(os.path.join(out_dir, f))
+    ]
     return sorted(found, key=lambda f: int(f[len(PREFIX) :]))
 
 
@@ -101,7 +116,9 @@ def claim(out_dir, resume, overwrite):
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
     lock.flush()
-    previous = names(out_dir) + [f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))]
+    previous = names(out_dir) + [
+        f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))
+    ]
     if previous and not resume:
         if not overwrite:
             raise ConfigError(
@@ -135,7 +152,9 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
     config["model_name_or_path"]. Returns the folder."""
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
-        raise SystemExit(f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}")
+        raise SystemExit(
+            f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}"
+        )
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     state = {
@@ -151,8 +170,10 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         getattr(model, "module", model).save_pretrained(tmp)  # peft: the adapters; else the whole model
         if tok is not None:
             tok.save_pretrained(tmp)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-                   os.path.join(tmp, "optimizer.pt"))  # fmt: skip
+        torch.save(
+            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+            os.path.join(tmp, "optimizer.pt"),
+        )
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(state, f)
         _fsync_tree(tmp)
@@ -163,7 +184,8 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
             raise
         last = newest(out_dir) or "none yet"
         raise SystemExit(
-            f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from {last}"
+            f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from "
+            f"{last}"
         ) from None
     if os.path.exists(path):  # a step run again after a resume from an older checkpoint
         os.replace(path, path + ".old")
@@ -231,8 +253,13 @@ def state_problem(state, need_rng):
     if state["step"] < 0 or not all(isinstance(x, list) and len(x) == 2 for x in state["fingerprint"]):
         return "has a negative 'step' or a malformed 'fingerprint'"
     rng = state.get("python_rng")
-    if need_rng and not (len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list) and len(rng[1]) == 625
-                         and all(isinstance(x, int) and 0 <= x < 2**32 for x in rng[1])):  # fmt: skip
+    if need_rng and not (
+        len(rng) == 3
+        and isinstance(rng[0], int)
+        and isinstance(rng[1], list)
+        and len(rng[1]) == 625
+        and all(isinstance(x, int) and 0 <= x < 2**32 for x in rng[1])
+    ):
         return "has a malformed 'python_rng'"
     return None
 
@@ -258,7 +285,11 @@ def shapes_problem(expected, saved):
     untrained adapters (peft skips missing keys) or broadcast a (1,) tensor into a whole parameter."""
     missing = sorted(expected.keys() - saved.keys())
     if missing:
-        what = "no weights at all" if not saved else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+        what = (
+            "no weights at all"
+            if not saved
+            else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
+        )
         return f"is incomplete: {what}"
     wrong = next((k for k in expected if saved[k] != expected[k]), None)
     return f"is damaged: {wrong} has shape {saved[wrong]}, expected {expected[wrong]}" if wrong else None
@@ -275,7 +306,10 @@ def newest_whole(run_dir, log=print):
             problem = str(e).removeprefix("config error: ")
         if problem is None:
             return path
-        log(f"warning: {problem if problem.startswith(path) else f'checkpoint {path} {problem}'}; trying an older checkpoint")
+        log(
+            f"warning: {problem if problem.startswith(path) else f'checkpoint {path} {problem}'}; trying an older "
+            "checkpoint"
+        )
     return None
 
 
@@ -325,7 +359,9 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
             sched.load_state_dict(extra["scheduler"])
             torch.set_rng_state(extra["torch_rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # loaded as data, but not this optimizer's state
-            raise ConfigError(f"checkpoint {path}: optimizer.pt does not hold this run's optimizer state ({type(e).__name__})") from None
+            raise ConfigError(
+                f"checkpoint {path}: optimizer.pt does not hold this run's optimizer state ({type(e).__name__})"
+            ) from None
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
     return state["step"]
@@ -333,39 +369,44 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
 
 def check_tensors(path, saved, expected):
     """Every expected tensor is in the checkpoint with its own shape (shapes_problem), before any is copied."""
-    problem = shapes_problem({n: list(t.shape) for n, t in expected.items()}, {n: list(t.shape) for n, t in saved.items()})
+    problem = shapes_problem(
+        {n: list(t.shape) for n, t in expected.items()}, {n: list(t.shape) for n, t in saved.items()}
+    )
     if problem:
         raise ConfigError(f"checkpoint {path} {problem}")
 
 
-def resume(out_dir, model, opt, sched, config, must_match, log_path, master=True, log=print, only=None):
+def resume(out_dir, model, opt, sched, config, may_change=(), log_paths=(), master=True, log=print, only=None):
     """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
-    (step, counters), or (0, {}) when there is none. The steps after it are run again, so their
-    log lines (and a half-written checkpoint) are dropped."""
+    (step, counters), or (0, {}) when there is none. Every key of config but those in may_change must
+    equal the checkpoint's. The steps after it are run again, so their lines in the JSONL files
+    `log_paths` (and a half-written checkpoint) are dropped."""
     # the newest readable one (a damaged one is passed over), or the named one as it is
     paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]
     step = None
     for path in paths:
         try:
             state = read(path, with_tensors=True)  # every file read and checked before anything is copied
-            step = restore(path, state, model, opt, sched, config, must_match)
+            step = restore(path, state, model, opt, sched, config, set(config) - set(may_change))
             break
         except ConfigError as e:
             if only is not None or isinstance(e, RunMismatch):
                 raise
             log(f"warning: {str(e).removeprefix('config error: ')}; trying an older checkpoint")
     if step is None and paths:
-        raise ConfigError(f"none of the {len(paths)} checkpoints in {out_dir} can be used (warnings above): name a good one with "
-                          "--resume_from_checkpoint=PATH, or start over with --overwrite_output_dir")  # fmt: skip
+        raise ConfigError(
+            f"none of the {len(paths)} checkpoints in {out_dir} can be used (warnings above): name a good one with "
+            "--resume_from_checkpoint=PATH, or start over with --overwrite_output_dir"
+        )
     if step is None:
         log(f"resume: no checkpoint in {out_dir}, starting fresh")
-        if master:  # a kill before the first checkpoint: its log lines are run again
-            truncate_log(log_path, 0)
-            remove_partial(out_dir)
-        return 0, {}
+        step = 0  # a kill before the first checkpoint: its steps' lines are run again
     if master:
-        truncate_log(log_path, step)
+        for jsonl in log_paths:
+            truncate_log(jsonl, step)
         remove_partial(out_dir)
+    if step == 0:
+        return 0, {}
     log(f"resumed from {path} (step {step})")
     return step, state.get("counters", {})
 

@@ -11,15 +11,18 @@ else in the script's namespace can be set. A value must have its default's type;
 (`resume_from_checkpoint: bool | str = False`) also takes the types it names. A config file is
 executed over them, then each --key=value override is parsed as a Python literal (a bare word
 stays a string). Unknown keys (with a "did you mean" for known names under another spelling) and
-values of the wrong type stop the script with one line, before any heavy work; `--print_config` prints the resolved config as
-JSON and exits.
+values of the wrong type stop the script with one line, before any heavy work, and so does a value
+outside the interval that ends its key's comment (`# AdamW peak rate (0, 1]`) or a float that is not
+finite; `--print_config` prints the resolved config as JSON and exits.
 """
 
 import ast
 import difflib
 import io
 import json
+import math
 import os
+import re
 import sys
 import tokenize
 
@@ -75,7 +78,9 @@ def _parse(script):
     begin, end = src.index(BEGIN), src.index(END)
     block = src[begin:end]
     comments = {
-        t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(block).readline) if t.type == tokenize.COMMENT
+        t.start[0]: t.string.lstrip("# ")
+        for t in tokenize.generate_tokens(io.StringIO(block).readline)
+        if t.type == tokenize.COMMENT
     }
     keys, also = {}, {}
     for node in ast.parse(block).body:
@@ -98,13 +103,38 @@ def _coerce(key, value, default, also=()):
         return float(value)
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
-    raise ConfigError(f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__} (default {default!r})")
+    raise ConfigError(
+        f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__} (default {default!r})"
+    )
 
 
 def _unknown(key, known, where):
     close = [SYNONYMS[key]] if SYNONYMS.get(key) in known else difflib.get_close_matches(key, known, n=2, cutoff=0.75)
     hint = f" (did you mean {' or '.join('--' + k for k in close)}?)" if close else ""
     return ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
+
+
+_NUMBER = r"\s*(-?inf|-?[\d.]+(?:e-?\d+)?|2\*\*\d+)\s*"
+INTERVAL = re.compile(rf"([\[(]){_NUMBER},{_NUMBER}([\])])$")  # a comment's last words: the key's range, "(0, 1]"
+
+
+def check_ranges(config, ranges):
+    """Stop with one line at a float that is not finite, or at the first value outside its interval
+    (ranges: {key: its comment}, which ends with the interval, as "[1, inf)")."""
+    for key, value in config.items():  # inf and nan pass comparison-free checks, so none may pass here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key}={value!r} must be a finite number")
+    for key, comment in ranges.items():
+        interval = INTERVAL.search(comment)
+        opening, low, high, closing = interval.groups()
+        low, high, v = _bound(low), _bound(high), config[key]
+        if not ((low <= v if opening == "[" else low < v) and (v <= high if closing == "]" else v < high)):
+            raise ConfigError(f"--{key}={v!r} must be in {interval.group(0)}")
+
+
+def _bound(text):
+    base, _, power = text.partition("**")
+    return float(base) ** int(power) if power else float(base)
 
 
 def first_line(e):
@@ -128,8 +158,12 @@ def preset_values(path):
     try:
         exec(compile(open(path).read(), path, "exec"), scope)  # a preset is trusted Python, like nanoGPT's
     except Exception as e:  # a syntax error, or a name it uses that does not exist
-        line = getattr(e, "lineno", None) or next((t.tb_lineno for t in _frames(e) if t.tb_frame.f_code.co_filename == path), "?")
-        raise ConfigError(f"config file {path}, line {line}: {type(e).__name__}: {getattr(e, 'msg', None) or e}") from None
+        line = getattr(e, "lineno", None) or next(
+            (t.tb_lineno for t in _frames(e) if t.tb_frame.f_code.co_filename == path), "?"
+        )
+        raise ConfigError(
+            f"config file {path}, line {line}: {type(e).__name__}: {getattr(e, 'msg', None) or e}"
+        ) from None
     return {k: v for k, v in scope.items() if not (k.startswith("_") or callable(v) or type(v).__name__ == "module")}
 
 
@@ -137,7 +171,12 @@ def help_text(script, sections):
     """The script's docstring's first paragraph, then each file's keys: default and comment."""
     doc = (ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0]
     width = max(len(k) for _, keys in sections for k in keys) + 2
-    lines = [doc, "", f"usage: python {os.path.basename(script)} [config.py ...] [--key=value ...] [--print_config]", ""]
+    lines = [
+        doc,
+        "",
+        f"usage: python {os.path.basename(script)} [config.py ...] [--key=value ...] [--print_config]",
+        "",
+    ]
     for path, keys in sections:
         if path != script:
             lines += ["", f"  options of {os.path.relpath(path, os.path.dirname(script))}:"]
@@ -180,6 +219,9 @@ def configure(script, argv=None, option_files=()):
             except (ValueError, SyntaxError):
                 value = raw
         config[key] = _coerce(key, value, config[key], also.get(key, ()))
+    check_ranges(
+        config, {k: comment for _, keys in sections for k, (_, comment) in keys.items() if INTERVAL.search(comment)}
+    )
     if print_config:
         print(json.dumps(config, indent=1))
         sys.exit(0)

@@ -12,7 +12,10 @@ import json
 import os
 import zlib
 
+import torch
+
 from configurator import declared, first_line
+from ddp import seeded
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 TASK_NAMES = tuple(sorted(f[:-3] for f in os.listdir(TASKS_DIR) if f.endswith(".py") and not f.startswith("_")))
@@ -39,7 +42,9 @@ def task(name):
     t = importlib.import_module(f"tasks.{name}")
     missing = [a for a in REQUIRED if not hasattr(t, a)]
     if missing:
-        raise ValueError(f"tasks/{name}.py does not define {', '.join(missing)} (tasks/__init__.py lists what a task file defines)")
+        raise ValueError(
+            f"tasks/{name}.py does not define {', '.join(missing)} (tasks/__init__.py lists what a task file defines)"
+        )
     return t
 
 
@@ -77,7 +82,9 @@ def enough(attempts, n, found, what):
     the last new problem, so a space that is used up (or empty) fails within seconds, not hours,
     while a rare last problem is still found."""
     if attempts > 100_000:
-        raise ValueError(f"only {found} distinct {what} problems found with these generator settings; ask for fewer or widen the ranges")
+        raise ValueError(
+            f"only {found} distinct {what} problems found with these settings: ask for fewer or widen the ranges"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,13 +152,18 @@ def read_rows(path):
                 yield f"{path}:{n}", row
     elif path.endswith(".csv"):
         try:
-            with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of the first column's name
+            with open(
+                path, encoding="utf-8-sig", newline=""
+            ) as f:  # -sig: a byte-order mark is not part of the first column's name
                 rows = list(csv.DictReader(f))
         except (UnicodeDecodeError, csv.Error) as e:
             raise DataError(f"{path}: not a UTF-8 CSV file ({e})") from None
         for n, row in enumerate(rows, 2):  # line 1 is the header
             extra = row.pop(None, None)  # csv puts the fields beyond the header's under the key None
-            yield f"{path}:{n}", DataError(f"{path}:{n}: {len(extra)} more fields than the header's {len(row)}") if extra else row
+            yield (
+                f"{path}:{n}",
+                DataError(f"{path}:{n}: {len(extra)} more fields than the header's {len(row)}") if extra else row,
+            )
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -195,13 +207,59 @@ def hub_dataset(*args, **kwargs):
     try:
         return load_dataset(*args, **kwargs)
     except Exception as e:  # no network, no such dataset, a damaged cache: datasets raises many types
-        raise DataError(f"hub dataset {args[0]} cannot be loaded ({first_line(e)}); give a local file as train_file/eval_file") from None
+        raise DataError(
+            f"hub dataset {args[0]} cannot be loaded ({first_line(e)}); give a local file as train_file/eval_file"
+        ) from None
 
 
 def without_test_problems(task_name, train_items, test_items):
     key = task(task_name).problem_key
     held_out = {key(it) for it in test_items}
     return [it for it in train_items if key(it) not in held_out]
+
+
+def run_items(task_name, train_file, eval_file, eval_items, seed, options):
+    """(training items, held-out items, a note or None) of a train.py run. Generated tasks draw both
+    from disjoint parts of the problem space (split_of); a file or the hub may hold held-out problems
+    among its training items: they are left out, and the note says how many."""
+    n = 20_000 if hasattr(task(task_name), "generate") else None
+    train = load_items(task_name, "train", train_file or None, n=n, seed=seed, **options)
+    test = test_set(task_name, eval_file, eval_items, seed, **options) if eval_items else []
+    kept = without_test_problems(task_name, train, test)
+    if not kept:
+        raise DataError(
+            f"no training items: all {len(train)} items of train_file={train_file!r} are held-out problems "
+            f"(eval_file={eval_file!r}); train on other problems or set eval_items=0"
+        )
+    left_out = len(train) - len(kept)
+    return (
+        kept,
+        test,
+        f"left out {left_out} of {len(train)} training items: they are held-out problems too" if left_out else None,
+    )
+
+
+def long_prompts_note(tok, task_name, items, system_prompt, compact, max_length):
+    """A line saying how many prompts are longer than max_length (cut from the left) and naming the
+    longest, or None when none is."""
+    lengths = [len(build_prompt(tok, task_name, it, system_prompt, compact)) for it in items]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] <= max_length:
+        return None
+    over = sum(n > max_length for n in lengths)
+    return (
+        f"{over} of {len(lengths)} training prompts are longer than max_prompt_length={max_length} tokens and are cut "
+        f"from the left; the longest, training item {longest}, has {lengths[longest]} tokens"
+    )
+
+
+def prompt_items(items, position, n, seed):
+    """The n training items at `position` of a run's stream: epoch after epoch, each a fresh seeded
+    permutation of the items. A position is global, so any partition over ranks and accumulation
+    steps sees the same prompts."""
+    epoch, first = divmod(position, len(items))
+    orders = [torch.randperm(len(items), generator=seeded(seed, "epoch", e)) for e in (epoch, epoch + 1)]
+    return [items[i] for i in torch.cat(orders)[first : first + n].tolist()]
 
 
 def test_set(task_name, path, n, seed, split="test", **gen):
@@ -212,10 +270,14 @@ def test_set(task_name, path, n, seed, split="test", **gen):
         raise ValueError(f"eval_split={split!r} must be 'test' or 'validation'")
     generated = hasattr(task(task_name), "generate")
     if split == "validation" and (path or not generated):
-        raise ValueError(f"eval_split='validation' exists for generated tasks only (task={task_name!r}, eval_file={path!r}): "
-                         "pass a validation file as eval_file instead")  # fmt: skip
+        raise ValueError(
+            f"eval_split='validation' exists for generated tasks only (task={task_name!r}, eval_file={path!r}): "
+            "pass a validation file as eval_file instead"
+        )
     if n < 0 and not path and generated:
-        raise ValueError(f"eval_items={n} (the whole test set) needs eval_file (a file or 'hub'): generated test sets take a count")
+        raise ValueError(
+            f"eval_items={n} (the whole test set) needs eval_file (a file or 'hub'): generated test sets take a count"
+        )
     items = load_items(task_name, split, path or None, n=None if path or n < 0 else n, seed=seed + 1, **gen)
     return items if n < 0 else items[:n]
 

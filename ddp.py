@@ -1,6 +1,8 @@
-"""Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process; and the
-collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py)."""
+"""Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process; the
+collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py); and the seeded
+generators that make every random choice the same in any partition of the work over ranks."""
 
+import hashlib
 import os
 
 import torch
@@ -35,3 +37,9 @@ def mean_over_ranks(values, device):
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t.tolist()
+
+
+def seeded(seed, *key, device="cpu"):
+    """A generator seeded by (seed, *key): the same on every rank and in every partition of work."""
+    digest = hashlib.sha256(repr((seed, *key)).encode()).hexdigest()  # not hash(): salted per process
+    return torch.Generator(device=device).manual_seed(int(digest[:15], 16))

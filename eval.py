@@ -2,7 +2,7 @@
 generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
-    python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('GSAI-ML/LLaDA-8B-Instruct','runs/llada_gsm8k')"
+    python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('runs/llada_gsm8k',)"
     python eval.py --models="('runs/llada_gsm8k',)" --gen_lengths="(128,256,512)"
     python eval.py --help                                 # every key, its default and meaning
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
@@ -44,11 +44,15 @@ models = (
 )  # each: a run folder (newest checkpoint), a checkpoint-N folder, a model folder (or an export) or a hub id
 labels = ("base", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
-eval_file = ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
+eval_file = (
+    ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
+)
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
-system_prompt = ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, a .txt file, or text
+system_prompt = (
+    ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, a .txt file, or text
+)
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
 gen_lengths = (16, 32)  # completion lengths L of the grid
@@ -58,15 +62,34 @@ sampling_steps = ()  # explicit step counts used at every L instead of step_frac
 unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
 thresholds = ()  # threshold decoding: one more row per τ at each L (its steps column: mean forward passes per item)
 per_device_eval_batch_size = 100  # prompts per forward pass
-base_model = ""  # base model of the checkpoints in --models ("" = the one each names; a local folder's own code then never runs)
+base_model = (
+    ""  # base model of the checkpoints in --models ("" = the one each names; a local folder's own code then never runs)
+)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
 
 
 @torch.no_grad()
-def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_size=32, system_prompt="",
-             compact=False, max_prompt_length=0, unmasking="low_confidence", threshold=None, rank=0, world=1, desc="eval"):  # fmt: skip
+def evaluate(
+    model,
+    tok,
+    task,
+    items,
+    *,
+    gen_length,
+    block_length,
+    steps,
+    batch_size=32,
+    system_prompt="",
+    compact=False,
+    max_prompt_length=0,
+    unmasking="low_confidence",
+    threshold=None,
+    rank=0,
+    world=1,
+    desc="eval",
+):
     """Per-item records (prompt, completion, extracted answer, reward, accuracy, correct, length,
     forward passes), in item order. Batches are fixed first and dealt to ranks (batch b to rank
     b mod world), so each item is decoded in the same batch whatever the world size: sharded
@@ -79,8 +102,18 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     out = []
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
         prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact, max_prompt_length) for i in idx]
-        r = generate(m, prompts, gen_length=gen_length, block_length=block_length, steps=steps, mask_id=tok.mask_token_id,
-                     eos_ids=tok.eos_ids, unmasking=unmasking, threshold=threshold, pad_id=tok.pad_token_id)  # fmt: skip
+        r = generate(
+            m,
+            prompts,
+            gen_length=gen_length,
+            block_length=block_length,
+            steps=steps,
+            mask_id=tok.mask_token_id,
+            eos_ids=tok.eos_ids,
+            unmasking=unmasking,
+            threshold=threshold,
+            pad_id=tok.pad_token_id,
+        )
         texts, lengths = decode_completions(tok, r)
         for i, p, t, n, passes in zip(idx, prompts, texts, lengths.tolist(), r.passes.tolist()):
             answer = fns.answer(items[i])
@@ -102,6 +135,16 @@ def evaluate(model, tok, task, items, *, gen_length, block_length, steps, batch_
     return sorted(ddp.gather(out, world), key=lambda rec: rec["index"])
 
 
+def run_accuracy(model, tok, cfg, items, rank=0, world=1, label="eval"):
+    """The held-out accuracy train.py reports for its config `cfg`: greedy decoding at the rollouts'
+    length, block length and steps, the run's prompts, per_device_train_batch_size prompts a batch."""
+    form = dict(system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length)
+    shape = dict(gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps)
+    batches = dict(batch_size=cfg.per_device_train_batch_size, rank=rank, world=world, desc=label)
+    records = evaluate(model, tok, cfg.task, items, **shape, **form, **batches)
+    return sum(r["accuracy"] for r in records) / len(records)
+
+
 def standard_error(values):
     """s/√n with the sample standard deviation (n − 1); 0 for fewer than two values."""
     n = len(values)
@@ -113,7 +156,11 @@ def standard_error(values):
 
 def summarize(records):
     acc = [r["accuracy"] for r in records]
-    return dict(accuracy=sum(acc) / len(acc), se=standard_error(acc), mean_length=sum(r["length"] for r in records) / len(records))
+    return dict(
+        accuracy=sum(acc) / len(acc),
+        se=standard_error(acc),
+        mean_length=sum(r["length"] for r in records) / len(records),
+    )
 
 
 def markdown_table(rows):
@@ -124,7 +171,8 @@ def markdown_table(rows):
     for r in rows:
         how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
         lines.append(
-            f"| {r['model']} | {r['task']} | {r['gen_length']} | {how} | {r['steps']:.3g} | {100 * r['accuracy']:.1f} | "
+            f"| {r['model']} | {r['task']} | {r['gen_length']} | {how} | {r['steps']:.3g} | {100 * r['accuracy']:.1f} "
+            "| "
             f"{100 * r['se']:.1f} | {r['mean_length']:.1f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
@@ -145,13 +193,28 @@ def plot(rows, path, title):
             color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
             label = f"{name} (L={L})" if len(lengths) > 1 else name
             for thresholded in (False, True):  # fixed steps: a line; threshold decoding: squares at its mean steps
-                line = [r for r in rows if (r["model"], r["gen_length"]) == (name, L) and (r.get("threshold") is not None) == thresholded]
+                line = [
+                    r
+                    for r in rows
+                    if (r["model"], r["gen_length"]) == (name, L) and (r.get("threshold") is not None) == thresholded
+                ]
                 if not line:
                     continue
                 line.sort(key=lambda r: r["steps"])
-                x, y, se = ([f(r) for r in line] for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"]))
-                ax.errorbar(x, y, yerr=se, marker="s" if thresholded else "o", capsize=3, color=color,
-                            linestyle="none" if thresholded else style, label=f"{label}, threshold" if thresholded else label)  # fmt: skip
+                x, y, se = (
+                    [f(r) for r in line]
+                    for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"])
+                )
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=se,
+                    marker="s" if thresholded else "o",
+                    capsize=3,
+                    color=color,
+                    linestyle="none" if thresholded else style,
+                    label=f"{label}, threshold" if thresholded else label,
+                )
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("sampling steps m")
@@ -193,7 +256,10 @@ def step_grid(cfg):
 
 # what a training run records that decides how it is evaluated: eval.py key -> train.py key
 RUN_SETTINGS = {
-    **{k: k for k in ("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length")},
+    **{
+        k: k
+        for k in ("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length")
+    },
     **{k: k for f in data.option_files() for k in declared(f)},
     **{"gen_lengths": "max_completion_length", "block_length": "block_length", "sampling_steps": "sampling_steps"},
 }
@@ -201,7 +267,11 @@ RUN_SETTINGS = {
 
 def run_settings(train_cfg):
     """The eval.py settings a training config (a checkpoint's, or a preset's) decides."""
-    out = {k: tuple(train_cfg[t]) if isinstance(train_cfg[t], list) else train_cfg[t] for k, t in RUN_SETTINGS.items() if t in train_cfg}
+    out = {
+        k: tuple(train_cfg[t]) if isinstance(train_cfg[t], list) else train_cfg[t]
+        for k, t in RUN_SETTINGS.items()
+        if t in train_cfg
+    }
     for k in ("gen_lengths", "sampling_steps"):
         if k in out:
             out[k] = (out[k],)
@@ -224,11 +294,15 @@ def take_run_settings(cfg, given, specs, presets):
             if k in given:
                 continue
             if k in sources and cfg[k] != v:
-                raise ConfigError(f"{sources[k]} and {path} were trained with different {k} ({cfg[k]!r}, {v!r}): "
-                                  f"evaluate them apart, or choose one with --{k}")  # fmt: skip
+                raise ConfigError(
+                    f"{sources[k]} and {path} were trained with different {k} ({cfg[k]!r}, {v!r}): "
+                    f"evaluate them apart, or choose one with --{k}"
+                )
             cfg[k], sources[k] = v, path
     if presets:
-        train_cfg = configure(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets, data.option_files())
+        train_cfg = configure(
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets, data.option_files()
+        )
         for k, v in run_settings(train_cfg).items():
             if k not in given:
                 cfg[k], sources[k] = v, presets[-1]
@@ -258,10 +332,16 @@ def main():
     files = [a for a in argv if not a.startswith("-")]
     own = [f for f in files if preset_values(f).keys() <= declared(__file__).keys()]
     presets = [f for f in files if f not in own]
-    cfg = configure(__file__, [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")], data.option_files())
+    cfg = configure(
+        __file__, [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")], data.option_files()
+    )
     on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
     given = on_command_line | {k for f in own for k in preset_values(f)}
-    specs = [checkpoint.resolve(s) for s in cfg["models"]] if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"]) else []
+    specs = (
+        [checkpoint.resolve(s) for s in cfg["models"]]
+        if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
+        else []
+    )
     sources = take_run_settings(cfg, given, specs, presets)
     sources |= {k: f for f in own for k in preset_values(f) if k not in on_command_line}
     if "--print_config" in argv:
@@ -272,7 +352,9 @@ def main():
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
-        raise ConfigError(f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()")
+        raise ConfigError(
+            f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()"
+        )
     if cfg["eval_file"] not in ("", "hub") and not os.path.exists(cfg["eval_file"]):
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
     if cfg["per_device_eval_batch_size"] < 1:
@@ -281,10 +363,22 @@ def main():
         raise ConfigError(f"--max_prompt_length={cfg['max_prompt_length']} must be >= 0 (0: no limit)")
     if cfg["eval_items"] < 1 and cfg["eval_items"] != -1:
         raise ConfigError(f"--eval_items={cfg['eval_items']} must be at least 1, or -1 for the whole test set")
-    lists = [("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
-             ("gen_lengths", cfg["gen_lengths"], lambda v: isinstance(v, int) and v >= 1, "a non-empty tuple of lengths >= 1"),
-             ("step_fractions", cfg["step_fractions"] or (1.0,), lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]"),
-             ("sampling_steps", cfg["sampling_steps"] or (1,), lambda v: isinstance(v, int) and v >= 1, "step counts >= 1")]  # fmt: skip
+    lists = [
+        ("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
+        (
+            "gen_lengths",
+            cfg["gen_lengths"],
+            lambda v: isinstance(v, int) and v >= 1,
+            "a non-empty tuple of lengths >= 1",
+        ),
+        (
+            "step_fractions",
+            cfg["step_fractions"] or (1.0,),
+            lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+            "in (0, 1]",
+        ),
+        ("sampling_steps", cfg["sampling_steps"] or (1,), lambda v: isinstance(v, int) and v >= 1, "step counts >= 1"),
+    ]
     for key, values, ok, rule in lists:
         if not values or not all(ok(v) for v in values):
             raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
@@ -301,30 +395,58 @@ def main():
 
     distributed, rank, world, device = ddp.init_processes()
     try:
-        recorded = sources.get("system_prompt") in [spec for kind, spec in specs if kind == "checkpoint"]  # the text itself
+        recorded = sources.get("system_prompt") in [
+            spec for kind, spec in specs if kind == "checkpoint"
+        ]  # the text itself
         system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
-    except ValueError as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
+    except (
+        ValueError
+    ) as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
         raise ConfigError(str(e)) from None
 
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":
-            model, tok, _ = checkpoint.load_trained(spec, device=device, merge_lora=cfg["merge_lora"], base=cfg["base_model"] or None)
+            model, tok, _ = checkpoint.load_trained(
+                spec, device=device, merge_lora=cfg["merge_lora"], base=cfg["base_model"] or None
+            )
         else:
             model, tok = load(spec, device=device)
         for L, m, tau in grid:
             t0 = time.time()
             how = f"m={m}" if tau is None else f"τ={tau}"
-            records = evaluate(model, tok, cfg["task"], items, gen_length=L, block_length=cfg["block_length"], steps=m or L,
-                               batch_size=cfg["per_device_eval_batch_size"], system_prompt=system, compact=cfg["compact_prompt"],
-                               max_prompt_length=cfg["max_prompt_length"],
-                               unmasking=cfg["unmasking"] if tau is None else "threshold", threshold=tau, rank=rank, world=world,
-                               desc=f"{name} L={L} {how}")  # fmt: skip
+            records = evaluate(
+                model,
+                tok,
+                cfg["task"],
+                items,
+                gen_length=L,
+                block_length=cfg["block_length"],
+                steps=m or L,
+                batch_size=cfg["per_device_eval_batch_size"],
+                system_prompt=system,
+                compact=cfg["compact_prompt"],
+                max_prompt_length=cfg["max_prompt_length"],
+                unmasking=cfg["unmasking"] if tau is None else "threshold",
+                threshold=tau,
+                rank=rank,
+                world=world,
+                desc=f"{name} L={L} {how}",
+            )
             steps = m if tau is None else sum(r["passes"] for r in records) / len(records)
-            rows.append(dict(model=name, task=cfg["task"], gen_length=L, steps=steps, threshold=tau, seconds=time.time() - t0,
-                             **summarize(records)))  # fmt: skip
+            rows.append(
+                dict(
+                    model=name,
+                    task=cfg["task"],
+                    gen_length=L,
+                    steps=steps,
+                    threshold=tau,
+                    seconds=time.time() - t0,
+                    **summarize(records),
+                )
+            )
             samples += [dict(model=name, gen_length=L, steps=m, threshold=tau, **r) for r in records]
             if rank == 0:
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
@@ -336,13 +458,18 @@ def main():
         with open(os.path.join(cfg["output_dir"], "samples.jsonl"), "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
         table = markdown_table(rows)
-        header = f"{cfg['task']}, {len(items)} test items, greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}\n\n"
+        decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
+        header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
         header += f"Settings {settings_line(cfg, sources, given)}.\n\n"
         with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
             json.dump({"config": cfg, "rows": rows}, f, indent=1)
-        plot(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), f"{cfg['task']}: {len(items)} held-out items, greedy")
+        plot(
+            rows,
+            os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"),
+            f"{cfg['task']}: {len(items)} held-out items, greedy",
+        )
         print(header + table)
         print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
     if distributed:

@@ -142,10 +142,18 @@ def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
     P = rollout.prompt_length
     x = rollout.ids[None].repeat(k, 1, 1)
     x[:, :, P:] = rollout.mask_id
-    hide = (torch.rand((k, B, P), generator=generator) < prompt_mask_prob).to(x.device) & rollout.attention_mask[None, :, :P].bool()
+    hide = (torch.rand((k, B, P), generator=generator) < prompt_mask_prob).to(x.device) & rollout.attention_mask[
+        None, :, :P
+    ].bool()
     x[:, :, :P] = x[:, :, :P].masked_fill(hide, rollout.mask_id)
     keep = completion_mask(rollout)
-    return Draws(x, keep[None].expand(k, -1, -1), torch.full((k, B), 1.0 / k, device=x.device), keep.sum(1).float(), truncate=False)
+    return Draws(
+        x,
+        keep[None].expand(k, -1, -1),
+        torch.full((k, B), 1.0 / k, device=x.device),
+        keep.sum(1).float(),
+        truncate=False,
+    )
 
 
 def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy", prompt_mask_prob=0.15):

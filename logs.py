@@ -13,6 +13,7 @@ from ddp import mean_over_ranks
 from likelihood import completion_mask
 
 REPORTERS = ("none", "tensorboard", "wandb")
+SHOWN = ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")  # on the progress bar
 
 
 def step_means(cfg, batches, loss, metrics, device):
@@ -22,7 +23,9 @@ def step_means(cfg, batches, loss, metrics, device):
     group_std = rewards.view(-1, cfg.num_generations).std(1)
     in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
     entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
-    metrics = {k: 0.0 for k in ("tokens", "kl", "clipped_low", "clipped_high", "ratio_dev")} | metrics  # all rows left out: none
+    metrics = {
+        k: 0.0 for k in ("tokens", "kl", "clipped_low", "clipped_high", "ratio_dev")
+    } | metrics  # all rows left out: none
     tokens = max(1, metrics["tokens"])
     stats = {
         "reward": rewards.mean(),
@@ -30,7 +33,9 @@ def step_means(cfg, batches, loss, metrics, device):
         "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
         "accuracy": accuracy.mean(),
         "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
-        "rollout_passes": torch.cat([b.rollout.passes for b in batches]).float().mean(),  # forward passes per completion
+        "rollout_passes": torch.cat([b.rollout.passes for b in batches])
+        .float()
+        .mean(),  # forward passes per completion
         "entropy": entropy[in_text].mean(),  # of the sampling distribution, per completion token
         "loss": loss,
         "kl": metrics["kl"] / tokens,
@@ -38,7 +43,8 @@ def step_means(cfg, batches, loss, metrics, device):
         "clip_low": metrics["clipped_low"] / tokens,
         "clip_high": metrics["clipped_high"] / tokens,
         "ratio_dev": metrics["ratio_dev"] / tokens,  # mean |ρ − 1| over the tokens read
-        "frac_rows_left_out": sum(len(b.advantages) - len(b.rows) for b in batches) / len(rewards),  # advantage 0: no passes
+        "frac_rows_left_out": sum(len(b.advantages) - len(b.rows) for b in batches)
+        / len(rewards),  # advantage 0: no passes
         "frac_prompts_cut": sum(b.prompts_cut for b in batches) / len(rewards),  # longer than max_prompt_length
     }
     return dict(zip(stats, mean_over_ranks([float(v) for v in stats.values()], device)))
@@ -54,13 +60,22 @@ def completion_rows(tok, step, batches):
     return rows
 
 
+def record(log_path, completions_path, reporter, row, completions):
+    """A step's row and completions: appended to their JSONL files and sent to the reporter."""
+    append_jsonl(log_path, [row])
+    append_jsonl(completions_path, completions)
+    report(reporter, row, row["step"], completions)
+
+
 def append_jsonl(path, rows):
     """Append rows; a full or unwritable disk stops the run in one line (a resume drops a cut-off line)."""
     try:
         with open(path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     except OSError as e:
-        raise SystemExit(f"cannot write {path} ({e.strerror}): free space or fix the folder, then --resume_from_checkpoint") from None
+        raise SystemExit(
+            f"cannot write {path} ({e.strerror}): free space or fix the folder, then --resume_from_checkpoint"
+        ) from None
 
 
 def open_reporter(report_to, output_dir, config):
@@ -79,7 +94,9 @@ def open_reporter(report_to, output_dir, config):
         try:
             return wandb.init(project=project, name=name, config=config, dir=output_dir)
         except Exception as e:  # no login, no network: wandb raises its own types
-            raise SystemExit(f"--report_to=wandb: {first_line(e)} (`wandb login`, or WANDB_MODE=offline to log locally)") from None
+            raise SystemExit(
+                f"--report_to=wandb: {first_line(e)} (`wandb login`, or WANDB_MODE=offline to log locally)"
+            ) from None
     return None
 
 
@@ -94,7 +111,10 @@ def report(handle, row, step, completions=()):
         if completions:
             lines = ["| prompt | completion | reward | advantage |", "|---|---|---:|---:|"]
             cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-            lines += [f"| {cell(c['prompt'])} | {cell(c['completion'])} | {c['reward']:.3g} | {c['advantage']:.3g} |" for c in completions]
+            lines += [
+                f"| {cell(c['prompt'])} | {cell(c['completion'])} | {c['reward']:.3g} | {c['advantage']:.3g} |"
+                for c in completions
+            ]
             handle.add_text("completions", "\n".join(lines), step)
         handle.flush()
     else:  # wandb

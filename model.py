@@ -1,5 +1,6 @@
 """The denoiser p_θ(x_0 | x_t) behind one `load`, and what training needs around it: logits at
-chosen positions only, LoRA, activation checkpointing, regional compilation.
+chosen positions only, the policy with LoRA and its reference, activation checkpointing, regional
+compilation.
 
     load("tiny")                          # the embedded model (tiny_llada.py), seeded random init
     load("models/tiny-countdown")         # any Hugging Face model folder: config, weights, tokenizer
@@ -10,6 +11,7 @@ load through the same `AutoModel.from_pretrained(..., trust_remote_code=True)` p
 the embedded model exercise the path LLaDA-8B takes.
 """
 
+import copy
 import os
 import shutil
 from dataclasses import dataclass
@@ -36,9 +38,14 @@ class Family:
 
 
 FAMILIES = {
-    "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f",
-                    ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")),  # LLaDA-8B-Instruct, 1.5; tiny_llada.py
-}  # fmt: skip
+    "llada": Family(
+        ("llada", "tiny_llada"),
+        "model.transformer",
+        "blocks",
+        "ln_f",
+        ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
+    ),  # LLaDA-8B-Instruct, 1.5; tiny_llada.py
+}
 
 
 def family_of(model):
@@ -49,7 +56,8 @@ def family_of(model):
             return family
     supported = ", ".join(f"{name} ({', '.join(f.model_types)})" for name, f in FAMILIES.items())
     raise ValueError(
-        f"{type(unwrap(model)).__name__} (model_type {model_type!r}) is not a model family this code knows; supported: {supported}"
+        f"{type(unwrap(model)).__name__} (model_type {model_type!r}) is not a model family this code knows; "
+        f"supported: {supported}"
     )
 
 
@@ -71,14 +79,18 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
         tok = tiny_llada.build_tokenizer()
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
-            config = tiny_llada.TinyLLaDAConfig(**{"vocab_size": len(tok), "mask_token_id": tok.mask_token_id} | (tiny_overrides or {}))
+            config = tiny_llada.TinyLLaDAConfig(
+                **{"vocab_size": len(tok), "mask_token_id": tok.mask_token_id} | (tiny_overrides or {})
+            )
             model = tiny_llada.TinyLLaDAModel(config)
     else:
         model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
         if mask_id is None:
-            raise ValueError(f"tokenizer of {name_or_path!r} has no mask token and the model config has no mask_token_id")
+            raise ValueError(
+                f"tokenizer of {name_or_path!r} has no mask token and the model config has no mask_token_id"
+            )
         tok.mask_token = tok.convert_ids_to_tokens(int(mask_id))
     if tok.pad_token_id is None:
         tok.pad_token_id = tok.eos_token_id
@@ -142,7 +154,9 @@ def is_shipped_or_hub(name):
     """A model whose code may run without being named by the user: the project's own models/ folders
     and hub ids (their code is the hub repository's, as loading them anywhere runs it)."""
     path = os.path.realpath(shipped(name)) if os.path.exists(shipped(name)) else None
-    return name == "tiny" or (path.startswith(os.path.join(ROOT, "models") + os.sep) if path else model_path_error(name) is None)
+    return name == "tiny" or (
+        path.startswith(os.path.join(ROOT, "models") + os.sep) if path else model_path_error(name) is None
+    )
 
 
 def model_path_error(name):
@@ -156,9 +170,15 @@ def model_path_error(name):
     if os.path.exists(name):
         return f"{name} is a file; a model is a folder (config.json, tokenizer files, weights) or a hub id"
     # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id
-    looks_local = name.startswith((".", "/", "~", "runs/", "models/")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0])
+    looks_local = (
+        name.startswith((".", "/", "~", "runs/", "models/"))
+        or name.count("/") != 1
+        or os.path.isdir(name.split("/")[0])
+    )
     if looks_local:
-        return f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
+        return (
+            f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
+        )
     return None
 
 
@@ -168,7 +188,7 @@ def missing_model_files(folder):
     if "config.json" not in files:
         return f"{folder} has no config.json: not a model folder"
     if not files & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"}:
-        return f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json): save the tokenizer into the model folder"
+        return f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json): save the tokenizer there"
     if not any(f.endswith((".safetensors", ".bin")) for f in files):
         return f"{folder} has no weights (model.safetensors or pytorch_model.bin, or their shards)"
     return None
@@ -230,11 +250,15 @@ def _unpadded_logits(model, ids, pads, at):
             part, where = _selected_logits(model, ids[rows, pad:], {}, sub), index[rows.to(at.device), pad:][sub]
         else:  # (slice(None), slice(lo, hi)): the same columns, shifted by the padding cut off
             cols = at[1]
-            shifted = slice(None if cols.start is None else cols.start - pad, None if cols.stop is None else cols.stop - pad)
+            shifted = slice(
+                None if cols.start is None else cols.start - pad, None if cols.stop is None else cols.stop - pad
+            )
             part, where = _selected_logits(model, ids[rows, pad:], {}, (slice(None), shifted)), rows
         if out is None:
             V = part.shape[-1]
-            out = part.new_zeros((B, L, V) if at is None else (int(at.sum()), V) if torch.is_tensor(at) else (B, *part.shape[1:]))
+            out = part.new_zeros(
+                (B, L, V) if at is None else (int(at.sum()), V) if torch.is_tensor(at) else (B, *part.shape[1:])
+            )
         out[where] = part
     return out
 
@@ -252,7 +276,9 @@ def _selected_logits(model, ids, kw, at):
     expected = (int(at.sum()),) if torch.is_tensor(at) else torch.empty(ids.shape, device="meta")[at].shape
     if logits.shape[:-1] != expected:
         name, got = type(bare).__name__, tuple(logits.shape)
-        raise RuntimeError(f"{name}: logits of shape {got} after selecting positions, expected {tuple(expected)} + (vocab,)")
+        raise RuntimeError(
+            f"{name}: logits of shape {got} after selecting positions, expected {tuple(expected)} + (vocab,)"
+        )
     return logits
 
 
@@ -265,7 +291,43 @@ def check_compatible(model, tok):
     with torch.no_grad():  # the logits' width, read from one forward pass (config fields differ by model)
         V = forward_logits(model, torch.zeros(1, 2, dtype=torch.long, device=p.device)).shape[-1]
     if len(tok) > V or tok.mask_token_id >= V:
-        raise ValueError(f"tokenizer ({len(tok)} tokens, mask id {tok.mask_token_id}) does not fit the model's logits vocabulary of {V}")
+        raise ValueError(
+            f"tokenizer ({len(tok)} tokens, mask id {tok.mask_token_id}) does not fit the model's logits vocabulary "
+            f"of {V}"
+        )
+
+
+def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distributed, master):
+    """(π_θ, tokenizer, π_ref or None, the LoRA targets by name); lora: (rank r, α, target names or ()
+    for the family's), r = 0 for full fine-tuning. Under DDP rank 0 loads first, so a hub model's
+    remote code is fetched once, then the other ranks load it. With LoRA the reference policy is the
+    model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. A model or
+    target list that cannot be used raises ValueError naming the key."""
+    import torch.distributed as dist
+
+    for turn in range(2 if distributed else 1):
+        if (turn == 0) == master:
+            try:
+                model, tok = load(name, device=device)
+            except ValueError as e:
+                raise ValueError(f"--model_name_or_path: {e}") from None
+        if distributed:
+            dist.barrier()
+    lora_r, lora_alpha, lora_targets = lora
+    lora_targets = tuple(lora_targets or family_of(model).lora_targets)  # by name: a checkpoint records them
+    if lora_r > 0:
+        try:
+            model = add_lora(model, lora_r, lora_alpha, lora_targets, under_autocast=device.startswith("cuda"))
+        except ValueError as e:  # peft: no module of the model matches the targets
+            raise ValueError(f"--lora_target_modules={lora_targets}: {first_line(e)}") from None
+    if gradient_checkpointing:
+        set_gradient_checkpointing(model)
+    ref_model = None
+    if beta > 0:
+        ref_model = model if lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+    if compile:
+        compile_blocks(model)
+    return model, tok, ref_model, lora_targets
 
 
 def unwrap(model):

@@ -79,12 +79,16 @@ def format_score(text):
 
 _NUMBER = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?(?:[eE][-+]?\d+)?")  # 72, 0.5, .5, 3/4, and 1e3 (to refuse it)
 MAX_NUMBER = 40  # characters: a longer number never matches (it is not cut into pieces that might)
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*(?:\{\s*(-?\d{1,30})\s*\}|(\d))\s*(?:\{\s*(\d{1,30})\s*\}|(\d))")  # \frac{3}{4}, \frac34
+_LATEX_FRAC = re.compile(
+    r"\\[dt]?frac\s*(?:\{\s*(-?\d{1,30})\s*\}|(\d))\s*(?:\{\s*(\d{1,30})\s*\}|(\d))"
+)  # \frac{3}{4}, \frac34
 _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\{([^{}]*)\}")
 # what, right before or after a number, applies something to it (2^3, \sqrt{49}, 7!, 3 * 4, 10 - 5)
 _APPLIED_BEFORE = re.compile(r"(?:[\^_*/×÷·√!]|\\[a-zA-Z]+|(?<=[\d)\]}])\s*[-+])\s*\{?\s*$")
 _APPLIED_AFTER = re.compile(r"^\s*\}?\s*(?:[\^_*/×÷·√!(]|\\(?:times|cdot|div)|[-+]\s*[\d.(])")
-_NEUTRAL_COMMANDS = re.compile(r"\\(?:approx|quad|qquad|le|leq|ge|geq|sim|equiv|to|rightarrow|Rightarrow|implies|left|right)\s*\{?\s*$")
+_NEUTRAL_COMMANDS = re.compile(
+    r"\\(?:approx|quad|qquad|le|leq|ge|geq|sim|equiv|to|rightarrow|Rightarrow|implies|left|right)\s*\{?\s*$"
+)
 
 
 def fractions_as_slash(s):
@@ -96,7 +100,14 @@ def parse_number(s):
     """The final answer of s as a Fraction, or None: its last number, read as written (commas,
     `{,}`, $, %, units, \\boxed, \\frac, \\text, a sign "- 5" or "-.5" handled), and only when
     nothing is applied to it: 2^3, 1e3, \\sqrt{49}, 7! or 10 - 5 give None, not the 3, 49, 7 or 5."""
-    s = s.replace("\\boxed", "").replace("\\$", "").replace("$", "").replace("\\%", "").replace("\\!", "").replace("\\,", "")
+    s = (
+        s.replace("\\boxed", "")
+        .replace("\\$", "")
+        .replace("$", "")
+        .replace("\\%", "")
+        .replace("\\!", "")
+        .replace("\\,", "")
+    )
     s = _LATEX_TEXT.sub(r" \1 ", s).replace("{,}", ",")
     s = fractions_as_slash(s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
@@ -105,9 +116,14 @@ def parse_number(s):
     found = last.pop() if last else None
     if found is None or len(found.group()) > MAX_NUMBER or "e" in found.group().lower():
         return None
-    before, after = s[max(0, found.start() - 64) : found.start()], s[found.end() : found.end() + 64]  # the neighbourhood decides
+    before, after = (
+        s[max(0, found.start() - 64) : found.start()],
+        s[found.end() : found.end() + 64],
+    )  # the neighbourhood decides
     sign = re.search(r"-\s*$", before)
-    sign = sign if sign and not re.search(r"[\d)\]}]\s*$", before[: sign.start()]) else None  # a sign, not a subtraction
+    sign = (
+        sign if sign and not re.search(r"[\d)\]}]\s*$", before[: sign.start()]) else None
+    )  # a sign, not a subtraction
     if sign:
         before = before[: sign.start()]
     if (_APPLIED_BEFORE.search(before) and not _NEUTRAL_COMMANDS.search(before)) or _APPLIED_AFTER.match(after):
@@ -144,12 +160,18 @@ def _math_worker(conn):
 
     logging.disable(logging.WARNING)  # it warns on every call that we do the timing ourselves
     # sympy and the LaTeX parser load lazily on first use: warm them up before the time limit applies
-    verify(parse("\\boxed{2\\sin x\\cos x}", parsing_timeout=None), parse("\\boxed{\\sin 2x}", parsing_timeout=None), timeout_seconds=None)
+    verify(
+        parse("\\boxed{2\\sin x\\cos x}", parsing_timeout=None),
+        parse("\\boxed{\\sin 2x}", parsing_timeout=None),
+        timeout_seconds=None,
+    )
     conn.send("ready")
     while True:
         gold, pred = conn.recv()
         try:
-            ok = bool(verify(parse(gold, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None))
+            ok = bool(
+                verify(parse(gold, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None)
+            )
         except Exception:
             ok = False
         conn.send(ok)

@@ -57,7 +57,9 @@ class Rollout:
         return torch.isin(self.completion, torch.tensor(self.eos_ids, device=self.ids.device))
 
 
-def check_settings(gen_length, block_length, steps, temperature=0.0, unmasking="low_confidence", top_k=None, top_p=None, threshold=None):
+def check_settings(
+    gen_length, block_length, steps, temperature=0.0, unmasking="low_confidence", top_k=None, top_p=None, threshold=None
+):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
     Threshold decoding takes its own number of steps, so `steps` is not checked for it."""
     if gen_length < 1:
@@ -68,14 +70,19 @@ def check_settings(gen_length, block_length, steps, temperature=0.0, unmasking="
     if unmasking == "threshold":
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
             raise ValueError(
-                f"threshold={threshold!r} must be a finite number > 0: the confidence that commits a position (>1: one a step)"
+                f"threshold={threshold!r} must be a finite number > 0: the confidence that commits a position (>1: "
+                "one a step)"
             )
     else:
         if steps < 1 or steps % n_blocks:
-            raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = gen_length/block_length)")
+            raise ValueError(
+                f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = "
+                "gen_length/block_length)"
+            )
         if steps // n_blocks > block_length:
             raise ValueError(
-                f"steps={steps} gives {steps // n_blocks} steps per block but a block has only block_length={block_length} tokens"
+                f"steps={steps} gives {steps // n_blocks} steps per block but a block has only "
+                f"block_length={block_length} tokens"
             )
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
@@ -214,12 +221,16 @@ def generate(
     eos_ids = tuple(int(e) for e in (eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]))
 
     x = torch.cat([prompt_ids, torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
-    attn = torch.cat([attention_mask.to(device).long(), torch.ones((B, gen_length), dtype=torch.long, device=device)], 1)
+    attn = torch.cat(
+        [attention_mask.to(device).long(), torch.ones((B, gen_length), dtype=torch.long, device=device)], 1
+    )
     unmask_step = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
     logp = torch.zeros((B, gen_length), device=device)
     entropy = torch.zeros((B, gen_length), device=device)
     state = (x, attn, unmask_step, logp, entropy)
-    sampling = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device)
+    sampling = dict(
+        mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device
+    )
     if unmasking == "threshold":
         steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids, sampling)
     else:

@@ -50,7 +50,9 @@ output_dir = "models/tiny-countdown"  # the model folder written (config, safete
 def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, device="cpu"):
     """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
     solution = data.task(task).solution
-    prompt_ids, prompt_mask = left_pad([data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id)
+    prompt_ids, prompt_mask = left_pad(
+        [data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id
+    )
     comps = torch.full((len(items), gen_length), tok.eos_token_id)  # the rest is EOS padding, trained too
     for i, it in enumerate(items):
         c = tok(solution(it), add_special_tokens=False).input_ids + [tok.eos_token_id]
@@ -68,8 +70,22 @@ def sft_loss(model, batch, draws):
     return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read[0].numel()
 
 
-def train(model, tok, task, items, *, steps, gen_length, rng, generator_for_step, lr=2e-3, batch_size=64, system_prompt="",
-          compact=True, show=True):  # fmt: skip
+def train(
+    model,
+    tok,
+    task,
+    items,
+    *,
+    steps,
+    gen_length,
+    rng,
+    generator_for_step,
+    lr=2e-3,
+    batch_size=64,
+    system_prompt="",
+    compact=True,
+    show=True,
+):
     """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
     solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
     generator_for_step(step) gives the torch.Generator of that step's masks. Returns (the model
@@ -108,7 +124,10 @@ def main():
     cfg = configure(__file__, option_files=data.option_files())
     t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
     if t is None or not hasattr(t, "solution") or not hasattr(t, "generate"):
-        raise ConfigError(f"--task={cfg['task']!r}: SFT needs a task with a generator and solutions (tasks/countdown.py, tasks/sudoku.py)")
+        raise ConfigError(
+            f"--task={cfg['task']!r}: SFT needs a task with a generator and solutions (tasks/countdown.py, "
+            "tasks/sudoku.py)"
+        )
     for key in ("max_steps", "batch_size", "max_completion_length"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
@@ -118,19 +137,40 @@ def main():
     except ValueError as e:
         raise ConfigError(str(e)) from None
     items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.task_options(cfg["task"], cfg))
-    fits = [it for it in items if len(tok(t.solution(it), add_special_tokens=False).input_ids) < cfg["max_completion_length"]]
+    fits = [
+        it
+        for it in items
+        if len(tok(t.solution(it), add_special_tokens=False).input_ids) < cfg["max_completion_length"]
+    ]
     if len(fits) < cfg["batch_size"]:
-        raise ConfigError(f"--max_completion_length={cfg['max_completion_length']}: only {len(fits)} solutions fit (with EOS)")
+        raise ConfigError(
+            f"--max_completion_length={cfg['max_completion_length']}: only {len(fits)} solutions fit (with EOS)"
+        )
     start = time.time()
     masks = lambda s: torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + s)  # noqa: E731
-    model, loss = train(model, tok, cfg["task"], fits, steps=cfg["max_steps"], gen_length=cfg["max_completion_length"],
-                        rng=random.Random(cfg["seed"] + 1), generator_for_step=masks,
-                        lr=cfg["learning_rate"], batch_size=cfg["batch_size"], system_prompt=cfg["system_prompt"],
-                        compact=cfg["compact_prompt"])  # fmt: skip
+    model, loss = train(
+        model,
+        tok,
+        cfg["task"],
+        fits,
+        steps=cfg["max_steps"],
+        gen_length=cfg["max_completion_length"],
+        rng=random.Random(cfg["seed"] + 1),
+        generator_for_step=masks,
+        lr=cfg["learning_rate"],
+        batch_size=cfg["batch_size"],
+        system_prompt=cfg["system_prompt"],
+        compact=cfg["compact_prompt"],
+    )
     save(model, tok, cfg["output_dir"])
     here = os.path.dirname(os.path.abspath(__file__))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip() or "unknown"
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here).stdout.strip():
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+        or "unknown"
+    )
+    if subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+    ).stdout.strip():
         commit += " with uncommitted changes"
     record = {
         "command": " ".join(["python", "sft.py", *sys.argv[1:]]),

@@ -34,7 +34,13 @@ quick = False  # a few draws, k = 1 only: checks the script runs
 
 args = SimpleNamespace(**configure(__file__))
 if args.quick:
-    args.draws, args.mc_samples, args.per_device_train_batch_size, args.max_completion_length, args.sampling_steps = 4, (1,), 2, 16, 16
+    args.draws, args.mc_samples, args.per_device_train_batch_size, args.max_completion_length, args.sampling_steps = (
+        4,
+        (1,),
+        2,
+        16,
+        16,
+    )
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 overrides = dict(init_std=0.3) if args.model_name_or_path == "tiny" else None  # peaked distributions at random init
@@ -67,11 +73,20 @@ with torch.no_grad():
 exact_grad = grad_proj(stepwise_draws(r, 0, "exact"))
 shape = f"{args.per_device_train_batch_size} rows, G={args.max_completion_length}, m={args.sampling_steps} steps"
 print(f"rollout: {shape}; exact log π per row {[round(x, 2) for x in exact.tolist()]}")
-print(f"exact gradient projection (Σ rows): {exact_grad:.3f}; {args.draws} draws per cell; value columns per row (averaged over rows)\n")
+print(
+    f"exact gradient projection (Σ rows): {exact_grad:.3f}; {args.draws} draws per cell; value columns per row "
+    "(averaged over rows)\n"
+)
 header = ["estimator".ljust(26), "  k", " value bias ± se", "value std", "  grad bias ± se", " grad std", " ms/est"]
 print("| " + " | ".join(header) + " |")
 print(f"|{'-' * 28}|{'-' * 5}|{'-' * 18}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 9}|")
-variants = [("stepwise", "uniform"), ("stepwise", "low_discrepancy"), ("stepwise", "entropy"), ("elbo", None), ("one_step", None)]
+variants = [
+    ("stepwise", "uniform"),
+    ("stepwise", "low_discrepancy"),
+    ("stepwise", "entropy"),
+    ("elbo", None),
+    ("one_step", None),
+]
 for k in args.mc_samples:
     for est, scheme in variants:
         g = torch.Generator().manual_seed(1)

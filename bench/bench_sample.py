@@ -65,7 +65,9 @@ def reference_generate(model, prompt, gen_length, block_length, steps, mask_id):
             conf, x0 = p.max(-1)
             in_block = torch.zeros_like(x, dtype=torch.bool)
             in_block[:, P + b * block_length : P + (b + 1) * block_length] = True
-            conf = torch.where(in_block & (x == mask_id), conf, torch.tensor(-1.0, dtype=conf.dtype, device=conf.device))
+            conf = torch.where(
+                in_block & (x == mask_id), conf, torch.tensor(-1.0, dtype=conf.dtype, device=conf.device)
+            )
             idx = conf.topk(k, dim=-1).indices
             x.scatter_(1, idx, x0.gather(1, idx))
     return x
@@ -92,7 +94,9 @@ if args.compile:
 dtype = next(model.parameters()).dtype
 g = torch.Generator().manual_seed(0)
 prompt = random_tokens((args.per_device_train_batch_size, args.prompt_length), vocab, mask_id, g).to(args.device)
-setting = dict(gen_length=args.max_completion_length, block_length=args.block_length, steps=args.sampling_steps, mask_id=mask_id)
+setting = dict(
+    gen_length=args.max_completion_length, block_length=args.block_length, steps=args.sampling_steps, mask_id=mask_id
+)
 
 ref_x, t_ref = timed(lambda: reference_generate(model, prompt, **setting), args.repeats, args.device)
 ours, t_ours = timed(lambda: generate(model, prompt, **setting, eos_ids=()), args.repeats, args.device)
@@ -100,8 +104,12 @@ same = torch.equal(ref_x, ours.ids)
 stop, t_stop = timed(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,)), args.repeats, args.device)
 by_threshold = {}
 for tau in args.thresholds:
-    fast = dict(setting, steps=args.max_completion_length, unmasking="threshold", threshold=tau)  # steps: unused by threshold decoding
-    by_threshold[tau] = timed(lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device)
+    fast = dict(
+        setting, steps=args.max_completion_length, unmasking="threshold", threshold=tau
+    )  # steps: unused by threshold decoding
+    by_threshold[tau] = timed(
+        lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device
+    )
 
 L = args.prompt_length + args.max_completion_length
 # the work the algorithm needs: every step a forward over all L positions, logits of the current block
@@ -113,7 +121,10 @@ n_params = sum(p.numel() for p in model.parameters())
 print(f"# bench_sample: {args.model_shape} ({n_params / 1e6:.1f}M params, {dtype}), {environment(args.device)}")
 shape = f"batch {B} x ({args.prompt_length} prompt + {args.max_completion_length} completion)"
 print(f"# {shape}, block {args.block_length}, {args.sampling_steps} steps, T=0, compile={args.compile}")
-print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of one rollout at that peak: {flops / peak:.3f} s")
+print(
+    f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of one rollout at that peak: "
+    f"{flops / peak:.3f} s"
+)
 print("| sampler | seconds | completion tok/s | forward passes/s | TFLOP/s | % of matmul peak |")
 print("|---|---:|---:|---:|---:|---:|")
 for name, t in (("reference loop", t_ref), ("generate (no EOS stop)", t_ours), ("generate (default)", t_stop)):
@@ -121,9 +132,15 @@ for name, t in (("reference loop", t_ref), ("generate (no EOS stop)", t_ours), (
     print(f"| {name} | {t:.3f} | {rates} |")
 for tau, (r, t) in by_threshold.items():
     passes, batch_passes = r.passes.float().mean().item(), r.passes.max().item()
-    print(f"| generate (threshold τ = {tau}), {passes:.1f} passes/row | {t:.3f} | {tokens / t:,.0f} | {batch_passes / t:.1f} | | |")
+    print(
+        f"| generate (threshold τ = {tau}), {passes:.1f} passes/row | {t:.3f} | {tokens / t:,.0f} | "
+        f"{batch_passes / t:.1f} | | |"
+    )
 print(f"speed-up of generate over the reference: {t_ref / t_ours:.2f}x (default settings {t_ref / t_stop:.2f}x)")
-print(f"rows that hit EOS (only these can stop early): {int(stop.is_eos.any(1).sum())} of {args.per_device_train_batch_size}")
+print(
+    f"rows that hit EOS (only these can stop early): {int(stop.is_eos.any(1).sum())} of "
+    f"{args.per_device_train_batch_size}"
+)
 print(f"identical tokens at temperature 0: {'yes' if same else 'NO'}")
 if args.profile:
     with amp(args.device):
@@ -135,9 +152,14 @@ if args.model_shape == "tiny" and args.thresholds:
     from model import load  # noqa: E402
 
     base, tok = load("models/tiny-countdown", device=args.device)
-    items = data.test_set("countdown", "", 20 if args.quick else args.eval_items, 0, num_range=(1, 9), target_range=(1, 99))
+    items = data.test_set(
+        "countdown", "", 20 if args.quick else args.eval_items, 0, num_range=(1, 9), target_range=(1, 99)
+    )
     G, block = 16, 8
-    print(f"\n# models/tiny-countdown, Countdown test set ({len(items)} problems, train.py's for seed 0), L = {G}, block {block}, greedy,")
+    print(
+        f"\n# models/tiny-countdown, Countdown test set ({len(items)} problems, train.py's for seed 0), L = {G}, "
+        f"block {block}, greedy,"
+    )
     print("# batch 100; tok/s counts all L completion positions decoded (EOS padding included)")
     print("| decoding | forward passes per row | seconds | completion tok/s | accuracy (%) ± SE |")
     print("|---|---:|---:|---:|---:|")
@@ -145,8 +167,13 @@ if args.model_shape == "tiny" and args.thresholds:
 
     for m, tau in [(4, None), (8, None), (16, None), *((None, t) for t in args.thresholds)]:
         how = dict(unmasking="threshold", threshold=tau, steps=G) if tau else dict(steps=m)
-        recs, t = timed(lambda how=how: evaluate(base, tok, "countdown", items, gen_length=G, block_length=block, batch_size=100,
-                                                 compact=True, **how), args.repeats, args.device)  # fmt: skip
+        recs, t = timed(
+            lambda how=how: evaluate(
+                base, tok, "countdown", items, gen_length=G, block_length=block, batch_size=100, compact=True, **how
+            ),
+            args.repeats,
+            args.device,
+        )
         acc = [r["accuracy"] for r in recs]
         passes = sum(r["passes"] for r in recs) / len(recs)
         label = f"threshold τ = {tau}" if tau else f"fixed, m = {m}"

@@ -56,11 +56,26 @@ def synthetic_rollout(B, P, G, block_length, steps, mask_id, vocab, device):
     ids = random_tokens((B, P + G), vocab, mask_id, g)
     spb = steps // (G // block_length)
     per_block = torch.repeat_interleave(torch.arange(spb), torch.tensor(transfer_schedule(block_length, spb)))
-    unmask = torch.stack([torch.cat([b * spb + per_block[torch.randperm(block_length, generator=g)] for b in range(G // block_length)])
-                          for _ in range(B)])  # fmt: skip
+    unmask = torch.stack(
+        [
+            torch.cat(
+                [b * spb + per_block[torch.randperm(block_length, generator=g)] for b in range(G // block_length)]
+            )
+            for _ in range(B)
+        ]
+    )
     logp = -torch.rand(B, G, generator=g)
-    return Rollout(ids.to(device), torch.ones(B, P + G, dtype=torch.long, device=device), P, unmask.to(device), logp.to(device),
-                   torch.rand(B, G, generator=g).to(device), steps, mask_id, (-1,))  # fmt: skip
+    return Rollout(
+        ids.to(device),
+        torch.ones(B, P + G, dtype=torch.long, device=device),
+        P,
+        unmask.to(device),
+        logp.to(device),
+        torch.rand(B, G, generator=g).to(device),
+        steps,
+        mask_id,
+        (-1,),
+    )
 
 
 model, mask_id, eos_id, vocab = bench_model(args.model_shape, args.device)
@@ -70,7 +85,9 @@ rollout = synthetic_rollout(B, P, G, args.block_length, args.sampling_steps, mas
 read = int(make_draws("stepwise", rollout, args.mc_samples, torch.Generator().manual_seed(2)).read.sum())
 fwd = forward_flops(model, B, P + G, head_tokens=read / args.mc_samples)  # per draw
 if args.lora_r:
-    model = add_lora(model, args.lora_r, args.lora_r, under_autocast=args.device.startswith("cuda") and not args.peft_input_cast)
+    model = add_lora(
+        model, args.lora_r, args.lora_r, under_autocast=args.device.startswith("cuda") and not args.peft_input_cast
+    )
 if args.gradient_checkpointing:
     set_gradient_checkpointing(model)
 if args.compile:
@@ -110,12 +127,21 @@ hardware_flops = model_flops + (args.mc_samples * fwd if args.gradient_checkpoin
 trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 sizes = f"{n_params / 1e6:.1f}M params, {trained / 1e6:.2f}M trained, {dtype}"
 print(f"# bench_train: {args.model_shape} ({sizes}), {environment(args.device)}")
-print(f"# batch {B} x ({P} + {G}), k={args.mc_samples} draws, lora_r={args.lora_r}, "
-      f"gradient_checkpointing={args.gradient_checkpointing}, compile={args.compile}, peft_input_cast={args.peft_input_cast}")  # fmt: skip
-print(f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of the update at that peak: {model_flops / peak:.3f} s")
+print(
+    f"# batch {B} x ({P} + {G}), k={args.mc_samples} draws, lora_r={args.lora_r}, "
+    f"gradient_checkpointing={args.gradient_checkpointing}, compile={args.compile}, "
+    f"peft_input_cast={args.peft_input_cast}"
+)
+print(
+    f"# matmul peak measured here: {peak / 1e12:.2f} TFLOP/s; FLOP floor of the update at that peak: "
+    f"{model_flops / peak:.3f} s"
+)
 print("| update | seconds | s per sequence | model TFLOP | MFU % | HFU % | peak memory |")
 print("|---|---:|---:|---:|---:|---:|---|")
-print(f"| k={args.mc_samples} fwd+bwd | {t:.3f} | {t / args.per_device_train_batch_size:.4f} | {model_flops / 1e12:.2f} | "
-      f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |")  # fmt: skip
+print(
+    f"| k={args.mc_samples} fwd+bwd | {t:.3f} | {t / args.per_device_train_batch_size:.4f} | {model_flops / 1e12:.2f} "
+    "| "
+    f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |"
+)
 if args.profile:
     print_profile(update, args.device)

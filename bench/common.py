@@ -21,7 +21,9 @@ def run_script(threads, script, *args):
     """`python script args` in the project root on `threads` CPU threads, its output dropped; a
     failure raises RuntimeError with the end of its stderr (a comparison stops at the first one)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, script, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     if res.returncode:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
@@ -37,7 +39,11 @@ def comparison_config(script, default_preset="configs/tiny_countdown.py"):
 
     argv = sys.argv[1:]
     own_keys = declared(script)
-    own = [a for a in argv if a.startswith("-") and a.lstrip("-").partition("=")[0] in (*own_keys, "help", "h", "print_config")]
+    own = [
+        a
+        for a in argv
+        if a.startswith("-") and a.lstrip("-").partition("=")[0] in (*own_keys, "help", "h", "print_config")
+    ]
     train_argv = [a for a in argv if a not in own] or []
     if not any(not a.startswith("-") for a in train_argv):
         train_argv.insert(0, default_preset)
@@ -77,7 +83,9 @@ def print_profile(fn, device, rows=15):
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         fn()
         sync(device)
-    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows))
+    print(
+        prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=rows)
+    )
 
 
 # --- config

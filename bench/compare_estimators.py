@@ -87,9 +87,21 @@ def scores(model, label, split):
     if not os.path.exists(os.path.join(where, "results.json")):
         knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
         n = args.eval_items if split == "test" else args.validation_items
-        run_script(threads, "eval.py", f"--models=({model!r},)", f"--labels=({label!r},)", f"--task={task}", f"--eval_split={split}",
-                   "--seed=0", f"--eval_items={n}", f"--gen_lengths=({L},)", f"--block_length={cfg['block_length']}",
-                   f"--sampling_steps={tuple(grid_m)!r}", *knobs, f"--output_dir={where}")  # fmt: skip
+        run_script(
+            threads,
+            "eval.py",
+            f"--models=({model!r},)",
+            f"--labels=({label!r},)",
+            f"--task={task}",
+            f"--eval_split={split}",
+            "--seed=0",
+            f"--eval_items={n}",
+            f"--gen_lengths=({L},)",
+            f"--block_length={cfg['block_length']}",
+            f"--sampling_steps={tuple(grid_m)!r}",
+            *knobs,
+            f"--output_dir={where}",
+        )
     return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
 
@@ -100,8 +112,19 @@ def job(spec):
     run_dir = os.path.join(out, "runs", label)
     if not trained(run_dir):
         extra = [f"--scheme={scheme}"] if scheme else []
-        run_script(threads, "train.py", *train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}", *extra,
-                   f"--max_steps={args.max_steps}", "--eval_items=0", f"--output_dir={run_dir}", "--resume_from_checkpoint")  # fmt: skip
+        run_script(
+            threads,
+            "train.py",
+            *train_args,
+            f"--estimator={est}",
+            f"--learning_rate={lr}",
+            f"--seed={seed}",
+            *extra,
+            f"--max_steps={args.max_steps}",
+            "--eval_items=0",
+            f"--output_dir={run_dir}",
+            "--resume_from_checkpoint",
+        )
         trained_here.append(label)
     return spec, scores(run_dir, label, split)
 
@@ -139,7 +162,10 @@ def mean_se(xs):
 # 1. sweep on validation
 base = cfg["model_name_or_path"]
 sweep = run_all([(e, lr, args.tune_seed, None, "validation") for e in ESTIMATORS for lr in rates], "sweep (validation)")
-best = {e: max(rates, key=lambda lr: mean(list(sweep[e, lr, args.tune_seed, None, "validation"].values()))) for e in ESTIMATORS}
+best = {
+    e: max(rates, key=lambda lr: mean(list(sweep[e, lr, args.tune_seed, None, "validation"].values())))
+    for e in ESTIMATORS
+}
 
 # 2. test: each estimator at its rate, fresh seeds; the exact ceiling at the stepwise rate
 finals = [(e, best[e], s, None, "test") for e in ESTIMATORS for s in seeds]
@@ -155,7 +181,10 @@ ms = sorted(grid_m)
 rows_of = {e: [test[e, best[e], s, None, "test"] for s in seeds] for e in ESTIMATORS}
 rows_of["exact (stepwise rate)"] = [test["stepwise", best["stepwise"], s, "exact", "test"] for s in seeds]
 unit = "cell accuracy" if task == "sudoku" else "accuracy"
-sweep_lines = ["| estimator | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |", "|---|" + "---:|" * len(rates) + "---|"]
+sweep_lines = [
+    "| estimator | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+    "|---|" + "---:|" * len(rates) + "---|",
+]
 for e in ESTIMATORS:
     cells = [f"{100 * mean(list(sweep[e, lr, args.tune_seed, None, 'validation'].values())):.1f}" for lr in rates]
     sweep_lines.append(f"| {e} | " + " | ".join(cells) + f" | {best[e]:g} |")
@@ -170,7 +199,9 @@ for other in ("one_step", "elbo", "exact (stepwise rate)"):
     for m in ms:
         d, se = mean_se([a[m] - b[m] for a, b in zip(rows_of["stepwise"], rows_of[other])])
         word = "above" if d > 2 * se else ("below" if d < -2 * se else "level with (within 2 SE)")
-        verdict.append(f"- m = {m}: stepwise − {other} = {100 * d:+.1f} ± {100 * se:.1f} points: stepwise is {word} {other}.")
+        verdict.append(
+            f"- m = {m}: stepwise − {other} = {100 * d:+.1f} ± {100 * se:.1f} points: stepwise is {word} {other}."
+        )
 
 # reward curves of the test runs: mean over seeds, smoothed
 import matplotlib  # noqa: E402
@@ -181,11 +212,16 @@ import torch  # noqa: E402  (for its version in the header)
 
 fig, ax = plt.subplots(figsize=(6, 4))
 for label, (e, scheme) in {**{e: (e, None) for e in ESTIMATORS}, "exact": ("stepwise", "exact")}.items():
-    curves = [[json.loads(x)["reward"] for x in open(os.path.join(out, "runs", name(e, best[e], s, scheme), "log.jsonl"))] for s in seeds]
+    curves = [
+        [json.loads(x)["reward"] for x in open(os.path.join(out, "runs", name(e, best[e], s, scheme), "log.jsonl"))]
+        for s in seeds
+    ]
     n = min(map(len, curves))
     avg = [mean([c[i] for c in curves]) for i in range(n)]
     w = max(1, min(20, n // 5))
-    ax.plot(range(1, n + 1), [mean(avg[max(0, i - w + 1) : i + 1]) for i in range(n)], label=f"{label} (lr {best[e]:g})")
+    ax.plot(
+        range(1, n + 1), [mean(avg[max(0, i - w + 1) : i + 1]) for i in range(n)], label=f"{label} (lr {best[e]:g})"
+    )
 ax.set_xlabel("AGRPO step")
 ax.set_ylabel(f"training reward ({len(seeds)} seeds, {w}-step mean)")
 ax.grid(alpha=0.3)
@@ -193,18 +229,25 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(os.path.join(out, "reward_curves.png"), dpi=120)
 
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+commit = (
+    subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    or "unknown"
+)
 text = f"""# Estimators compared with a rate each: {task}
 
-Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
+Command: `python bench/compare_estimators.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min \
+wall-clock on
 {os.cpu_count()} CPU cores ({args.jobs} runs at a time, {threads} thread(s) each; torch {torch.__version__},
-{platform.processor() or platform.machine()}), in which {len(trained_here)} of the {len(labels)} runs were trained (the others were
-cached by earlier calls). The AGRPO steps of all {len(labels)} runs took {steps_minutes:.0f} min in all (their logs). Base model
+{platform.processor() or platform.machine()}), in which {len(trained_here)} of the {len(labels)} runs were trained \
+(the others were
+cached by earlier calls). The AGRPO steps of all {len(labels)} runs took {steps_minutes:.0f} min in all (their logs). \
+Base model
 `{base}`; every run: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` with its estimator, rate and seed.
 Greedy {unit} (%) on {args.eval_items} problems, generation length {L}, by sampling steps m (the test table; the
 sweep's count is in its heading).
 
-## 1. Sweep (seed {args.tune_seed}; validation split, {args.validation_items} problems: {unit} averaged over m = {", ".join(map(str, ms))})
+## 1. Sweep (seed {args.tune_seed}; validation split, {args.validation_items} problems: {unit} averaged over \
+m = {", ".join(map(str, ms))})
 
 {chr(10).join(sweep_lines)}
 
@@ -221,6 +264,20 @@ Training reward curves of the test runs: reward_curves.png.
 with open(os.path.join(out, "RESULTS.md"), "w") as f:
     f.write(text)
 with open(os.path.join(out, "results.json"), "w") as f:
-    swept = {name(e, lr, args.tune_seed): sweep[e, lr, args.tune_seed, None, "validation"] for e in ESTIMATORS for lr in rates}
-    json.dump({"sweep": swept, "best": best, "test": rows_of, "base": base_scores, "minutes": minutes, "steps_minutes": steps_minutes}, f)
+    swept = {
+        name(e, lr, args.tune_seed): sweep[e, lr, args.tune_seed, None, "validation"]
+        for e in ESTIMATORS
+        for lr in rates
+    }
+    json.dump(
+        {
+            "sweep": swept,
+            "best": best,
+            "test": rows_of,
+            "base": base_scores,
+            "minutes": minutes,
+            "steps_minutes": steps_minutes,
+        },
+        f,
+    )
 print(text)

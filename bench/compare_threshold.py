@@ -54,20 +54,39 @@ t0 = time.time()
 def score(model, where):
     """{'fixed': (accuracy, passes), 'threshold': (accuracy, passes)} of one model on the test set."""
     if not os.path.exists(f"{where}/results.json"):
-        run_script(threads, "eval.py", f"--models=({model!r},)", "--labels=('m',)", f"--task={cfg['task']}",
-                   f"--eval_items={args.eval_items}", "--seed=0", f"--gen_lengths=({L},)", f"--block_length={cfg['block_length']}",
-                   f"--sampling_steps=({m},)", f"--thresholds=({tau},)",
-                   *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
-                   f"--output_dir={where}")  # fmt: skip
+        run_script(
+            threads,
+            "eval.py",
+            f"--models=({model!r},)",
+            "--labels=('m',)",
+            f"--task={cfg['task']}",
+            f"--eval_items={args.eval_items}",
+            "--seed=0",
+            f"--gen_lengths=({L},)",
+            f"--block_length={cfg['block_length']}",
+            f"--sampling_steps=({m},)",
+            f"--thresholds=({tau},)",
+            *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
+            f"--output_dir={where}",
+        )
     rows = json.load(open(f"{where}/results.json"))["rows"]
     return {("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["steps"]) for r in rows}
 
 
 def train_and_score(run):
     run_dir = os.path.join(out, "runs", run)
-    run_script(threads, "train.py", *train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.save_steps}",
-               "--eval_items=0", f"--save_total_limit={args.max_steps // args.save_steps + 1}", f"--output_dir={run_dir}",
-               "--resume_from_checkpoint")  # fmt: skip
+    run_script(
+        threads,
+        "train.py",
+        *train_args,
+        *RUNS[run],
+        f"--max_steps={args.max_steps}",
+        f"--save_steps={args.save_steps}",
+        "--eval_items=0",
+        f"--save_total_limit={args.max_steps // args.save_steps + 1}",
+        f"--output_dir={run_dir}",
+        "--resume_from_checkpoint",
+    )
     passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
     points = [(0, 0.0, base)]
     for step in range(args.save_steps, args.max_steps + 1, args.save_steps):
@@ -91,7 +110,9 @@ for i, run in enumerate(RUNS):
     for decoding, style in (("fixed", "-o"), ("threshold", "--s")):
         pts = results[run]
         label = f"trained {run}, decoded {'m = ' + str(m) if decoding == 'fixed' else 'τ = ' + str(tau)}"
-        ax.plot([p[1] for p in pts], [100 * p[2][decoding][0] for p in pts], style, color=f"C{i}", label=label, markersize=4)
+        ax.plot(
+            [p[1] for p in pts], [100 * p[2][decoding][0] for p in pts], style, color=f"C{i}", label=label, markersize=4
+        )
 ax.set_xlabel("rollout forward passes per completion, summed over steps")
 ax.set_ylabel(f"held-out greedy accuracy (%), {args.eval_items} problems")
 ax.grid(alpha=0.3)
@@ -99,21 +120,31 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(f"{out}/accuracy_vs_rollout_passes.png", dpi=120)
 
-lines = [f"| run | step | rollout passes so far | per rollout | accuracy, m = {m} (%) | accuracy, τ = {tau} (%) | τ: passes per item |",
-         "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+lines = [
+    f"| run | step | rollout passes so far | per rollout | accuracy, m = {m} (%) | accuracy, τ = {tau} (%) | τ: "
+    "passes per item |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
 for run, pts in results.items():
     for step, spent, s in pts:
         per = f"{spent / step:.2f}" if step else ""
         accs = f"{100 * s['fixed'][0]:.1f} | {100 * s['threshold'][0]:.1f}"
         lines.append(f"| {run} | {step} | {spent:,.0f} | {per} | {accs} | {s['threshold'][1]:.2f} |")
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+commit = (
+    subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    or "unknown"
+)
 text = f"""# Threshold rollouts against fixed-step rollouts: {cfg["task"]}
 
-Command: `python bench/compare_threshold.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min wall-clock on
-{os.cpu_count()} CPU cores (2 runs at a time, {threads} thread(s) each; torch {torch.__version__}, {platform.machine()}).
+Command: `python bench/compare_threshold.py {" ".join(sys.argv[1:])}` at commit {commit}; {minutes:.0f} min \
+wall-clock on
+{os.cpu_count()} CPU cores (2 runs at a time, {threads} thread(s) each; torch {torch.__version__}, \
+{platform.machine()}).
 Both runs: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` from `{cfg["model_name_or_path"]}`, one with
-fixed-step rollouts (m = {cfg["sampling_steps"]}, {cfg["unmasking"]}), one with threshold rollouts (τ = {tau}). Each checkpoint scored
-greedily on {args.eval_items} test problems (L = {L}) with fixed steps (m = {m}) and with threshold decoding (τ = {tau}).
+fixed-step rollouts (m = {cfg["sampling_steps"]}, {cfg["unmasking"]}), one with threshold rollouts (τ = {tau}). Each \
+checkpoint scored
+greedily on {args.eval_items} test problems (L = {L}) with fixed steps (m = {m}) and with threshold decoding (τ = \
+{tau}).
 
 {chr(10).join(lines)}
 

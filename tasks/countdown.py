@@ -54,7 +54,11 @@ def problem_key(item):
 
 def check_options(num_range, target_range):
     for key, v in (("num_range", num_range), ("target_range", target_range)):
-        ints = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        ints = (
+            isinstance(v, (tuple, list))
+            and len(v) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        )
         if not (ints and 0 <= v[0] <= v[1]):
             raise ValueError(f"--{key}={v!r} must be (low, high) with 0 <= low <= high")
 
@@ -69,7 +73,11 @@ def parse_row(where, row):
     check(ints and len(nums) == 3, where, f"field 'nums' must be 3 integers, got {str(nums)[:40]}")
     if isinstance(target, str) and re.fullmatch(r"\s*-?\d+\s*", target):  # CSV
         target = int(target)
-    check(isinstance(target, int) and not isinstance(target, bool), where, f"field 'target' must be an integer, got {target!r}")
+    check(
+        isinstance(target, int) and not isinstance(target, bool),
+        where,
+        f"field 'target' must be an integer, got {target!r}",
+    )
     found = solutions(nums, target)  # one of them is the SFT answer (sft.py)
     return {"nums": nums, "target": target, **({"expr": found[0]} if found else {})}
 

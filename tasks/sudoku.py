@@ -10,8 +10,10 @@ import re
 import rewards
 from data import check, enough, split_of
 
-SYSTEM_PROMPT = """You are given a 4x4 Sudoku as a string of 16 digits, row by row from the top left, with 0 for an empty cell.
-Fill every empty cell with a digit from 1 to 4 so that each row, each column and each of the four 2x2 boxes holds 1, 2, 3 and 4 once.
+SYSTEM_PROMPT = """You are given a 4x4 Sudoku as a string of 16 digits, row by row from the top left, \
+with 0 for an empty cell.
+Fill every empty cell with a digit from 1 to 4 so that each row, each column and each of the four 2x2 boxes holds 1, \
+2, 3 and 4 once.
 Work through the cells inside <think> </think> tags.
 Then write the solved grid inside <answer> </answer> tags as 16 digits with nothing else:
 <think>
@@ -62,7 +64,7 @@ Grid: 1432 / 3214 / 4123 / 2341
 
 # --- config
 sudoku_blanks = (6, 6)  # Sudoku generator: (fewest, most) blank cells per puzzle
-sudoku_test_blanks = ()  # Sudoku test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
+sudoku_test_blanks = ()  # test/validation puzzles: ((blanks, weight), ...) in these proportions; () = sudoku_blanks
 # --- end of config
 
 reward, accuracy = rewards.sudoku_reward, rewards.sudoku_accuracy
@@ -82,19 +84,32 @@ def problem_key(item):
 
 def check_options(sudoku_blanks, sudoku_test_blanks):
     v = sudoku_blanks
-    ints = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ints = (
+        isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    )
     if not (ints and 0 <= v[0] <= v[1] <= 12):
-        raise ValueError(f"--sudoku_blanks={v!r} must be (low, high) with 0 <= low <= high <= 12: a unique 4x4 solution needs 4 clues")
+        raise ValueError(
+            f"--sudoku_blanks={v!r} must be (low, high) with 0 <= low <= high <= 12: a unique 4x4 solution needs 4 "
+            "clues"
+        )
     v = sudoku_test_blanks
     pair = lambda p: isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, int) for x in p)  # noqa: E731
-    if not (isinstance(v, (tuple, list)) and all(pair(p) and 0 <= p[0] <= 12 and p[1] >= 0 for p in v) and (not v or sum(p[1] for p in v))):
-        raise ValueError(f"--sudoku_test_blanks={v!r} must be ((blanks, weight), ...) with blanks in 0..12 and weights >= 0")
+    if not (
+        isinstance(v, (tuple, list))
+        and all(pair(p) and 0 <= p[0] <= 12 and p[1] >= 0 for p in v)
+        and (not v or sum(p[1] for p in v))
+    ):
+        raise ValueError(
+            f"--sudoku_test_blanks={v!r} must be ((blanks, weight), ...) with blanks in 0..12 and weights >= 0"
+        )
 
 
 def parse_row(where, row):
     row = {k.lower(): v for k, v in row.items()}  # SPG's CSV files: Puzzle, Solution
     p, s = str(row.get("puzzle", "")).replace(".", "0"), str(row.get("solution", ""))
-    p = p.zfill(16) if re.fullmatch(r"\d{12,15}", p) else p  # a CSV reader that took the puzzle for a number lost its leading 0s
+    p = (
+        p.zfill(16) if re.fullmatch(r"\d{12,15}", p) else p
+    )  # a CSV reader that took the puzzle for a number lost its leading 0s
     check(re.fullmatch(r"[0-4]{16}", p) is not None, where, "field 'puzzle' must be 16 digits 0-4 (0 or . for blanks)")
     check(re.fullmatch(r"[1-4]{16}", s) is not None, where, "field 'solution' must be 16 digits 1-4")
     check(all(a in "0" or a == b for a, b in zip(p, s)), where, "field 'solution' contradicts a clue of 'puzzle'")
@@ -106,8 +121,14 @@ def parse_row(where, row):
 
 
 # the cells that share a row, column or 2x2 box with cell i (the cell itself left out)
-PEERS = [tuple(j for j in range(16) if j != i and (j // 4 == i // 4 or j % 4 == i % 4 or (j // 8, j % 4 // 2) == (i // 8, i % 4 // 2)))
-         for i in range(16)]  # fmt: skip
+PEERS = [
+    tuple(
+        j
+        for j in range(16)
+        if j != i and (j // 4 == i // 4 or j % 4 == i % 4 or (j // 8, j % 4 // 2) == (i // 8, i % 4 // 2))
+    )
+    for i in range(16)
+]
 
 
 def seen_by(grid, i):
@@ -187,9 +208,14 @@ def generate(n, seed=0, split=None, unique=False, sudoku_blanks=(8, 8), sudoku_t
     ((blanks, weight), ...): the test and validation puzzles' blank counts in these proportions."""
     lo, hi = sudoku_blanks
     if not 0 <= lo <= hi <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
-        raise ValueError(f"sudoku_blanks={sudoku_blanks} must be (low, high) with 0 <= low <= high <= 12: a unique solution needs 4 clues")
+        raise ValueError(
+            f"sudoku_blanks={sudoku_blanks} must be (low, high) with 0 <= low <= high <= 12: a unique solution needs "
+            "4 clues"
+        )
     rng = random.Random(seed)
-    targets = blank_counts(n, sudoku_test_blanks, rng) if sudoku_test_blanks and split in ("test", "validation") else None
+    targets = (
+        blank_counts(n, sudoku_test_blanks, rng) if sudoku_test_blanks and split in ("test", "validation") else None
+    )
     items, seen, attempts = [], set(), 0
     while len(items) < n:
         attempts += 1

@@ -6,7 +6,16 @@ import pytest
 import torch
 from conftest import chat
 
-from agrpo import MicroBatch, accumulate_gradients, clipped_objective, draw_loss, group_advantages, k3, kept_rows, prepare
+from agrpo import (
+    MicroBatch,
+    accumulate_gradients,
+    clipped_objective,
+    draw_loss,
+    group_advantages,
+    k3,
+    kept_rows,
+    prepare,
+)
 from likelihood import token_logp
 from model import load
 from sample import generate
@@ -34,7 +43,9 @@ def test_loss_by_hand():
     # row 1 (A=-2): ratios 0.85 (inside) and 2.0: -min(-1.7, -1.7) = 1.7, -min(-4, -2.4) = 4; scale 2/4
     expected = (0.5 * -(1.2 + 1.0) + 0.5 * (1.7 + 4.0)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert m["tokens"] == 4 and m["clipped_high"] == 1 and m["clipped_low"] == 0  # only row 0's 1.25 (row 1's 2.0 with A<0 is not clipped)
+    assert (
+        m["tokens"] == 4 and m["clipped_high"] == 1 and m["clipped_low"] == 0
+    )  # only row 0's 1.25 (row 1's 2.0 with A<0 is not clipped)
 
 
 def test_clip_engages_exactly_outside_the_range():
@@ -42,7 +53,9 @@ def test_clip_engages_exactly_outside_the_range():
     ratios = torch.tensor([0.85, 0.9, 0.95, 1.0, 1.2, 1.3, 1.35])
     logp, old = ratios.log(), torch.zeros(7)
     for a, expect in [(1.0, [False] * 6 + [True]), (-1.0, [True] + [False] * 6)]:
-        _, clipped, _ = clipped_objective(logp.clone().requires_grad_(), old, torch.full((7,), a), epsilon, epsilon_high)
+        _, clipped, _ = clipped_objective(
+            logp.clone().requires_grad_(), old, torch.full((7,), a), epsilon, epsilon_high
+        )
         assert clipped.tolist() == expect
         x = logp.clone().requires_grad_()
         obj, _, _ = clipped_objective(x, old, torch.full((7,), a), epsilon, epsilon_high)
@@ -61,9 +74,19 @@ def rollout_setup():
     model, tok = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     prompts = [chat(tok, "3 4 5 -> 17")] * 4 + [chat(tok, "1 2 3 -> 9")] * 4
     r = generate(
-        model, prompts, gen_length=16, block_length=8, steps=8, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-        pad_id=tok.pad_token_id, temperature=1.0, top_k=30, unmasking="random", generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        model,
+        prompts,
+        gen_length=16,
+        block_length=8,
+        steps=8,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
+        temperature=1.0,
+        top_k=30,
+        unmasking="random",
+        generator=torch.Generator().manual_seed(0),
+    )
     return model, tok, r
 
 
@@ -111,7 +134,9 @@ def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.005)
     batch = micro_batch(r, adv, draws, old)
-    loss0, m = accumulate_gradients(model, [batch], 0, epsilon=10.0, epsilon_high=10.0, beta=0.0)  # no clipping: a pure gradient step
+    loss0, m = accumulate_gradients(
+        model, [batch], 0, epsilon=10.0, epsilon_high=10.0, beta=0.0
+    )  # no clipping: a pure gradient step
     opt.step()
     opt.zero_grad()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -184,11 +209,11 @@ def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e38)
-    _, _, grad_norm, skipped = update(model, params, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    _, _, grad_norm, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
     assert math.isfinite(grad_norm) and skipped == 1 and not opt.state
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     opt = torch.optim.AdamW(params, lr=1e-3)
-    _, _, _, skipped = update(model, params, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    _, _, _, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
     assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
     for p in params:  # the check agrees with the step it stands in for: the next sane step stays finite
         p.grad = torch.ones_like(p)

@@ -30,12 +30,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 def test_bench_quick(script, flags, expect):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, script, "--quick", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [sys.executable, script, "--quick", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert all(e in out.stdout for e in expect)
 
 
-@pytest.mark.parametrize("config", ["configs/tiny_sudoku.py"])  # one preset: the script's pipeline; train.py's Countdown runs in test_train
+@pytest.mark.parametrize(
+    "config", ["configs/tiny_sudoku.py"]
+)  # one preset: the script's pipeline; train.py's Countdown runs in test_train
 def test_compare_estimators_quick(tmp_path, config):
     """Sweep, test runs, tables; a second call finds every run and evaluation cached and redoes none."""
     cmd = [sys.executable, "bench/compare_estimators.py", "--quick", config, f"--output_dir={tmp_path}"]
@@ -44,7 +48,9 @@ def test_compare_estimators_quick(tmp_path, config):
     text = open(f"{tmp_path}/RESULTS.md").read()
     for model in ("base", "stepwise", "one_step", "elbo", "exact (stepwise rate)"):
         assert f"| {model} |" in text
-    assert "## 1. Sweep" in text and "validation" in text and "stepwise − one_step" in text and "stepwise − elbo" in text
+    assert (
+        "## 1. Sweep" in text and "validation" in text and "stepwise − one_step" in text and "stepwise − elbo" in text
+    )
     assert ("sudoku" in text) == ("sudoku" in config) and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0
     stamps = {p: os.path.getmtime(p) for p in glob.glob(f"{tmp_path}/runs/*/*") if not p.endswith(".lock")}
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -64,11 +70,15 @@ def test_compare_threshold_quick(tmp_path):
 def test_bench_scripts_are_configured_like_train_py():
     """The benches take train.py's key names as --key=value, list them in --help, and refuse any
     other spelling in one line (with a "did you mean" for another library's name)."""
-    help_text = subprocess.run([sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     for key in ("--mc_samples", "--lora_r", "--gradient_checkpointing", "--sampling_steps", "--max_completion_length"):
         assert key in help_text
-    for script, flag, words in [("bench/bench_train.py", "--lora_rank=4", "did you mean --lora_r"),
-                                ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
-                                ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'")]:  # fmt: skip
+    for script, flag, words in [
+        ("bench/bench_train.py", "--lora_rank=4", "did you mean --lora_r"),
+        ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
+        ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'"),
+    ]:
         out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -77,7 +77,9 @@ def test_sudoku_split_holds_out_solution_grids():
     valid = sudoku_items(256, seed=1, sudoku_blanks=(7, 12), split="validation", unique=True)
     grids = [{it["solution"] for it in part} for part in (train, valid, test)]
     assert not grids[0] & grids[1] and not grids[0] & grids[2] and not grids[1] & grids[2]
-    assert len(grids[0]) > 200 and sum(map(len, grids)) == 288  # about 80% of the 288 grids on the train side, every grid reached
+    assert (
+        len(grids[0]) > 200 and sum(map(len, grids)) == 288
+    )  # about 80% of the 288 grids on the train side, every grid reached
     assert {it["puzzle"].count("0") for it in test} == set(range(7, 13))
 
 
@@ -102,10 +104,14 @@ def test_system_prompt_choices(tmp_path):
 def test_task_prompts_examples_earn_full_reward():
     """Each task's system turn asks for the format its reward reads: the examples it shows score the
     full reward (4) on their own problems, and the math template's shape does too."""
-    cd = re.search(r"numbers (\[[^]]*\]) and the target (\d+).*?(<answer>.*?</answer>)", task("countdown").SYSTEM_PROMPT, re.S)
+    cd = re.search(
+        r"numbers (\[[^]]*\]) and the target (\d+).*?(<answer>.*?</answer>)", task("countdown").SYSTEM_PROMPT, re.S
+    )
     item = {"nums": json.loads(cd.group(1)), "target": int(cd.group(2))}
     assert countdown_reward("<think>x</think>" + cd.group(3), item) == 4.0
-    shots = re.findall(r"Puzzle: (\d{16})\n(<think>.*?</think>\n<answer>.*?</answer>)", task("sudoku").SYSTEM_PROMPT, re.S)
+    shots = re.findall(
+        r"Puzzle: (\d{16})\n(<think>.*?</think>\n<answer>.*?</answer>)", task("sudoku").SYSTEM_PROMPT, re.S
+    )
     assert len(shots) == 2
     for puzzle, completion in shots:
         solution = re.search(r"<answer>\s*(\d{16})", completion).group(1)
@@ -136,7 +142,9 @@ def test_loaders_read_fixtures(tmp_path):
     mth = write(tmp_path / "m.jsonl", [json.dumps({"problem": "half?", "solution": "It is $\\boxed{\\frac{1}{2}}$."})])
     assert load_file("math", mth)[0]["answer"] == "\\frac{1}{2}"
     cd = write(tmp_path / "c.jsonl", [json.dumps({"nums": [25, 3, 2], "target": 56})])
-    assert [{k: it[k] for k in ("nums", "target")} for it in load_items("countdown", path=cd)] == [{"nums": [25, 3, 2], "target": 56}]
+    assert [{k: it[k] for k in ("nums", "target")} for it in load_items("countdown", path=cd)] == [
+        {"nums": [25, 3, 2], "target": 56}
+    ]
     su = write(tmp_path / "s.csv", ["puzzle,solution", "1.3.3....1..4..1,1234341221434321"])
     assert load_file("sudoku", su) == [{"puzzle": "1030300001004001", "solution": "1234341221434321"}]
 
@@ -153,16 +161,36 @@ def test_parquet_loader(tmp_path):
 @pytest.mark.parametrize(
     "task_name,suffix,lines,match",
     [
-        ("gsm8k", "jsonl", ['{"question": "q", "answer": "#### 3"}', '{"question": "q", "answer": "#### 3"'], r"b\.jsonl:2: invalid JSON"),
+        (
+            "gsm8k",
+            "jsonl",
+            ['{"question": "q", "answer": "#### 3"}', '{"question": "q", "answer": "#### 3"'],
+            r"b\.jsonl:2: invalid JSON",
+        ),
         ("gsm8k", "jsonl", ['{"question": "q"}'], r"b\.jsonl:1: field 'answer'"),
-        ("gsm8k", "jsonl", ['{"question": "q", "answer": "#### none"}'], r"b\.jsonl:1: field 'answer' has no final number"),
+        (
+            "gsm8k",
+            "jsonl",
+            ['{"question": "q", "answer": "#### none"}'],
+            r"b\.jsonl:1: field 'answer' has no final number",
+        ),
         ("gsm8k", "jsonl", ["[1, 2]"], r"b\.jsonl:1: a line must be a JSON object"),
         ("math", "jsonl", ['{"problem": "p", "solution": "no box"}'], r"b\.jsonl:1: field 'answer'"),
-        ("countdown", "jsonl", ['{"nums": [1, 2, 3], "target": 6}', '{"nums": [1, 2], "target": 3}'], r"b\.jsonl:2: field 'nums'"),
+        (
+            "countdown",
+            "jsonl",
+            ['{"nums": [1, 2, 3], "target": 6}', '{"nums": [1, 2], "target": 3}'],
+            r"b\.jsonl:2: field 'nums'",
+        ),
         ("countdown", "jsonl", ['{"nums": [1, 2, 3], "target": "six"}'], r"b\.jsonl:1: field 'target'"),
         ("sudoku", "csv", ["puzzle,solution", "1234,1234"], r"b\.csv:2: field 'puzzle'"),
         ("sudoku", "csv", ["puzzle,solution", "1030300001004001,1234341221434322"], r"b\.csv:2: field 'solution'"),
-        ("sudoku", "csv", ["puzzle,solution", "2030300001004001,1234341221434321"], r"b\.csv:2: field 'solution' contradicts"),
+        (
+            "sudoku",
+            "csv",
+            ["puzzle,solution", "2030300001004001,1234341221434321"],
+            r"b\.csv:2: field 'solution' contradicts",
+        ),
     ],
 )
 def test_malformed_files_raise_named_error(tmp_path, task_name, suffix, lines, match):
@@ -189,13 +217,21 @@ def test_missing_file_and_unknown_type(tmp_path):
 
 
 BAD_FILES = [  # (file name, bytes, words of the one-line error)
-    ("bad.jsonl", b'{"nums": [1, 2, 3], "target": 6}\n{"nums": [1, 2, 3], "target": 3.5}\n', "bad.jsonl:2: field 'target' must be"),
+    (
+        "bad.jsonl",
+        b'{"nums": [1, 2, 3], "target": 6}\n{"nums": [1, 2, 3], "target": 3.5}\n',
+        "bad.jsonl:2: field 'target' must be",
+    ),
     ("bools.jsonl", b'{"nums": [true, false, true], "target": 1}\n', "bools.jsonl:1: field 'nums' must be 3 integers"),
-    ("latin1.jsonl", '{"nums": [1, 2, 3], "target": 6}\n{"x": "caf\u00e9"}\n'.encode("latin-1"), "latin1.jsonl:2: not UTF-8 text"),
+    (
+        "latin1.jsonl",
+        '{"nums": [1, 2, 3], "target": 6}\n{"x": "caf\u00e9"}\n'.encode("latin-1"),
+        "latin1.jsonl:2: not UTF-8 text",
+    ),
     ("broken.parquet", b"PAR1 this is not parquet", "broken.parquet: not a readable Parquet file"),
     ("empty.jsonl", b"\n", "empty.jsonl: no countdown items"),
     ("dir.jsonl/", None, "dir.jsonl: not a file"),
-]  # fmt: skip
+]
 
 
 def one_line_failure(script, *args):
@@ -219,7 +255,9 @@ def test_bad_data_files_raise_a_data_error_naming_them(tmp_path, name, content, 
         load_items("countdown", path=str(bad_file(tmp_path, name, content)))
 
 
-@pytest.mark.parametrize("script, bad", [("train.py", BAD_FILES[0]), ("eval.py", BAD_FILES[2])], ids=["train.py", "eval.py"])
+@pytest.mark.parametrize(
+    "script, bad", [("train.py", BAD_FILES[0]), ("eval.py", BAD_FILES[2])], ids=["train.py", "eval.py"]
+)
 def test_bad_data_files_stop_the_scripts_with_one_line(tmp_path, script, bad):
     """train.py and eval.py end on a malformed data file with one line naming file, line and field."""
     name, content, words = bad
@@ -268,21 +306,45 @@ def test_released_data_sources(monkeypatch):
 
     tables = {
         ("openai/gsm8k", "train"): [{"question": "q1", "answer": "steps\n#### 1,000"}],
-        ("madrylab/gsm8k-platinum", "test"): [{"question": "q2", "answer": "x\n#### 7", "cleaning_status": "consensus"}],
-        ("HuggingFaceH4/MATH-500", "test"): [{"problem": "p500", "solution": "s", "answer": "\\frac12", "subject": "Algebra", "level": 3,
-                                              "unique_id": "test/algebra/1.json"}],
+        ("madrylab/gsm8k-platinum", "test"): [
+            {"question": "q2", "answer": "x\n#### 7", "cleaning_status": "consensus"}
+        ],
+        ("HuggingFaceH4/MATH-500", "test"): [
+            {
+                "problem": "p500",
+                "solution": "s",
+                "answer": "\\frac12",
+                "subject": "Algebra",
+                "level": 3,
+                "unique_id": "test/algebra/1.json",
+            }
+        ],
         ("qwedsacf/competition_math", "train"): [
-            {"problem": "p500", "level": "Level 3", "type": "Algebra", "solution": "\\boxed{\\frac12}"},  # a MATH-500 problem
-            {"problem": "p1", "level": "Level 4", "type": "Algebra", "solution": "so \\boxed{\\frac{1}{2}} or \\boxed{9}"},
+            {
+                "problem": "p500",
+                "level": "Level 3",
+                "type": "Algebra",
+                "solution": "\\boxed{\\frac12}",
+            },  # a MATH-500 problem
+            {
+                "problem": "p1",
+                "level": "Level 4",
+                "type": "Algebra",
+                "solution": "so \\boxed{\\frac{1}{2}} or \\boxed{9}",
+            },
             {"problem": "p2", "level": "Level 5", "type": "Algebra", "solution": "\\boxed{2}"},
             {"problem": "p3", "level": "Level ?", "type": "Algebra", "solution": "\\boxed{3}"},
             {"problem": "p4", "level": "Level 1", "type": "Algebra", "solution": "no box"},
         ],
         ("Jiayi-Pan/Countdown-Tasks-3to4", "train"): [
-            {"target": 9, "nums": [2, 3, 4]}, {"target": 24, "nums": [1, 2, 3, 4]}, {"target": 5, "nums": [1, 2, 3]},
-            {"target": 7, "nums": [1, 2, 4]}, {"target": 10, "nums": [1, 2, 3, 4]}, {"target": 6, "nums": [1, 2, 3]},
+            {"target": 9, "nums": [2, 3, 4]},
+            {"target": 24, "nums": [1, 2, 3, 4]},
+            {"target": 5, "nums": [1, 2, 3]},
+            {"target": 7, "nums": [1, 2, 4]},
+            {"target": 10, "nums": [1, 2, 3, 4]},
+            {"target": 6, "nums": [1, 2, 3]},
         ],
-    }  # fmt: skip
+    }
     import tasks.countdown
     import tasks.gsm8k
     import tasks.math
@@ -294,8 +356,14 @@ def test_released_data_sources(monkeypatch):
     assert load_items("gsm8k", "test") == [{"question": "q2", "answer": "7"}]
     assert [(it["question"], it["answer"]) for it in load_items("math", "test")] == [("p500", "\\frac12")]
     assert [(it["question"], it["answer"]) for it in load_items("math", "train")] == [("p1", "\\frac{1}{2}")]
-    assert [(it["nums"], it["target"]) for it in load_items("countdown", "train", "hub")] == [([2, 3, 4], 9), ([1, 2, 3], 5)]
-    assert [(it["nums"], it["target"]) for it in load_items("countdown", "test", "hub")] == [([1, 2, 4], 7), ([1, 2, 3], 6)]
+    assert [(it["nums"], it["target"]) for it in load_items("countdown", "train", "hub")] == [
+        ([2, 3, 4], 9),
+        ([1, 2, 3], 5),
+    ]
+    assert [(it["nums"], it["target"]) for it in load_items("countdown", "test", "hub")] == [
+        ([1, 2, 4], 7),
+        ([1, 2, 3], 6),
+    ]
     assert data.test_set("countdown", "hub", -1, 0) == load_items("countdown", "test", "hub")  # -1: the whole test set
     with pytest.raises(ValueError, match="eval_items=-1"):
         data.test_set("countdown", "", -1, 0)  # a generated test set needs a count
@@ -307,9 +375,17 @@ def test_released_local_files(tmp_path):
     problems of the test set, and a Sudoku test grid is never a training answer."""
     import data
 
-    cd = write(tmp_path / "cd3.jsonl", ['{"input": "30,100,93", "output": "23"}', '{"input": "83,18,75", "output": "10"}'])
-    assert [(it["nums"], it["target"]) for it in load_file("countdown", cd)] == [([30, 100, 93], 23), ([83, 18, 75], 10)]
-    su = write(tmp_path / "sudoku.csv", ["Puzzle,Solution", "310200404001043,4312213434211243", "1002020100030310,1432324141232314"])
+    cd = write(
+        tmp_path / "cd3.jsonl", ['{"input": "30,100,93", "output": "23"}', '{"input": "83,18,75", "output": "10"}']
+    )
+    assert [(it["nums"], it["target"]) for it in load_file("countdown", cd)] == [
+        ([30, 100, 93], 23),
+        ([83, 18, 75], 10),
+    ]
+    su = write(
+        tmp_path / "sudoku.csv",
+        ["Puzzle,Solution", "310200404001043,4312213434211243", "1002020100030310,1432324141232314"],
+    )
     assert load_file("sudoku", su)[0] == {"puzzle": "0310200404001043", "solution": "4312213434211243"}
     train = [{"nums": [93, 30, 100], "target": 23}, {"nums": [1, 2, 3], "target": 6}]
     assert data.without_test_problems("countdown", train, load_file("countdown", cd)) == train[1:]
@@ -329,7 +405,9 @@ def test_csv_with_a_byte_order_mark_or_an_extra_field(tmp_path):
     """A CSV saved with a byte-order mark reads as without one; a row with more fields than the
     header is named, never read with its extra fields dropped."""
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfPuzzle,Solution\n1204400100102000,1234432134122143\n")
-    assert load_file("sudoku", str(tmp_path / "bom.csv")) == [{"puzzle": "1204400100102000", "solution": "1234432134122143"}]
+    assert load_file("sudoku", str(tmp_path / "bom.csv")) == [
+        {"puzzle": "1204400100102000", "solution": "1234432134122143"}
+    ]
     (tmp_path / "extra.csv").write_text("puzzle,solution\n1204400100102000,1234432134122143,9\n")
     with pytest.raises(DataError, match=re.escape("extra.csv:2: 1 more fields than the header's 2")):
         load_file("sudoku", str(tmp_path / "extra.csv"))
@@ -365,7 +443,11 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
     assert len({it["puzzle"] for it in test}) == 256
     train = sudoku_items(600, seed=0, split="train", **gen)
     assert {it["puzzle"].count("0") for it in train} == set(range(7, 13))
-    assert collections.Counter(split_of("".join(map(str, g))) for g in GRIDS) == {"train": 226, "validation": 21, "test": 41}
+    assert collections.Counter(split_of("".join(map(str, g))) for g in GRIDS) == {
+        "train": 226,
+        "validation": 21,
+        "test": 41,
+    }
     with pytest.raises(ValueError, match="sudoku_test_blanks"):
         check_task_options("sudoku", {"sudoku_blanks": (7, 12), "sudoku_test_blanks": ((13, 1),)})
 

@@ -26,7 +26,9 @@ def run_eval(args, nproc=1):
     if nproc > 1:
         launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"]  # a free port
         cmd = [sys.executable, *launch, "eval.py", *SMALL, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
 
 
 def fake_run(out_dir, lora_rank=0):
@@ -41,7 +43,12 @@ def fake_run(out_dir, lora_rank=0):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     os.makedirs(out_dir, exist_ok=True)
-    config = dict(model_name_or_path="tiny", lora_r=lora_rank, lora_alpha=2 * lora_rank, lora_target_modules=FAMILIES["llada"].lora_targets)
+    config = dict(
+        model_name_or_path="tiny",
+        lora_r=lora_rank,
+        lora_alpha=2 * lora_rank,
+        lora_target_modules=FAMILIES["llada"].lora_targets,
+    )
     return model, checkpoint.save(out_dir, 3, model, opt, sched, config)
 
 
@@ -59,7 +66,9 @@ def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
     assert cfg["lora_r"] == lora_rank
     ids = torch.randint(10, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(forward_logits(loaded, ids), forward_logits(trained.eval(), ids), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            forward_logits(loaded, ids), forward_logits(trained.eval(), ids), atol=1e-5, rtol=1e-5
+        )
         base, _ = load("tiny")
         assert not torch.allclose(forward_logits(base, ids), forward_logits(loaded, ids), atol=1e-3)
 
@@ -74,7 +83,9 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
         assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
     rows = json.load(open(f"{tmp_path}/eval/results.json"))["rows"]
     # the m = L/4, L/2, L grid, then threshold decoding (τ > 1: one token a step, 16 passes per item without EOS)
-    assert [(r["gen_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [(16, None)] * 3 + [(16, 2.0)]
+    assert [(r["gen_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [(16, None)] * 3 + [
+        (16, 2.0)
+    ]
     assert [r["steps"] for r in rows if r["threshold"] is None] == [4, 8, 16] * 2
     assert all(1 <= r["steps"] <= 16 for r in rows if r["threshold"] is not None)
     table = open(f"{tmp_path}/eval/results.md").read()
@@ -83,8 +94,12 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
     assert len(samples) == 8 * 8
     assert {"prompt", "completion", "answer", "reward", "correct"} <= set(samples[0])
     # the table's accuracy is the mean of the per-example records
-    first = [s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4 and s["threshold"] is None]
-    assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(standard_error(first))
+    first = [
+        s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4 and s["threshold"] is None
+    ]
+    assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(
+        standard_error(first)
+    )
 
 
 def test_sharded_equals_one_process(tmp_path):
@@ -112,7 +127,9 @@ def test_sharded_equals_one_process(tmp_path):
 def test_bad_input_is_one_line(args, words):
     out = run_eval(args)
     assert out.returncode != 0
-    assert words in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert words in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
+        out.stderr
+    )
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path):
@@ -130,21 +147,40 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     # a recorded system turn is the exact text the run used: one ending in .txt is not read as a file again
-    config = dict(model_name_or_path="tiny", lora_r=0, task="sudoku", system_prompt="Fill the grid. See notes.txt",
-                  compact_prompt=True, seed=0, sudoku_blanks=[10, 10], eval_file="", eval_items=5,
-                  max_completion_length=24, block_length=8, sampling_steps=6)  # fmt: skip
+    config = dict(
+        model_name_or_path="tiny",
+        lora_r=0,
+        task="sudoku",
+        system_prompt="Fill the grid. See notes.txt",
+        compact_prompt=True,
+        seed=0,
+        sudoku_blanks=[10, 10],
+        eval_file="",
+        eval_items=5,
+        max_completion_length=24,
+        block_length=8,
+        sampling_steps=6,
+    )
     checkpoint.save(f"{tmp_path}/run", 3, model, opt, sched, config)
     args = [f"{sys.executable}", "eval.py", f"--models=('{tmp_path}/run',)", "--labels=()"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([*args, f"--output_dir={tmp_path}/e"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [*args, f"--output_dir={tmp_path}/e"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     samples = [json.loads(line) for line in open(f"{tmp_path}/e/samples.jsonl")]
     assert len(samples) == 5 and all((s["gen_length"], s["steps"]) == (24, 6) for s in samples)
     assert all("Fill the grid. See notes.txt" in s["prompt"] for s in samples)
     header = open(f"{tmp_path}/e/results.md").read().split("|")[0]
     assert "sudoku, 5 test items" in header and f"from {tmp_path}/run/checkpoint-3: task='sudoku'" in header
-    out = subprocess.run([*args, "--eval_items=3", "--system_prompt=", f"--output_dir={tmp_path}/f"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env=env)  # fmt: skip
+    out = subprocess.run(
+        [*args, "--eval_items=3", "--system_prompt=", f"--output_dir={tmp_path}/f"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     samples = [json.loads(line) for line in open(f"{tmp_path}/f/samples.jsonl")]
     assert len(samples) == 3 and not any("Fill the grid." in s["prompt"] for s in samples)
     assert "from the command line: system_prompt='', eval_items=3" in open(f"{tmp_path}/f/results.md").read()
@@ -161,7 +197,12 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
     released = [*cmd[:3], "configs/llada_eval.py", *cmd[3:]]
     cfg = json.loads(subprocess.run(released, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
-    assert (cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"], cfg["per_device_eval_batch_size"]) == ([256], 32, [128], 8)
+    assert (cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"], cfg["per_device_eval_batch_size"]) == (
+        [256],
+        32,
+        [128],
+        8,
+    )
     assert (cfg["task"], cfg["eval_items"], cfg["system_prompt"]) == ("gsm8k", -1, "task")
     out = subprocess.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16

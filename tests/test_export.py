@@ -39,9 +39,15 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
     ckpt = checkpoint.newest(f"{tmp_path}/run")
     files = set(os.listdir(ckpt))
     assert {"trainer_state.json", "optimizer.pt", "tokenizer.json"} <= files
-    weights = {"adapter_config.json", "adapter_model.safetensors"} if lora_r else {"config.json", "model.safetensors", "tiny_llada.py"}
+    weights = (
+        {"adapter_config.json", "adapter_model.safetensors"}
+        if lora_r
+        else {"config.json", "model.safetensors", "tiny_llada.py"}
+    )
     assert weights <= files
-    out = subprocess.run([sys.executable, "export.py", f"{tmp_path}/run", f"{tmp_path}/export"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "export.py", f"{tmp_path}/run", f"{tmp_path}/export"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0 and "exported" in out.stdout, out.stderr[-2000:]
     assert resolve(f"{tmp_path}/export") == ("model", f"{tmp_path}/export")  # eval.py takes it as a model
 
@@ -49,9 +55,17 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
     ids = torch.randint(10, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = forward_logits(trained, ids)
-    args = dict(ids=ids.tolist(), export=f"{tmp_path}/export", checkpoint=ckpt, base=checkpoint.read(ckpt)["base"], lora=lora_r > 0)
+    args = dict(
+        ids=ids.tolist(),
+        export=f"{tmp_path}/export",
+        checkpoint=ckpt,
+        base=checkpoint.read(ckpt)["base"],
+        lora=lora_r > 0,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    got = subprocess.run([sys.executable, "-c", LOADER, json.dumps(args)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    got = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(args)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert got.returncode == 0, got.stderr[-2000:]
     logits = {k: torch.tensor(v) for k, v in json.loads(got.stdout).items()}
     torch.testing.assert_close(logits["checkpoint"], want, atol=1e-6, rtol=0)  # the adapters (or weights) as trained
@@ -60,6 +74,9 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
 
 def test_export_refuses_a_model_and_an_existing_folder(tmp_path):
     os.makedirs(tmp_path / "there")
-    for args, words in [(["tiny", f"{tmp_path}/x"], "is a model"), ([f"{tmp_path}/none", f"{tmp_path}/there"], "exists")]:
+    for args, words in [
+        (["tiny", f"{tmp_path}/x"], "is a model"),
+        ([f"{tmp_path}/none", f"{tmp_path}/there"], "exists"),
+    ]:
         out = subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and words in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -52,9 +52,21 @@ def threshold_setup(setup):
     """Threshold decoding on the same model: rows with different numbers of steps m'."""
     model, tok, _ = setup
     prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
-    r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-                 pad_id=tok.pad_token_id, temperature=0.9, top_k=40, unmasking="threshold", threshold=0.3,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = generate(
+        model,
+        prompts,
+        gen_length=16,
+        block_length=8,
+        steps=16,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
+        temperature=0.9,
+        top_k=40,
+        unmasking="threshold",
+        threshold=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(set(last_step(r).tolist())) == 2  # the rows' m' differ
     return model, tok, r
 
@@ -121,9 +133,14 @@ def test_low_discrepancy_variance_not_above_uniform(setup):
     torch.testing.assert_close(via_model, (w * f.gather(1, s)).sum(1), atol=1e-3, rtol=1e-5)
     var = {}
     for scheme in ("uniform", "low_discrepancy"):
-        tot = torch.stack([(w * f.gather(1, s)).sum() for s, w in (sample_steps(r, 3, scheme, g) for _ in range(20000))])
+        tot = torch.stack(
+            [(w * f.gather(1, s)).sum() for s, w in (sample_steps(r, 3, scheme, g) for _ in range(20000))]
+        )
         var[scheme] = tot.var().item()
-    print(f"\nvariance of the batch log-prob estimate, k=3: uniform {var['uniform']:.2f}, low-discrepancy {var['low_discrepancy']:.2f}")
+    print(
+        f"\nvariance of the batch log-prob estimate, k=3: uniform {var['uniform']:.2f}, low-discrepancy "
+        f"{var['low_discrepancy']:.2f}"
+    )
     assert var["low_discrepancy"] <= var["uniform"]
 
 
@@ -149,7 +166,10 @@ def test_estimate_does_not_depend_on_k(setup, name):
     model, _, r = setup
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
-        est = {k: torch.stack([sequence_logp(model, r, make_draws(name, r, k, g)) for _ in range(120 // k)]) for k in (1, 4)}
+        est = {
+            k: torch.stack([sequence_logp(model, r, make_draws(name, r, k, g)) for _ in range(120 // k)])
+            for k in (1, 4)
+        }
     gap = (est[1].mean(0) - est[4].mean(0)).abs()
     se = (est[1].var(0) / len(est[1]) + est[4].var(0) / len(est[4])).sqrt()
     print(f"\n{name}: k=1 {est[1].mean(0).tolist()} k=4 {est[4].mean(0).tolist()} se {se.tolist()}")
@@ -174,7 +194,9 @@ def test_elbo_and_one_step_masks(setup):
     n_masked = (d.x[:, :, P:] == tok.mask_token_id).sum(-1)  # (K, B)
     torch.testing.assert_close(d.weight, 16 / (8 * n_masked.float()))  # G/l, averaged over the k = 8 draws
     assert torch.equal(d.read, d.x[:, :, P:] == tok.mask_token_id)  # every position the weight counts is scored
-    assert n_masked.min() >= 1 and n_masked.max() <= 16 and len(set(n_masked.flatten().tolist())) >= 12  # stratified spread
+    assert (
+        n_masked.min() >= 1 and n_masked.max() <= 16 and len(set(n_masked.flatten().tolist())) >= 12
+    )  # stratified spread
     d = one_step_draws(r, 200, torch.Generator().manual_seed(8), prompt_mask_prob=0.15)
     assert (d.x[:, :, P:] == tok.mask_token_id).all()
     prompt_masked = d.x[:, :, :P] == tok.mask_token_id
@@ -223,7 +245,9 @@ def test_sampled_token_never_truncated_away():
     for kw in (dict(top_k=3), dict(top_p=0.85)):
         rollout_lp = policy_logprobs(logits, 5, 1.0, **kw)
         assert torch.isfinite(rollout_lp[0, 2])
-        torch.testing.assert_close(policy_logprobs(logits, 5, 1.0, **kw, keep=token), rollout_lp)  # same set: same numbers
+        torch.testing.assert_close(
+            policy_logprobs(logits, 5, 1.0, **kw, keep=token), rollout_lp
+        )  # same set: same numbers
         assert policy_logprobs(moved, 5, 1.0, **kw)[0, 2] == float("-inf")  # what the keep prevents
         assert torch.isfinite(policy_logprobs(moved, 5, 1.0, **kw, keep=token)[0, 2])
 
@@ -231,9 +255,21 @@ def test_sampled_token_never_truncated_away():
 def test_training_logp_finite_after_weights_move(setup):
     model, tok, _ = setup
     prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
-    r = generate(model, prompts, gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids,
-                 pad_id=tok.pad_token_id, temperature=1.0, top_k=3, top_p=0.9, unmasking="random",
-                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+    r = generate(
+        model,
+        prompts,
+        gen_length=16,
+        block_length=8,
+        steps=16,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
+        temperature=1.0,
+        top_k=3,
+        top_p=0.9,
+        unmasking="random",
+        generator=torch.Generator().manual_seed(3),
+    )
     moved = copy.deepcopy(model)
     with torch.no_grad():
         for p in moved.parameters():

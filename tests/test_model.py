@@ -85,7 +85,11 @@ def test_incomplete_model_folder_is_one_line(tmp_path):
     """A model folder without its tokenizer (LLaDA's modeling files copied alone once ended in a raw
     KeyError: 'LLaDAConfig'), config or weights: one line naming what is missing."""
     model, tok = load("tiny")
-    for lose, says in [("tokenizer", "no tokenizer files"), ("config.json", "no config.json"), ("model.safetensors", "no weights")]:
+    for lose, says in [
+        ("tokenizer", "no tokenizer files"),
+        ("config.json", "no config.json"),
+        ("model.safetensors", "no weights"),
+    ]:
         folder = tmp_path / lose
         save(model, tok, str(folder))
         for f in os.listdir(folder):
@@ -127,10 +131,13 @@ def test_saved_folder_loads_without_the_project(tmp_path):
         f"e = torch.load({str(tmp_path / 'expected.pt')!r})\n"
         "with torch.no_grad(): out = m(e['ids']).logits\n"
         "assert not any(n in sys.modules for n in ('model', 'tiny_llada', 'data')), 'project imported'\n"
-        "print(float((out - e['logits']).abs().max()), t.mask_token_id, t.decode(t('<answer>1+2</answer>').input_ids))\n"
+        "print(float((out - e['logits']).abs().max()), t.mask_token_id, "
+        "t.decode(t('<answer>1+2</answer>').input_ids))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     diff, mask_id, text = out.stdout.split()
     assert float(diff) == 0.0 and int(mask_id) == tok.mask_token_id and text == "<answer>1+2</answer>"
@@ -157,7 +164,9 @@ def test_padding_mask_probe(dtype):
     """The mask is passed only to a model whose real-token logits do not change under masked left
     padding; a model that ignores it, or takes no such argument, is never given one. In bf16 the
     rounding alone exceeds a fixed 1% tolerance: the decision must hold in both dtypes."""
-    model, tok = load("tiny", seed=0, dtype=dtype, tiny_overrides=dict(init_std=0.3))  # logits ~10: bf16 moves them ~0.8
+    model, tok = load(
+        "tiny", seed=0, dtype=dtype, tiny_overrides=dict(init_std=0.3)
+    )  # logits ~10: bf16 moves them ~0.8
     assert probe_padding_mask(model, tok.pad_token_id) and model.honours_padding_mask
     assert not probe_padding_mask(IgnoresMask(model), tok.pad_token_id)
     assert not probe_padding_mask(Opaque(model), tok.pad_token_id)
@@ -221,7 +230,9 @@ def test_logits_at_positions_equal_full_logits(kind):
 def test_an_unknown_family_stops_with_one_line(tmp_path):
     """A model of no declared family is refused at load, naming the families the code supports (a
     silent fallback would score the wrong positions of a model that predicts the next one)."""
-    with pytest.raises(ValueError, match=r"Opaque \(model_type None\) is not a model family this code knows; supported: llada"):
+    with pytest.raises(
+        ValueError, match=r"Opaque \(model_type None\) is not a model family this code knows; supported: llada"
+    ):
         family_of(Opaque(load("tiny")[0]))
     model, tok = load("tiny")
     save(model, tok, f"{tmp_path}/other")
@@ -288,9 +299,13 @@ def test_compile_blocks_matches_eager():
             compile_blocks(model)
             assert list(model.state_dict()) == keys
         logits = forward_logits(model, ids, at=at)
-        grads = torch.autograd.grad(logits.log_softmax(-1)[:, 20:40].sum(), [p for p in model.parameters() if p.requires_grad])
+        grads = torch.autograd.grad(
+            logits.log_softmax(-1)[:, 20:40].sum(), [p for p in model.parameters() if p.requires_grad]
+        )
         model.eval()
-        tokens = generate(model, [[6, 30, 12, 31, 7], [6, 33, 7]], gen_length=8, block_length=4, steps=4, mask_id=tok.mask_token_id)
+        tokens = generate(
+            model, [[6, 30, 12, 31, 7], [6, 33, 7]], gen_length=8, block_length=4, steps=4, mask_id=tok.mask_token_id
+        )
         results.append((logits, grads, tokens.ids))
     (a, ga, ta), (b, gb, tb) = results
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

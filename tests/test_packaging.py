@@ -17,6 +17,8 @@ def test_project_lists_every_module_and_the_pinned_requirements():
     lines = [ln.split("#")[0].strip() for ln in open(os.path.join(ROOT, "requirements.txt"))]
     required = {re.split(r"[=<>\[]", ln)[0]: ln for ln in lines if ln}
     declared = {re.split(r"[=<>\[]", d)[0]: d for d in project["project"]["dependencies"]}
-    extras = {re.split(r"[=<>\[]", d)[0] for group in project["project"]["optional-dependencies"].values() for d in group}
+    extras = {
+        re.split(r"[=<>\[]", d)[0] for group in project["project"]["optional-dependencies"].values() for d in group
+    }
     assert {k: v for k, v in required.items() if k not in extras} == declared  # same packages, same pins
     assert project["project"]["requires-python"] == ">=3.11"

@@ -74,7 +74,9 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
     """Killed inside the first checkpoint write (step 2: no checkpoint yet, two log lines) or a later
     one: the resume reaches the uninterrupted state and logs every step once."""
     cmd = [sys.executable, "tests/faults.py", f"kill_in_save={step}", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert out.returncode == -signal.SIGKILL
     assert os.path.exists(f"{tmp_path}/checkpoint-{step}.tmp") and not os.path.exists(f"{tmp_path}/checkpoint-{step}")
     assert check_after_kill(str(tmp_path)) == step - 2  # the half-written file is never taken for a checkpoint
@@ -86,8 +88,12 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
 
 def test_full_disk_stops_with_one_line_and_resumes(tmp_path, uninterrupted):
     cmd = [sys.executable, "tests/faults.py", "disk_full=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "checkpoint-2" in out.stderr, out.stderr[-2000:]
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "checkpoint-2" in out.stderr, (
+        out.stderr[-2000:]
+    )
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()[-1:]) == 1
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))  # nothing left that blocks the resume
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
@@ -109,15 +115,22 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
     run is refused unless it resumes or overwrites; a resume that changes what is trained is refused
     naming the key;"""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=1000"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=1000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not os.path.exists(f"{tmp_path}/log.jsonl") and time.time() < deadline:
             time.sleep(0.1)
         cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--resume_from_checkpoint"]
         second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert second.returncode != 0 and f"is in use by a running train.py (pid {first.pid}" in second.stderr, second.stderr
+        assert second.returncode != 0 and f"is in use by a running train.py (pid {first.pid}" in second.stderr, (
+            second.stderr
+        )
         assert len(second.stderr.strip().splitlines()) == 1
     finally:
         first.kill()
@@ -129,14 +142,24 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
     run([f"--output_dir={tmp_path}", "--max_steps=2", "--overwrite_output_dir"])
     assert logged_steps(tmp_path) == [1, 2]
-    cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=2", "--resume_from_checkpoint",
-           "--learning_rate=5e-4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        *SMALL,
+        f"--output_dir={tmp_path}",
+        "--max_steps=2",
+        "--resume_from_checkpoint",
+        "--learning_rate=5e-4",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "learning_rate=0.001 but this run has learning_rate=0.0005" in out.stderr, out.stderr
 
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
-    run([f"--output_dir={tmp_path}", "--max_steps=4", "--save_steps=1", "--save_total_limit=9"], faults=["nan_steps=(2,3)"])
+    run(
+        [f"--output_dir={tmp_path}", "--max_steps=4", "--save_steps=1", "--save_total_limit=9"],
+        faults=["nan_steps=(2,3)"],
+    )
     rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
     assert [r["skipped"] for r in rows] == [0, 1, 1, 0]
     assert [r["nonfinite_total"] for r in rows] == [0, 1, 2, 2]
@@ -150,9 +173,20 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path):
 def test_nonfinite_weights_after_a_step_are_never_saved(tmp_path):
     """An optimizer step that leaves a weight infinite stops the run in one line before that step is
     logged or checkpointed; the checkpoints before it stay the newest."""
-    cmd = [sys.executable, "tests/faults.py", "inf_weights_at=3", "--", *SMALL, f"--output_dir={tmp_path}", "--max_steps=5",
-           "--save_steps=1", "--save_total_limit=9"]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "tests/faults.py",
+        "inf_weights_at=3",
+        "--",
+        *SMALL,
+        f"--output_dir={tmp_path}",
+        "--max_steps=5",
+        "--save_steps=1",
+        "--save_total_limit=9",
+    ]
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert out.returncode != 0 and "stopping at step 3: the weights are not finite" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "checkpoint-2" in out.stderr.strip().splitlines()[-1]
     assert checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"] and logged_steps(tmp_path) == [1, 2]
@@ -172,10 +206,23 @@ def test_a_nonfinite_model_is_never_checkpointed(tmp_path):
 
 
 def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
-    cmd = [sys.executable, "tests/faults.py", f"nan_steps={tuple(range(2, 31))}", "--", *SMALL, f"--output_dir={tmp_path}",
-           "--max_steps=30", "--save_steps=1", "--save_total_limit=2"]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode != 0 and "20 non-finite updates in a row" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    cmd = [
+        sys.executable,
+        "tests/faults.py",
+        f"nan_steps={tuple(range(2, 31))}",
+        "--",
+        *SMALL,
+        f"--output_dir={tmp_path}",
+        "--max_steps=30",
+        "--save_steps=1",
+        "--save_total_limit=2",
+    ]
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert out.returncode != 0 and "20 non-finite updates in a row" in out.stderr and "Traceback" not in out.stderr, (
+        out.stderr[-2000:]
+    )
     rows = [json.loads(line) for line in open(f"{tmp_path}/log.jsonl")]
     assert rows[-1]["step"] == 21 and rows[-1]["nonfinite_total"] == 20
     newest = checkpoint.newest(str(tmp_path))
@@ -193,22 +240,23 @@ BAD = [  # through the script: one line on stderr, no traceback, nothing heavy d
     (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
 ]
 
-# every impossible setting, and every numeric and list knob outside its range, stops in train.validate
-# (in-process here; the script's one-line exit on a ConfigError is what BAD checks)
+# every impossible setting, and every numeric and list knob outside its range, stops before any heavy work: a
+# range (the interval ending a key's comment) when the config is read, a combination in train.validate (in-process
+# here; the script's one-line exit on a ConfigError is what BAD checks)
 KNOBS = [
     (["--sampling_steps=7"], "steps=7 must be a positive multiple"),
     (["--mc_samples=9"], "--mc_samples=9 must be between 1 and 8, the most steps a rollout takes"),
     (["--unmasking=threshold", "--threshold=0"], "threshold=0.0 must be a finite number > 0"),
-    (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1"),
+    (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1 must be in [2, inf)"),
     (["--per_device_train_batch_size=6"], "--per_device_train_batch_size=6 must be a multiple of --num_generations=4"),
     (["--model_name_or_path=./no/model"], "no/model does not exist"),
     (["--train_file=/no/train.jsonl"], "--train_file=/no/train.jsonl does not exist"),
     (["--estimator=exactly"], "--estimator='exactly' must be one of"),
-    (["--max_grad_norm=-1"], "--max_grad_norm=-1.0 must be > 0"),
+    (["--max_grad_norm=-1"], "--max_grad_norm=-1.0 must be in (0, inf)"),
     (["--epsilon=-1"], "--epsilon=-1.0 must be in (0, 1)"),
-    (["--beta=-1.0"], "--beta=-1.0 must be >= 0"),
-    (["--save_steps=0"], "--save_steps=0 must be >= 1"),
-    (["--save_steps=-1"], "--save_steps=-1 must be >= 1"),
+    (["--beta=-1.0"], "--beta=-1.0 must be in [0, inf)"),
+    (["--save_steps=0"], "--save_steps=0 must be in [1, inf)"),
+    (["--save_steps=-1"], "--save_steps=-1 must be in [1, inf)"),
     (["--learning_rate=-1"], "--learning_rate=-1.0 must be in (0, 1]"),
     (["--learning_rate=1e30"], "--learning_rate=1e+30 must be in (0, 1]"),
     (["--learning_rate=1e999"], "--learning_rate=inf must be a finite number"),
@@ -217,7 +265,7 @@ KNOBS = [
     (["--num_train_epochs=1e999"], "--num_train_epochs=inf must be a finite number"),
     (["--seed=99999999999999999999999"], "--seed=99999999999999999999999 must be in [0, 2**63)"),
     (["--threshold=1e999"], "--threshold=inf must be a finite number"),
-    (["--eval_items=-2"], "--eval_items=-2 must be >= -1"),
+    (["--eval_items=-2"], "--eval_items=-2 must be in [-1, inf)"),
     (["--lora_target_modules=('',)"], "--lora_target_modules=('',) must be a tuple of module names"),
     (["--num_range=(9,1)"], "--num_range=(9, 1) must be (low, high)"),
 ]
@@ -231,8 +279,8 @@ def test_every_knob_has_a_range(args, words):
     import train
     from configurator import ConfigError, configure
 
-    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args], data.option_files()))
     with pytest.raises(ConfigError) as e:
+        cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args], data.option_files()))
         train.validate(cfg)
     assert words in str(e.value)
 
@@ -243,7 +291,9 @@ def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # idle: 5-10 s
     assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert not any(f == "log.jsonl" or f.startswith("checkpoint") for f in os.listdir(tmp_path))  # stopped before any step
+    assert not any(
+        f == "log.jsonl" or f.startswith("checkpoint") for f in os.listdir(tmp_path)
+    )  # stopped before any step
 
 
 def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
@@ -294,10 +344,14 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     comp = torch.tensor([[40, 41, 42, 43, eos, eos, eos, eos], [eos] * 8])  # row 1: empty text, all EOS
     ids = torch.cat([torch.full((2, 4), 50), comp], 1)
     steps = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 0, 1, 2, 3]]) + torch.tensor([0, 0, 0, 0, 4, 4, 4, 4])
-    r = Rollout(ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, tok.mask_token_id, (eos,))
+    r = Rollout(
+        ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, tok.mask_token_id, (eos,)
+    )
     draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(0))
     adv = torch.tensor([1.0, -1.0])
-    batch = MicroBatch(r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None)
+    batch = MicroBatch(
+        r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None
+    )
     loss, _ = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
     assert math.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -317,8 +371,15 @@ def lora_run(tmp_path, steps=(1, 2), keep=3):
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(0.01 * step)
-        checkpoint.save(str(tmp_path), step, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 4, "lora_alpha": 8,
-                        "lora_target_modules": list(LORA)}, keep=keep)  # fmt: skip
+        checkpoint.save(
+            str(tmp_path),
+            step,
+            model,
+            opt,
+            sched,
+            {"model_name_or_path": "tiny", "lora_r": 4, "lora_alpha": 8, "lora_target_modules": list(LORA)},
+            keep=keep,
+        )
     return model, opt, sched
 
 
@@ -358,7 +419,9 @@ def test_a_damaged_checkpoint_is_never_used(tmp_path, how):
         with pytest.raises(SystemExit, match="incomplete|has shape"):
             checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
     warnings = []
-    step, _ = checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), f"{tmp_path}/log.jsonl", log=warnings.append)
+    step, _ = checkpoint.resume(
+        str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=warnings.append
+    )
     assert step == 1 and "checkpoint-2" in warnings[0] and "trying an older checkpoint" in warnings[0]
     assert all(torch.allclose(p, good[n] - 0.02) for n, p in model.named_parameters() if p.requires_grad)
 
@@ -371,8 +434,11 @@ def test_no_fresh_start_over_damaged_checkpoints(tmp_path):
     with open(f"{tmp_path}/log.jsonl", "w") as f:
         f.write('{"step": 1}\n{"step": 2}\n')
     with pytest.raises(SystemExit, match="none of the 2 checkpoints .* can be used"):
-        checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), f"{tmp_path}/log.jsonl", log=lambda *a: None)
-    assert checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"] and len(open(f"{tmp_path}/log.jsonl").readlines()) == 2
+        checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=lambda *a: None)
+    assert (
+        checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"]
+        and len(open(f"{tmp_path}/log.jsonl").readlines()) == 2
+    )
 
 
 def test_a_new_checkpoint_is_never_deleted_for_an_unreadable_later_one(tmp_path):
@@ -394,15 +460,27 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
         f.write(f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    ckpt = checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 0}, base=f"{tmp_path}/base")
+    ckpt = checkpoint.save(
+        f"{tmp_path}/run", 1, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 0}, base=f"{tmp_path}/base"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for cmd in (["eval.py", f"--models=('{ckpt}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"],
-                ["export.py", ckpt, f"{tmp_path}/export"]):  # fmt: skip
+    for cmd in (
+        ["eval.py", f"--models=('{ckpt}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"],
+        ["export.py", ckpt, f"{tmp_path}/export"],
+    ):
         out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-        assert out.returncode != 0 and f"--base_model={tmp_path}/base" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert (
+            out.returncode != 0 and f"--base_model={tmp_path}/base" in out.stderr and "Traceback" not in out.stderr
+        ), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()
-    out = subprocess.run([sys.executable, "export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]
 
 
@@ -411,8 +489,14 @@ def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted,
     """Ctrl-C or a cluster's SIGTERM mid-run: a checkpoint of the last finished step is written (none
     was due), the run ends with one line naming it, and the resume finishes bit for bit."""
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *FAST, "--save_steps=100"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and len(logged_steps(tmp_path)) >= 3):
         time.sleep(0.05)
@@ -421,8 +505,11 @@ def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted,
     last = err.strip().splitlines()[-1]
     done = logged_steps(tmp_path)[-1]
     assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
-    assert last == f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint {tmp_path}/checkpoint-{done}: continue " \
-                   "with --resume_from_checkpoint", last  # fmt: skip
+    assert (
+        last == f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint {tmp_path}/checkpoint-{done}: "
+        "continue "
+        "with --resume_from_checkpoint"
+    ), last
     assert 3 <= done < 10 and checkpoint.names(str(tmp_path)) == [f"checkpoint-{done}"]
     run([f"--output_dir={tmp_path}", *FAST, "--resume_from_checkpoint"])
     assert_same(uninterrupted, params(f"{tmp_path}/checkpoint-10"), atol=0)
@@ -438,8 +525,10 @@ def test_broken_inputs_end_in_one_line(tmp_path):
     """What used to end in a traceback: a preset that does not run, LoRA targets that match nothing, a
     damaged weights or tokenizer file, a log that cannot be appended, results with nowhere to go."""
     (tmp_path / "preset.py").write_text("learning_rate = 1e-4\nlora_r = (\n")
-    assert one_line(["train.py", f"{tmp_path}/preset.py"]) == f"config error: config file {tmp_path}/preset.py, line 2: " \
-        "SyntaxError: '(' was never closed"  # fmt: skip
+    assert (
+        one_line(["train.py", f"{tmp_path}/preset.py"]) == f"config error: config file {tmp_path}/preset.py, line 2: "
+        "SyntaxError: '(' was never closed"
+    )
     (tmp_path / "names.py").write_text("learning_rate = lr_from_elsewhere\n")
     assert "names.py, line 1: NameError" in one_line(["train.py", f"{tmp_path}/names.py"])
     args = [*SMALL, "--max_steps=1", "--eval_items=0"]
@@ -449,14 +538,21 @@ def test_broken_inputs_end_in_one_line(tmp_path):
     for name, damaged in (("model.safetensors", b"\x10\x00"), ("tokenizer.json", b'{"version": ')):
         shutil.copytree(os.path.join(ROOT, "models/tiny-countdown"), tmp_path / name)
         (tmp_path / name / name).write_bytes(damaged)
-        assert f"cannot load model '{tmp_path}/{name}'" in one_line(["train.py", *args, f"--model_name_or_path={tmp_path}/{name}",
-                                                                      f"--output_dir={tmp_path}/{name}-run"])  # fmt: skip
+        assert f"cannot load model '{tmp_path}/{name}'" in one_line(
+            ["train.py", *args, f"--model_name_or_path={tmp_path}/{name}", f"--output_dir={tmp_path}/{name}-run"]
+        )
     (tmp_path / "a_file").write_text("")
-    assert "cannot hold the results (it is a file)" in one_line(["eval.py", "--models=('tiny',)", "--labels=()",
-                                                                  f"--output_dir={tmp_path}/a_file"])  # fmt: skip
+    assert "cannot hold the results (it is a file)" in one_line(
+        ["eval.py", "--models=('tiny',)", "--labels=()", f"--output_dir={tmp_path}/a_file"]
+    )
     assert "cannot hold the run" in one_line(["train.py", *args, f"--output_dir={tmp_path}/a_file"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | {"HOME": str(tmp_path), "WANDB_MODE": "online"}
-    assert one_line(["train.py", *args, "--report_to=wandb", f"--output_dir={tmp_path}/w"], env).startswith("--report_to=wandb: ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | {
+        "HOME": str(tmp_path),
+        "WANDB_MODE": "online",
+    }
+    assert one_line(["train.py", *args, "--report_to=wandb", f"--output_dir={tmp_path}/w"], env).startswith(
+        "--report_to=wandb: "
+    )
     import logs
 
     with pytest.raises(SystemExit, match="cannot write .*log.jsonl"):

@@ -30,7 +30,12 @@ FNS = {
     "sudoku": (sudoku_reward, SU),
 }
 T = "<think>because</think>"
-REWARD_RANGE = {"gsm8k": (0.0, 4.0), "math": (0.0, 4.0), "countdown": (-0.5, 4.0), "sudoku": (0.0, 4.0)}  # rewards.py's docstring
+REWARD_RANGE = {
+    "gsm8k": (0.0, 4.0),
+    "math": (0.0, 4.0),
+    "countdown": (-0.5, 4.0),
+    "sudoku": (0.0, 4.0),
+}  # rewards.py's docstring
 
 HOSTILE = [
     "",
@@ -151,7 +156,9 @@ def test_countdown_table(text, expected):
 def test_countdown_operator_forms():
     # the Unicode minus and ×, ÷, LaTeX's \times are operators
     assert countdown_correct("<answer>(25 − 3) × 2 + 12 = 56</answer>", {"nums": [25, 3, 2, 12], "target": 56})
-    assert countdown_correct("<answer>(25+3) \\times 2 = 56</answer>", CD) and countdown_correct("<answer>(25+3)·2 = 56</answer>", CD)
+    assert countdown_correct("<answer>(25+3) \\times 2 = 56</answer>", CD) and countdown_correct(
+        "<answer>(25+3)·2 = 56</answer>", CD
+    )
     assert countdown_correct("<answer>56 ÷ 2 + 25 − 3 = 50</answer>", {"nums": [56, 2, 25, 3], "target": 50})
 
 
@@ -173,8 +180,19 @@ def test_overlong_numbers_never_match():
     assert gsm8k_correct("<answer>123456789012</answer>", "123456789012")
 
 
-MALFORMED = [None, "", "x", 7, [], {}, {"nums": "1 2 3", "target": None}, {"nums": [1, 2], "target": "3"},
-             {"nums": [True, False, True], "target": 1}, {"puzzle": "12", "solution": "1"}, {"puzzle": None, "solution": 5}]  # fmt: skip
+MALFORMED = [
+    None,
+    "",
+    "x",
+    7,
+    [],
+    {},
+    {"nums": "1 2 3", "target": None},
+    {"nums": [1, 2], "target": "3"},
+    {"nums": [True, False, True], "target": 1},
+    {"puzzle": "12", "solution": "1"},
+    {"puzzle": None, "solution": 5},
+]
 
 
 @pytest.mark.parametrize("task", sorted(FNS))
@@ -223,7 +241,9 @@ def test_sudoku_table(text, expected):
 
 any_text = st.one_of(
     st.text(max_size=300),
-    st.builds(lambda a, b, c: f"{a}<answer>{b}</answer>{c}", st.text(max_size=50), st.text(max_size=80), st.text(max_size=20)),
+    st.builds(
+        lambda a, b, c: f"{a}<answer>{b}</answer>{c}", st.text(max_size=50), st.text(max_size=80), st.text(max_size=20)
+    ),
     st.builds(lambda a: f"<answer>{a}</answer>", st.text(alphabet="0123456789+-*/×÷()=. ^{}\\", max_size=60)),
 )
 
@@ -250,7 +270,11 @@ def test_math_worker_respawns_warm_after_a_kill():
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(nums=st.lists(st.integers(0, 99), min_size=3, max_size=3), op=st.sampled_from("+-*/"), sep=st.sampled_from([".", ". ", ","]))
+@given(
+    nums=st.lists(st.integers(0, 99), min_size=3, max_size=3),
+    op=st.sampled_from("+-*/"),
+    sep=st.sampled_from([".", ". ", ","]),
+)
 def test_property_joined_numbers_never_score(nums, op, sep):
     """Whatever the numbers, an answer that joins two given numbers into a new one (a decimal point
     or a comma between them) is never correct, whatever it evaluates to."""
@@ -263,12 +287,31 @@ def test_property_joined_numbers_never_score(nums, op, sep):
 
 # answers read as written: (final answer, reference, correct) for GSM8K's last-number rule
 GSM8K_AS_WRITTEN = [
-    (".5", "0.5", True), (".5", "5", False), ("-.5", "-0.5", True), ("-.5", "5", False), ("\\frac12", "0.5", True),
-    ("\\frac12", "12", False), ("- 5", "-5", True), ("- 5", "5", False), ("\\$1{,}000", "1000", True),
-    ("2^3", "3", False), ("2^3", "8", False), ("2^{3}", "3", False), ("1e3", "3", False), ("1e3", "1000", False),
-    ("\\sqrt{49}", "49", False), ("\\sqrt{49}", "7", False), ("7!", "7", False), ("10 - 5", "5", False), ("3 \\times 4", "4", False),
-    ("10 - 5 = 5", "5", True), ("about 72 dollars.", "72", True), ("72%", "72", True), ("x = -3", "-3", True), ("\\approx 72", "72", True),
-]  # fmt: skip
+    (".5", "0.5", True),
+    (".5", "5", False),
+    ("-.5", "-0.5", True),
+    ("-.5", "5", False),
+    ("\\frac12", "0.5", True),
+    ("\\frac12", "12", False),
+    ("- 5", "-5", True),
+    ("- 5", "5", False),
+    ("\\$1{,}000", "1000", True),
+    ("2^3", "3", False),
+    ("2^3", "8", False),
+    ("2^{3}", "3", False),
+    ("1e3", "3", False),
+    ("1e3", "1000", False),
+    ("\\sqrt{49}", "49", False),
+    ("\\sqrt{49}", "7", False),
+    ("7!", "7", False),
+    ("10 - 5", "5", False),
+    ("3 \\times 4", "4", False),
+    ("10 - 5 = 5", "5", True),
+    ("about 72 dollars.", "72", True),
+    ("72%", "72", True),
+    ("x = -3", "-3", True),
+    ("\\approx 72", "72", True),
+]
 
 
 @pytest.mark.parametrize("text, gold, correct", GSM8K_AS_WRITTEN)
@@ -277,9 +320,14 @@ def test_gsm8k_reads_the_answer_as_written(text, gold, correct):
 
 
 MATH_AS_WRITTEN = [
-    ("8 = 7", "7", False), ("x = 7", "7", True), ("2 + 5 = 7", "7", True), ("0.333333", "\\frac{1}{3}", False),
-    ("\\frac{1}{3}", "\\frac{1}{3}", True), ("0.5", "\\frac{1}{2}", True), ("0.25", "\\frac14", True),
-]  # fmt: skip
+    ("8 = 7", "7", False),
+    ("x = 7", "7", True),
+    ("2 + 5 = 7", "7", True),
+    ("0.333333", "\\frac{1}{3}", False),
+    ("\\frac{1}{3}", "\\frac{1}{3}", True),
+    ("0.5", "\\frac{1}{2}", True),
+    ("0.25", "\\frac14", True),
+]
 
 
 @pytest.mark.parametrize("text, gold, correct", MATH_AS_WRITTEN)
@@ -292,11 +340,16 @@ def test_math_reads_a_long_answer_whole():
     assert math_correct("\\boxed{7} " + "and then some words " * 100, "7")
 
 
-COUNTDOWN_AS_WRITTEN = [  # (answer block, reward): the +3 reads through labels and wrappers; the format thirds are the release's
-    ("Answer: (30 - 100) + 93 = 23", 3 + 2 / 3), ("Final answer: (30 - 100) + 93 = 23", 3 + 2 / 3),
-    ("\\boxed{(30 - 100) + 93} = 23", 3 + 2 / 3), ("$(30 - 100) + 93 = 23$", 3 + 1 / 3), ("\\((30 - 100) + 93\\) = 23", 3 + 2 / 3),
-    ("Answer: 30 + 93 = 23", 1 / 3), ("Answer: (30 - 100) + 93", 0.0),
-]  # fmt: skip
+# (answer block, reward): the +3 reads through labels and wrappers; the format thirds are the release's
+COUNTDOWN_AS_WRITTEN = [
+    ("Answer: (30 - 100) + 93 = 23", 3 + 2 / 3),
+    ("Final answer: (30 - 100) + 93 = 23", 3 + 2 / 3),
+    ("\\boxed{(30 - 100) + 93} = 23", 3 + 2 / 3),
+    ("$(30 - 100) + 93 = 23$", 3 + 1 / 3),
+    ("\\((30 - 100) + 93\\) = 23", 3 + 2 / 3),
+    ("Answer: 30 + 93 = 23", 1 / 3),
+    ("Answer: (30 - 100) + 93", 0.0),
+]
 
 
 @pytest.mark.parametrize("text, reward", COUNTDOWN_AS_WRITTEN)
@@ -309,7 +362,11 @@ number = st.one_of(st.integers(-(10**6), 10**6).map(str), st.decimals(-1000, 100
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(x=number, unit=st.sampled_from(["", " dollars", "%", ".", " apples."]), lead=st.sampled_from(["", "The answer is ", "$", "x = "]))
+@given(
+    x=number,
+    unit=st.sampled_from(["", " dollars", "%", ".", " apples."]),
+    lead=st.sampled_from(["", "The answer is ", "$", "x = "]),
+)
 def test_property_gsm8k_a_bare_number_is_read_exactly(x, unit, lead):
     """A number as the last thing written, with markup or a unit around it, is read exactly."""
     assert gsm8k_correct(f"<answer>{lead}{x}{unit}</answer>", x)
@@ -317,7 +374,8 @@ def test_property_gsm8k_a_bare_number_is_read_exactly(x, unit, lead):
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
-    x=st.integers(0, 10**6), form=st.sampled_from(["2^{x}", "{x}^2", "\\sqrt{{{x}}}", "{x}!", "3 * {x}", "10 - {x}", "{x}e2", "\\log {x}"])
+    x=st.integers(0, 10**6),
+    form=st.sampled_from(["2^{x}", "{x}^2", "\\sqrt{{{x}}}", "{x}!", "3 * {x}", "10 - {x}", "{x}e2", "\\log {x}"]),
 )
 def test_property_gsm8k_an_applied_number_is_never_read(x, form):
     """Whatever the number, an answer that applies something to it is not that number."""
@@ -325,8 +383,11 @@ def test_property_gsm8k_an_applied_number_is_never_read(x, form):
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(nums=st.lists(st.integers(1, 99), min_size=3, max_size=3), label=st.sampled_from(["", "Answer: ", "Equation: "]),
-       wrap=st.sampled_from(["{}", "\\boxed{{{}}}", "${}$", "\\({}\\)"]))  # fmt: skip
+@given(
+    nums=st.lists(st.integers(1, 99), min_size=3, max_size=3),
+    label=st.sampled_from(["", "Answer: ", "Equation: "]),
+    wrap=st.sampled_from(["{}", "\\boxed{{{}}}", "${}$", "\\({}\\)"]),
+)
 def test_property_countdown_a_right_equation_stays_right_when_labelled_or_wrapped(nums, label, wrap):
     a, b, c = nums
     item = {"nums": nums, "target": a + b * c}

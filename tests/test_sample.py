@@ -12,7 +12,9 @@ PROMPTS = ["2+3", "Using the numbers [1, 2, 3], make 7.", "hello there, a longer
 
 
 def run(model, tok, prompts=PROMPTS, **kw):
-    args = dict(gen_length=24, block_length=8, steps=12, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
+    args = dict(
+        gen_length=24, block_length=8, steps=12, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id
+    )
     args.update(kw)
     return generate(model, [chat(tok, p) for p in prompts], **args)
 
@@ -39,7 +41,9 @@ def test_schedule_followed_at_t0(tiny, unmasking):
             blk = row[b * block : (b + 1) * block]
             assert ((blk >= b * spb) & (blk < (b + 1) * spb)).all()  # blocks strictly left to right
             assert counts[b * spb : (b + 1) * spb].tolist() == k  # exactly k_i tokens at step i
-    assert torch.equal(r.ids[:, : r.prompt_length], run(model, tok, gen_length=8, block_length=8, steps=8).ids[:, : r.prompt_length])
+    assert torch.equal(
+        r.ids[:, : r.prompt_length], run(model, tok, gen_length=8, block_length=8, steps=8).ids[:, : r.prompt_length]
+    )
 
 
 def rebuild(r, t):
@@ -51,7 +55,12 @@ def rebuild(r, t):
 
 @pytest.mark.parametrize(
     "unmasking,temperature,top_k,top_p",
-    [("low_confidence", 0.0, None, None), ("low_confidence", 0.8, 20, 0.9), ("random", 1.0, None, None), ("random", 0.6, 50, 0.95)],
+    [
+        ("low_confidence", 0.0, None, None),
+        ("low_confidence", 0.8, 20, 0.9),
+        ("random", 1.0, None, None),
+        ("random", 0.6, 50, 0.95),
+    ],
 )
 def test_recorded_logp_replays(tiny, unmasking, temperature, top_k, top_p):
     """log p(o_j | x_t) from a fresh forward on the rebuilt x_t equals the recorded value, every step."""
@@ -169,8 +178,17 @@ def peaked():
 
 
 def threshold_rollout(model, tok, prompts=PROMPTS, threshold=0.3, **kw):
-    return run(model, tok, prompts, unmasking="threshold", threshold=threshold, temperature=1.0, top_k=40,
-               generator=torch.Generator().manual_seed(5), **kw)  # fmt: skip
+    return run(
+        model,
+        tok,
+        prompts,
+        unmasking="threshold",
+        threshold=threshold,
+        temperature=1.0,
+        top_k=40,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
 
 
 def test_threshold_rows_take_their_own_steps_and_replay(peaked):
@@ -180,7 +198,9 @@ def test_threshold_rows_take_their_own_steps_and_replay(peaked):
     model, tok = peaked
     r = threshold_rollout(model, tok, eos_ids=())
     steps = r.unmask_step.max(1).values + 1
-    assert len(set(steps.tolist())) > 1 and int(steps.max()) == r.steps and int(steps.max()) < 24  # fewer passes than tokens
+    assert (
+        len(set(steps.tolist())) > 1 and int(steps.max()) == r.steps and int(steps.max()) < 24
+    )  # fewer passes than tokens
     for row in r.unmask_step:
         assert sorted(set(row.tolist())) == list(range(int(row.max()) + 1))  # every step commits something
         blocks = row.view(3, 8)
@@ -199,7 +219,9 @@ def test_threshold_padding_invariance_and_bad_threshold(peaked):
     assert len(set((batch.unmask_step.max(1).values + 1).tolist())) > 1
     for i, p in enumerate(PROMPTS):
         alone = run(model, tok, prompts=[p], unmasking="threshold", threshold=0.3)
-        assert torch.equal(alone.completion[0], batch.completion[i]) and torch.equal(alone.unmask_step[0], batch.unmask_step[i])
+        assert torch.equal(alone.completion[0], batch.completion[i]) and torch.equal(
+            alone.unmask_step[0], batch.unmask_step[i]
+        )
     for bad in (0, -0.5, None, "high"):
         with pytest.raises(ValueError, match="threshold"):
             run(model, tok, unmasking="threshold", threshold=bad)

@@ -24,7 +24,10 @@ def test_sft_batch_layout():
     P = batch.prompt_length
     for i, it in enumerate(items):
         prompt = data.build_prompt(tok, "countdown", it, "", True)
-        assert batch.ids[i, P - len(prompt) : P].tolist() == prompt and batch.attention_mask[i, : P - len(prompt)].sum() == 0
+        assert (
+            batch.ids[i, P - len(prompt) : P].tolist() == prompt
+            and batch.attention_mask[i, : P - len(prompt)].sum() == 0
+        )
         solution = tok(data.task("countdown").solution(it), add_special_tokens=False).input_ids
         assert batch.ids[i, P : P + len(solution)].tolist() == solution
         assert (batch.ids[i, P + len(solution) :] == tok.eos_token_id).all()  # EOS, then EOS padding
@@ -41,8 +44,19 @@ def test_sft_lowers_its_loss():
             return sft.sft_loss(model, held, draws).item()
 
     before = loss()
-    model, _ = sft.train(model, tok, "countdown", items, steps=60, lr=2e-3, batch_size=16, gen_length=16, rng=random.Random(0),
-              generator_for_step=lambda s: torch.Generator().manual_seed(s), show=False)  # fmt: skip
+    model, _ = sft.train(
+        model,
+        tok,
+        "countdown",
+        items,
+        steps=60,
+        lr=2e-3,
+        batch_size=16,
+        gen_length=16,
+        rng=random.Random(0),
+        generator_for_step=lambda s: torch.Generator().manual_seed(s),
+        show=False,
+    )
     assert loss() < 0.7 * before
     assert all(p.grad is None for p in model.parameters())  # nothing left to leak into AGRPO's first step
 
@@ -62,7 +76,10 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
     folder = os.path.dirname(record)
     meta = json.load(open(record))
     assert sft.sha256(os.path.join(folder, "model.safetensors")) == meta["model.safetensors sha256"]
-    assert meta["command"].startswith("python sft.py") and meta["config"]["output_dir"] == f"models/{os.path.basename(folder)}"
+    assert (
+        meta["command"].startswith("python sft.py")
+        and meta["config"]["output_dir"] == f"models/{os.path.basename(folder)}"
+    )
     here = os.getcwd()
     try:
         os.chdir("/")
@@ -75,10 +92,20 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
 def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     out = f"{tmp_path}/m"
     cmd = [sys.executable, "sft.py", "--max_steps=3", "--batch_size=8", f"--output_dir={out}"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    res = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     meta = json.load(open(f"{out}/sft.json"))
-    assert meta["config"]["max_steps"] == 3 and meta["model.safetensors sha256"] == sft.sha256(f"{out}/model.safetensors")
+    assert meta["config"]["max_steps"] == 3 and meta["model.safetensors sha256"] == sft.sha256(
+        f"{out}/model.safetensors"
+    )
     load(out)
-    bad = subprocess.run([sys.executable, "sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "a task with a generator and solutions" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run(
+        [sys.executable, "sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert (
+        bad.returncode != 0
+        and "a task with a generator and solutions" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )

@@ -77,7 +77,9 @@ def test_resume_reaches_the_uninterrupted_state(tmp_path):
     # the step-2 state differs from the step-4 state: the resumed steps did something
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(params(f"{tmp_path}/cut/checkpoint-2").values(), params(f"{tmp_path}/cut/checkpoint-4").values())
+        for a, b in zip(
+            params(f"{tmp_path}/cut/checkpoint-2").values(), params(f"{tmp_path}/cut/checkpoint-4").values()
+        )
     )
 
 
@@ -86,8 +88,15 @@ def test_resume_from_a_named_checkpoint(tmp_path):
     steps after it run again and reach the uninterrupted state."""
     run([f"--output_dir={tmp_path}/full", "--max_steps=4", "--save_steps=1", "--save_total_limit=4"])
     shutil.copytree(f"{tmp_path}/full", f"{tmp_path}/again", ignore=shutil.ignore_patterns(".lock"))
-    out = run([f"--output_dir={tmp_path}/again", "--max_steps=4", "--save_steps=1", "--save_total_limit=4",
-               f"--resume_from_checkpoint={tmp_path}/again/checkpoint-2"])  # fmt: skip
+    out = run(
+        [
+            f"--output_dir={tmp_path}/again",
+            "--max_steps=4",
+            "--save_steps=1",
+            "--save_total_limit=4",
+            f"--resume_from_checkpoint={tmp_path}/again/checkpoint-2",
+        ]
+    )
     assert f"resumed from {tmp_path}/again/checkpoint-2 (step 2)" in out.stdout + out.stderr
     assert_same(params(f"{tmp_path}/full/checkpoint-4"), params(f"{tmp_path}/again/checkpoint-4"), atol=0)
     assert [json.loads(line)["step"] for line in open(f"{tmp_path}/again/log.jsonl")] == [1, 2, 3, 4]
@@ -109,23 +118,40 @@ def test_help_print_config_and_unknown_keys(capsys):
     from configurator import ConfigError, configure, declared
 
     script = os.path.join(ROOT, "train.py")
-    keys = declared(script) | {k: v for f in data.option_files() for k, v in declared(f).items()}  # a task's options too
+    keys = declared(script) | {
+        k: v for f in data.option_files() for k, v in declared(f).items()
+    }  # a task's options too
     with pytest.raises(SystemExit) as e:
         configure(script, ["--help"], data.option_files())
     out = capsys.readouterr().out
     assert e.value.code == 0
     for key, (default, comment) in keys.items():
         assert f"--{key}" in out and repr(default) in out and comment and comment in out, key
-    for args, words in [(["--lr=1"], "did you mean --learning_rate"), (["--group_size=4"], "did you mean --num_generations"),
-                        (["--ESTIMATORS=x"], "unknown key '--ESTIMATORS'"), (["--max_steps=True"], "has type bool")]:  # fmt: skip
+    for args, words in [
+        (["--lr=1"], "did you mean --learning_rate"),
+        (["--group_size=4"], "did you mean --num_generations"),
+        (["--ESTIMATORS=x"], "unknown key '--ESTIMATORS'"),
+        (["--max_steps=True"], "has type bool"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(words)):
             configure(script, args)
     # the script itself: preset, override, JSON, exit 0 before any model or data is touched
-    cmd = [sys.executable, "train.py", "configs/tiny_sudoku.py", "--learning_rate=1e-5", "--print_config", "--output_dir=/nonexistent/x"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "configs/tiny_sudoku.py",
+        "--learning_rate=1e-5",
+        "--print_config",
+        "--output_dir=/nonexistent/x",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     cfg = json.loads(out.stdout)
     assert out.returncode == 0 and set(cfg) == set(keys) and not os.path.exists("/nonexistent/x")
-    assert cfg["task"] == "sudoku" and cfg["learning_rate"] == 1e-5 and cfg["lora_target_modules"] == list(keys["lora_target_modules"][0])
+    assert (
+        cfg["task"] == "sudoku"
+        and cfg["learning_rate"] == 1e-5
+        and cfg["lora_target_modules"] == list(keys["lora_target_modules"][0])
+    )
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -139,9 +165,21 @@ def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
     save(*load("tiny"), str(tmp_path / "base"))
     rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
     (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["--task=math", f"--model_name_or_path={tmp_path}/base", f"--train_file={tmp_path}/math.jsonl", "--compact_prompt=False"]
+    args = [
+        "--task=math",
+        f"--model_name_or_path={tmp_path}/base",
+        f"--train_file={tmp_path}/math.jsonl",
+        "--compact_prompt=False",
+    ]
     run(
-        [*args, f"--output_dir={tmp_path}/run", "--max_steps=2", "--max_completion_length=8", "--block_length=8", "--sampling_steps=4"],
+        [
+            *args,
+            f"--output_dir={tmp_path}/run",
+            "--max_steps=2",
+            "--max_completion_length=8",
+            "--block_length=8",
+            "--sampling_steps=4",
+        ],
         nproc,
     )
     logged = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
@@ -152,16 +190,42 @@ def test_logging_at_the_released_runs_level(tmp_path):
     """log.jsonl has the released run's scalars (reward std, zero-std groups, clip low
     and high, entropy, ratio deviation), eval_every adds held-out accuracy, a line names each
     checkpoint, and log_completions_steps writes every completion with its reward and advantage."""
-    out = run([f"--output_dir={tmp_path}/r", "--max_steps=3", "--eval_items=4", "--eval_every=2",
-               "--log_completions_steps=2", "--save_steps=2"])  # fmt: skip
+    out = run(
+        [
+            f"--output_dir={tmp_path}/r",
+            "--max_steps=3",
+            "--eval_items=4",
+            "--eval_every=2",
+            "--log_completions_steps=2",
+            "--save_steps=2",
+        ]
+    )
     rows = [json.loads(line) for line in open(f"{tmp_path}/r/log.jsonl")]
-    keys = {"reward", "reward_std", "frac_reward_zero_std", "entropy", "clip_low", "clip_high",
-            "clip_frac", "ratio_dev", "kl", "loss", "accuracy", "completion_length", "grad_norm", "lr"}  # fmt: skip
+    keys = {
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "entropy",
+        "clip_low",
+        "clip_high",
+        "clip_frac",
+        "ratio_dev",
+        "kl",
+        "loss",
+        "accuracy",
+        "completion_length",
+        "grad_norm",
+        "lr",
+    }
     assert all(keys <= set(r) for r in rows) and [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["frac_reward_zero_std"] <= 1
         assert abs(r["clip_low"] + r["clip_high"] - r["clip_frac"]) < 1e-6 and r["entropy"] >= 0
-    assert [("eval_accuracy" in r) for r in rows] == [False, True, False]  # step 2; the last step's is the final evaluation
+    assert [("eval_accuracy" in r) for r in rows] == [
+        False,
+        True,
+        False,
+    ]  # step 2; the last step's is the final evaluation
     assert "step 2: checkpoint" in out.stderr + out.stdout and "step 3: checkpoint" in out.stderr + out.stdout
     done = [json.loads(line) for line in open(f"{tmp_path}/r/completions.jsonl")]
     assert len(done) == 4 and {d["step"] for d in done} == {2}  # one group of 4 completions at step 2
@@ -183,7 +247,9 @@ def test_report_to_tensorboard_equals_the_log(tmp_path):
     for k in keys:
         logged = events.Scalars(f"train/{k}")
         assert [e.step for e in logged] == [1, 2]
-        assert all(abs(e.value - r[k]) <= 1e-6 * max(1.0, abs(r[k])) for e, r in zip(logged, rows)), k  # float32 in the events
+        assert all(abs(e.value - r[k]) <= 1e-6 * max(1.0, abs(r[k])) for e, r in zip(logged, rows)), (
+            k
+        )  # float32 in the events
     assert "completions/text_summary" in events.Tags()["tensors"]
 
 
@@ -192,8 +258,10 @@ def test_report_to_wandb_offline(tmp_path):
     the completions tables. (wandb 0.31 has no public reader for the scalars of an offline run.)"""
     import glob
 
-    run([f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=wandb", "--log_completions_steps=1"],
-        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_NAME": "t"})  # fmt: skip
+    run(
+        [f"--output_dir={tmp_path}/r", "--max_steps=2", "--report_to=wandb", "--log_completions_steps=1"],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_NAME": "t"},
+    )
     offline = glob.glob(f"{tmp_path}/r/wandb/offline-run-*")
     assert len(offline) == 1 and glob.glob(f"{offline[0]}/run-*.wandb")
     tables = [json.load(open(f)) for f in sorted(glob.glob(f"{offline[0]}/files/media/table/completions_*.table.json"))]
@@ -222,10 +290,23 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
     assert build_prompt(tok, "gsm8k", item, max_length=40) == whole[-40:] and len(whole) > 40
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(json.dumps(item) + "\n" + json.dumps({"question": "2 + 2?", "answer": "4"}) + "\n")
-    out = run([f"--output_dir={tmp_path}/run", "--task=gsm8k", f"--train_file={path}", "--eval_items=0", "--max_prompt_length=40",
-               "--max_steps=2", "--per_device_train_batch_size=8", "--model_name_or_path=tiny"])  # fmt: skip
+    out = run(
+        [
+            f"--output_dir={tmp_path}/run",
+            "--task=gsm8k",
+            f"--train_file={path}",
+            "--eval_items=0",
+            "--max_prompt_length=40",
+            "--max_steps=2",
+            "--per_device_train_batch_size=8",
+            "--model_name_or_path=tiny",
+        ]
+    )
     text = out.stdout + out.stderr
-    assert f"1 of 2 training prompts are longer than max_prompt_length=40 tokens and are cut from the left; the longest, training " \
-           f"item 0, has {len(whole)} tokens" in text  # fmt: skip
+    assert (
+        "1 of 2 training prompts are longer than max_prompt_length=40 tokens and are cut from the left; the longest, "
+        "training "
+        f"item 0, has {len(whole)} tokens" in text
+    )
     rows = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
     assert [r["frac_prompts_cut"] for r in rows] == [0.5, 0.5]  # both prompts in every step (2 groups of 4)

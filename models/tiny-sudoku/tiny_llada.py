@@ -45,7 +45,12 @@ def build_tokenizer():
     tk.add_special_tokens(SPECIALS + ROLES)
     tk.add_tokens(TAGS)  # not special: they survive decode(skip_special_tokens=True)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|pad|>", mask_token="<|mask|>", eos_token="<|eot|>", bos_token="<|bos|>", unk_token="<|unk|>"
+        tokenizer_object=tk,
+        pad_token="<|pad|>",
+        mask_token="<|mask|>",
+        eos_token="<|eot|>",
+        bos_token="<|bos|>",
+        unk_token="<|unk|>",
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
@@ -54,9 +59,25 @@ def build_tokenizer():
 class TinyLLaDAConfig(PretrainedConfig):
     model_type = "tiny_llada"
 
-    def __init__(self, vocab_size=128, d_model=128, n_layers=4, n_heads=4, d_ff=384, rope_theta=10000.0, init_std=0.02,
-                 mask_token_id=1, **kwargs):  # fmt: skip
-        self.vocab_size, self.d_model, self.n_layers, self.n_heads, self.d_ff = vocab_size, d_model, n_layers, n_heads, d_ff
+    def __init__(
+        self,
+        vocab_size=128,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=384,
+        rope_theta=10000.0,
+        init_std=0.02,
+        mask_token_id=1,
+        **kwargs,
+    ):
+        self.vocab_size, self.d_model, self.n_layers, self.n_heads, self.d_ff = (
+            vocab_size,
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff,
+        )
         self.rope_theta, self.init_std, self.mask_token_id = rope_theta, init_std, mask_token_id
         super().__init__(**kwargs)
 
