@@ -3,7 +3,7 @@ generation lengths L and sampling-step counts m (the paper's compute/accuracy tr
 
     python eval.py                                        # the embedded default, before and after AGRPO
     python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('runs/llada_gsm8k',)"
-    python eval.py --models="('runs/llada_gsm8k',)" --gen_lengths="(128,256,512)"
+    python eval.py --models="('runs/llada_gsm8k',)" --max_completion_length="(128,256,512)"
     python eval.py --help                                 # every key, its default and meaning
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
 
@@ -55,7 +55,7 @@ system_prompt = (
 )
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
-gen_lengths = (16, 32)  # completion lengths L of the grid
+max_completion_length = (16, 32)  # completion lengths L of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
 sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
@@ -77,9 +77,9 @@ def evaluate(
     task,
     items,
     *,
-    gen_length,
+    max_completion_length,
     block_length,
-    steps,
+    sampling_steps,
     batch_size=32,
     system_prompt="",
     compact=False,
@@ -105,9 +105,9 @@ def evaluate(
         r = generate(
             m,
             prompts,
-            gen_length=gen_length,
+            max_completion_length=max_completion_length,
             block_length=block_length,
-            steps=steps,
+            sampling_steps=sampling_steps,
             mask_id=tok.mask_token_id,
             eos_ids=tok.eos_ids,
             unmasking=unmasking,
@@ -139,7 +139,8 @@ def run_accuracy(model, tok, cfg, items, rank=0, world=1, label="eval"):
     """The held-out accuracy train.py reports for its config `cfg`: greedy decoding at the rollouts'
     length, block length and steps, the run's prompts, per_device_train_batch_size prompts a batch."""
     form = dict(system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length)
-    shape = dict(gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps)
+    shape = dict(max_completion_length=cfg.max_completion_length, block_length=cfg.block_length)
+    shape["sampling_steps"] = cfg.sampling_steps
     batches = dict(batch_size=cfg.per_device_train_batch_size, rank=rank, world=world, desc=label)
     records = evaluate(model, tok, cfg.task, items, **shape, **form, **batches)
     return sum(r["accuracy"] for r in records) / len(records)
@@ -170,11 +171,14 @@ def markdown_table(rows):
     ]
     for r in rows:
         how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
-        lines.append(
-            f"| {r['model']} | {r['task']} | {r['gen_length']} | {how} | {r['steps']:.3g} | {100 * r['accuracy']:.1f} "
-            "| "
-            f"{100 * r['se']:.1f} | {r['mean_length']:.1f} | {r['seconds']:.1f} |"
-        )
+        cells = [r["model"], r["task"], r["max_completion_length"], how, f"{r['sampling_steps']:.3g}"]
+        cells += [
+            f"{100 * r['accuracy']:.1f}",
+            f"{100 * r['se']:.1f}",
+            f"{r['mean_length']:.1f}",
+            f"{r['seconds']:.1f}",
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -187,7 +191,7 @@ def plot(rows, path, title):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     model_names = list(dict.fromkeys(r["model"] for r in rows))
-    lengths = sorted({r["gen_length"] for r in rows})
+    lengths = sorted({r["max_completion_length"] for r in rows})
     for name in model_names:  # colour = model, line style = generation length
         for L in lengths:
             color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
@@ -196,14 +200,15 @@ def plot(rows, path, title):
                 line = [
                     r
                     for r in rows
-                    if (r["model"], r["gen_length"]) == (name, L) and (r.get("threshold") is not None) == thresholded
+                    if (r["model"], r["max_completion_length"]) == (name, L)
+                    and (r.get("threshold") is not None) == thresholded
                 ]
                 if not line:
                     continue
-                line.sort(key=lambda r: r["steps"])
+                line.sort(key=lambda r: r["sampling_steps"])
                 x, y, se = (
                     [f(r) for r in line]
-                    for f in (lambda r: r["steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"])
+                    for f in (lambda r: r["sampling_steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"])
                 )
                 ax.errorbar(
                     x,
@@ -237,7 +242,7 @@ def step_grid(cfg):
     from configurator import ConfigError
 
     grid = []
-    for L in cfg["gen_lengths"]:
+    for L in cfg["max_completion_length"]:
         counts = cfg["sampling_steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
         for m in dict.fromkeys(counts):
             try:
@@ -261,7 +266,7 @@ RUN_SETTINGS = {
         for k in ("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length")
     },
     **{k: k for f in data.option_files() for k in declared(f)},
-    **{"gen_lengths": "max_completion_length", "block_length": "block_length", "sampling_steps": "sampling_steps"},
+    **{k: k for k in ("max_completion_length", "block_length", "sampling_steps")},
 }
 
 
@@ -272,7 +277,7 @@ def run_settings(train_cfg):
         for k, t in RUN_SETTINGS.items()
         if t in train_cfg
     }
-    for k in ("gen_lengths", "sampling_steps"):
+    for k in ("max_completion_length", "sampling_steps"):  # one value in a run, a grid here
         if k in out:
             out[k] = (out[k],)
     if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
@@ -366,8 +371,8 @@ def main():
     lists = [
         ("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
         (
-            "gen_lengths",
-            cfg["gen_lengths"],
+            "max_completion_length",
+            cfg["max_completion_length"],
             lambda v: isinstance(v, int) and v >= 1,
             "a non-empty tuple of lengths >= 1",
         ),
@@ -401,9 +406,7 @@ def main():
         system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
-    except (
-        ValueError
-    ) as e:  # a malformed data file (data.DataError names file, line and field), or a generator that cannot deliver
+    except ValueError as e:  # a malformed data file (file, line and field named), a generator that cannot deliver
         raise ConfigError(str(e)) from None
 
     rows, samples = [], []
@@ -422,9 +425,9 @@ def main():
                 tok,
                 cfg["task"],
                 items,
-                gen_length=L,
+                max_completion_length=L,
                 block_length=cfg["block_length"],
-                steps=m or L,
+                sampling_steps=m or L,
                 batch_size=cfg["per_device_eval_batch_size"],
                 system_prompt=system,
                 compact=cfg["compact_prompt"],
@@ -440,14 +443,16 @@ def main():
                 dict(
                     model=name,
                     task=cfg["task"],
-                    gen_length=L,
-                    steps=steps,
+                    max_completion_length=L,
+                    sampling_steps=steps,
                     threshold=tau,
                     seconds=time.time() - t0,
                     **summarize(records),
                 )
             )
-            samples += [dict(model=name, gen_length=L, steps=m, threshold=tau, **r) for r in records]
+            samples += [
+                dict(model=name, max_completion_length=L, sampling_steps=m, threshold=tau, **r) for r in records
+            ]
             if rank == 0:
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
                 tqdm.write(f"{name}: L={L} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")

@@ -58,15 +58,23 @@ class Rollout:
 
 
 def check_settings(
-    gen_length, block_length, steps, temperature=0.0, unmasking="low_confidence", top_k=None, top_p=None, threshold=None
+    max_completion_length,
+    block_length,
+    sampling_steps,
+    temperature=0.0,
+    unmasking="low_confidence",
+    top_k=None,
+    top_p=None,
+    threshold=None,
 ):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
-    Threshold decoding takes its own number of steps, so `steps` is not checked for it."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length={gen_length} must be at least 1")
-    if block_length < 1 or gen_length % block_length:
-        raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
-    n_blocks = gen_length // block_length
+    Threshold decoding takes its own number of steps, so `sampling_steps` is not checked for it."""
+    L, steps = max_completion_length, sampling_steps
+    if L < 1:
+        raise ValueError(f"max_completion_length={L} must be at least 1")
+    if block_length < 1 or L % block_length:
+        raise ValueError(f"block_length={block_length} must divide max_completion_length={L}")
+    n_blocks = L // block_length
     if unmasking == "threshold":
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
             raise ValueError(
@@ -76,12 +84,12 @@ def check_settings(
     else:
         if steps < 1 or steps % n_blocks:
             raise ValueError(
-                f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = "
-                "gen_length/block_length)"
+                f"sampling_steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = "
+                "max_completion_length/block_length)"
             )
         if steps // n_blocks > block_length:
             raise ValueError(
-                f"steps={steps} gives {steps // n_blocks} steps per block but a block has only "
+                f"sampling_steps={steps} gives {steps // n_blocks} steps per block but a block has only "
                 f"block_length={block_length} tokens"
             )
     if not temperature >= 0:
@@ -191,9 +199,9 @@ def generate(
     prompt_ids,
     attention_mask=None,
     *,
-    gen_length,
+    max_completion_length,
     block_length,
-    steps,
+    sampling_steps,
     mask_id,
     eos_ids=(),
     temperature=0.0,
@@ -210,7 +218,8 @@ def generate(
     there and what the estimators ignore (they draw only steps up to the last one that committed a
     non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
     confidence threshold `threshold` instead of a fixed number of steps (generate_threshold)."""
-    check_settings(gen_length, block_length, steps, temperature, unmasking, top_k, top_p, threshold)
+    check_settings(max_completion_length, block_length, sampling_steps, temperature, unmasking, top_k, top_p, threshold)
+    gen_length, steps = max_completion_length, sampling_steps  # G and m, LLaDA's generate.py's names
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):
         prompt_ids, attention_mask = left_pad(prompt_ids, pad_id, device)

@@ -47,22 +47,24 @@ output_dir = "models/tiny-countdown"  # the model folder written (config, safete
 # --- end of config
 
 
-def sft_batch(tok, task, items, gen_length, system_prompt="", compact=True, device="cpu"):
-    """Prompts (left-padded) and solutions (EOS-padded to gen_length) as a Rollout the estimators read."""
+def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact=True, device="cpu"):
+    """Prompts (left-padded) and solutions (EOS-padded to max_completion_length) as a Rollout the estimators read."""
     solution = data.task(task).solution
     prompt_ids, prompt_mask = left_pad(
         [data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id
     )
-    comps = torch.full((len(items), gen_length), tok.eos_token_id)  # the rest is EOS padding, trained too
+    comps = torch.full((len(items), max_completion_length), tok.eos_token_id)  # the rest is EOS padding, trained too
     for i, it in enumerate(items):
         c = tok(solution(it), add_special_tokens=False).input_ids + [tok.eos_token_id]
-        comps[i, : len(c)] = torch.tensor(c[:gen_length])
+        comps[i, : len(c)] = torch.tensor(c[:max_completion_length])
     ids = torch.cat([prompt_ids, comps], 1).to(device)
     attn = torch.cat([prompt_mask, torch.ones_like(comps)], 1).to(device)
-    zeros = torch.zeros(len(items), gen_length, device=device)
+    zeros = torch.zeros(len(items), max_completion_length, device=device)
     # the schedule fields are unused by the ELBO draws: one block, one step per token
     P = prompt_ids.shape[1]
-    return Rollout(ids, attn, P, zeros.long(), zeros, zeros, gen_length, tok.mask_token_id, tuple(tok.eos_ids))
+    return Rollout(
+        ids, attn, P, zeros.long(), zeros, zeros, max_completion_length, tok.mask_token_id, tuple(tok.eos_ids)
+    )
 
 
 def sft_loss(model, batch, draws):
@@ -76,8 +78,8 @@ def train(
     task,
     items,
     *,
-    steps,
-    gen_length,
+    max_steps,
+    max_completion_length,
     rng,
     generator_for_step,
     lr=2e-3,
@@ -86,19 +88,21 @@ def train(
     compact=True,
     show=True,
 ):
-    """`steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
-    solutions must fit gen_length with their EOS; warmup over 50 steps, cosine decay.
+    """`max_steps` AdamW steps of L_SFT on batches drawn by `rng` (a random.Random) from `items`, whose
+    solutions must fit max_completion_length with their EOS; warmup over 50 steps, cosine decay.
     generator_for_step(step) gives the torch.Generator of that step's masks. Returns (the model
     with no gradient left in .grad, the last step's loss)."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     model.train()
-    bar = tqdm(range(steps), desc="SFT", disable=not show)
+    bar = tqdm(range(max_steps), desc="SFT", disable=not show)
     loss = torch.tensor(float("nan"))
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = sft_batch(tok, task, rng.sample(items, batch_size), gen_length, system_prompt, compact, device)
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / max_steps))
+        batch = sft_batch(
+            tok, task, rng.sample(items, batch_size), max_completion_length, system_prompt, compact, device
+        )
         draws = elbo_draws(batch, 1, generator_for_step(step))
         loss = sft_loss(model, batch, draws)
         opt.zero_grad(set_to_none=True)
@@ -153,8 +157,8 @@ def main():
         tok,
         cfg["task"],
         fits,
-        steps=cfg["max_steps"],
-        gen_length=cfg["max_completion_length"],
+        max_steps=cfg["max_steps"],
+        max_completion_length=cfg["max_completion_length"],
         rng=random.Random(cfg["seed"] + 1),
         generator_for_step=masks,
         lr=cfg["learning_rate"],

@@ -121,7 +121,8 @@ def validate(cfg):
 
 def sampler(cfg):
     """The rollout policy π_θ(· | x_t) of sample.generate: length L, block length, steps m, how a step samples."""
-    shape = dict(gen_length=cfg.max_completion_length, block_length=cfg.block_length, steps=cfg.sampling_steps)
+    shape = dict(max_completion_length=cfg.max_completion_length, block_length=cfg.block_length)
+    shape["sampling_steps"] = cfg.sampling_steps
     how = dict(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p, threshold=cfg.threshold)
     return dict(**shape, **how, unmasking=cfg.unmasking)
 

@@ -50,9 +50,9 @@ prompt = chat_ids(tok, [{"role": "user", "content": "Using the numbers [3, 5, 7]
 r = generate(
     model,
     [prompt] * args.per_device_train_batch_size,
-    gen_length=args.max_completion_length,
+    max_completion_length=args.max_completion_length,
     block_length=min(8, args.max_completion_length),
-    steps=args.sampling_steps,
+    sampling_steps=args.sampling_steps,
     mask_id=tok.mask_token_id,
     eos_ids=tok.eos_ids,
     temperature=0.9,

@@ -51,8 +51,9 @@ args = shape_config(__file__)  # and the rollout shape of bench/common.py
 
 
 @torch.no_grad()
-def reference_generate(model, prompt, gen_length, block_length, steps, mask_id):
+def reference_generate(model, prompt, max_completion_length, block_length, sampling_steps, mask_id):
     """The sampler written plainly (temperature 0, low-confidence unmasking)."""
+    gen_length, steps = max_completion_length, sampling_steps
     B, P = prompt.shape
     x = torch.cat([prompt, torch.full((B, gen_length), mask_id, device=prompt.device)], 1)
     n_blocks = gen_length // block_length
@@ -95,7 +96,10 @@ dtype = next(model.parameters()).dtype
 g = torch.Generator().manual_seed(0)
 prompt = random_tokens((args.per_device_train_batch_size, args.prompt_length), vocab, mask_id, g).to(args.device)
 setting = dict(
-    gen_length=args.max_completion_length, block_length=args.block_length, steps=args.sampling_steps, mask_id=mask_id
+    max_completion_length=args.max_completion_length,
+    block_length=args.block_length,
+    sampling_steps=args.sampling_steps,
+    mask_id=mask_id,
 )
 
 ref_x, t_ref = timed(lambda: reference_generate(model, prompt, **setting), args.repeats, args.device)
@@ -105,7 +109,7 @@ stop, t_stop = timed(lambda: generate(model, prompt, **setting, eos_ids=(eos_id,
 by_threshold = {}
 for tau in args.thresholds:
     fast = dict(
-        setting, steps=args.max_completion_length, unmasking="threshold", threshold=tau
+        setting, sampling_steps=args.max_completion_length, unmasking="threshold", threshold=tau
     )  # steps: unused by threshold decoding
     by_threshold[tau] = timed(
         lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device
@@ -166,10 +170,18 @@ if args.model_shape == "tiny" and args.thresholds:
     from eval import standard_error  # noqa: E402
 
     for m, tau in [(4, None), (8, None), (16, None), *((None, t) for t in args.thresholds)]:
-        how = dict(unmasking="threshold", threshold=tau, steps=G) if tau else dict(steps=m)
+        how = dict(unmasking="threshold", threshold=tau, sampling_steps=G) if tau else dict(sampling_steps=m)
         recs, t = timed(
             lambda how=how: evaluate(
-                base, tok, "countdown", items, gen_length=G, block_length=block, batch_size=100, compact=True, **how
+                base,
+                tok,
+                "countdown",
+                items,
+                max_completion_length=G,
+                block_length=block,
+                batch_size=100,
+                compact=True,
+                **how,
             ),
             args.repeats,
             args.device,

@@ -139,8 +139,7 @@ print(
 print("| update | seconds | s per sequence | model TFLOP | MFU % | HFU % | peak memory |")
 print("|---|---:|---:|---:|---:|---:|---|")
 print(
-    f"| k={args.mc_samples} fwd+bwd | {t:.3f} | {t / args.per_device_train_batch_size:.4f} | {model_flops / 1e12:.2f} "
-    "| "
+    f"| k={args.mc_samples} fwd+bwd | {t:.3f} | {t / B:.4f} | {model_flops / 1e12:.2f} | "
     f"{100 * model_flops / t / peak:.1f} | {100 * hardware_flops / t / peak:.1f} | {memory} |"
 )
 if args.profile:

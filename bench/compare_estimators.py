@@ -96,13 +96,13 @@ def scores(model, label, split):
             f"--eval_split={split}",
             "--seed=0",
             f"--eval_items={n}",
-            f"--gen_lengths=({L},)",
+            f"--max_completion_length=({L},)",
             f"--block_length={cfg['block_length']}",
             f"--sampling_steps={tuple(grid_m)!r}",
             *knobs,
             f"--output_dir={where}",
         )
-    return {r["steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
+    return {r["sampling_steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
 
 def job(spec):

@@ -62,7 +62,7 @@ def score(model, where):
             f"--task={cfg['task']}",
             f"--eval_items={args.eval_items}",
             "--seed=0",
-            f"--gen_lengths=({L},)",
+            f"--max_completion_length=({L},)",
             f"--block_length={cfg['block_length']}",
             f"--sampling_steps=({m},)",
             f"--thresholds=({tau},)",
@@ -70,7 +70,9 @@ def score(model, where):
             f"--output_dir={where}",
         )
     rows = json.load(open(f"{where}/results.json"))["rows"]
-    return {("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["steps"]) for r in rows}
+    return {
+        ("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["sampling_steps"]) for r in rows
+    }
 
 
 def train_and_score(run):

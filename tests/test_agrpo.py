@@ -76,9 +76,9 @@ def rollout_setup():
     r = generate(
         model,
         prompts,
-        gen_length=16,
+        max_completion_length=16,
         block_length=8,
-        steps=8,
+        sampling_steps=8,
         mask_id=tok.mask_token_id,
         eos_ids=tok.eos_ids,
         pad_id=tok.pad_token_id,

@@ -15,7 +15,7 @@ from eval import standard_error
 from model import FAMILIES, add_lora, forward_logits, load, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--gen_lengths=(16,)", "--task=countdown"]
+SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--max_completion_length=(16,)", "--task=countdown"]
 
 
 TINY = ["--models=('tiny',)", "--labels=()"]
@@ -83,11 +83,11 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
         assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
     rows = json.load(open(f"{tmp_path}/eval/results.json"))["rows"]
     # the m = L/4, L/2, L grid, then threshold decoding (τ > 1: one token a step, 16 passes per item without EOS)
-    assert [(r["gen_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [(16, None)] * 3 + [
-        (16, 2.0)
-    ]
-    assert [r["steps"] for r in rows if r["threshold"] is None] == [4, 8, 16] * 2
-    assert all(1 <= r["steps"] <= 16 for r in rows if r["threshold"] is not None)
+    assert [(r["max_completion_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [
+        (16, None)
+    ] * 3 + [(16, 2.0)]
+    assert [r["sampling_steps"] for r in rows if r["threshold"] is None] == [4, 8, 16] * 2
+    assert all(1 <= r["sampling_steps"] <= 16 for r in rows if r["threshold"] is not None)
     table = open(f"{tmp_path}/eval/results.md").read()
     assert table.count("| countdown | 16 |") == 8 and f"{tmp_path}/run" in table and "τ = 2.0" in table
     samples = [json.loads(line) for line in open(f"{tmp_path}/eval/samples.jsonl")]
@@ -95,7 +95,9 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
     assert {"prompt", "completion", "answer", "reward", "correct"} <= set(samples[0])
     # the table's accuracy is the mean of the per-example records
     first = [
-        s["accuracy"] for s in samples if s["model"] == rows[0]["model"] and s["steps"] == 4 and s["threshold"] is None
+        s["accuracy"]
+        for s in samples
+        if s["model"] == rows[0]["model"] and s["sampling_steps"] == 4 and s["threshold"] is None
     ]
     assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(
         standard_error(first)
@@ -169,7 +171,7 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     samples = [json.loads(line) for line in open(f"{tmp_path}/e/samples.jsonl")]
-    assert len(samples) == 5 and all((s["gen_length"], s["steps"]) == (24, 6) for s in samples)
+    assert len(samples) == 5 and all((s["max_completion_length"], s["sampling_steps"]) == (24, 6) for s in samples)
     assert all("Fill the grid. See notes.txt" in s["prompt"] for s in samples)
     header = open(f"{tmp_path}/e/results.md").read().split("|")[0]
     assert "sudoku, 5 test items" in header and f"from {tmp_path}/run/checkpoint-3: task='sudoku'" in header
@@ -192,12 +194,22 @@ def test_a_training_preset_serves_eval(tmp_path):
     configs/llada_eval.py after it, as the released evaluation decodes (256 tokens, blocks of 32)."""
     cmd = [sys.executable, "eval.py", "configs/llada_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
     cfg = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
-    assert (cfg["task"], cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"]) == ("gsm8k", [384], 12, [128])
+    assert (cfg["task"], cfg["max_completion_length"], cfg["block_length"], cfg["sampling_steps"]) == (
+        "gsm8k",
+        [384],
+        12,
+        [128],
+    )
     assert (cfg["eval_items"], cfg["system_prompt"], cfg["compact_prompt"], cfg["seed"]) == (-1, "task", False, 333)
     assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
     released = [*cmd[:3], "configs/llada_eval.py", *cmd[3:]]
     cfg = json.loads(subprocess.run(released, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
-    assert (cfg["gen_lengths"], cfg["block_length"], cfg["sampling_steps"], cfg["per_device_eval_batch_size"]) == (
+    assert (
+        cfg["max_completion_length"],
+        cfg["block_length"],
+        cfg["sampling_steps"],
+        cfg["per_device_eval_batch_size"],
+    ) == (
         [256],
         32,
         [128],

@@ -181,7 +181,9 @@ def test_greedy_row_independent_of_batch_mates(honours):
     model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3))
     model = model if honours else IgnoresMask(model)
     prompts = [list(range(5, 5 + n)) for n in (3, 9, 6, 9, 1)]
-    settings = dict(gen_length=8, block_length=4, steps=4, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id)
+    settings = dict(
+        max_completion_length=8, block_length=4, sampling_steps=4, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id
+    )
     for unmasking in ("low_confidence", "threshold"):
         together = generate(model, prompts, unmasking=unmasking, threshold=0.5, **settings)
         for i, p in enumerate(prompts):
@@ -304,7 +306,12 @@ def test_compile_blocks_matches_eager():
         )
         model.eval()
         tokens = generate(
-            model, [[6, 30, 12, 31, 7], [6, 33, 7]], gen_length=8, block_length=4, steps=4, mask_id=tok.mask_token_id
+            model,
+            [[6, 30, 12, 31, 7], [6, 33, 7]],
+            max_completion_length=8,
+            block_length=4,
+            sampling_steps=4,
+            mask_id=tok.mask_token_id,
         )
         results.append((logits, grads, tokens.ids))
     (a, ga, ta), (b, gb, tb) = results
@@ -349,5 +356,7 @@ def test_merged_lora_is_the_trained_model():
     assert next(merged.parameters()).dtype == torch.float32
     assert (got - want).abs().max() < 1e-4 < (bf16_merge - want).abs().max()
     prompts = [[5 + i, 40, 41, 42] for i in range(4)]
-    kw = dict(gen_length=16, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
+    kw = dict(
+        max_completion_length=16, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids
+    )
     assert torch.equal(generate(trained, prompts, **kw).ids, generate(merged, prompts, **kw).ids)

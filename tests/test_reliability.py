@@ -236,7 +236,7 @@ def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
 BAD = [  # through the script: one line on stderr, no traceback, nothing heavy done
     (["--bogus=1"], "unknown key '--bogus'"),
     (["--num_generations=three"], "--num_generations='three' has type str"),
-    (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide gen_length=20"),
+    (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide max_completion_length=20"),
     (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
 ]
 

@@ -13,7 +13,12 @@ PROMPTS = ["2+3", "Using the numbers [1, 2, 3], make 7.", "hello there, a longer
 
 def run(model, tok, prompts=PROMPTS, **kw):
     args = dict(
-        gen_length=24, block_length=8, steps=12, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id
+        max_completion_length=24,
+        block_length=8,
+        sampling_steps=12,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
     )
     args.update(kw)
     return generate(model, [chat(tok, p) for p in prompts], **args)
@@ -29,8 +34,12 @@ def test_schedule_formula():
 def test_schedule_followed_at_t0(tiny, unmasking):
     model, tok = tiny
     gen, block, steps = 24, 8, 9  # 3 steps per block: k = [3, 3, 2]
-    r = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, eos_ids=())
-    again = run(model, tok, gen_length=gen, block_length=block, steps=steps, unmasking=unmasking, eos_ids=())
+    r = run(
+        model, tok, max_completion_length=gen, block_length=block, sampling_steps=steps, unmasking=unmasking, eos_ids=()
+    )
+    again = run(
+        model, tok, max_completion_length=gen, block_length=block, sampling_steps=steps, unmasking=unmasking, eos_ids=()
+    )
     if unmasking == "low_confidence":
         assert torch.equal(r.ids, again.ids) and torch.equal(r.unmask_step, again.unmask_step)  # deterministic
     assert (r.completion != tok.mask_token_id).all()  # every position committed, never to [MASK]
@@ -42,7 +51,8 @@ def test_schedule_followed_at_t0(tiny, unmasking):
             assert ((blk >= b * spb) & (blk < (b + 1) * spb)).all()  # blocks strictly left to right
             assert counts[b * spb : (b + 1) * spb].tolist() == k  # exactly k_i tokens at step i
     assert torch.equal(
-        r.ids[:, : r.prompt_length], run(model, tok, gen_length=8, block_length=8, steps=8).ids[:, : r.prompt_length]
+        r.ids[:, : r.prompt_length],
+        run(model, tok, max_completion_length=8, block_length=8, sampling_steps=8).ids[:, : r.prompt_length],
     )
 
 
@@ -101,8 +111,8 @@ def test_seeded_sampling_reproducible(tiny):
     "kw,name",
     [
         (dict(block_length=7), "block_length"),
-        (dict(steps=4), "steps"),  # 3 blocks
-        (dict(steps=48), "steps"),  # 16 steps per block of 8
+        (dict(sampling_steps=4), "sampling_steps"),  # 3 blocks
+        (dict(sampling_steps=48), "sampling_steps"),  # 16 steps per block of 8
         (dict(temperature=-0.1), "temperature"),
         (dict(unmasking="top_prob"), "unmasking"),
         (dict(top_p=0.0), "top_p"),
@@ -113,7 +123,7 @@ def test_bad_settings_raise(tiny, kw, name):
     model, tok = tiny
     with pytest.raises(ValueError, match=name):
         run(model, tok, **kw)
-    args = dict(gen_length=24, block_length=8, steps=12) | kw
+    args = dict(max_completion_length=24, block_length=8, sampling_steps=12) | kw
     with pytest.raises(ValueError, match=name):
         check_settings(**args)
 
@@ -145,7 +155,9 @@ def test_eos_rows_stop_and_fill(tiny):
     _, tok = tiny
     prompt = [5, 6, 7]
     model = Scripted(len(tok), len(prompt), a=60, eos=tok.eos_token_id, eos_at=5)
-    kw = dict(gen_length=32, block_length=8, steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
+    kw = dict(
+        max_completion_length=32, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids
+    )
     full = generate(model, [prompt], **(kw | {"eos_ids": ()}))
     calls_full = model.calls
     model.calls = 0
@@ -161,7 +173,7 @@ def test_threshold_above_one_is_low_confidence_one_token_a_step(tiny):
     """At temperature 0 with τ > 1 only the most confident position is committed each step: token
     for token, low-confidence decoding with steps = gen_length."""
     model, tok = tiny
-    low = run(model, tok, steps=24, unmasking="low_confidence")
+    low = run(model, tok, sampling_steps=24, unmasking="low_confidence")
     thr = run(model, tok, unmasking="threshold", threshold=1.5)
     assert torch.equal(thr.ids, low.ids) and torch.equal(thr.unmask_step, low.unmask_step)
     torch.testing.assert_close(thr.logp, low.logp, atol=1e-6, rtol=0)

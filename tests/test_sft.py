@@ -20,7 +20,7 @@ from model import load
 def test_sft_batch_layout():
     _, tok = load("tiny")
     items = data.load_items("countdown", "train", None, n=3, seed=0)
-    batch = sft.sft_batch(tok, "countdown", items, gen_length=16)
+    batch = sft.sft_batch(tok, "countdown", items, max_completion_length=16)
     P = batch.prompt_length
     for i, it in enumerate(items):
         prompt = data.build_prompt(tok, "countdown", it, "", True)
@@ -36,7 +36,7 @@ def test_sft_batch_layout():
 def test_sft_lowers_its_loss():
     model, tok = load("tiny", seed=0)
     items = data.load_items("countdown", "train", None, n=64, seed=0)
-    held = sft.sft_batch(tok, "countdown", items[:16], gen_length=16)
+    held = sft.sft_batch(tok, "countdown", items[:16], max_completion_length=16)
     draws = elbo_draws(held, 4, torch.Generator().manual_seed(0))
 
     def loss():
@@ -49,10 +49,10 @@ def test_sft_lowers_its_loss():
         tok,
         "countdown",
         items,
-        steps=60,
+        max_steps=60,
         lr=2e-3,
         batch_size=16,
-        gen_length=16,
+        max_completion_length=16,
         rng=random.Random(0),
         generator_for_step=lambda s: torch.Generator().manual_seed(s),
         show=False,
