@@ -3,6 +3,7 @@ chosen positions only, the policy with LoRA and its reference, activation checkp
 compilation.
 
     load("tiny")                          # the embedded model (tiny_llada.py), seeded random init
+    load("tiny_shifted")                  # the same with a next-token head, as Dream's
     load("models/tiny-countdown")         # any Hugging Face model folder: config, weights, tokenizer
     load("GSAI-ML/LLaDA-8B-Instruct")     # a hub id, through the model's remote code
 
@@ -27,24 +28,22 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 @dataclass(frozen=True)
 class Family:
     """What the code must know of a model family, declared once: which configs are it, where its
-    transformer blocks and the norm before the vocabulary head are (logits = head(final_norm(x)),
-    the position of a token predicts it), and the modules LoRA adapts."""
+    transformer blocks and the norm before the vocabulary head are (logits = head(final_norm(x))),
+    which position's logits predict a token, its [MASK] id, and the modules LoRA adapts."""
 
     model_types: tuple  # config.model_type values of this family
-    layers: str  # attribute path to the ModuleDict holding the blocks, the final norm and the head
+    layers: str  # attribute path to the module holding the blocks and the final norm
     blocks: str
     final_norm: str
-    lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts the head "ff_out", as the release does
+    lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts LLaDA's head "ff_out", as released
+    shift: int = 0  # token i is predicted by position i - shift (0: LLaDA, masked LM; 1: Dream, next-token head)
+    mask_id: int | None = None  # [MASK] when neither the tokenizer nor the config names one
 
 
-FAMILIES = {
-    "llada": Family(
-        ("llada", "tiny_llada"),
-        "model.transformer",
-        "blocks",
-        "ln_f",
-        ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
-    ),  # LLaDA-8B-Instruct, 1.5; tiny_llada.py
+LLADA_LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+FAMILIES = {  # LLaDA-8B-Instruct and 1.5; the embedded model (tiny_llada.py) in both conventions
+    "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f", LLADA_LORA, mask_id=126336),
+    "tiny_shifted": Family(("tiny_shifted",), "model.transformer", "blocks", "ln_f", LLADA_LORA, shift=1),
 }
 
 
@@ -66,7 +65,14 @@ def family_part(model, part):
     family, layers = family_of(model), unwrap(model)
     for attribute in family.layers.split("."):
         layers = getattr(layers, attribute)
-    return layers[getattr(family, part)]
+    name = getattr(family, part)
+    return layers[name] if isinstance(layers, torch.nn.ModuleDict) else getattr(layers, name)
+
+
+EMBEDDED = {  # the embedded model at a seeded random init, in each convention a family can have
+    "tiny": (tiny_llada.TinyLLaDAConfig, tiny_llada.TinyLLaDAModel),
+    "tiny_shifted": (tiny_llada.TinyShiftedConfig, tiny_llada.TinyShiftedModel),
+}
 
 
 def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
@@ -75,18 +81,20 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     has one (LLaDA: <|endoftext|>; its <|eot_id|> closes the turn and is content, as in the paper's
     released run), else the tokenizer's. dtype None keeps the weights' own. trust_remote_code=False
     refuses, in one line, a model whose code is its own files (`auto_map`) rather than transformers'."""
-    if name_or_path == "tiny":
+    if name_or_path in EMBEDDED:
         tok = tiny_llada.build_tokenizer()
+        config_class, model_class = EMBEDDED[name_or_path]
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
-            config = tiny_llada.TinyLLaDAConfig(
+            config = config_class(
                 **{"vocab_size": len(tok), "mask_token_id": tok.mask_token_id} | (tiny_overrides or {})
             )
-            model = tiny_llada.TinyLLaDAModel(config)
+            model = model_class(config)
     else:
         model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
+        mask_id = family_of(model).mask_id if mask_id is None else mask_id
         if mask_id is None:
             raise ValueError(
                 f"tokenizer of {name_or_path!r} has no mask token and the model config has no mask_token_id"
@@ -154,7 +162,7 @@ def is_shipped_or_hub(name):
     """A model whose code may run without being named by the user: the project's own models/ folders
     and hub ids (their code is the hub repository's, as loading them anywhere runs it)."""
     path = os.path.realpath(shipped(name)) if os.path.exists(shipped(name)) else None
-    return name == "tiny" or (
+    return name in EMBEDDED or (
         path.startswith(os.path.join(ROOT, "models") + os.sep) if path else model_path_error(name) is None
     )
 
@@ -163,7 +171,7 @@ def model_path_error(name):
     """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
     else one line saying why not. Checked by the scripts before any heavy work."""
     name = shipped(name)
-    if name == "tiny":
+    if name in EMBEDDED:
         return None
     if os.path.isdir(name):
         return missing_model_files(name)
@@ -222,11 +230,28 @@ def forward_logits(model, ids, attention_mask=None, at=None):
     LLaDA's code turn a padded mask into a *causal* bias or ignore it. For those, rows are run in
     groups of equal padding with the padding cut off, so no row ever attends padding and each row's
     logits are those of the row alone, whatever its batch-mates."""
-    bare = unwrap(model)
+    shift = family_of(model).shift
+    if shift and at is None:  # a next-token head: token i's logits are position i - 1's (the first keeps its own)
+        logits = _padded_logits(model, ids, attention_mask, None)
+        return torch.cat([logits[:, :shift], logits[:, :-shift]], 1)
+    if shift and torch.is_tensor(at):
+        if bool(at[:, :shift].any()):
+            raise ValueError(f"forward_logits: the first {shift} positions have no position before them to read")
+        at = at.roll(-shift, 1)
+    elif shift:
+        lo, hi = at[1].start or 0, at[1].stop
+        if lo < shift:
+            raise ValueError(f"forward_logits: columns {at[1]} start before position {shift}")
+        at = (at[0], slice(lo - shift, -shift if hi is None else hi - shift))
+    return _padded_logits(model, ids, attention_mask, at)
+
+
+def _padded_logits(model, ids, attention_mask, at):
+    """forward_logits without the shift: the positions `at` themselves, padding handled."""
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
     if pads is None or not bool(pads.any()):
         return _selected_logits(model, ids, {}, at)
-    if getattr(bare, "honours_padding_mask", False):
+    if getattr(unwrap(model), "honours_padding_mask", False):
         return _selected_logits(model, ids, {"attention_mask": attention_mask}, at)
     return _unpadded_logits(model, ids, pads, at)
 
@@ -268,11 +293,15 @@ def _selected_logits(model, ids, kw, at):
     if at is None:
         return model(ids, **kw).logits
     # logits = head(final_norm(x)): selecting the final norm's output selects what the head projects
-    handle = family_part(model, "final_norm").register_forward_hook(lambda module, inputs, out: out[at])
+    # (kept 3-D, (1, N, D) for a mask: heads such as Dream's index the sequence axis)
+    flat = torch.is_tensor(at)
+    select = (lambda module, inputs, out: out[at][None]) if flat else (lambda module, inputs, out: out[at])
+    handle = family_part(model, "final_norm").register_forward_hook(select)
     try:
         logits = model(ids, **kw).logits
     finally:
         handle.remove()
+    logits = logits[0] if flat else logits
     expected = (int(at.sum()),) if torch.is_tensor(at) else torch.empty(ids.shape, device="meta")[at].shape
     if logits.shape[:-1] != expected:
         name, got = type(bare).__name__, tuple(logits.shape)

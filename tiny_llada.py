@@ -180,5 +180,17 @@ class TinyLLaDAModel(PreTrainedModel):
         return MaskedLMOutput(logits=t["ff_out"](t["ln_f"](x)))
 
 
-TinyLLaDAConfig.register_for_auto_class()
-TinyLLaDAModel.register_for_auto_class("AutoModel")
+class TinyShiftedConfig(TinyLLaDAConfig):
+    """The same model read with a next-token head, as Dream reads its logits: position i - 1's logits
+    predict token i (model.FAMILIES declares the shift; the network itself is unchanged)."""
+
+    model_type = "tiny_shifted"
+
+
+class TinyShiftedModel(TinyLLaDAModel):
+    config_class = TinyShiftedConfig
+
+
+for config_class, model_class in ((TinyLLaDAConfig, TinyLLaDAModel), (TinyShiftedConfig, TinyShiftedModel)):
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")

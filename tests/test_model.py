@@ -360,3 +360,55 @@ def test_merged_lora_is_the_trained_model():
         max_completion_length=16, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids
     )
     assert torch.equal(generate(trained, prompts, **kw).ids, generate(merged, prompts, **kw).ids)
+
+
+def test_a_next_token_head_reads_the_position_before(tmp_path):
+    """A family with shift 1 (Dream's convention; the embedded model as tiny_shifted): token i's logits
+    are position i - 1's, for all positions, a mask of positions and a block of columns, padded or
+    not; a rollout replays exactly (recorded log-probs = recomputed), and the variant saves and loads."""
+    from conftest import chat
+
+    from likelihood import exact_logp
+    from model import FAMILIES, family_of, forward_logits, save
+    from sample import generate
+
+    model, tok = load("tiny_shifted", seed=0, tiny_overrides=dict(init_std=0.3))
+    assert family_of(model) is FAMILIES["tiny_shifted"] and FAMILIES["tiny_shifted"].shift == 1
+    ids = torch.randint(10, 60, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = model(ids).logits
+        full = forward_logits(model, ids)
+        torch.testing.assert_close(full[:, 1:], raw[:, :-1])
+        at = torch.zeros(3, 12, dtype=torch.bool)
+        at[:, 5:9] = True
+        torch.testing.assert_close(forward_logits(model, ids, at=at), raw[:, 4:8].reshape(-1, raw.shape[-1]))
+        torch.testing.assert_close(forward_logits(model, ids, at=(slice(None), slice(8, 12))), raw[:, 7:11])
+        torch.testing.assert_close(forward_logits(model, ids, at=(slice(None), slice(8, None))), raw[:, 7:11])
+        mask = torch.ones(3, 12, dtype=torch.long)
+        mask[0, :3] = 0  # left padding: the row's logits are those of the row alone
+        alone = forward_logits(model, ids[:1, 3:], at=(slice(None), slice(4, 9)))
+        padded = forward_logits(model, ids, mask, at=(slice(None), slice(7, 12)))[:1]
+        torch.testing.assert_close(padded, alone, atol=1e-4, rtol=1e-5)  # RoPE: the same up to float rounding
+        with pytest.raises(ValueError, match="position"):
+            forward_logits(model, ids, at=(slice(None), slice(0, 4)))
+    prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3")]
+    r = generate(
+        model,
+        prompts,
+        max_completion_length=16,
+        block_length=8,
+        sampling_steps=16,
+        mask_id=tok.mask_token_id,
+        eos_ids=tok.eos_ids,
+        pad_id=tok.pad_token_id,
+        temperature=0.9,
+        unmasking="random",
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(exact_logp(model, r), r.logp.sum(1), atol=1e-4, rtol=1e-5)
+    save(model, tok, str(tmp_path / "shifted"))
+    again, _ = load(str(tmp_path / "shifted"))
+    assert family_of(again).shift == 1
+    with torch.no_grad():
+        torch.testing.assert_close(forward_logits(again, ids), full)
