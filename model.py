@@ -41,9 +41,12 @@ class Family:
 
 
 LLADA_LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+DREAM_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FAMILIES = {  # LLaDA-8B-Instruct and 1.5; the embedded model (tiny_llada.py) in both conventions
     "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f", LLADA_LORA, mask_id=126336),
     "tiny_shifted": Family(("tiny_shifted",), "model.transformer", "blocks", "ln_f", LLADA_LORA, shift=1),
+    # Dream-v0-Instruct-7B: a Qwen2.5 body; its head predicts the next position, as in its generate()
+    "dream": Family(("Dream",), "model", "layers", "norm", DREAM_LORA, shift=1, mask_id=151666),
 }
 
 
