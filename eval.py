@@ -32,39 +32,31 @@ from tqdm import tqdm
 
 import data
 import ddp
+import logs
 from configurator import declared
 from model import unwrap
 from rewards import extract_answer
 from sample import check_settings, decode_completions, generate
 
 # --- config
-models = (
-    "models/tiny-countdown",
-    "runs/tiny_countdown",
-)  # each: a run folder (newest checkpoint), a checkpoint-N folder, a model folder (or an export) or a hub id
+models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
 labels = ("base", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
-eval_file = (
-    ""  # local test file, or "hub" (the released run's); "" = generated (train.py's test set for this seed) or the hub
-)
-eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
+eval_file = ""  # local test file, "hub" (the released run's), or "" (generated: train.py's for this seed; or the hub)
+eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub) [-1, inf)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
-system_prompt = (
-    ""  # system turn, as the models were trained with: "task" = the task's own, "" = none, a .txt file, or text
-)
+system_prompt = ""  # system turn as trained with: "task" (the task's own), "" (none), a .txt file, or the text
 compact_prompt = True  # short question text (the embedded model); False: full sentences
-max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
+max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit) [0, inf)
 max_completion_length = (16, 32)  # completion lengths L of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
 sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
 unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
 thresholds = ()  # threshold decoding: one more row per τ at each L (its steps column: mean forward passes per item)
-per_device_eval_batch_size = 100  # prompts per forward pass
-base_model = (
-    ""  # base model of the checkpoints in --models ("" = the one each names; a local folder's own code then never runs)
-)
+per_device_eval_batch_size = 100  # prompts per forward pass [1, inf)
+base_model = ""  # the checkpoints' base model ("" = the one each names; a named folder's own code never runs)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
@@ -162,78 +154,6 @@ def summarize(records):
         se=standard_error(acc),
         mean_length=sum(r["length"] for r in records) / len(records),
     )
-
-
-def markdown_table(rows):
-    lines = [
-        "| model | task | gen length | decoding | steps | accuracy (%) | ± SE | mean length | seconds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
-        cells = [r["model"], r["task"], r["max_completion_length"], how, f"{r['sampling_steps']:.3g}"]
-        cells += [
-            f"{100 * r['accuracy']:.1f}",
-            f"{100 * r['se']:.1f}",
-            f"{r['mean_length']:.1f}",
-            f"{r['seconds']:.1f}",
-        ]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
-
-
-def plot(rows, path, title):
-    """Accuracy against sampling steps (forward passes), one line per model (and generation length)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    model_names = list(dict.fromkeys(r["model"] for r in rows))
-    lengths = sorted({r["max_completion_length"] for r in rows})
-    for name in model_names:  # colour = model, line style = generation length
-        for L in lengths:
-            color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
-            label = f"{name} (L={L})" if len(lengths) > 1 else name
-            for thresholded in (False, True):  # fixed steps: a line; threshold decoding: squares at its mean steps
-                line = [
-                    r
-                    for r in rows
-                    if (r["model"], r["max_completion_length"]) == (name, L)
-                    and (r.get("threshold") is not None) == thresholded
-                ]
-                if not line:
-                    continue
-                line.sort(key=lambda r: r["sampling_steps"])
-                x, y, se = (
-                    [f(r) for r in line]
-                    for f in (lambda r: r["sampling_steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"])
-                )
-                ax.errorbar(
-                    x,
-                    y,
-                    yerr=se,
-                    marker="s" if thresholded else "o",
-                    capsize=3,
-                    color=color,
-                    linestyle="none" if thresholded else style,
-                    label=f"{label}, threshold" if thresholded else label,
-                )
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_xlabel("sampling steps m")
-    ax.set_ylabel("accuracy (%) ± SE")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# the script
 
 
 def step_grid(cfg):
@@ -362,12 +282,8 @@ def main():
         )
     if cfg["eval_file"] not in ("", "hub") and not os.path.exists(cfg["eval_file"]):
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
-    if cfg["per_device_eval_batch_size"] < 1:
-        raise ConfigError(f"--per_device_eval_batch_size={cfg['per_device_eval_batch_size']} must be at least 1")
-    if cfg["max_prompt_length"] < 0:
-        raise ConfigError(f"--max_prompt_length={cfg['max_prompt_length']} must be >= 0 (0: no limit)")
-    if cfg["eval_items"] < 1 and cfg["eval_items"] != -1:
-        raise ConfigError(f"--eval_items={cfg['eval_items']} must be at least 1, or -1 for the whole test set")
+    if cfg["eval_items"] == 0:
+        raise ConfigError("--eval_items=0 scores nothing: give a count, or -1 for the whole test set")
     lists = [
         ("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
         (
@@ -462,7 +378,7 @@ def main():
         os.makedirs(cfg["output_dir"], exist_ok=True)
         with open(os.path.join(cfg["output_dir"], "samples.jsonl"), "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
-        table = markdown_table(rows)
+        table = logs.results_table(rows)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
         header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
         header += f"Settings {settings_line(cfg, sources, given)}.\n\n"
@@ -470,11 +386,8 @@ def main():
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
             json.dump({"config": cfg, "rows": rows}, f, indent=1)
-        plot(
-            rows,
-            os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"),
-            f"{cfg['task']}: {len(items)} held-out items, greedy",
-        )
+        title = f"{cfg['task']}: {len(items)} held-out items, greedy"
+        logs.plot_results(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), title)
         print(header + table)
         print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
     if distributed:

@@ -1,6 +1,7 @@
 """What a run records, step by step: one row of means per step in output_dir/log.jsonl (always),
 the completions every `log_completions_steps` in completions.jsonl, and the same rows in
 tensorboard or wandb when `report_to` names one (scalars, and the completions as a table/text).
+And what eval.py writes besides its records: the results table and the accuracy-against-steps plot.
 """
 
 import json
@@ -129,3 +130,75 @@ def report(handle, row, step, completions=()):
 def close_reporter(handle):
     if handle is not None:
         (handle.close if hasattr(handle, "add_scalar") else handle.finish)()
+
+
+def results_table(rows):
+    lines = [
+        "| model | task | gen length | decoding | steps | accuracy (%) | ± SE | mean length | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
+        cells = [r["model"], r["task"], r["max_completion_length"], how, f"{r['sampling_steps']:.3g}"]
+        cells += [
+            f"{100 * r['accuracy']:.1f}",
+            f"{100 * r['se']:.1f}",
+            f"{r['mean_length']:.1f}",
+            f"{r['seconds']:.1f}",
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(rows, path, title):
+    """Accuracy against sampling steps (forward passes), one line per model (and generation length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    model_names = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["max_completion_length"] for r in rows})
+    for name in model_names:  # colour = model, line style = generation length
+        for L in lengths:
+            color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
+            label = f"{name} (L={L})" if len(lengths) > 1 else name
+            for thresholded in (False, True):  # fixed steps: a line; threshold decoding: squares at its mean steps
+                line = [
+                    r
+                    for r in rows
+                    if (r["model"], r["max_completion_length"]) == (name, L)
+                    and (r.get("threshold") is not None) == thresholded
+                ]
+                if not line:
+                    continue
+                line.sort(key=lambda r: r["sampling_steps"])
+                x, y, se = (
+                    [f(r) for r in line]
+                    for f in (lambda r: r["sampling_steps"], lambda r: 100 * r["accuracy"], lambda r: 100 * r["se"])
+                )
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=se,
+                    marker="s" if thresholded else "o",
+                    capsize=3,
+                    color=color,
+                    linestyle="none" if thresholded else style,
+                    label=f"{label}, threshold" if thresholded else label,
+                )
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("sampling steps m")
+    ax.set_ylabel("accuracy (%) ± SE")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the script
