@@ -34,7 +34,7 @@ import data
 import ddp
 import logs
 from configurator import declared
-from model import unwrap
+from families import unwrap
 from rewards import extract_answer
 from sample import check_settings, decode_completions, generate
 

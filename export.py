@@ -20,7 +20,8 @@ import torch
 
 import checkpoint
 from configurator import ConfigError
-from model import merge_lora_float32, save, unwrap
+from families import unwrap
+from model import merge_lora_float32, save
 
 
 def export(source, out_dir, base=None):

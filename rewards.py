@@ -177,6 +177,9 @@ def _math_worker(conn):
         conn.send(ok)
 
 
+STARTUP_SECONDS = 300  # importing sympy and math-verify and one warm-up call, on a busy machine
+
+
 def _math_equal(gold, pred, time_limit):
     global _worker
     if _worker is None or not _worker[0].is_alive():
@@ -187,7 +190,11 @@ def _math_equal(gold, pred, time_limit):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_math_worker, args=(child,), daemon=True)
         proc.start()
-        parent.recv()  # start-up is not charged to the call's time limit
+        child.close()  # only the worker holds its end now: a worker that dies is an EOFError, not a wait forever
+        if not parent.poll(STARTUP_SECONDS):  # start-up is not charged to the call's time limit, but is bounded
+            proc.kill()
+            raise RuntimeError(f"math-verify's worker did not start within {STARTUP_SECONDS} s")
+        parent.recv()
         _worker = (proc, parent)
     proc, conn = _worker
     try:

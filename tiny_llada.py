@@ -182,7 +182,7 @@ class TinyLLaDAModel(PreTrainedModel):
 
 class TinyShiftedConfig(TinyLLaDAConfig):
     """The same model read with a next-token head, as Dream reads its logits: position i - 1's logits
-    predict token i (model.FAMILIES declares the shift; the network itself is unchanged)."""
+    predict token i (families.py declares the shift; the network itself is unchanged)."""
 
     model_type = "tiny_shifted"
 

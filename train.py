@@ -27,10 +27,10 @@ import ddp
 import logs
 from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
 from configurator import ConfigError, configure
-from ddp import seeded
 from eval import run_accuracy
+from families import unwrap
 from likelihood import ESTIMATORS, SCHEMES
-from model import load_policy, model_path_error, resolved, unwrap
+from model import load_policy, model_path_error, resolved
 from sample import check_settings, decode_completions, generate
 
 # --- config
@@ -68,7 +68,7 @@ learning_rate = 3e-4  # AdamW peak rate (a step moves a weight by up to ~10x it)
 max_grad_norm = 1.0  # gradient-norm clip (0, inf)
 lora_r = 0  # LoRA rank (0 = full fine-tuning) [0, inf)
 lora_alpha = 64  # LoRA scale α (the update is α/r · BA) (0, inf)
-lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: model.FAMILIES)
+lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: families.py)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
 eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none) [-1, inf)
@@ -132,7 +132,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     whole = [data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items]
     prompts = [data.cut_left(p, cfg.max_prompt_length) for p in whole for _ in range(cfg.num_generations)]
     special = dict(mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
-    generator = seeded(cfg.seed, "rollout", step, micro, device=device)
+    generator = ddp.seeded(cfg.seed, "rollout", step, micro, device=device)
     policy = unwrap(model)
     policy.eval()
     with amp():
@@ -144,7 +144,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     accuracy = torch.tensor([float(t.accuracy(text, a)) for text, a in zip(texts, answers)])
     advantages = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards).to(device)
     policy.train()
-    generator = seeded(cfg.seed, "draws", step, micro)
+    generator = ddp.seeded(cfg.seed, "draws", step, micro)
     with amp():
         draws, old, ref = prepare(
             model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, generator, cfg.scheme, ref_model

@@ -368,8 +368,9 @@ def test_a_next_token_head_reads_the_position_before(tmp_path):
     not; a rollout replays exactly (recorded log-probs = recomputed), and the variant saves and loads."""
     from conftest import chat
 
+    from families import FAMILIES, family_of
     from likelihood import exact_logp
-    from model import FAMILIES, family_of, forward_logits, save
+    from model import forward_logits, save
     from sample import generate
 
     model, tok = load("tiny_shifted", seed=0, tiny_overrides=dict(init_std=0.3))
