@@ -21,6 +21,7 @@ class Family:
     lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts LLaDA's head "ff_out", as released
     shift: int = 0  # token i is predicted by position i - shift (0: LLaDA, masked LM; 1: Dream, next-token head)
     mask_id: int | None = None  # [MASK] when neither the tokenizer nor the config names one
+    block_size: str = ""  # block-causal attention: the config field holding the block size ("" = bidirectional)
 
 
 LLADA_LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -28,6 +29,7 @@ DREAM_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 FAMILIES = {  # LLaDA-8B-Instruct and 1.5; the embedded model (tiny_llada.py) in both conventions
     "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f", LLADA_LORA, mask_id=126336),
     "tiny_shifted": Family(("tiny_shifted",), "model.transformer", "blocks", "ln_f", LLADA_LORA, shift=1),
+    "tiny_block": Family(("tiny_block",), "model.transformer", "blocks", "ln_f", LLADA_LORA, block_size="block_size"),
     # Dream-v0-Instruct-7B: a Qwen2.5 body; its head predicts the next position, as in its generate()
     "dream": Family(("Dream",), "model", "layers", "norm", DREAM_LORA, shift=1, mask_id=151666),
 }
@@ -44,6 +46,12 @@ def family_of(model):
         f"{type(unwrap(model)).__name__} (model_type {model_type!r}) is not a model family this code knows; "
         f"supported: {supported}"
     )
+
+
+def block_size(model):
+    """The block size of a block-causal model (its blocks are the sampler's blocks), or 0."""
+    field = family_of(model).block_size
+    return int(getattr(unwrap(model).config, field)) if field else 0
 
 
 def family_part(model, part):

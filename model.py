@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 EMBEDDED = {  # the embedded model at a seeded random init, in each convention a family can have
     "tiny": (tiny_llada.TinyLLaDAConfig, tiny_llada.TinyLLaDAModel),
     "tiny_shifted": (tiny_llada.TinyShiftedConfig, tiny_llada.TinyShiftedModel),
+    "tiny_block": (tiny_llada.TinyBlockConfig, tiny_llada.TinyBlockModel),
 }
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from families import block_size
 from model import forward_logits
 
 UNMASKING = ("low_confidence", "random", "threshold")
@@ -193,6 +194,12 @@ def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step, P
     entropy[R, C - P] = entropy_of(dist)
 
 
+def check_blocks(model, block_length):
+    """A block-causal model decodes in its own blocks: raise ValueError for any other block length."""
+    if (size := block_size(model)) and block_length != size:
+        raise ValueError(f"block_length={block_length} must be the model's block size {size}: it attends by blocks")
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -219,6 +226,7 @@ def generate(
     non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
     confidence threshold `threshold` instead of a fixed number of steps (generate_threshold)."""
     check_settings(max_completion_length, block_length, sampling_steps, temperature, unmasking, top_k, top_p, threshold)
+    check_blocks(model, block_length)
     gen_length, steps = max_completion_length, sampling_steps  # G and m, LLaDA's generate.py's names
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):

@@ -69,6 +69,7 @@ class TinyLLaDAConfig(PretrainedConfig):
         rope_theta=10000.0,
         init_std=0.02,
         mask_token_id=1,
+        block_size=0,
         **kwargs,
     ):
         self.vocab_size, self.d_model, self.n_layers, self.n_heads, self.d_ff = (
@@ -79,6 +80,7 @@ class TinyLLaDAConfig(PretrainedConfig):
             d_ff,
         )
         self.rope_theta, self.init_std, self.mask_token_id = rope_theta, init_std, mask_token_id
+        self.block_size = block_size  # > 0: block-causal attention (TinyBlockModel)
         super().__init__(**kwargs)
 
 
@@ -172,6 +174,12 @@ class TinyLLaDAModel(PreTrainedModel):
         x = t["wte"](input_ids)
         # (B, 1, 1, L), True = may attend. Pad queries still see real keys, so no NaN.
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        if self.config.block_size:  # block-causal: a position sees its own block and the blocks before it
+            L = input_ids.shape[1]
+            index = (L - 1 - torch.arange(L, device=x.device)) // self.config.block_size  # blocks from the end
+            causal = index[None, :] >= index[:, None]
+            attn_mask = causal[None, None] if attn_mask is None else causal[None, None] & attn_mask
+            attn_mask = attn_mask | torch.eye(L, dtype=torch.bool, device=x.device)  # padding sees itself: no NaN
         for block in t["blocks"]:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = self._gradient_checkpointing_func(block.__call__, x, attn_mask)
@@ -191,6 +199,26 @@ class TinyShiftedModel(TinyLLaDAModel):
     config_class = TinyShiftedConfig
 
 
-for config_class, model_class in ((TinyLLaDAConfig, TinyLLaDAModel), (TinyShiftedConfig, TinyShiftedModel)):
+class TinyBlockConfig(TinyLLaDAConfig):
+    """The same network with block-causal attention, as block-diffusion models (SDAR, TraDo) attend:
+    a position sees its own block of `block_size` and every block before it, never a later one.
+    Blocks are counted from the end of the sequence, so a completion of whole blocks lines up with
+    the sampler's blocks whatever the prompt's length or padding."""
+
+    model_type = "tiny_block"
+
+    def __init__(self, block_size=8, **kwargs):
+        super().__init__(block_size=block_size, **kwargs)
+
+
+class TinyBlockModel(TinyLLaDAModel):
+    config_class = TinyBlockConfig
+
+
+for config_class, model_class in (
+    (TinyLLaDAConfig, TinyLLaDAModel),
+    (TinyShiftedConfig, TinyShiftedModel),
+    (TinyBlockConfig, TinyBlockModel),
+):
     config_class.register_for_auto_class()
     model_class.register_for_auto_class("AutoModel")

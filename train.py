@@ -31,7 +31,7 @@ from eval import run_accuracy
 from families import unwrap
 from likelihood import ESTIMATORS, SCHEMES
 from model import load_policy, model_path_error, resolved
-from sample import check_settings, decode_completions, generate
+from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
 model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped), a hub id, or "tiny" (random)
@@ -82,8 +82,7 @@ report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (
 # --- end of config
 
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
-# what a resume may change: where and how often it writes, what it reports and evaluates, memory and speed;
-# every other key defines the run, and a resume that changes one is refused, naming it
+# a resume may change these (where and how often it writes, reports, evaluates; memory, speed), no other key
 MAY_CHANGE = set(
     "output_dir resume_from_checkpoint overwrite_output_dir save_steps save_total_limit report_to eval_every "
     "log_completions_steps eval_file eval_items gradient_checkpointing compile".split()
@@ -205,6 +204,7 @@ def main():
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
             cfg.model_name_or_path, device, lora, cfg.gradient_checkpointing, cfg.compile, cfg.beta, distributed, master
         )
+        check_blocks(model, cfg.block_length)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base

@@ -238,6 +238,7 @@ BAD = [  # through the script: one line on stderr, no traceback, nothing heavy d
     (["--num_generations=three"], "--num_generations='three' has type str"),
     (["--max_completion_length=20", "--block_length=8"], "block_length=8 must divide max_completion_length=20"),
     (["--target_range=(1000,2000)"], "only 0 distinct Countdown problems"),  # unreachable with 1..9: fails in seconds
+    (["--model_name_or_path=tiny_block", "--block_length=4"], "block_length=4 must be the model's block size 8"),
 ]
 
 # every impossible setting, and every numeric and list knob outside its range, stops before any heavy work: a
