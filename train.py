@@ -132,8 +132,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     prompts = [data.cut_left(p, cfg.max_prompt_length) for p in whole for _ in range(cfg.num_generations)]
     special = dict(mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
     generator = ddp.seeded(cfg.seed, "rollout", step, micro, device=device)
-    policy = unwrap(model)
-    policy.eval()
+    policy = unwrap(model).eval()
     with amp():
         rollout = generate(policy, prompts, **sampler(cfg), **special, generator=generator)
     texts, lengths = decode_completions(tok, rollout)
@@ -318,7 +317,8 @@ def main():
         name = signal.Signals(e.args[0]).name
         raise SystemExit(f"stopped by {name} after step {finished[0]}: {how}" if master else 1) from None
     logs.close_reporter(reporter)
-    if distributed:
+    if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
+        del train_model
         dist.destroy_process_group()
 
 
