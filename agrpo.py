@@ -135,23 +135,14 @@ def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=co
         K = d.x.shape[0] if len(rows) else 0
         for j in range(K):
             model.require_backward_grad_sync = a == len(batches) - 1 and j == K - 1  # nanoGPT's DDP switch
+            # draw j's rows: the tokens it reads, their weights, and the log-probs taken before any update
+            read, weight, adv, norm = d.read[j][rows], d.weight[j][rows], b.advantages[rows], d.norm[rows]
+            old = b.old_logp[it][j][rows]
+            ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
             with amp():
-                logp = token_logp(
-                    model, b.rollout, d.x[j][rows], d.read[j][rows], rows, d.truncate
-                )  # log π_θ(o_j | x_t)
-                ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
+                logp = token_logp(model, b.rollout, d.x[j][rows], read, rows, d.truncate)  # log π_θ(o_j | x_t)
                 loss, m = draw_loss(
-                    logp,
-                    b.old_logp[it][j][rows],
-                    b.advantages[rows],
-                    d.read[j][rows],
-                    d.weight[j][rows],
-                    d.norm[rows],
-                    epsilon,
-                    epsilon_high,
-                    beta,
-                    ref,
-                    n_rows=len(b.advantages),
+                    logp, old, adv, read, weight, norm, epsilon, epsilon_high, beta, ref, len(b.advantages)
                 )
                 (loss * (1.0 / len(batches))).backward()
             total += loss.item()

@@ -7,6 +7,7 @@ validation and test never share a problem, whatever their sizes.
 """
 
 import csv
+import functools
 import importlib
 import json
 import os
@@ -52,9 +53,11 @@ def task_file(name):
     return os.path.join(TASKS_DIR, f"{name}.py")
 
 
+@functools.cache
 def option_files():
-    """The task files whose config block declares generator options: keys of train.py, eval.py, sft.py."""
-    return [task_file(n) for n in TASK_NAMES if "# --- config" in open(task_file(n)).read()]
+    """The task files whose config block declares generator options: keys of train.py, eval.py, sft.py
+    (read once: every script and task_options call asks)."""
+    return tuple(task_file(n) for n in TASK_NAMES if "# --- config" in open(task_file(n)).read())
 
 
 def task_options(task_name, cfg):

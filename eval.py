@@ -254,21 +254,21 @@ def main():
     # a positional argument is a preset: of eval.py's own keys (applied as given on the command line),
     # or else a training preset (the run settings it implies, as for a checkpoint)
     argv = sys.argv[1:]
-    files = [a for a in argv if not a.startswith("-")]
-    own = [f for f in files if preset_values(f).keys() <= declared(__file__).keys()]
+    files = {a: preset_values(a) for a in argv if not a.startswith("-")}  # each preset's values, read once
+    own = {f: keys for f, keys in files.items() if keys.keys() <= declared(__file__).keys()}
     presets = [f for f in files if f not in own]
     cfg = configure(
         __file__, [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")], data.option_files()
     )
     on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
-    given = on_command_line | {k for f in own for k in preset_values(f)}
+    given = on_command_line | {k for keys in own.values() for k in keys}
     specs = (
         [checkpoint.resolve(s) for s in cfg["models"]]
         if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
         else []
     )
     sources = take_run_settings(cfg, given, specs, presets)
-    sources |= {k: f for f in own for k in preset_values(f) if k not in on_command_line}
+    sources |= {k: f for f, keys in own.items() for k in keys if k not in on_command_line}
     if "--print_config" in argv:
         print(json.dumps(cfg, indent=1))
         sys.exit(0)

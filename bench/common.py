@@ -44,7 +44,7 @@ def comparison_config(script, default_preset="configs/tiny_countdown.py"):
         for a in argv
         if a.startswith("-") and a.lstrip("-").partition("=")[0] in (*own_keys, "help", "h", "print_config")
     ]
-    train_argv = [a for a in argv if a not in own] or []
+    train_argv = [a for a in argv if a not in own]
     if not any(not a.startswith("-") for a in train_argv):
         train_argv.insert(0, default_preset)
     args = SimpleNamespace(**configure(script, own))

@@ -1,7 +1,7 @@
 """GSM8K: grade-school word problems with a numeric answer (openai/gsm8k; tested on GSM8K Platinum)."""
 
 import rewards
-from data import DataError, hub_dataset
+from data import check, hub_dataset
 
 SYSTEM_PROMPT = r"""Solve the math problem below. Reason step by step inside <think> </think> tags.
 Then write the final answer inside <answer> </answer> tags, as a single number or expression wrapped in \boxed{}:
@@ -30,11 +30,9 @@ def problem_key(item):
 
 def parse_row(where, row):
     for field in ("question", "answer"):
-        if not (isinstance(row.get(field), str) and row[field].strip()):
-            raise DataError(f"{where}: field '{field}' missing or empty")
+        check(isinstance(row.get(field), str) and row[field].strip(), where, f"field '{field}' missing or empty")
     final = row["answer"].split("####")[-1].strip()  # the hub's answers end in "#### 72"; a bare number is accepted too
-    if rewards.parse_number(final) is None:
-        raise DataError(f"{where}: field 'answer' has no final number: {final[:40]!r}")
+    check(rewards.parse_number(final) is not None, where, f"field 'answer' has no final number: {final[:40]!r}")
     return {"question": row["question"], "answer": final.replace(",", "")}
 
 

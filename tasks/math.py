@@ -1,7 +1,7 @@
 """MATH: competition problems graded by math-verify (trained on MATH levels 1-4, tested on MATH-500)."""
 
 import rewards
-from data import DataError, hub_dataset
+from data import DataError, check, hub_dataset
 from tasks.gsm8k import SYSTEM_PROMPT, answer, problem_key, question  # noqa: F401 (items and system turn as GSM8K's)
 
 reward, accuracy = rewards.math_reward, rewards.math_correct
@@ -9,13 +9,11 @@ reward, accuracy = rewards.math_reward, rewards.math_correct
 
 def parse_row(where, row):
     q = row.get("problem", row.get("question"))
-    if not (isinstance(q, str) and q.strip()):
-        raise DataError(f"{where}: field 'problem' missing or empty")
+    check(isinstance(q, str) and q.strip(), where, "field 'problem' missing or empty")
     ans = row.get("answer")
     if ans is None and isinstance(row.get("solution"), str):
         ans = rewards.first_boxed(row["solution"])  # the first \\boxed{}, as the released loader takes it
-    if not (isinstance(ans, str) and ans.strip()):
-        raise DataError(f"{where}: field 'answer' missing (and no \\boxed{{}} in 'solution')")
+    check(isinstance(ans, str) and ans.strip(), where, "field 'answer' missing (and no \\boxed{} in 'solution')")
     return {"question": q, "answer": ans.strip(), "level": row.get("level")}
 
 
