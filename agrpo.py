@@ -14,7 +14,8 @@ it reads, with ρ = exp(log π_θ − log π_old) and w_ij the draw's importance
 
 norm_i is m' for AGRPO: with uniform steps w = m'/k, so L is Σ over tokens / (k·N), a per-sequence
 mean over steps. `accumulate_gradients` calls backward once per draw, so peak memory is one
-forward pass whatever k is. For AGRPO, log π_old of a sampled step is the rollout's own recorded logp
+forward pass whatever k is; on a block-diffusion model a row's draws share one packed forward
+(blocks.py) and one backward. For AGRPO, log π_old of a sampled step is the rollout's own recorded logp
 (exact, no forward pass); ELBO and one-step need an old-policy pass on the same masks.
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from likelihood import draws_logp, make_draws, token_logp
+from likelihood import draw_passes, draws_logp, make_draws, token_logp
 
 
 def group_advantages(rewards, num_generations, scale_rewards=False, eps=1e-4):
@@ -57,9 +58,9 @@ def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2)
 def draw_loss(
     logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None, n_rows=None
 ):
-    """Loss of one draw: logp, old_logp, ref_logp, read (B, G); weight, norm, advantages (B,);
-    n_rows: the N of the 1/N (default B; more when rows were left out). Returns (scalar loss,
-    metrics summed over read tokens)."""
+    """Loss of draws computed together: logp, old_logp, ref_logp, read (K, B, G); weight (K, B);
+    norm, advantages (B,); n_rows: the N of the 1/N (default B; more when rows were left out).
+    Returns (scalar loss, metrics summed over read tokens)."""
     # tokens not read are zeroed before exp(): a -inf there (top-k truncation) must not make NaN
     logp, old_logp = logp.masked_fill(~read, 0.0), old_logp.masked_fill(~read, 0.0)
     per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], epsilon, epsilon_high)
@@ -67,8 +68,8 @@ def draw_loss(
     if beta > 0:
         kl = k3(logp.clamp(min=-30.0), ref_logp.masked_fill(~read, 0.0).clamp(min=-30.0))
         per_tok = per_tok + beta * kl
-    scale = (weight / norm)[:, None] * read  # (B, G)
-    loss = (per_tok * scale).sum() / (n_rows or logp.shape[0])
+    scale = (weight / norm)[..., None] * read  # (K, B, G)
+    loss = (per_tok * scale).sum() / (n_rows or logp.shape[-2])
     n = read.sum()
     metrics = {
         "tokens": n.item(),
@@ -125,22 +126,22 @@ def kept_rows(advantages, beta):
 
 
 def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext):
-    """One inner iteration's gradient in .grad: for every micro-batch and draw j, the clipped loss of
-    the tokens the draw reads and its backward (one forward pass of memory), scaled by
+    """One inner iteration's gradient in .grad: for every micro-batch and draw j (or the draws that
+    share a forward), the clipped loss of the tokens read and its backward, scaled by
     1/micro-batches. Under DDP the gradients are all-reduced once, on the last backward; a rank whose
     last micro-batch has no rows runs one row's zero loss to take part. Returns (loss, metrics)."""
     loss_sum, metrics = 0.0, {}
     for a, b in enumerate(batches):
         d, rows, total = b.draws[it], b.rows, 0.0
-        K = d.x.shape[0] if len(rows) else 0
-        for j in range(K):
-            model.require_backward_grad_sync = a == len(batches) - 1 and j == K - 1  # nanoGPT's DDP switch
-            # draw j's rows: the tokens it reads, their weights, and the log-probs taken before any update
-            read, weight, adv, norm = d.read[j][rows], d.weight[j][rows], b.advantages[rows], d.norm[rows]
-            old = b.old_logp[it][j][rows]
-            ref = None if b.ref_logp is None else b.ref_logp[it][j][rows]
+        passes = draw_passes(model, d) if len(rows) else []  # one draw per forward, or a block model's all
+        for n, js in enumerate(passes):
+            model.require_backward_grad_sync = a == len(batches) - 1 and n == len(passes) - 1  # nanoGPT's DDP switch
+            # draws js of these rows: the tokens read, their weights, and the log-probs taken before any update
+            read, weight, adv, norm = d.read[js][:, rows], d.weight[js][:, rows], b.advantages[rows], d.norm[rows]
+            old = b.old_logp[it][js][:, rows]
+            ref = None if b.ref_logp is None else b.ref_logp[it][js][:, rows]
             with amp():
-                logp = token_logp(model, b.rollout, d.x[j][rows], read, rows, d.truncate)  # log π_θ(o_j | x_t)
+                logp = draws_logp(model, b.rollout, d, js, rows, chunk=len(rows))  # log π_θ(o_j | x_t)
                 loss, m = draw_loss(
                     logp, old, adv, read, weight, norm, epsilon, epsilon_high, beta, ref, len(b.advantages)
                 )

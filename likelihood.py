@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from model import forward_logits
+import blocks
+from families import block_size, family_of
+from model import forward_logits, selected_logits
 from sample import policy_logprobs
 
 ESTIMATORS = ("stepwise", "elbo", "one_step")
@@ -43,6 +45,7 @@ class Draws:
     # apply the rollout's top-k/top-p: only in the context x_t a token was sampled in; elsewhere
     # (ELBO, one-step) it may fall outside the truncation and get log p = -inf
     truncate: bool = True
+    steps: torch.Tensor | None = None  # (K, B) the step t of each stepwise draw (x is x_t)
 
 
 def completion_mask(rollout):
@@ -117,7 +120,7 @@ def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
     steps, weights = sample_steps(rollout, k, scheme, generator)
     # zero-weight draws (padding of `exact`) read nothing: their positions may hold EOS fill, -inf under top-k
     read = (rollout.unmask_step[None] == steps.T[:, :, None]) & (weights.T > 0)[..., None]
-    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
+    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float(), steps=steps.T)
 
 
 def elbo_draws(rollout, k, generator=None):
@@ -181,22 +184,60 @@ def token_logp(model, rollout, x, read, rows=None, truncate=True):
     return out.masked_scatter(read, lp.gather(-1, tokens[:, None]).squeeze(-1))
 
 
-def draws_logp(model, rollout, draws, chunk=64):
-    """Token log-probs of every draw, (K, B, G), with many (row, draw) pairs per forward pass.
-    Runs under whatever grad mode the caller set."""
-    K, B, L = draws.x.shape
-    x, read = draws.x.reshape(K * B, L), draws.read.reshape(K * B, -1)
-    rows = torch.arange(B, device=x.device).repeat(K)
+def packs(model, draws):
+    """Whether a row's draws share one forward: stepwise draws on a block-diffusion model whose
+    position i predicts token i (blocks.py). Otherwise each draw is its own forward input."""
+    return draws.steps is not None and block_size(model) > 0 and family_of(model).shift == 0
+
+
+def draw_passes(model, draws):
+    """The draws, as slices, that one forward pass computes: all of them when they pack, else one each
+    (one forward pass of memory under backward, whatever k is)."""
+    K = draws.x.shape[0]
+    return [slice(0, K)] if packs(model, draws) else [slice(j, j + 1) for j in range(K)]
+
+
+def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
+    """Token log-probs of the draws `js` for `rows` (default all), (K, n, G). Packed draws of a row
+    run in one forward; other draws as many (row, draw) pairs per forward pass as `chunk`. Runs
+    under whatever grad mode the caller set."""
+    rows = torch.arange(draws.x.shape[1], device=draws.x.device) if rows is None else rows
+    x, read = draws.x[js][:, rows], draws.read[js][:, rows]
+    if packs(model, draws):
+        return packed_logp(model, rollout, draws.steps[js][:, rows], read, rows)
+    K, n, L = x.shape
+    x, read, rows = x.reshape(K * n, L), read.reshape(K * n, -1), rows.repeat(K)
     parts = [
         token_logp(model, rollout, x[i : i + chunk], read[i : i + chunk], rows[i : i + chunk], draws.truncate)
-        for i in range(0, K * B, chunk)
+        for i in range(0, K * n, chunk)
     ]
-    return torch.cat(parts).view(K, B, -1)
+    return torch.cat(parts).view(K, n, -1)
+
+
+def packed_logp(model, rollout, steps, read, rows):
+    """log p_θ(o_j | x_t) of stepwise draws on a block-diffusion model, every draw of a row in one
+    forward: the clean sequence and one noisy copy of the block of each draw's step (blocks.py).
+    steps (K, n), read (K, n, G) -> (K, n, G), zero where not read."""
+    P, size = rollout.prompt_length, block_size(model)
+    ids = rollout.ids[rows]
+    packed, call, copy_read, columns = blocks.packed_states(
+        ids, rollout.attention_mask[rows], rollout.unmask_step[rows], P, steps.T, rollout.mask_id, size
+    )
+    copy_read &= read.transpose(0, 1).gather(2, columns - P)  # zero-weight draws read nothing
+    at = torch.zeros(packed.shape, dtype=torch.bool, device=packed.device)
+    at[:, ids.shape[1] :] = copy_read.flatten(1)
+    logits = selected_logits(model, packed, call, at)  # (N, V), row by row, copy by copy
+    tokens = ids.gather(1, columns.flatten(1)).view(copy_read.shape)[copy_read]
+    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, rollout.top_k, rollout.top_p, keep=tokens)
+    where = torch.zeros(read.transpose(0, 1).shape, dtype=torch.bool, device=read.device)
+    where.scatter_(2, columns - P, copy_read)
+    out = torch.zeros(where.shape, dtype=lp.dtype, device=lp.device)
+    return out.masked_scatter(where, lp.gather(-1, tokens[:, None]).squeeze(-1)).transpose(0, 1)
 
 
 def sequence_logp(model, rollout, draws, chunk=64):
     """The estimate of log π(o) per row: Σ_k weight_k Σ_{read} log p. (B,)"""
-    return (draws.weight[..., None] * draws_logp(model, rollout, draws, chunk)).sum((0, 2))
+    return (draws.weight[..., None] * draws_logp(model, rollout, draws, chunk=chunk)).sum((0, 2))
 
 
 def exact_logp(model, rollout, chunk=64):

@@ -18,9 +18,10 @@ import shutil
 
 import torch
 
+import blocks
 import tiny_llada
 from configurator import first_line
-from families import family_of, family_part, unwrap
+from families import block_size, family_of, family_part, unwrap
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -204,12 +205,17 @@ def forward_logits(model, ids, attention_mask=None, at=None):
 
 
 def _padded_logits(model, ids, attention_mask, at):
-    """forward_logits without the shift: the positions `at` themselves, padding handled."""
+    """forward_logits without the shift: the positions `at` themselves, padding handled. A block model
+    gets its block-causal mask built here, with the padding in it (SDAR's code reads a 2-D mask as
+    bidirectional)."""
+    if size := block_size(model):
+        attention_mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+        return selected_logits(model, ids, {"attention_mask": blocks.causal_mask(attention_mask, size)}, at)
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
     if pads is None or not bool(pads.any()):
-        return _selected_logits(model, ids, {}, at)
+        return selected_logits(model, ids, {}, at)
     if getattr(unwrap(model), "honours_padding_mask", False):
-        return _selected_logits(model, ids, {"attention_mask": attention_mask}, at)
+        return selected_logits(model, ids, {"attention_mask": attention_mask}, at)
     return _unpadded_logits(model, ids, pads, at)
 
 
@@ -226,16 +232,16 @@ def _unpadded_logits(model, ids, pads, at):
     for pad in pads.unique().tolist():
         rows = (pads == pad).nonzero().squeeze(1)
         if at is None:
-            part, where = _selected_logits(model, ids[rows, pad:], {}, None), (rows[:, None], slice(pad, None))
+            part, where = selected_logits(model, ids[rows, pad:], {}, None), (rows[:, None], slice(pad, None))
         elif torch.is_tensor(at):
             sub = at[rows.to(at.device), pad:]
-            part, where = _selected_logits(model, ids[rows, pad:], {}, sub), index[rows.to(at.device), pad:][sub]
+            part, where = selected_logits(model, ids[rows, pad:], {}, sub), index[rows.to(at.device), pad:][sub]
         else:  # (slice(None), slice(lo, hi)): the same columns, shifted by the padding cut off
             cols = at[1]
             shifted = slice(
                 None if cols.start is None else cols.start - pad, None if cols.stop is None else cols.stop - pad
             )
-            part, where = _selected_logits(model, ids[rows, pad:], {}, (slice(None), shifted)), rows
+            part, where = selected_logits(model, ids[rows, pad:], {}, (slice(None), shifted)), rows
         if out is None:
             V = part.shape[-1]
             out = part.new_zeros(
@@ -245,7 +251,8 @@ def _unpadded_logits(model, ids, pads, at):
     return out
 
 
-def _selected_logits(model, ids, kw, at):
+def selected_logits(model, ids, kw, at):
+    """logits[at] of model(ids, **kw), only those positions through the vocabulary head."""
     bare = unwrap(model)
     if at is None:
         return model(ids, **kw).logits

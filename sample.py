@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+import blocks
 from families import block_size
-from model import forward_logits
+from model import forward_logits, selected_logits
 
 UNMASKING = ("low_confidence", "random", "threshold")
 
@@ -218,13 +219,17 @@ def generate(
     threshold=None,
     pad_id=0,
     generator=None,
+    kv_cache=True,
 ):
     """Sample completions. prompt_ids: (B, P) left-padded tensor with `attention_mask`, or a list of
     token lists. A row whose finished blocks contain one of `eos_ids` is no longer computed; its
     later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
     there and what the estimators ignore (they draw only steps up to the last one that committed a
     non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
-    confidence threshold `threshold` instead of a fixed number of steps (generate_threshold)."""
+    confidence threshold `threshold` instead of a fixed number of steps (generate_threshold).
+    A block-diffusion model decodes with fixed steps over a KV cache of its finished blocks
+    (blocks.py): the same tokens as recomputing everything, at a fraction of the positions; with
+    kv_cache=False, or threshold decoding, every step runs the whole sequence."""
     check_settings(max_completion_length, block_length, sampling_steps, temperature, unmasking, top_k, top_p, threshold)
     check_blocks(model, block_length)
     gen_length, steps = max_completion_length, sampling_steps  # G and m, LLaDA's generate.py's names
@@ -251,7 +256,8 @@ def generate(
     if unmasking == "threshold":
         steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids, sampling)
     else:
-        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids, sampling)
+        cache = kv_cache and bool(block_size(model))
+        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids, sampling, cache)
     return Rollout(
         ids=x,
         attention_mask=attn,
@@ -269,8 +275,10 @@ def generate(
     )
 
 
-def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, stop_eos, sampling):
-    """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions."""
+def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, stop_eos, sampling, kv_cache=False):
+    """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions. kv_cache (a
+    block-causal model): the prompt and each finished block run once more to store their keys and
+    values, and each step runs only its block over them."""
     x, attn, unmask_step, logp, entropy = state
     B, device = x.shape[0], x.device
     n_blocks = gen_length // block_length
@@ -279,19 +287,33 @@ def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, sto
     fill_steps = torch.repeat_interleave(torch.arange(spb, device=device), torch.tensor(schedule, device=device))
     done = torch.zeros(B, dtype=torch.bool, device=device)
     passes = torch.zeros(B, dtype=torch.long, device=device)
+    cache, cached_rows = None, torch.arange(B, device=device)
+    if kv_cache:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        cached_call(model, x, attn, 0, P, cache, store=True)
     for b in range(n_blocks):
         lo, hi = P + b * block_length, P + (b + 1) * block_length
         rows = (~done).nonzero().squeeze(1)
+        if cache is not None and len(rows) < len(cached_rows):  # finished rows leave the cache too
+            cache.batch_select_indices(torch.searchsorted(cached_rows, rows))
+            cached_rows = rows
         passes[rows] += spb
         cols = torch.arange(lo, hi, device=device).expand(len(rows), -1)
         for i, k in enumerate(schedule):
-            logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
+            if cache is None:
+                logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
+            else:
+                logits = cached_call(model, x[rows], attn[rows], lo, hi, cache)
             lp, x_hat, conf = candidates(logits, **sampling, confidence=unmasking == "low_confidence")
             if unmasking == "random":
                 conf = uniform(x_hat.shape, sampling["generator"], device)
             conf = conf.masked_fill(x[rows, lo:hi] != sampling["mask_id"], float("-inf"))
             chosen = torch.zeros_like(conf, dtype=torch.bool).scatter_(1, conf.topk(k, dim=-1).indices, True)
             commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, torch.full_like(rows, b * spb + i), P)
+        if cache is not None and b < n_blocks - 1:  # the finished block's keys and values, for every later step
+            cached_call(model, x[rows], attn[rows], lo, hi, cache, store=True)
         if done.any():  # finished rows: EOS in this block's positions, in schedule order
             x[done, lo:hi] = stop_eos[0]
             unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
@@ -303,6 +325,12 @@ def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, sto
                     unmask_step[:, b2 * block_length : (b2 + 1) * block_length] = b2 * spb + fill_steps
                 break
     return passes
+
+
+def cached_call(model, x, attn, lo, hi, cache, store=False):
+    """Logits of positions [lo, hi) run over a cache of [0, lo) (none when storing them)."""
+    ids, kw = blocks.cached_call(x, attn, lo, hi, cache, block_size(model), store)
+    return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
 
 
 def generate_threshold(model, state, P, gen_length, block_length, threshold, stop_eos, sampling):

@@ -1,0 +1,168 @@
+"""blocks.py on the embedded block-diffusion model (tiny_block, blocks of 8): the cached rollout makes
+the same tokens as recomputing every step, and the packed forward gives every step's log-probs, value
+and gradient, as one forward per step does."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import chat
+
+from agrpo import MicroBatch, accumulate_gradients
+from likelihood import draw_passes, draws_logp, packs, stepwise_draws, token_logp
+from model import add_lora, load, set_gradient_checkpointing
+from sample import generate
+
+BLOCK = dict(tiny_overrides=dict(init_std=0.3))  # larger weights: confident, varied logits
+
+
+def block_model(seed=0):
+    return load("tiny_block", seed=seed, **BLOCK)
+
+
+def counting(model):
+    """A list whose first item counts the token positions every forward of `model` runs."""
+    count = [0]
+
+    def hook(module, args, kwargs):
+        count[0] += (args[0] if args else kwargs["input_ids"]).numel()
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return count
+
+
+@pytest.fixture(scope="module")
+def prompts_and_eos():
+    model, tok = block_model()
+    prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3"), chat(tok, "9 9 -> 81")]
+    greedy = generate(model, prompts, max_completion_length=32, block_length=8, sampling_steps=16, mask_id=1)
+    common = int(torch.mode(greedy.completion[:, :8].flatten()).values)  # a token some rows emit early
+    return prompts, (common,)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+@pytest.mark.parametrize("stop", ["none", "early"])
+def test_cached_rollout_makes_the_tokens_of_recomputing(prompts_and_eos, temperature, stop):
+    """Greedy and seeded sampling over the KV cache of finished blocks: the same tokens and steps as
+    running the whole sequence at every step, log-probs to float rounding, rows that end early left
+    out of the cache as they are of the computation; the forward positions are the prompt once, each
+    block once per step and once more to store it (the last block excepted), for the rows still running."""
+    prompts, eos = prompts_and_eos
+    model, tok = block_model()
+    count = counting(model)
+    kw = dict(max_completion_length=32, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id)
+    kw |= dict(eos_ids=eos if stop == "early" else (), pad_id=tok.pad_token_id, temperature=temperature, top_k=20)
+    runs = {}
+    for cached in (True, False):
+        count[0] = 0
+        runs[cached] = generate(model, prompts, generator=torch.Generator().manual_seed(1), kv_cache=cached, **kw)
+        runs[cached].positions = count[0]
+    cached, full = runs[True], runs[False]
+    assert torch.equal(cached.ids, full.ids) and torch.equal(cached.unmask_step, full.unmask_step)
+    torch.testing.assert_close(cached.logp, full.logp, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cached.entropy, full.entropy, atol=1e-4, rtol=0)
+    assert torch.equal(cached.passes, full.passes)
+    if stop == "early":
+        assert cached.passes.min() < cached.passes.max()  # some rows did stop early
+    B, P = cached.ids.shape[0], cached.prompt_length
+    blocks_run = cached.passes // 4  # 4 steps a block
+    stored = (blocks_run - (blocks_run == 4).long()).sum()  # every block run but the last of the sequence
+    assert cached.positions == B * P + 8 * (4 * blocks_run.sum() + stored)
+    assert full.positions == (P + 32) * int(cached.passes.sum())
+    assert full.positions > 4 * cached.positions
+
+
+def sampled(model, tok, prompts, eos, unmasking="low_confidence"):
+    kw = dict(max_completion_length=32, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id, eos_ids=eos)
+    kw |= dict(pad_id=tok.pad_token_id, temperature=0.9, top_k=20, unmasking=unmasking, threshold=0.5)
+    return generate(model, prompts, generator=torch.Generator().manual_seed(1), **kw)
+
+
+@pytest.mark.parametrize("variant", ["full", "lora", "checkpointing"])
+@pytest.mark.parametrize("scheme", ["exact", "uniform"])
+def test_packed_steps_equal_one_forward_per_step(prompts_and_eos, variant, scheme):
+    """All of a row's stepwise draws in one forward (clean sequence + a noisy copy of a block per
+    step) give the log-probs and their gradient of running each x_t in full, with and without LoRA
+    and activation checkpointing; the exact sum equals the rollout's recorded log-probs; the packed
+    forward runs P + G + K·8 positions a row instead of K·(P + G)."""
+    prompts, eos = prompts_and_eos
+    model, tok = block_model()
+    rollout = sampled(model, tok, prompts, eos)
+    if variant == "lora":
+        model = add_lora(model, 4, 8)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # nonzero adapters, so their gradients flow through the whole model
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    if variant == "checkpointing":
+        set_gradient_checkpointing(model)
+        model.train()
+    draws = stepwise_draws(rollout, 3, scheme, torch.Generator().manual_seed(0))
+    assert packs(model, draws) and draw_passes(model, draws) == [slice(0, draws.x.shape[0])]
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = counting(model)
+    packed = draws_logp(model, rollout, draws)
+    K, (B, L) = draws.x.shape[0], rollout.ids.shape
+    assert count[0] == B * (L + K * 8)
+    weights = torch.randn(packed.shape, generator=torch.Generator().manual_seed(2))
+    grad_packed = torch.autograd.grad((packed * weights).sum(), params)
+    per_step = torch.stack([token_logp(model, rollout, draws.x[j], draws.read[j]) for j in range(K)])
+    grad_per_step = torch.autograd.grad((per_step * weights).sum(), params)
+    assert torch.equal(packed != 0, draws.read) and torch.equal(per_step != 0, draws.read)
+    torch.testing.assert_close(packed, per_step, atol=1e-4, rtol=0)
+    for a, b in zip(grad_packed, grad_per_step):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=0)
+    if scheme == "exact" and variant == "full":
+        torch.testing.assert_close(packed.sum((0, 2)), rollout.logp.sum(1), atol=1e-4, rtol=0)
+
+
+def test_packed_steps_of_a_threshold_rollout():
+    """Threshold decoding takes its own number of steps per block and row: packing still gives each
+    step's log-probs, and the exact sum is the recorded one."""
+    model, tok = block_model()
+    prompts = [chat(tok, "2+3"), chat(tok, "Using the numbers [1, 2, 3], make 7.")]
+    rollout = sampled(model, tok, prompts, (), unmasking="threshold")
+    draws = stepwise_draws(rollout, 0, "exact")
+    with torch.no_grad():
+        packed = draws_logp(model, rollout, draws)
+        per_step = torch.stack([token_logp(model, rollout, draws.x[j], draws.read[j]) for j in range(len(draws.x))])
+    torch.testing.assert_close(packed, per_step, atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.sum((0, 2)), rollout.logp.sum(1), atol=1e-4, rtol=0)
+
+
+def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos):
+    """accumulate_gradients on a block model runs a micro-batch's draws in one forward and one
+    backward; the loss, metrics and gradient are those of the same draws run one by one."""
+    prompts, eos = prompts_and_eos
+    model, tok = block_model()
+    rollout = sampled(model, tok, prompts * 2, eos)
+    draws = stepwise_draws(rollout, 3, "low_discrepancy", torch.Generator().manual_seed(0))
+    old = rollout.logp[None].expand(3, -1, -1) - 0.5 * torch.rand((3, *rollout.logp.shape))  # some ratios clip
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0])
+
+    def gradient(d):
+        model.zero_grad()
+        batch = MicroBatch(
+            rollout,
+            [""] * 6,
+            torch.zeros(6),
+            torch.zeros(6),
+            torch.zeros(6),
+            advantages,
+            torch.arange(5),
+            [d],
+            [old],
+            None,
+        )
+        loss, metrics = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+        return loss, metrics, [p.grad.clone() for p in model.parameters()]
+
+    one_by_one = dataclasses.replace(draws, steps=None)  # without its steps a draw is its own forward
+    assert len(draw_passes(model, one_by_one)) == 3
+    (loss_a, metrics_a, grad_a), (loss_b, metrics_b, grad_b) = gradient(draws), gradient(one_by_one)
+    assert metrics_a["clipped_low"] + metrics_a["clipped_high"] > 0 and metrics_a["tokens"] == metrics_b["tokens"]
+    assert (
+        metrics_a["clipped_low"] == metrics_b["clipped_low"] and metrics_a["clipped_high"] == metrics_b["clipped_high"]
+    )
+    assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_b))
+    for a, b in zip(grad_a, grad_b):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=0)
