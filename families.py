@@ -1,6 +1,7 @@
 """Model families, each declared once: which configs are the family, where its transformer blocks and
-final norm are, which position's logits predict a token, its [MASK] id, and the modules LoRA adapts.
-A model of any other family stops at load with one line naming these.
+final norm are, which position's logits predict a token, its [MASK] id, the modules LoRA adapts and,
+for block-diffusion models, the block size. A model of any other family stops at load with one line
+naming these.
 """
 
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ class Family:
     lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts LLaDA's head "ff_out", as released
     shift: int = 0  # token i is predicted by position i - shift (0: LLaDA, masked LM; 1: Dream, next-token head)
     mask_id: int | None = None  # [MASK] when neither the tokenizer nor the config names one
-    block_size: str = ""  # block-causal attention: the config field holding the block size ("" = bidirectional)
+    block_size: int = 0  # block-causal attention in blocks of this size (0: bidirectional); a config's block_size wins
+    auto_class: str = "AutoModel"  # the transformers Auto class whose remote code class returns logits
 
 
 LLADA_LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -29,29 +31,45 @@ DREAM_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 FAMILIES = {  # LLaDA-8B-Instruct and 1.5; the embedded model (tiny_llada.py) in both conventions
     "llada": Family(("llada", "tiny_llada"), "model.transformer", "blocks", "ln_f", LLADA_LORA, mask_id=126336),
     "tiny_shifted": Family(("tiny_shifted",), "model.transformer", "blocks", "ln_f", LLADA_LORA, shift=1),
-    "tiny_block": Family(("tiny_block",), "model.transformer", "blocks", "ln_f", LLADA_LORA, block_size="block_size"),
+    "tiny_block": Family(("tiny_block",), "model.transformer", "blocks", "ln_f", LLADA_LORA, block_size=8),
     # Dream-v0-Instruct-7B: a Qwen2.5 body; its head predicts the next position, as in its generate()
     "dream": Family(("Dream",), "model", "layers", "norm", DREAM_LORA, shift=1, mask_id=151666),
+    # SDAR and TraDo (Qwen3 bodies): block-causal, blocks of 4 as trained and run by TraceRL; position i
+    # predicts token i. Their configs name no block size: add "block_size" to config.json for another.
+    "sdar": Family(
+        ("sdar",),
+        "model",
+        "layers",
+        "norm",
+        DREAM_LORA,
+        mask_id=151669,
+        block_size=4,
+        auto_class="AutoModelForCausalLM",
+    ),
 }
 
 
 def family_of(model):
     """The Family of a model, from its config's model_type; any other stops with one line."""
-    model_type = getattr(getattr(unwrap(model), "config", None), "model_type", None)
+    return family_of_config(getattr(unwrap(model), "config", None), type(unwrap(model)).__name__)
+
+
+def family_of_config(config, name=None):
+    """The Family of a model config (before its weights load); any other stops with one line."""
+    model_type = getattr(config, "model_type", None)
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
     supported = ", ".join(f"{name} ({', '.join(f.model_types)})" for name, f in FAMILIES.items())
     raise ValueError(
-        f"{type(unwrap(model)).__name__} (model_type {model_type!r}) is not a model family this code knows; "
-        f"supported: {supported}"
+        f"{name or 'a model'} (model_type {model_type!r}) is not a model family this code knows; supported: {supported}"
     )
 
 
 def block_size(model):
     """The block size of a block-causal model (its blocks are the sampler's blocks), or 0."""
-    field = family_of(model).block_size
-    return int(getattr(unwrap(model).config, field)) if field else 0
+    size = family_of(model).block_size
+    return int(getattr(unwrap(model).config, "block_size", None) or size) if size else 0
 
 
 def family_part(model, part):

@@ -21,7 +21,7 @@ import torch
 import blocks
 import tiny_llada
 from configurator import first_line
-from families import block_size, family_of, family_part, unwrap
+from families import block_size, family_of, family_of_config, family_part, unwrap
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -161,15 +161,19 @@ def missing_model_files(folder):
 
 
 def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
-    from transformers import AutoModel, AutoTokenizer
+    import transformers
 
     problem = model_path_error(name_or_path)
     if problem:
         raise ValueError(problem)
     name_or_path = resolved(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or "auto")
+        config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        auto_class = getattr(transformers, family_of_config(config).auto_class)  # the class whose forward gives logits
+        tok = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = auto_class.from_pretrained(
+            name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
+        )
     # no such hub id, no network, a file missing or damaged (safetensors and tokenizers raise their own
     # types), a tokenizer transformers cannot map to the config's class, remote code needing a package
     except Exception as e:
