@@ -1,5 +1,5 @@
 """Block-diffusion models (SDAR, TraDo, the embedded tiny_block): attention by blocks, and the two
-exact shortcuts it gives (ALGORITHM.md §5).
+exact shortcuts it gives (ALGORITHM.md §6).
 
 A block-causal model cuts the sequence into blocks of `size` (counted from the end, so a completion
 of whole blocks lines up with the sampler's blocks) and lets a position see its own block and every

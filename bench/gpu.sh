@@ -32,7 +32,7 @@ run() {  # run NAME CMD...: keep going if one fails, so one call yields every ta
     echo "== $name: $*"
     local t0=$SECONDS
     "$@" > "$OUT/gpu_$name.txt" 2>&1; local rc=$?
-    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out)' | grep -v '^# matmul' | tail -24
+    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out|cached rollout|exact sum)' | grep -v '^# matmul' | tail -24
     [ $rc -eq 0 ] || { echo "!! $name exited with $rc:"; grep -v '^\s*$' "$OUT/gpu_$name.txt" | tail -4; }
     echo "   ($((SECONDS - t0)) s)"
 }
@@ -53,6 +53,10 @@ eager)
     run train_lora_cast $train --lora_r=64 --gradient_checkpointing --peft_input_cast
     # full fine-tuning, checkpointing (no target)
     run train_full $train --gradient_checkpointing
+    # block-causal LLaDA-8B shape, 384 tokens in blocks of 12, 128 steps: cached rollout against recomputing
+    # (target: >= 10x fewer positions), exact packed sum against k = 2 / 24 draws (target: <= 5 full passes)
+    run blocks python3 bench/bench_blocks.py --model_shape=llada8b --device=cuda --lora_r=64 --gradient_checkpointing \
+        --recompute_in_full=False
     # the embedded pipeline on CUDA (bf16 autocast): must finish and log finite losses
     run tiny_train $tiny --output_dir=/tmp/tiny_cuda
     run tiny_train_threshold $tiny --unmasking=threshold --output_dir=/tmp/tiny_cuda_threshold

@@ -26,6 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             ],
         ),
         ("bench/bench_train.py", ["--profile", "--lora_r=4"], ["| k=2 fwd+bwd", "Self CPU time total"]),
+        (
+            "bench/bench_blocks.py",
+            [],
+            ["identical tokens: True", "| exact sum, one packed forward", "full passes (bound"],
+        ),
     ],
 )
 def test_bench_quick(script, flags, expect):

@@ -1,0 +1,187 @@
+"""What block-causal attention buys (blocks.py), measured on one model side by side: the rollout with
+and without the KV cache of finished blocks, and the AGRPO update (forward + backward of
+agrpo.accumulate_gradients) with the exact stepwise sum in one packed forward, k sampled steps
+packed, the same k steps one forward each, and the exact sum recomputing every step in full.
+
+    python bench/bench_blocks.py                                 # CPU, the embedded block model
+    python bench/bench_blocks.py --model_shape=llada8b           # LLaDA-8B's shape, block-causal, bf16
+
+The default shape is the one the block comparison is stated for: 384 completion tokens in blocks of
+12, 128 steps (4 a block), a 128-token prompt. Token positions are counted by a hook on the model's
+forward (every position any forward runs); "full passes" divides them by one pass over the batch.
+Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the process's resident memory above
+its level before the call, sampled every millisecond (an approximation, said so in the table).
+"""
+
+import ctypes
+import dataclasses
+import os
+import sys
+import threading
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import LLADA_8B, amp, environment, random_tokens, sync  # noqa: E402
+
+from agrpo import MicroBatch, accumulate_gradients  # noqa: E402
+from configurator import configure  # noqa: E402
+from likelihood import stepwise_draws  # noqa: E402
+from model import add_lora, load, set_gradient_checkpointing  # noqa: E402
+from sample import generate  # noqa: E402
+from tiny_llada import TinyBlockConfig, TinyBlockModel  # noqa: E402
+
+# --- config
+model_shape = "tiny"  # tiny: the embedded block model (random, peaked) | llada8b: LLaDA-8B's shape, block-causal, bf16
+device = ""  # cuda | cpu ("" = cuda when there is one)
+per_device_train_batch_size = 4  # sequences of the rollout and of the update
+prompt_length = 128  # prompt tokens (random ids)
+max_completion_length = 384  # G: completion tokens
+block_length = 12  # the model's block size, the sampler's blocks
+sampling_steps = 128  # m: unmasking steps
+mc_samples = (2, 24)  # k of the sampled-step rows
+lora_r = 0  # LoRA rank of the update (0: every weight trained)
+gradient_checkpointing = False  # recompute each block's activations in the backward pass
+recompute_in_full = True  # time the exact sum by m full forwards too (the slowest row)
+repeats = 2  # timed calls (after one warm-up)
+quick = False  # tiny sizes: checks the script runs
+# --- end of config
+
+args = dataclasses.make_dataclass("Args", [])()
+args.__dict__.update(configure(__file__))
+args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+if args.quick:
+    args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 2, 16, 48
+    args.sampling_steps, args.mc_samples, args.repeats = 16, (2,), 1
+cuda = args.device.startswith("cuda")
+B, P, G, size, m = (
+    args.per_device_train_batch_size,
+    args.prompt_length,
+    args.max_completion_length,
+    args.block_length,
+    args.sampling_steps,
+)
+
+if args.model_shape == "tiny":
+    model, tok = load("tiny_block", device=args.device, tiny_overrides=dict(block_size=size, init_std=0.3))
+    mask_id, vocab = tok.mask_token_id, len(tok)
+else:
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(args.device):
+        model = TinyBlockModel(TinyBlockConfig(**LLADA_8B, mask_token_id=126336, block_size=size))
+    torch.set_default_dtype(torch.float32)
+    mask_id, vocab = 126336, LLADA_8B["vocab_size"]
+model.eval()
+positions = [0]
+model.register_forward_pre_hook(
+    lambda module, a, kw: positions.__setitem__(0, positions[0] + (a[0] if a else kw["input_ids"]).numel()),
+    with_kwargs=True,
+)
+
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(fn):
+    """(result, seconds per call, token positions per call, peak memory in MiB) of fn, repeated."""
+    fn()  # warm-up
+    sync(args.device)
+    positions[0], peak, stop = 0, [0], threading.Event()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed by earlier cases back, so growth shows again
+        base = rss()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss() - base)
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):
+        out = fn()
+    sync(args.device)
+    seconds = (time.perf_counter() - t0) / args.repeats
+    stop.set()
+    memory = (torch.cuda.max_memory_allocated() - base) if cuda else peak[0]
+    return out, seconds, positions[0] // args.repeats, memory / 2**20
+
+
+prompts = random_tokens((B, P), vocab, mask_id, torch.Generator().manual_seed(0)).to(args.device)
+kw = dict(max_completion_length=G, block_length=size, sampling_steps=m, mask_id=mask_id, temperature=0.9)
+rollouts = {}
+for cached in (True, False):
+    rollouts[cached] = measure(
+        lambda cached=cached: generate(
+            model, prompts, generator=torch.Generator().manual_seed(1), kv_cache=cached, **kw
+        )
+    )
+same = torch.equal(rollouts[True][0].ids, rollouts[False][0].ids)
+rollout = rollouts[True][0]
+full_pass = B * (P + G)
+
+n_params = sum(p.numel() for p in model.parameters())
+print(f"# bench_blocks: {args.model_shape} ({n_params / 1e6:.1f}M params), {environment(args.device)}")
+print(f"# batch {B} x ({P} + {G}), blocks of {size}, {m} steps ({m // (G // size)} a block)", end="")
+print(f"; one full pass = {full_pass} positions")
+memory_note = "CUDA max allocated above the start" if cuda else "CPU resident memory above the start, sampled each ms"
+print(f"\n| rollout (seeded, T = 0.9) | seconds | token positions | full passes | peak memory MiB ({memory_note}) |")
+print("|---|---:|---:|---:|---:|")
+for cached, name in ((True, "KV cache of finished blocks"), (False, "every step over the whole sequence")):
+    _, s, n, mem = rollouts[cached]
+    print(f"| {name} | {s:.3f} | {n} | {n / full_pass:.1f} | {mem:.1f} |")
+ratio = rollouts[False][2] / rollouts[True][2]
+speed = rollouts[False][1] / rollouts[True][1]
+print(f"cached rollout: {ratio:.1f}x fewer token positions, {speed:.1f}x faster; identical tokens: {same}")
+
+if args.lora_r:
+    model = add_lora(model, args.lora_r, args.lora_r, under_autocast=cuda)
+if args.gradient_checkpointing:
+    set_gradient_checkpointing(model)
+model.train()
+advantages = torch.randn(B, generator=torch.Generator().manual_seed(1)).to(args.device)
+rows = torch.arange(B, device=args.device)
+
+
+def update(draws):
+    with amp(args.device):
+        old = [rollout.logp[None].expand(draws.x.shape[0], -1, -1)]
+        batch = MicroBatch(rollout, [], None, None, None, advantages, rows, [draws], old, None)
+        accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+    for p in model.parameters():
+        p.grad = None
+
+
+cases = [("exact sum, one packed forward", stepwise_draws(rollout, 0, "exact"))]
+for k in args.mc_samples:
+    draws = stepwise_draws(rollout, k, "low_discrepancy", torch.Generator().manual_seed(2))
+    cases += [(f"k={k} sampled steps, packed", draws), (f"k={k} sampled steps, one forward each", draws)]
+if args.recompute_in_full:
+    cases.append(("exact sum, every step recomputed in full", stepwise_draws(rollout, 0, "exact")))
+print(
+    f"\n| update: forward + backward, lora_r={args.lora_r}, checkpointing={args.gradient_checkpointing} "
+    f"| seconds | token positions | full passes | peak memory MiB |"
+)
+print("|---|---:|---:|---:|---:|")
+results = {}
+for name, draws in cases:
+    if "each" in name or "in full" in name:
+        draws = dataclasses.replace(draws, steps=None)  # without its steps, each draw is its own forward
+    _, s, n, mem = measure(lambda draws=draws: update(draws))
+    results[name] = n
+    print(f"| {name} | {s:.3f} | {n} | {n / full_pass:.2f} | {mem:.1f} |")
+exact = results["exact sum, one packed forward"]
+spb = m // (G // size)
+print(f"exact sum: {exact / full_pass:.2f} full passes (bound 1 + steps a block = {1 + spb})", end="")
+if "k=24 sampled steps, one forward each" in results:
+    print(f"; {results['k=24 sampled steps, one forward each'] / exact:.1f}x fewer positions than 24 full passes")
+else:
+    print()
