@@ -52,44 +52,34 @@ def cached_call(ids, attention_mask, lo, hi, cache, size, store=False):
     return ids[:, lo:hi], dict(attention_mask=mask, position_ids=positions, past_key_values=cache, store_kv=store)
 
 
-def step_blocks(unmask_step, steps, size):
-    """(B, m) the completion block (counted from the completion's start) each step of each row filled.
-    Raises ValueError unless every row filled its blocks one after another, which the packed
-    forward's exactness rests on."""
-    B, G = unmask_step.shape
-    block = (torch.arange(G, device=unmask_step.device) // size).expand(B, -1)
-    filled = unmask_step.clamp(min=0)
-    first = torch.full((B, G // size), steps, device=filled.device).scatter_reduce(1, block, filled, "amin")
-    last = torch.zeros((B, G // size), dtype=torch.long, device=filled.device).scatter_reduce(1, block, filled, "amax")
-    if bool((last[:, :-1] > first[:, 1:]).any()):
-        raise ValueError("a rollout whose blocks were not filled one after another cannot be scored block by block")
-    out = torch.zeros((B, steps), dtype=torch.long, device=filled.device)
-    return out.scatter_(1, filled, block)
+def packed_states(ids, attention_mask, x, read, prompt_length, size):
+    """One forward's input that scores K draws per row block by block. ids (n, L): the final
+    sequences; x (K, n, L): the draws' inputs; read (K, n, G): the completion positions each scores.
+    Every block a draw reads becomes one copy of that block of x, which sees the blocks of ids before
+    it and itself. Returns (packed ids, call arguments, read, columns, draw): the (n, L + C·size)
+    input with its mask and positions; per copy position (n, C, size) whether it is scored and the
+    column of ids it stands for; per copy (n, C) its draw. C is the most copies of any row; a row's
+    spare copies score nothing."""
+    K, n, L = x.shape
+    P, device = prompt_length, x.device
+    blocks = (L - P) // size
+    wanted = read.view(K, n, blocks, size).any(-1).transpose(0, 1).reshape(n, K * blocks)  # (row, draw·block)
+    C = max(int(wanted.sum(1).max()), 1)
+    order = torch.sort((~wanted).long(), dim=1, stable=True).indices[:, :C]  # each row's read (draw, block) first
+    valid = wanted.gather(1, order)
+    draw, block = order // blocks, (order % blocks).masked_fill(~valid, 0)
+    columns = P + block[..., None] * size + torch.arange(size, device=device)  # (n, C, size)
+    rows = torch.arange(n, device=device)[:, None, None]
+    copies = x[draw[..., None], rows, columns]
+    copy_read = read[draw[..., None], rows, columns - P] & valid[..., None]
 
-
-def packed_states(ids, attention_mask, unmask_step, prompt_length, steps, mask_id, size):
-    """One forward's inputs for the states x_t of K steps per row: ids (n, L) the finished sequences,
-    steps (n, K) the steps. Returns (ids, call arguments, read, columns): the packed (n, L + K·size)
-    input, its mask and positions, which copy positions hold a token of their step (unmask_step == t)
-    and the column of ids each copy position stands for, both (n, K, size)."""
-    n, L = ids.shape
-    P, K = prompt_length, steps.shape[1]
-    all_blocks = step_blocks(unmask_step, int(unmask_step.max()) + 1 if unmask_step.numel() else 1, size)
-    block = all_blocks.gather(1, steps.clamp(max=all_blocks.shape[1] - 1))  # (n, K)
-    offsets = P + block[..., None] * size + torch.arange(size, device=ids.device)  # (n, K, size) absolute columns
-    rows = torch.arange(n, device=ids.device)[:, None, None]
-    step_of = unmask_step[rows, offsets - P]
-    copies = ids[rows, offsets].masked_fill(step_of >= steps[..., None], mask_id)  # x_t inside block b(t)
-    read = step_of == steps[..., None]
     packed = torch.cat([ids, copies.flatten(1)], 1)
-    positions = torch.cat([torch.arange(L, device=ids.device).expand(n, -1), offsets.flatten(1)], 1)
-
-    Q = L + K * size
-    mask = torch.zeros((n, 1, Q, Q), dtype=torch.bool, device=ids.device)
+    positions = torch.cat([torch.arange(L, device=device).expand(n, -1), columns.flatten(1)], 1)
+    Q = L + C * size
+    mask = torch.zeros((n, 1, Q, Q), dtype=torch.bool, device=device)
     mask[:, :, :L, :L] = causal_mask(attention_mask, size)
-    copy = torch.arange(K, device=ids.device).repeat_interleave(size)  # which copy each packed position is
+    copy = torch.arange(C, device=device).repeat_interleave(size)  # which copy each packed position is
     mask[:, 0, L:, L:] = copy[:, None] == copy[None, :]  # a copy sees itself, no other copy
-    before = torch.arange(L, device=ids.device)[None, None] < (P + block * size).repeat_interleave(size, 1)[..., None]
+    before = torch.arange(L, device=device) < columns[:, :, :1].repeat_interleave(size, 1)  # (n, C·size, L)
     mask[:, 0, L:, :L] = before & attention_mask.bool()[:, None, :]  # and the real clean prefix before its block
-    call = dict(attention_mask=mask, position_ids=positions)
-    return packed, call, read, offsets
+    return packed, dict(attention_mask=mask, position_ids=positions), copy_read, columns, draw

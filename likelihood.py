@@ -45,7 +45,9 @@ class Draws:
     # apply the rollout's top-k/top-p: only in the context x_t a token was sampled in; elsewhere
     # (ELBO, one-step) it may fall outside the truncation and get log p = -inf
     truncate: bool = True
-    steps: torch.Tensor | None = None  # (K, B) the step t of each stepwise draw (x is x_t)
+    # on a block-diffusion model, score each block read given the final blocks before it (blocks.py):
+    # exactly x_t's output for a stepwise draw, the block-wise ELBO for an ELBO draw
+    blockwise: bool = True
 
 
 def completion_mask(rollout):
@@ -120,7 +122,7 @@ def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
     steps, weights = sample_steps(rollout, k, scheme, generator)
     # zero-weight draws (padding of `exact`) read nothing: their positions may hold EOS fill, -inf under top-k
     read = (rollout.unmask_step[None] == steps.T[:, :, None]) & (weights.T > 0)[..., None]
-    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float(), steps=steps.T)
+    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
 
 
 def elbo_draws(rollout, k, generator=None):
@@ -156,6 +158,7 @@ def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
         torch.full((k, B), 1.0 / k, device=x.device),
         keep.sum(1).float(),
         truncate=False,
+        blockwise=False,  # its masked prompt is part of what it conditions on
     )
 
 
@@ -185,9 +188,9 @@ def token_logp(model, rollout, x, read, rows=None, truncate=True):
 
 
 def packs(model, draws):
-    """Whether a row's draws share one forward: stepwise draws on a block-diffusion model whose
+    """Whether a row's draws share one forward: blockwise draws on a block-diffusion model whose
     position i predicts token i (blocks.py). Otherwise each draw is its own forward input."""
-    return draws.steps is not None and block_size(model) > 0 and family_of(model).shift == 0
+    return draws.blockwise and block_size(model) > 0 and family_of(model).shift == 0
 
 
 def draw_passes(model, draws):
@@ -204,7 +207,7 @@ def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
     rows = torch.arange(draws.x.shape[1], device=draws.x.device) if rows is None else rows
     x, read = draws.x[js][:, rows], draws.read[js][:, rows]
     if packs(model, draws):
-        return packed_logp(model, rollout, draws.steps[js][:, rows], read, rows)
+        return packed_logp(model, rollout, x, read, rows, draws.truncate)
     K, n, L = x.shape
     x, read, rows = x.reshape(K * n, L), read.reshape(K * n, -1), rows.repeat(K)
     parts = [
@@ -214,25 +217,24 @@ def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
     return torch.cat(parts).view(K, n, -1)
 
 
-def packed_logp(model, rollout, steps, read, rows):
-    """log p_θ(o_j | x_t) of stepwise draws on a block-diffusion model, every draw of a row in one
-    forward: the clean sequence and one noisy copy of the block of each draw's step (blocks.py).
-    steps (K, n), read (K, n, G) -> (K, n, G), zero where not read."""
-    P, size = rollout.prompt_length, block_size(model)
-    ids = rollout.ids[rows]
-    packed, call, copy_read, columns = blocks.packed_states(
-        ids, rollout.attention_mask[rows], rollout.unmask_step[rows], P, steps.T, rollout.mask_id, size
+def packed_logp(model, rollout, x, read, rows, truncate=True):
+    """log p_θ(o_j | ·) of draws on a block-diffusion model, all of a row's in one forward: the final
+    sequence and one copy of each block a draw reads (blocks.py). x (K, n, L), read (K, n, G) ->
+    (K, n, G), zero where not read."""
+    P, ids = rollout.prompt_length, rollout.ids[rows]
+    packed, call, copy_read, columns, draw = blocks.packed_states(
+        ids, rollout.attention_mask[rows], x, read, P, block_size(model)
     )
-    copy_read &= read.transpose(0, 1).gather(2, columns - P)  # zero-weight draws read nothing
     at = torch.zeros(packed.shape, dtype=torch.bool, device=packed.device)
     at[:, ids.shape[1] :] = copy_read.flatten(1)
     logits = selected_logits(model, packed, call, at)  # (N, V), row by row, copy by copy
     tokens = ids.gather(1, columns.flatten(1)).view(copy_read.shape)[copy_read]
-    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, rollout.top_k, rollout.top_p, keep=tokens)
-    where = torch.zeros(read.transpose(0, 1).shape, dtype=torch.bool, device=read.device)
-    where.scatter_(2, columns - P, copy_read)
-    out = torch.zeros(where.shape, dtype=lp.dtype, device=lp.device)
-    return out.masked_scatter(where, lp.gather(-1, tokens[:, None]).squeeze(-1)).transpose(0, 1)
+    top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
+    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p, keep=tokens)
+    row = torch.arange(len(rows), device=packed.device)[:, None, None].expand(copy_read.shape)
+    where = (draw[..., None].expand(copy_read.shape)[copy_read], row[copy_read], (columns - P)[copy_read])
+    out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)
+    return out.index_put(where, lp.gather(-1, tokens[:, None]).squeeze(-1))
 
 
 def sequence_logp(model, rollout, draws, chunk=64):

@@ -156,7 +156,7 @@ def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos):
         loss, metrics = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
         return loss, metrics, [p.grad.clone() for p in model.parameters()]
 
-    one_by_one = dataclasses.replace(draws, steps=None)  # without its steps a draw is its own forward
+    one_by_one = dataclasses.replace(draws, blockwise=False)  # a draw that is not blockwise is its own forward
     assert len(draw_passes(model, one_by_one)) == 3
     (loss_a, metrics_a, grad_a), (loss_b, metrics_b, grad_b) = gradient(draws), gradient(one_by_one)
     assert metrics_a["clipped_low"] + metrics_a["clipped_high"] > 0 and metrics_a["tokens"] == metrics_b["tokens"]
@@ -166,3 +166,30 @@ def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos):
     assert abs(loss_a - loss_b) <= 1e-5 * max(1.0, abs(loss_b))
     for a, b in zip(grad_a, grad_b):
         torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=0)
+
+
+def test_elbo_draws_on_a_block_model_score_each_block_given_the_final_blocks_before_it(prompts_and_eos):
+    """The ELBO's masks span every block; on a block model each block is scored given the final
+    blocks before it (the block-wise bound), in one forward: equal to running, per draw and block,
+    the final sequence with only that block replaced by the draw's. One-step draws stay literal."""
+    from likelihood import elbo_draws, one_step_draws
+
+    prompts, eos = prompts_and_eos
+    model, tok = block_model()
+    rollout = sampled(model, tok, prompts, eos)
+    draws = elbo_draws(rollout, 2, torch.Generator().manual_seed(0))
+    count = counting(model)
+    with torch.no_grad():
+        packed = draws_logp(model, rollout, draws)
+        (B, L), P, G = rollout.ids.shape, rollout.prompt_length, 32
+        assert count[0] == B * (L + 2 * G)  # every block of both draws is read: 2·4 copies of 8
+        expected = torch.zeros_like(packed)
+        for j in range(2):
+            for c in range(G // 8):
+                x = rollout.ids.clone()
+                x[:, P + 8 * c : P + 8 * c + 8] = draws.x[j, :, P + 8 * c : P + 8 * c + 8]
+                read = torch.zeros_like(draws.read[j])
+                read[:, 8 * c : 8 * c + 8] = draws.read[j, :, 8 * c : 8 * c + 8]
+                expected[j] += token_logp(model, rollout, x, read, truncate=False)
+        torch.testing.assert_close(packed, expected, atol=1e-4, rtol=0)
+        assert not packs(model, one_step_draws(rollout, 1, torch.Generator().manual_seed(0)))
