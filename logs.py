@@ -17,8 +17,9 @@ REPORTERS = ("none", "tensorboard", "wandb")
 SHOWN = ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")  # on the progress bar
 
 
-def step_means(cfg, batches, loss, metrics, device):
-    """The logged means of a step over every rank's completions and tokens."""
+def step_means(cfg, batches, loss, metrics, device, positions=0):
+    """The logged means of a step over every rank's completions and tokens; positions: the token
+    positions this rank's forward passes ran in the step (rollouts, likelihood passes, update)."""
     rewards = torch.cat([b.rewards for b in batches])
     accuracy = torch.cat([b.accuracy for b in batches])
     group_std = rewards.view(-1, cfg.num_generations).std(1)
@@ -47,6 +48,7 @@ def step_means(cfg, batches, loss, metrics, device):
         "frac_rows_left_out": sum(len(b.advantages) - len(b.rows) for b in batches)
         / len(rewards),  # advantage 0: no passes
         "frac_prompts_cut": sum(b.prompts_cut for b in batches) / len(rewards),  # longer than max_prompt_length
+        "positions": positions / len(rewards),  # forward token positions per completion: the step's compute
     }
     return dict(zip(stats, mean_over_ranks([float(v) for v in stats.values()], device)))
 

@@ -279,6 +279,18 @@ def selected_logits(model, ids, kw, at):
     return logits
 
 
+def count_positions(model):
+    """A one-item list counting the token positions that every forward of `model` runs from now on
+    (the input ids' size: prompt padding, cached and packed inputs as they are run)."""
+    count = [0]
+
+    def hook(module, args, kwargs):
+        count[0] += (args[0] if args else kwargs["input_ids"]).numel()
+
+    unwrap(model).register_forward_pre_hook(hook, with_kwargs=True)
+    return count
+
+
 def check_compatible(model, tok):
     if tok.mask_token_id is None:
         raise ValueError("tokenizer has no mask token: a masked diffusion LM needs `mask_token_id`")

@@ -198,7 +198,10 @@ def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step, P
 def check_blocks(model, block_length):
     """A block-causal model decodes in its own blocks: raise ValueError for any other block length."""
     if (size := block_size(model)) and block_length != size:
-        raise ValueError(f"block_length={block_length} must be the model's block size {size}: it attends by blocks")
+        raise ValueError(
+            f"block_length={block_length} must be the model's block size {size}: it attends by blocks (a model "
+            "trained with other blocks whose config names none: add its block_size to config.json)"
+        )
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from configurator import ConfigError, configure
 from eval import run_accuracy
 from families import unwrap
 from likelihood import ESTIMATORS, SCHEMES
-from model import load_policy, model_path_error, resolved
+from model import count_positions, load_policy, model_path_error, resolved
 from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
@@ -247,12 +247,13 @@ def main():
         )
         nonfinite.update(counters)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    positions = count_positions(model)  # the compute of each step, logged per completion
 
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
     finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
     try:
         for step in bar:
-            t0 = time.time()
+            t0, positions[0] = time.time(), 0
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks
             batches = []
             for a in range(cfg.gradient_accumulation_steps):
@@ -275,7 +276,7 @@ def main():
                 halt(step + 1, "the weights are not finite after the optimizer step", "Lower --learning_rate.")
 
             # 3. log: means over every rank's completions
-            row = logs.step_means(cfg, batches, loss, metrics, device)
+            row = logs.step_means(cfg, batches, loss, metrics, device, positions[0])
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:

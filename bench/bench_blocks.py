@@ -28,7 +28,7 @@ from common import LLADA_8B, amp, environment, random_tokens, sync  # noqa: E402
 from agrpo import MicroBatch, accumulate_gradients  # noqa: E402
 from configurator import configure  # noqa: E402
 from likelihood import stepwise_draws  # noqa: E402
-from model import add_lora, load, set_gradient_checkpointing  # noqa: E402
+from model import add_lora, count_positions, load, set_gradient_checkpointing  # noqa: E402
 from sample import generate  # noqa: E402
 from tiny_llada import TinyBlockConfig, TinyBlockModel  # noqa: E402
 
@@ -74,11 +74,7 @@ else:
     torch.set_default_dtype(torch.float32)
     mask_id, vocab = 126336, LLADA_8B["vocab_size"]
 model.eval()
-positions = [0]
-model.register_forward_pre_hook(
-    lambda module, a, kw: positions.__setitem__(0, positions[0] + (a[0] if a else kw["input_ids"]).numel()),
-    with_kwargs=True,
-)
+positions = count_positions(model)
 
 
 def rss():

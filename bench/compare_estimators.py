@@ -188,11 +188,31 @@ sweep_lines = [
 for e in ESTIMATORS:
     cells = [f"{100 * mean(list(sweep[e, lr, args.tune_seed, None, 'validation'].values())):.1f}" for lr in rates]
     sweep_lines.append(f"| {e} | " + " | ".join(cells) + f" | {best[e]:g} |")
-test_lines = ["| model | rate | " + " | ".join(f"m = {m}" for m in ms) + " |", "|---|---|" + "---:|" * len(ms)]
-test_lines.append("| base | | " + " | ".join(f"{100 * base_scores['test'][m]:.1f}" for m in ms) + " |")
+
+
+def positions(label):
+    """Forward token positions per completion and step of a run (its log), or None for a log without them."""
+    rows = [json.loads(x) for x in open(os.path.join(out, "runs", label, "log.jsonl"))]
+    return mean([r["positions"] for r in rows]) if all("positions" in r for r in rows) else None
+
+
+m_train = cfg["sampling_steps"]
+test_lines = [
+    "| model | rate | " + " | ".join(f"m = {m}" for m in ms) + " | positions per completion-step | "
+    f"points above base at m = {m_train} per 1,000 of them |",
+    "|---|---|" + "---:|" * (len(ms) + 2),
+]
+test_lines.append("| base | | " + " | ".join(f"{100 * base_scores['test'][m]:.1f}" for m in ms) + " | | |")
 for label, runs in rows_of.items():
     rate = best["stepwise" if label.startswith("exact") else label]
     cells = [f"{100 * mean_se([r[m] for r in runs])[0]:.1f} ± {100 * mean_se([r[m] for r in runs])[1]:.1f}" for m in ms]
+    est, scheme = ("stepwise", "exact") if label.startswith("exact") else (label, None)
+    used = [positions(name(est, rate, s, scheme)) for s in seeds]
+    if None in used or m_train not in ms:
+        cells += ["", ""]
+    else:
+        gain = 100 * (mean([r[m_train] for r in runs]) - base_scores["test"][m_train])
+        cells += [f"{mean(used):.0f}", f"{1000 * gain / mean(used):+.2f}"]
     test_lines.append(f"| {label} | {rate:g} | " + " | ".join(cells) + " |")
 verdict = []  # paired by seed: runs of one seed see the same prompts, so part of their noise cancels
 for other in ("one_step", "elbo", "exact (stepwise rate)"):

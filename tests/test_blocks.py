@@ -10,7 +10,7 @@ from conftest import chat
 
 from agrpo import MicroBatch, accumulate_gradients
 from likelihood import draw_passes, draws_logp, packs, stepwise_draws, token_logp
-from model import add_lora, load, set_gradient_checkpointing
+from model import add_lora, count_positions, load, set_gradient_checkpointing
 from sample import generate
 
 BLOCK = dict(tiny_overrides=dict(init_std=0.3))  # larger weights: confident, varied logits
@@ -18,17 +18,6 @@ BLOCK = dict(tiny_overrides=dict(init_std=0.3))  # larger weights: confident, va
 
 def block_model(seed=0):
     return load("tiny_block", seed=seed, **BLOCK)
-
-
-def counting(model):
-    """A list whose first item counts the token positions every forward of `model` runs."""
-    count = [0]
-
-    def hook(module, args, kwargs):
-        count[0] += (args[0] if args else kwargs["input_ids"]).numel()
-
-    model.register_forward_pre_hook(hook, with_kwargs=True)
-    return count
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def test_cached_rollout_makes_the_tokens_of_recomputing(prompts_and_eos, tempera
     block once per step and once more to store it (the last block excepted), for the rows still running."""
     prompts, eos = prompts_and_eos
     model, tok = block_model()
-    count = counting(model)
+    count = count_positions(model)
     kw = dict(max_completion_length=32, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id)
     kw |= dict(eos_ids=eos if stop == "early" else (), pad_id=tok.pad_token_id, temperature=temperature, top_k=20)
     runs = {}
@@ -99,7 +88,7 @@ def test_packed_steps_equal_one_forward_per_step(prompts_and_eos, variant, schem
     draws = stepwise_draws(rollout, 3, scheme, torch.Generator().manual_seed(0))
     assert packs(model, draws) and draw_passes(model, draws) == [slice(0, draws.x.shape[0])]
     params = [p for p in model.parameters() if p.requires_grad]
-    count = counting(model)
+    count = count_positions(model)
     packed = draws_logp(model, rollout, draws)
     K, (B, L) = draws.x.shape[0], rollout.ids.shape
     assert count[0] == B * (L + K * 8)
@@ -178,7 +167,7 @@ def test_elbo_draws_on_a_block_model_score_each_block_given_the_final_blocks_bef
     model, tok = block_model()
     rollout = sampled(model, tok, prompts, eos)
     draws = elbo_draws(rollout, 2, torch.Generator().manual_seed(0))
-    count = counting(model)
+    count = count_positions(model)
     with torch.no_grad():
         packed = draws_logp(model, rollout, draws)
         (B, L), P, G = rollout.ids.shape, rollout.prompt_length, 32

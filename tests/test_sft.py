@@ -66,7 +66,11 @@ SHIPPED = sorted(glob.glob(os.path.join(ROOT, "models", "*", "sft.json")))
 
 
 def test_models_are_shipped():
-    assert {os.path.basename(os.path.dirname(p)) for p in SHIPPED} >= {"tiny-countdown", "tiny-sudoku"}
+    assert {os.path.basename(os.path.dirname(p)) for p in SHIPPED} >= {
+        "tiny-countdown",
+        "tiny-sudoku",
+        "tiny-countdown-block",
+    }
 
 
 @pytest.mark.parametrize("record", SHIPPED, ids=lambda p: os.path.basename(os.path.dirname(p)))

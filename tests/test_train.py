@@ -216,10 +216,12 @@ def test_logging_at_the_released_runs_level(tmp_path):
         "completion_length",
         "grad_norm",
         "lr",
+        "positions",
     }
     assert all(keys <= set(r) for r in rows) and [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["frac_reward_zero_std"] <= 1
+        assert r["positions"] > r["rollout_passes"] * 16  # each rollout pass alone runs prompt + 16 positions
         assert abs(r["clip_low"] + r["clip_high"] - r["clip_frac"]) < 1e-6 and r["entropy"] >= 0
     assert [("eval_accuracy" in r) for r in rows] == [
         False,
@@ -310,3 +312,23 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
     )
     rows = [json.loads(line) for line in open(f"{tmp_path}/run/log.jsonl")]
     assert [r["frac_prompts_cut"] for r in rows] == [0.5, 0.5]  # both prompts in every step (2 groups of 4)
+
+
+def test_every_training_preset_resolves_and_validates():
+    """Each preset of configs/ (the released LLaDA runs, Dream's and SDAR's, the embedded ones) sets only
+    train.py keys, and what it sets passes train.py's checks (lengths, blocks, steps, ranges); eval.py
+    presets (configs/*_eval.py) are eval.py's and left out."""
+    import glob
+    from types import SimpleNamespace
+
+    import configurator
+    import data
+    import train
+
+    presets = sorted(p for p in glob.glob("configs/*.py") if not os.path.basename(p).startswith("_"))
+    presets = [p for p in presets if not p.endswith("_eval.py")]
+    assert {"configs/sdar_gsm8k.py", "configs/dream_gsm8k.py", "configs/llada_gsm8k.py"} <= set(presets)
+    for preset in presets:
+        cfg = SimpleNamespace(**configurator.configure("train.py", [preset], data.option_files()))
+        train.validate(cfg)
+        assert cfg.output_dir.startswith("runs/"), preset
