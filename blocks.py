@@ -13,6 +13,8 @@ block before it, never a later one. The sampler fills the blocks in order, so
    block b(t). Many steps fit in one forward: the clean sequence, then one noisy copy of a block
    per step, each copy seeing the clean prefix before its block and itself, at its block's
    positions. With every step that is the exact stepwise sum in one pass of P + G + m·size positions.
+   The same layout scores an ELBO draw block by block (one copy per block, each given the final
+   blocks before it): the block-wise bound that block-diffusion models are trained with.
 
 Everything here builds masks and inputs; the model is called through model.selected_logits with
 SDAR's arguments: a (B, 1, Q, K) bool attention mask, position_ids, past_key_values and store_kv.
