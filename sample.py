@@ -280,8 +280,8 @@ def generate(
 
 def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, stop_eos, sampling, kv_cache=False):
     """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions. kv_cache (a
-    block-causal model): the prompt and each finished block run once more to store their keys and
-    values, and each step runs only its block over them."""
+    block-causal model): the prompt runs once into a KV cache, each step runs only its block over the
+    cache, and each finished block runs once more to add its keys and values."""
     x, attn, unmask_step, logp, entropy = state
     B, device = x.shape[0], x.device
     n_blocks = gen_length // block_length
