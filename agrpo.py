@@ -82,12 +82,24 @@ def draw_loss(
 
 
 def prepare(
-    model, rollout, estimator, k, mu, generator, scheme="low_discrepancy", ref_model=None, prompt_mask_prob=0.15
+    model,
+    rollout,
+    estimator,
+    k,
+    mu,
+    generator,
+    scheme="low_discrepancy",
+    ref_model=None,
+    prompt_mask_prob=0.15,
+    draws_per_pass=0,
 ):
     """Draws for all μ inner iterations, with old and reference log-probs taken before any update.
     ref_model: None (β = 0: no reference pass), a frozen copy, or a peft model whose adapters are
-    disabled for the pass (the base model is the reference, at no extra memory)."""
+    disabled for the pass (the base model is the reference, at no extra memory). draws_per_pass: on
+    a block model, the most draws one packed forward scores (0: all)."""
     all_draws = [make_draws(estimator, rollout, k, generator, scheme, prompt_mask_prob) for _ in range(mu)]
+    for d in all_draws:
+        d.per_pass = draws_per_pass
     with torch.no_grad():
         if estimator == "stepwise":  # π_old of a sampled step is what the sampler recorded
             old = [rollout.logp[None].expand(d.read.shape[0], -1, -1) for d in all_draws]

@@ -48,6 +48,7 @@ class Draws:
     # on a block-diffusion model, score each block read given the final blocks before it (blocks.py):
     # exactly x_t's output for a stepwise draw, the block-wise ELBO for an ELBO draw
     blockwise: bool = True
+    per_pass: int = 0  # packed draws: the most that one forward scores (0: all); fewer hold less memory
 
 
 def completion_mask(rollout):
@@ -194,10 +195,11 @@ def packs(model, draws):
 
 
 def draw_passes(model, draws):
-    """The draws, as slices, that one forward pass computes: all of them when they pack, else one each
-    (one forward pass of memory under backward, whatever k is)."""
+    """The draws, as slices, that one forward pass computes: all of them (or `per_pass` at a time) when
+    they pack, else one each (one forward pass of memory under backward, whatever k is)."""
     K = draws.x.shape[0]
-    return [slice(0, K)] if packs(model, draws) else [slice(j, j + 1) for j in range(K)]
+    step = (draws.per_pass or K) if packs(model, draws) else 1
+    return [slice(j, min(j + step, K)) for j in range(0, K, step)]
 
 
 def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
@@ -207,7 +209,12 @@ def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
     rows = torch.arange(draws.x.shape[1], device=draws.x.device) if rows is None else rows
     x, read = draws.x[js][:, rows], draws.read[js][:, rows]
     if packs(model, draws):
-        return packed_logp(model, rollout, x, read, rows, draws.truncate)
+        step = draws.per_pass or len(x)
+        parts = [
+            packed_logp(model, rollout, x[j : j + step], read[j : j + step], rows, draws.truncate)
+            for j in range(0, len(x), step)
+        ]
+        return torch.cat(parts)
     K, n, L = x.shape
     x, read, rows = x.reshape(K * n, L), read.reshape(K * n, -1), rows.repeat(K)
     parts = [

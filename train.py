@@ -54,6 +54,7 @@ threshold = 0.9  # threshold unmasking: commit every masked position of the bloc
 estimator = "stepwise"  # log π(o) estimator: stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance) | exact
 mc_samples = 2  # k: forward passes per completion per update (sampled steps or masks)
+draws_per_pass = 0  # block models: the most draws one packed forward scores (0 = all; fewer: less memory) [0, inf)
 num_iterations = 1  # μ: policy updates per batch of rollouts [1, inf)
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down (0, 1)
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up (0, inf)
@@ -85,7 +86,7 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 # a resume may change these (where and how often it writes, reports, evaluates; memory, speed), no other key
 MAY_CHANGE = set(
     "output_dir resume_from_checkpoint overwrite_output_dir save_steps save_total_limit report_to eval_every "
-    "log_completions_steps eval_file eval_items gradient_checkpointing compile".split()
+    "log_completions_steps eval_file eval_items gradient_checkpointing compile draws_per_pass".split()
 )
 
 
@@ -144,9 +145,8 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     policy.train()
     generator = ddp.seeded(cfg.seed, "draws", step, micro)
     with amp():
-        draws, old, ref = prepare(
-            model, rollout, cfg.estimator, cfg.mc_samples, cfg.num_iterations, generator, cfg.scheme, ref_model
-        )
+        settings = (cfg.estimator, cfg.mc_samples, cfg.num_iterations, generator, cfg.scheme, ref_model)
+        draws, old, ref = prepare(model, rollout, *settings, draws_per_pass=cfg.draws_per_pass)
     cut = sum(len(p) > cfg.max_prompt_length > 0 for p in whole) * cfg.num_generations
     rows = kept_rows(advantages, cfg.beta)
     return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, rows, draws, old, ref, cut)

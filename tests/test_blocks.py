@@ -116,15 +116,21 @@ def test_packed_steps_of_a_threshold_rollout():
         per_step = torch.stack([token_logp(model, rollout, draws.x[j], draws.read[j]) for j in range(len(draws.x))])
     torch.testing.assert_close(packed, per_step, atol=1e-4, rtol=0)
     torch.testing.assert_close(packed.sum((0, 2)), rollout.logp.sum(1), atol=1e-4, rtol=0)
+    draws.per_pass = 3  # under a memory budget: the same values, a few draws per forward
+    with torch.no_grad():
+        torch.testing.assert_close(draws_logp(model, rollout, draws), packed, atol=1e-4, rtol=0)
 
 
-def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos):
+@pytest.mark.parametrize("per_pass", [0, 2])
+def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos, per_pass):
     """accumulate_gradients on a block model runs a micro-batch's draws in one forward and one
-    backward; the loss, metrics and gradient are those of the same draws run one by one."""
+    backward (or per_pass draws at a time: two forwards for 3 draws); the loss, metrics and gradient
+    are those of the same draws run one by one."""
     prompts, eos = prompts_and_eos
     model, tok = block_model()
     rollout = sampled(model, tok, prompts * 2, eos)
     draws = stepwise_draws(rollout, 3, "low_discrepancy", torch.Generator().manual_seed(0))
+    draws.per_pass = per_pass
     old = rollout.logp[None].expand(3, -1, -1) - 0.5 * torch.rand((3, *rollout.logp.shape))  # some ratios clip
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0])
 
@@ -146,8 +152,12 @@ def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos):
         return loss, metrics, [p.grad.clone() for p in model.parameters()]
 
     one_by_one = dataclasses.replace(draws, blockwise=False)  # a draw that is not blockwise is its own forward
-    assert len(draw_passes(model, one_by_one)) == 3
-    (loss_a, metrics_a, grad_a), (loss_b, metrics_b, grad_b) = gradient(draws), gradient(one_by_one)
+    assert len(draw_passes(model, one_by_one)) == 3 and len(draw_passes(model, draws)) == (2 if per_pass else 1)
+    calls = [0]
+    model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    (loss_a, metrics_a, grad_a) = gradient(draws)
+    assert calls[0] == (2 if per_pass else 1)
+    (loss_b, metrics_b, grad_b) = gradient(one_by_one)
     assert metrics_a["clipped_low"] + metrics_a["clipped_high"] > 0 and metrics_a["tokens"] == metrics_b["tokens"]
     assert (
         metrics_a["clipped_low"] == metrics_b["clipped_low"] and metrics_a["clipped_high"] == metrics_b["clipped_high"]
