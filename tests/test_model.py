@@ -429,6 +429,9 @@ def test_a_block_causal_model_attends_no_later_block(tmp_path):
 
     model, tok = load("tiny_block", seed=0, tiny_overrides=dict(init_std=0.3))
     assert family_of(model) is FAMILIES["tiny_block"] and block_size(model) == 8
+    # the config's block size wins; a config naming none (SDAR's) gets the family's
+    assert block_size(load("tiny_block", tiny_overrides=dict(block_size=12))[0]) == 12
+    assert block_size(load("tiny_block", tiny_overrides=dict(block_size=0))[0]) == FAMILIES["tiny_block"].block_size
     ids = torch.randint(10, 60, (2, 27), generator=torch.Generator().manual_seed(0))  # a partial first block
     later = ids.clone()
     later[:, 19:] = tok.mask_token_id
