@@ -16,7 +16,7 @@ block before it, never a later one. The sampler fills the blocks in order, so
    The same layout scores an ELBO draw block by block (one copy per block, each given the final
    blocks before it): the block-wise bound that block-diffusion models are trained with.
 
-Everything here builds masks and inputs; the model is called through model.selected_logits with
+Everything here builds masks and inputs; the model is called through logits.selected_logits with
 SDAR's arguments: a (B, 1, Q, K) bool attention mask, position_ids, past_key_values and store_kv.
 """
 

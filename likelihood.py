@@ -29,7 +29,7 @@ import torch
 
 import blocks
 from families import block_size, family_of
-from model import forward_logits, selected_logits
+from logits import forward_logits, selected_logits
 from sample import policy_logprobs
 
 ESTIMATORS = ("stepwise", "elbo", "one_step")

@@ -28,7 +28,7 @@ import torch
 
 import blocks
 from families import block_size
-from model import forward_logits, selected_logits
+from logits import forward_logits, selected_logits
 
 UNMASKING = ("low_confidence", "random", "threshold")
 

@@ -5,7 +5,7 @@ partially masked sequence. RMSNorm, SwiGLU, rotary positions, as LLaDA-8B, at 0.
 
 The module tree mirrors LLaDA's remote code (`model.transformer` = wte, blocks, ln_f, ff_out; block
 layers named q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out), so LoRA targets, the
-head hook of model.forward_logits and regional compilation take the same path for both models.
+head hook of logits.forward_logits and regional compilation take the same path for both models.
 
 This file imports only torch and transformers: `save_pretrained` copies it into the model folder
 with an `auto_map`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads a saved

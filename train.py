@@ -30,7 +30,8 @@ from configurator import ConfigError, configure
 from eval import run_accuracy
 from families import unwrap
 from likelihood import ESTIMATORS, SCHEMES
-from model import count_positions, load_policy, model_path_error, resolved
+from logits import count_positions
+from model import load_policy, model_path_error, resolved
 from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config

@@ -28,7 +28,8 @@ from common import LLADA_8B, amp, environment, random_tokens, sync  # noqa: E402
 from agrpo import MicroBatch, accumulate_gradients  # noqa: E402
 from configurator import configure  # noqa: E402
 from likelihood import stepwise_draws  # noqa: E402
-from model import add_lora, count_positions, load, set_gradient_checkpointing  # noqa: E402
+from logits import count_positions  # noqa: E402
+from model import add_lora, load, set_gradient_checkpointing  # noqa: E402
 from sample import generate  # noqa: E402
 from tiny_llada import TinyBlockConfig, TinyBlockModel  # noqa: E402
 

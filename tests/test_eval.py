@@ -13,7 +13,8 @@ import torch
 import checkpoint
 from eval import standard_error
 from families import FAMILIES
-from model import add_lora, forward_logits, load, save
+from logits import forward_logits
+from model import add_lora, load, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--max_completion_length=(16,)", "--task=countdown"]

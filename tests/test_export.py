@@ -11,7 +11,7 @@ from test_train import ROOT, run
 
 import checkpoint
 from checkpoint import resolve
-from model import forward_logits
+from logits import forward_logits
 
 # runs in a fresh interpreter, from another folder, without this project on its path
 LOADER = """

@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from data import chat_ids
+from families import family_of
+from logits import forward_logits, probe_padding_mask
 from model import (
     add_lora,
     check_compatible,
     compile_blocks,
-    family_of,
-    forward_logits,
     load,
     model_path_error,
-    probe_padding_mask,
     save,
     set_gradient_checkpointing,
 )
@@ -370,7 +369,8 @@ def test_a_next_token_head_reads_the_position_before(tmp_path):
 
     from families import FAMILIES, family_of
     from likelihood import exact_logp
-    from model import forward_logits, save
+    from logits import forward_logits
+    from model import save
     from sample import generate
 
     model, tok = load("tiny_shifted", seed=0, tiny_overrides=dict(init_std=0.3))
@@ -424,7 +424,8 @@ def test_a_block_causal_model_attends_no_later_block(tmp_path):
 
     from families import FAMILIES, block_size, family_of
     from likelihood import exact_logp
-    from model import forward_logits, save
+    from logits import forward_logits
+    from model import save
     from sample import generate
 
     model, tok = load("tiny_block", seed=0, tiny_overrides=dict(init_std=0.3))
