@@ -44,7 +44,7 @@ def cached_mask(attention_mask, lo, hi):
     return torch.cat([prefix, prefix.new_ones((len(prefix), 1, hi - lo, hi - lo))], -1)
 
 
-def cached_call(ids, attention_mask, lo, hi, cache, size, store=False):
+def cached_inputs(ids, attention_mask, lo, hi, cache, size, store=False):
     """The model arguments that run positions [lo, hi) of `ids` over a cache holding [0, lo): one
     block, or (lo = 0) the prompt's prefill, block-causal in blocks of `size`; `store` appends their
     keys and values to the cache."""

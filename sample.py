@@ -332,7 +332,7 @@ def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, sto
 
 def cached_call(model, x, attn, lo, hi, cache, store=False):
     """Logits of positions [lo, hi) run over a cache of [0, lo) (none when storing them)."""
-    ids, kw = blocks.cached_call(x, attn, lo, hi, cache, block_size(model), store)
+    ids, kw = blocks.cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
     return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
 
 

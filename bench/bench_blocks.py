@@ -19,19 +19,19 @@ import os
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LLADA_8B, amp, environment, random_tokens, sync  # noqa: E402
+from common import amp, bench_model, environment, random_tokens, sync  # noqa: E402
 
 from agrpo import MicroBatch, accumulate_gradients  # noqa: E402
 from configurator import configure  # noqa: E402
 from likelihood import stepwise_draws  # noqa: E402
 from logits import count_positions  # noqa: E402
-from model import add_lora, load, set_gradient_checkpointing  # noqa: E402
+from model import add_lora, set_gradient_checkpointing  # noqa: E402
 from sample import generate  # noqa: E402
-from tiny_llada import TinyBlockConfig, TinyBlockModel  # noqa: E402
 
 # --- config
 model_shape = "tiny"  # tiny: the embedded block model (random, peaked) | llada8b: LLaDA-8B's shape, block-causal, bf16
@@ -49,8 +49,7 @@ repeats = 2  # timed calls (after one warm-up)
 quick = False  # tiny sizes: checks the script runs
 # --- end of config
 
-args = dataclasses.make_dataclass("Args", [])()
-args.__dict__.update(configure(__file__))
+args = SimpleNamespace(**configure(__file__))
 args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 if args.quick:
     args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 2, 16, 48
@@ -64,17 +63,7 @@ B, P, G, size, m = (
     args.sampling_steps,
 )
 
-if args.model_shape == "tiny":
-    model, tok = load("tiny_block", device=args.device, tiny_overrides=dict(block_size=size, init_std=0.3))
-    mask_id, vocab = tok.mask_token_id, len(tok)
-else:
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(args.device):
-        model = TinyBlockModel(TinyBlockConfig(**LLADA_8B, mask_token_id=126336, block_size=size))
-    torch.set_default_dtype(torch.float32)
-    mask_id, vocab = 126336, LLADA_8B["vocab_size"]
-model.eval()
+model, mask_id, _, vocab = bench_model(args.model_shape, args.device, block_size=size)
 positions = count_positions(model)
 
 

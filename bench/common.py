@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configurator import configure  # noqa: E402
 from model import load  # noqa: E402
-from tiny_llada import TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
+from tiny_llada import TinyBlockConfig, TinyBlockModel, TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
 
 
 def run_script(threads, script, *args):
@@ -55,16 +55,21 @@ def comparison_config(script, default_preset="configs/tiny_countdown.py"):
 LLADA_8B = dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, d_ff=12288, rope_theta=500000.0)
 
 
-def bench_model(which, device):
-    """(model, mask_id, eos_id, vocab): 'tiny' (the embedded model) or 'llada8b' (random, bf16)."""
+def bench_model(which, device, block_size=0):
+    """(model, mask_id, eos_id, vocab): 'tiny' (the embedded model) or 'llada8b' (random, bf16);
+    block_size > 0: the same with block-causal attention in blocks of that size (tiny_llada's
+    TinyBlockModel; the tiny one with peaked outputs, init_std 0.3, so greedy choices are not ties)."""
+    config_class, model_class = (TinyBlockConfig, TinyBlockModel) if block_size else (TinyLLaDAConfig, TinyLLaDAModel)
+    blocks = dict(block_size=block_size) if block_size else {}
     if which == "tiny":
-        model, tok = load("tiny", device=device)
+        name, overrides = ("tiny_block", dict(blocks, init_std=0.3)) if block_size else ("tiny", None)
+        model, tok = load(name, device=device, tiny_overrides=overrides)
         return model.eval(), tok.mask_token_id, tok.eos_token_id, len(tok)
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: 16 GB, not 32 GB then a copy
     with torch.device(device):
-        model = TinyLLaDAModel(TinyLLaDAConfig(**LLADA_8B, mask_token_id=126336))
+        model = model_class(config_class(**LLADA_8B, mask_token_id=126336, **blocks))
     torch.set_default_dtype(default)
     assert len(build_tokenizer()) < LLADA_8B["vocab_size"]
     return model.eval(), 126336, 126081, LLADA_8B["vocab_size"]  # LLaDA's mask and EOS ids
