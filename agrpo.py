@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ddp import every_rank, most_over_ranks
+from fsdp import is_sharded, local
 from likelihood import draw_passes, draws_logp, make_draws, token_logp
 
 
@@ -140,14 +142,16 @@ def kept_rows(advantages, beta):
 def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext):
     """One inner iteration's gradient in .grad: for every micro-batch and draw j (or the draws that
     share a forward), the clipped loss of the tokens read and its backward, scaled by
-    1/micro-batches. Under DDP the gradients are all-reduced once, on the last backward; a rank whose
-    last micro-batch has no rows runs one row's zero loss to take part. Returns (loss, metrics)."""
+    1/micro-batches. Returns (loss, metrics). Ranks take part in each other's collectives with
+    zero-loss passes (`passes_to_fill`)."""
     loss_sum, metrics = 0.0, {}
-    for a, b in enumerate(batches):
+    plans = [draw_passes(model, b.draws[it]) if len(b.rows) else [] for b in batches]  # one draw a forward, or many
+    fill = passes_to_fill(model, sum(map(len, plans)), bool(len(batches[-1].rows)))
+    for a, (b, passes) in enumerate(zip(batches, plans)):
         d, rows, total = b.draws[it], b.rows, 0.0
-        passes = draw_passes(model, d) if len(rows) else []  # one draw per forward, or a block model's all
         for n, js in enumerate(passes):
-            model.require_backward_grad_sync = a == len(batches) - 1 and n == len(passes) - 1  # nanoGPT's DDP switch
+            # nanoGPT's DDP switch: gradients are all-reduced on the last backward only
+            model.require_backward_grad_sync = not fill and a == len(batches) - 1 and n == len(passes) - 1
             # draws js of these rows: the tokens read, their weights, and the log-probs taken before any update
             read, weight, adv, norm = d.read[js][:, rows], d.weight[js][:, rows], b.advantages[rows], d.norm[rows]
             old = b.old_logp[it][js][:, rows]
@@ -161,11 +165,20 @@ def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=co
             total += loss.item()
             metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
         loss_sum += total / len(batches)
-    if not len(batches[-1].rows):
-        model.require_backward_grad_sync = True
+    for n in range(fill):
+        model.require_backward_grad_sync = n == fill - 1
         with amp():
             zero_loss(model, batches[-1], it).backward()
     return loss_sum, metrics
+
+
+def passes_to_fill(model, passes, last_has_rows):
+    """Zero-loss forward-backward passes this rank adds to its `passes`. DDP all-reduces once, on the
+    last backward: a rank whose last micro-batch has no rows runs one for it. FSDP (fsdp.py) gathers
+    and reduces at every forward and backward: each rank runs as many as the busiest."""
+    if is_sharded(model):
+        return most_over_ranks(passes) - passes
+    return 0 if last_has_rows else 1
 
 
 def zero_loss(model, b, it):
@@ -185,8 +198,9 @@ def update(model, opt, batches, num_iterations, epsilon, epsilon_high, beta, max
         loss, m = accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp)
         loss_sum += loss / num_iterations
         metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if torch.isfinite(grad_norm) and adamw_keeps_finite(opt):  # all-reduced under DDP: every rank decides the same
+        grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # over all ranks' gradients
+        # FSDP: each rank checks its own part of the weights, so all must agree before any steps
+        if every_rank(torch.isfinite(grad_norm) and adamw_keeps_finite(opt)):
             opt.step()
         else:
             skipped += 1
@@ -203,11 +217,13 @@ def adamw_keeps_finite(opt):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            state, g = opt.state.get(p, {}), p.grad.float()
-            t = float(state.get("step", 0)) + 1
-            m = (1 - b1) * g + (b1 * state["exp_avg"] if state else 0)
-            v = (1 - b2) * g * g + (b2 * state["exp_avg_sq"] if state else 0)
-            new = p.float() * (1 - lr * group["weight_decay"]) - lr / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + eps)
+            state, g = opt.state.get(p, {}), local(p.grad).float()
+            t = float(local(state.get("step", 0))) + 1
+            m = (1 - b1) * g + (b1 * local(state["exp_avg"]) if state else 0)
+            v = (1 - b2) * g * g + (b2 * local(state["exp_avg_sq"]) if state else 0)
+            new = local(p).float() * (1 - lr * group["weight_decay"]) - lr / (1 - b1**t) * m / (
+                (v / (1 - b2**t)).sqrt() + eps
+            )
             if not bool(torch.isfinite(new).all()):
                 return False
     return True

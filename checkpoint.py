@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import fsdp
 from configurator import ConfigError
 from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
 
@@ -59,17 +60,16 @@ def catch_stop_signals():
     return state
 
 
-def save_after_stop(out_dir, finished, start, save):
+def save_after_stop(out_dir, finished, last_saved, save):
     """After a stop signal: the checkpoint of the last finished step, written with the RNG state as it
-    was then (unless that step's checkpoint exists), or the newest one, or None. finished: (step, torch
-    RNG state, Python RNG state); save(step) writes one."""
+    was then (unless this run's last checkpoint, at step last_saved, is of that step), or the newest
+    one, or None. finished: (step, torch RNG state, Python RNG state); save(step) writes one."""
     done, torch_rng, python_rng = finished
-    path = newest(out_dir)
-    if done > start and not (path or "").endswith(f"{PREFIX}{done}"):
+    if done > last_saved:
         torch.set_rng_state(torch_rng)
         random.setstate(python_rng)
-        path = save(done)
-    return path
+        return save(done)
+    return newest(out_dir)
 
 
 def fingerprint(model):
@@ -146,12 +146,16 @@ def _fsync_tree(folder):
     os.close(fd)
 
 
-def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None):
+def save(
+    out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, weights=None, optimizer=None
+):
     """Write checkpoint-{step} (into checkpoint-{step}.tmp, then renamed) and keep the newest `keep`.
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
-    config["model_name_or_path"]. Returns the folder."""
+    config["model_name_or_path"]. A sharded model (FSDP) passes its trained tensors and optimizer
+    state gathered whole (fsdp.whole_state). Returns the folder."""
     path = os.path.join(out_dir, f"{PREFIX}{step}")
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
+    trained = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)
+    if not all(bool(torch.isfinite(t).all()) for t in trained):
         raise SystemExit(
             f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}"
         )
@@ -167,11 +171,15 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
     }
     try:
         os.makedirs(tmp)
-        getattr(model, "module", model).save_pretrained(tmp)  # peft: the adapters; else the whole model
+        if weights is None:
+            getattr(model, "module", model).save_pretrained(tmp)  # peft: the adapters; else the whole model
+        else:
+            fsdp.save_pretrained(model, tmp, weights)
         if tok is not None:
             tok.save_pretrained(tmp)
+        optimizer = opt.state_dict() if optimizer is None else optimizer  # FSDP's: keyed by parameter name
         torch.save(
-            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+            {"optimizer": optimizer, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
             os.path.join(tmp, "optimizer.pt"),
         )
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
@@ -342,7 +350,13 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
         raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the optimizer, scheduler or RNG state")
-    if hasattr(model, "peft_config"):
+    if fsdp.is_sharded(
+        model
+    ):  # every rank holds the whole tensors and keeps its part; peft's saved names lack ".default"
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        check_tensors(path, saved, {re.sub(r"\.default(?=\.)", "", n): p for n, p in params.items()})
+        fsdp.load_whole(model, {n: saved[re.sub(r"\.default(?=\.)", "", n)] for n in params})
+    elif hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         check_tensors(path, saved, get_peft_model_state_dict(model))
@@ -355,7 +369,10 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
                 p.copy_(saved[n])
     if opt is not None:
         try:
-            opt.load_state_dict(extra["optimizer"])
+            if fsdp.is_sharded(model):
+                fsdp.load_whole(model, {}, opt, extra["optimizer"])
+            else:
+                opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
             torch.set_rng_state(extra["torch_rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # loaded as data, but not this optimizer's state

@@ -9,9 +9,12 @@ import torch
 import torch.distributed as dist
 
 
-def init_processes():
-    """(ddp, rank, world, device). Each rank's GPU is made current: NCCL's collectives run on it."""
-    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+def init_processes(sharded=False):
+    """(distributed, rank, world, device). Each rank's GPU is made current: NCCL's collectives run on it.
+    sharded (FSDP): a process group even for one process, which torchrun must have started."""
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1 or sharded
+    if sharded and "RANK" not in os.environ:
+        raise ValueError("--fsdp runs under torchrun: torchrun --nproc_per_node N train.py ... --fsdp")
     if ddp:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
@@ -37,6 +40,24 @@ def mean_over_ranks(values, device):
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t.tolist()
+
+
+def every_rank(flag):
+    """Whether `flag` holds on every rank (one process: flag itself)."""
+    return bool(_reduced(float(flag), dist.ReduceOp.MIN))
+
+
+def most_over_ranks(n):
+    """The largest of the ranks' numbers n (one process: n)."""
+    return int(_reduced(n, dist.ReduceOp.MAX))
+
+
+def _reduced(value, op):
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor(float(value), device="cuda" if dist.get_backend() == "nccl" else "cpu")  # NCCL: GPU tensors
+    dist.all_reduce(t, op=op)
+    return t.item()
 
 
 def seeded(seed, *key, device="cpu"):

@@ -17,6 +17,7 @@ import shutil
 
 import torch
 
+import fsdp
 import tiny_llada
 from configurator import first_line
 from families import family_of, family_of_config, family_part, unwrap
@@ -174,18 +175,21 @@ def check_compatible(model, tok):
         )
 
 
-def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distributed, master):
+def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distributed, master, sharded=False):
     """(π_θ, tokenizer, π_ref or None, the LoRA targets by name); lora: (rank r, α, target names or ()
     for the family's), r = 0 for full fine-tuning. Under DDP rank 0 loads first, so a hub model's
     remote code is fetched once, then the other ranks load it. With LoRA the reference policy is the
-    model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. A model or
-    target list that cannot be used raises ValueError naming the key."""
+    model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. sharded (FSDP):
+    loaded on the CPU (float32 on CUDA: the master weights), then each rank keeps its part on its
+    device (fsdp.py). A model or target list that cannot be used raises ValueError naming the key."""
     import torch.distributed as dist
 
+    on_cuda = device.startswith("cuda")
+    where = dict(device="cpu", dtype=torch.float32 if on_cuda else None) if sharded else dict(device=device)
     for turn in range(2 if distributed else 1):
         if (turn == 0) == master:
             try:
-                model, tok = load(name, device=device)
+                model, tok = load(name, **where)
             except ValueError as e:
                 raise ValueError(f"--model_name_or_path: {e}") from None
         if distributed:
@@ -202,6 +206,9 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     ref_model = None
     if beta > 0:
         ref_model = model if lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+    if sharded:
+        for m in {id(m): m for m in (model, ref_model) if m is not None}.values():
+            fsdp.shard(m, mixed_precision=on_cuda)
     if compile:
         compile_blocks(model)
     return model, tok, ref_model, lora_targets

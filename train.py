@@ -29,6 +29,7 @@ from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
 from configurator import ConfigError, configure
 from eval import run_accuracy
 from families import unwrap
+from fsdp import gathered, local, whole_state
 from likelihood import ESTIMATORS, SCHEMES
 from logits import count_positions
 from model import load_policy, model_path_error, resolved
@@ -73,6 +74,7 @@ lora_alpha = 64  # LoRA scale α (the update is α/r · BA) (0, inf)
 lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: families.py)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
+fsdp = False  # shard weights, gradients and AdamW moments over the ranks (FSDP2: full fine-tuning at 8B); torchrun
 eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none) [-1, inf)
 eval_every = 0  # held-out accuracy every this many steps too, as eval_accuracy (0 = before and after) [0, inf)
 log_completions_steps = 0  # every this many steps, the completions to completions.jsonl (0 = never) [0, inf)
@@ -169,7 +171,10 @@ def main():
     stop = checkpoint.catch_stop_signals()  # Ctrl-C and SIGTERM: the last finished step is saved, then one line
 
     # processes and devices: one per GPU under torchrun, or one CPU process
-    distributed, rank, world, device = ddp.init_processes()
+    try:
+        distributed, rank, world, device = ddp.init_processes(sharded=cfg.fsdp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     master = rank == 0
     # the output folder is this run's (a lock held until exit), so no two runs write into one
     _lock = checkpoint.claim(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir) if master else None
@@ -202,7 +207,15 @@ def main():
     lora = (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
     try:
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
-            cfg.model_name_or_path, device, lora, cfg.gradient_checkpointing, cfg.compile, cfg.beta, distributed, master
+            cfg.model_name_or_path,
+            device,
+            lora,
+            cfg.gradient_checkpointing,
+            cfg.compile,
+            cfg.beta,
+            distributed,
+            master,
+            sharded=cfg.fsdp,
         )
         check_blocks(model, cfg.block_length)
     except ValueError as e:
@@ -213,7 +226,7 @@ def main():
         log(data.long_prompts_note(tok, cfg.task, train_items, *prompting))
 
     def held_out_accuracy(label):  # greedy, at the rollouts' length, blocks and steps, in their precision
-        with amp():
+        with amp(), gathered(model):
             acc = run_accuracy(model, tok, cfg, test_items, rank, world, label)
         log(f"held-out accuracy {label}: {acc:.3f} ({len(test_items)} items, greedy)")
         return acc
@@ -229,10 +242,12 @@ def main():
     opt, sched = make_optimizer(cfg, params, total_steps)
     nonfinite = {"total": 0, "in_a_row": 0}
 
-    def save(step):
-        return checkpoint.save(
-            cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite, tok
-        )
+    def save(step):  # rank 0 writes; under FSDP every rank first gathers its part of the tensors to it
+        whole = whole_state(model, opt) if cfg.fsdp else (None, None)
+        if master:
+            return checkpoint.save(
+                cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite, tok, *whole
+            )
 
     def halt(step, why, fix):  # nothing of this step is logged or saved
         last = checkpoint.newest(cfg.output_dir) or "none written yet"
@@ -247,21 +262,24 @@ def main():
             cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, master, log, only
         )
         nonfinite.update(counters)
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed and not cfg.fsdp else model
     positions = count_positions(model)  # the compute of each step, logged per completion
 
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
     finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
+    last_saved = start
+    stop["defer"] = cfg.fsdp  # FSDP: a checkpoint needs every rank, so a signal waits for a step's end on all
     try:
         for step in bar:
             t0, positions[0] = time.time(), 0
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks
             batches = []
-            for a in range(cfg.gradient_accumulation_steps):
-                micro = a * world + rank  # the global micro-batch index
-                position = step * prompts_per_step + micro * groups_per_micro
-                items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
-                batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
+            with gathered(model, ref_model):  # FSDP: the weights gathered once for all of the rollouts' forwards
+                for a in range(cfg.gradient_accumulation_steps):
+                    micro = a * world + rank  # the global micro-batch index
+                    position = step * prompts_per_step + micro * groups_per_micro
+                    items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
+                    batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
 
             stop["defer"] = True  # from here the weights change: a signal waits for the end of the step
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
@@ -273,7 +291,7 @@ def main():
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
             # update never takes a step AdamW would make non-finite: weights broken anyway came from outside it
-            if not all(bool(torch.isfinite(p).all()) for p in params):
+            if not ddp.every_rank(all(bool(torch.isfinite(local(p)).all()) for p in params)):
                 halt(step + 1, "the weights are not finite after the optimizer step", "Lower --learning_rate.")
 
             # 3. log: means over every rank's completions
@@ -294,14 +312,16 @@ def main():
 
             # 4. checkpoint
             if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
-                if master:
-                    log(f"step {step + 1}: checkpoint {save(step + 1)}")
+                path = save(step + 1)  # FSDP: every rank takes part
+                log(f"step {step + 1}: checkpoint {path}")
+                last_saved = step + 1
                 if distributed:
                     dist.barrier()
             finished = (step + 1, torch.get_rng_state(), random.getstate())
-            if stop["signal"] is not None:
-                raise checkpoint.Interrupted(stop["signal"])
-            stop["defer"] = False
+            signalled = stop["signal"] is not None
+            if signalled if not cfg.fsdp else not ddp.every_rank(not signalled):
+                raise checkpoint.Interrupted(stop["signal"] or signal.SIGTERM)
+            stop["defer"] = cfg.fsdp
 
         if test_items:
             before, after = acc_before, held_out_accuracy("after AGRPO")
@@ -312,7 +332,7 @@ def main():
                     json.dump(final, f)
     except checkpoint.Interrupted as e:
         stop["defer"] = True  # a second Ctrl-C does not cut the checkpoint short
-        path = checkpoint.save_after_stop(cfg.output_dir, finished, start, save) if master else None
+        path = checkpoint.save_after_stop(cfg.output_dir, finished, last_saved, save) if master or cfg.fsdp else None
         logs.close_reporter(reporter)
         bar.close()
         how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"

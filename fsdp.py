@@ -1,0 +1,106 @@
+"""Fully sharded data parallel (PyTorch's FSDP2, `fully_shard`) for full fine-tuning at 8B: each rank
+holds 1/world of the weights, gradients and AdamW moments, and a transformer block's weights are
+gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
+
+- training forwards and backwards are collectives (a block's all-gather, its gradients'
+  reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients pads);
+- rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
+  gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
+  threshold decoding takes its own step counts) with no collective in between;
+- a checkpoint gathers the trained tensors and the optimizer state whole onto rank 0 and writes the
+  same checkpoint-N folder as an unsharded run; a resume shards them again (any world size).
+"""
+
+import contextlib
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from families import family_part
+
+
+def shard(model, mixed_precision):
+    """fully_shard each transformer block, then the root (embeddings, final norm, head), in place.
+    mixed_precision (CUDA): the sharded weights stay as loaded (float32: the master copy AdamW
+    updates), each block computes in bf16 and gradients are reduced in float32."""
+    policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if mixed_precision else MixedPrecisionPolicy()
+    for block in family_part(model, "blocks"):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def is_sharded(model):
+    return isinstance(model, FSDPModule)
+
+
+def local(t):
+    """A rank's own part of a sharded tensor (a replicated one's is the whole value); else t."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+@contextlib.contextmanager
+def gathered(*models):
+    """Every sharded block of `models` gathered whole for the stretch inside (no-grad forwards only),
+    freed again after: one all-gather per block, however many forwards run inside."""
+    modules = [m for model in models if model is not None for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+WHOLE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def whole_state(model, opt):
+    """(trained tensors, optimizer state), gathered whole onto rank 0's CPU ({} on the other ranks):
+    full fine-tuning, the model's whole state dict; LoRA, the adapters only. The optimizer state is
+    keyed by parameter name, so it loads onto any number of ranks. Every rank must call it."""
+    if hasattr(model, "peft_config"):
+        weights = {n: p.full_tensor().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    else:
+        weights = get_model_state_dict(model, options=WHOLE)
+    optimizer = get_optimizer_state_dict(model, opt, options=WHOLE)
+    if torch.distributed.get_rank() != 0:
+        weights = {}
+    return weights, optimizer
+
+
+@torch.no_grad()
+def load_whole(model, weights, opt=None, optimizer=None):
+    """Copy whole tensors {parameter name: tensor} (and a whole optimizer state) into a sharded model:
+    every rank holds them whole and keeps its own part, with no communication."""
+    for n, p in model.named_parameters():
+        if n in weights:
+            p.copy_(distribute_tensor(weights[n].to(p.dtype), p.device_mesh, p.placements, src_data_rank=None))
+    if opt is not None:
+        set_optimizer_state_dict(model, opt, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def plain_class(model):
+    """The model's own class (fully_shard makes each sharded module an instance of a subclass)."""
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+def save_pretrained(model, folder, weights):
+    """model.save_pretrained(folder) from whole tensors, under the model's own class name (the config's
+    `architectures` and the copied modeling code are read from the class)."""
+    sharded_class = type(model)
+    model.__class__ = plain_class(model)
+    try:
+        model.save_pretrained(folder, state_dict=weights)
+    finally:
+        model.__class__ = sharded_class
