@@ -34,6 +34,7 @@ from configurator import ConfigError
 from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"
+ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the number of ranks does: their product may not
 
 
 class RunMismatch(ConfigError):
@@ -146,13 +147,13 @@ def _fsync_tree(folder):
     os.close(fd)
 
 
-def save(
-    out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, weights=None, optimizer=None
-):
+def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, whole=None):
     """Write checkpoint-{step} (into checkpoint-{step}.tmp, then renamed) and keep the newest `keep`.
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]. A sharded model (FSDP) passes its trained tensors and optimizer
-    state gathered whole (fsdp.whole_state). Returns the folder."""
+    state gathered whole: whole = (weights, optimizer) of fsdp.whole_state. world: the ranks the run
+    trains on. Returns the folder."""
+    weights, optimizer = whole or (None, None)
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     trained = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)
     if not all(bool(torch.isfinite(t).all()) for t in trained):
@@ -167,6 +168,7 @@ def save(
         "config": config,
         "fingerprint": fingerprint(model),
         "counters": dict(counters or {}),
+        "world_size": world,
         "python_rng": list(random.getstate()),
     }
     try:
@@ -338,14 +340,22 @@ def trainer_tensors(path):
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def restore(path, state, model, opt=None, sched=None, config=None, must_match=()):
+def restore(path, state, model, opt=None, sched=None, config=None, must_match=(), world=None):
     """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed and every
-    file has been read, so a refused checkpoint never leaves the model half-loaded."""
+    file has been read, so a refused checkpoint never leaves the model half-loaded. world: the ranks
+    of the resuming run; with --gradient_accumulation_steps, the same micro-batches a step as before."""
     if [list(x) for x in state["fingerprint"]] != fingerprint(model):
         raise RunMismatch(f"{path} was written for a different model (its trained parameters differ from this one's)")
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
         if state["config"].get(key) != json.loads(json.dumps(config[key])):
             raise RunMismatch(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
+    if world is not None and "world_size" in state:  # a step's batch: ranks × micro-batches × rows
+        was, now = (state["world_size"], state["config"]["gradient_accumulation_steps"]), (world, config[ACCUMULATE])
+        if was[0] * was[1] != now[0] * now[1]:
+            raise RunMismatch(
+                f"{path} was trained on {was[0]} ranks × --{ACCUMULATE}={was[1]}, this run has {now[0]} × {now[1]}: "
+                "keep the product (the micro-batches of a step)"
+            )
     saved = state["tensors"] if "tensors" in state else tensors(path)
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
@@ -393,7 +403,7 @@ def check_tensors(path, saved, expected):
         raise ConfigError(f"checkpoint {path} {problem}")
 
 
-def resume(out_dir, model, opt, sched, config, may_change=(), log_paths=(), master=True, log=print, only=None):
+def resume(out_dir, model, opt, sched, config, may_change=(), log_paths=(), master=True, log=print, only=None, world=1):
     """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
     (step, counters), or (0, {}) when there is none. Every key of config but those in may_change must
     equal the checkpoint's. The steps after it are run again, so their lines in the JSONL files
@@ -404,7 +414,7 @@ def resume(out_dir, model, opt, sched, config, may_change=(), log_paths=(), mast
     for path in paths:
         try:
             state = read(path, with_tensors=True)  # every file read and checked before anything is copied
-            step = restore(path, state, model, opt, sched, config, set(config) - set(may_change))
+            step = restore(path, state, model, opt, sched, config, set(config) - set(may_change) - {ACCUMULATE}, world)
             break
         except ConfigError as e:
             if only is not None or isinstance(e, RunMismatch):

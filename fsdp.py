@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from families import family_part
+from families import family_part, unwrap
 
 
 def shard(model, mixed_precision):
@@ -33,12 +33,12 @@ def shard(model, mixed_precision):
     policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if mixed_precision else MixedPrecisionPolicy()
     for block in family_part(model, "blocks"):
         fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    fully_shard(unwrap(model), mp_policy=policy)  # the root every forward runs through (peft's wrapper calls it)
     return model
 
 
 def is_sharded(model):
-    return isinstance(model, FSDPModule)
+    return isinstance(unwrap(model), FSDPModule)
 
 
 def local(t):
@@ -98,9 +98,9 @@ def plain_class(model):
 def save_pretrained(model, folder, weights):
     """model.save_pretrained(folder) from whole tensors, under the model's own class name (the config's
     `architectures` and the copied modeling code are read from the class)."""
-    sharded_class = type(model)
-    model.__class__ = plain_class(model)
+    root, sharded_class = unwrap(model), type(unwrap(model))
+    root.__class__ = plain_class(root)
     try:
         model.save_pretrained(folder, state_dict=weights)
     finally:
-        model.__class__ = sharded_class
+        root.__class__ = sharded_class

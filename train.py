@@ -243,11 +243,10 @@ def main():
     nonfinite = {"total": 0, "in_a_row": 0}
 
     def save(step):  # rank 0 writes; under FSDP every rank first gathers its part of the tensors to it
-        whole = whole_state(model, opt) if cfg.fsdp else (None, None)
+        whole = whole_state(model, opt) if cfg.fsdp else None
         if master:
-            return checkpoint.save(
-                cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, base, nonfinite, tok, *whole
-            )
+            run = dict(base=base, counters=nonfinite, tok=tok, world=world, whole=whole)
+            return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **run)
 
     def halt(step, why, fix):  # nothing of this step is logged or saved
         last = checkpoint.newest(cfg.output_dir) or "none written yet"
@@ -259,7 +258,7 @@ def main():
         only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
         jsonl = (log_path, completions_path)
         start, counters = checkpoint.resume(
-            cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, master, log, only
+            cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, master, log, only, world
         )
         nonfinite.update(counters)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed and not cfg.fsdp else model

@@ -1,0 +1,149 @@
+"""--fsdp on CPU with gloo ranks: sharded training equals one process, the sampler and no-grad
+passes equal the unsharded model's with the weights gathered once, and checkpoints are the usual
+folders, resumed bit for bit after kill -9 or SIGTERM."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_reliability import logged_steps
+from test_train import ROOT, SMALL, assert_same, params, run
+
+import checkpoint
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # --standalone: a free port
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+STEPS = ["--max_steps=6", "--save_steps=2", "--save_total_limit=4"]
+
+
+def fsdp_run(args, nproc=2):
+    cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), "train.py", *SMALL, "--fsdp", *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def log_rows(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    fsdp_run([f"--output_dir={out}", *STEPS])
+    return str(out)
+
+
+@pytest.mark.parametrize("model", ["models/tiny-countdown", "models/tiny-countdown-block"])
+def test_rollouts_and_no_grad_draws_under_sharding(tmp_path, model):
+    """Threshold decoding (ranks take different numbers of forwards), a KV-cached rollout of a block
+    model and the no-grad log-probs of draws, on a sharded model: the same tokens and log-probs as the
+    unsharded model, and each sharded module's weights gathered once for all of them."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_ranks.py", str(tmp_path), model]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    for r in ranks:
+        assert r["tokens_equal"] and r["fixed_equal"] and r["logp_diff"] <= 1e-6 and r["draws_diff"] <= 1e-6, r
+        assert r["all_gathers"] == r["sharded_modules"] >= 3, r  # root and each block, once
+    assert ranks[0]["forwards"] != ranks[1]["forwards"]  # the ranks really ran different numbers of forwards
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--lora_r=4", "--lora_alpha=8", "--beta=0.04", "--gradient_checkpointing"]], ids=["full", "lora"]
+)
+def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
+    """2 sharded ranks × 1 micro-batch == 1 process × 2 accumulated micro-batches: the same rollouts and
+    rewards, losses and weights to float tolerance, in the same checkpoint folders."""
+    one, two = f"{tmp_path}/one", uninterrupted if not extra else f"{tmp_path}/two"
+    run([f"--output_dir={one}", *STEPS, "--gradient_accumulation_steps=2", *extra])
+    if extra:
+        fsdp_run([f"--output_dir={two}", *STEPS, *extra])
+    assert_same(params(f"{one}/checkpoint-6"), params(f"{two}/checkpoint-6"), atol=2e-5)
+    a, b = log_rows(one), log_rows(two)
+    assert [r["reward"] for r in a] == pytest.approx([r["reward"] for r in b], rel=1e-6)  # means in another order
+    for key in ("loss", "grad_norm", "kl", "ratio_dev"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4, abs=1e-6), key
+    assert sorted(os.listdir(f"{one}/checkpoint-6")) == sorted(os.listdir(f"{two}/checkpoint-6"))
+    if not extra:
+        # a step where one rank had no rows to train on: it ran the other's passes with zero loss
+        assert any(r["frac_rows_left_out"] == 0.5 for r in b)
+        config = [json.load(open(f"{run_dir}/checkpoint-6/config.json")) for run_dir in (one, two)]
+        assert config[0]["architectures"] == config[1]["architectures"] == ["TinyLLaDAModel"]
+
+
+def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
+    """export.py and eval.py take a sharded run's checkpoint as they take any other."""
+    out = subprocess.run(
+        [sys.executable, "export.py", uninterrupted, f"{tmp_path}/export"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    exported = checkpoint.tensors(f"{tmp_path}/export")
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), exported, atol=0)
+    cmd = [sys.executable, "eval.py", f"--models=('{uninterrupted}',)", "--labels=()", "--eval_items=4"]
+    out = subprocess.run(cmd + [f"--output_dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0 and "checkpoint-6" in out.stdout + out.stderr, out.stderr[-2000:]
+
+
+def test_fsdp_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted):
+    """kill -9 of every process at a random moment; the resume ends where the uninterrupted run did."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}", *STEPS]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not os.path.exists(f"{tmp_path}/log.jsonl") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 1.0))
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    proc.wait()
+    fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
+    assert logged_steps(tmp_path) == list(range(1, 7))
+
+
+def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
+    """A cluster's SIGTERM to torchrun mid-step: every rank finishes the step, the checkpoint of that
+    step is gathered and written (none was due), and the resume finishes bit for bit."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}"]
+    cmd += ["--max_steps=6", "--save_steps=100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and len(logged_steps(tmp_path)) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    done = logged_steps(tmp_path)[-1]
+    assert f"stopped by SIGTERM after step {done}: checkpoint {tmp_path}/checkpoint-{done}" in err, err[-2000:]
+    assert 2 <= done < 6 and checkpoint.names(str(tmp_path)) == [f"checkpoint-{done}"]
+    fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
+
+
+def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
+    """A checkpoint holds whole tensors and a name-keyed optimizer state: one rank continues a run of
+    two when it runs both micro-batches of a step (the same prompts and draws; sums in another order,
+    so equal to float tolerance), and is refused in one line when it would run only one."""
+    shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
+    cmd = [*TORCHRUN, "--nproc_per_node", "1", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}/run", *STEPS]
+    out = subprocess.run([*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert out.returncode != 0 and "trained on 2 ranks × --gradient_accumulation_steps=1, this run has 1 × 1" in (
+        out.stderr
+    ), out.stderr[-2000:]
+    fsdp_run(
+        [f"--output_dir={tmp_path}/run", *STEPS, "--resume_from_checkpoint", "--gradient_accumulation_steps=2"], nproc=1
+    )
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/run/checkpoint-6"), atol=2e-5)
+
+
+def test_fsdp_outside_torchrun_stops_with_one_line(tmp_path):
+    cmd = [sys.executable, "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "--fsdp runs under torchrun" in out.stderr.strip().splitlines()[-1]
