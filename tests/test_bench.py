@@ -87,3 +87,21 @@ def test_bench_scripts_are_configured_like_train_py():
     ]:
         out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_memory_model_counts_llada_8b():
+    """bench/memory.py: the parameter count of LLaDA-8B's shape from its config by hand (embedding, 32
+    blocks of attention, SwiGLU and two norms, final norm, head), and the sharded rows as 1/gpus."""
+    out = subprocess.run(
+        [sys.executable, "bench/memory.py", "--gpus=4"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    V, h, f, n = 126464, 4096, 12288, 32
+    P = V * h + n * (4 * h * h + 3 * h * f + 2 * h) + h + h * V
+    assert f"{P / 1e9:.3f} B parameters" in out.stdout
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.stdout.splitlines() if line.startswith("| ")
+    }
+    assert float(rows["FSDP, full"][0]) == pytest.approx(4 * P / 4 / 2**30, abs=0.06)  # float32 weights, 1/4 each
+    assert float(rows["FSDP, full"][2]) == pytest.approx(8 * P / 4 / 2**30, abs=0.06)  # AdamW's two moments
+    assert float(rows["DDP, full"][0]) == pytest.approx(2 * P / 2**30, abs=0.06)  # whole, bf16
