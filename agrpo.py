@@ -221,9 +221,8 @@ def adamw_keeps_finite(opt):
             t = float(local(state.get("step", 0))) + 1
             m = (1 - b1) * g + (b1 * local(state["exp_avg"]) if state else 0)
             v = (1 - b2) * g * g + (b2 * local(state["exp_avg_sq"]) if state else 0)
-            new = local(p).float() * (1 - lr * group["weight_decay"]) - lr / (1 - b1**t) * m / (
-                (v / (1 - b2**t)).sqrt() + eps
-            )
+            decayed = local(p).float() * (1 - lr * group["weight_decay"])
+            new = decayed - lr / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + eps)
             if not bool(torch.isfinite(new).all()):
                 return False
     return True

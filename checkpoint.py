@@ -349,13 +349,12 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
         if state["config"].get(key) != json.loads(json.dumps(config[key])):
             raise RunMismatch(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
-    if world is not None and "world_size" in state:  # a step's batch: ranks × micro-batches × rows
-        was, now = (state["world_size"], state["config"]["gradient_accumulation_steps"]), (world, config[ACCUMULATE])
-        if was[0] * was[1] != now[0] * now[1]:
-            raise RunMismatch(
-                f"{path} was trained on {was[0]} ranks × --{ACCUMULATE}={was[1]}, this run has {now[0]} × {now[1]}: "
-                "keep the product (the micro-batches of a step)"
-            )
+    was, now = (state.get("world_size"), state["config"].get(ACCUMULATE)), (world, (config or {}).get(ACCUMULATE))
+    if None not in (*was, *now) and was[0] * was[1] != now[0] * now[1]:  # a step's batch: ranks × micro-batches
+        raise RunMismatch(
+            f"{path} was trained on {was[0]} ranks × --{ACCUMULATE}={was[1]}, this run has {now[0]} × {now[1]}: "
+            "keep the product (the micro-batches of a step)"
+        )
     saved = state["tensors"] if "tensors" in state else tensors(path)
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):

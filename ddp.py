@@ -47,6 +47,11 @@ def every_rank(flag):
     return bool(_reduced(float(flag), dist.ReduceOp.MIN))
 
 
+def any_rank(flag):
+    """Whether `flag` holds on some rank (one process: flag itself)."""
+    return bool(_reduced(float(flag), dist.ReduceOp.MAX))
+
+
 def most_over_ranks(n):
     """The largest of the ranks' numbers n (one process: n)."""
     return int(_reduced(n, dist.ReduceOp.MAX))

@@ -51,14 +51,18 @@ def gathered(*models):
     """Every sharded block of `models` gathered whole for the stretch inside (no-grad forwards only),
     freed again after: one all-gather per block, however many forwards run inside."""
     modules = [m for model in models if model is not None for m in model.modules() if isinstance(m, FSDPModule)]
+    roots = {id(unwrap(model)) for model in models if model is not None}
+    blocks = [m for m in modules if id(m) not in roots]
     for m in modules:
-        m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
+    for m in blocks:  # a root keeps its weights after forward anyway (FSDP's own choice: backward needs them first)
+        m.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
         for m in modules:
             m.reshard()
+        for m in blocks:
             m.set_reshard_after_forward(True, recurse=False)
 
 

@@ -205,17 +205,10 @@ def main():
     # the policy π_θ (and π_ref when β > 0), from the seed
     torch.manual_seed(cfg.seed)
     lora = (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+    memory = dict(gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile, sharded=cfg.fsdp)
     try:
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
-            cfg.model_name_or_path,
-            device,
-            lora,
-            cfg.gradient_checkpointing,
-            cfg.compile,
-            cfg.beta,
-            distributed,
-            master,
-            sharded=cfg.fsdp,
+            cfg.model_name_or_path, device, lora, beta=cfg.beta, distributed=distributed, master=master, **memory
         )
         check_blocks(model, cfg.block_length)
     except ValueError as e:
@@ -317,8 +310,10 @@ def main():
                 if distributed:
                     dist.barrier()
             finished = (step + 1, torch.get_rng_state(), random.getstate())
-            signalled = stop["signal"] is not None
-            if signalled if not cfg.fsdp else not ddp.every_rank(not signalled):
+            stopping = stop["signal"] is not None
+            if cfg.fsdp:  # every rank stops after the same step: the checkpoint needs them all
+                stopping = ddp.any_rank(stopping)
+            if stopping:
                 raise checkpoint.Interrupted(stop["signal"] or signal.SIGTERM)
             stop["defer"] = cfg.fsdp
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements, on one CUDA GPU with 80 GB (an H100), each part under 10 minutes:
 #   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
+#                               # (also under --fsdp on every GPU the machine has), the memory model
 #   bash bench/gpu.sh compile   # the same benches with torch.compile'd blocks
 #   bash bench/gpu.sh wheels    # (where pip reaches PyPI) the pinned transformers, peft and their hub
 #                               # libraries as Python 3.12 wheels in .whl/, for a GPU machine without them
@@ -61,6 +62,11 @@ eager)
     run tiny_train $tiny --output_dir=/tmp/tiny_cuda
     run tiny_train_threshold $tiny --unmasking=threshold --output_dir=/tmp/tiny_cuda_threshold
     cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null && tail -1 /tmp/tiny_cuda/log.jsonl | cut -c1-160
+    # FSDP on one rank (NCCL, bf16 compute over float32 master weights): must finish like tiny_train; with 2+ GPUs
+    # the same command with --nproc_per_node N. Then the memory model it is checked against at 8B (bench/memory.py)
+    run tiny_train_fsdp python3 -m torch.distributed.run --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" \
+        train.py --max_steps=20 --eval_items=50 --overwrite_output_dir --fsdp --output_dir=/tmp/tiny_cuda_fsdp
+    run memory python3 bench/memory.py
     ;;
 compile)
     run sample_compile $sample --compile
