@@ -174,11 +174,11 @@ def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=co
 
 def passes_to_fill(model, passes, last_has_rows):
     """Zero-loss forward-backward passes this rank adds to its `passes`. DDP all-reduces once, on the
-    last backward: a rank whose last micro-batch has no rows runs one for it. FSDP (fsdp.py) gathers
-    and reduces at every forward and backward: each rank runs as many as the busiest."""
-    if is_sharded(model):
-        return most_over_ranks(passes) - passes
-    return 0 if last_has_rows else 1
+    last backward: a rank whose last micro-batch has no rows runs one for it (so AdamW always sees a
+    gradient, if only zeros). FSDP (fsdp.py) gathers and reduces at every forward and backward: each
+    rank runs as many as the busiest, counting that one."""
+    fill = 0 if last_has_rows else 1
+    return most_over_ranks(passes + fill) - passes if is_sharded(model) else fill
 
 
 def zero_loss(model, b, it):

@@ -56,7 +56,13 @@ def test_rollouts_and_no_grad_draws_under_sharding(tmp_path, model):
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["--lora_r=4", "--lora_alpha=8", "--beta=0.04", "--gradient_checkpointing"]], ids=["full", "lora"]
+    "extra",
+    [
+        [],
+        ["--lora_r=4", "--lora_alpha=8", "--beta=0.04", "--gradient_checkpointing"],
+        ["--unmasking=threshold", "--estimator=elbo"],  # steps whose every row is left out on both ranks
+    ],
+    ids=["full", "lora", "threshold-elbo"],
 )
 def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
     """2 sharded ranks × 1 micro-batch == 1 process × 2 accumulated micro-batches: the same rollouts and
@@ -71,6 +77,8 @@ def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
     for key in ("loss", "grad_norm", "kl", "ratio_dev"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4, abs=1e-6), key
     assert sorted(os.listdir(f"{one}/checkpoint-6")) == sorted(os.listdir(f"{two}/checkpoint-6"))
+    if "--estimator=elbo" in extra:  # no rank trains on a row, yet AdamW steps on zero gradients as one process does
+        assert any(r["frac_rows_left_out"] == 1.0 for r in b)
     if not extra:
         # a step where one rank had no rows to train on: it ran the other's passes with zero loss
         assert any(r["frac_rows_left_out"] == 0.5 for r in b)
