@@ -74,7 +74,7 @@ lora_alpha = 64  # LoRA scale α (the update is α/r · BA) (0, inf)
 lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: families.py)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer block
-fsdp = False  # shard weights, gradients and AdamW moments over the ranks (FSDP2: full fine-tuning at 8B); torchrun
+fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ranks (torchrun); full fine-tuning at 8B
 eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none) [-1, inf)
 eval_every = 0  # held-out accuracy every this many steps too, as eval_accuracy (0 = before and after) [0, inf)
 log_completions_steps = 0  # every this many steps, the completions to completions.jsonl (0 = never) [0, inf)
