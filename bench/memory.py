@@ -104,8 +104,7 @@ def main():
         fits += " (bf16 weights: AdamW steps below their rounding are lost)" if name == "DDP, full" else ""
         cells = [weights, grads, optim, at_rollout, *peaks]
         print(f"| {name} | " + " | ".join(f"{c / GIB:.1f}" for c in cells) + f" | {fits} |")
-    print("(GiB per GPU; framework workspace, the allocator's fragmentation and the CUDA context, about 1-3 GiB, not")
-    print(" counted; bench/gpu.sh measures the FSDP rows on a GPU)")
+    print("(GiB per GPU; the CUDA context, framework workspace and the allocator's fragmentation, about 1-3 GiB, not counted)")
 
 
 if __name__ == "__main__":
