@@ -104,7 +104,7 @@ def main():
         fits += " (bf16 weights: AdamW steps below their rounding are lost)" if name == "DDP, full" else ""
         cells = [weights, grads, optim, at_rollout, *peaks]
         print(f"| {name} | " + " | ".join(f"{c / GIB:.1f}" for c in cells) + f" | {fits} |")
-    print("(GiB per GPU; the CUDA context, framework workspace and the allocator's fragmentation, about 1-3 GiB, not counted)")
+    print("(GiB per GPU; the CUDA context, workspace and the allocator's fragmentation, about 1-3 GiB, not counted)")
 
 
 if __name__ == "__main__":
