@@ -359,12 +359,10 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
         raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the optimizer, scheduler or RNG state")
-    if fsdp.is_sharded(
-        model
-    ):  # every rank holds the whole tensors and keeps its part; peft's saved names lack ".default"
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        check_tensors(path, saved, {re.sub(r"\.default(?=\.)", "", n): p for n, p in params.items()})
-        fsdp.load_whole(model, {n: saved[re.sub(r"\.default(?=\.)", "", n)] for n in params})
+    if fsdp.is_sharded(model):  # each rank keeps its part of the whole tensors (peft saves no ".default")
+        saved_as = {n: re.sub(r"\.default(?=\.)", "", n) for n, p in model.named_parameters() if p.requires_grad}
+        check_tensors(path, saved, {saved_as[n]: p for n, p in model.named_parameters() if n in saved_as})
+        fsdp.load_weights(model, {n: saved[name] for n, name in saved_as.items()})
     elif hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -379,7 +377,7 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     if opt is not None:
         try:
             if fsdp.is_sharded(model):
-                fsdp.load_whole(model, {}, opt, extra["optimizer"])
+                fsdp.load_optimizer(model, opt, extra["optimizer"])
             else:
                 opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])

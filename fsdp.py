@@ -48,8 +48,8 @@ def local(t):
 
 @contextlib.contextmanager
 def gathered(*models):
-    """Every sharded block of `models` gathered whole for the stretch inside (no-grad forwards only),
-    freed again after: one all-gather per block, however many forwards run inside."""
+    """Every sharded module of `models` gathered whole for the stretch inside (no-grad forwards only),
+    freed again after: one all-gather per module, however many forwards run inside."""
     modules = [m for model in models if model is not None for m in model.modules() if isinstance(m, FSDPModule)]
     roots = {id(unwrap(model)) for model in models if model is not None}
     blocks = [m for m in modules if id(m) not in roots]
@@ -84,14 +84,17 @@ def whole_state(model, opt):
 
 
 @torch.no_grad()
-def load_whole(model, weights, opt=None, optimizer=None):
-    """Copy whole tensors {parameter name: tensor} (and a whole optimizer state) into a sharded model:
-    every rank holds them whole and keeps its own part, with no communication."""
+def load_weights(model, weights):
+    """Copy whole tensors {parameter name: tensor} into a sharded model: every rank holds them whole
+    and keeps its own part, with no communication."""
     for n, p in model.named_parameters():
         if n in weights:
             p.copy_(distribute_tensor(weights[n].to(p.dtype), p.device_mesh, p.placements, src_data_rank=None))
-    if opt is not None:
-        set_optimizer_state_dict(model, opt, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer(model, opt, optimizer):
+    """A whole optimizer state of whole_state's (keyed by parameter name) into the sharded optimizer."""
+    set_optimizer_state_dict(model, opt, optimizer, options=StateDictOptions(full_state_dict=True))
 
 
 def plain_class(model):
