@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements, on one CUDA GPU with 80 GB (an H100), each part under 10 minutes:
 #   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
-#                               # (also under --fsdp on every GPU the machine has), the memory model
+#   bash bench/gpu.sh fsdp      # tiny train.py under --fsdp on every GPU; the memory model, measured at 4 blocks
 #   bash bench/gpu.sh compile   # the same benches with torch.compile'd blocks
 #   bash bench/gpu.sh wheels    # (where pip reaches PyPI) the pinned transformers, peft and their hub
 #                               # libraries as Python 3.12 wheels in .whl/, for a GPU machine without them
@@ -33,7 +33,7 @@ run() {  # run NAME CMD...: keep going if one fails, so one call yields every ta
     echo "== $name: $*"
     local t0=$SECONDS
     "$@" > "$OUT/gpu_$name.txt" 2>&1; local rc=$?
-    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out|cached rollout|exact sum)' | grep -v '^# matmul' | tail -24
+    tr '\r' '\n' < "$OUT/gpu_$name.txt" | grep -E '^(#|\||speed-up|rows|identical|held-out|cached rollout|exact sum|measured)' | grep -v '^# matmul' | tail -24
     [ $rc -eq 0 ] || { echo "!! $name exited with $rc:"; grep -v '^\s*$' "$OUT/gpu_$name.txt" | tail -4; }
     echo "   ($((SECONDS - t0)) s)"
 }
@@ -62,11 +62,16 @@ eager)
     run tiny_train $tiny --output_dir=/tmp/tiny_cuda
     run tiny_train_threshold $tiny --unmasking=threshold --output_dir=/tmp/tiny_cuda_threshold
     cp /tmp/tiny_cuda/log.jsonl "$OUT/gpu_tiny_log.jsonl" 2>/dev/null && tail -1 /tmp/tiny_cuda/log.jsonl | cut -c1-160
-    # FSDP on one rank (NCCL, bf16 compute over float32 master weights): must finish like tiny_train; with 2+ GPUs
-    # the same command with --nproc_per_node N. Then the memory model it is checked against at 8B (bench/memory.py)
+    ;;
+fsdp)
+    # train.py under --fsdp on every GPU here (NCCL, bf16 compute over float32 master weights): must finish like
+    # tiny_train; then the memory model at 8B on 8 GPUs, and the model against CUDA's peaks for FSDP full
+    # fine-tuning of a 4-block LLaDA-8B shape on one GPU
     run tiny_train_fsdp python3 -m torch.distributed.run --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" \
         train.py --max_steps=20 --eval_items=50 --overwrite_output_dir --fsdp --output_dir=/tmp/tiny_cuda_fsdp
     run memory python3 bench/memory.py
+    run memory_measured python3 -m torch.distributed.run --standalone --nproc_per_node 1 bench/memory.py --gpus=1 \
+        --n_layers=4 --measure
     ;;
 compile)
     run sample_compile $sample --compile
@@ -74,5 +79,5 @@ compile)
     run tiny_train_compile $tiny --compile --output_dir=/tmp/tiny_cuda_compile
     ;;
 *)
-    echo "usage: bash bench/gpu.sh eager|compile|wheels"; exit 2 ;;
+    echo "usage: bash bench/gpu.sh eager|fsdp|compile|wheels"; exit 2 ;;
 esac
