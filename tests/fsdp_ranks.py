@@ -1,7 +1,7 @@
 """Run under torchrun by tests/test_fsdp.py: each rank rolls out its own prompts with the model sharded
-(FSDP) and with an unsharded copy, and writes what it saw to OUT/rank{r}.json:
+(FSDP) and with an unsharded copy, and writes what it saw:
 
-    torchrun --nproc_per_node 2 tests/fsdp_ranks.py OUT [MODEL]
+    torchrun --nproc_per_node 2 tests/fsdp_ranks.py OUT MODEL [MODEL ...]     # OUT/rank{r}.json: one row per model
 
 Threshold decoding gives the ranks different numbers of forwards: inside fsdp.gathered no forward
 may be a collective, and each sharded module's weights are gathered exactly once.
@@ -25,14 +25,6 @@ from likelihood import draws_logp, make_draws  # noqa: E402
 from model import load  # noqa: E402
 from sample import generate  # noqa: E402
 
-out_dir, name = sys.argv[1], sys.argv[2]
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-model, tok = load(name)
-plain = copy.deepcopy(model).eval()
-fsdp.shard(model, mixed_precision=False)
-model.eval()
-
 gathers = [0]
 unshard = FSDPParamGroup.unshard
 
@@ -42,39 +34,45 @@ def counted(group, *a, **k):  # an unshard that gathers (not one whose weights a
     return unshard(group, *a, **k)
 
 
+def check(name, rank):
+    """What rank `rank` sees of model `name`, sharded and not."""
+    model, tok = load(name)
+    plain = copy.deepcopy(model).eval()
+    fsdp.shard(model, mixed_precision=False)
+    model.eval()
+    # rank-dependent prompts, so the ranks take different numbers of threshold steps
+    prompts = [list(range(5 + rank, 9 + 3 * rank)), list(range(7, 10 + rank))]
+    settings = dict(max_completion_length=16, block_length=8, sampling_steps=8, mask_id=tok.mask_token_id)
+    settings |= dict(eos_ids=tok.eos_ids, pad_id=tok.pad_token_id, temperature=0.7)
+    threshold = settings | dict(unmasking="threshold", threshold=0.5 + 0.49 * rank)
+    fixed = settings | dict(unmasking="low_confidence")  # a block model: KV-cached
+    forwards, gathers[0] = [0], 0
+    model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
+    with torch.no_grad(), fsdp.gathered(model):
+        sharded = generate(model, prompts, **threshold, generator=ddp.seeded(0, "rollout", rank))
+        draws = make_draws("stepwise", sharded, 2, ddp.seeded(0, "draws", rank), "uniform")
+        sharded_draws = draws_logp(model, sharded, draws)
+        sharded_fixed = generate(model, prompts, **fixed, generator=ddp.seeded(1, rank))
+    gathered_once = gathers[0]
+    with torch.no_grad():
+        alone = generate(plain, prompts, **threshold, generator=ddp.seeded(0, "rollout", rank))
+        alone_draws = draws_logp(plain, alone, draws)
+        alone_fixed = generate(plain, prompts, **fixed, generator=ddp.seeded(1, rank))
+    same = lambda a, b: torch.equal(a.ids, b.ids) and torch.equal(a.unmask_step, b.unmask_step)  # noqa: E731
+    return dict(
+        tokens_equal=same(sharded, alone),
+        fixed_equal=same(sharded_fixed, alone_fixed) and torch.equal(sharded_fixed.logp, alone_fixed.logp),
+        logp_diff=float((sharded.logp - alone.logp).abs().max()),
+        draws_diff=float((sharded_draws - alone_draws).abs().max()),
+        forwards=forwards[0],
+        all_gathers=gathered_once,
+        sharded_modules=sum(isinstance(m, FSDPModule) for m in model.modules()),
+    )
+
+
 FSDPParamGroup.unshard = counted
-# rank-dependent prompts, so the ranks take different numbers of threshold steps
-prompts = [list(range(5 + rank, 9 + 3 * rank)), list(range(7, 10 + rank))]
-settings = dict(max_completion_length=16, block_length=8, sampling_steps=8, mask_id=tok.mask_token_id)
-settings |= dict(eos_ids=tok.eos_ids, pad_id=tok.pad_token_id, temperature=0.7)
-settings |= dict(unmasking="threshold", threshold=0.5 + 0.49 * rank)
-forwards = [0]
-model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
-with torch.no_grad(), fsdp.gathered(model):
-    sharded = generate(model, prompts, **settings, generator=ddp.seeded(0, "rollout", rank))
-    draws = make_draws("stepwise", sharded, 2, ddp.seeded(0, "draws", rank), "uniform")
-    sharded_draws = draws_logp(model, sharded, draws)
-    fixed = generate(
-        model, prompts, **(settings | dict(unmasking="low_confidence")), generator=ddp.seeded(1, rank)
-    )  # cached
-gathered_once = gathers[0]
-with torch.no_grad():
-    alone = generate(plain, prompts, **settings, generator=ddp.seeded(0, "rollout", rank))
-    alone_draws = draws_logp(plain, alone, draws)
-    fixed_alone = generate(
-        plain, prompts, **(settings | dict(unmasking="low_confidence")), generator=ddp.seeded(1, rank)
-    )
-with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-    json.dump(
-        dict(
-            tokens_equal=torch.equal(sharded.ids, alone.ids) and torch.equal(sharded.unmask_step, alone.unmask_step),
-            fixed_equal=torch.equal(fixed.ids, fixed_alone.ids) and torch.equal(fixed.logp, fixed_alone.logp),
-            logp_diff=float((sharded.logp - alone.logp).abs().max()),
-            draws_diff=float((sharded_draws - alone_draws).abs().max()),
-            forwards=forwards[0],
-            all_gathers=gathered_once,
-            sharded_modules=sum(isinstance(m, FSDPModule) for m in model.modules()),
-        ),
-        f,
-    )
+dist.init_process_group("gloo")
+rows = [check(name, dist.get_rank()) for name in sys.argv[2:]]
+with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
+    json.dump(rows, f)
 dist.destroy_process_group()

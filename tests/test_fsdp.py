@@ -40,19 +40,20 @@ def uninterrupted(tmp_path_factory):
     return str(out)
 
 
-@pytest.mark.parametrize("model", ["models/tiny-countdown", "models/tiny-countdown-block"])
-def test_rollouts_and_no_grad_draws_under_sharding(tmp_path, model):
+def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
     """Threshold decoding (ranks take different numbers of forwards), a KV-cached rollout of a block
-    model and the no-grad log-probs of draws, on a sharded model: the same tokens and log-probs as the
-    unsharded model, and each sharded module's weights gathered once for all of them."""
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_ranks.py", str(tmp_path), model]
+    model and the no-grad log-probs of draws, on a sharded model (the shipped base and block base): the
+    same tokens and log-probs as the unsharded model, each sharded module's weights gathered once."""
+    models = ["models/tiny-countdown", "models/tiny-countdown-block"]
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_ranks.py", str(tmp_path), *models]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
-    for r in ranks:
-        assert r["tokens_equal"] and r["fixed_equal"] and r["logp_diff"] <= 1e-6 and r["draws_diff"] <= 1e-6, r
-        assert r["all_gathers"] == r["sharded_modules"] >= 3, r  # root and each block, once
-    assert ranks[0]["forwards"] != ranks[1]["forwards"]  # the ranks really ran different numbers of forwards
+    for m in range(len(models)):
+        for r in (ranks[0][m], ranks[1][m]):
+            assert r["tokens_equal"] and r["fixed_equal"] and r["logp_diff"] <= 1e-6 and r["draws_diff"] <= 1e-6, r
+            assert r["all_gathers"] == r["sharded_modules"] >= 3, r  # root and each block, once
+        assert ranks[0][m]["forwards"] != ranks[1][m]["forwards"]  # the ranks ran different numbers of forwards
 
 
 @pytest.mark.parametrize(
