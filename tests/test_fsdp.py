@@ -117,6 +117,18 @@ def test_fsdp_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted):
     assert logged_steps(tmp_path) == list(range(1, 7))
 
 
+def test_fsdp_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
+    """Rank 0 killed halfway through writing checkpoint-4 (tests/faults.py under torchrun): the
+    half-written folder is never taken for a checkpoint and the resume ends bit-identical."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/faults.py", "kill_in_save=4", "--", *SMALL, "--fsdp"]
+    out = subprocess.run([*cmd, f"--output_dir={tmp_path}", *STEPS], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    assert out.returncode != 0 and os.path.exists(f"{tmp_path}/checkpoint-4.tmp"), out.stderr[-2000:]
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-2"]
+    fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path)) and logged_steps(tmp_path) == list(range(1, 7))
+
+
 def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
     """A cluster's SIGTERM to torchrun mid-step: every rank finishes the step, the checkpoint of that
     step is gathered and written (none was due), and the resume finishes bit for bit."""
