@@ -90,13 +90,19 @@ def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
 def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
     """export.py and eval.py take a sharded run's checkpoint as they take any other."""
     out = subprocess.run(
-        [sys.executable, "export.py", uninterrupted, f"{tmp_path}/export"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "export.py", uninterrupted, f"{tmp_path}/export"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     exported = checkpoint.tensors(f"{tmp_path}/export")
     assert_same(params(f"{uninterrupted}/checkpoint-6"), exported, atol=0)
     cmd = [sys.executable, "eval.py", f"--models=('{uninterrupted}',)", "--labels=()", "--eval_items=4"]
-    out = subprocess.run(cmd + [f"--output_dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    out = subprocess.run(
+        cmd + [f"--output_dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
     assert out.returncode == 0 and "checkpoint-6" in out.stdout + out.stderr, out.stderr[-2000:]
 
 
@@ -121,7 +127,9 @@ def test_fsdp_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
     """Rank 0 killed halfway through writing checkpoint-4 (tests/faults.py under torchrun): the
     half-written folder is never taken for a checkpoint and the resume ends bit-identical."""
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/faults.py", "kill_in_save=4", "--", *SMALL, "--fsdp"]
-    out = subprocess.run([*cmd, f"--output_dir={tmp_path}", *STEPS], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    out = subprocess.run(
+        [*cmd, f"--output_dir={tmp_path}", *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
     assert out.returncode != 0 and os.path.exists(f"{tmp_path}/checkpoint-4.tmp"), out.stderr[-2000:]
     assert checkpoint.names(str(tmp_path)) == ["checkpoint-2"]
     fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
@@ -153,7 +161,9 @@ def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
     so equal to float tolerance), and is refused in one line when it would run only one."""
     shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
     cmd = [*TORCHRUN, "--nproc_per_node", "1", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}/run", *STEPS]
-    out = subprocess.run([*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    out = subprocess.run(
+        [*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
     assert out.returncode != 0 and "trained on 2 ranks × --gradient_accumulation_steps=1, this run has 1 × 1" in (
         out.stderr
     ), out.stderr[-2000:]
