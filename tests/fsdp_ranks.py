@@ -1,7 +1,9 @@
 """Run under torchrun by tests/test_fsdp.py: each rank rolls out its own prompts with the model sharded
 (FSDP) and with an unsharded copy, and writes what it saw:
 
-    torchrun --nproc_per_node 2 tests/fsdp_ranks.py OUT MODEL [MODEL ...]     # OUT/rank{r}.json: one row per model
+    torchrun --nproc_per_node 2 tests/fsdp_ranks.py OUT MODEL [MODEL ...]     # OUT/rank{r}.json: a row per model
+
+and, last, the mixed-precision policy on the first model.
 
 Threshold decoding gives the ranks different numbers of forwards: inside fsdp.gathered no forward
 may be a collective, and each sharded module's weights are gathered exactly once.
@@ -22,6 +24,7 @@ from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 import ddp  # noqa: E402
 import fsdp  # noqa: E402
 from likelihood import draws_logp, make_draws  # noqa: E402
+from logits import forward_logits  # noqa: E402
 from model import load  # noqa: E402
 from sample import generate  # noqa: E402
 
@@ -70,9 +73,24 @@ def check(name, rank):
     )
 
 
+def mixed_precision(name, rank):
+    """The policy train.py uses on CUDA (fsdp.shard(mixed_precision=True)), here on the CPU: float32
+    weights and gradients, bf16 compute (logits within bf16 rounding of float32's, not equal)."""
+    model, _ = load(name)
+    ids = torch.randint(5, 60, (2, 12), generator=torch.Generator().manual_seed(rank))
+    with torch.no_grad():
+        want = forward_logits(model, ids)
+    fsdp.shard(model, mixed_precision=True)
+    logits = forward_logits(model, ids)
+    logits.float().logsumexp(-1).mean().backward()
+    p = next(model.parameters())
+    diff = float((logits.float() - want).abs().max())
+    return dict(weights=str(p.dtype), grads=str(p.grad.dtype), compute=str(logits.dtype), diff=diff)
+
+
 FSDPParamGroup.unshard = counted
 dist.init_process_group("gloo")
-rows = [check(name, dist.get_rank()) for name in sys.argv[2:]]
+rows = [check(name, dist.get_rank()) for name in sys.argv[2:]] + [mixed_precision(sys.argv[2], dist.get_rank())]
 with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
     json.dump(rows, f)
 dist.destroy_process_group()

@@ -43,7 +43,8 @@ def uninterrupted(tmp_path_factory):
 def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
     """Threshold decoding (ranks take different numbers of forwards), a KV-cached rollout of a block
     model and the no-grad log-probs of draws, on a sharded model (the shipped base and block base): the
-    same tokens and log-probs as the unsharded model, each sharded module's weights gathered once."""
+    same tokens and log-probs as the unsharded model, each sharded module's weights gathered once. And
+    the mixed-precision policy of CUDA runs keeps float32 weights and gradients and computes in bf16."""
     models = ["models/tiny-countdown", "models/tiny-countdown-block"]
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_ranks.py", str(tmp_path), *models]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
@@ -54,6 +55,9 @@ def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
             assert r["tokens_equal"] and r["fixed_equal"] and r["logp_diff"] <= 1e-6 and r["draws_diff"] <= 1e-6, r
             assert r["all_gathers"] == r["sharded_modules"] >= 3, r  # root and each block, once
         assert ranks[0][m]["forwards"] != ranks[1][m]["forwards"]  # the ranks ran different numbers of forwards
+    for r in (ranks[0][-1], ranks[1][-1]):  # CUDA's policy: float32 master weights and gradients, bf16 compute
+        assert (r["weights"], r["grads"], r["compute"]) == ("torch.float32", "torch.float32", "torch.bfloat16"), r
+        assert 0 < r["diff"] < 0.5, r
 
 
 @pytest.mark.parametrize(
