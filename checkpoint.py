@@ -274,11 +274,16 @@ def state_problem(state, need_rng):
     return None
 
 
+def saved_name(name):
+    """A trained parameter's name in the checkpoint's safetensors: peft saves adapters without their
+    adapter name (lora_A.weight for lora_A.default.weight); other names are saved as they are."""
+    return re.sub(r"\.default(?=\.)", "", name)
+
+
 def missing_tensors(path, state):
     """Why a checkpoint lacks trained tensors its fingerprint names (or holds one of another shape),
-    read from the safetensors headers alone; None when it has them all. peft saves the adapters
-    without their adapter name (lora_A.weight for lora_A.default.weight)."""
-    expected = {re.sub(r"\.default(?=\.)", "", name): list(shape) for name, shape in state["fingerprint"]}
+    read from the safetensors headers alone; None when it has them all."""
+    expected = {saved_name(name): list(shape) for name, shape in state["fingerprint"]}
     saved = {}
     try:
         for f in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
@@ -359,8 +364,8 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
         raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the optimizer, scheduler or RNG state")
-    if fsdp.is_sharded(model):  # each rank keeps its part of the whole tensors (peft saves no ".default")
-        saved_as = {n: re.sub(r"\.default(?=\.)", "", n) for n, p in model.named_parameters() if p.requires_grad}
+    if fsdp.is_sharded(model):  # each rank keeps its part of the whole tensors
+        saved_as = {n: saved_name(n) for n, p in model.named_parameters() if p.requires_grad}
         check_tensors(path, saved, {saved_as[n]: p for n, p in model.named_parameters() if n in saved_as})
         fsdp.load_weights(model, {n: saved[name] for n, name in saved_as.items()})
     elif hasattr(model, "peft_config"):

@@ -194,12 +194,16 @@ def packs(model, draws):
     return draws.blockwise and block_size(model) > 0 and family_of(model).shift == 0
 
 
+def spans(n, size):
+    """range(n) as consecutive slices of `size` (the last may be shorter)."""
+    return [slice(j, min(j + size, n)) for j in range(0, n, size)]
+
+
 def draw_passes(model, draws):
     """The draws, as slices, that one forward pass computes: all of them (or `per_pass` at a time) when
     they pack, else one each (one forward pass of memory under backward, whatever k is)."""
     K = draws.x.shape[0]
-    step = (draws.per_pass or K) if packs(model, draws) else 1
-    return [slice(j, min(j + step, K)) for j in range(0, K, step)]
+    return spans(K, (draws.per_pass or K) if packs(model, draws) else 1)
 
 
 def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
@@ -209,18 +213,11 @@ def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
     rows = torch.arange(draws.x.shape[1], device=draws.x.device) if rows is None else rows
     x, read = draws.x[js][:, rows], draws.read[js][:, rows]
     if packs(model, draws):
-        step = draws.per_pass or len(x)
-        parts = [
-            packed_logp(model, rollout, x[j : j + step], read[j : j + step], rows, draws.truncate)
-            for j in range(0, len(x), step)
-        ]
-        return torch.cat(parts)
+        parts = spans(len(x), draws.per_pass or len(x))
+        return torch.cat([packed_logp(model, rollout, x[s], read[s], rows, draws.truncate) for s in parts])
     K, n, L = x.shape
     x, read, rows = x.reshape(K * n, L), read.reshape(K * n, -1), rows.repeat(K)
-    parts = [
-        token_logp(model, rollout, x[i : i + chunk], read[i : i + chunk], rows[i : i + chunk], draws.truncate)
-        for i in range(0, K * n, chunk)
-    ]
+    parts = [token_logp(model, rollout, x[s], read[s], rows[s], draws.truncate) for s in spans(K * n, chunk)]
     return torch.cat(parts).view(K, n, -1)
 
 
