@@ -1,87 +1,137 @@
-"""Block-diffusion models (SDAR, TraDo, the embedded tiny_block): attention by blocks, and the two
-exact shortcuts it gives (ALGORITHM.md §6).
+"""Blocks: where each row's diffusion blocks lie, and for block-diffusion models (SDAR, TraDo, the embedded
+tiny_block) the attention by blocks and the two exact shortcuts it gives (ALGORITHM.md §6).
 
-A block-causal model cuts the sequence into blocks of `size` (counted from the end, so a completion
-of whole blocks lines up with the sampler's blocks) and lets a position see its own block and every
-block before it, never a later one. The sampler fills the blocks in order, so
+Two layouts. A bidirectional model (LLaDA, Dream) is decoded as LLaDA's generate.py does: the G completion
+positions cut into blocks of b from the first completion token. A block-diffusion model is decoded, trained
+and scored in the layout it was trained in (SDAR's SFT, its generate.py, JetEngine): blocks of b counted from
+the row's first real token, so the prompt's last P mod b tokens share the first decoded block with
+b − P mod b masks, and the last block is decoded whole (up to b − 1 positions past G). Under left padding
+each row has its own offset; the sampler lays rows on a canvas where every row's blocks start at the same
+columns (`canvas`) and reads the completions back (`completion_columns`).
 
-1. at every step the blocks before the current one are finished: their keys and values never
-   change again, and a rollout keeps them in a KV cache and runs only the current block;
-2. the state x_t of step t differs from the final sequence only inside the block b(t) of that step
-   (earlier blocks are clean, later ones are invisible to it). So log p_θ(o_j | x_t) for the tokens
-   of step t is the model's output on the clean prefix before b(t) followed by one noisy copy of
-   block b(t). Many steps fit in one forward: the clean sequence, then one noisy copy of a block
-   per step, each copy seeing the clean prefix before its block and itself, at its block's
-   positions. With every step that is the exact stepwise sum in one pass of P + G + m·size positions.
-   The same layout scores an ELBO draw block by block (one copy per block, each given the final
-   blocks before it): the block-wise bound that block-diffusion models are trained with.
+A block-causal model lets a position see its own block and every block before it, never a later one. The
+sampler fills the blocks in order, so
 
-Everything here builds masks and inputs; the model is called through logits.selected_logits with
-SDAR's arguments: a (B, 1, Q, K) bool attention mask, position_ids, past_key_values and store_kv.
+1. at every step the blocks before the current one are finished: their keys and values never change
+   again, and a rollout keeps them in a KV cache and runs only the current block;
+2. the state x_t of step t differs from the final sequence only inside the block of that step (earlier
+   blocks are clean, later ones are invisible to it). So log p_θ(o_j | x_t) for the tokens of step t is
+   the model's output on the clean prefix before that block followed by one noisy copy of it. Many steps
+   fit in one forward: the clean sequence, then one noisy copy of a block per step, each copy seeing the
+   clean prefix before its block and itself, at its block's positions: with every step, the exact stepwise
+   sum in one pass of P + G + m'·b positions. The same layout scores an ELBO draw block by block (one copy
+   per block, each given the final blocks before it): the block-wise bound block-diffusion models train on.
+
+The model is called with SDAR's arguments: a (B, 1, Q, K) bool attention mask, position_ids counted from
+each row's first real token, past_key_values and store_kv.
 """
 
 import torch
 
 
-def block_index(length, size, device=None):
-    """(length,) block of each position, counted from the end: the last `size` positions are block 0."""
-    return (length - 1 - torch.arange(length, device=device)) // size
+def positions(attention_mask):
+    """(B, L) position of each token counted from its row's first real token (left padding: 0)."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def block_of(attention_mask, size):
+    """(B, L) the block of each position, counted from its row's first real token; -1 on left padding."""
+    real = attention_mask.long().cumsum(1) - 1
+    return torch.where(real >= 0, real // size, -1)
 
 
 def causal_mask(attention_mask, size):
-    """(B, 1, L, L) bool, True = may attend: block-causal, padding (attention_mask 0) never seen as a
-    key, and every position sees itself (a padded query attends to something: no NaN)."""
-    B, L = attention_mask.shape
-    index = block_index(L, size, attention_mask.device)
-    allowed = (index[None, :] >= index[:, None])[None] & attention_mask.bool()[:, None, :]
+    """(B, 1, L, L) bool, True = may attend: a position sees its own block and the blocks before it, padding
+    (attention_mask 0) is never a key, and every position sees itself (a padded query attends to something:
+    no NaN)."""
+    L = attention_mask.shape[1]
+    index = block_of(attention_mask, size)
+    allowed = (index[:, None, :] <= index[:, :, None]) & attention_mask.bool()[:, None, :]
     return (allowed | torch.eye(L, dtype=torch.bool, device=allowed.device))[:, None]
 
 
-def cached_mask(attention_mask, lo, hi):
-    """(B, 1, hi - lo, hi) mask of the block [lo, hi) run over a cache of positions [0, lo): every
-    real cached position, and the whole block."""
-    prefix = attention_mask[:, :lo].bool()[:, None, None, :].expand(-1, 1, hi - lo, -1)
-    return torch.cat([prefix, prefix.new_ones((len(prefix), 1, hi - lo, hi - lo))], -1)
+def canvas(prompt_ids, attention_mask, completion_length, b, from_row_start, mask_id, fill_id):
+    """The sampler's canvas: rows laid so that every row's first decoded block starts at one column `first`
+    and all rows' blocks share columns. Returns (x, attention, first, tail, n_blocks): x (B, S) holds each
+    prompt ending at first + tail, [MASK] on the positions the row decodes, `fill_id` past its last block;
+    tail (B,) the prompt tokens in the row's first decoded block (P mod b counted from the row's start, or 0
+    when blocks start at the completion); n_blocks (B,) the blocks the row decodes, ceil((tail + G) / b)."""
+    B, P = prompt_ids.shape
+    G, device = completion_length, prompt_ids.device
+    real = attention_mask.long().sum(1)
+    tail = real % b if from_row_start else torch.zeros_like(real)
+    first = int((real - tail).max())  # the longest prompt's whole blocks come before every row's first block
+    n_blocks = (tail + G + b - 1) // b
+    width = completion_width(tail, G, b)
+    S = first + int(tail.max()) + width
+    column = torch.arange(S, device=device)
+    start = first + tail - real  # each row's first real token
+    inside = (column >= first + tail[:, None]) & (column < first + n_blocks[:, None] * b)
+    x = torch.full((B, S), fill_id, dtype=torch.long, device=device)
+    x[inside] = mask_id
+    prompt_columns = start[:, None] + torch.arange(P, device=device) - (P - real[:, None])  # (B, P), padding < start
+    keep = attention_mask.bool()
+    x[torch.arange(B, device=device)[:, None].expand(-1, P)[keep], prompt_columns[keep]] = prompt_ids[keep]
+    return x, (column >= start[:, None]).long(), first, tail, n_blocks
+
+
+def completion_width(tail, G, b):
+    """The completion columns of a batch: the most positions any row decodes, ceil((tail + G) / b)·b − tail."""
+    return int(((tail + G + b - 1) // b * b - tail).max())
+
+
+def completion_columns(first, tail, width):
+    """(B, width) the canvas column of each row's completion positions (the sampler reads them back)."""
+    return first + tail[:, None] + torch.arange(width, device=tail.device)
 
 
 def cached_inputs(ids, attention_mask, lo, hi, cache, size, store=False):
-    """The model arguments that run positions [lo, hi) of `ids` over a cache holding [0, lo): one
-    block, or (lo = 0) the prompt's prefill, block-causal in blocks of `size`; `store` appends their
-    keys and values to the cache."""
-    n = len(ids)
-    mask = causal_mask(attention_mask[:, :hi], size) if lo == 0 else cached_mask(attention_mask, lo, hi)
-    positions = torch.arange(lo, hi, device=ids.device).expand(n, -1)
-    return ids[:, lo:hi], dict(attention_mask=mask, position_ids=positions, past_key_values=cache, store_kv=store)
+    """The model arguments that run columns [lo, hi) of `ids` over a cache holding [0, lo): block-causal in
+    blocks of `size` among themselves (lo on a block boundary of every row), seeing every real cached
+    position; lo = 0 is the prompt's prefill. `store` appends their keys and values to the cache."""
+    prefix = attention_mask[:, :lo].bool()[:, None, None, :].expand(-1, 1, hi - lo, -1)
+    mask = torch.cat([prefix, causal_mask(attention_mask[:, lo:hi], size)], -1)
+    call = dict(attention_mask=mask, position_ids=positions(attention_mask[:, :hi])[:, lo:], past_key_values=cache)
+    return ids[:, lo:hi], call | dict(store_kv=store)
 
 
 def packed_states(ids, attention_mask, x, read, prompt_length, size):
-    """One forward's input that scores K draws per row block by block. ids (n, L): the final
-    sequences; x (K, n, L): the draws' inputs; read (K, n, G): the completion positions each scores.
-    Every block a draw reads becomes one copy of that block of x, which sees the blocks of ids before
-    it and itself. Returns (packed ids, call arguments, read, columns, draw): the (n, L + C·size)
-    input with its mask and positions; per copy position (n, C, size) whether it is scored and the
-    column of ids it stands for; per copy (n, C) its draw. C is the most copies of any row; a row's
-    spare copies score nothing."""
+    """One forward's input that scores K draws per row block by block. ids (n, L): the final sequences; x
+    (K, n, L): the draws' inputs; read (K, n, W): the completion positions each scores. Every block a draw
+    reads becomes one copy of that block of x, which sees the blocks of ids before it and itself (a first
+    block that holds the prompt's tail copies those prompt tokens too, never read). Returns (packed ids, call
+    arguments, read, columns, draw): the (n, L + C·size) input with its mask and positions; per copy
+    position (n, C, size) whether it is scored and the column of ids it stands for; per copy (n, C) its
+    draw. C is the most copies of any row; a row's spare copies score nothing."""
     K, n, L = x.shape
     P, device = prompt_length, x.device
-    blocks = (L - P) // size
-    wanted = read.view(K, n, blocks, size).any(-1).transpose(0, 1).reshape(n, K * blocks)  # (row, draw·block)
+    index = block_of(attention_mask, size)
+    local = index[:, P:] - index[:, P : P + 1]  # (n, W) each completion position's block, from the row's first
+    blocks = int(local.max()) + 1
+    in_block = (local[..., None] == torch.arange(blocks, device=device)).float()  # (n, W, blocks)
+    wanted = torch.einsum("knw,nwb->nkb", read.float(), in_block).flatten(1) > 0  # (row, draw·block)
     C = max(int(wanted.sum(1).max()), 1)
     order = torch.sort((~wanted).long(), dim=1, stable=True).indices[:, :C]  # each row's read (draw, block) first
     valid = wanted.gather(1, order)
     draw, block = order // blocks, (order % blocks).masked_fill(~valid, 0)
-    columns = P + block[..., None] * size + torch.arange(size, device=device)  # (n, C, size)
+    start = L - attention_mask.long().sum(1)  # each row's first real column (left padding)
+    first = start + index[:, P] * size  # each row's first completion block
+    columns = first[:, None, None] + block[..., None] * size + torch.arange(size, device=device)  # (n, C, size)
+    exists = columns < L  # a last block may end past the sequence (a completion not of whole blocks)
+    columns = columns.clamp(max=L - 1)
     rows = torch.arange(n, device=device)[:, None, None]
     copies = x[draw[..., None], rows, columns]
-    copy_read = read[draw[..., None], rows, columns - P] & valid[..., None]
+    copy_read = read[draw[..., None], rows, (columns - P).clamp(min=0)] & (columns >= P) & exists & valid[..., None]
 
     packed = torch.cat([ids, copies.flatten(1)], 1)
-    positions = torch.cat([torch.arange(L, device=device).expand(n, -1), columns.flatten(1)], 1)
+    clean_positions = positions(attention_mask)
+    packed_positions = torch.cat([clean_positions, clean_positions.gather(1, columns.flatten(1))], 1)
     Q = L + C * size
     mask = torch.zeros((n, 1, Q, Q), dtype=torch.bool, device=device)
     mask[:, :, :L, :L] = causal_mask(attention_mask, size)
     copy = torch.arange(C, device=device).repeat_interleave(size)  # which copy each packed position is
-    mask[:, 0, L:, L:] = copy[:, None] == copy[None, :]  # a copy sees itself, no other copy
+    mask[:, 0, L:, L:] = (copy[:, None] == copy[None, :]) & exists.flatten(1)[:, None, :]  # itself, no other copy
     before = torch.arange(L, device=device) < columns[:, :, :1].repeat_interleave(size, 1)  # (n, C·size, L)
     mask[:, 0, L:, :L] = before & attention_mask.bool()[:, None, :]  # and the real clean prefix before its block
-    return packed, dict(attention_mask=mask, position_ids=positions), copy_read, columns, draw
+    mask[:, 0, L:, L:] |= torch.eye(C * size, dtype=torch.bool, device=device)  # a position past the end sees itself
+    return packed, dict(attention_mask=mask, position_ids=packed_positions), copy_read, columns, draw

@@ -63,10 +63,12 @@ def forward_logits(model, ids, attention_mask=None, at=None):
 def _padded_logits(model, ids, attention_mask, at):
     """forward_logits without the shift: the positions `at` themselves, padding handled. A block model
     gets its block-causal mask built here, with the padding in it (SDAR's code reads a 2-D mask as
-    bidirectional)."""
+    bidirectional), and positions counted from each row's first token."""
     if size := block_size(model):
         attention_mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-        return selected_logits(model, ids, {"attention_mask": blocks.causal_mask(attention_mask, size)}, at)
+        mask, positions = blocks.causal_mask(attention_mask, size), blocks.positions(attention_mask)
+        call = dict(attention_mask=mask, position_ids=positions)
+        return selected_logits(model, ids, call, at)
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
     if pads is None or not bool(pads.any()):
         return selected_logits(model, ids, {}, at)
@@ -88,7 +90,7 @@ def _unpadded_logits(model, ids, pads, at):
     for pad in pads.unique().tolist():
         rows = (pads == pad).nonzero().squeeze(1)
         if at is None:
-            part, where = selected_logits(model, ids[rows, pad:], {}, None), (rows[:, None], slice(pad, None))
+            part, where = selected_logits(model, ids[rows, pad:], {}, None), (rows, slice(pad, None))
         elif torch.is_tensor(at):
             sub = at[rows.to(at.device), pad:]
             part, where = selected_logits(model, ids[rows, pad:], {}, sub), index[rows.to(at.device), pad:][sub]

@@ -183,16 +183,16 @@ def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, co
     return lp, x_hat, raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)
 
 
-def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step, P):
-    """Write the chosen candidates: rows (n,), cols (n, Bk) absolute positions, chosen (n, Bk)
+def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step):
+    """Write the chosen candidates on the canvas: rows (n,), cols (n, Bk) canvas columns, chosen (n, Bk)
     bool, step (n,): the step of each row that commits them."""
     r, c = chosen.nonzero(as_tuple=True)
     R, C, tok = rows[r], cols[r, c], x_hat[r, c]
     dist = lp[r, c]  # (N, V): only the committed positions' distributions
     x[R, C] = tok
-    unmask_step[R, C - P] = step[r]
-    logp[R, C - P] = dist.gather(-1, tok[:, None]).squeeze(-1)
-    entropy[R, C - P] = entropy_of(dist)
+    unmask_step[R, C] = step[r]
+    logp[R, C] = dist.gather(-1, tok[:, None]).squeeze(-1)
+    entropy[R, C] = entropy_of(dist)
 
 
 def check_blocks(model, block_length):
@@ -229,45 +229,48 @@ def generate(
     later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
     there and what the estimators ignore (they draw only steps up to the last one that committed a
     non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
-    confidence threshold `threshold` instead of a fixed number of steps (generate_threshold).
-    A block-diffusion model decodes with fixed steps over a KV cache of its finished blocks
-    (blocks.py): the same tokens as recomputing everything, at a fraction of the positions; with
-    kv_cache=False, or threshold decoding, every step runs the whole sequence."""
+    confidence threshold `threshold` instead of a fixed number of steps (decode).
+
+    A block-diffusion model decodes in its own layout (blocks.py): blocks counted from each row's first
+    token, the prompt's last P mod b tokens in the first decoded block, the last block whole, so a row
+    decodes up to b − 1 positions past max_completion_length. Those are its completion as any other:
+    the reward reads them and the log-probs count them. A row that decodes fewer positions than the
+    batch's widest holds EOS (pad_id without eos_ids) past its last block, at no step (unmask_step −1).
+    Over a KV cache of its finished blocks (kv_cache) it gives the same tokens as recomputing everything
+    at a fraction of the positions."""
     check_settings(max_completion_length, block_length, sampling_steps, temperature, unmasking, top_k, top_p, threshold)
     check_blocks(model, block_length)
-    gen_length, steps = max_completion_length, sampling_steps  # G and m, LLaDA's generate.py's names
+    G, b = max_completion_length, block_length
     device = next(model.parameters()).device
     if isinstance(prompt_ids, (list, tuple)):
         prompt_ids, attention_mask = left_pad(prompt_ids, pad_id, device)
     prompt_ids = prompt_ids.to(device)
     B, P = prompt_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(prompt_ids)
+    attention_mask = torch.ones_like(prompt_ids) if attention_mask is None else attention_mask.to(device).long()
     eos_ids = tuple(int(e) for e in (eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]))
-
-    x = torch.cat([prompt_ids, torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
-    attn = torch.cat(
-        [attention_mask.to(device).long(), torch.ones((B, gen_length), dtype=torch.long, device=device)], 1
-    )
-    unmask_step = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
-    logp = torch.zeros((B, gen_length), device=device)
-    entropy = torch.zeros((B, gen_length), device=device)
-    state = (x, attn, unmask_step, logp, entropy)
+    native = bool(block_size(model))  # a block model's blocks count from each row's first token
+    fill = eos_ids[0] if eos_ids else pad_id
+    x, attn, first, tail, n_blocks = blocks.canvas(prompt_ids, attention_mask, G, b, native, mask_id, fill)
+    unmask_step = torch.full_like(x, -1)
+    logp, entropy = torch.zeros(x.shape, device=device), torch.zeros(x.shape, device=device)
+    state, layout = (x, attn, unmask_step, logp, entropy), (first, tail, n_blocks, b)
     sampling = dict(
         mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device
     )
     if unmasking == "threshold":
-        steps, passes = generate_threshold(model, state, P, gen_length, block_length, threshold, eos_ids, sampling)
+        steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, tau=threshold)
     else:
-        cache = kv_cache and bool(block_size(model))
-        passes = fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, eos_ids, sampling, cache)
+        per_block = sampling_steps // (G // b)
+        steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, per_block, unmasking)
+    columns = blocks.completion_columns(first, tail, blocks.completion_width(tail, G, b))
+    completion = torch.ones(columns.shape, dtype=torch.long, device=device)
     return Rollout(
-        ids=x,
-        attention_mask=attn,
+        ids=torch.cat([prompt_ids, x.gather(1, columns)], 1),
+        attention_mask=torch.cat([attention_mask, completion], 1),
         prompt_length=P,
-        unmask_step=unmask_step,
-        logp=logp,
-        entropy=entropy,
+        unmask_step=unmask_step.gather(1, columns),
+        logp=logp.gather(1, columns),
+        entropy=entropy.gather(1, columns),
         steps=steps,
         mask_id=mask_id,
         eos_ids=eos_ids,
@@ -278,104 +281,109 @@ def generate(
     )
 
 
-def fixed_steps(model, state, P, gen_length, block_length, steps, unmasking, stop_eos, sampling, kv_cache=False):
-    """LLaDA's sampler: every block in steps·B/G steps, step i committing k_i positions. kv_cache (a
-    block-causal model): the prompt runs once into a KV cache, each step runs only its block over the
-    cache, and each finished block runs once more to add its keys and values."""
-    x, attn, unmask_step, logp, entropy = state
-    B, device = x.shape[0], x.device
-    n_blocks = gen_length // block_length
-    spb = steps // n_blocks
-    schedule = transfer_schedule(block_length, spb)
-    fill_steps = torch.repeat_interleave(torch.arange(spb, device=device), torch.tensor(schedule, device=device))
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    passes = torch.zeros(B, dtype=torch.long, device=device)
-    cache, cached_rows = None, torch.arange(B, device=device)
-    if kv_cache:
-        from transformers import DynamicCache
+def prefill(model, x, attn, first, kv_cache):
+    """A KV cache holding the canvas before the first decoded block (None without kv_cache)."""
+    if not kv_cache:
+        return None
+    from transformers import DynamicCache
 
-        cache = DynamicCache()
-        cached_call(model, x, attn, 0, P, cache, store=True)
-    for b in range(n_blocks):
-        lo, hi = P + b * block_length, P + (b + 1) * block_length
-        rows = (~done).nonzero().squeeze(1)
-        if cache is not None and len(rows) < len(cached_rows):  # finished rows leave the cache too
-            cache.batch_select_indices(torch.searchsorted(cached_rows, rows))
-            cached_rows = rows
-        passes[rows] += spb
-        cols = torch.arange(lo, hi, device=device).expand(len(rows), -1)
-        for i, k in enumerate(schedule):
-            if cache is None:
-                logits = forward_logits(model, x[rows], attn[rows], at=(slice(None), slice(lo, hi)))  # this block only
-            else:
-                logits = cached_call(model, x[rows], attn[rows], lo, hi, cache)
-            lp, x_hat, conf = candidates(logits, **sampling, confidence=unmasking == "low_confidence")
-            if unmasking == "random":
-                conf = uniform(x_hat.shape, sampling["generator"], device)
-            conf = conf.masked_fill(x[rows, lo:hi] != sampling["mask_id"], float("-inf"))
-            chosen = torch.zeros_like(conf, dtype=torch.bool).scatter_(1, conf.topk(k, dim=-1).indices, True)
-            commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, torch.full_like(rows, b * spb + i), P)
-        if cache is not None and b < n_blocks - 1:  # the finished block's keys and values, for every later step
-            cached_call(model, x[rows], attn[rows], lo, hi, cache, store=True)
-        if done.any():  # finished rows: EOS in this block's positions, in schedule order
-            x[done, lo:hi] = stop_eos[0]
-            unmask_step[done, b * block_length : (b + 1) * block_length] = b * spb + fill_steps
-        if stop_eos:
-            done |= torch.isin(x[:, P:hi], torch.tensor(stop_eos, device=device)).any(1)
-            if done.all():  # fill the remaining blocks at once
-                for b2 in range(b + 1, n_blocks):
-                    x[:, P + b2 * block_length : P + (b2 + 1) * block_length] = stop_eos[0]
-                    unmask_step[:, b2 * block_length : (b2 + 1) * block_length] = b2 * spb + fill_steps
-                break
-    return passes
+    cache = DynamicCache()
+    if first:
+        cached_call(model, x, attn, 0, first, cache, store=True)
+    return cache
+
+
+def cache_rows(cache, index):
+    """A cache of some of `cache`'s rows (index into its batch), the original left as it is."""
+    from transformers import DynamicCache
+
+    part = DynamicCache()
+    for layer in range(len(cache)):
+        keys, values = cache[layer]
+        part.update(keys[index], values[index], layer)
+    return part
 
 
 def cached_call(model, x, attn, lo, hi, cache, store=False):
-    """Logits of positions [lo, hi) run over a cache of [0, lo) (none when storing them)."""
+    """Logits of columns [lo, hi) run over a cache of [0, lo) (none when storing them)."""
     ids, kw = blocks.cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
     return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
 
 
-def generate_threshold(model, state, P, gen_length, block_length, threshold, stop_eos, sampling):
-    """Confidence-threshold parallel decoding (Fast-dLLM's rule) as an exact policy: at each of its
-    steps a row commits every masked position of its current block whose confidence is at least
-    `threshold`, and at least the most confident one. Rows advance through their blocks on their
-    own (a row whose block is full moves to its next; a finished row is no longer computed), so each
-    row has its own number of steps m', recorded in unmask_step as for fixed steps. A row whose
-    finished blocks hold an EOS is filled with EOS at its next step index. Returns the width of the
-    step axis (the most steps of any row, its EOS fill included) and each row's forward passes."""
+def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0, unmasking="low_confidence", tau=0):
+    """The blocks in order, each until its masks are filled, a step committing on every row that still has
+    masks in the block: with `steps_per_block` s, LLaDA's k_i positions at step i, or as many as are left
+    (a first block that holds the prompt's tail has fewer masks and ends early, as SDAR's does); with
+    threshold `tau`, confidence-threshold parallel decoding as an exact policy (Fast-dLLM's rule, dLLM-RL's
+    dynamic threshold): every masked position whose confidence is at least tau, and at least the most
+    confident. Each row counts its own steps (its own m'). A row with an EOS in a finished block is no
+    longer computed: fixed steps fill its later blocks with EOS in schedule order, threshold decoding at its
+    next step. kv_cache (a block-causal model): the prompt runs once into a KV cache, a step runs only the
+    block over it, and each finished block runs once more to add its keys and values.
+    Returns the width of the step axis and each row's forward passes."""
     x, attn, unmask_step, logp, entropy = state
-    B, L, device = x.shape[0], x.shape[1], x.device
-    n_blocks = gen_length // block_length
-    block = torch.zeros(B, dtype=torch.long, device=device)  # each row's current block
-    step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step index
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    log_tau = math.log(threshold)
+    first, tail, n_blocks, b = layout
+    (B, S), device, mask_id = x.shape, x.device, sampling["mask_id"]
+    schedule = transfer_schedule(b, steps_per_block) if steps_per_block else [b] * b
+    fill_steps = torch.repeat_interleave(torch.arange(len(schedule), device=device), torch.tensor(schedule))
+    in_completion = torch.arange(S, device=device) >= first + tail[:, None]
     eos = torch.tensor(stop_eos, dtype=torch.long, device=device)
-    while active.any():
-        rows = active.nonzero().squeeze(1)
-        cols = P + block[rows, None] * block_length + torch.arange(block_length, device=device)  # (n, Bk)
-        at = torch.zeros((len(rows), L), dtype=torch.bool, device=device).scatter_(1, cols, True)
-        logits = forward_logits(model, x[rows], attn[rows], at=at).view(len(rows), block_length, -1)
-        lp, x_hat, conf = candidates(logits, **sampling)
-        masked = x[rows[:, None], cols] == sampling["mask_id"]
-        conf = conf.masked_fill(~masked, float("-inf"))
-        chosen = (conf >= log_tau) & masked
-        chosen.scatter_(1, conf.topk(1, dim=-1).indices, True)  # at least the most confident
-        commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step[rows], P)
-        step[rows] += 1
-        full = rows[~(masked & ~chosen).any(1)]  # rows whose block is now complete
-        if len(full):
-            ended = torch.isin(x[full, P:], eos).any(1) if len(stop_eos) else torch.zeros_like(full, dtype=torch.bool)
-            block[full] += 1
-            last = block[full] == n_blocks
-            for r in full[ended & ~last].tolist():  # EOS seen: the rest is EOS, committed at the row's next step
-                start = P + int(block[r]) * block_length
-                x[r, start:] = stop_eos[0]
-                unmask_step[r, start - P :] = step[r]
-            active[full[ended | last]] = False
-    filled = (unmask_step == step[:, None]).any(1)
-    return int((step + filled.long()).max()), step
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # an EOS in a finished block
+    step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step
+    passes = torch.zeros(B, dtype=torch.long, device=device)
+    cache, cached_rows = prefill(model, x, attn, first, kv_cache), torch.arange(B, device=device)
+    N = int(n_blocks.max())
+    for block in range(N):
+        lo, hi = first + block * b, first + (block + 1) * b
+        live = (block < n_blocks) & ~done
+        rows = live.nonzero().squeeze(1)
+        if cache is not None and len(rows) < len(cached_rows):  # rows that ended leave the cache too
+            cache.batch_select_indices(torch.searchsorted(cached_rows, rows))
+            cached_rows = rows
+        for k in schedule if len(rows) else []:
+            masked = x[rows, lo:hi] == mask_id
+            count = masked.sum(1).clamp(max=k)
+            going = (count > 0).nonzero().squeeze(1)  # rows whose block still has masks
+            if not len(going):
+                break
+            sub, masked, count = rows[going], masked[going], count[going]
+            if cache is None:
+                logits = forward_logits(model, x[sub], attn[sub], at=(slice(None), slice(lo, hi)))  # this block only
+            else:
+                part = cache if len(going) == len(rows) else cache_rows(cache, going)
+                logits = cached_call(model, x[sub], attn[sub], lo, hi, part)
+            passes[sub] += 1
+            lp, x_hat, conf = candidates(logits, **sampling, confidence=unmasking != "random")
+            if unmasking == "random":
+                conf = uniform(x_hat.shape, sampling["generator"], device)
+            conf = conf.masked_fill(~masked, float("-inf"))
+            if tau:
+                chosen = (conf >= math.log(tau)) & masked
+                chosen.scatter_(1, conf.topk(1, dim=-1).indices, True)  # at least the most confident
+            else:
+                most = int(count.max())
+                top = conf.topk(most, dim=-1).indices
+                chosen = torch.zeros_like(masked).scatter_(1, top, torch.arange(most, device=device) < count[:, None])
+            cols = torch.arange(lo, hi, device=device).expand(len(sub), -1)
+            commit(x, unmask_step, logp, entropy, sub, cols, chosen, x_hat, lp, step[sub])
+            step[sub] += 1
+        if cache is not None and len(rows) and block < N - 1:  # the finished block's keys and values, for later steps
+            cached_call(model, x[rows], attn[rows], lo, hi, cache, store=True)
+        filled = done & (block < n_blocks)  # rows that ended: EOS in this block's positions, in schedule order
+        if filled.any():
+            x[filled, lo:hi] = stop_eos[0]
+            unmask_step[filled, lo:hi] = step[filled, None] + fill_steps
+            step[filled] += len(schedule)
+        if stop_eos:
+            ended = (torch.isin(x[:, :hi], eos) & in_completion[:, :hi]).any(1) & ~done
+            if tau:  # threshold: the rest is EOS, committed at the row's next step
+                for r in (ended & (block + 1 < n_blocks)).nonzero().squeeze(1).tolist():
+                    x[r, hi : first + int(n_blocks[r]) * b] = stop_eos[0]
+                    unmask_step[r, hi : first + int(n_blocks[r]) * b] = step[r]
+                    step[r] += 1
+                n_blocks = torch.where(ended, block + 1, n_blocks)
+            done |= ended
+    return (int(step.max()) if tau else N * steps_per_block), passes
 
 
 def decode_completions(tok, rollout):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import chat
 
+import blocks
 from agrpo import MicroBatch, accumulate_gradients
 from likelihood import draw_passes, draws_logp, packs, stepwise_draws, token_logp
 from logits import count_positions
@@ -55,10 +56,8 @@ def test_cached_rollout_makes_the_tokens_of_recomputing(prompts_and_eos, tempera
     if stop == "early":
         assert cached.passes.min() < cached.passes.max()  # some rows did stop early
     B, P = cached.ids.shape[0], cached.prompt_length
-    blocks_run = cached.passes // 4  # 4 steps a block
-    stored = (blocks_run - (blocks_run == 4).long()).sum()  # every block run but the last of the sequence
-    assert cached.positions == B * P + 8 * (4 * blocks_run.sum() + stored)
-    assert full.positions == (P + 32) * int(cached.passes.sum())
+    # the prompts' whole blocks once, each block once per step and once more to store it (the last excepted)
+    assert cached.positions <= B * P + 8 * (int(cached.passes.sum()) + B * 5)
     assert full.positions > 4 * cached.positions
 
 
@@ -181,15 +180,137 @@ def test_elbo_draws_on_a_block_model_score_each_block_given_the_final_blocks_bef
     count = count_positions(model)
     with torch.no_grad():
         packed = draws_logp(model, rollout, draws)
-        (B, L), P, G = rollout.ids.shape, rollout.prompt_length, 32
-        assert count[0] == B * (L + 2 * G)  # every block of both draws is read: 2·4 copies of 8
+        (B, L), P = rollout.ids.shape, rollout.prompt_length
+        block = blocks.block_of(rollout.attention_mask, 8)[:, P:]  # each row's blocks, from its first token
+        read_blocks = [sum(len(block[r][draws.read[j, r]].unique()) for j in range(2)) for r in range(B)]
+        assert count[0] == B * (L + 8 * max(read_blocks))  # one copy of each block a draw reads
         expected = torch.zeros_like(packed)
         for j in range(2):
-            for c in range(G // 8):
-                x = rollout.ids.clone()
-                x[:, P + 8 * c : P + 8 * c + 8] = draws.x[j, :, P + 8 * c : P + 8 * c + 8]
-                read = torch.zeros_like(draws.read[j])
-                read[:, 8 * c : 8 * c + 8] = draws.read[j, :, 8 * c : 8 * c + 8]
-                expected[j] += token_logp(model, rollout, x, read, truncate=False)
+            for c in block.unique().tolist():
+                x, here = rollout.ids.clone(), block == c
+                x[:, P:][here] = draws.x[j, :, P:][here]
+                expected[j] += token_logp(model, rollout, x, draws.read[j] & here, truncate=False)
         torch.testing.assert_close(packed, expected, atol=1e-4, rtol=0)
         assert not packs(model, one_step_draws(rollout, 1, torch.Generator().manual_seed(0)))
+
+
+def reference_decode(model, prompt, G, steps_per_block, mask_id, temperature=0.0, generator=None):
+    """SDAR's generate.py for one row, written here from its description and run on the model's own
+    attention (no mask given: blocks from the first token, positions 0..): the sequence is the prompt
+    and masks up to a whole number of blocks of 8; decoding starts at the block holding the prompt's end;
+    each block takes up to `steps_per_block` steps, step i committing k_i of its masks (fewer when fewer
+    are left, where SDAR's code would overwrite a prompt token), a full forward each step; candidates by
+    Gumbel-max over the tempered distribution (argmax at T = 0), confidence softmax(ℓ)[x̂]. Returns the
+    completion, each position's step (counted per row, steps that commit nothing not counted) and log-prob."""
+    b, P = 8, len(prompt)
+    total = -(-(P + G) // b) * b
+    x = torch.full((1, total), mask_id)
+    x[0, :P] = torch.tensor(prompt)
+    step, steps, logps = 0, torch.full((total,), -1), torch.zeros(total)
+    schedule = [b // steps_per_block + (i < b % steps_per_block) for i in range(steps_per_block)]
+    for lo in range(P // b * b, total, b):
+        for k in schedule:
+            masked = x[0, lo : lo + b] == mask_id
+            if not masked.any():
+                break
+            logits = model(x).logits[0, lo : lo + b].float()
+            logits[:, mask_id] = float("-inf")
+            lp = (logits / temperature if temperature else logits).log_softmax(-1)
+            if temperature:
+                u = torch.rand((1, b, lp.shape[-1]), dtype=torch.float64, generator=generator)[0]
+                pick = (lp.double() - torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))).argmax(-1)
+            else:
+                pick = lp.argmax(-1)
+            confidence = logits.double().log_softmax(-1).gather(1, pick[:, None])[:, 0].masked_fill(~masked, -1e300)
+            chosen = confidence.topk(min(k, int(masked.sum()))).indices
+            x[0, lo + chosen] = pick[chosen]
+            steps[lo + chosen], logps[lo + chosen] = step, lp[chosen, pick[chosen]]
+            step += 1
+    return x[0, P:], steps[P:], logps[P:]
+
+
+def prompts_of_every_remainder(tok):
+    """Prompts of 8q + r tokens for r = 0..7 (q of 1 or 2), ordinary tokens only."""
+    g = torch.Generator().manual_seed(5)
+    ordinary = [t for t in range(len(tok)) if t not in (tok.mask_token_id, tok.pad_token_id, *tok.eos_ids)]
+    lengths = [8 * (1 + r % 2) + r for r in range(8)]
+    return [[ordinary[int(i)] for i in torch.randint(len(ordinary), (n,), generator=g)] for n in lengths]
+
+
+@pytest.mark.parametrize("steps_per_block", [8, 4])
+def test_rollouts_lay_blocks_from_the_first_token_as_the_model_does(steps_per_block):
+    """For prompts of every length mod 8, greedy rollouts (cached and not, alone and batched with all the
+    other remainders) and seeded ones give the tokens and steps of the start-aligned reference decoder,
+    and their recorded log-probs; the last block is decoded whole."""
+    model, tok = block_model()
+    prompts = prompts_of_every_remainder(tok)
+    kw = dict(max_completion_length=16, block_length=8, sampling_steps=2 * steps_per_block, mask_id=tok.mask_token_id)
+    kw["pad_id"] = tok.pad_token_id
+    with torch.no_grad():
+        expected = [reference_decode(model, p, 16, steps_per_block, tok.mask_token_id) for p in prompts]
+    for cached in (True, False):
+        batch = generate(model, prompts, kv_cache=cached, **kw)
+        assert batch.completion.shape[1] == 16 + 7  # the prompt of 8q + 1 tokens decodes 7 + 16 positions
+        for i, (p, (tokens, steps, logps)) in enumerate(zip(prompts, expected)):
+            alone = generate(model, [p], kv_cache=cached, **kw)
+            assert alone.completion.shape[1] == len(tokens) == 16 + (8 - len(p) % 8) % 8
+            assert torch.equal(alone.completion[0], tokens) and torch.equal(alone.unmask_step[0], steps)
+            torch.testing.assert_close(alone.logp[0], logps, atol=1e-4, rtol=0)
+            n = len(tokens)
+            assert torch.equal(batch.completion[i, :n], tokens) and torch.equal(batch.unmask_step[i, :n], steps)
+            assert bool((batch.completion[i, n:] == tok.pad_token_id).all() and (batch.unmask_step[i, n:] == -1).all())
+    for i, p in enumerate(prompts):
+        seeded = generate(model, [p], temperature=0.9, generator=torch.Generator().manual_seed(i), **kw)
+        with torch.no_grad():
+            tokens, steps, logps = reference_decode(
+                model, p, 16, steps_per_block, tok.mask_token_id, 0.9, torch.Generator().manual_seed(i)
+            )
+        assert torch.equal(seeded.completion[0], tokens) and torch.equal(seeded.unmask_step[0], steps)
+        torch.testing.assert_close(seeded.logp[0], logps, atol=1e-4, rtol=0)
+
+
+def test_mixed_remainders_score_exactly_packed_and_step_by_step():
+    """A seeded batch of every remainder with EOS: the recorded log-probs equal the packed exact sum and
+    the sum of one forward per step; gradients of the packed sum equal those step by step."""
+    model, tok = block_model()
+    prompts = prompts_of_every_remainder(tok)
+    kw = dict(max_completion_length=16, block_length=8, sampling_steps=8, mask_id=tok.mask_token_id)
+    kw |= dict(
+        pad_id=tok.pad_token_id, eos_ids=tok.eos_ids, temperature=0.9, generator=torch.Generator().manual_seed(0)
+    )
+    rollout = generate(model, prompts, **kw)
+    draws = stepwise_draws(rollout, 0, "exact")
+    params = [p for p in model.parameters() if p.requires_grad]
+    packed = draws_logp(model, rollout, draws)
+    per_step = torch.stack([token_logp(model, rollout, draws.x[j], draws.read[j]) for j in range(len(draws.x))])
+    torch.testing.assert_close(packed, per_step, atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.sum((0, 2)), rollout.logp.sum(1), atol=1e-4, rtol=0)
+    for a, b in zip(torch.autograd.grad(packed.sum(), params), torch.autograd.grad(per_step.sum(), params)):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+@pytest.mark.parametrize("stop", ["eos", "none"])
+def test_cached_threshold_decoding_is_the_uncached_one(temperature, stop):
+    """Threshold decoding over the KV cache, each row at its own pace (every remainder, EOS ending rows
+    early): the same tokens, steps, forward passes and log-probs as recomputing the canvas every step, at
+    fewer than a third of the positions."""
+    model, tok = block_model()
+    prompts = prompts_of_every_remainder(tok)
+    count = count_positions(model)
+    kw = dict(max_completion_length=32, block_length=8, sampling_steps=32, mask_id=tok.mask_token_id)
+    kw |= dict(pad_id=tok.pad_token_id, eos_ids=tok.eos_ids if stop == "eos" else (), unmasking="threshold")
+    kw["threshold"] = 0.7
+    runs = {}
+    for cached in (True, False):
+        count[0] = 0
+        runs[cached] = generate(
+            model, prompts, temperature=temperature, generator=torch.Generator().manual_seed(3), kv_cache=cached, **kw
+        )
+        runs[cached].positions = count[0]
+    cached, full = runs[True], runs[False]
+    assert torch.equal(cached.ids, full.ids) and torch.equal(cached.unmask_step, full.unmask_step)
+    assert torch.equal(cached.passes, full.passes) and cached.passes.min() < cached.passes.max()  # own paces
+    assert cached.steps == full.steps
+    torch.testing.assert_close(cached.logp, full.logp, atol=1e-4, rtol=0)
+    assert 3 * cached.positions < full.positions

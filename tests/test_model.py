@@ -416,7 +416,7 @@ def test_a_next_token_head_reads_the_position_before(tmp_path):
 
 
 def test_a_block_causal_model_attends_no_later_block(tmp_path):
-    """The embedded model as a block-diffusion model (tiny_block, blocks of 8 counted from the end):
+    """The embedded model as a block-diffusion model (tiny_block, blocks of 8 counted from the first token):
     changing a later block leaves every earlier position's logits bit for bit; greedy decoding of
     prompts of different lengths in one batch equals each alone; a sampled rollout replays exactly;
     the sampler refuses blocks that are not the model's; the variant saves and loads."""
@@ -435,16 +435,18 @@ def test_a_block_causal_model_attends_no_later_block(tmp_path):
     assert block_size(load("tiny_block", tiny_overrides=dict(block_size=0))[0]) == FAMILIES["tiny_block"].block_size
     ids = torch.randint(10, 60, (2, 27), generator=torch.Generator().manual_seed(0))  # a partial first block
     later = ids.clone()
-    later[:, 19:] = tok.mask_token_id
+    later[:, 16:] = tok.mask_token_id  # blocks from the first token: 16 starts the third
     with torch.no_grad():
-        assert torch.equal(forward_logits(model, ids)[:, :19], forward_logits(model, later)[:, :19])
-        assert not torch.equal(forward_logits(model, ids)[:, 19:], forward_logits(model, later)[:, 19:])
+        assert torch.equal(forward_logits(model, ids)[:, :16], forward_logits(model, later)[:, :16])
+        assert not torch.equal(forward_logits(model, ids)[:, 16:], forward_logits(model, later)[:, 16:])
     kw = dict(max_completion_length=16, block_length=8, mask_id=tok.mask_token_id, eos_ids=tok.eos_ids)
     kw["pad_id"] = tok.pad_token_id
     prompts = [chat(tok, "Using the numbers [1, 2, 3], make 7."), chat(tok, "2+3"), chat(tok, "9 9 -> 81")]
     batch = generate(model, prompts, sampling_steps=16, **kw)
-    for i, p in enumerate(prompts):
-        assert torch.equal(batch.ids[i, -16:], generate(model, [p], sampling_steps=16, **kw).ids[0, -16:])
+    for i, p in enumerate(prompts):  # a row decodes its own whole blocks; past them, EOS
+        alone = generate(model, [p], sampling_steps=16, **kw).completion[0]
+        assert torch.equal(batch.completion[i, : len(alone)], alone)
+        assert bool((batch.completion[i, len(alone) :] == tok.eos_ids[0]).all())
     r = generate(model, prompts, sampling_steps=16, temperature=0.9, generator=torch.Generator().manual_seed(0), **kw)
     with torch.no_grad():
         torch.testing.assert_close(exact_logp(model, r), r.logp.sum(1), atol=1e-4, rtol=1e-5)
