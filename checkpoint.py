@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import families
 import fsdp
 from configurator import ConfigError
 from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
@@ -174,7 +175,7 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
     try:
         os.makedirs(tmp)
         if weights is None:
-            getattr(model, "module", model).save_pretrained(tmp)  # peft: the adapters; else the whole model
+            families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
         else:
             fsdp.save_pretrained(model, tmp, weights)
         if tok is not None:
@@ -187,9 +188,12 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(state, f)
         _fsync_tree(tmp)
-    except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError ("unexpected pos")
+    except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
         shutil.rmtree(tmp, ignore_errors=True)
-        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
+        # torch reports a short write as RuntimeError ("unexpected pos")
+        full = isinstance(e, (OSError, RuntimeError)) and (
+            (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
+        )
         if not full:
             raise
         last = newest(out_dir) or "none yet"

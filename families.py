@@ -4,6 +4,7 @@ for block-diffusion models, the block size. A model of any other family stops at
 naming these.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +88,19 @@ def unwrap(model):
     if hasattr(model, "get_base_model"):  # peft
         model = model.get_base_model()
     return model
+
+
+def save_pretrained(model, folder, **kw):
+    """model.save_pretrained(folder), where a family's own code predates the transformers release: Dream's
+    DreamGenerationConfig (Fast-dLLM's and dLLM-RL's copies) has validate(self, is_init=False), and
+    transformers 4.57 saves a generation config after validate(strict=True)."""
+    config = getattr(model, "generation_config", None)
+    validate = getattr(type(config), "validate", None)
+    if validate is None or "strict" in inspect.signature(validate).parameters:
+        return model.save_pretrained(folder, **kw)
+    own = type(config)
+    config.__class__ = type(own.__name__, (own,), {"validate": lambda self, strict=False, **k: validate(self, **k)})
+    try:
+        return model.save_pretrained(folder, **kw)
+    finally:
+        config.__class__ = own

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+import families
 from families import family_part, unwrap
 
 
@@ -108,6 +109,6 @@ def save_pretrained(model, folder, weights):
     root, sharded_class = unwrap(model), type(unwrap(model))
     root.__class__ = plain_class(root)
     try:
-        model.save_pretrained(folder, state_dict=weights)
+        families.save_pretrained(model, folder, state_dict=weights)
     finally:
         root.__class__ = sharded_class

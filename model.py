@@ -20,7 +20,7 @@ import torch
 import fsdp
 import tiny_llada
 from configurator import first_line
-from families import family_of, family_of_config, family_part, unwrap
+from families import family_of, family_of_config, family_part, save_pretrained, unwrap
 from logits import forward_logits, probe_padding_mask
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -64,6 +64,8 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
     tok.eos_ids = (eos,) if isinstance(eos, int) and 0 <= eos < len(tok) else (tok.eos_token_id,)
     family_of(model)  # an architecture the code does not know stops here
+    if getattr(model.config, "fuse_cross_entropy", False):  # SDAR's: a fused loss returns no logits in train mode
+        model.config.fuse_cross_entropy = False
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
@@ -76,8 +78,12 @@ def save(model, tok, path):
     into place, so a kill leaves either no folder or a complete one."""
     tmp = path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    unwrap(model).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    try:
+        save_pretrained(unwrap(model), tmp)
+        tok.save_pretrained(tmp)
+    except BaseException:  # no half-written folder is left, whatever failed (the model's own code included)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 

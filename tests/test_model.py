@@ -457,3 +457,95 @@ def test_a_block_causal_model_attends_no_later_block(tmp_path):
     assert block_size(again) == 8
     with torch.no_grad():
         assert torch.equal(forward_logits(again, ids), forward_logits(model, ids))
+
+
+def test_full_logits_of_rows_sharing_a_padding_length_on_mask_ignoring_code():
+    """forward_logits without `at` on code that ignores the mask: rows of equal padding run together with
+    it cut off, and each row's logits are its own (two of three rows share a padding length)."""
+    model, tok = load("tiny", seed=0)
+    model = IgnoresMask(model)
+    ids = torch.randint(10, 100, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :3], mask[2, :3], mask[1, :1] = 0, 0, 0
+    with torch.no_grad():
+        logits = forward_logits(model, ids, mask)
+        for row in range(3):
+            pad = int((mask[row] == 0).sum())
+            alone = forward_logits(model, ids[row : row + 1, pad:])
+            torch.testing.assert_close(logits[row, pad:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def fused_loss_folder(tmp_path):
+    """A model folder whose config asks for SDAR's fused loss (`fuse_cross_entropy`: true) and whose code,
+    as SDAR's does, then returns no logits in train mode."""
+    model, tok = load("tiny", seed=0)
+    folder = str(tmp_path / "fused")
+    save(model, tok, folder)
+    with open(f"{folder}/config.json") as f:
+        config = json.load(f)
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump(config | {"fuse_cross_entropy": True}, f)
+    code = open(f"{folder}/tiny_llada.py").read()
+    head = 'return MaskedLMOutput(logits=t["ff_out"](t["ln_f"](x)))'
+    fused = 'return MaskedLMOutput(logits=None if getattr(self.config, "fuse_cross_entropy", False) and self.training '
+    with open(f"{folder}/tiny_llada.py", "w") as f:
+        f.write(code.replace(head, fused + 'else t["ff_out"](t["ln_f"](x)))'))
+    return folder
+
+
+def test_a_config_asking_for_a_fused_loss_still_trains(tmp_path):
+    """SDAR-8B-Chat's config.json sets fuse_cross_entropy, with which its forward returns no logits in train
+    mode: load turns it off, and a training step runs on the model's logits."""
+    from likelihood import exact_logp
+    from sample import generate
+
+    model, tok = load(fused_loss_folder(tmp_path))
+    assert model.config.fuse_cross_entropy is False
+    rollout = generate(model, [[5, 6, 7]], max_completion_length=8, block_length=8, sampling_steps=8, mask_id=1)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    (-exact_logp(model, rollout).sum()).backward()
+    opt.step()
+
+
+def old_generation_config(fail=False):
+    """Dream's DreamGenerationConfig as Fast-dLLM and dLLM-RL ship it: a validate() without `strict`; with
+    `fail`, one whose validate() raises once built."""
+    from transformers import GenerationConfig
+
+    class DreamGenerationConfig(GenerationConfig):
+        def validate(self, is_init=False):
+            super().validate()
+
+    class Failing(DreamGenerationConfig):
+        def validate(self, is_init=False):
+            raise TypeError("validate() failed in the model's own code")
+
+    config = DreamGenerationConfig()
+    config.__class__ = Failing if fail else DreamGenerationConfig
+    return config
+
+
+def test_a_generation_config_that_predates_strict_saves(tmp_path, monkeypatch):
+    """A model whose generation config's validate() takes no `strict` (Dream's copies) saves as a folder, a
+    checkpoint and an export; a save that fails in the model's own code leaves no half-written folder."""
+    import checkpoint
+    from tiny_llada import TinyLLaDAModel
+
+    monkeypatch.setattr(TinyLLaDAModel, "can_generate", classmethod(lambda cls: True))
+    model, tok = load("tiny", seed=0)
+    model.generation_config = old_generation_config()
+    save(model, tok, str(tmp_path / "saved"))
+    assert os.path.exists(tmp_path / "saved" / "generation_config.json")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    checkpoint.save(run, 1, model, opt, sched, {"model_name_or_path": "tiny"}, tok=tok)
+    assert os.path.exists(f"{run}/checkpoint-1/generation_config.json")
+    model.generation_config = old_generation_config(fail=True)
+    with pytest.raises(TypeError):
+        checkpoint.save(run, 2, model, opt, sched, {"model_name_or_path": "tiny"}, tok=tok)
+    with pytest.raises(TypeError):
+        save(model, tok, str(tmp_path / "again"))
+    assert sorted(os.listdir(run)) == ["checkpoint-1"] and not os.path.exists(tmp_path / "again.tmp")
