@@ -34,7 +34,7 @@ import data
 import ddp
 import logs
 from configurator import declared
-from families import unwrap
+from families import native_departures, unwrap
 from rewards import extract_answer
 from sample import check_settings, decode_completions, generate
 
@@ -202,6 +202,8 @@ def run_settings(train_cfg):
             out[k] = (out[k],)
     if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
         del out["eval_items"]
+    if train_cfg.get("unmasking") == "threshold":  # a run that decodes by threshold is evaluated by it alone
+        out |= dict(thresholds=(train_cfg["threshold"],), sampling_steps=(), step_fractions=())
     return out
 
 
@@ -239,7 +241,7 @@ def take_run_settings(cfg, given, specs, presets):
 def settings_line(cfg, sources, given):
     """Which run settings were used, grouped by where each came from."""
     where = {}
-    for k in RUN_SETTINGS:
+    for k in [*RUN_SETTINGS, *(["thresholds"] if "thresholds" in sources else [])]:
         source = sources.get(k, "the command line" if k in given else "eval.py's defaults")
         value = f"{len(cfg[k])} characters" if k == "system_prompt" and len(cfg[k]) > 40 else repr(cfg[k])
         where.setdefault(source, []).append(f"{k}={value}")
@@ -333,6 +335,10 @@ def main():
             )
         else:
             model, tok = load(spec, device=device)
+        for tau in dict.fromkeys(tau for _, _, tau in grid):
+            settings = dict(unmasking=cfg["unmasking"] if tau is None else "threshold")
+            for line in native_departures(model, **settings) if rank == 0 else ():
+                print(f"warning: {name}: {line}")
         for L, m, tau in grid:
             t0 = time.time()
             how = f"m={m}" if tau is None else f"τ={tau}"

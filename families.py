@@ -104,3 +104,25 @@ def save_pretrained(model, folder, **kw):
         return model.save_pretrained(folder, **kw)
     finally:
         config.__class__ = own
+
+
+def native_departures(model, unmasking="low_confidence", temperature=0.0, top_k=None, top_p=None, **_):
+    """One line for each way the sampler's settings decode otherwise than the model's own code (README,
+    "Dream and SDAR"): a start-up warning, so no run departs from its model's decoding unsaid."""
+    types, lines = family_of(model).model_types, []
+    truncated = temperature > 0 and bool(top_k or (top_p is not None and top_p < 1))
+    ranked = unmasking != "random" and (truncated or temperature not in (0, 1))
+    if "Dream" in types:
+        lines.append(
+            "Dream's diffusion_generate schedules its steps by timesteps (with steps = L: 0 tokens at the first step, "
+            "2 at the last); this sampler commits k_i = floor(m/s) + [i < m mod s] a step, in blocks"
+        )
+        if ranked:
+            lines.append(
+                "Dream's maskgit_plus ranks by the tempered, top-p truncated probability; this by the untempered"
+            )
+    if "sdar" in types and ranked:
+        lines.append(
+            "SDAR's generate ranks by the sampled token's tempered, truncated probability; this by the untempered"
+        )
+    return lines

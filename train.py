@@ -28,7 +28,7 @@ import logs
 from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
 from configurator import ConfigError, configure
 from eval import run_accuracy
-from families import unwrap
+from families import native_departures, unwrap
 from fsdp import gathered, local, whole_state
 from likelihood import ESTIMATORS, SCHEMES
 from logits import count_positions
@@ -213,6 +213,8 @@ def main():
         check_blocks(model, cfg.block_length)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for line in native_departures(model, **sampler(cfg)):
+        log(f"warning: {line}")
     base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base
     if cfg.max_prompt_length and (cfg.train_file or not hasattr(data.task(cfg.task), "generate")):
         prompting = (cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)

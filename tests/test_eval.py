@@ -220,6 +220,10 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert (cfg["task"], cfg["eval_items"], cfg["system_prompt"]) == ("gsm8k", -1, "task")
     out = subprocess.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16
+    sdar = [sys.executable, "eval.py", "configs/sdar_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
+    cfg = json.loads(subprocess.run(sdar, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    # SDAR's run decodes by dynamic threshold 0.9 in blocks of 4, as dLLM-RL's evaluation does: no fixed-step rows
+    assert (cfg["block_length"], cfg["thresholds"], cfg["sampling_steps"], cfg["step_fractions"]) == (4, [0.9], [], [])
 
 
 def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):

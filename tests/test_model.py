@@ -549,3 +549,24 @@ def test_a_generation_config_that_predates_strict_saves(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         save(model, tok, str(tmp_path / "again"))
     assert sorted(os.listdir(run)) == ["checkpoint-1"] and not os.path.exists(tmp_path / "again.tmp")
+
+
+def test_start_up_warns_where_decoding_departs_from_the_models_own():
+    """One warning line per departure from the model's own decoding: none for LLaDA's sampler or SDAR's
+    threshold decoding at T = 1, Dream's schedule always, a tempered ranking where the family's own code
+    ranks by the tempered, truncated probability."""
+    from types import SimpleNamespace
+
+    from families import native_departures
+
+    class Stub(torch.nn.Module):
+        def __init__(self, model_type):
+            super().__init__()
+            self.config = SimpleNamespace(model_type=model_type)
+
+    assert native_departures(Stub("llada"), "random", 0.6, 150, 0.99) == []
+    assert native_departures(Stub("sdar"), "threshold", 1.0, None, 1.0) == []
+    assert native_departures(Stub("sdar"), "threshold", 0.0) == []
+    assert len(native_departures(Stub("sdar"), "low_confidence", 0.6)) == 1
+    assert len(native_departures(Stub("Dream"), "low_confidence", 0.0)) == 1
+    assert len(native_departures(Stub("Dream"), "low_confidence", 0.2, None, 0.95)) == 2
