@@ -3,12 +3,12 @@ on stepwise log-probabilities.
 
 For a group of G completions of one prompt with rewards r_i:
 
-    A_i = r_i − mean_group(r)                      (÷ std_group(r) with scale_rewards)
+    A_i = r_i − mean_group(r)                      (÷ the group's sample std with scale_rewards)
 
 For each draw j (a sampled step t_j for AGRPO, a random mask for ELBO/one-step) and each token o
 it reads, with ρ = exp(log π_θ − log π_old) and w_ij the draw's importance weight:
 
-    ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·k3,
+    ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·ρ·k3,
     k3    = exp(r − n) − (r − n) − 1               (r: reference log-prob, n: current)
     L     = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
@@ -36,15 +36,23 @@ def group_advantages(rewards, num_generations, scale_rewards=False, eps=1e-4):
         raise ValueError(f"num_generations={num_generations} does not divide the {rewards.numel()} rewards")
     r = rewards.float().view(-1, num_generations)
     adv = r - r.mean(1, keepdim=True)
-    if scale_rewards:
-        adv = adv / (r.std(1, keepdim=True, unbiased=False) + eps)
+    if scale_rewards:  # TRL's scale_rewards: the sample standard deviation
+        adv = adv / (r.std(1, keepdim=True) + eps)
     return adv.flatten()
 
 
 def k3(logp, ref_logp):
-    """Unbiased, non-negative KL(π_θ || π_ref) estimator per token (Schulman's k3)."""
+    """Unbiased, non-negative KL(π_θ || π_ref) estimator per token (Schulman's k3) for a token drawn from π_θ."""
     d = ref_logp - logp
     return d.exp() - d - 1
+
+
+def kl_term(logp, old_logp, ref_logp):
+    """ρ·k3, as the release: the tokens were drawn from π_old, and E_{π_old}[ρ·k3] = KL(π_θ || π_ref) with ρ
+    carrying gradient, so the gradient is the KL's (plain k3's follows ∇KL(π_ref || π_θ)). Log-probs are
+    clamped at −30: a token the current or reference policy all but excludes must not make exp() overflow."""
+    logp, ref_logp = logp.clamp(min=-30.0), ref_logp.clamp(min=-30.0)
+    return (logp - old_logp).exp() * k3(logp, ref_logp)
 
 
 def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2):
@@ -68,7 +76,7 @@ def draw_loss(
     per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], epsilon, epsilon_high)
     kl = torch.zeros_like(per_tok)
     if beta > 0:
-        kl = k3(logp.clamp(min=-30.0), ref_logp.masked_fill(~read, 0.0).clamp(min=-30.0))
+        kl = kl_term(logp, old_logp, ref_logp.masked_fill(~read, 0.0))
         per_tok = per_tok + beta * kl
     scale = (weight / norm)[..., None] * read  # (K, B, G)
     loss = (per_tok * scale).sum() / (n_rows or logp.shape[-2])

@@ -60,8 +60,8 @@ draws_per_pass = 0  # block models: the most draws one packed forward scores (0 
 num_iterations = 1  # μ: policy updates per batch of rollouts [1, inf)
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down (0, 1)
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up (0, inf)
-beta = 0.0  # weight of the k3 KL to the reference policy (0 = no reference pass) [0, inf)
-scale_rewards = False  # divide advantages by the group's reward std
+beta = 0.0  # weight of the ρ·k3 KL to the reference policy (0 = no reference pass) [0, inf)
+scale_rewards = False  # divide advantages by the group's reward sample std (TRL's)
 num_generations = 8  # completions per prompt (the group: group-relative advantages need two) [2, inf)
 per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too [1, inf)
 gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step [1, inf)

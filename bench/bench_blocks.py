@@ -1,7 +1,9 @@
 """What block-causal attention buys (blocks.py), measured on one model side by side: the rollout with
 and without the KV cache of finished blocks, and the AGRPO update (forward + backward of
 agrpo.accumulate_gradients) with the exact stepwise sum in one packed forward, k sampled steps
-packed, the same k steps one forward each, and the exact sum recomputing every step in full.
+packed, the same k steps one forward each, and the exact sum recomputing every step in full; then, on
+the shipped block base (models/tiny-countdown-block), greedy decoding one token a step against threshold
+decoding, both over the cache: accuracy on held-out problems and positions per completion.
 
     python bench/bench_blocks.py                                 # CPU, the embedded block model
     python bench/bench_blocks.py --model_shape=llada8b           # LLaDA-8B's shape, block-causal, bf16
@@ -46,6 +48,8 @@ lora_r = 0  # LoRA rank of the update (0: every weight trained)
 gradient_checkpointing = False  # recompute each block's activations in the backward pass
 recompute_in_full = True  # time the exact sum by m full forwards too (the slowest row)
 repeats = 2  # timed calls (after one warm-up)
+base_items = 500  # held-out Countdown problems the shipped block base decodes (threshold rows)
+taus = (0.9, 0.7, 0.5)  # thresholds of those rows
 quick = False  # tiny sizes: checks the script runs
 # --- end of config
 
@@ -53,7 +57,7 @@ args = SimpleNamespace(**configure(__file__))
 args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 if args.quick:
     args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 2, 16, 48
-    args.sampling_steps, args.mc_samples, args.repeats = 16, (2,), 1
+    args.sampling_steps, args.mc_samples, args.repeats, args.base_items = 16, (2,), 1, 20
 cuda = args.device.startswith("cuda")
 B, P, G, size, m = (
     args.per_device_train_batch_size,
@@ -171,3 +175,36 @@ if "k=24 sampled steps, one forward each" in results:
     print(f"; {results['k=24 sampled steps, one forward each'] / exact:.1f}x fewer positions than 24 full passes")
 else:
     print()
+
+# --- threshold decoding over the cache, on the shipped block base: positions per completion at greedy accuracy
+import data  # noqa: E402
+from eval import evaluate  # noqa: E402
+from model import load  # noqa: E402
+
+base, tok = load("models/tiny-countdown-block", device=args.device)
+counter = count_positions(base)
+from configurator import declared  # noqa: E402
+
+options = {k: default for k, (default, _) in declared(data.task_file("countdown")).items()}  # as sft.py trains
+test_items = data.test_set("countdown", "", args.base_items, 0, **options)
+L8 = 16  # the base's completion length (sft.py), in its blocks of 8
+print(
+    f"\n# models/tiny-countdown-block, {len(test_items)} held-out Countdown problems (seed 0), greedy, "
+    f"{L8} tokens in blocks of 8, KV cache of finished blocks"
+)
+print("| decoding | accuracy | forward passes per completion | token positions per completion |")
+print("|---|---:|---:|---:|")
+rows = [("one token a step (16 steps)", dict(sampling_steps=L8))]
+rows += [(f"threshold τ = {tau}", dict(sampling_steps=L8, unmasking="threshold", threshold=tau)) for tau in args.taus]
+measured = {}
+for name, how in rows:
+    counter[0] = 0
+    records = evaluate(
+        base, tok, "countdown", test_items, max_completion_length=L8, block_length=8, compact=True, **how
+    )
+    n = len(records)
+    accuracy = sum(r["accuracy"] for r in records) / n
+    measured[name] = counter[0] / n
+    print(f"| {name} | {accuracy:.3f} | {sum(r['passes'] for r in records) / n:.2f} | {measured[name]:.1f} |")
+for name in list(measured)[1:]:
+    print(f"{name}: {measured[rows[0][0]] / measured[name]:.2f}x fewer positions than one token a step")

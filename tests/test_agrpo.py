@@ -26,7 +26,8 @@ def test_advantages_mean_centred_and_degenerate_groups():
     assert group_advantages(r, 4).tolist() == [-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     scaled = group_advantages(r, 4, scale_rewards=True)
     assert torch.isfinite(scaled).all() and scaled[4:].eq(0).all()  # all-equal group: zero, not NaN
-    torch.testing.assert_close(scaled[:4], torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (math.sqrt(0.5) + 1e-4))
+    # TRL's scale_rewards: the sample std, sqrt(2/3) for deviations (-1, 1, 0, 0)
+    torch.testing.assert_close(scaled[:4], torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (math.sqrt(2 / 3) + 1e-4))
     with pytest.raises(ValueError, match="num_generations"):
         group_advantages(r, 3)
 
@@ -67,6 +68,34 @@ def test_k3_is_nonnegative_and_zero_on_policy():
     a = torch.randn(100)
     assert (k3(a, a) == 0).all()
     assert (k3(a, a + torch.randn(100)) >= 0).all()
+
+
+def test_the_kl_terms_gradient_is_the_kls():
+    """On a categorical policy, with tokens drawn from π_old = π_θ (detached), the expectation of draw_loss's
+    β·ρ·k3 term over the draw (every token, weighted by its π_old probability) has the value KL(π_θ || π_ref)
+    and the gradient ∇KL(π_θ || π_ref), computed exactly; plain k3's gradient is not it."""
+    g = torch.Generator().manual_seed(0)
+    theta, ref = torch.randn(6, generator=g, requires_grad=True), torch.randn(6, generator=g).log_softmax(0)
+    logp = theta.log_softmax(0)
+    p_old = logp.detach().exp()
+    V = len(p_old)  # one draw per token, reading it, weighted by its probability under π_old
+    read = torch.eye(V, dtype=torch.bool)[:, None, :]  # (K = V, B = 1, G = V)
+    loss, _ = draw_loss(
+        logp.expand(V, 1, V),
+        logp.detach().expand(V, 1, V),
+        torch.zeros(1),
+        read,
+        p_old[:, None],
+        torch.ones(1),
+        beta=1.0,
+        ref_logp=ref.expand(V, 1, V),
+    )
+    kl = (logp.exp() * (logp - ref)).sum()
+    torch.testing.assert_close(loss, kl, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, theta, retain_graph=True)
+    torch.testing.assert_close(grad, torch.autograd.grad(kl, theta, retain_graph=True)[0], rtol=1e-4, atol=1e-6)
+    (plain,) = torch.autograd.grad((p_old * k3(logp, ref)).sum(), theta)
+    assert (plain - grad).abs().max() > 1e-2
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         (
             "bench/bench_blocks.py",
             [],
-            ["identical tokens: True", "| exact sum, one packed forward", "full passes (bound"],
+            ["identical tokens: True", "| exact sum, one packed forward", "full passes (bound", "| threshold τ = 0.9"],
         ),
     ],
 )
