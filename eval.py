@@ -207,11 +207,12 @@ def run_settings(train_cfg):
     return out
 
 
-def take_run_settings(cfg, given, specs, presets):
+def take_run_settings(cfg, given, specs, preset, train_cfg):
     """Fill cfg, where the command line left a key alone, from the checkpoints among the models, then
-    from training presets. Returns {key: where its value came from}."""
+    from training presets (a setting a checkpoint recorded stays, and a preset or the command line that
+    differs from it is said in one line). Returns {key: where its value came from}."""
     import checkpoint
-    from configurator import ConfigError, configure
+    from configurator import ConfigError
 
     sources = {}
     if "step_fractions" in given:  # steps asked for as fractions of L: the run's one step count would override them
@@ -219,6 +220,8 @@ def take_run_settings(cfg, given, specs, presets):
     for path in [spec for kind, spec in specs if kind == "checkpoint"]:
         for k, v in run_settings(checkpoint.read(path)["config"]).items():
             if k in given:
+                if k in ("task", "system_prompt") and cfg[k] != v:
+                    print(f"note: {path} was trained with {k}={v!r}; evaluating with --{k}={cfg[k]!r}", file=sys.stderr)
                 continue
             if k in sources and cfg[k] != v:
                 raise ConfigError(
@@ -226,13 +229,15 @@ def take_run_settings(cfg, given, specs, presets):
                     f"evaluate them apart, or choose one with --{k}"
                 )
             cfg[k], sources[k] = v, path
-    if presets:
-        train_cfg = configure(
-            os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), presets, data.option_files()
-        )
+    if train_cfg:
         for k, v in run_settings(train_cfg).items():
-            if k not in given:
-                cfg[k], sources[k] = v, presets[-1]
+            if k in sources and cfg[k] != v:  # what the checkpoint was trained with wins over a preset
+                print(
+                    f"note: {sources[k]} was trained with {k}={cfg[k]!r}, {preset} sets {v!r}: evaluated as trained",
+                    file=sys.stderr,
+                )
+            elif k not in given and k not in sources:
+                cfg[k], sources[k] = v, preset
         if "output_dir" not in given:
             cfg["output_dir"] = os.path.join(train_cfg["output_dir"], "eval")
     return sources
@@ -264,12 +269,23 @@ def main():
     )
     on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
     given = on_command_line | {k for keys in own.values() for k in keys}
+    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    train_cfg = configure(train_py, presets, data.option_files()) if presets else None
+    if presets and "models" not in given:  # a training preset names its models: its base and its run, if run
+        run = train_cfg["output_dir"]
+        cfg["models"] = (train_cfg["model_name_or_path"], *([run] if checkpoint.newest(run) else []))
+        cfg["labels"] = cfg["labels"] if "labels" in given else ("base", "AGRPO")[: len(cfg["models"])]
+        if not checkpoint.newest(run):
+            print(
+                f"note: {run} holds no checkpoint yet: evaluating {train_cfg['model_name_or_path']} alone",
+                file=sys.stderr,
+            )
     specs = (
         [checkpoint.resolve(s) for s in cfg["models"]]
         if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
         else []
     )
-    sources = take_run_settings(cfg, given, specs, presets)
+    sources = take_run_settings(cfg, given, specs, presets[-1] if presets else None, train_cfg)
     sources |= {k: f for f, keys in own.items() for k in keys if k not in on_command_line}
     if "--print_config" in argv:
         print(json.dumps(cfg, indent=1))

@@ -188,6 +188,18 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     samples = [json.loads(line) for line in open(f"{tmp_path}/f/samples.jsonl")]
     assert len(samples) == 3 and not any("Fill the grid." in s["prompt"] for s in samples)
     assert "from the command line: system_prompt='', eval_items=3" in open(f"{tmp_path}/f/results.md").read()
+    # a preset of another task, or --task, never silently changes what the checkpoint was trained on
+    preset = subprocess.run(
+        [*args, "configs/llada_gsm8k.py", "--print_config"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert json.loads(preset.stdout)["task"] == "sudoku"
+    assert (
+        f"{tmp_path}/run/checkpoint-3 was trained with task='sudoku', configs/llada_gsm8k.py sets 'gsm8k'"
+        in preset.stderr
+    )
+    asked = subprocess.run([*args, "--task=countdown", "--print_config"], cwd=ROOT, capture_output=True, text=True)
+    assert json.loads(asked.stdout)["task"] == "countdown"
+    assert "was trained with task='sudoku'; evaluating with --task='countdown'" in asked.stderr
 
 
 def test_a_training_preset_serves_eval(tmp_path):
@@ -220,6 +232,14 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert (cfg["task"], cfg["eval_items"], cfg["system_prompt"]) == ("gsm8k", -1, "task")
     out = subprocess.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16
+    # a preset names its own models (its base, and its run once it has a checkpoint), never eval.py's defaults
+    dream = [sys.executable, "eval.py", "configs/dream_gsm8k.py", "--print_config"]
+    out = subprocess.run(dream, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (json.loads(out.stdout)["models"], json.loads(out.stdout)["labels"]) == (
+        ["Dream-org/Dream-v0-Instruct-7B"],
+        ["base"],
+    )
+    assert "runs/dream_gsm8k holds no checkpoint yet" in out.stderr
     sdar = [sys.executable, "eval.py", "configs/sdar_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
     cfg = json.loads(subprocess.run(sdar, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
     # SDAR's run decodes by dynamic threshold 0.9 in blocks of 4, as dLLM-RL's evaluation does: no fixed-step rows
