@@ -10,13 +10,17 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
                          read with torch.load(weights_only=True), so nothing is ever unpickled
     trainer_state.json   step, base model, the run's resolved config, the fingerprint of the trained
                          parameters (names and shapes), counters, Python's RNG state
+    checksums.json       the SHA-256 of every other file: a resume, eval.py and export.py use no file
+                         whose bytes changed after it was written
 
 train.py writes and resumes them; eval.py and export.py rebuild the trained model from one.
 """
 
 import errno
 import fcntl
+import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -35,6 +39,7 @@ from configurator import ConfigError
 from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"
+CHECKSUMS = "checksums.json"
 ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the number of ranks does: their product may not
 
 
@@ -187,6 +192,9 @@ def save(out_dir, step, model, opt, sched, config, keep=2, base=None, counters=N
         )
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(state, f)
+        digests = {name: sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        with open(os.path.join(tmp, CHECKSUMS), "w") as f:
+            json.dump(digests, f, indent=1)
         _fsync_tree(tmp)
     except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -232,13 +240,51 @@ def truncate_log(log_path, step):
     os.replace(log_path + ".tmp", log_path)
 
 
-def read(path, with_tensors=False):
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+VERIFIED = set()  # (folder, checksums.json's mtime) already verified in this process: each file is hashed once
+
+
+def damaged_files(path):
+    """Why a checkpoint's files are not the bytes it wrote (checksums.json), or None. A checkpoint written
+    before checksums were recorded has none to compare and is read unverified."""
+    try:
+        key = (os.path.realpath(path), os.stat(os.path.join(path, CHECKSUMS)).st_mtime_ns)
+        if key in VERIFIED:
+            return None
+        with open(os.path.join(path, CHECKSUMS)) as f:
+            recorded = json.load(f)
+        if not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
+            return f"{CHECKSUMS} is not a map of file names to checksums"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"{CHECKSUMS} cannot be read ({type(e).__name__})"
+    for name, digest in recorded.items():
+        file = os.path.join(path, name)
+        if os.path.basename(name) != name or not os.path.isfile(file):
+            return f"{name} is missing"
+        if sha256(file) != digest:
+            return f"{name} is damaged (its SHA-256 differs from the one recorded when it was written)"
+    VERIFIED.add(key)
+    return None
+
+
+def read(path, with_tensors=False, verify=False):
     """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
     `path` (and with_tensors, its saved `tensors` and `trainer` tensors), or one line saying why it
-    cannot be read."""
+    cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused)."""
     state_file = os.path.join(path, "trainer_state.json")
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
+    if (with_tensors or verify) and (problem := damaged_files(path)):
+        raise ConfigError(f"checkpoint {path}: {problem}")
     try:
         with open(state_file) as f:
             state = json.load(f)
@@ -320,7 +366,7 @@ def newest_whole(run_dir, log=print):
     for name in reversed(names(run_dir)):
         path = os.path.join(run_dir, name)
         try:
-            problem = missing_tensors(path, read(path))
+            problem = missing_tensors(path, read(path, verify=True))
         except ConfigError as e:
             problem = str(e).removeprefix("config error: ")
         if problem is None:
@@ -368,6 +414,16 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
         raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the optimizer, scheduler or RNG state")
+    if opt is not None:
+        trained = [p for group in opt.param_groups for p in group["params"]]
+        if fsdp.is_sharded(model):  # FSDP's optimizer state is keyed by parameter name
+            by_id = {id(p): n for n, p in model.named_parameters()}
+            keyed = {by_id[id(p)]: p for p in trained}
+        else:  # torch's by the parameter's index in the param groups
+            keyed = dict(enumerate(trained))
+        problem = optimizer_problem(extra["optimizer"], keyed) or scheduler_problem(extra["scheduler"], opt)
+        if problem:
+            raise ConfigError(f"checkpoint {path}: optimizer.pt {problem}")
     if fsdp.is_sharded(model):  # each rank keeps its part of the whole tensors
         saved_as = {n: saved_name(n) for n, p in model.named_parameters() if p.requires_grad}
         check_tensors(path, saved, {saved_as[n]: p for n, p in model.named_parameters() if n in saved_as})
@@ -398,6 +454,49 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
     return state["step"]
+
+
+def optimizer_problem(saved, params):
+    """Why a saved optimizer state does not fit `params` {state key: parameter}, or None: a parameter without
+    state while others have some (its moments would restart), a state tensor of another shape or dtype, or
+    a value that is not finite."""
+    state = saved.get("state") if isinstance(saved, dict) else None
+    if not isinstance(state, dict) or not isinstance(saved.get("param_groups"), list):
+        return "holds no optimizer state and parameter groups"
+    if state and state.keys() != params.keys():
+        missing = sorted(params.keys() - state.keys(), key=str)
+        if missing:
+            return f"holds no state for {len(missing)} of {len(params)} trained parameters (#{missing[0]}, ...)"
+        return "holds state for parameters this run does not train"
+    for key, entry in state.items():
+        p = params[key]
+        if not isinstance(entry, dict):
+            return f"holds a state of parameter #{key} that is not a map"
+        for name, value in entry.items():
+            if not torch.is_tensor(value):
+                return f"holds {name} of parameter #{key} as {type(value).__name__}, not a tensor"
+            if value.dim() and (list(value.shape) != list(p.shape) or value.dtype != p.dtype):
+                return (
+                    f"holds {name} of parameter #{key} as {value.dtype} {list(value.shape)}, "
+                    f"the parameter is {p.dtype} {list(p.shape)}"
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"holds a {name} of parameter #{key} that is not finite"
+    return None
+
+
+def scheduler_problem(saved, opt):
+    """Why a saved learning-rate schedule does not fit the optimizer, or None."""
+    if not isinstance(saved, dict):
+        return "holds no scheduler state"
+    epoch, base = saved.get("last_epoch"), saved.get("base_lrs")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+        return f"holds a scheduler last_epoch of {epoch!r}, not a step count"
+    if not isinstance(base, list) or len(base) != len(opt.param_groups):
+        return "holds a scheduler for another number of parameter groups"
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in base + list(saved.get("_last_lr", []))):
+        return "holds a scheduler learning rate that is not a finite number"
+    return None
 
 
 def check_tensors(path, saved, expected):
@@ -459,7 +558,7 @@ def load_trained(path, device="cpu", merge_lora=True, base=None):
     trained weights on the base. `base`: the base model as the user names it; by default the one the
     checkpoint names, whose own modeling code runs only if it is a hub id or a model shipped with
     the project: a local folder named by a checkpoint file could hold any code."""
-    state = read(path)
+    state = read(path, verify=True)
     cfg = state["config"]
     trusted = base is not None or is_shipped_or_hub(state["base"])
     if not trusted and has_own_code(state["base"]):

@@ -16,7 +16,6 @@ This is likelihood.py's ELBO estimator read at every masked position, EOS paddin
 LLaDA's SFT trains on its padding: the model learns where completions end (ALGORITHM.md, §5).
 """
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 import data
+from checkpoint import sha256
 from likelihood import draws_logp, elbo_draws
 from model import load, save
 from sample import Rollout, left_pad
@@ -112,14 +112,6 @@ def train(
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.zero_grad(set_to_none=True)
     return model.eval(), loss.item()
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main():

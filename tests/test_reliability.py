@@ -365,8 +365,11 @@ def lora_run(tmp_path, steps=(1, 2), keep=3):
 
     model, _ = load("tiny", seed=0)
     model = add_lora(model, 4, 8)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for p in model.parameters():  # one step on zero gradients: moments for every parameter, no weight moved
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()
     for step in steps:
         with torch.no_grad():
             for p in model.parameters():
@@ -387,11 +390,40 @@ def lora_run(tmp_path, steps=(1, 2), keep=3):
 LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
+def rechecksum(path):
+    """Record the files' checksums as they are now: a checkpoint written damaged, not damaged after."""
+    digests = {f: checkpoint.sha256(f"{path}/{f}") for f in os.listdir(path) if f != checkpoint.CHECKSUMS}
+    json.dump(digests, open(f"{path}/{checkpoint.CHECKSUMS}", "w"))
+
+
+def flip_byte(file, where=0.5):
+    data = bytearray(open(file, "rb").read())
+    data[int(where * (len(data) - 1))] ^= 0x10
+    open(file, "wb").write(bytes(data))
+
+
 def damage(path, how):
+    """A checkpoint damaged after it was written (a flipped byte: its checksum differs) or written damaged
+    (its checksums are those of the damaged files: the structural checks must catch it)."""
     from safetensors.torch import save_file
 
     adapters = f"{path}/adapter_model.safetensors"
-    if how == "adapters deleted":
+    if how.startswith("a byte flipped in "):
+        flip_byte(f"{path}/{how.removeprefix('a byte flipped in ')}")
+        return
+    if how.startswith("optimizer"):
+        extra = torch.load(f"{path}/optimizer.pt", weights_only=True)
+        state = extra["optimizer"]["state"]
+        if how == "optimizer state missing a parameter":
+            del state[3]
+        elif how == "optimizer exp_avg of another shape":
+            state[2]["exp_avg"] = torch.zeros(3)
+        elif how == "optimizer exp_avg_sq not finite":
+            state[1]["exp_avg_sq"][0] = float("nan")
+        elif how == "optimizer scheduler last_epoch a string":
+            extra["scheduler"]["last_epoch"] = "1"
+        torch.save(extra, f"{path}/optimizer.pt")
+    elif how == "adapters deleted":
         os.remove(adapters)
     elif how == "adapters empty":
         save_file({}, adapters)
@@ -404,9 +436,17 @@ def damage(path, how):
         elif how == "no python_rng":
             del state["python_rng"]
         json.dump(state, open(f"{path}/trainer_state.json", "w"))
+    rechecksum(path)
 
 
 DAMAGES = ["adapters deleted", "adapters empty", "adapters of shape (1,)", "step is a string", "no python_rng"]
+DAMAGES += [f"a byte flipped in {f}" for f in ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json")]
+DAMAGES += [
+    "optimizer state missing a parameter",
+    "optimizer exp_avg of another shape",
+    "optimizer exp_avg_sq not finite",
+    "optimizer scheduler last_epoch a string",
+]
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -418,6 +458,9 @@ def test_a_damaged_checkpoint_is_never_used(tmp_path, how):
     damage(f"{tmp_path}/checkpoint-2", how)
     if "adapters" in how:
         with pytest.raises(SystemExit, match="incomplete|has shape"):
+            checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
+    if how.startswith("a byte flipped"):  # eval.py and export.py refuse it in one line
+        with pytest.raises(SystemExit, match=f"checkpoint-2: {how.removeprefix('a byte flipped in ')} is damaged"):
             checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
     warnings = []
     step, _ = checkpoint.resume(
