@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 import families
 import fsdp
 from configurator import ConfigError
-from model import add_lora, is_shipped_or_hub, load, merge_lora_float32, model_path_error
+from model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"
 CHECKSUMS = "checksums.json"
@@ -560,11 +560,17 @@ def load_trained(path, device="cpu", merge_lora=True, base=None):
     the project: a local folder named by a checkpoint file could hold any code."""
     state = read(path, verify=True)
     cfg = state["config"]
-    trusted = base is not None or is_shipped_or_hub(state["base"])
+    trusted = base is not None or is_shipped_or_official(state["base"])
     if not trusted and has_own_code(state["base"]):
         raise ConfigError(
             f"{path} names its base model {state['base']}, a local folder with its own modeling code, which is "
             f"not run for a name read from a checkpoint: if you trust that folder, pass --base_model={state['base']}"
+        )
+    if not trusted and not os.path.isdir(state["base"]):
+        raise ConfigError(
+            f"{path} names its base model {state['base']}, a hub id that is not a family's released model "
+            f"(families.OFFICIAL_HUB_IDS), whose code is not run for a name read from a checkpoint: if you trust "
+            f"it, pass --base_model={state['base']}"
         )
     try:
         model, tok = load(base or state["base"], device=device, trust_remote_code=trusted)

@@ -50,6 +50,23 @@ FAMILIES = {  # LLaDA-8B-Instruct and 1.5; the embedded model (tiny_llada.py) in
 }
 
 
+# The released checkpoints of each family: a hub id whose code may run when a checkpoint names it as its base
+# (any other hub id runs only when the user names it: a checkpoint file is not the user)
+OFFICIAL_HUB_IDS = (
+    "GSAI-ML/LLaDA-8B-Instruct",
+    "GSAI-ML/LLaDA-8B-Base",
+    "GSAI-ML/LLaDA-1.5",
+    "Dream-org/Dream-v0-Instruct-7B",
+    "Dream-org/Dream-v0-Base-7B",
+    "JetLM/SDAR-1.7B-Chat",
+    "JetLM/SDAR-4B-Chat",
+    "JetLM/SDAR-8B-Chat",
+    "JetLM/SDAR-30B-A3B-Chat",
+    "Gen-Verse/TraDo-4B-Instruct",
+    "Gen-Verse/TraDo-8B-Instruct",
+)
+
+
 def family_of(model):
     """The Family of a model, from its config's model_type; any other stops with one line."""
     return family_of_config(getattr(unwrap(model), "config", None), type(unwrap(model)).__name__)

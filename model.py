@@ -20,7 +20,7 @@ import torch
 import fsdp
 import tiny_llada
 from configurator import first_line
-from families import family_of, family_of_config, family_part, save_pretrained, unwrap
+from families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
 from logits import forward_logits, probe_padding_mask
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -101,13 +101,13 @@ def resolved(name):
     return os.path.abspath(name) if os.path.isdir(name) else name
 
 
-def is_shipped_or_hub(name):
-    """A model whose code may run without being named by the user: the project's own models/ folders
-    and hub ids (their code is the hub repository's, as loading them anywhere runs it)."""
+def is_shipped_or_official(name):
+    """A model whose code may run without being named by the user: the embedded model, the project's own
+    models/ folders, and the families' released hub ids (families.OFFICIAL_HUB_IDS)."""
     path = os.path.realpath(shipped(name)) if os.path.exists(shipped(name)) else None
-    return name in EMBEDDED or (
-        path.startswith(os.path.join(ROOT, "models") + os.sep) if path else model_path_error(name) is None
-    )
+    if path:
+        return path.startswith(os.path.join(ROOT, "models") + os.sep)
+    return name in EMBEDDED or name in OFFICIAL_HUB_IDS
 
 
 def model_path_error(name):

@@ -528,6 +528,24 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
     assert out.returncode == 0 and marker.exists(), out.stderr[-2000:]
 
 
+def test_a_checkpoint_cannot_name_a_hub_repository_to_run(tmp_path):
+    """A checkpoint naming a hub id that is no family's released model as its base is refused in one line
+    saying how to trust it, before anything is fetched or run; a family's released ids and the shipped
+    models are trusted."""
+    from model import is_shipped_or_official, load
+
+    model, _ = load("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ckpt = checkpoint.save(
+        f"{tmp_path}/run", 1, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 0}, base="someone/a-fork"
+    )
+    with pytest.raises(SystemExit, match="a hub id that is not a family's released model.*--base_model=someone/a-fork"):
+        checkpoint.load_trained(ckpt)
+    assert is_shipped_or_official("GSAI-ML/LLaDA-8B-Instruct") and is_shipped_or_official("JetLM/SDAR-8B-Chat")
+    assert is_shipped_or_official("models/tiny-countdown") and not is_shipped_or_official("someone/a-fork")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted, signum):
     """Ctrl-C or a cluster's SIGTERM mid-run: a checkpoint of the last finished step is written (none
