@@ -5,7 +5,7 @@ partially masked sequence. RMSNorm, SwiGLU, rotary positions, as LLaDA-8B, at 0.
 
 The module tree mirrors LLaDA's remote code (`model.transformer` = wte, blocks, ln_f, ff_out; block
 layers named q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out), so LoRA targets, the
-head hook of model.forward_logits and regional compilation take the same path for both models.
+head hook of logits.forward_logits and regional compilation take the same path for both models.
 
 This file imports only torch and transformers: `save_pretrained` copies it into the model folder
 with an `auto_map`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads a saved
@@ -191,9 +191,10 @@ class TinyLLaDAModel(PreTrainedModel):
             attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
             if self.config.block_size:  # block-causal: a position sees its own block and the blocks before it
                 L = input_ids.shape[1]
-                index = (L - 1 - torch.arange(L, device=x.device)) // self.config.block_size  # blocks from the end
-                causal = index[None, :] >= index[:, None]
-                attn_mask = causal[None, None] if attn_mask is None else causal[None, None] & attn_mask
+                real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+                index = (real.cumsum(1) - 1) // self.config.block_size  # blocks from each row's first real token
+                causal = (index[:, None, :] <= index[:, :, None])[:, None]
+                attn_mask = causal if attn_mask is None else causal & attn_mask
                 attn_mask = attn_mask | torch.eye(L, dtype=torch.bool, device=x.device)  # padding sees itself: no NaN
         for layer, block in enumerate(t["blocks"]):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -217,8 +218,7 @@ class TinyShiftedModel(TinyLLaDAModel):
 class TinyBlockConfig(TinyLLaDAConfig):
     """The same network with block-causal attention, as block-diffusion models (SDAR, TraDo) attend:
     a position sees its own block of `block_size` and every block before it, never a later one.
-    Blocks are counted from the end of the sequence, so a completion of whole blocks lines up with
-    the sampler's blocks whatever the prompt's length or padding."""
+    Blocks are counted from each row's first real token, as SDAR's are."""
 
     model_type = "tiny_block"
 
