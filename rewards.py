@@ -79,60 +79,83 @@ def format_score(text):
 
 _NUMBER = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?(?:[eE][-+]?\d+)?")  # 72, 0.5, .5, 3/4, and 1e3 (to refuse it)
 MAX_NUMBER = 40  # characters: a longer number never matches (it is not cut into pieces that might)
+_FRAC = r"\\[dt]?frac\s*(?:\{\s*(\d{1,30})\s*\}|(\d))\s*(?:\{\s*(\d{1,30})\s*\}|(\d))"
 _LATEX_FRAC = re.compile(
     r"\\[dt]?frac\s*(?:\{\s*(-?\d{1,30})\s*\}|(\d))\s*(?:\{\s*(\d{1,30})\s*\}|(\d))"
-)  # \frac{3}{4}, \frac34
+)  # \frac{3}{4}
+_MIXED = re.compile(r"(?<![\d.])(\d{1,30})\s*" + _FRAC)  # 1\frac{1}{2}: one and a half
 _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\{([^{}]*)\}")
-# what, right before or after a number, applies something to it (2^3, \sqrt{49}, 7!, 3 * 4, 10 - 5)
-_APPLIED_BEFORE = re.compile(r"(?:[\^_*/×÷·√!]|\\[a-zA-Z]+|(?<=[\d)\]}])\s*[-+])\s*\{?\s*$")
-_APPLIED_AFTER = re.compile(r"^\s*\}?\s*(?:[\^_*/×÷·√!(]|\\(?:times|cdot|div)|[-+]\s*[\d.(])")
+_MARKDOWN = re.compile(r"(?<!\d)\*\*|\*\*(?!\d)|(?<![\w*])\*(?=[^\s*])|(?<=[^\s*])\*(?![\w*])|`")  # **18**, *18*
+_DASHES = str.maketrans({"−": "-", "–": "-"})  # the minus sign and the en dash written for one
+# what, right before or after a number, applies something to it (2^3, \sqrt{49}, 3 * 4, 10 - 5, 1e3)
+_APPLIED_BEFORE = re.compile(r"(?:[\^_*/×÷·√]|\\[a-zA-Z]+|(?<=[\d)\]}])\s*[-+])\s*\{?\s*$")
+_APPLIED_AFTER = re.compile(
+    r"^\s*\}?\s*(?:[_√]|[*/×÷·(]\s*[\d.(\-]|\^\s*\{?\s*[\d.(\-a-zA-Z]|\\(?:times|cdot|div)|[-+]\s*[\d.(])"
+)
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")  # -5^\circ is -5 degrees, not a power
+_UNIT_EXPONENT = re.compile(r"[a-zA-Z]\s*\^\s*\{?\s*$")  # the 2 of m^2 belongs to the unit
 _NEUTRAL_COMMANDS = re.compile(
     r"\\(?:approx|quad|qquad|le|leq|ge|geq|sim|equiv|to|rightarrow|Rightarrow|implies|left|right)\s*\{?\s*$"
 )
+_ARITHMETIC = re.compile(r"[\d\s.+\-*/()×÷·]+|.*\\(?:times|cdot|div).*")
 
 
 def fractions_as_slash(s):
-    """\\frac{3}{4} and \\frac34 (also \\dfrac, \\tfrac) written as 3/4."""
+    """\\frac{3}{4} and \\frac34 (also \\dfrac, \\tfrac) written as 3/4; a mixed number 1\\frac{1}{2} as 3/2."""
+    s = _MIXED.sub(lambda m: f"{int(m[1]) * int(m[4] or m[5]) + int(m[2] or m[3])}/{m[4] or m[5]}", s)
     return _LATEX_FRAC.sub(lambda m: f"{m.group(1) or m.group(2)}/{m.group(3) or m.group(4)}", s)
 
 
+def plain_text(s):
+    """The answer as a reader sees it: markdown emphasis and code marks, $, \\boxed, \\text{}, \\%, thin
+    spaces, {,} and thousands separators, \\frac and mixed numbers, Unicode minus signs and degree marks
+    read through."""
+    for mark in ("\\boxed", "\\$", "$", "\\%", "\\!", "\\,", "\\left", "\\right"):
+        s = s.replace(mark, "")
+    s = _LATEX_TEXT.sub(r" \1 ", _MARKDOWN.sub("", s)).replace("{,}", ",")
+    s = _DEGREES.sub(" degrees", fractions_as_slash(s)).translate(_DASHES)
+    return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
+
+
+def last_number(s):
+    """The last number of plain text s as a Fraction, read as written, or None when something is applied
+    to it (2^3, 1e3, \\sqrt{49}, 3 * 4, 10 - 5); an exponent of a unit (m^2) is passed over."""
+    for found in reversed(deque(_NUMBER.finditer(s), maxlen=2)):
+        before, after = s[max(0, found.start() - 64) : found.start()], s[found.end() : found.end() + 64]
+        if _UNIT_EXPONENT.search(before):
+            continue
+        if len(found.group()) > MAX_NUMBER or "e" in found.group().lower():
+            return None
+        sign = re.search(r"-\s*$", before)
+        if sign and not re.search(r"[\d)\]}]\s*$", before[: sign.start()]):  # a sign, not a subtraction
+            before = before[: sign.start()]
+        else:
+            sign = None
+        if (_APPLIED_BEFORE.search(before) and not _NEUTRAL_COMMANDS.search(before)) or _APPLIED_AFTER.match(after):
+            return None
+        try:
+            value = Fraction(found.group())
+        except (ValueError, ZeroDivisionError):
+            return None
+        return -value if sign else value
+    return None
+
+
 def parse_number(s):
-    """The final answer of s as a Fraction, or None: its last number, read as written (commas,
-    `{,}`, $, %, units, \\boxed, \\frac, \\text, a sign "- 5" or "-.5" handled), and only when
-    nothing is applied to it: 2^3, 1e3, \\sqrt{49}, 7! or 10 - 5 give None, not the 3, 49, 7 or 5."""
-    s = (
-        s.replace("\\boxed", "")
-        .replace("\\$", "")
-        .replace("$", "")
-        .replace("\\%", "")
-        .replace("\\!", "")
-        .replace("\\,", "")
-    )
-    s = _LATEX_TEXT.sub(r" \1 ", s).replace("{,}", ",")
-    s = fractions_as_slash(s)
-    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
-    s = s.replace("−", "-")
-    last = deque(_NUMBER.finditer(s), maxlen=1)
-    found = last.pop() if last else None
-    if found is None or len(found.group()) > MAX_NUMBER or "e" in found.group().lower():
-        return None
-    before, after = (
-        s[max(0, found.start() - 64) : found.start()],
-        s[found.end() : found.end() + 64],
-    )  # the neighbourhood decides
-    sign = re.search(r"-\s*$", before)
-    sign = (
-        sign if sign and not re.search(r"[\d)\]}]\s*$", before[: sign.start()]) else None
-    )  # a sign, not a subtraction
-    if sign:
-        before = before[: sign.start()]
-    if (_APPLIED_BEFORE.search(before) and not _NEUTRAL_COMMANDS.search(before)) or _APPLIED_AFTER.match(after):
-        return None
-    try:
-        value = Fraction(found.group())
-    except (ValueError, ZeroDivisionError):
-        return None
-    return -value if sign else value
+    """The final answer of s as a Fraction, or None. Of the sides of its equals signs (a result followed
+    by its derivation, "18 = 2 \\times 9", or after it, "2 \\times 9 = 18"), the last that ends in a number
+    read as written (plain_text, last_number); else the last that is plain arithmetic of the four
+    operations, evaluated exactly (an unevaluated 2 * 9). Powers, roots and exponents are not evaluated."""
+    sides = plain_text(s).split("=")[-8:]
+    for side in reversed(sides):
+        if (value := last_number(side)) is not None:
+            return value
+    for side in reversed(sides):
+        side = side.strip().rstrip(".")
+        if side and _ARITHMETIC.fullmatch(side) and not re.search(r"\d\s*\.\s*\d", side):
+            if (value := eval_arithmetic(side)) is not None:
+                return value
+    return None
 
 
 def gsm8k_correct(completion, answer):
@@ -210,15 +233,15 @@ def _math_equal(gold, pred, time_limit):
     return False
 
 
-_PLAIN_NUMBER = re.compile(r"\s*-?\s*(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?\s*")
+_PLAIN_NUMBER = re.compile(r"-?\s*(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
 _VARIABLE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z](?![a-zA-Z])")  # x, n: a single letter that is no LaTeX command
 
 
 def plain_number(text):
     """A Fraction when text is nothing but one number (0.333333, -3/4, \\frac{1}{3}, $5$), else None."""
     s = fractions_as_slash(text.replace("$", "").replace("\\boxed", ""))
-    s = s.replace("{", " ").replace("}", " ").replace("−", "-")
-    return parse_number(s) if _PLAIN_NUMBER.fullmatch(s) else None
+    s = s.replace("{", " ").replace("}", " ").translate(_DASHES).strip()  # linear: no regex over the padding
+    return last_number(s) if _PLAIN_NUMBER.fullmatch(s) else None
 
 
 def math_correct(completion, answer, time_limit=0.5):
@@ -341,24 +364,34 @@ def _whole_numbers(text):
     return None if any(len(r) > 12 for r in runs) else sorted(int(r) for r in runs)
 
 
+_EXPRESSION_TAIL = re.compile(r"[\d\s+\-*/()]*$")
+
+
 def equation_body(lhs):
-    """The expression of an equation's first side as written around it: a label before it ("Answer:"),
-    a \\boxed{} or $, \\( \\) wrapper read through (the format third for a bare expression still asks for none)."""
-    lhs = re.sub(r"^\s*[A-Za-z][A-Za-z ]{0,30}:", "", lhs)
-    lhs = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", lhs)
-    return re.sub(r"\$|\\[()\[\]]", "", lhs)
+    """The expression of an equation's first side as written around it, read through what a reader reads
+    through: a label or prose before it ("Answer:", "The equation is"), markdown and code fences, a \\boxed{}
+    (around the expression or the whole equation), $ or \\( \\) wrappers, \\left( \\right) and square brackets
+    used as parentheses. The format thirds still read the side as written, as the release does."""
+    for mark in ("\\boxed{", "\\left", "\\right", "**", "`", "$", "\\(", "\\)", "\\[", "\\]"):
+        lhs = lhs.replace(mark, " ")
+    lhs = lhs.replace("[", "(").replace("]", ")").replace("{", "(").replace("}", ")").strip()
+    while lhs.endswith(")") and lhs.count(")") > lhs.count("("):  # the brace closing a \boxed{ read through
+        lhs = lhs[:-1].rstrip()
+    return _EXPRESSION_TAIL.search(lhs).group().strip()
 
 
 def countdown_terms(answer_text, nums, target):
-    """(has '=', more than one '=', last side is the target, first side only numbers/operators,
-    first side's numbers are exactly nums, first side's value is the target)."""
+    """(has '=', more than one '=', last side is the target, first side only numbers/operators, first
+    side's numbers are exactly nums: the release's format terms; and whether the expression, read through
+    what is written around it, uses exactly nums and makes the target: the +3)."""
     sides = normalize_operators(answer_text[: 4 * MAX_EXPR]).split("=")
     lhs, rhs = sides[0].strip(), sides[-1].strip()
-    value = eval_arithmetic(equation_body(lhs))
+    body = equation_body(lhs)
     rhs_ok = len(sides) > 1 and re.fullmatch(r"\d{1,12}", rhs) is not None and int(rhs) == target
     lhs_ok = bool(lhs) and _LHS_CHARS.fullmatch(lhs) is not None
     nums_ok = _whole_numbers(lhs) == sorted(int(n) for n in nums)
-    return len(sides) > 1, len(sides) > 2, rhs_ok, lhs_ok, nums_ok, value == target
+    right = _whole_numbers(body) == sorted(int(n) for n in nums) and eval_arithmetic(body) == target
+    return len(sides) > 1, len(sides) > 2, rhs_ok, lhs_ok, nums_ok, right
 
 
 def countdown_reference(answer):
@@ -374,18 +407,18 @@ def countdown_correct(completion, answer):
     a, ref = extract_answer(completion), countdown_reference(answer)
     if a is None or ref is None:
         return False
-    has_eq, _, _, _, nums_ok, value_ok = countdown_terms(a, *ref)
-    return has_eq and nums_ok and value_ok
+    has_eq, _, _, _, _, right = countdown_terms(a, *ref)
+    return has_eq and right
 
 
 def countdown_reward(completion, answer):
     a, ref = extract_answer(completion), countdown_reference(answer)
     if a is None or ref is None:
         return 0.0
-    has_eq, many_eq, rhs_ok, lhs_ok, nums_ok, value_ok = countdown_terms(a, *ref)
+    has_eq, many_eq, rhs_ok, lhs_ok, nums_ok, right = countdown_terms(a, *ref)
     if not has_eq:  # "expression = target" is the asked format: without "=" nothing is scored
         return 0.0
-    return -0.5 * many_eq + (rhs_ok + lhs_ok + nums_ok) / 3 + 3.0 * (nums_ok and value_ok)
+    return -0.5 * many_eq + (rhs_ok + lhs_ok + nums_ok) / 3 + 3.0 * right
 
 
 # ---------------------------------------------------------------------------------------------

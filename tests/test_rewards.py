@@ -303,9 +303,31 @@ GSM8K_AS_WRITTEN = [
     ("1e3", "1000", False),
     ("\\sqrt{49}", "49", False),
     ("\\sqrt{49}", "7", False),
-    ("7!", "7", False),
-    ("10 - 5", "5", False),
+    ("10 - 5", "5", True),  # plain arithmetic of the four operations is evaluated, as a reader would
+    ("2*9", "18", True),
+    ("2*9", "9", False),
     ("3 \\times 4", "4", False),
+    ("3 \\times 4", "12", True),
+    # markdown, labels, prose, parentheticals, units and a derivation after the answer are read through
+    ("**18**", "18", True),
+    ("*18*", "18", True),
+    ("**Answer:** 18", "18", True),
+    ("18 (total)", "18", True),
+    ("The answer is 18!", "18", True),
+    ("\\$18/day", "18", True),
+    ("-5^\\circ", "-5", True),
+    ("18 m^2", "18", True),
+    ("18 m^2", "2", False),
+    ("18 = 2 \\times 9", "18", True),
+    ("2 \\times 9 = 18", "18", True),
+    # mixed numbers and Unicode minus signs
+    ("1\\frac{1}{2}", "1.5", True),
+    ("1\\frac{1}{2}", "5.5", False),
+    ("\\boxed{4\\frac{2}{3}}", "14", False),
+    ("\\boxed{4\\frac{2}{3}}", "14/3", True),
+    ("–7", "7", False),
+    ("–7", "-7", True),
+    ("−7", "-7", True),
     ("10 - 5 = 5", "5", True),
     ("about 72 dollars.", "72", True),
     ("72%", "72", True),
@@ -349,6 +371,14 @@ COUNTDOWN_AS_WRITTEN = [
     ("\\((30 - 100) + 93\\) = 23", 3 + 2 / 3),
     ("Answer: 30 + 93 = 23", 1 / 3),
     ("Answer: (30 - 100) + 93", 0.0),
+    ("The equation is (30 - 100) + 93 = 23", 3 + 2 / 3),  # prose without a colon
+    ("\\boxed{(30 - 100) + 93 = 23}", 3 + 1 / 3),  # \\boxed{} around the whole equation
+    ("[30 - 100] + 93 = 23", 3 + 2 / 3),  # square brackets
+    ("\\left(30 - 100\\right) + 93 = 23", 3 + 2 / 3),
+    ("```\n(30 - 100) + 93 = 23\n```", 3 + 1 / 3),  # a code fence
+    ("**Answer:** (30 - 100) + 93 = 23", 3 + 2 / 3),
+    ("Using [30, 100, 93]: (30 - 100) + 93 = 23", 3 + 1 / 3),  # the numbers listed first
+    ("The equation is 30 + 100 - 93 = 23", 2 / 3),
 ]
 
 
@@ -364,8 +394,8 @@ number = st.one_of(st.integers(-(10**6), 10**6).map(str), st.decimals(-1000, 100
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     x=number,
-    unit=st.sampled_from(["", " dollars", "%", ".", " apples."]),
-    lead=st.sampled_from(["", "The answer is ", "$", "x = "]),
+    unit=st.sampled_from(["", " dollars", "%", ".", " apples.", " (total)", "!", " m^2", "**", " = 2 \\times 9"]),
+    lead=st.sampled_from(["", "The answer is ", "$", "x = ", "**Answer:** ", "*"]),
 )
 def test_property_gsm8k_a_bare_number_is_read_exactly(x, unit, lead):
     """A number as the last thing written, with markup or a unit around it, is read exactly."""
@@ -375,11 +405,13 @@ def test_property_gsm8k_a_bare_number_is_read_exactly(x, unit, lead):
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     x=st.integers(0, 10**6),
-    form=st.sampled_from(["2^{x}", "{x}^2", "\\sqrt{{{x}}}", "{x}!", "3 * {x}", "10 - {x}", "{x}e2", "\\log {x}"]),
+    form=st.sampled_from(["2^{x}", "{x}^2", "\\sqrt{{{x}}}", "{x}e2", "\\log {x}", "3 * {x}", "10 - {x}"]),
 )
 def test_property_gsm8k_an_applied_number_is_never_read(x, form):
-    """Whatever the number, an answer that applies something to it is not that number."""
-    assert parse_number(form.replace("x", str(x)) if "{x}" not in form else form.format(x=x)) is None
+    """Whatever the number, an answer that applies something to it is not that number: powers, roots,
+    exponents and functions give no number, the four operations their exact value."""
+    value = parse_number(form.replace("x", str(x)) if "{x}" not in form else form.format(x=x))
+    assert value == {"3 * {x}": 3 * x, "10 - {x}": 10 - x}.get(form)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -392,6 +424,21 @@ def test_property_countdown_a_right_equation_stays_right_when_labelled_or_wrappe
     a, b, c = nums
     item = {"nums": nums, "target": a + b * c}
     assert countdown_correct(f"<answer>{label}{wrap.format(f'{a} + {b} * {c}')} = {a + b * c}</answer>", item)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    nums=st.lists(st.integers(1, 99), min_size=3, max_size=3),
+    form=st.sampled_from(["\\boxed{{{}}}", "```\n{}\n```", "The equation is {}", "**Answer:** {}", "Thus: {}."]),
+    brackets=st.booleans(),
+)
+def test_property_countdown_a_right_equation_stays_right_in_prose_and_wrappers(nums, form, brackets):
+    """A right equation is right inside a \\boxed{}, a code fence, prose or a markdown label, with square
+    brackets or \\left( \\right) for its parentheses."""
+    a, b, c = nums
+    item = {"nums": nums, "target": (a + b) * c}
+    expr = f"[{a} + {b}] * {c}" if brackets else f"\\left({a} + {b}\\right) * {c}"
+    assert countdown_correct(f"<answer>{form.format(f'{expr} = {(a + b) * c}')}</answer>", item)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
