@@ -148,8 +148,15 @@ def read_rows(path):
                     continue
                 try:
                     row = json.loads(line)
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) is not text
                 except json.JSONDecodeError as e:
                     row = DataError(f"{path}:{n}: invalid JSON ({e.msg})")
+                except RecursionError:
+                    row = DataError(f"{path}:{n}: invalid JSON (nested too deeply)")
+                except UnicodeEncodeError:
+                    row = DataError(f"{path}:{n}: a string holds a lone surrogate (\\ud800-\\udfff), not text")
+                except ValueError as e:  # Python's limit on the digits of an integer
+                    row = DataError(f"{path}:{n}: invalid JSON ({str(e).split(':')[0]})")
                 if not isinstance(row, (dict, DataError)):
                     row = DataError(f"{path}:{n}: a line must be a JSON object")
                 yield f"{path}:{n}", row
@@ -242,17 +249,20 @@ def run_items(task_name, train_file, eval_file, eval_items, seed, options):
     )
 
 
-def long_prompts_note(tok, task_name, items, system_prompt, compact, max_length):
+def long_prompts_note(tok, task_name, items, system_prompt, compact, max_length, what="training"):
     """A line saying how many prompts are longer than max_length (cut from the left) and naming the
-    longest, or None when none is."""
+    longest, or None when none is (or max_length is 0, no limit). Generated problems are read from
+    their first 1,000: their prompts differ only in their numbers."""
+    first = "the first " if hasattr(task(task_name), "generate") and len(items) > 1000 else ""
+    items = items[:1000] if first else items
     lengths = [len(build_prompt(tok, task_name, it, system_prompt, compact)) for it in items]
-    longest = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[longest] <= max_length:
+    longest = max(range(len(lengths)), key=lengths.__getitem__) if lengths else None
+    if not max_length or longest is None or lengths[longest] <= max_length:
         return None
     over = sum(n > max_length for n in lengths)
     return (
-        f"{over} of {len(lengths)} training prompts are longer than max_prompt_length={max_length} tokens and are cut "
-        f"from the left; the longest, training item {longest}, has {lengths[longest]} tokens"
+        f"{over} of {first}{len(lengths)} {what} prompts are longer than max_prompt_length={max_length} tokens and "
+        f"are cut from the left; the longest, {what} item {longest}, has {lengths[longest]} tokens"
     )
 
 

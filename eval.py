@@ -36,7 +36,7 @@ import logs
 from configurator import declared
 from families import native_departures, unwrap
 from rewards import extract_answer
-from sample import check_settings, decode_completions, generate
+from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
@@ -350,7 +350,17 @@ def main():
                 spec, device=device, merge_lora=cfg["merge_lora"], base=cfg["base_model"] or None
             )
         else:
-            model, tok = load(spec, device=device)
+            try:
+                model, tok = load(spec, device=device)
+            except ValueError as e:  # offline hub id, damaged weights or tokenizer, a folder transformers refuses
+                raise ConfigError(f"--models: {e}") from None
+        try:
+            check_blocks(model, cfg["block_length"])
+        except ValueError as e:
+            raise ConfigError(f"{name}: --{e}") from None
+        prompting = (system, cfg["compact_prompt"], cfg["max_prompt_length"], "test")
+        if rank == 0 and (note := data.long_prompts_note(tok, cfg["task"], items, *prompting)):
+            print(f"note: {name}: {note}", file=sys.stderr)
         for tau in dict.fromkeys(tau for _, _, tau in grid):
             settings = dict(unmasking=cfg["unmasking"] if tau is None else "threshold")
             for line in native_departures(model, **settings) if rank == 0 else ():

@@ -32,11 +32,14 @@ def export(source, out_dir, base=None):
         raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
     model, tok, cfg = checkpoint.load_trained(path, merge_lora=False, base=base)
     dtype = next(unwrap(model).parameters()).dtype  # the base model's own: bf16 for LLaDA
-    if cfg["lora_r"] > 0:
+    if cfg.get("lora_r", 0) > 0:  # load_trained read the run the same way: no lora_r is full fine-tuning
         model = merge_lora_float32(model)
     model = model.to(dtype)
     model.requires_grad_(False)
-    save(model, tok, out_dir)
+    try:
+        save(model, tok, out_dir)
+    except OSError as e:  # an unwritable or full destination: save() has left nothing behind
+        raise ConfigError(f"cannot write the export to {out_dir}: {e.strerror or e}") from None
     return path, dtype
 
 

@@ -216,9 +216,9 @@ def main():
     for line in native_departures(model, **sampler(cfg)):
         log(f"warning: {line}")
     base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base
-    if cfg.max_prompt_length and (cfg.train_file or not hasattr(data.task(cfg.task), "generate")):
-        prompting = (cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)
-        log(data.long_prompts_note(tok, cfg.task, train_items, *prompting))
+    log(
+        data.long_prompts_note(tok, cfg.task, train_items, cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)
+    )
 
     def held_out_accuracy(label):  # greedy, at the rollouts' length, blocks and steps, in their precision
         with amp(), gathered(model):

@@ -67,8 +67,9 @@ def parse_row(where, row):
     if "nums" not in row and "input" in row:  # the released 3-number test file: {"input": "30,100,93", "output": "23"}
         row = {"nums": row["input"], "target": row.get("output")}
     nums, target = row.get("nums"), row.get("target")
-    if isinstance(nums, str):  # CSV: "25 3 2" or "[25, 3, 2]"
-        nums = [int(x) for x in re.findall(r"-?\d+", nums)]
+    if isinstance(nums, str):  # CSV: "25 3 2" or "[25, 3, 2]"; anything else in it is not a number list
+        listed = re.fullmatch(r"\s*\[?\s*(-?\d{1,12}(?:\s*[,\s]\s*-?\d{1,12})*)\s*\]?\s*", nums)
+        nums = [int(x) for x in re.findall(r"-?\d+", listed[1])] if listed else nums
     ints = isinstance(nums, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in nums)
     check(ints and len(nums) == 3, where, f"field 'nums' must be 3 integers, got {str(nums)[:40]}")
     if isinstance(target, str) and re.fullmatch(r"\s*-?\d+\s*", target):  # CSV

@@ -619,3 +619,46 @@ def test_broken_inputs_end_in_one_line(tmp_path):
 
     with pytest.raises(SystemExit, match="cannot write .*log.jsonl"):
         logs.append_jsonl(f"{tmp_path}/no_such_folder/log.jsonl", [{"step": 1}])
+
+
+def test_hostile_data_lines_are_named(tmp_path):
+    """A JSONL line with a 4,400-digit number, 100,000 nested brackets or a lone surrogate, and a Countdown
+    row whose numbers hold a word, each end in one line naming the file and line."""
+    import data
+
+    good = json.dumps({"nums": [3, 5, 7], "target": 22})
+    bad = {
+        "digits": '{"nums": [3, 5, 7], "target": ' + "9" * 4400 + "}",
+        "depth": "[" * 100_000 + "]" * 100_000,
+        "surrogate": '{"nums": [3, 5, 7], "target": 22, "note": "\\ud800"}',
+        "nan": json.dumps({"nums": "3 nan 5 7", "target": 22}),
+    }
+    for name, line in bad.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(f"{good}\n{line}\n")
+        with pytest.raises(data.DataError, match=f"{name}.jsonl:2: "):
+            data.load_items("countdown", "train", str(path))
+
+
+def test_eval_and_export_failures_end_in_one_line(tmp_path):
+    """eval.py on a model it cannot load or with a block length the model refuses, export.py into a path it
+    cannot write or of a run that recorded no lora_r: one line each (the last one exports)."""
+    shutil.copytree(os.path.join(ROOT, "models/tiny-countdown"), tmp_path / "damaged")
+    (tmp_path / "damaged" / "model.safetensors").write_bytes(b"\x10\x00")
+    args = ["eval.py", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"]
+    assert "--models: cannot load model" in one_line([*args, f"--models=('{tmp_path}/damaged',)"])
+    assert "block_length=4 must be the model's block size 8" in one_line(
+        [*args, "--models=('models/tiny-countdown-block',)", "--block_length=4", "--max_completion_length=(16,)"]
+    )
+    model, opt, sched = lora_run(tmp_path / "run", steps=(1,))
+    (tmp_path / "a_file").write_text("")
+    assert "cannot write the export to" in one_line(["export.py", f"{tmp_path}/run", f"{tmp_path}/a_file/out"])
+    state = json.load(open(f"{tmp_path}/run/checkpoint-1/trainer_state.json"))
+    for key in ("lora_r", "lora_alpha", "lora_target_modules"):
+        del state["config"][key]
+    json.dump(state, open(f"{tmp_path}/run/checkpoint-1/trainer_state.json", "w"))
+    rechecksum(f"{tmp_path}/run/checkpoint-1")
+    out = subprocess.run(
+        [sys.executable, "export.py", f"{tmp_path}/run", f"{tmp_path}/out"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 1, out.stderr[-2000:]
