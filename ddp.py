@@ -2,6 +2,7 @@
 collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py); and the seeded
 generators that make every random choice the same in any partition of the work over ranks."""
 
+import contextlib
 import hashlib
 import os
 
@@ -22,6 +23,21 @@ def init_processes(sharded=False):
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     return ddp, rank, world, device
+
+
+@contextlib.contextmanager
+def ended_by_peers():
+    """Under torchrun, a rank whose collective fails because another rank has stopped (that rank says why,
+    in one line) exits with status 1 and no traceback of its own."""
+    try:
+        yield
+    except RuntimeError as e:  # gloo: "Connection closed by peer"; NCCL: a DistBackendError
+        gone = isinstance(e, (dist.DistNetworkError, dist.DistBackendError)) or any(
+            words in str(e) for words in ("closed by peer", "reset by peer", "Broken pipe")
+        )
+        if not (gone and dist.is_initialized() and dist.get_world_size() > 1):
+            raise
+        raise SystemExit(1) from None
 
 
 def gather(items, world):

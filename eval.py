@@ -427,4 +427,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with ddp.ended_by_peers():  # under torchrun, a rank that stopped says why; the others end quietly
+        main()

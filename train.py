@@ -342,7 +342,8 @@ def main():
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
     try:
-        main()
+        with ddp.ended_by_peers():  # under torchrun, a rank that stopped says why; the others end quietly
+            main()
     except checkpoint.Interrupted as e:  # before the first step: nothing to save
         name = signal.Signals(e.args[0]).name
         raise SystemExit(f"stopped by {name} before training began: nothing written") from None

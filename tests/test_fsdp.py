@@ -182,3 +182,14 @@ def test_fsdp_outside_torchrun_stops_with_one_line(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "--fsdp runs under torchrun" in out.stderr.strip().splitlines()[-1]
+
+
+def test_a_stop_on_rank_0_ends_the_other_ranks_without_a_traceback(tmp_path):
+    """Under torchrun, rank 0's one-line stop (a folder that cannot hold the run, a model that cannot load)
+    ends rank 1, which waits on it in a collective, with no traceback of ours: only torchrun's own report."""
+    (tmp_path / "a_file").write_text("")
+    for args in ([f"--output_dir={tmp_path}/a_file"], ["--model_name_or_path=models/no_such_model"]):
+        cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--max_steps=1", "--eval_items=0", *args]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+        ours = [line for line in out.stderr.splitlines() if 'File "' + ROOT in line or "closed by peer" in line]
+        assert out.returncode != 0 and "config error: " in out.stderr and not ours, out.stderr[-3000:]
