@@ -40,10 +40,11 @@ def forward_logits(model, ids, attention_mask=None, at=None):
     estimators read the tokens of one step, and for LLaDA-8B the full (B, L, 126464) logits and their
     gradient are the largest tensors of an update.
 
-    The padding mask is passed only to models that honour it (`probe_padding_mask`): some copies of
-    LLaDA's code turn a padded mask into a *causal* bias or ignore it. For those, rows are run in
-    groups of equal padding with the padding cut off, so no row ever attends padding and each row's
-    logits are those of the row alone, whatever its batch-mates."""
+    The padding mask is passed only to models that honour it (`probe_padding_mask`), in float32: some
+    copies of LLaDA's code turn a padded mask into a *causal* bias or ignore it, and in bf16 masked
+    padding still moves a row's rounding. Otherwise rows are run in groups of equal padding with the
+    padding cut off, so no row ever attends padding and each row's logits are those of the row alone,
+    whatever its batch-mates."""
     shift = family_of(model).shift
     if shift and at is None:  # a next-token head: token i's logits are position i - 1's (the first keeps its own)
         logits = _padded_logits(model, ids, attention_mask, None)
@@ -72,9 +73,16 @@ def _padded_logits(model, ids, attention_mask, at):
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
     if pads is None or not bool(pads.any()):
         return selected_logits(model, ids, {}, at)
-    if getattr(unwrap(model), "honours_padding_mask", False):
+    if getattr(unwrap(model), "honours_padding_mask", False) and computes_in_float32(model, ids.device):
         return selected_logits(model, ids, {"attention_mask": attention_mask}, at)
     return _unpadded_logits(model, ids, pads, at)
+
+
+def computes_in_float32(model, device):
+    """Whether the forward runs in float32. In bf16 a masked padding still changes a row's rounding (its
+    softmax runs over more keys), enough to flip greedy tokens: there rows run cut to their own length."""
+    autocast = torch.is_autocast_enabled(device.type) if device.type in ("cuda", "cpu") else False
+    return next(model.parameters()).dtype == torch.float32 and not autocast
 
 
 def _unpadded_logits(model, ids, pads, at):

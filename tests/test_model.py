@@ -172,14 +172,17 @@ def test_padding_mask_probe(dtype):
 
 
 @pytest.mark.parametrize("honours", [True, False])
-def test_greedy_row_independent_of_batch_mates(honours):
-    """A row's greedy decoding equals that row decoded alone, among prompts of other lengths: masked
-    padding for a model that honours the mask, groups of equal padding for one that ignores it."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_row_independent_of_batch_mates(honours, dtype):
+    """A row's greedy decoding equals that row decoded alone, among prompts of other lengths, in float32
+    and bf16: masked padding for a model that honours the mask (in float32), groups of equal padding for
+    one that ignores it and in bf16 (where masked padding still moves a row's rounding)."""
     from sample import generate
 
-    model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3))
+    model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3), dtype=dtype)
     model = model if honours else IgnoresMask(model)
-    prompts = [list(range(5, 5 + n)) for n in (3, 9, 6, 9, 1)]
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 100, (n,), generator=g).tolist() for n in (3, 9, 6, 12, 1, 7, 15, 4)]
     settings = dict(
         max_completion_length=8, block_length=4, sampling_steps=4, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id
     )
@@ -188,7 +191,7 @@ def test_greedy_row_independent_of_batch_mates(honours):
         for i, p in enumerate(prompts):
             alone = generate(model, [p], unmasking=unmasking, threshold=0.5, **settings)
             assert torch.equal(together.completion[i], alone.completion[0]), (unmasking, i)
-            torch.testing.assert_close(together.logp[i], alone.logp[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(together.logp[i], alone.logp[0], atol=1e-4, rtol=1e-5)
 
 
 class Opaque(torch.nn.Module):
