@@ -113,3 +113,13 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
         and "a task with a generator and solutions" in bad.stderr
         and len(bad.stderr.strip().splitlines()) == 1
     )
+
+
+def test_the_shipped_models_run_the_root_modeling_file():
+    """Every shipped model folder carries tiny_llada.py byte for byte: `python train.py` loads the folder's
+    copy through auto_map, so the file a reader reads is the code that runs."""
+    root = open(os.path.join(ROOT, "tiny_llada.py"), "rb").read()
+    folders = [f for f in sorted(os.listdir(os.path.join(ROOT, "models"))) if f.startswith("tiny-")]
+    assert len(folders) == 3
+    for folder in folders:
+        assert open(os.path.join(ROOT, "models", folder, "tiny_llada.py"), "rb").read() == root, folder

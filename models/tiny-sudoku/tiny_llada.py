@@ -5,7 +5,7 @@ partially masked sequence. RMSNorm, SwiGLU, rotary positions, as LLaDA-8B, at 0.
 
 The module tree mirrors LLaDA's remote code (`model.transformer` = wte, blocks, ln_f, ff_out; block
 layers named q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out), so LoRA targets, the
-head hook of model.forward_logits and regional compilation take the same path for both models.
+head hook of logits.forward_logits and regional compilation take the same path for both models.
 
 This file imports only torch and transformers: `save_pretrained` copies it into the model folder
 with an `auto_map`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads a saved
@@ -69,6 +69,7 @@ class TinyLLaDAConfig(PretrainedConfig):
         rope_theta=10000.0,
         init_std=0.02,
         mask_token_id=1,
+        block_size=0,
         **kwargs,
     ):
         self.vocab_size, self.d_model, self.n_layers, self.n_heads, self.d_ff = (
@@ -79,6 +80,7 @@ class TinyLLaDAConfig(PretrainedConfig):
             d_ff,
         )
         self.rope_theta, self.init_std, self.mask_token_id = rope_theta, init_std, mask_token_id
+        self.block_size = block_size  # > 0: block-causal attention (TinyBlockModel)
         super().__init__(**kwargs)
 
 
@@ -94,12 +96,16 @@ class RMSNorm(nn.Module):
         return (xf * self.weight.float()).to(x.dtype)
 
 
-def rope(x, theta):
-    """Rotary embedding on (B, H, L, D). Scores depend only on relative position, which is what
-    makes left padding (masked out of attention) leave a row's outputs unchanged."""
+def rope(x, theta, positions=None):
+    """Rotary embedding on (B, H, L, D) at `positions` (B or 1, L), default 0..L-1. Scores depend only
+    on relative position, which is what makes left padding (masked out of attention) leave a row's
+    outputs unchanged, and lets a block be run alone at its own positions (a KV cache, packed copies)."""
     L, D = x.shape[-2], x.shape[-1]
     inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
-    ang = torch.arange(L, device=x.device, dtype=torch.float32)[:, None] * inv_freq[None]
+    if positions is None:
+        ang = torch.arange(L, device=x.device, dtype=torch.float32)[:, None] * inv_freq[None]
+    else:
+        ang = (positions.float()[..., None] * inv_freq)[:, None]  # (B, 1, L, D/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -121,12 +127,16 @@ class Block(nn.Module):
         # residual projections start scaled down with depth (GPT-2 style): early training is stable
         self.attn_out.residual_init = self.ff_out.residual_init = True
 
-    def forward(self, x, attn_mask):
+    def forward(self, x, attn_mask, positions=None, cache=None, store_kv=False, layer=0):
         B, L, D = x.shape
         h = self.attn_norm(x)
         q, k, v = (p(h).view(B, L, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = rope(q, self.theta), rope(k, self.theta)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional
+        q, k = rope(q, self.theta, positions), rope(k, self.theta, positions)
+        if cache is not None and store_kv:  # append these keys/values to the cache and attend to all of it
+            k, v = cache.update(k, v, layer)
+        elif cache is not None and len(cache) > layer:  # attend to the cache without changing it
+            k, v = torch.cat([cache[layer][0], k], 2), torch.cat([cache[layer][1], v], 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional unless masked
         x = x + self.attn_out(a.transpose(1, 2).reshape(B, L, D))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -165,20 +175,65 @@ class TinyLLaDAModel(PreTrainedModel):
     def get_input_embeddings(self):
         return self.model.transformer["wte"]
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, store_kv=False, **kwargs
+    ):
         """attention_mask (B, L), 0 on padding: a key-padding mask, so a left-padded row's outputs
-        do not depend on its padding. Returns MaskedLMOutput with logits (B, L, V)."""
+        do not depend on its padding; or (B, 1, L, K) bool, True = may attend, used as given (the
+        keys: a cache's, then these L). position_ids (B, L), default 0..L-1. past_key_values: a
+        transformers Cache of earlier positions' keys and values, attended to; with store_kv these
+        positions' are appended to it (SDAR's convention). Returns MaskedLMOutput, logits (B, L, V)."""
         t = self.model.transformer
         x = t["wte"](input_ids)
-        # (B, 1, 1, L), True = may attend. Pad queries still see real keys, so no NaN.
-        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        for block in t["blocks"]:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attn_mask = attention_mask.bool()
+        else:  # (B, 1, 1, L), True = may attend. Pad queries still see real keys, so no NaN.
+            attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+            if self.config.block_size:  # block-causal: a position sees its own block and the blocks before it
+                L = input_ids.shape[1]
+                real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+                index = (real.cumsum(1) - 1) // self.config.block_size  # blocks from each row's first real token
+                causal = (index[:, None, :] <= index[:, :, None])[:, None]
+                attn_mask = causal if attn_mask is None else causal & attn_mask
+                attn_mask = attn_mask | torch.eye(L, dtype=torch.bool, device=x.device)  # padding sees itself: no NaN
+        for layer, block in enumerate(t["blocks"]):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = self._gradient_checkpointing_func(block.__call__, x, attn_mask)
+                x = self._gradient_checkpointing_func(block.__call__, x, attn_mask, position_ids)
             else:
-                x = block(x, attn_mask)
+                x = block(x, attn_mask, position_ids, past_key_values, store_kv, layer)
         return MaskedLMOutput(logits=t["ff_out"](t["ln_f"](x)))
 
 
-TinyLLaDAConfig.register_for_auto_class()
-TinyLLaDAModel.register_for_auto_class("AutoModel")
+class TinyShiftedConfig(TinyLLaDAConfig):
+    """The same model read with a next-token head, as Dream reads its logits: position i - 1's logits
+    predict token i (families.py declares the shift; the network itself is unchanged)."""
+
+    model_type = "tiny_shifted"
+
+
+class TinyShiftedModel(TinyLLaDAModel):
+    config_class = TinyShiftedConfig
+
+
+class TinyBlockConfig(TinyLLaDAConfig):
+    """The same network with block-causal attention, as block-diffusion models (SDAR, TraDo) attend:
+    a position sees its own block of `block_size` and every block before it, never a later one.
+    Blocks are counted from each row's first real token, as SDAR's are."""
+
+    model_type = "tiny_block"
+
+    def __init__(self, block_size=8, **kwargs):
+        super().__init__(block_size=block_size, **kwargs)
+
+
+class TinyBlockModel(TinyLLaDAModel):
+    config_class = TinyBlockConfig
+
+
+for config_class, model_class in (
+    (TinyLLaDAConfig, TinyLLaDAModel),
+    (TinyShiftedConfig, TinyShiftedModel),
+    (TinyBlockConfig, TinyBlockModel),
+):
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
