@@ -371,10 +371,7 @@ def newest_whole(run_dir, log=print):
             problem = str(e).removeprefix("config error: ")
         if problem is None:
             return path
-        log(
-            f"warning: {problem if problem.startswith(path) else f'checkpoint {path} {problem}'}; trying an older "
-            "checkpoint"
-        )
+        log(f"warning: {problem if path in problem else f'checkpoint {path} {problem}'}; trying an older checkpoint")
     return None
 
 

@@ -259,5 +259,5 @@ def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):
     assert checkpoint.newest_whole(str(tmp_path), log=lambda *a: None) == f"{tmp_path}/checkpoint-1"
     out = run_eval([f"--models=('{tmp_path}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"warning: checkpoint {tmp_path}/checkpoint-2 is incomplete" in out.stderr
+    assert f"warning: checkpoint {tmp_path}/checkpoint-2: adapter_model.safetensors is missing" in out.stderr
     assert json.loads(open(f"{tmp_path}/e/samples.jsonl").readline())["model"] == str(tmp_path)
