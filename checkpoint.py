@@ -16,6 +16,7 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
 train.py writes and resumes them; eval.py and export.py rebuild the trained model from one.
 """
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -52,19 +53,39 @@ class Interrupted(Exception):
 
 
 def catch_stop_signals():
-    """SIGINT and SIGTERM raise Interrupted where they arrive, except while state["defer"] is set
-    (the weights are changing: the update, its logging and checkpoint); then the signal waits in
-    state["signal"] for the end of the step. Returns that state."""
-    state = {"defer": False, "signal": None}
+    """SIGINT and SIGTERM are recorded in state["signal"]; they raise Interrupted where they arrive only
+    while state["now"] is set (before training, and inside `stoppable`). Elsewhere the weights are
+    changing or the ranks are in a collective together, and the signal waits for `stop_if_signalled`."""
+    state = {"now": True, "signal": None}
 
     def handler(signum, frame):
         state["signal"] = signum
-        if not state["defer"]:
+        if state["now"]:
             raise Interrupted(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
     return state
+
+
+@contextlib.contextmanager
+def stoppable(state):
+    """Work that runs no collective and changes no weight (the rollouts): a stop signal ends it where it
+    stands, however long it would take, and stays recorded for `stop_if_signalled`."""
+    state["now"] = True
+    try:
+        yield
+    except Interrupted:
+        pass
+    finally:
+        state["now"] = False
+
+
+def stop_if_signalled(state, any_rank):
+    """Interrupted on every rank when a signal reached any of them: all stop at one point, where the
+    checkpoint of the last finished step can be written (under FSDP every rank takes part)."""
+    if any_rank(state["signal"] is not None):
+        raise Interrupted(state["signal"] or signal.SIGTERM)
 
 
 def save_after_stop(out_dir, finished, last_saved, save):

@@ -262,20 +262,22 @@ def main():
     bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
     finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
     last_saved = start
-    stop["defer"] = cfg.fsdp  # FSDP: a checkpoint needs every rank, so a signal waits for a step's end on all
+    stop["now"] = False  # from here a signal stops the run at a point every rank reaches: see checkpoint.stoppable
     try:
         for step in bar:
             t0, positions[0] = time.time(), 0
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks
             batches = []
-            with gathered(model, ref_model):  # FSDP: the weights gathered once for all of the rollouts' forwards
+            # FSDP: the weights gathered once for all of the rollouts' forwards; a stop signal cuts them short
+            with gathered(model, ref_model), checkpoint.stoppable(stop):
                 for a in range(cfg.gradient_accumulation_steps):
                     micro = a * world + rank  # the global micro-batch index
                     position = step * prompts_per_step + micro * groups_per_micro
                     items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
                     batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
 
-            stop["defer"] = True  # from here the weights change: a signal waits for the end of the step
+            # every rank stops here together, or none: from here the weights change and the ranks run collectives
+            checkpoint.stop_if_signalled(stop, ddp.any_rank)
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
             clip = (cfg.epsilon, cfg.epsilon_high)
             loss, metrics, grad_norm, skipped = update(
@@ -312,13 +314,9 @@ def main():
                 if distributed:
                     dist.barrier()
             finished = (step + 1, torch.get_rng_state(), random.getstate())
-            stopping = stop["signal"] is not None
-            if cfg.fsdp:  # every rank stops after the same step: the checkpoint needs them all
-                stopping = ddp.any_rank(stopping)
-            if stopping:
-                raise checkpoint.Interrupted(stop["signal"] or signal.SIGTERM)
-            stop["defer"] = cfg.fsdp
+            checkpoint.stop_if_signalled(stop, ddp.any_rank)
 
+        stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
             before, after = acc_before, held_out_accuracy("after AGRPO")
             log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points)")
@@ -327,7 +325,7 @@ def main():
                 with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
                     json.dump(final, f)
     except checkpoint.Interrupted as e:
-        stop["defer"] = True  # a second Ctrl-C does not cut the checkpoint short
+        stop["now"] = False  # a second Ctrl-C does not cut the checkpoint short
         path = checkpoint.save_after_stop(cfg.output_dir, finished, last_saved, save) if master or cfg.fsdp else None
         logs.close_reporter(reporter)
         bar.close()

@@ -15,6 +15,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,6 +23,7 @@ import torch  # noqa: E402
 
 import agrpo  # noqa: E402
 import checkpoint  # noqa: E402
+import sample  # noqa: E402
 
 sep = sys.argv.index("--")
 faults = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[1:sep])}
@@ -75,7 +77,17 @@ def step_then_inf(self, *a, **k):
     return out
 
 
+real_generate = sample.generate
+
+
+def slow_generate(*a, **k):
+    time.sleep(faults["slow_rollouts"])
+    return real_generate(*a, **k)
+
+
 torch.optim.AdamW.step = step_then_inf
+if "slow_rollouts" in faults:
+    sample.generate = slow_generate
 agrpo.group_advantages = nan_advantages
 if "kill_in_save" in faults or "disk_full" in faults:
     torch.save = save_interrupted_midway

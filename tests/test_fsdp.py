@@ -159,6 +159,29 @@ def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
     assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
 
 
+@pytest.mark.parametrize("sharded", [["--fsdp"], []], ids=["fsdp", "ddp"])
+def test_sigterm_in_a_step_longer_than_torchrun_waits_saves_the_last_finished_step(tmp_path, uninterrupted, sharded):
+    """Every rollout 12 s longer (tests/faults.py), torchrun waiting 3 s after its SIGTERM before it kills
+    the ranks: the rollouts stop where they stand, every rank agrees, and the checkpoint of the last
+    finished step is written in time; the resume ends where the uninterrupted run did."""
+    faults = ["tests/faults.py", "slow_rollouts=12", "--", *SMALL, *sharded, f"--output_dir={tmp_path}"]
+    cmd = [*TORCHRUN, "--shutdown_timeout", "3", "--nproc_per_node", "2", *faults, *STEPS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and logged_steps(tmp_path)):
+        time.sleep(0.05)
+    time.sleep(2)  # inside the second step's 12 s rollout
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert time.time() - sent < 10, err[-2000:]
+    assert f"stopped by SIGTERM after step 1: checkpoint {tmp_path}/checkpoint-1" in err, err[-2000:]
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-1"] and logged_steps(tmp_path) == [1]
+    if sharded:  # DDP's steps are FSDP's to float tolerance only; the resume is compared under FSDP
+        fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
+        assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
+
+
 def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
     """A checkpoint holds whole tensors and a name-keyed optimizer state: one rank continues a run of
     two when it runs both micro-batches of a step (the same prompts and draws; sums in another order,
