@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ddp import every_rank, most_over_ranks
-from fsdp import is_sharded, local
 from likelihood import draw_passes, draws_logp, make_draws, token_logp
 
 
@@ -147,14 +145,20 @@ def kept_rows(advantages, beta):
     return keep.nonzero().squeeze(1)
 
 
-def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext):
+def one_process_fill(passes, last_has_rows):
+    """Zero-loss passes one process adds: one when its last micro-batch has no rows, so that AdamW always
+    sees a gradient, if only zeros (under torchrun: plumbing/ddp.passes_to_fill)."""
+    return 0 if last_has_rows else 1
+
+
+def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext, fill=None):
     """One inner iteration's gradient in .grad: for every micro-batch and draw j (or the draws that
     share a forward), the clipped loss of the tokens read and its backward, scaled by
-    1/micro-batches. Returns (loss, metrics). Ranks take part in each other's collectives with
-    zero-loss passes (`passes_to_fill`)."""
+    1/micro-batches. Returns (loss, metrics). fill(passes, last_has_rows): the zero-loss passes added
+    after them (`zero_loss`), with which ranks take part in each other's collectives."""
     loss_sum, metrics = 0.0, {}
     plans = [draw_passes(model, b.draws[it]) if len(b.rows) else [] for b in batches]  # one draw a forward, or many
-    fill = passes_to_fill(model, sum(map(len, plans)), bool(len(batches[-1].rows)))
+    fill = (fill or one_process_fill)(sum(map(len, plans)), bool(len(batches[-1].rows)))
     for a, (b, passes) in enumerate(zip(batches, plans)):
         d, rows, total = b.draws[it], b.rows, 0.0
         for n, js in enumerate(passes):
@@ -180,57 +184,7 @@ def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=co
     return loss_sum, metrics
 
 
-def passes_to_fill(model, passes, last_has_rows):
-    """Zero-loss forward-backward passes this rank adds to its `passes`. DDP all-reduces once, on the
-    last backward: a rank whose last micro-batch has no rows runs one for it (so AdamW always sees a
-    gradient, if only zeros). FSDP (fsdp.py) gathers and reduces at every forward and backward: each
-    rank runs as many as the busiest, counting that one."""
-    fill = 0 if last_has_rows else 1
-    return most_over_ranks(passes + fill) - passes if is_sharded(model) else fill
-
-
 def zero_loss(model, b, it):
     """0 × one row's log-prob: a backward that puts zeros in .grad and takes part in DDP's all-reduce."""
     d, row = b.draws[it], torch.zeros(1, dtype=torch.long, device=b.advantages.device)
     return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, d.truncate).sum() * 0.0
-
-
-def update(model, opt, batches, num_iterations, epsilon, epsilon_high, beta, max_grad_norm, amp=contextlib.nullcontext):
-    """The optimizer steps of one rollout phase: μ inner iterations, each a gradient over all
-    micro-batches, the norm clip and one AdamW step. A non-finite gradient, or a step that would leave
-    a weight non-finite, is skipped: weights and moments stay untouched. Returns (mean loss, summed
-    metrics, last grad norm, steps skipped)."""
-    params = [p for group in opt.param_groups for p in group["params"]]
-    loss_sum, metrics, skipped = 0.0, {}, 0
-    for it in range(num_iterations):
-        loss, m = accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp)
-        loss_sum += loss / num_iterations
-        metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
-        grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # over all ranks' gradients
-        # FSDP: each rank checks its own part of the weights, so all must agree before any steps
-        if every_rank(torch.isfinite(grad_norm) and adamw_keeps_finite(opt)):
-            opt.step()
-        else:
-            skipped += 1
-        opt.zero_grad(set_to_none=True)
-    return loss_sum, metrics, float(grad_norm), skipped
-
-
-@torch.no_grad()
-def adamw_keeps_finite(opt):
-    """Whether AdamW's next step leaves every weight finite: its update computed aside, one parameter
-    at a time (no copy of the model), so a step that would break the weights is never taken."""
-    for group in opt.param_groups:
-        (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state, g = opt.state.get(p, {}), local(p.grad).float()
-            t = float(local(state.get("step", 0))) + 1
-            m = (1 - b1) * g + (b1 * local(state["exp_avg"]) if state else 0)
-            v = (1 - b2) * g * g + (b2 * local(state["exp_avg_sq"]) if state else 0)
-            decayed = local(p).float() * (1 - lr * group["weight_decay"])
-            new = decayed - lr / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + eps)
-            if not bool(torch.isfinite(new).all()):
-                return False
-    return True

@@ -30,11 +30,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import data
-import ddp
-import logs
-from configurator import declared
-from families import native_departures, unwrap
+from plumbing import data, ddp, logs
+from plumbing.configurator import declared
+from plumbing.families import native_departures, unwrap
 from rewards import extract_answer
 from sample import check_blocks, check_settings, decode_completions, generate
 
@@ -159,7 +157,7 @@ def summarize(records):
 def step_grid(cfg):
     """(L, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
     sampler before any model is loaded."""
-    from configurator import ConfigError
+    from plumbing.configurator import ConfigError
 
     grid = []
     for L in cfg["max_completion_length"]:
@@ -211,8 +209,8 @@ def take_run_settings(cfg, given, specs, preset, train_cfg):
     """Fill cfg, where the command line left a key alone, from the checkpoints among the models, then
     from training presets (a setting a checkpoint recorded stays, and a preset or the command line that
     differs from it is said in one line). Returns {key: where its value came from}."""
-    import checkpoint
-    from configurator import ConfigError
+    from plumbing import checkpoint
+    from plumbing.configurator import ConfigError
 
     sources = {}
     if "step_fractions" in given:  # steps asked for as fractions of L: the run's one step count would override them
@@ -254,9 +252,9 @@ def settings_line(cfg, sources, given):
 
 
 def main():
-    import checkpoint
-    from configurator import ConfigError, configure, preset_values
-    from model import load
+    from plumbing import checkpoint
+    from plumbing.configurator import ConfigError, configure, preset_values
+    from plumbing.model import load
 
     # a positional argument is a preset: of eval.py's own keys (applied as given on the command line),
     # or else a training preset (the run settings it implies, as for a checkpoint)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 import blocks
-from families import block_size, family_of
-from logits import forward_logits, selected_logits
+from plumbing.families import block_size, family_of
+from plumbing.logits import forward_logits, selected_logits
 from sample import policy_logprobs
 
 ESTIMATORS = ("stepwise", "elbo", "one_step")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 import blocks
-from families import block_size
-from logits import forward_logits, selected_logits
+from plumbing.families import block_size
+from plumbing.logits import forward_logits, selected_logits
 
 UNMASKING = ("low_confidence", "random", "threshold")
 

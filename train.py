@@ -2,13 +2,14 @@
 record each one's unmasking trajectory, score them, take group-relative advantages, draw k of each
 trajectory's m steps, and take PPO-clip steps on the stepwise estimate of log π(o).
 
-    python train.py                 # the embedded default: models/tiny-countdown (sft.py) on Countdown
+    python train.py                 # the embedded default: models/tiny-countdown (tools/sft.py) on Countdown
     python train.py configs/llada_gsm8k.py --learning_rate=1e-6
     torchrun --nproc_per_node 8 train.py configs/llada_gsm8k.py
     python train.py --help          # every key, its default and meaning
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -21,18 +22,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import checkpoint
-import data
-import ddp
-import logs
-from agrpo import MicroBatch, group_advantages, kept_rows, prepare, update
-from configurator import ConfigError, configure
+from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
 from eval import run_accuracy
-from families import native_departures, unwrap
-from fsdp import gathered, local, whole_state
 from likelihood import ESTIMATORS, SCHEMES
-from logits import count_positions
-from model import load_policy, model_path_error, resolved
+from plumbing import checkpoint, data, ddp, logs, optim
+from plumbing.configurator import ConfigError, configure
+from plumbing.families import native_departures, unwrap
+from plumbing.fsdp import gathered, local, whole_state
+from plumbing.logits import count_positions
+from plumbing.model import load_policy, model_path_error, resolved
 from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
@@ -155,14 +153,20 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, rows, draws, old, ref, cut)
 
 
-def make_optimizer(cfg, params, total_steps):
-    """AdamW as the released run configures it: β = (0.9, 0.99), weight decay 0.01, the rate warming up
-    linearly over the first 1% of the steps, then decaying to 0 (cosine)."""
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
-    warmup = max(1, int(0.01 * total_steps))
-    return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
-    )
+def update(model, opt, batches, cfg, amp):
+    """μ PPO-clip steps on one batch of rollouts (ALGORITHM.md §4): each inner iteration's gradient over all
+    micro-batches, then the norm clip and one AdamW step, skipped when it is not finite. Returns (mean
+    loss, summed metrics, last grad norm, steps skipped)."""
+    loss_sum, metrics, skipped = 0.0, {}, 0
+    fill = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
+    for it in range(cfg.num_iterations):
+        loss, m = accumulate_gradients(
+            model, batches, it, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, amp=amp, fill=fill
+        )
+        grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
+        loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
+        metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+    return loss_sum, metrics, grad_norm, skipped
 
 
 def main():
@@ -234,7 +238,7 @@ def main():
     epochs_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else epochs_steps
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(cfg, params, total_steps)
+    opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
     nonfinite = {"total": 0, "in_a_row": 0}
 
     def save(step):  # rank 0 writes; under FSDP every rank first gathers its part of the tensors to it
@@ -279,10 +283,7 @@ def main():
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
             checkpoint.stop_if_signalled(stop, ddp.any_rank)
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
-            clip = (cfg.epsilon, cfg.epsilon_high)
-            loss, metrics, grad_norm, skipped = update(
-                train_model, opt, batches, cfg.num_iterations, *clip, cfg.beta, cfg.max_grad_norm, amp
-            )
+            loss, metrics, grad_norm, skipped = update(train_model, opt, batches, cfg, amp)
             sched.step()
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0

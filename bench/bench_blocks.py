@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import amp, bench_model, environment, random_tokens, sync  # noqa: E402
 
 from agrpo import MicroBatch, accumulate_gradients  # noqa: E402
-from configurator import configure  # noqa: E402
 from likelihood import stepwise_draws  # noqa: E402
-from logits import count_positions  # noqa: E402
-from model import add_lora, set_gradient_checkpointing  # noqa: E402
+from plumbing.configurator import configure  # noqa: E402
+from plumbing.logits import count_positions  # noqa: E402
+from plumbing.model import add_lora, set_gradient_checkpointing  # noqa: E402
 from sample import generate  # noqa: E402
 
 # --- config
@@ -177,17 +177,17 @@ else:
     print()
 
 # --- threshold decoding over the cache, on the shipped block base: positions per completion at greedy accuracy
-import data  # noqa: E402
 from eval import evaluate  # noqa: E402
-from model import load  # noqa: E402
+from plumbing import data  # noqa: E402
+from plumbing.model import load  # noqa: E402
 
 base, tok = load("models/tiny-countdown-block", device=args.device)
 counter = count_positions(base)
-from configurator import declared  # noqa: E402
+from plumbing.configurator import declared  # noqa: E402
 
-options = {k: default for k, (default, _) in declared(data.task_file("countdown")).items()}  # as sft.py trains
+options = {k: default for k, (default, _) in declared(data.task_file("countdown")).items()}  # as tools/sft.py trains
 test_items = data.test_set("countdown", "", args.base_items, 0, **options)
-L8 = 16  # the base's completion length (sft.py), in its blocks of 8
+L8 = 16  # the base's completion length (tools/sft.py), in its blocks of 8
 print(
     f"\n# models/tiny-countdown-block, {len(test_items)} held-out Countdown problems (seed 0), greedy, "
     f"{L8} tokens in blocks of 8, KV cache of finished blocks"

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import configure  # noqa: E402
-from data import chat_ids  # noqa: E402
 from likelihood import exact_logp, make_draws, sequence_logp, stepwise_draws  # noqa: E402
-from model import load  # noqa: E402
+from plumbing.configurator import configure  # noqa: E402
+from plumbing.data import chat_ids  # noqa: E402
+from plumbing.model import load  # noqa: E402
 from sample import generate  # noqa: E402
 
 # --- config

@@ -39,7 +39,7 @@ from common import (  # noqa: E402
     sync,
 )
 
-from model import compile_blocks  # noqa: E402
+from plumbing.model import compile_blocks  # noqa: E402
 from sample import generate, transfer_schedule  # noqa: E402
 
 # --- config
@@ -151,9 +151,9 @@ if args.profile:
         print_profile(lambda: generate(model, prompt, **setting, eos_ids=()), args.device)
 if args.model_shape == "tiny" and args.thresholds:
     # where confidences mean something: the shipped base model on its task, fixed steps against τ
-    import data  # noqa: E402
     from eval import evaluate  # noqa: E402
-    from model import load  # noqa: E402
+    from plumbing import data  # noqa: E402
+    from plumbing.model import load  # noqa: E402
 
     base, tok = load("models/tiny-countdown", device=args.device)
     items = data.test_set(

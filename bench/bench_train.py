@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 
 from agrpo import MicroBatch, accumulate_gradients, prepare  # noqa: E402
 from likelihood import make_draws  # noqa: E402
-from model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
+from plumbing.model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
 # --- config

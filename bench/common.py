@@ -12,9 +12,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configurator import configure  # noqa: E402
-from model import load  # noqa: E402
-from tiny_llada import TinyBlockConfig, TinyBlockModel, TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
+from plumbing.configurator import configure  # noqa: E402
+from plumbing.model import load  # noqa: E402
+from plumbing.tiny_llada import TinyBlockConfig, TinyBlockModel, TinyLLaDAConfig, TinyLLaDAModel, build_tokenizer  # noqa: E402
 
 
 def run_script(threads, script, *args):
@@ -34,8 +34,8 @@ def comparison_config(script, default_preset="configs/tiny_countdown.py"):
     is the script's and any other key goes to every train.py run, as presets do."""
     from types import SimpleNamespace
 
-    import data
-    from configurator import declared
+    from plumbing import data
+    from plumbing.configurator import declared
 
     argv = sys.argv[1:]
     own_keys = declared(script)

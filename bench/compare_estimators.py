@@ -40,8 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import comparison_config, run_script  # noqa: E402  (bench/)
 
-import checkpoint  # noqa: E402
-import data  # noqa: E402
+from plumbing import checkpoint, data  # noqa: E402
 
 ESTIMATORS = ("stepwise", "one_step", "elbo")
 

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import comparison_config, run_script  # noqa: E402  (bench/)
 
-import data  # noqa: E402
+from plumbing import data  # noqa: E402
 
 # --- config
 output_dir = "bench/compare_threshold"  # RESULTS.md, accuracy_vs_rollout_passes.png, runs/ (cached)

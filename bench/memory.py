@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import LLADA_8B, comparison_config  # noqa: E402
 
-from families import FAMILIES  # noqa: E402
-from tiny_llada import TinyLLaDAConfig, TinyLLaDAModel  # noqa: E402
+from plumbing.families import FAMILIES  # noqa: E402
+from plumbing.tiny_llada import TinyLLaDAConfig, TinyLLaDAModel  # noqa: E402
 
 # --- config
 gpus = 8  # GPUs the run is spread over (torchrun ranks, all nodes together) [1, inf)
@@ -90,9 +90,9 @@ def measured_fsdp_full(shape, rows, tokens, block, checkpointing):
     """CUDA's peak allocated bytes of FSDP full fine-tuning at `shape` on this rank: (update: a forward
     and backward of `rows` x `tokens`, the vocabulary head on 1/24 of the positions, then AdamW's step;
     rollout: the model gathered, a no-grad forward with the head on one block). Random weights."""
-    import fsdp
-    from logits import forward_logits
-    from model import set_gradient_checkpointing
+    from plumbing import fsdp
+    from plumbing.logits import forward_logits
+    from plumbing.model import set_gradient_checkpointing
 
     model = TinyLLaDAModel(TinyLLaDAConfig(**shape, mask_token_id=126336))  # float32 on the CPU, as train.py loads
     if checkpointing:

@@ -12,5 +12,5 @@ and, where it has them, `load_hub(split)` (the released run's data, through `dat
 `generate(n, seed, split, unique, **options)` (procedural items; split as data.split_of),
 `check_options(**options)` (a ValueError naming the first option out of range) and `solution(item)`
 (the completion the embedded base model's SFT reads). A generator's options are the task file's
-config block: train.py, eval.py and sft.py take them as --key=value like their own keys.
+config block: train.py, eval.py and tools/sft.py take them as --key=value like their own keys.
 """

@@ -11,7 +11,7 @@ import re
 from fractions import Fraction
 
 import rewards
-from data import check, enough, hub_dataset, split_of
+from plumbing.data import check, enough, hub_dataset, split_of
 
 SYSTEM_PROMPT = """You are given a list of numbers and a target.
 Combine every number exactly once with +, -, * and / (parentheses allowed) so that the result equals the target.
@@ -79,7 +79,7 @@ def parse_row(where, row):
         where,
         f"field 'target' must be an integer, got {target!r}",
     )
-    found = solutions(nums, target)  # one of them is the SFT answer (sft.py)
+    found = solutions(nums, target)  # one of them is the SFT answer (tools/sft.py)
     return {"nums": nums, "target": target, **({"expr": found[0]} if found else {})}
 
 
@@ -201,7 +201,7 @@ def generate(n, seed=0, split=None, unique=False, num_range=(1, 20), target_rang
 
 
 def solution(item, think=False):
-    """A supervised completion for the base model's SFT (sft.py): the two operations, then the
+    """A supervised completion for the base model's SFT (tools/sft.py): the two operations, then the
     equation; None for an item without a known solution."""
     if "expr" not in item:
         return None

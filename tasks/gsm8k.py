@@ -1,7 +1,7 @@
 """GSM8K: grade-school word problems with a numeric answer (openai/gsm8k; tested on GSM8K Platinum)."""
 
 import rewards
-from data import check, hub_dataset
+from plumbing.data import check, hub_dataset
 
 SYSTEM_PROMPT = r"""Solve the math problem below. Reason step by step inside <think> </think> tags.
 Then write the final answer inside <answer> </answer> tags, as a single number or expression wrapped in \boxed{}:

@@ -1,7 +1,7 @@
 """MATH: competition problems graded by math-verify (trained on MATH levels 1-4, tested on MATH-500)."""
 
 import rewards
-from data import DataError, check, hub_dataset
+from plumbing.data import DataError, check, hub_dataset
 from tasks.gsm8k import SYSTEM_PROMPT, answer, problem_key, question  # noqa: F401 (items and system turn as GSM8K's)
 
 reward, accuracy = rewards.math_reward, rewards.math_correct

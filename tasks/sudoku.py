@@ -8,7 +8,7 @@ import random
 import re
 
 import rewards
-from data import check, enough, split_of
+from plumbing.data import check, enough, split_of
 
 SYSTEM_PROMPT = """You are given a 4x4 Sudoku as a string of 16 digits, row by row from the top left, \
 with 0 for an empty cell.

@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from data import chat_ids
-from model import load
+from plumbing.data import chat_ids
+from plumbing.model import load
 
 # pytest -n N (xdist): the workers share the cores, so each computes on its share of them
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):

@@ -22,8 +22,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import agrpo  # noqa: E402
-import checkpoint  # noqa: E402
 import sample  # noqa: E402
+from plumbing import checkpoint  # noqa: E402
 
 sep = sys.argv.index("--")
 faults = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[1:sep])}

@@ -21,11 +21,10 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
 
-import ddp  # noqa: E402
-import fsdp  # noqa: E402
 from likelihood import draws_logp, make_draws  # noqa: E402
-from logits import forward_logits  # noqa: E402
-from model import load  # noqa: E402
+from plumbing import ddp, fsdp  # noqa: E402
+from plumbing.logits import forward_logits  # noqa: E402
+from plumbing.model import load  # noqa: E402
 from sample import generate  # noqa: E402
 
 gathers = [0]

@@ -1,6 +1,8 @@
 """agrpo.py: the loss by hand, clipping boundaries, on-policy ratios, no reference pass at β = 0."""
 
+import contextlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,8 +19,10 @@ from agrpo import (
     prepare,
 )
 from likelihood import token_logp
-from model import load
+from plumbing.model import load
 from sample import generate
+
+UPDATE = SimpleNamespace(num_iterations=1, epsilon=0.2, epsilon_high=0.2, beta=0.0, max_grad_norm=1.0)
 
 
 def test_advantages_mean_centred_and_degenerate_groups():
@@ -229,7 +233,8 @@ def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
 def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
     """AdamW with a rate that overflows the weights: the step is skipped and counted, and weights and
     moments stay exactly as they were (as for a non-finite gradient); a sane rate steps."""
-    from agrpo import adamw_keeps_finite, update
+    from plumbing.optim import adamw_keeps_finite
+    from train import update
 
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
@@ -238,11 +243,11 @@ def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e38)
-    _, _, grad_norm, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    _, _, grad_norm, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
     assert math.isfinite(grad_norm) and skipped == 1 and not opt.state
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     opt = torch.optim.AdamW(params, lr=1e-3)
-    _, _, _, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], 1, 0.2, 0.2, 0.0, 1.0)
+    _, _, _, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
     assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
     for p in params:  # the check agrees with the step it stands in for: the next sane step stays finite
         p.grad = torch.ones_like(p)

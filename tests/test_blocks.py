@@ -11,8 +11,8 @@ from conftest import chat
 import blocks
 from agrpo import MicroBatch, accumulate_gradients
 from likelihood import draw_passes, draws_logp, packs, stepwise_draws, token_logp
-from logits import count_positions
-from model import add_lora, load, set_gradient_checkpointing
+from plumbing.logits import count_positions
+from plumbing.model import add_lora, load, set_gradient_checkpointing
 from sample import generate
 
 BLOCK = dict(tiny_overrides=dict(init_std=0.3))  # larger weights: confident, varied logits

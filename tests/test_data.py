@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import data
-from data import (
+from plumbing import data
+from plumbing.data import (
     DataError,
     build_prompt,
     check_task_options,
@@ -21,6 +21,7 @@ from data import (
     task,
     task_options,
 )
+from plumbing.tiny_llada import build_tokenizer as tiny_tokenizer
 from rewards import countdown_correct, countdown_reward, math_reward, sudoku_reward
 from tasks.countdown import generate as countdown_items
 from tasks.countdown import solution as countdown_solution_text
@@ -28,7 +29,6 @@ from tasks.countdown import solutions as countdown_solutions
 from tasks.sudoku import GRIDS
 from tasks.sudoku import count_solutions as sudoku_count_solutions
 from tasks.sudoku import generate as sudoku_items
-from tiny_llada import build_tokenizer as tiny_tokenizer
 
 
 def test_countdown_items_solvable_and_seeded():
@@ -287,8 +287,8 @@ def test_local_countdown_rows_get_a_solution_for_sft(tmp_path):
 def test_the_default_runs_data_loads():
     """The presets' generated data can be made: 200 distinct held-out problems (a space that is nearly
     used up must not be mistaken for an empty one) and the training items."""
-    import configurator
-    from data import test_set as held_out_set  # imported as test_set, pytest would collect it
+    from plumbing import configurator
+    from plumbing.data import test_set as held_out_set  # imported as test_set, pytest would collect it
 
     for preset in ("configs/tiny_countdown.py", "configs/tiny_sudoku.py"):
         cfg = configurator.configure("train.py", [preset], data.option_files())
@@ -302,7 +302,7 @@ def test_released_data_sources(monkeypatch):
     """The hub loaders on small fixtures in each source's column schema: the released run's data
     and filters (GSM8K-Platinum; competition_math minus MATH-500, levels 1-4, first \\boxed{};
     3-number Countdown items of the first rows)."""
-    import data
+    from plumbing import data
 
     tables = {
         ("openai/gsm8k", "train"): [{"question": "q1", "answer": "steps\n#### 1,000"}],
@@ -373,7 +373,7 @@ def test_released_local_files(tmp_path):
     """The released run's local files: Countdown's 3-number test file and SPG's Sudoku CSVs (read as
     numbers by some tools, so a puzzle may have lost its leading zeros). A training set drops the
     problems of the test set, and a Sudoku test grid is never a training answer."""
-    import data
+    from plumbing import data
 
     cd = write(
         tmp_path / "cd3.jsonl", ['{"input": "30,100,93", "output": "23"}', '{"input": "83,18,75", "output": "10"}']
@@ -430,7 +430,7 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
     226 / 21 / 41 of the 288 grids."""
     import collections
 
-    from configurator import configure
+    from plumbing.configurator import configure
 
     cfg = configure(
         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"),
@@ -457,7 +457,7 @@ TOY_TASK = '''"""Toy: repeat the digits of the question."""
 import random
 
 import rewards
-from data import check, split_of
+from plumbing.data import check, split_of
 
 SYSTEM_PROMPT = "Repeat the digits inside <answer> </answer> tags."
 

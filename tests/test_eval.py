@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 from eval import standard_error
-from families import FAMILIES
-from logits import forward_logits
-from model import add_lora, load, save
+from plumbing import checkpoint
+from plumbing.families import FAMILIES
+from plumbing.logits import forward_logits
+from plumbing.model import add_lora, load, save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--max_completion_length=(16,)", "--task=countdown"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_train import ROOT, run
 
-import checkpoint
-from checkpoint import resolve
-from logits import forward_logits
+from plumbing import checkpoint
+from plumbing.checkpoint import resolve
+from plumbing.logits import forward_logits
 
 # runs in a fresh interpreter, from another folder, without this project on its path
 LOADER = """
@@ -46,7 +46,10 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
     )
     assert weights <= files
     out = subprocess.run(
-        [sys.executable, "export.py", f"{tmp_path}/run", f"{tmp_path}/export"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "tools/export.py", f"{tmp_path}/run", f"{tmp_path}/export"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0 and "exported" in out.stdout, out.stderr[-2000:]
     assert resolve(f"{tmp_path}/export") == ("model", f"{tmp_path}/export")  # eval.py takes it as a model
@@ -78,5 +81,5 @@ def test_export_refuses_a_model_and_an_existing_folder(tmp_path):
         (["tiny", f"{tmp_path}/x"], "is a model"),
         ([f"{tmp_path}/none", f"{tmp_path}/there"], "exists"),
     ]:
-        out = subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "tools/export.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and words in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -15,7 +15,7 @@ import pytest
 from test_reliability import logged_steps
 from test_train import ROOT, SMALL, assert_same, params, run
 
-import checkpoint
+from plumbing import checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # --standalone: a free port
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -94,7 +94,7 @@ def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
 def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
     """export.py and eval.py take a sharded run's checkpoint as they take any other."""
     out = subprocess.run(
-        [sys.executable, "export.py", uninterrupted, f"{tmp_path}/export"],
+        [sys.executable, "tools/export.py", uninterrupted, f"{tmp_path}/export"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ from likelihood import (
     sequence_logp,
     stepwise_draws,
 )
-from model import load
+from plumbing.model import load
 from sample import Rollout, generate, policy_logprobs
 
 SCHEMES = ["uniform", "low_discrepancy", "entropy"]

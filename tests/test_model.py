@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from data import chat_ids
-from families import family_of
-from logits import forward_logits, probe_padding_mask
-from model import (
+from plumbing.data import chat_ids
+from plumbing.families import family_of
+from plumbing.logits import forward_logits, probe_padding_mask
+from plumbing.model import (
     add_lora,
     check_compatible,
     compile_blocks,
@@ -21,7 +21,7 @@ from model import (
     save,
     set_gradient_checkpointing,
 )
-from tiny_llada import build_tokenizer
+from plumbing.tiny_llada import build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -339,7 +339,7 @@ def test_merged_lora_is_the_trained_model():
     """eval.py folds adapters into the weights: in float32, the merged model decodes the same greedy
     tokens as the trained (unmerged) model and its logits agree to float32 rounding, also on a bf16
     base, where folding into bf16 weights would round every adapted weight again."""
-    from model import add_lora, merge_lora_float32
+    from plumbing.model import add_lora, merge_lora_float32
     from sample import generate
 
     base, tok = load("tiny", seed=7, dtype=torch.bfloat16)
@@ -370,10 +370,10 @@ def test_a_next_token_head_reads_the_position_before(tmp_path):
     not; a rollout replays exactly (recorded log-probs = recomputed), and the variant saves and loads."""
     from conftest import chat
 
-    from families import FAMILIES, family_of
     from likelihood import exact_logp
-    from logits import forward_logits
-    from model import save
+    from plumbing.families import FAMILIES, family_of
+    from plumbing.logits import forward_logits
+    from plumbing.model import save
     from sample import generate
 
     model, tok = load("tiny_shifted", seed=0, tiny_overrides=dict(init_std=0.3))
@@ -425,10 +425,10 @@ def test_a_block_causal_model_attends_no_later_block(tmp_path):
     the sampler refuses blocks that are not the model's; the variant saves and loads."""
     from conftest import chat
 
-    from families import FAMILIES, block_size, family_of
     from likelihood import exact_logp
-    from logits import forward_logits
-    from model import save
+    from plumbing.families import FAMILIES, block_size, family_of
+    from plumbing.logits import forward_logits
+    from plumbing.model import save
     from sample import generate
 
     model, tok = load("tiny_block", seed=0, tiny_overrides=dict(init_std=0.3))
@@ -532,8 +532,8 @@ def old_generation_config(fail=False):
 def test_a_generation_config_that_predates_strict_saves(tmp_path, monkeypatch):
     """A model whose generation config's validate() takes no `strict` (Dream's copies) saves as a folder, a
     checkpoint and an export; a save that fails in the model's own code leaves no half-written folder."""
-    import checkpoint
-    from tiny_llada import TinyLLaDAModel
+    from plumbing import checkpoint
+    from plumbing.tiny_llada import TinyLLaDAModel
 
     monkeypatch.setattr(TinyLLaDAModel, "can_generate", classmethod(lambda cls: True))
     model, tok = load("tiny", seed=0)
@@ -560,7 +560,7 @@ def test_start_up_warns_where_decoding_departs_from_the_models_own():
     ranks by the tempered, truncated probability."""
     from types import SimpleNamespace
 
-    from families import native_departures
+    from plumbing.families import native_departures
 
     class Stub(torch.nn.Module):
         def __init__(self, model_type):

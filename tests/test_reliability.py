@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_train import ROOT, SMALL, assert_same, params, run
 
-import checkpoint
+from plumbing import checkpoint
 
 FAST = ["--max_steps=10", "--save_steps=2", "--save_total_limit=3"]
 
@@ -194,7 +194,7 @@ def test_nonfinite_weights_after_a_step_are_never_saved(tmp_path):
 
 
 def test_a_nonfinite_model_is_never_checkpointed(tmp_path):
-    from model import load
+    from plumbing.model import load
 
     model, _ = load("tiny")
     opt = torch.optim.AdamW(model.parameters())
@@ -277,9 +277,9 @@ KNOBS = [
 def test_every_knob_has_a_range(args, words):
     from types import SimpleNamespace
 
-    import data
     import train
-    from configurator import ConfigError, configure
+    from plumbing import data
+    from plumbing.configurator import ConfigError, configure
 
     with pytest.raises(ConfigError) as e:
         cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args], data.option_files()))
@@ -299,7 +299,7 @@ def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
 
 
 def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
-    from model import load
+    from plumbing.model import load
 
     trained, _ = load("tiny", seed=1)
     opt = torch.optim.AdamW(trained.parameters())
@@ -339,7 +339,7 @@ def test_a_checkpoint_crafted_to_run_code_is_never_unpickled(tmp_path):
 
 def test_all_eos_and_empty_completions_give_a_finite_update():
     from agrpo import MicroBatch, accumulate_gradients, prepare
-    from model import load
+    from plumbing.model import load
     from sample import Rollout
 
     model, tok = load("tiny")
@@ -363,7 +363,7 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
 
 def lora_run(tmp_path, steps=(1, 2), keep=3):
     """A LoRA model with a checkpoint at each of `steps` (adapters moved in between), as train.py saves them."""
-    from model import add_lora, load
+    from plumbing.model import add_lora, load
 
     model, _ = load("tiny", seed=0)
     model = add_lora(model, 4, 8)
@@ -497,7 +497,7 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
     """A trainer_state.json whose base is a local folder with its own modeling code (auto_map): eval.py
     and export.py refuse it in one line saying how to trust it, and the code never runs; named by
     the user with --base_model it loads."""
-    from model import load, save
+    from plumbing.model import load, save
 
     model, tok = load("tiny")
     save(model, tok, f"{tmp_path}/base")
@@ -512,7 +512,7 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for cmd in (
         ["eval.py", f"--models=('{ckpt}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"],
-        ["export.py", ckpt, f"{tmp_path}/export"],
+        ["tools/export.py", ckpt, f"{tmp_path}/export"],
     ):
         out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert (
@@ -520,7 +520,7 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
         ), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()
     out = subprocess.run(
-        [sys.executable, "export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"],
+        [sys.executable, "tools/export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -534,7 +534,7 @@ def test_a_checkpoint_cannot_name_a_hub_repository_to_run(tmp_path):
     """A checkpoint naming a hub id that is no family's released model as its base is refused in one line
     saying how to trust it, before anything is fetched or run; a family's released ids and the shipped
     models are trusted."""
-    from model import is_shipped_or_official, load
+    from plumbing.model import is_shipped_or_official, load
 
     model, _ = load("tiny")
     opt = torch.optim.AdamW(model.parameters())
@@ -617,7 +617,7 @@ def test_broken_inputs_end_in_one_line(tmp_path):
     assert one_line(["train.py", *args, "--report_to=wandb", f"--output_dir={tmp_path}/w"], env).startswith(
         "--report_to=wandb: "
     )
-    import logs
+    from plumbing import logs
 
     with pytest.raises(SystemExit, match="cannot write .*log.jsonl"):
         logs.append_jsonl(f"{tmp_path}/no_such_folder/log.jsonl", [{"step": 1}])
@@ -626,7 +626,7 @@ def test_broken_inputs_end_in_one_line(tmp_path):
 def test_hostile_data_lines_are_named(tmp_path):
     """A JSONL line with a 4,400-digit number, 100,000 nested brackets or a lone surrogate, and a Countdown
     row whose numbers hold a word, each end in one line naming the file and line."""
-    import data
+    from plumbing import data
 
     good = json.dumps({"nums": [3, 5, 7], "target": 22})
     bad = {
@@ -654,13 +654,16 @@ def test_eval_and_export_failures_end_in_one_line(tmp_path):
     )
     model, opt, sched = lora_run(tmp_path / "run", steps=(1,))
     (tmp_path / "a_file").write_text("")
-    assert "cannot write the export to" in one_line(["export.py", f"{tmp_path}/run", f"{tmp_path}/a_file/out"])
+    assert "cannot write the export to" in one_line(["tools/export.py", f"{tmp_path}/run", f"{tmp_path}/a_file/out"])
     state = json.load(open(f"{tmp_path}/run/checkpoint-1/trainer_state.json"))
     for key in ("lora_r", "lora_alpha", "lora_target_modules"):
         del state["config"][key]
     json.dump(state, open(f"{tmp_path}/run/checkpoint-1/trainer_state.json", "w"))
     rechecksum(f"{tmp_path}/run/checkpoint-1")
     out = subprocess.run(
-        [sys.executable, "export.py", f"{tmp_path}/run", f"{tmp_path}/out"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "tools/export.py", f"{tmp_path}/run", f"{tmp_path}/out"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 1, out.stderr[-2000:]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import data
+from plumbing import data
 from rewards import (
     countdown_correct,
     countdown_reward,

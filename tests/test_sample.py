@@ -183,7 +183,7 @@ def test_threshold_above_one_is_low_confidence_one_token_a_step(tiny):
 def peaked():
     """A random model with a larger init: peaked, uneven confidences, so a threshold commits a
     varying number of positions per step (the plain random model is flat: one per step)."""
-    from model import load
+    from plumbing.model import load
 
     model, tok = load("tiny", seed=0, tiny_overrides=dict(init_std=0.3))
     return model.eval(), tok

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-import data
-import sft
 from likelihood import elbo_draws
-from model import load
+from plumbing import data
+from plumbing.model import load
+from tools import sft
 
 
 def test_sft_batch_layout():
@@ -81,7 +81,7 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
     meta = json.load(open(record))
     assert sft.sha256(os.path.join(folder, "model.safetensors")) == meta["model.safetensors sha256"]
     assert (
-        meta["command"].startswith("python sft.py")
+        meta["command"].startswith(("python tools/sft.py", "python sft.py"))  # sft.py was at the root before
         and meta["config"]["output_dir"] == f"models/{os.path.basename(folder)}"
     )
     here = os.getcwd()
@@ -95,7 +95,7 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
 
 def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     out = f"{tmp_path}/m"
-    cmd = [sys.executable, "sft.py", "--max_steps=3", "--batch_size=8", f"--output_dir={out}"]
+    cmd = [sys.executable, "tools/sft.py", "--max_steps=3", "--batch_size=8", f"--output_dir={out}"]
     res = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
@@ -106,7 +106,7 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     )
     load(out)
     bad = subprocess.run(
-        [sys.executable, "sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "tools/sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert (
         bad.returncode != 0
@@ -118,7 +118,7 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
 def test_the_shipped_models_run_the_root_modeling_file():
     """Every shipped model folder carries tiny_llada.py byte for byte: `python train.py` loads the folder's
     copy through auto_map, so the file a reader reads is the code that runs."""
-    root = open(os.path.join(ROOT, "tiny_llada.py"), "rb").read()
+    root = open(os.path.join(ROOT, "plumbing", "tiny_llada.py"), "rb").read()
     folders = [f for f in sorted(os.listdir(os.path.join(ROOT, "models"))) if f.startswith("tiny-")]
     assert len(folders) == 3
     for folder in folders:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
@@ -114,8 +114,8 @@ def test_help_print_config_and_unknown_keys(capsys):
     """--help lists every key with its default and comment; --print_config prints the resolved
     config (preset, then overrides) as JSON and exits before loading anything; a key of another
     spelling gets a "did you mean"; names imported into train.py are not keys."""
-    import data
-    from configurator import ConfigError, configure, declared
+    from plumbing import data
+    from plumbing.configurator import ConfigError, configure, declared
 
     script = os.path.join(ROOT, "train.py")
     keys = declared(script) | {
@@ -160,7 +160,7 @@ def test_math_training_runs_with_its_verifier_worker(tmp_path, nproc):
     without the __main__ guard that re-ran train.py in the worker and the run hung. A few steps
     of MATH from a local file on a saved embedded model (MATH has no shipped base), in one
     process and on 2 gloo ranks."""
-    from model import load, save
+    from plumbing.model import load, save
 
     save(*load("tiny"), str(tmp_path / "base"))
     rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
@@ -283,8 +283,8 @@ def test_threshold_rollouts_train(tmp_path):
 def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
     """max_prompt_length (TRL's name and behaviour): a longer prompt keeps its last tokens, the run
     names the longest training prompt once and logs the fraction of rows cut each step."""
-    from data import build_prompt
-    from model import load
+    from plumbing.data import build_prompt
+    from plumbing.model import load
 
     _, tok = load("tiny")
     item = {"question": "x" * 500 + " 1 + 1?", "answer": "2"}
@@ -321,9 +321,8 @@ def test_every_training_preset_resolves_and_validates():
     import glob
     from types import SimpleNamespace
 
-    import configurator
-    import data
     import train
+    from plumbing import configurator, data
 
     presets = sorted(p for p in glob.glob("configs/*.py") if not os.path.basename(p).startswith("_"))
     presets = [p for p in presets if not p.endswith("_eval.py")]

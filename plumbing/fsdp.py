@@ -23,8 +23,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-import families
-from families import family_part, unwrap
+from plumbing import families
+from plumbing.families import family_part, unwrap
 
 
 def shard(model, mixed_precision):

@@ -17,13 +17,12 @@ import shutil
 
 import torch
 
-import fsdp
-import tiny_llada
-from configurator import first_line
-from families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
-from logits import forward_logits, probe_padding_mask
+from plumbing import fsdp, tiny_llada
+from plumbing.configurator import first_line
+from plumbing.families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
+from plumbing.logits import forward_logits, probe_padding_mask
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 EMBEDDED = {  # the embedded model at a seeded random init, in each convention a family can have

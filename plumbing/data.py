@@ -15,10 +15,10 @@ import zlib
 
 import torch
 
-from configurator import declared, first_line
-from ddp import seeded
+from plumbing.configurator import declared, first_line
+from plumbing.ddp import seeded
 
-TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
+TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
 TASK_NAMES = tuple(sorted(f[:-3] for f in os.listdir(TASKS_DIR) if f.endswith(".py") and not f.startswith("_")))
 REQUIRED = ("SYSTEM_PROMPT", "question", "parse_row", "answer", "reward", "accuracy", "problem_key")
 

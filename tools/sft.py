@@ -3,8 +3,8 @@ model on generated solutions, so that AGRPO starts from a policy whose rewards a
 It plays the part LLaDA-8B-Instruct plays on the real path: trained once, shipped in models/ with
 the command that made it and a checksum (models/README.md), loaded by train.py and the comparisons.
 
-    python sft.py                                              # models/tiny-countdown
-    python sft.py --task=sudoku --sudoku_blanks="(10,10)" --max_steps=300 --max_completion_length=24 \\
+    python tools/sft.py                                              # models/tiny-countdown
+    python tools/sft.py --task=sudoku --sudoku_blanks="(10,10)" --max_steps=300 --max_completion_length=24 \\
         --output_dir=models/tiny-sudoku
 
 With o the G completion tokens (the solution, then EOS padding), l ~ U{1..G} of them masked
@@ -27,11 +27,13 @@ import time
 import torch
 from tqdm import tqdm
 
-import data
-from checkpoint import sha256
-from likelihood import draws_logp, elbo_draws
-from model import load, save
-from sample import Rollout, left_pad
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
+
+from likelihood import draws_logp, elbo_draws  # noqa: E402
+from plumbing import data  # noqa: E402
+from plumbing.checkpoint import sha256  # noqa: E402
+from plumbing.model import load, save  # noqa: E402
+from sample import Rollout, left_pad  # noqa: E402
 
 # --- config
 model_name_or_path = "tiny"  # the model trained: "tiny" (the embedded model, seeded random init) or a model folder
@@ -115,7 +117,7 @@ def train(
 
 
 def main():
-    from configurator import ConfigError, configure
+    from plumbing.configurator import ConfigError, configure
 
     cfg = configure(__file__, option_files=data.option_files())
     t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
@@ -169,7 +171,7 @@ def main():
     ).stdout.strip():
         commit += " with uncommitted changes"
     record = {
-        "command": " ".join(["python", "sft.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "tools/sft.py", *sys.argv[1:]]),
         "config": cfg,
         "commit": commit,
         "torch": torch.__version__,

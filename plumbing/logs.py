@@ -9,9 +9,9 @@ import os
 
 import torch
 
-from configurator import first_line
-from ddp import mean_over_ranks
 from likelihood import completion_mask
+from plumbing.configurator import first_line
+from plumbing.ddp import mean_over_ranks
 
 REPORTERS = ("none", "tensorboard", "wandb")
 SHOWN = ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")  # on the progress bar

@@ -3,9 +3,9 @@ its LoRA adapters merged into the weights in float32 and the result cast to the 
 dtype, the tokenizer, and the modeling code (LLaDA's remote-code files and `auto_map`, or the
 embedded model's tiny_llada.py). Nothing of this project is needed to load it:
 
-    python export.py runs/tiny_countdown runs/tiny_countdown_export       # a run: its newest checkpoint
-    python export.py runs/llada_gsm8k/checkpoint-300 exports/llada_gsm8k  # one checkpoint
-    python export.py RUN OUT --base_model=PATH     # the base named by you (a local base's own code runs only then)
+    python tools/export.py runs/tiny_countdown runs/tiny_countdown_export  # a run: its newest checkpoint
+    python tools/export.py runs/llada_gsm8k/checkpoint-300 exports/llada_gsm8k  # one checkpoint
+    python tools/export.py RUN OUT --base_model=PATH  # the base named by you (a local base's own code runs only then)
 
     AutoModel.from_pretrained("exports/llada_gsm8k", trust_remote_code=True)
 
@@ -18,10 +18,12 @@ import sys
 
 import torch
 
-import checkpoint
-from configurator import ConfigError
-from families import unwrap
-from model import merge_lora_float32, save
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
+
+from plumbing import checkpoint  # noqa: E402
+from plumbing.configurator import ConfigError  # noqa: E402
+from plumbing.families import unwrap  # noqa: E402
+from plumbing.model import merge_lora_float32, save  # noqa: E402
 
 
 def export(source, out_dir, base=None):

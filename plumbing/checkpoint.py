@@ -34,10 +34,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import families
-import fsdp
-from configurator import ConfigError
-from model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
+from plumbing import families, fsdp
+from plumbing.configurator import ConfigError
+from plumbing.model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"
 CHECKSUMS = "checksums.json"

@@ -9,7 +9,7 @@ code may mishandle), and a count of the positions every forward runs.
 import torch
 
 import blocks
-from families import block_size, family_of, family_part, unwrap
+from plumbing.families import block_size, family_of, family_part, unwrap
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from plumbing.fsdp import is_sharded
+
 
 def init_processes(sharded=False):
     """(distributed, rank, world, device). Each rank's GPU is made current: NCCL's collectives run on it.
@@ -85,3 +87,12 @@ def seeded(seed, *key, device="cpu"):
     """A generator seeded by (seed, *key): the same on every rank and in every partition of work."""
     digest = hashlib.sha256(repr((seed, *key)).encode()).hexdigest()  # not hash(): salted per process
     return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
+
+
+def passes_to_fill(model, passes, last_has_rows):
+    """Zero-loss forward-backward passes this rank adds to its `passes` (agrpo.accumulate_gradients). DDP
+    all-reduces once, on the last backward: a rank whose last micro-batch has no rows runs one for it (so
+    AdamW always sees a gradient, if only zeros). FSDP gathers and reduces at every forward and backward:
+    each rank runs as many as the busiest, counting that one."""
+    fill = 0 if last_has_rows else 1
+    return most_over_ranks(passes + fill) - passes if is_sharded(model) else fill
