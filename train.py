@@ -8,7 +8,6 @@ trajectory's m steps, and take PPO-clip steps on the stepwise estimate of log π
     python train.py --help          # every key, its default and meaning
 """
 
-import contextlib
 import functools
 import json
 import math
@@ -20,12 +19,13 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
 from eval import run_accuracy
 from likelihood import ESTIMATORS, SCHEMES
-from plumbing import checkpoint, data, ddp, logs, optim
+from plumbing import checkpoint, data, ddp, lifecycle, logs, optim
 from plumbing.configurator import ConfigError, configure
 from plumbing.families import native_departures, unwrap
 from plumbing.fsdp import gathered, local, whole_state
@@ -146,8 +146,17 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
     policy.train()
     generator = ddp.seeded(cfg.seed, "draws", step, micro)
     with amp():
-        settings = (cfg.estimator, cfg.mc_samples, cfg.num_iterations, generator, cfg.scheme, ref_model)
-        draws, old, ref = prepare(model, rollout, *settings, draws_per_pass=cfg.draws_per_pass)
+        draws, old, ref = prepare(
+            model,
+            rollout,
+            estimator=cfg.estimator,
+            k=cfg.mc_samples,
+            mu=cfg.num_iterations,
+            generator=generator,
+            scheme=cfg.scheme,
+            ref_model=ref_model,
+            draws_per_pass=cfg.draws_per_pass,
+        )
     cut = sum(len(p) > cfg.max_prompt_length > 0 for p in whole) * cfg.num_generations
     rows = kept_rows(advantages, cfg.beta)
     return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, rows, draws, old, ref, cut)
@@ -169,30 +178,8 @@ def update(model, opt, batches, cfg, amp):
     return loss_sum, metrics, grad_norm, skipped
 
 
-def main():
-    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files()))
-    validate(cfg)
-    stop = checkpoint.catch_stop_signals()  # Ctrl-C and SIGTERM: the last finished step is saved, then one line
-
-    # processes and devices: one per GPU under torchrun, or one CPU process
-    try:
-        distributed, rank, world, device = ddp.init_processes(sharded=cfg.fsdp)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    master = rank == 0
-    # the output folder is this run's (a lock held until exit), so no two runs write into one
-    _lock = checkpoint.claim(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir) if master else None
-    if distributed:
-        dist.barrier()  # the other ranks start once the folder is this run's
-
-    def amp():  # bf16 autocast of every forward and backward on CUDA (the sampler's Gumbel noise stays float64)
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-
-    def log(*a):
-        if master and a[0] is not None:
-            tqdm.write(" ".join(str(x) for x in a))
-
-    # data: the system turn's text itself (a resume compares the text, not a file name), train and test items
+def load_data(cfg, log):
+    """Training and held-out items, and the system turn as its text (a resume compares the text, not a file)."""
     try:
         cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt)
         options = data.task_options(cfg.task, vars(cfg))
@@ -203,146 +190,156 @@ def main():
     log(note)
     # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
-    # a logging service that cannot be reached stops the run before the model loads
-    reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, vars(cfg)) if master else None
+    return train_items, test_items
 
-    # the policy π_θ (and π_ref when β > 0), from the seed
+
+def load_models(cfg, run):
+    """The policy π_θ (and π_ref when β > 0), from the seed, and the tokenizer."""
     torch.manual_seed(cfg.seed)
     lora = (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
     memory = dict(gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile, sharded=cfg.fsdp)
     try:
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
-            cfg.model_name_or_path, device, lora, beta=cfg.beta, distributed=distributed, master=master, **memory
+            cfg.model_name_or_path,
+            run.device,
+            lora,
+            beta=cfg.beta,
+            distributed=run.distributed,
+            master=run.master,
+            **memory,
         )
         check_blocks(model, cfg.block_length)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for line in native_departures(model, **sampler(cfg)):
-        log(f"warning: {line}")
-    base = resolved(cfg.model_name_or_path)  # what a checkpoint names as its base
-    log(
-        data.long_prompts_note(tok, cfg.task, train_items, cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)
-    )
+        run.log(f"warning: {line}")
+    return model, tok, ref_model
 
-    def held_out_accuracy(label):  # greedy, at the rollouts' length, blocks and steps, in their precision
-        with amp(), gathered(model):
-            acc = run_accuracy(model, tok, cfg, test_items, rank, world, label)
-        log(f"held-out accuracy {label}: {acc:.3f} ({len(test_items)} items, greedy)")
-        return acc
 
-    acc_before = held_out_accuracy("before AGRPO") if test_items else None
+def held_out_accuracy(cfg, run, model, tok, items, label):
+    """Greedy accuracy on the held-out items, at the rollouts' length, blocks and steps, in their precision."""
+    with run.amp(), gathered(model):
+        acc = run_accuracy(model, tok, cfg, items, run.rank, run.world, label)
+    run.log(f"held-out accuracy {label}: {acc:.3f} ({len(items)} items, greedy)")
+    return acc
 
-    # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
-    groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations
-    prompts_per_step = groups_per_micro * cfg.gradient_accumulation_steps * world
-    epochs_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else epochs_steps
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
-    nonfinite = {"total": 0, "in_a_row": 0}
 
-    def save(step):  # rank 0 writes; under FSDP every rank first gathers its part of the tensors to it
-        whole = whole_state(model, opt) if cfg.fsdp else None
-        if master:
-            run = dict(base=base, counters=nonfinite, tok=tok, world=world, whole=whole)
-            return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **run)
+def save(cfg, run, model, opt, sched, tok, nonfinite, step):
+    """Rank 0 writes checkpoint-{step}; under FSDP every rank first gathers its part of the tensors to it."""
+    whole = whole_state(model, opt) if cfg.fsdp else None
+    if run.master:
+        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
+        return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
 
-    def halt(step, why, fix):  # nothing of this step is logged or saved
-        last = checkpoint.newest(cfg.output_dir) or "none written yet"
-        raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
 
-    log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
-    start = 0
-    if cfg.resume_from_checkpoint:
-        only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
-        jsonl = (log_path, completions_path)
-        start, counters = checkpoint.resume(
-            cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, master, log, only, world
-        )
-        nonfinite.update(counters)
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed and not cfg.fsdp else model
-    positions = count_positions(model)  # the compute of each step, logged per completion
+def resume(cfg, run, model, opt, sched, jsonl):
+    """(first step, non-finite counters): (0, none) for a new run; else those of the checkpoint restored."""
+    if not cfg.resume_from_checkpoint:
+        return 0, {}
+    only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
+    args = (cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, run.master, run.log, only, run.world)
+    return checkpoint.resume(*args)
 
-    bar = tqdm(range(start, total_steps), desc="AGRPO", initial=start, total=total_steps, disable=not master)
-    finished = (start, torch.get_rng_state(), random.getstate())  # the last finished step, as a checkpoint saves it
-    last_saved = start
-    stop["now"] = False  # from here a signal stops the run at a point every rank reaches: see checkpoint.stoppable
-    try:
-        for step in bar:
+
+def halt(cfg, step, why, fix):
+    """Stop in one line, nothing of this step logged or saved."""
+    last = checkpoint.newest(cfg.output_dir) or "none written yet"
+    raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
+
+
+def main():
+    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files()))
+    validate(cfg)
+    # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
+    with lifecycle.training_run(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp) as run:
+        train_items, test_items = load_data(cfg, run.log)
+        # a logging service that cannot be reached stops the run before the model loads
+        run.reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, vars(cfg)) if run.master else None
+        model, tok, ref_model = load_models(cfg, run)
+        prompts = (cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)
+        run.log(data.long_prompts_note(tok, cfg.task, train_items, *prompts))
+        accuracy = functools.partial(held_out_accuracy, cfg, run, model, tok, test_items)
+        acc_before = accuracy("before AGRPO") if test_items else None
+
+        # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
+        groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations
+        prompts_per_step = groups_per_micro * cfg.gradient_accumulation_steps * run.world
+        epochs_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
+        total_steps = cfg.max_steps if cfg.max_steps > 0 else epochs_steps
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
+        log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
+        start, counters = resume(cfg, run, model, opt, sched, (log_path, completions_path))
+        nonfinite = {"total": 0, "in_a_row": 0, **counters}
+        train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
+        run.ddp_model, positions = train_model, count_positions(model)  # positions: each step's compute
+        run.save = functools.partial(save, cfg, run, model, opt, sched, tok, nonfinite)
+        run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
+        run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
+
+        run.bar = tqdm(range(start, total_steps), "AGRPO", initial=start, total=total_steps, disable=not run.master)
+        for step in run.bar:
             t0, positions[0] = time.time(), 0
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks
             batches = []
             # FSDP: the weights gathered once for all of the rollouts' forwards; a stop signal cuts them short
-            with gathered(model, ref_model), checkpoint.stoppable(stop):
+            with gathered(model, ref_model), lifecycle.stoppable(run.stop):
                 for a in range(cfg.gradient_accumulation_steps):
-                    micro = a * world + rank  # the global micro-batch index
+                    micro = a * run.world + run.rank  # the global micro-batch index
                     position = step * prompts_per_step + micro * groups_per_micro
                     items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
-                    batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp))
-
+                    batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, run.device, run.amp))
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
-            checkpoint.stop_if_signalled(stop, ddp.any_rank)
+            lifecycle.stop_if_signalled(run.stop)
+
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
-            loss, metrics, grad_norm, skipped = update(train_model, opt, batches, cfg, amp)
+            loss, metrics, grad_norm, skipped = update(train_model, opt, batches, cfg, run.amp)
             sched.step()
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
             # update never takes a step AdamW would make non-finite: weights broken anyway came from outside it
             if not ddp.every_rank(all(bool(torch.isfinite(local(p)).all()) for p in params)):
-                halt(step + 1, "the weights are not finite after the optimizer step", "Lower --learning_rate.")
+                halt(cfg, step + 1, "the weights are not finite after the optimizer step", "Lower --learning_rate.")
 
             # 3. log: means over every rank's completions
-            row = logs.step_means(cfg, batches, loss, metrics, device, positions[0])
+            row = logs.step_means(cfg, batches, loss, metrics, run.device, positions[0])
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-                row["eval_accuracy"] = held_out_accuracy(f"at step {step + 1}")
+                row["eval_accuracy"] = accuracy(f"at step {step + 1}")
             completions = []
             if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
-                completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), world)
-            if master:
-                logs.record(log_path, completions_path, reporter, row, completions)
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in logs.SHOWN})
+                completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), run.world)
+            if run.master:
+                logs.record(log_path, completions_path, run.reporter, row, completions)
+                run.bar.set_postfix({k: f"{row[k]:.3g}" for k in logs.SHOWN})
             if nonfinite["in_a_row"] >= MAX_NONFINITE:
                 why = f"{nonfinite['in_a_row']} non-finite updates in a row (all skipped, the weights untouched)"
-                halt(step + 1, why, "Lower --learning_rate or check the rewards.")
+                halt(cfg, step + 1, why, "Lower --learning_rate or check the rewards.")
 
             # 4. checkpoint
             if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:
-                path = save(step + 1)  # FSDP: every rank takes part
-                log(f"step {step + 1}: checkpoint {path}")
-                last_saved = step + 1
-                if distributed:
+                run.log(f"step {step + 1}: checkpoint {run.save(step + 1)}")  # FSDP: every rank takes part
+                run.last_saved = step + 1
+                if run.distributed:
                     dist.barrier()
-            finished = (step + 1, torch.get_rng_state(), random.getstate())
-            checkpoint.stop_if_signalled(stop, ddp.any_rank)
+            run.finished = (step + 1, torch.get_rng_state(), random.getstate())
+            lifecycle.stop_if_signalled(run.stop)
 
-        stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
+        run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
-            before, after = acc_before, held_out_accuracy("after AGRPO")
-            log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points)")
+            before, after = acc_before, accuracy("after AGRPO")
+            run.log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points)")
             final = dict(accuracy_before=before, accuracy_after=after, eval_items=len(test_items), steps=total_steps)
-            if master:
+            if run.master:
                 with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
                     json.dump(final, f)
-    except checkpoint.Interrupted as e:
-        stop["now"] = False  # a second Ctrl-C does not cut the checkpoint short
-        path = checkpoint.save_after_stop(cfg.output_dir, finished, last_saved, save) if master or cfg.fsdp else None
-        logs.close_reporter(reporter)
-        bar.close()
-        how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
-        name = signal.Signals(e.args[0]).name
-        raise SystemExit(f"stopped by {name} after step {finished[0]}: {how}" if master else 1) from None
-    logs.close_reporter(reporter)
-    if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
-        del train_model
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
     try:
         with ddp.ended_by_peers():  # under torchrun, a rank that stopped says why; the others end quietly
             main()
-    except checkpoint.Interrupted as e:  # before the first step: nothing to save
+    except lifecycle.Interrupted as e:  # before the first step: nothing to save
         name = signal.Signals(e.args[0]).name
         raise SystemExit(f"stopped by {name} before training began: nothing written") from None

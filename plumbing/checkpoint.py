@@ -16,7 +16,6 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
 train.py writes and resumes them; eval.py and export.py rebuild the trained model from one.
 """
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -26,7 +25,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import sys
 
@@ -45,58 +43,6 @@ ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the numb
 
 class RunMismatch(ConfigError):
     """The checkpoint is whole but belongs to another model or run: an older one would not fit either."""
-
-
-class Interrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption): the run writes its last finished step and stops."""
-
-
-def catch_stop_signals():
-    """SIGINT and SIGTERM are recorded in state["signal"]; they raise Interrupted where they arrive only
-    while state["now"] is set (before training, and inside `stoppable`). Elsewhere the weights are
-    changing or the ranks are in a collective together, and the signal waits for `stop_if_signalled`."""
-    state = {"now": True, "signal": None}
-
-    def handler(signum, frame):
-        state["signal"] = signum
-        if state["now"]:
-            raise Interrupted(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
-    return state
-
-
-@contextlib.contextmanager
-def stoppable(state):
-    """Work that runs no collective and changes no weight (the rollouts): a stop signal ends it where it
-    stands, however long it would take, and stays recorded for `stop_if_signalled`."""
-    state["now"] = True
-    try:
-        yield
-    except Interrupted:
-        pass
-    finally:
-        state["now"] = False
-
-
-def stop_if_signalled(state, any_rank):
-    """Interrupted on every rank when a signal reached any of them: all stop at one point, where the
-    checkpoint of the last finished step can be written (under FSDP every rank takes part)."""
-    if any_rank(state["signal"] is not None):
-        raise Interrupted(state["signal"] or signal.SIGTERM)
-
-
-def save_after_stop(out_dir, finished, last_saved, save):
-    """After a stop signal: the checkpoint of the last finished step, written with the RNG state as it
-    was then (unless this run's last checkpoint, at step last_saved, is of that step), or the newest
-    one, or None. finished: (step, torch RNG state, Python RNG state); save(step) writes one."""
-    done, torch_rng, python_rng = finished
-    if done > last_saved:
-        torch.set_rng_state(torch_rng)
-        random.setstate(python_rng)
-        return save(done)
-    return newest(out_dir)
 
 
 def fingerprint(model):

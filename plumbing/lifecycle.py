@@ -1,0 +1,114 @@
+"""A training run's lifecycle: its processes, its output folder made its own, and how it ends. Ctrl-C
+or SIGTERM (a cluster's preemption) ends it at a point every rank reaches together, with the checkpoint
+of the last finished step and one line naming it."""
+
+import contextlib
+import random
+import signal
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from plumbing import checkpoint, ddp, logs
+from plumbing.configurator import ConfigError
+
+
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption): the run writes its last finished step and stops."""
+
+
+@contextlib.contextmanager
+def training_run(output_dir, resume, overwrite, sharded):
+    """The run, from its processes to its end: one per GPU under torchrun (NCCL), gloo ranks on CPU, or one
+    process; output_dir locked by rank 0 (checkpoint.claim) before any heavy work; stop signals caught.
+    Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
+    save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
+    bar, reporter and ddp_model, which the end closes."""
+    stop = catch_stop_signals()
+    try:
+        distributed, rank, world, device = ddp.init_processes(sharded=sharded)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0)
+    run.stop, run.save, run.finished, run.last_saved, run.bar, run.reporter, run.ddp_model = (
+        stop,
+        None,
+        None,
+        0,
+        None,
+        None,
+        None,
+    )
+    run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    )
+    run.log = lambda *a: run.master and a[0] is not None and tqdm.write(" ".join(str(x) for x in a))
+    _lock = checkpoint.claim(output_dir, resume, overwrite) if run.master else None  # held until the process ends
+    if distributed:
+        dist.barrier()  # the other ranks start once the folder is this run's
+    try:
+        yield run
+    except Interrupted as e:
+        if run.save is None:  # before the first step: nothing to save (train.py says so)
+            raise
+        stop["now"] = False  # a second Ctrl-C does not cut the checkpoint short
+        path = save_after_stop(output_dir, run) if run.master or sharded else None  # FSDP: every rank gathers
+        logs.close_reporter(run.reporter)
+        run.bar.close()
+        how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
+        name = signal.Signals(e.args[0]).name
+        raise SystemExit(f"stopped by {name} after step {run.finished[0]}: {how}" if run.master else 1) from None
+    logs.close_reporter(run.reporter)
+    if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
+        run.ddp_model = None
+        dist.destroy_process_group()
+
+
+def catch_stop_signals():
+    """SIGINT and SIGTERM are recorded in state["signal"]; they raise Interrupted where they arrive only
+    while state["now"] is set (before training, and inside `stoppable`). Elsewhere the weights are
+    changing or the ranks are in a collective together, and the signal waits for `stop_if_signalled`."""
+    state = {"now": True, "signal": None}
+
+    def handler(signum, frame):
+        state["signal"] = signum
+        if state["now"]:
+            raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+    return state
+
+
+@contextlib.contextmanager
+def stoppable(state):
+    """Work that runs no collective and changes no weight (the rollouts): a stop signal ends it where it
+    stands, however long it would take, and stays recorded for `stop_if_signalled`."""
+    state["now"] = True
+    try:
+        yield
+    except Interrupted:
+        pass
+    finally:
+        state["now"] = False
+
+
+def stop_if_signalled(state):
+    """Interrupted on every rank when a signal reached any of them: all stop at one point, where the
+    checkpoint of the last finished step can be written (under FSDP every rank takes part)."""
+    if ddp.any_rank(state["signal"] is not None):
+        raise Interrupted(state["signal"] or signal.SIGTERM)
+
+
+def save_after_stop(out_dir, run):
+    """After a stop signal: the checkpoint of the last finished step, written with the RNG state as it
+    was then (unless this run's last checkpoint, at step run.last_saved, is of that step), or the newest
+    one, or None."""
+    done, torch_rng, python_rng = run.finished
+    if done > run.last_saved:
+        torch.set_rng_state(torch_rng)
+        random.setstate(python_rng)
+        return run.save(done)
+    return checkpoint.newest(out_dir)
