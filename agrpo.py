@@ -1,7 +1,7 @@
 """The AGRPO update (ALGORITHM.md §4): group-relative advantages and the PPO-clip objective
 on stepwise log-probabilities.
 
-For a group of G completions of one prompt with rewards r_i:
+For a group of R completions of one prompt (R = num_generations) with rewards r_i:
 
     A_i = r_i − mean_group(r)                      (÷ the group's sample std with scale_rewards)
 
@@ -54,7 +54,7 @@ def kl_term(logp, old_logp, ref_logp):
 
 
 def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2):
-    """Per-token −min(ρA, clip(ρ)A) and where the clip is active (gradient zero there).
+    """Per-token −min(ρA, clip(ρ)A), where the clip is active (gradient zero there), and ρ itself.
     advantages broadcast against logp."""
     ratio = (logp - old_logp).exp()
     unclipped = ratio * advantages
@@ -98,14 +98,13 @@ def prepare(
     generator,
     scheme="low_discrepancy",
     ref_model=None,
-    prompt_mask_prob=0.15,
     draws_per_pass=0,
 ):
     """Draws for all μ inner iterations, with old and reference log-probs taken before any update.
     ref_model: None (β = 0: no reference pass), a frozen copy, or a peft model whose adapters are
     disabled for the pass (the base model is the reference, at no extra memory). draws_per_pass: on
     a block model, the most draws one packed forward scores (0: all)."""
-    all_draws = [make_draws(estimator, rollout, k, generator, scheme, prompt_mask_prob) for _ in range(mu)]
+    all_draws = [make_draws(estimator, rollout, k, generator, scheme) for _ in range(mu)]
     for d in all_draws:
         d.per_pass = draws_per_pass
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Evaluation: greedy decoding (low-confidence unmasking) on a task's test set, over a grid of
-generation lengths L and sampling-step counts m (the paper's compute/accuracy trade-off).
+generation lengths G and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
     python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('runs/llada_gsm8k',)"
@@ -16,7 +16,7 @@ which settings were used and where each came from.
 
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
 standard error s/√n, s² = Σ(a_i − ā)²/(n − 1). Writes to output_dir: samples.jsonl (one record per
-item, model, L and m), results.md (the table), results.json and accuracy_vs_steps.png.
+item, model, G and m), results.md (the table), results.json and accuracy_vs_steps.png.
 `evaluate` is also what train.py calls before and after training.
 """
 
@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import data, ddp, logs
-from plumbing.configurator import declared
+from plumbing.configurator import config_errors, declared
 from plumbing.families import native_departures, unwrap
 from rewards import extract_answer
 from sample import check_blocks, check_settings, decode_completions, generate
@@ -47,12 +47,12 @@ seed = 0  # generated test set: the one train.py with this seed evaluates on
 system_prompt = ""  # system turn as trained with: "task" (the task's own), "" (none), a .txt file, or the text
 compact_prompt = True  # short question text (the embedded model); False: full sentences
 max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit) [0, inf)
-max_completion_length = (16, 32)  # completion lengths L of the grid
+max_completion_length = (16, 32)  # completion lengths G of the grid
 block_length = 8  # semi-autoregressive block size (32 for LLaDA)
-step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · L at each L
-sampling_steps = ()  # explicit step counts used at every L instead of step_fractions
+step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · G at each G
+sampling_steps = ()  # explicit step counts used at every G instead of step_fractions
 unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
-thresholds = ()  # threshold decoding: one more row per τ at each L (its steps column: mean forward passes per item)
+thresholds = ()  # threshold decoding: one more row per τ at each G (its steps column: mean forward passes per item)
 per_device_eval_batch_size = 100  # prompts per forward pass [1, inf)
 base_model = ""  # the checkpoints' base model ("" = the one each names; a named folder's own code never runs)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
@@ -155,25 +155,25 @@ def summarize(records):
 
 
 def step_grid(cfg):
-    """(L, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
+    """(G, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
     sampler before any model is loaded."""
     from plumbing.configurator import ConfigError
 
     grid = []
-    for L in cfg["max_completion_length"]:
-        counts = cfg["sampling_steps"] or tuple(max(1, round(f * L)) for f in cfg["step_fractions"])
+    for G in cfg["max_completion_length"]:
+        counts = cfg["sampling_steps"] or tuple(max(1, round(f * G)) for f in cfg["step_fractions"])
         for m in dict.fromkeys(counts):
             try:
-                check_settings(L, cfg["block_length"], m, unmasking=cfg["unmasking"])
+                check_settings(G, cfg["block_length"], m, unmasking=cfg["unmasking"])
             except ValueError as e:
-                raise ConfigError(f"gen length {L}, {m} steps: {e}") from None
-            grid.append((L, m, None))
+                raise ConfigError(f"completion length {G}, {m} steps: {e}") from None
+            grid.append((G, m, None))
         for tau in cfg["thresholds"]:
             try:
-                check_settings(L, cfg["block_length"], 1, unmasking="threshold", threshold=tau)
+                check_settings(G, cfg["block_length"], 1, unmasking="threshold", threshold=tau)
             except ValueError as e:
-                raise ConfigError(f"gen length {L}: {e}") from None
-            grid.append((L, None, tau))
+                raise ConfigError(f"completion length {G}: {e}") from None
+            grid.append((G, None, tau))
     return grid
 
 
@@ -213,7 +213,7 @@ def take_run_settings(cfg, given, specs, preset, train_cfg):
     from plumbing.configurator import ConfigError
 
     sources = {}
-    if "step_fractions" in given:  # steps asked for as fractions of L: the run's one step count would override them
+    if "step_fractions" in given:  # steps asked for as fractions of G: the run's one step count would override them
         given = given | {"sampling_steps"}
     for path in [spec for kind, spec in specs if kind == "checkpoint"]:
         for k, v in run_settings(checkpoint.read(path)["config"]).items():
@@ -288,10 +288,8 @@ def main():
     if "--print_config" in argv:
         print(json.dumps(cfg, indent=1))
         sys.exit(0)
-    try:
+    with config_errors():
         data.check_task_options(cfg["task"], cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
         raise ConfigError(
             f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()"
@@ -331,15 +329,13 @@ def main():
     names = list(cfg["labels"]) or list(cfg["models"])
 
     distributed, rank, world, device = ddp.init_processes()
-    try:
+    with config_errors():  # a malformed data file (file, line and field named), a generator that cannot deliver
         recorded = sources.get("system_prompt") in [
             spec for kind, spec in specs if kind == "checkpoint"
         ]  # the text itself
         system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
-    except ValueError as e:  # a malformed data file (file, line and field named), a generator that cannot deliver
-        raise ConfigError(str(e)) from None
 
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):
@@ -363,7 +359,7 @@ def main():
             settings = dict(unmasking=cfg["unmasking"] if tau is None else "threshold")
             for line in native_departures(model, **settings) if rank == 0 else ():
                 print(f"warning: {name}: {line}")
-        for L, m, tau in grid:
+        for G, m, tau in grid:
             t0 = time.time()
             how = f"m={m}" if tau is None else f"τ={tau}"
             records = evaluate(
@@ -371,9 +367,9 @@ def main():
                 tok,
                 cfg["task"],
                 items,
-                max_completion_length=L,
+                max_completion_length=G,
                 block_length=cfg["block_length"],
-                sampling_steps=m or L,
+                sampling_steps=m or G,
                 batch_size=cfg["per_device_eval_batch_size"],
                 system_prompt=system,
                 compact=cfg["compact_prompt"],
@@ -382,14 +378,14 @@ def main():
                 threshold=tau,
                 rank=rank,
                 world=world,
-                desc=f"{name} L={L} {how}",
+                desc=f"{name} G={G} {how}",
             )
             steps = m if tau is None else sum(r["passes"] for r in records) / len(records)
             rows.append(
                 dict(
                     model=name,
                     task=cfg["task"],
-                    max_completion_length=L,
+                    max_completion_length=G,
                     sampling_steps=steps,
                     threshold=tau,
                     seconds=time.time() - t0,
@@ -397,11 +393,11 @@ def main():
                 )
             )
             samples += [
-                dict(model=name, max_completion_length=L, sampling_steps=m, threshold=tau, **r) for r in records
+                dict(model=name, max_completion_length=G, sampling_steps=m, threshold=tau, **r) for r in records
             ]
             if rank == 0:
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
-                tqdm.write(f"{name}: L={L} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")
+                tqdm.write(f"{name}: G={G} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")
         del model
 
     if rank == 0:

@@ -33,6 +33,8 @@ from plumbing.logits import forward_logits, selected_logits
 from sample import policy_logprobs
 
 ESTIMATORS = ("stepwise", "elbo", "one_step")
+UNIFORM_MIX = 0.05  # entropy sampling: the share of the uniform distribution in the proposal q(t) (§2)
+PROMPT_MASK_PROB = 0.15  # one-step: each prompt token masked with this probability, as diffu-GRPO
 SCHEMES = ("exact", "uniform", "low_discrepancy", "entropy")
 
 
@@ -58,7 +60,7 @@ def completion_mask(rollout):
     return before == 0
 
 
-def last_step(rollout):
+def steps_used(rollout):
     """m' per row: 1 + the last step that committed a non-EOS token (at least 1, so an all-EOS
     completion still has its first step scored)."""
     steps = rollout.unmask_step.masked_fill(rollout.is_eos, -1)
@@ -81,12 +83,12 @@ def _uniforms(shape, generator, stratified):
     return u.view(shape)
 
 
-def sample_steps(rollout, k, scheme="low_discrepancy", generator=None, uniform_mix=0.05):
+def sample_steps(rollout, k, scheme="low_discrepancy", generator=None):
     """Steps (B, K) and weights (B, K) with E[Σ_j w_j f(t_j)] = Σ_{t<m'} f(t) for any f.
     `exact` returns every step t < m' with weight 1 (K = max m', padding has weight 0)."""
     if scheme not in SCHEMES:
         raise ValueError(f"step sampling scheme={scheme!r} must be one of {SCHEMES}")
-    m = last_step(rollout).cpu()
+    m = steps_used(rollout).cpu()
     B = m.shape[0]
     if scheme == "exact":
         steps = torch.arange(int(m.max())).expand(B, -1)
@@ -99,7 +101,7 @@ def sample_steps(rollout, k, scheme="low_discrepancy", generator=None, uniform_m
         valid = torch.arange(rollout.steps)[None] < m[:, None]
         H = H * valid
         # mixing in a little uniform keeps p(t) > 0 on zero-entropy steps, which unbiasedness needs
-        p = (1 - uniform_mix) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + uniform_mix * valid / m[:, None]
+        p = (1 - UNIFORM_MIX) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + UNIFORM_MIX * valid / m[:, None]
         p = torch.where(H.sum(1, keepdim=True) > 0, p, valid / m[:, None].double())
         cdf = p.cumsum(1)
         steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=m[:, None] - 1)
@@ -123,7 +125,7 @@ def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
     steps, weights = sample_steps(rollout, k, scheme, generator)
     # zero-weight draws (padding of `exact`) read nothing: their positions may hold EOS fill, -inf under top-k
     read = (rollout.unmask_step[None] == steps.T[:, :, None]) & (weights.T > 0)[..., None]
-    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), last_step(rollout).float())
+    return Draws(rebuild_state(rollout, steps), read, weights.T.contiguous(), steps_used(rollout).float())
 
 
 def elbo_draws(rollout, k, generator=None):
@@ -142,13 +144,13 @@ def elbo_draws(rollout, k, generator=None):
     return Draws(x, masked, weight, torch.full((B,), float(G), device=x.device), truncate=False)
 
 
-def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
-    """diffu-GRPO: completion all [MASK], each real prompt token masked with probability p."""
+def one_step_draws(rollout, k, generator=None):
+    """diffu-GRPO: completion all [MASK], each real prompt token masked with probability PROMPT_MASK_PROB."""
     B, L = rollout.ids.shape
     P = rollout.prompt_length
     x = rollout.ids[None].repeat(k, 1, 1)
     x[:, :, P:] = rollout.mask_id
-    hide = (torch.rand((k, B, P), generator=generator) < prompt_mask_prob).to(x.device) & rollout.attention_mask[
+    hide = (torch.rand((k, B, P), generator=generator) < PROMPT_MASK_PROB).to(x.device) & rollout.attention_mask[
         None, :, :P
     ].bool()
     x[:, :, :P] = x[:, :, :P].masked_fill(hide, rollout.mask_id)
@@ -163,13 +165,13 @@ def one_step_draws(rollout, k, generator=None, prompt_mask_prob=0.15):
     )
 
 
-def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy", prompt_mask_prob=0.15):
+def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy"):
     if estimator == "stepwise":
         return stepwise_draws(rollout, k, scheme, generator)
     if estimator == "elbo":
         return elbo_draws(rollout, k, generator)
     if estimator == "one_step":
-        return one_step_draws(rollout, k, generator, prompt_mask_prob)
+        return one_step_draws(rollout, k, generator)
     raise ValueError(f"estimator={estimator!r} must be one of {ESTIMATORS}")
 
 
@@ -247,5 +249,6 @@ def sequence_logp(model, rollout, draws, chunk=64):
 
 
 def exact_logp(model, rollout, chunk=64):
-    """Σ_{t<m'} f(t) by all m' forward passes per row: the quantity the stepwise draws estimate."""
+    """Σ_{t<m'} f(t), every step of every row: the quantity the stepwise draws estimate. The steps are
+    batched over rows (`chunk` inputs a forward); on a block model each row's steps are packed into one."""
     return sequence_logp(model, rollout, stepwise_draws(rollout, 0, "exact"), chunk)

@@ -1,10 +1,10 @@
 """LLaDA's semi-autoregressive sampler, recording the trajectory that AGRPO's policy is defined on
 (ALGORITHM.md §1).
 
-x = [prompt ; G × MASK]; the G positions form G/B blocks filled left to right, s = steps·B/G steps
-per block. Step i of a block with m masked positions commits
+x = [prompt ; G × MASK]; the G positions form G/b blocks filled left to right, s = m·b/G steps
+per block. Step i of a block with n masked positions commits
 
-    k_i = floor(m / s) + [i < m mod s]
+    k_i = floor(n / s) + [i < n mod s]
 
 tokens: one forward pass gives logits ℓ (mask logit := −∞), candidates x̂ = argmax(ℓ/T + Gumbel)
 (Gumbel noise in float64; argmax ℓ at T = 0), confidence c = softmax(ℓ)[x̂] (`low_confidence`) or
@@ -41,13 +41,13 @@ class Rollout:
     unmask_step: torch.Tensor  # (B, G) global step that committed each completion token
     logp: torch.Tensor  # (B, G) log-prob of the committed token at its step
     entropy: torch.Tensor  # (B, G) entropy of the sampling distribution there
-    steps: int  # m, total sampling steps
+    steps: int  # m, the rollout's unmasking steps
     mask_id: int
     eos_ids: tuple
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
-    passes: torch.Tensor | None = None  # (B,) forward passes each row took (threshold decoding: its own m')
+    passes: torch.Tensor | None = None  # (B,) forward passes each row took (threshold decoding: its own m)
 
     @property
     def completion(self):
@@ -71,12 +71,12 @@ def check_settings(
 ):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
     Threshold decoding takes its own number of steps, so `sampling_steps` is not checked for it."""
-    L, steps = max_completion_length, sampling_steps
-    if L < 1:
-        raise ValueError(f"max_completion_length={L} must be at least 1")
-    if block_length < 1 or L % block_length:
-        raise ValueError(f"block_length={block_length} must divide max_completion_length={L}")
-    n_blocks = L // block_length
+    G, steps = max_completion_length, sampling_steps
+    if G < 1:
+        raise ValueError(f"max_completion_length={G} must be at least 1")
+    if block_length < 1 or G % block_length:
+        raise ValueError(f"block_length={block_length} must divide max_completion_length={G}")
+    n_blocks = G // block_length
     if unmasking == "threshold":
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
             raise ValueError(
@@ -316,7 +316,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
     (a first block that holds the prompt's tail has fewer masks and ends early, as SDAR's does); with
     threshold `tau`, confidence-threshold parallel decoding as an exact policy (Fast-dLLM's rule, dLLM-RL's
     dynamic threshold): every masked position whose confidence is at least tau, and at least the most
-    confident. Each row counts its own steps (its own m'). A row with an EOS in a finished block is no
+    confident. Each row counts its own steps (its own m). A row with an EOS in a finished block is no
     longer computed: fixed steps fill its later blocks with EOS in schedule order, threshold decoding at its
     next step. kv_cache (a block-causal model): the prompt runs once into a KV cache, a step runs only the
     block over it, and each finished block runs once more to add its keys and values.

@@ -26,7 +26,7 @@ from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows,
 from eval import run_accuracy
 from likelihood import ESTIMATORS, SCHEMES
 from plumbing import checkpoint, data, ddp, lifecycle, logs, optim
-from plumbing.configurator import ConfigError, configure
+from plumbing.configurator import ConfigError, config_errors, configure
 from plumbing.families import native_departures, unwrap
 from plumbing.fsdp import gathered, local, whole_state
 from plumbing.logits import count_positions
@@ -43,24 +43,24 @@ compact_prompt = True  # short question text (the embedded model); False: full s
 output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
 seed = 0  # prompts, rollouts, draws and the generated data all derive from it [0, 2**63)
 max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit) [0, inf)
-max_completion_length = 16  # L: completion tokens per rollout
-block_length = 8  # semi-autoregressive block size; divides L
-sampling_steps = 4  # m: unmasking steps per rollout, a multiple of L / block_length
-temperature = 0.7  # rollout sampling temperature [0, 100]
+max_completion_length = 16  # G: completion tokens per rollout
+block_length = 8  # b: semi-autoregressive block length; divides G
+sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / b
+temperature = 0.7  # T: rollout sampling temperature [0, 100]
 top_k = 0  # rollout top-k truncation (0 = off) [0, inf)
 top_p = 1.0  # rollout nucleus truncation (1 = off)
 unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random | threshold
-threshold = 0.9  # threshold unmasking: commit every masked position of the block this confident (at least one)
+threshold = 0.9  # τ: threshold unmasking commits every masked position of the block this confident (at least one)
 estimator = "stepwise"  # log π(o) estimator: stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance) | exact
-mc_samples = 2  # k: forward passes per completion per update (sampled steps or masks)
+mc_samples = 2  # k: draws per completion per update (sampled steps or masks)
 draws_per_pass = 0  # block models: the most draws one packed forward scores (0 = all; fewer: less memory) [0, inf)
 num_iterations = 1  # μ: policy updates per batch of rollouts [1, inf)
 epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down (0, 1)
 epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up (0, inf)
 beta = 0.0  # weight of the ρ·k3 KL to the reference policy (0 = no reference pass) [0, inf)
 scale_rewards = False  # divide advantages by the group's reward sample std (TRL's)
-num_generations = 8  # completions per prompt (the group: group-relative advantages need two) [2, inf)
+num_generations = 8  # R: completions per prompt (the group: group-relative advantages need two) [2, inf)
 per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too [1, inf)
 gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step [1, inf)
 max_steps = 1000  # optimizer steps; <= 0: num_train_epochs passes over the training prompts
@@ -71,7 +71,7 @@ lora_r = 0  # LoRA rank (0 = full fine-tuning) [0, inf)
 lora_alpha = 64  # LoRA scale α (the update is α/r · BA) (0, inf)
 lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: families.py)
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
-compile = False  # torch.compile each transformer block
+compile = False  # torch.compile each transformer layer
 fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ranks (torchrun); full fine-tuning at 8B
 eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none) [-1, inf)
 eval_every = 0  # held-out accuracy every this many steps too, as eval_accuracy (0 = before and after) [0, inf)
@@ -93,11 +93,9 @@ MAY_CHANGE = set(
 
 def validate(cfg):
     """Every impossible combination stops here, before any heavy work, with the key and the fix."""
-    try:
+    with config_errors():
         data.check_task_options(cfg.task, vars(cfg))
         check_settings(**sampler(cfg))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     for key, allowed in dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=logs.REPORTERS).items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
@@ -180,13 +178,11 @@ def update(model, opt, batches, cfg, amp):
 
 def load_data(cfg, log):
     """Training and held-out items, and the system turn as its text (a resume compares the text, not a file)."""
-    try:
+    with config_errors():  # a malformed data file (file, line and field named), a generator that cannot deliver
         cfg.system_prompt = data.system_prompt_text(cfg.task, cfg.system_prompt)
         options = data.task_options(cfg.task, vars(cfg))
         sources = (cfg.train_file, cfg.eval_file, cfg.eval_items)
         train_items, test_items, note = data.run_items(cfg.task, *sources, cfg.seed, options)
-    except ValueError as e:  # a malformed data file (file, line and field named), a generator that cannot deliver
-        raise ConfigError(str(e)) from None
     log(note)
     # score one completion now: a reward that cannot run (MATH's verifier worker) fails before any heavy work
     data.task(cfg.task).reward("<answer>0</answer>", data.task(cfg.task).answer(train_items[0]))
@@ -198,7 +194,7 @@ def load_models(cfg, run):
     torch.manual_seed(cfg.seed)
     lora = (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
     memory = dict(gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile, sharded=cfg.fsdp)
-    try:
+    with config_errors():
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
             cfg.model_name_or_path,
             run.device,
@@ -209,8 +205,6 @@ def load_models(cfg, run):
             **memory,
         )
         check_blocks(model, cfg.block_length)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     for line in native_departures(model, **sampler(cfg)):
         run.log(f"warning: {line}")
     return model, tok, ref_model

@@ -39,7 +39,7 @@ from common import (  # noqa: E402
     sync,
 )
 
-from plumbing.model import compile_blocks  # noqa: E402
+from plumbing.model import compile_layers  # noqa: E402
 from sample import generate, transfer_schedule  # noqa: E402
 
 # --- config
@@ -91,7 +91,7 @@ def timed(fn, repeats, device):
 
 model, mask_id, eos_id, vocab = bench_model(args.model_shape, args.device)
 if args.compile:
-    compile_blocks(model)  # both samplers run the compiled blocks
+    compile_layers(model)  # both samplers run the compiled blocks
 dtype = next(model.parameters()).dtype
 g = torch.Generator().manual_seed(0)
 prompt = random_tokens((args.per_device_train_batch_size, args.prompt_length), vocab, mask_id, g).to(args.device)

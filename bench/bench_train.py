@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 
 from agrpo import MicroBatch, accumulate_gradients, prepare  # noqa: E402
 from likelihood import make_draws  # noqa: E402
-from plumbing.model import add_lora, compile_blocks, set_gradient_checkpointing  # noqa: E402
+from plumbing.model import add_lora, compile_layers, set_gradient_checkpointing  # noqa: E402
 from sample import Rollout, transfer_schedule  # noqa: E402
 
 # --- config
@@ -91,7 +91,7 @@ if args.lora_r:
 if args.gradient_checkpointing:
     set_gradient_checkpointing(model)
 if args.compile:
-    compile_blocks(model)
+    compile_layers(model)
 model.train()
 advantages = torch.randn(args.per_device_train_batch_size, generator=torch.Generator().manual_seed(1)).to(args.device)
 

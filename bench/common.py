@@ -102,7 +102,7 @@ max_completion_length = 256  # G: completion tokens
 block_length = 32  # semi-autoregressive block size
 sampling_steps = 128  # m: unmasking steps
 repeats = 3  # timed calls (after one warm-up)
-compile = False  # torch.compile each transformer block (model.compile_blocks)
+compile = False  # torch.compile each transformer layer (model.compile_layers)
 profile = False  # print the ops that take the most time
 quick = False  # tiny sizes: checks the script runs
 # --- end of config

@@ -19,7 +19,7 @@ a key of this script go to every train.py run.
     python bench/compare_estimators.py                       # Countdown: writes bench/compare/
     python bench/compare_estimators.py configs/tiny_sudoku.py --output_dir=bench/compare_sudoku \
         --learning_rates="(1e-5,3e-5,1e-4,3e-4)"             # Sudoku: its rates sit lower
-    python bench/compare_estimators.py --quick --output_dir=/tmp/q   # a few steps: checks the pipeline (a test)
+    python bench/compare_estimators.py --quick   # a few steps into bench/compare_quick: checks the pipeline (a test)
 
 Writes output_dir/RESULTS.md (sweep, rates, test table, paired differences), results.json and
 reward_curves.png.
@@ -52,7 +52,7 @@ seeds = (1, 2, 3)  # the test runs' seeds (not the tuning seed)
 max_steps = 400  # AGRPO steps per run
 eval_items = 200  # test problems scored
 validation_items = 150  # validation problems scored (default Countdown: 181 exist)
-eval_sampling_steps = ()  # the evaluation grid of m (() = L/4, L/2, L)
+eval_sampling_steps = ()  # the evaluation grid of m (() = G/4, G/2, G)
 jobs = 2  # runs at a time, each on cpu_count/jobs threads
 quick = False  # tiny budget: checks the script end to end
 # --- end of config
@@ -62,9 +62,10 @@ if args.quick:
     args.max_steps, args.eval_items, args.validation_items, args.learning_rates, args.seeds = 2, 8, 8, (1e-3,), (1,)
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
-task, L = cfg["task"], cfg["max_completion_length"]  # scored at the rollouts' length and blocks
+out += "_quick" if args.quick else ""  # a check of the pipeline never overwrites measured results
+task, G = cfg["task"], cfg["max_completion_length"]  # scored at the rollouts' length and blocks
 rates, seeds = args.learning_rates, args.seeds
-grid_m = args.eval_sampling_steps or (L // 4, L // 2, L)
+grid_m = args.eval_sampling_steps or (G // 4, G // 2, G)
 grid_m = (cfg["sampling_steps"],) if args.quick else grid_m
 threads = max(1, (os.cpu_count() or 1) // args.jobs)
 t0 = time.time()
@@ -95,7 +96,7 @@ def scores(model, label, split):
             f"--eval_split={split}",
             "--seed=0",
             f"--eval_items={n}",
-            f"--max_completion_length=({L},)",
+            f"--max_completion_length=({G},)",
             f"--block_length={cfg['block_length']}",
             f"--sampling_steps={tuple(grid_m)!r}",
             *knobs,
@@ -262,7 +263,7 @@ wall-clock on
 cached by earlier calls). The AGRPO steps of all {len(labels)} runs took {steps_minutes:.0f} min in all (their logs). \
 Base model
 `{base}`; every run: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` with its estimator, rate and seed.
-Greedy {unit} (%) on {args.eval_items} problems, generation length {L}, by sampling steps m (the test table; the
+Greedy {unit} (%) on {args.eval_items} problems, generation length {G}, by sampling steps m (the test table; the
 sweep's count is in its heading).
 
 ## 1. Sweep (seed {args.tune_seed}; validation split, {args.validation_items} problems: {unit} averaged over \

@@ -10,7 +10,7 @@ is the rollout forward passes per completion summed over the steps so far (log.j
 rollout_passes): the rollout's compute, which dominates a step on a real model.
 
     python bench/compare_threshold.py                             # writes bench/compare_threshold/
-    python bench/compare_threshold.py --quick --output_dir=/tmp/t # a few steps: checks the pipeline
+    python bench/compare_threshold.py --quick  # a few steps into bench/compare_threshold_quick: checks the pipeline
 
 A train.py preset given first (default configs/tiny_countdown.py) and any --key=value that is not a
 key of this script go to both train.py runs. Runs and evaluations are cached under output_dir/runs,
@@ -45,7 +45,8 @@ if args.quick:
     args.max_steps, args.save_steps, args.eval_items = 2, 1, 8
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
-L, m, tau = cfg["max_completion_length"], cfg["sampling_steps"], args.threshold
+out += "_quick" if args.quick else ""  # a check of the pipeline never overwrites measured results
+G, m, tau = cfg["max_completion_length"], cfg["sampling_steps"], args.threshold
 RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
 threads = max(1, (os.cpu_count() or 1) // 2)
 t0 = time.time()
@@ -62,7 +63,7 @@ def score(model, where):
             f"--task={cfg['task']}",
             f"--eval_items={args.eval_items}",
             "--seed=0",
-            f"--max_completion_length=({L},)",
+            f"--max_completion_length=({G},)",
             f"--block_length={cfg['block_length']}",
             f"--sampling_steps=({m},)",
             f"--thresholds=({tau},)",
@@ -145,7 +146,7 @@ wall-clock on
 Both runs: `train.py {" ".join(train_args)} --max_steps={args.max_steps}` from `{cfg["model_name_or_path"]}`, one with
 fixed-step rollouts (m = {cfg["sampling_steps"]}, {cfg["unmasking"]}), one with threshold rollouts (τ = {tau}). Each \
 checkpoint scored
-greedily on {args.eval_items} test problems (L = {L}) with fixed steps (m = {m}) and with threshold decoding (τ = \
+greedily on {args.eval_items} test problems (G = {G}) with fixed steps (m = {m}) and with threshold decoding (τ = \
 {tau}).
 
 {chr(10).join(lines)}

@@ -17,6 +17,7 @@ finite; `--print_config` prints the resolved config as JSON and exits.
 """
 
 import ast
+import contextlib
 import difflib
 import io
 import json
@@ -135,6 +136,16 @@ def check_ranges(config, ranges):
 def _bound(text):
     base, _, power = text.partition("**")
     return float(base) ** int(power) if power else float(base)
+
+
+@contextlib.contextmanager
+def config_errors():
+    """A ValueError raised inside (a malformed file, a setting a function refuses) stops the script as a
+    one-line ConfigError."""
+    try:
+        yield
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def first_line(e):

@@ -1,4 +1,4 @@
-"""Model families, each declared once: which configs are the family, where its transformer blocks and
+"""Model families, each declared once: which configs are the family, where its transformer layers and
 final norm are, which position's logits predict a token, its [MASK] id, the modules LoRA adapts and,
 for block-diffusion models, the block size. A model of any other family stops at load with one line
 naming these.
@@ -13,12 +13,12 @@ import torch
 @dataclass(frozen=True)
 class Family:
     """What the code must know of a model family, declared once: which configs are it, where its
-    transformer blocks and the norm before the vocabulary head are (logits = head(final_norm(x))),
+    transformer layers and the norm before the vocabulary head are (logits = head(final_norm(x))),
     which position's logits predict a token, its [MASK] id, and the modules LoRA adapts."""
 
     model_types: tuple  # config.model_type values of this family
-    layers: str  # attribute path to the module holding the blocks and the final norm
-    blocks: str
+    body: str  # attribute path to the module holding the transformer layers and the final norm
+    layers: str  # the body's attribute that lists the transformer layers (LLaDA calls them "blocks")
     final_norm: str
     lora_targets: tuple  # module-name suffixes; peft's suffix match also adapts LLaDA's head "ff_out", as released
     shift: int = 0  # token i is predicted by position i - shift (0: LLaDA, masked LM; 1: Dream, next-token head)
@@ -85,18 +85,18 @@ def family_of_config(config, name=None):
 
 
 def block_size(model):
-    """The block size of a block-causal model (its blocks are the sampler's blocks), or 0."""
+    """The block size b of a block-causal model (its blocks are the sampler's blocks), or 0."""
     size = family_of(model).block_size
     return int(getattr(unwrap(model).config, "block_size", None) or size) if size else 0
 
 
 def family_part(model, part):
-    """A module of the family's layout: part "blocks" (the block list) or "final_norm"."""
-    family, layers = family_of(model), unwrap(model)
-    for attribute in family.layers.split("."):
-        layers = getattr(layers, attribute)
+    """A module of the family's layout: part "layers" (the transformer layers' list) or "final_norm"."""
+    family, body = family_of(model), unwrap(model)
+    for attribute in family.body.split("."):
+        body = getattr(body, attribute)
     name = getattr(family, part)
-    return layers[name] if isinstance(layers, torch.nn.ModuleDict) else getattr(layers, name)
+    return body[name] if isinstance(body, torch.nn.ModuleDict) else getattr(body, name)
 
 
 def unwrap(model):

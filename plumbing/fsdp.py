@@ -1,8 +1,8 @@
 """Fully sharded data parallel (PyTorch's FSDP2, `fully_shard`) for full fine-tuning at 8B: each rank
-holds 1/world of the weights, gradients and AdamW moments, and a transformer block's weights are
+holds 1/world of the weights, gradients and AdamW moments, and a transformer layer's weights are
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
-- training forwards and backwards are collectives (a block's all-gather, its gradients'
+- training forwards and backwards are collectives (a layer's all-gather, its gradients'
   reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients pads);
 - rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
   gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
@@ -28,12 +28,12 @@ from plumbing.families import family_part, unwrap
 
 
 def shard(model, mixed_precision):
-    """fully_shard each transformer block, then the root (embeddings, final norm, head), in place.
+    """fully_shard each transformer layer, then the root (embeddings, final norm, head), in place.
     mixed_precision (CUDA): the sharded weights stay as loaded (float32: the master copy AdamW
-    updates), each block computes in bf16 and gradients are reduced in float32."""
+    updates), each layer computes in bf16 and gradients are reduced in float32."""
     policy = MixedPrecisionPolicy(torch.bfloat16, torch.float32) if mixed_precision else MixedPrecisionPolicy()
-    for block in family_part(model, "blocks"):
-        fully_shard(block, mp_policy=policy)
+    for layer in family_part(model, "layers"):
+        fully_shard(layer, mp_policy=policy)
     fully_shard(unwrap(model), mp_policy=policy)  # the root every forward runs through (peft's wrapper calls it)
     return model
 

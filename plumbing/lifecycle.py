@@ -12,7 +12,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import checkpoint, ddp, logs
-from plumbing.configurator import ConfigError
+from plumbing.configurator import config_errors
 
 
 class Interrupted(Exception):
@@ -27,10 +27,8 @@ def training_run(output_dir, resume, overwrite, sharded):
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
     bar, reporter and ddp_model, which the end closes."""
     stop = catch_stop_signals()
-    try:
+    with config_errors():
         distributed, rank, world, device = ddp.init_processes(sharded=sharded)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0)
     run.stop, run.save, run.finished, run.last_saved, run.bar, run.reporter, run.ddp_model = (
         stop,

@@ -163,14 +163,14 @@ def plot_results(rows, path, title):
     model_names = list(dict.fromkeys(r["model"] for r in rows))
     lengths = sorted({r["max_completion_length"] for r in rows})
     for name in model_names:  # colour = model, line style = generation length
-        for L in lengths:
-            color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(L) % 4]
-            label = f"{name} (L={L})" if len(lengths) > 1 else name
+        for G in lengths:
+            color, style = f"C{model_names.index(name) % 10}", ["-", "--", ":", "-."][lengths.index(G) % 4]
+            label = f"{name} (G={G})" if len(lengths) > 1 else name
             for thresholded in (False, True):  # fixed steps: a line; threshold decoding: squares at its mean steps
                 line = [
                     r
                     for r in rows
-                    if (r["model"], r["max_completion_length"]) == (name, L)
+                    if (r["model"], r["max_completion_length"]) == (name, G)
                     and (r.get("threshold") is not None) == thresholded
                 ]
                 if not line:

@@ -215,7 +215,7 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
         for m in {id(m): m for m in (model, ref_model) if m is not None}.values():
             fsdp.shard(m, mixed_precision=on_cuda)
     if compile:
-        compile_blocks(model)
+        compile_layers(model)
     return model, tok, ref_model, lora_targets
 
 
@@ -259,11 +259,11 @@ def set_gradient_checkpointing(model):
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def compile_blocks(model):
-    """torch.compile each transformer block in place (regional compilation): the blocks share one
+def compile_layers(model):
+    """torch.compile each transformer layer in place (regional compilation): the layers share one
     code path, so one graph is compiled and reused by all, and norms, RoPE and SwiGLU fuse into few
     kernels. The vocabulary head and the position selection stay eager: their shapes depend on the
     data. Shapes that change (rows finishing, prompt lengths) recompile once, then run dynamic."""
-    for block in family_part(model, "blocks"):  # LLaDA: block_group_size 1, as LLaDA-8B
-        block.compile()
+    for layer in family_part(model, "layers"):  # LLaDA: block_group_size 1, as LLaDA-8B
+        layer.compile()
     return model

@@ -2,7 +2,7 @@
 (with a solver), or the released run's data: Jiayi-Pan/Countdown-Tasks-3to4's 3-number items.
 
 An item is {"nums", "target"}; generated items (and file items with a solution) also carry "expr",
-a solution, and generated ones "steps", its two operations: what the base model's SFT reads.
+a solution: what the base model's SFT reads.
 """
 
 import itertools
@@ -166,12 +166,11 @@ def _whole(va, vb, op):
     return num // den if den and num % den == 0 else None
 
 
-def generate(n, seed=0, split=None, unique=False, num_range=(1, 20), target_range=(1, 100), ops="+-*/"):
-    """n solvable items; each carries "expr", one solution, and "steps", the two operations.
-    split: None (any), or only problems of one of data.split_of's parts; unique: no problem
-    twice; ops: the operations the generated solutions use (any may be used to answer)."""
+def generate(n, seed=0, split=None, unique=False, num_range=(1, 20), target_range=(1, 100)):
+    """n solvable items; each carries "expr", one solution. split: None (any), or only problems of one
+    of data.split_of's parts; unique: no problem twice."""
     rng = random.Random(seed)
-    allowed = [i for i, o in enumerate(OPS) if o in ops]
+    allowed = list(range(len(OPS)))
     items, seen, attempts = [], set(), 0
     while len(items) < n:
         attempts += 1
@@ -192,18 +191,15 @@ def generate(n, seed=0, split=None, unique=False, num_range=(1, 20), target_rang
         if (split and split_of(key) != split) or (unique and repr(key) in seen):
             continue
         seen.add(repr(key))
-        first_text = _text(str(nums[i]), str(nums[j]), first_op)
-        expr, step_text = _text(first_text, str(nums[k]), last_op), _text(str(first_value), str(nums[k]), last_op)
-        steps = [f"{first_text}={first_value}", f"{step_text}={value}"]
-        items.append({"nums": nums, "target": value, "expr": expr, "steps": steps})
+        expr = _text(_text(str(nums[i]), str(nums[j]), first_op), str(nums[k]), last_op)
+        items.append({"nums": nums, "target": value, "expr": expr})
         attempts = 0
     return items
 
 
-def solution(item, think=False):
-    """A supervised completion for the base model's SFT (tools/sft.py): the two operations, then the
-    equation; None for an item without a known solution."""
+def solution(item):
+    """A supervised completion for the base model's SFT (tools/sft.py): the equation; None for an item
+    without a known solution."""
     if "expr" not in item:
         return None
-    think_block = f"<think>{item['steps'][0]}, {item['steps'][1]}</think>" if think and "steps" in item else ""
-    return think_block + f"<answer>{item['expr']}={item['target']}</answer>"  # the asked "expression = target"
+    return f"<answer>{item['expr']}={item['target']}</answer>"  # the asked "expression = target"

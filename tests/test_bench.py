@@ -47,9 +47,11 @@ def test_bench_quick(script, flags, expect):
 )  # one preset: the script's pipeline; train.py's Countdown runs in test_train
 def test_compare_estimators_quick(tmp_path, config):
     """Sweep, test runs, tables; a second call finds every run and evaluation cached and redoes none."""
-    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", config, f"--output_dir={tmp_path}"]
+    cmd = [sys.executable, "bench/compare_estimators.py", "--quick", config, f"--output_dir={tmp_path}/run"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert os.listdir(tmp_path) == ["run_quick"]  # never the folder of the measured results
+    tmp_path = tmp_path / "run_quick"
     text = open(f"{tmp_path}/RESULTS.md").read()
     for model in ("base", "stepwise", "one_step", "elbo", "exact (stepwise rate)"):
         assert f"| {model} |" in text
@@ -64,12 +66,13 @@ def test_compare_estimators_quick(tmp_path, config):
 
 
 def test_compare_threshold_quick(tmp_path):
-    cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--output_dir={tmp_path}"]
+    cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--output_dir={tmp_path}/run"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    text = open(f"{tmp_path}/RESULTS.md").read()
+    assert os.listdir(tmp_path) == ["run_quick"]  # never the folder of the measured results
+    text = open(f"{tmp_path}/run_quick/RESULTS.md").read()
     assert "| fixed | 2 |" in text and "| threshold | 2 |" in text
-    assert os.path.getsize(f"{tmp_path}/accuracy_vs_rollout_passes.png") > 0
+    assert os.path.getsize(f"{tmp_path}/run_quick/accuracy_vs_rollout_passes.png") > 0
 
 
 def test_bench_scripts_are_configured_like_train_py():

@@ -11,11 +11,11 @@ from likelihood import (
     draws_logp,
     elbo_draws,
     exact_logp,
-    last_step,
     make_draws,
     one_step_draws,
     sample_steps,
     sequence_logp,
+    steps_used,
     stepwise_draws,
 )
 from plumbing.model import load
@@ -67,7 +67,7 @@ def threshold_setup(setup):
         threshold=0.3,
         generator=torch.Generator().manual_seed(0),
     )
-    assert len(set(last_step(r).tolist())) == 2  # the rows' m' differ
+    assert len(set(steps_used(r).tolist())) == 2  # the rows' m' differ
     return model, tok, r
 
 
@@ -197,7 +197,7 @@ def test_elbo_and_one_step_masks(setup):
     assert (
         n_masked.min() >= 1 and n_masked.max() <= 16 and len(set(n_masked.flatten().tolist())) >= 12
     )  # stratified spread
-    d = one_step_draws(r, 200, torch.Generator().manual_seed(8), prompt_mask_prob=0.15)
+    d = one_step_draws(r, 200, torch.Generator().manual_seed(8))
     assert (d.x[:, :, P:] == tok.mask_token_id).all()
     prompt_masked = d.x[:, :, :P] == tok.mask_token_id
     real = r.attention_mask[:, :P].bool()
@@ -216,7 +216,7 @@ def hand_rollout():
 
 def test_only_steps_up_to_last_content_step_are_drawn():
     r = hand_rollout()
-    assert last_step(r).tolist() == [6, 1]
+    assert steps_used(r).tolist() == [6, 1]
     assert completion_mask(r).sum(1).tolist() == [7, 1]
     for scheme in SCHEMES:
         s, w = sample_steps(r, 50, scheme, torch.Generator().manual_seed(9))

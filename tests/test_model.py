@@ -15,7 +15,7 @@ from plumbing.logits import forward_logits, probe_padding_mask
 from plumbing.model import (
     add_lora,
     check_compatible,
-    compile_blocks,
+    compile_layers,
     load,
     model_path_error,
     save,
@@ -281,7 +281,7 @@ def test_lora_without_input_cast_is_identical_under_autocast():
     assert any(bool(g.abs().sum() > 0) for g in gb)
 
 
-def test_compile_blocks_matches_eager():
+def test_compile_layers_matches_eager():
     """torch.compile of the blocks (train.py --compile) changes no result beyond float rounding: the
     same logits and LoRA gradients under checkpointing, the same greedy tokens from the sampler,
     the same checkpoint keys; a model whose blocks it cannot find is refused with its name."""
@@ -300,7 +300,7 @@ def test_compile_blocks_matches_eager():
         model, tok = lora_model()
         keys = list(model.state_dict())
         if compiled:
-            compile_blocks(model)
+            compile_layers(model)
             assert list(model.state_dict()) == keys
         logits = forward_logits(model, ids, at=at)
         grads = torch.autograd.grad(
@@ -322,7 +322,7 @@ def test_compile_blocks_matches_eager():
         torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-4)
     assert torch.equal(ta, tb)
     with pytest.raises(ValueError, match="Opaque"):
-        compile_blocks(Opaque(load("tiny")[0]))  # no family, no known blocks
+        compile_layers(Opaque(load("tiny")[0]))  # no family, no known blocks
 
 
 def test_completion_ends_at_the_config_eos_only():

@@ -117,7 +117,7 @@ def train(
 
 
 def main():
-    from plumbing.configurator import ConfigError, configure
+    from plumbing.configurator import ConfigError, config_errors, configure
 
     cfg = configure(__file__, option_files=data.option_files())
     t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
@@ -129,11 +129,9 @@ def main():
     for key in ("max_steps", "batch_size", "max_completion_length"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
-    try:
+    with config_errors():
         data.check_task_options(cfg["task"], cfg)
         model, tok = load(cfg["model_name_or_path"], seed=cfg["seed"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.task_options(cfg["task"], cfg))
     fits = [
         it
