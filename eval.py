@@ -31,8 +31,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import data, ddp, logs
-from plumbing.configurator import config_errors, declared
+from plumbing.configurator import declared
+from plumbing.errors import config_errors
 from plumbing.families import native_departures, unwrap
+from plumbing.logits import computes_in_float32
 from rewards import extract_answer
 from sample import check_blocks, check_settings, decode_completions, generate
 
@@ -41,23 +43,37 @@ models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkp
 labels = ("base", "AGRPO")  # one name per model; () = the paths
 task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
 eval_file = ""  # local test file, "hub" (the released run's), or "" (generated: train.py's for this seed; or the hub)
-eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub) [-1, inf)
+eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)
 seed = 0  # generated test set: the one train.py with this seed evaluates on
 system_prompt = ""  # system turn as trained with: "task" (the task's own), "" (none), a .txt file, or the text
 compact_prompt = True  # short question text (the embedded model); False: full sentences
-max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit) [0, inf)
+max_prompt_length = 512  # prompt tokens kept, cut from the left as in training (0 = no limit)
 max_completion_length = (16, 32)  # completion lengths G of the grid
-block_length = 8  # semi-autoregressive block size (32 for LLaDA)
+block_length = 8  # b: semi-autoregressive block length (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · G at each G
 sampling_steps = ()  # explicit step counts used at every G instead of step_fractions
 unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
 thresholds = ()  # threshold decoding: one more row per τ at each G (its steps column: mean forward passes per item)
-per_device_eval_batch_size = 100  # prompts per forward pass [1, inf)
+per_device_eval_batch_size = 100  # prompts per forward pass
 base_model = ""  # the checkpoints' base model ("" = the one each names; a named folder's own code never runs)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
+
+RANGES = dict(eval_items="[-1, inf)", max_prompt_length="[0, inf)", per_device_eval_batch_size="[1, inf)")
+
+
+def prompt_batches(lengths, batch_size, in_float32=True):
+    """Batches of item indices, fixed before they are dealt to ranks. In float32 consecutive items; in bf16
+    items of one prompt length (no padding), since there a padded row's rounding depends on its batch-mates
+    (a block model's mask and canvas): a row decodes as it would alone, in every dtype."""
+    if in_float32:
+        return [list(range(s, min(s + batch_size, len(lengths)))) for s in range(0, len(lengths), batch_size)]
+    by_length = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    return [same[s : s + batch_size] for same in by_length.values() for s in range(0, len(same), batch_size)]
 
 
 @torch.no_grad()
@@ -88,13 +104,13 @@ def evaluate(
     m = unwrap(model)
     was_training = m.training
     m.eval()
-    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
+    prompts = [data.build_prompt(tok, task, it, system_prompt, compact, max_prompt_length) for it in items]
+    batches = prompt_batches([len(p) for p in prompts], batch_size, computes_in_float32(m, next(m.parameters()).device))
     out = []
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
-        prompts = [data.build_prompt(tok, task, items[i], system_prompt, compact, max_prompt_length) for i in idx]
         r = generate(
             m,
-            prompts,
+            [prompts[i] for i in idx],
             max_completion_length=max_completion_length,
             block_length=block_length,
             sampling_steps=sampling_steps,
@@ -105,13 +121,13 @@ def evaluate(
             pad_id=tok.pad_token_id,
         )
         texts, lengths = decode_completions(tok, r)
-        for i, p, t, n, passes in zip(idx, prompts, texts, lengths.tolist(), r.passes.tolist()):
+        for i, t, n, passes in zip(idx, texts, lengths.tolist(), r.passes.tolist()):
             answer = fns.answer(items[i])
             accuracy = float(fns.accuracy(t, answer))
             out.append(
                 {
                     "index": i,
-                    "prompt": tok.decode(p, skip_special_tokens=False),
+                    "prompt": tok.decode(prompts[i], skip_special_tokens=False),
                     "completion": t,
                     "answer": extract_answer(t),
                     "reward": fns.reward(t, answer),
@@ -157,7 +173,7 @@ def summarize(records):
 def step_grid(cfg):
     """(G, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
     sampler before any model is loaded."""
-    from plumbing.configurator import ConfigError
+    from plumbing.errors import ConfigError
 
     grid = []
     for G in cfg["max_completion_length"]:
@@ -210,7 +226,7 @@ def take_run_settings(cfg, given, specs, preset, train_cfg):
     from training presets (a setting a checkpoint recorded stays, and a preset or the command line that
     differs from it is said in one line). Returns {key: where its value came from}."""
     from plumbing import checkpoint
-    from plumbing.configurator import ConfigError
+    from plumbing.errors import ConfigError
 
     sources = {}
     if "step_fractions" in given:  # steps asked for as fractions of G: the run's one step count would override them
@@ -253,7 +269,8 @@ def settings_line(cfg, sources, given):
 
 def main():
     from plumbing import checkpoint
-    from plumbing.configurator import ConfigError, configure, preset_values
+    from plumbing.configurator import configure, preset_values
+    from plumbing.errors import ConfigError
     from plumbing.model import load
 
     # a positional argument is a preset: of eval.py's own keys (applied as given on the command line),
@@ -262,9 +279,8 @@ def main():
     files = {a: preset_values(a) for a in argv if not a.startswith("-")}  # each preset's values, read once
     own = {f: keys for f, keys in files.items() if keys.keys() <= declared(__file__).keys()}
     presets = [f for f in files if f not in own]
-    cfg = configure(
-        __file__, [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")], data.option_files()
-    )
+    own_args = [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")]
+    cfg = configure(__file__, own_args, data.option_files(), ranges=RANGES)
     on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
     given = on_command_line | {k for keys in own.values() for k in keys}
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")

@@ -54,7 +54,7 @@ class Draws:
 
 
 def completion_mask(rollout):
-    """(B, G) bool: tokens up to and including the first EOS, the text a reward sees."""
+    """(B, G) bool: the tokens through the first EOS (the text a reward reads, then that EOS)."""
     is_eos = rollout.is_eos.long()
     before = is_eos.cumsum(1) - is_eos  # EOS tokens strictly before each position
     return before == 0

@@ -387,7 +387,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
 
 
 def decode_completions(tok, rollout):
-    """Texts up to the first EOS (what a reward sees) and their lengths in tokens."""
+    """The texts before the first EOS (what a reward reads) and their lengths n in tokens."""
     texts, lengths = [], []
     for row, row_eos in zip(rollout.completion, rollout.is_eos):
         hits = row_eos.nonzero()

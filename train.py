@@ -26,7 +26,8 @@ from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows,
 from eval import run_accuracy
 from likelihood import ESTIMATORS, SCHEMES
 from plumbing import checkpoint, data, ddp, lifecycle, logs, optim
-from plumbing.configurator import ConfigError, config_errors, configure
+from plumbing.configurator import configure
+from plumbing.errors import ConfigError, config_errors
 from plumbing.families import native_departures, unwrap
 from plumbing.fsdp import gathered, local, whole_state
 from plumbing.logits import count_positions
@@ -34,54 +35,71 @@ from plumbing.model import load_policy, model_path_error, resolved
 from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
+# model and data
 model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped), a hub id, or "tiny" (random)
 task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
 train_file = ""  # local JSONL/CSV/Parquet, "hub" (the released run's data), or "" (generated, or the hub)
 eval_file = ""  # held-out items: as train_file
 system_prompt = ""  # "task" (the task's own), "" (none: the embedded model), a .txt file (its text), or the text
 compact_prompt = True  # short question text (the embedded model); False: full sentences
-output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
-seed = 0  # prompts, rollouts, draws and the generated data all derive from it [0, 2**63)
-max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit) [0, inf)
+max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and default; 0 = no limit)
+# rollout (ALGORITHM.md §1)
 max_completion_length = 16  # G: completion tokens per rollout
 block_length = 8  # b: semi-autoregressive block length; divides G
 sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / b
-temperature = 0.7  # T: rollout sampling temperature [0, 100]
-top_k = 0  # rollout top-k truncation (0 = off) [0, inf)
+temperature = 0.7  # T: rollout sampling temperature
+top_k = 0  # rollout top-k truncation (0 = off)
 top_p = 1.0  # rollout nucleus truncation (1 = off)
 unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random | threshold
 threshold = 0.9  # τ: threshold unmasking commits every masked position of the block this confident (at least one)
-estimator = "stepwise"  # log π(o) estimator: stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
+# estimator of log π(o) (§2, §3)
+estimator = "stepwise"  # stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance) | exact
 mc_samples = 2  # k: draws per completion per update (sampled steps or masks)
-draws_per_pass = 0  # block models: the most draws one packed forward scores (0 = all; fewer: less memory) [0, inf)
-num_iterations = 1  # μ: policy updates per batch of rollouts [1, inf)
-epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down (0, 1)
-epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up (0, inf)
-beta = 0.0  # weight of the ρ·k3 KL to the reference policy (0 = no reference pass) [0, inf)
+draws_per_pass = 0  # block models: the most draws one packed forward scores (0 = all; fewer: less memory)
+# objective (§4)
+num_generations = 8  # R: completions per prompt (the group: group-relative advantages need two)
 scale_rewards = False  # divide advantages by the group's reward sample std (TRL's)
-num_generations = 8  # R: completions per prompt (the group: group-relative advantages need two) [2, inf)
-per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too [1, inf)
-gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step [1, inf)
+epsilon = 0.2  # ε_low of the clip: ratios below 1 − ε stop pulling down
+epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
+beta = 0.0  # β: weight of the ρ·k3 KL to the reference policy (0 = no reference pass)
+num_iterations = 1  # μ: policy updates per batch of rollouts
+# optimisation
+learning_rate = 3e-4  # AdamW peak rate (a step moves a weight by up to ~10x it), then cosine decay
+max_grad_norm = 1.0  # gradient-norm clip
+per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too
+gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step
 max_steps = 1000  # optimizer steps; <= 0: num_train_epochs passes over the training prompts
-num_train_epochs = 1.0  # used when max_steps <= 0 (0, 1e6]
-learning_rate = 3e-4  # AdamW peak rate (a step moves a weight by up to ~10x it), then cosine decay (0, 1]
-max_grad_norm = 1.0  # gradient-norm clip (0, inf)
-lora_r = 0  # LoRA rank (0 = full fine-tuning) [0, inf)
-lora_alpha = 64  # LoRA scale α (the update is α/r · BA) (0, inf)
+num_train_epochs = 1.0  # used when max_steps <= 0
+lora_r = 0  # LoRA rank (0 = full fine-tuning)
+lora_alpha = 64  # LoRA scale α (the update is α/r · BA)
 lora_target_modules = ()  # module-name suffixes LoRA adapts (() = the model family's: families.py)
-gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
-compile = False  # torch.compile each transformer layer
-fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ranks (torchrun); full fine-tuning at 8B
-eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none) [-1, inf)
-eval_every = 0  # held-out accuracy every this many steps too, as eval_accuracy (0 = before and after) [0, inf)
-log_completions_steps = 0  # every this many steps, the completions to completions.jsonl (0 = never) [0, inf)
-save_steps = 50  # write a checkpoint every this many steps (and at the last) [1, inf)
-save_total_limit = 2  # checkpoints kept (the newest) [1, inf)
+seed = 0  # prompts, rollouts, draws and the generated data all derive from it
+# run and I/O
+output_dir = "runs/tiny_countdown"  # checkpoints, log.jsonl, completions.jsonl, final.json
+eval_items = 200  # held-out problems scored greedily before and after training (-1: all, 0: none)
+eval_every = 0  # held-out accuracy every this many steps too, as eval_accuracy (0 = before and after)
+log_completions_steps = 0  # every this many steps, the completions to completions.jsonl (0 = never)
+save_steps = 50  # write a checkpoint every this many steps (and at the last)
+save_total_limit = 2  # checkpoints kept (the newest)
 resume_from_checkpoint: bool | str = False  # True: the newest whole checkpoint in output_dir; or a checkpoint-N path
 overwrite_output_dir = False  # without resume, empty an output_dir that holds a run (checkpoints, log) first
 report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (log.jsonl is always written)
+# memory and distributed
+gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
+compile = False  # torch.compile each transformer layer
+fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ranks (torchrun); full fine-tuning at 8B
 # --- end of config
+
+# the values a numeric key may take: "[" includes its end, "(" leaves it out
+RANGES = dict(
+    max_prompt_length="[0, inf)", temperature="[0, 100]", top_k="[0, inf)", draws_per_pass="[0, inf)",
+    num_generations="[2, inf)", epsilon="(0, 1)", epsilon_high="(0, inf)", beta="[0, inf)", num_iterations="[1, inf)",
+    learning_rate="(0, 1]", max_grad_norm="(0, inf)", per_device_train_batch_size="[1, inf)",
+    gradient_accumulation_steps="[1, inf)", num_train_epochs="(0, 1e6]", lora_r="[0, inf)", lora_alpha="(0, inf)",
+    seed="[0, 2**63)", eval_items="[-1, inf)", eval_every="[0, inf)", log_completions_steps="[0, inf)",
+    save_steps="[1, inf)", save_total_limit="[1, inf)",
+)  # fmt: skip
 
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
 # a resume may change these (where and how often it writes, reports, evaluates; memory, speed), no other key
@@ -242,7 +260,7 @@ def halt(cfg, step, why, fix):
 
 
 def main():
-    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files()))
+    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES))
     validate(cfg)
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     with lifecycle.training_run(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp) as run:
@@ -265,8 +283,9 @@ def main():
         log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
         start, counters = resume(cfg, run, model, opt, sched, (log_path, completions_path))
         nonfinite = {"total": 0, "in_a_row": 0, **counters}
-        train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
-        run.ddp_model, positions = train_model, count_positions(model)  # positions: each step's compute
+        # the model the update runs: DDP's wrapper (its gradient all-reduce) under torchrun; FSDP's shards itself
+        run.train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
+        positions = count_positions(model)  # the compute of each step, logged per completion
         run.save = functools.partial(save, cfg, run, model, opt, sched, tok, nonfinite)
         run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
         run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
@@ -287,7 +306,7 @@ def main():
             lifecycle.stop_if_signalled(run.stop)
 
             # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
-            loss, metrics, grad_norm, skipped = update(train_model, opt, batches, cfg, run.amp)
+            loss, metrics, grad_norm, skipped = update(run.train_model, opt, batches, cfg, run.amp)
             sched.step()
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0

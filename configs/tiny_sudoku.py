@@ -1,5 +1,5 @@
 # The embedded model on generated 4x4 Sudoku: python train.py configs/tiny_sudoku.py
-# "<answer>" + 16 digits + "</answer>" + EOS is 19 tokens: completions of 24 (3 blocks of 8), m = L/4.
+# "<answer>" + 16 digits + "</answer>" + EOS is 19 tokens: completions of 24 (3 blocks of 8), m = G/4.
 # The shipped base (models/tiny-sudoku) had a short SFT on 10 blanks, which leaves AGRPO room to
 # learn (a long one fills nearly every cell, and groups of equal rewards carry no advantage);
 # accuracy is cell accuracy.
@@ -8,8 +8,7 @@ task = "sudoku"
 sudoku_blanks = (10, 10)
 max_completion_length = 24
 sampling_steps = 6
-# No rate from 1e-5 to 3e-4 raised validation cell accuracy in 400 steps, for any estimator: 1e-5
-# leaves the model as it was, 3e-5 and 1e-4 lower it by 1.4-3.3 points, 3e-4 by 8-21
-# (bench/compare_sudoku/RESULTS.md). 5e-5 is a rate where training visibly moves the model.
+# a rate at which training visibly moves the model (no swept rate raised validation accuracy in 400
+# steps: bench/compare_sudoku/RESULTS.md)
 learning_rate = 5e-5
 output_dir = "runs/tiny_sudoku"

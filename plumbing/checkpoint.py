@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from plumbing import families, fsdp
-from plumbing.configurator import ConfigError
+from plumbing.errors import ConfigError
 from plumbing.model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
 
 PREFIX = "checkpoint-"

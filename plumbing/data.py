@@ -15,8 +15,9 @@ import zlib
 
 import torch
 
-from plumbing.configurator import declared, first_line
+from plumbing.configurator import declared
 from plumbing.ddp import seeded
+from plumbing.errors import first_line
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
 TASK_NAMES = tuple(sorted(f[:-3] for f in os.listdir(TASKS_DIR) if f.endswith(".py") and not f.startswith("_")))

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import checkpoint, ddp, logs
-from plumbing.configurator import config_errors
+from plumbing.errors import config_errors
 
 
 class Interrupted(Exception):
@@ -25,12 +25,12 @@ def training_run(output_dir, resume, overwrite, sharded):
     process; output_dir locked by rank 0 (checkpoint.claim) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
-    bar, reporter and ddp_model, which the end closes."""
+    bar, reporter and train_model (DDP's wrapper), which the end closes."""
     stop = catch_stop_signals()
     with config_errors():
         distributed, rank, world, device = ddp.init_processes(sharded=sharded)
     run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0)
-    run.stop, run.save, run.finished, run.last_saved, run.bar, run.reporter, run.ddp_model = (
+    run.stop, run.save, run.finished, run.last_saved, run.bar, run.reporter, run.train_model = (
         stop,
         None,
         None,
@@ -60,7 +60,7 @@ def training_run(output_dir, resume, overwrite, sharded):
         raise SystemExit(f"stopped by {name} after step {run.finished[0]}: {how}" if run.master else 1) from None
     logs.close_reporter(run.reporter)
     if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
-        run.ddp_model = None
+        run.train_model = None
         dist.destroy_process_group()
 
 

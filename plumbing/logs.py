@@ -10,8 +10,8 @@ import os
 import torch
 
 from likelihood import completion_mask
-from plumbing.configurator import first_line
 from plumbing.ddp import mean_over_ranks
+from plumbing.errors import first_line
 
 REPORTERS = ("none", "tensorboard", "wandb")
 SHOWN = ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")  # on the progress bar

@@ -18,7 +18,7 @@ import shutil
 import torch
 
 from plumbing import fsdp, tiny_llada
-from plumbing.configurator import first_line
+from plumbing.errors import first_line
 from plumbing.families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
 from plumbing.logits import forward_logits, probe_padding_mask
 
@@ -241,9 +241,9 @@ def add_lora(model, rank, alpha, targets=(), under_autocast=False):
 
 
 def merge_lora_float32(model):
-    """The LoRA model as one plain model with W + (α/r)·BA folded in, in float32. Folding into bf16
-    weights rounds every adapted weight again: greedy text then differed from the trained (unmerged)
-    model's on LLaDA. In float32 the sum is exact to float32 rounding, at twice bf16's memory."""
+    """The LoRA model as one plain model with W + (α/r)·BA folded in, in float32: folded into bf16, every
+    adapted weight is rounded again and greedy text can differ from the trained (unmerged) model's; in
+    float32 the sum is exact to float32 rounding, at twice bf16's memory."""
     return model.float().merge_and_unload()
 
 

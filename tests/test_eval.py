@@ -261,3 +261,23 @@ def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"warning: checkpoint {tmp_path}/checkpoint-2: adapter_model.safetensors is missing" in out.stderr
     assert json.loads(open(f"{tmp_path}/e/samples.jsonl").readline())["model"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("unmasking", ["low_confidence", "threshold"])
+def test_a_block_models_bf16_rows_decode_as_they_would_alone(unmasking):
+    """In bf16 a padded row's rounding depends on its batch-mates (a block model's mask and canvas): evaluate
+    batches prompts of one length, so every row's greedy completion is the one it gets alone."""
+    from eval import evaluate, prompt_batches
+    from plumbing import data
+    from plumbing.model import load
+
+    model, tok = load("tiny_block", seed=0, tiny_overrides=dict(init_std=0.3), dtype=torch.bfloat16)
+    items = data.task("countdown").generate(24, seed=3, num_range=(1, 99), target_range=(1, 999))
+    kw = dict(max_completion_length=16, block_length=8, sampling_steps=16, unmasking=unmasking, threshold=0.5)
+    together = evaluate(model, tok, "countdown", items, batch_size=12, compact=True, **kw)
+    alone = [evaluate(model, tok, "countdown", [it], batch_size=1, compact=True, **kw)[0] for it in items]
+    assert [r["completion"] for r in together] == [r["completion"] for r in alone]
+    lengths = [len(data.build_prompt(tok, "countdown", it, "", True, 0)) for it in items]
+    assert len(set(lengths)) > 1  # prompts of several lengths, so a batch of all of them would be padded
+    for batch in prompt_batches(lengths, 12, in_float32=False):
+        assert len({lengths[i] for i in batch}) == 1

@@ -51,7 +51,7 @@ def test_offline_load_with_network_disabled():
         "import socket\n"
         "def no_net(*a, **k): raise RuntimeError('network used')\n"
         "socket.socket.connect = no_net; socket.create_connection = no_net\n"
-        "from model import load\n"
+        "from plumbing.model import load\n"
         "m, t = load('tiny'); print(t.mask_token_id, t.eos_token_id)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

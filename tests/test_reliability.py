@@ -279,10 +279,12 @@ def test_every_knob_has_a_range(args, words):
 
     import train
     from plumbing import data
-    from plumbing.configurator import ConfigError, configure
+    from plumbing.configurator import configure
+    from plumbing.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), [*SMALL, *args], data.option_files()))
+        argv = [*SMALL, *args]
+        cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), argv, data.option_files(), train.RANGES))
         train.validate(cfg)
     assert words in str(e.value)
 

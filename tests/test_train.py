@@ -115,7 +115,8 @@ def test_help_print_config_and_unknown_keys(capsys):
     config (preset, then overrides) as JSON and exits before loading anything; a key of another
     spelling gets a "did you mean"; names imported into train.py are not keys."""
     from plumbing import data
-    from plumbing.configurator import ConfigError, configure, declared
+    from plumbing.configurator import configure, declared
+    from plumbing.errors import ConfigError
 
     script = os.path.join(ROOT, "train.py")
     keys = declared(script) | {

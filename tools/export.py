@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
 
 from plumbing import checkpoint  # noqa: E402
-from plumbing.configurator import ConfigError  # noqa: E402
+from plumbing.errors import ConfigError  # noqa: E402
 from plumbing.families import unwrap  # noqa: E402
 from plumbing.model import merge_lora_float32, save  # noqa: E402
 

@@ -117,7 +117,8 @@ def train(
 
 
 def main():
-    from plumbing.configurator import ConfigError, config_errors, configure
+    from plumbing.configurator import configure
+    from plumbing.errors import ConfigError, config_errors
 
     cfg = configure(__file__, option_files=data.option_files())
     t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
