@@ -25,13 +25,13 @@ from tqdm import tqdm
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
 from eval import run_accuracy
 from likelihood import ESTIMATORS, SCHEMES
-from plumbing import checkpoint, data, ddp, lifecycle, logs, optim
+from plumbing import data, ddp, lifecycle, logs, optim
 from plumbing.configurator import configure
 from plumbing.errors import ConfigError, config_errors
 from plumbing.families import native_departures, unwrap
-from plumbing.fsdp import gathered, local, whole_state
+from plumbing.fsdp import gathered, local
 from plumbing.logits import count_positions
-from plumbing.model import load_policy, model_path_error, resolved
+from plumbing.model import load_policy, model_path_error
 from sample import check_blocks, check_settings, decode_completions, generate
 
 # --- config
@@ -236,29 +236,6 @@ def held_out_accuracy(cfg, run, model, tok, items, label):
     return acc
 
 
-def save(cfg, run, model, opt, sched, tok, nonfinite, step):
-    """Rank 0 writes checkpoint-{step}; under FSDP every rank first gathers its part of the tensors to it."""
-    whole = whole_state(model, opt) if cfg.fsdp else None
-    if run.master:
-        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
-        return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
-
-
-def resume(cfg, run, model, opt, sched, jsonl):
-    """(first step, non-finite counters): (0, none) for a new run; else those of the checkpoint restored."""
-    if not cfg.resume_from_checkpoint:
-        return 0, {}
-    only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
-    args = (cfg.output_dir, model, opt, sched, vars(cfg), MAY_CHANGE, jsonl, run.master, run.log, only, run.world)
-    return checkpoint.resume(*args)
-
-
-def halt(cfg, step, why, fix):
-    """Stop in one line, nothing of this step logged or saved."""
-    last = checkpoint.newest(cfg.output_dir) or "none written yet"
-    raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
-
-
 def main():
     cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES))
     validate(cfg)
@@ -281,12 +258,12 @@ def main():
         params = [p for p in model.parameters() if p.requires_grad]
         opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
         log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
-        start, counters = resume(cfg, run, model, opt, sched, (log_path, completions_path))
+        start, counters = lifecycle.resume(cfg, run, model, opt, sched, (log_path, completions_path), MAY_CHANGE)
         nonfinite = {"total": 0, "in_a_row": 0, **counters}
         # the model the update runs: DDP's wrapper (its gradient all-reduce) under torchrun; FSDP's shards itself
         run.train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
         positions = count_positions(model)  # the compute of each step, logged per completion
-        run.save = functools.partial(save, cfg, run, model, opt, sched, tok, nonfinite)
+        run.save = functools.partial(lifecycle.save, cfg, run, model, opt, sched, tok, nonfinite)
         run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
         run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
 
@@ -312,7 +289,8 @@ def main():
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
             # update never takes a step AdamW would make non-finite: weights broken anyway came from outside it
             if not ddp.every_rank(all(bool(torch.isfinite(local(p)).all()) for p in params)):
-                halt(cfg, step + 1, "the weights are not finite after the optimizer step", "Lower --learning_rate.")
+                why = "the weights are not finite after the optimizer step"
+                lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate.")
 
             # 3. log: means over every rank's completions
             row = logs.step_means(cfg, batches, loss, metrics, run.device, positions[0])
@@ -328,7 +306,7 @@ def main():
                 run.bar.set_postfix({k: f"{row[k]:.3g}" for k in logs.SHOWN})
             if nonfinite["in_a_row"] >= MAX_NONFINITE:
                 why = f"{nonfinite['in_a_row']} non-finite updates in a row (all skipped, the weights untouched)"
-                halt(cfg, step + 1, why, "Lower --learning_rate or check the rewards.")
+                lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate or check the rewards.")
 
             # 4. checkpoint
             if (step + 1) % cfg.save_steps == 0 or step + 1 == total_steps:

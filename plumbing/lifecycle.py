@@ -1,6 +1,6 @@
-"""A training run's lifecycle: its processes, its output folder made its own, and how it ends. Ctrl-C
-or SIGTERM (a cluster's preemption) ends it at a point every rank reaches together, with the checkpoint
-of the last finished step and one line naming it."""
+"""A training run's lifecycle: its processes, its output folder made its own, its checkpoints (written,
+resumed), and how it ends. Ctrl-C or SIGTERM (a cluster's preemption) ends it at a point every rank
+reaches together, with the checkpoint of the last finished step and one line naming it."""
 
 import contextlib
 import random
@@ -13,6 +13,8 @@ from tqdm import tqdm
 
 from plumbing import checkpoint, ddp, logs
 from plumbing.errors import config_errors
+from plumbing.fsdp import whole_state
+from plumbing.model import resolved
 
 
 class Interrupted(Exception):
@@ -62,6 +64,30 @@ def training_run(output_dir, resume, overwrite, sharded):
     if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
         run.train_model = None
         dist.destroy_process_group()
+
+
+def save(cfg, run, model, opt, sched, tok, nonfinite, step):
+    """Rank 0 writes checkpoint-{step}; under FSDP every rank first gathers its part of the tensors to it."""
+    whole = whole_state(model, opt) if cfg.fsdp else None
+    if run.master:
+        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
+        return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
+
+
+def resume(cfg, run, model, opt, sched, jsonl, may_change):
+    """(first step, non-finite counters): (0, none) for a new run; else those of the checkpoint restored
+    (every key but those in may_change as the run's)."""
+    if not cfg.resume_from_checkpoint:
+        return 0, {}
+    only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
+    args = (cfg.output_dir, model, opt, sched, vars(cfg), may_change, jsonl, run.master, run.log, only, run.world)
+    return checkpoint.resume(*args)
+
+
+def halt(output_dir, step, why, fix):
+    """Stop in one line, nothing of this step logged or saved."""
+    last = checkpoint.newest(output_dir) or "none written yet"
+    raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
 
 
 def catch_stop_signals():
