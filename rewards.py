@@ -18,10 +18,11 @@ is killed past its time limit). The terms follow the paper's released reward fun
                   right in the final answer's first 16 characters, zero-filled on the left)     ∈ [0, 4]
 """
 
-import multiprocessing as mp
 import re
 from collections import deque
 from fractions import Fraction
+
+from plumbing import verifier
 
 # ---------------------------------------------------------------------------------------------
 # format
@@ -168,69 +169,7 @@ def gsm8k_reward(completion, answer):
 
 
 # ---------------------------------------------------------------------------------------------
-# MATH: math-verify, in a worker process so a pathological answer (9^{9^{9}}) cannot hang us
-
-_worker = None
-
-
-def _math_worker(conn):
-    import logging
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle: no traceback from here
-
-    from math_verify import parse, verify
-
-    logging.disable(logging.WARNING)  # it warns on every call that we do the timing ourselves
-    # sympy and the LaTeX parser load lazily on first use: warm them up before the time limit applies
-    verify(
-        parse("\\boxed{2\\sin x\\cos x}", parsing_timeout=None),
-        parse("\\boxed{\\sin 2x}", parsing_timeout=None),
-        timeout_seconds=None,
-    )
-    conn.send("ready")
-    while True:
-        gold, pred = conn.recv()
-        try:
-            ok = bool(
-                verify(parse(gold, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None)
-            )
-        except Exception:
-            ok = False
-        conn.send(ok)
-
-
-STARTUP_SECONDS = 300  # importing sympy and math-verify and one warm-up call, on a busy machine
-
-
-def _math_equal(gold, pred, time_limit):
-    global _worker
-    if _worker is None or not _worker[0].is_alive():
-        # forkserver: a clean single-threaded parent with math_verify preloaded, so a respawn after a
-        # kill takes milliseconds, and no torch threads or CUDA state are forked
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["math_verify"])
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_math_worker, args=(child,), daemon=True)
-        proc.start()
-        child.close()  # only the worker holds its end now: a worker that dies is an EOFError, not a wait forever
-        if not parent.poll(STARTUP_SECONDS):  # start-up is not charged to the call's time limit, but is bounded
-            proc.kill()
-            raise RuntimeError(f"math-verify's worker did not start within {STARTUP_SECONDS} s")
-        parent.recv()
-        _worker = (proc, parent)
-    proc, conn = _worker
-    try:
-        conn.send((gold, pred))
-        if conn.poll(time_limit):
-            return conn.recv()
-    except (EOFError, OSError):  # the worker died mid-call (killed from outside): score False, respawn next call
-        pass
-    proc.kill()  # overran or died: a fresh worker starts on the next call
-    proc.join()
-    conn.close()
-    _worker = None
-    return False
+# MATH: math-verify (in its worker process: plumbing/verifier.py), plain numbers compared exactly
 
 
 _PLAIN_NUMBER = re.compile(r"-?\s*(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
@@ -260,7 +199,7 @@ def _math_side_equal(answer, pred, time_limit):
     gold, guess = plain_number(str(answer)), plain_number(pred)
     if gold is not None and guess is not None:
         return gold == guess
-    return _math_equal(f"${answer}$", f"${pred}$", time_limit)
+    return verifier.equal(f"${answer}$", f"${pred}$", time_limit)
 
 
 def math_reward(completion, answer):

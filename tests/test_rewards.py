@@ -259,14 +259,14 @@ def test_math_worker_respawns_warm_after_a_kill():
     """A worker killed from outside is replaced on the next call, and the replacement is warmed up
     before the time limit applies: a trigonometric identity right after the respawn is scored
     correct (its first sympy use once cost more than the 0.5 s limit)."""
-    import rewards
+    from plumbing import verifier
 
     assert math_correct("<answer>3</answer>", "3")
-    proc = rewards._worker[0]
+    proc = verifier.worker[0]
     proc.kill()
     proc.join()
     assert math_correct("<answer>2\\sin x\\cos x</answer>", "\\sin 2x")
-    assert rewards._worker[0] is not proc and rewards._worker[0].is_alive()
+    assert verifier.worker[0] is not proc and verifier.worker[0].is_alive()
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
