@@ -166,9 +166,9 @@ def _whole(va, vb, op):
     return num // den if den and num % den == 0 else None
 
 
-def generate(n, seed=0, split=None, unique=False, num_range=(1, 20), target_range=(1, 100)):
+def generate(n, seed=0, split=None, unique=False, num_range=num_range, target_range=target_range):
     """n solvable items; each carries "expr", one solution. split: None (any), or only problems of one
-    of data.split_of's parts; unique: no problem twice."""
+    of data.split_of's parts; unique: no problem twice. The ranges default to the config block's."""
     rng = random.Random(seed)
     allowed = list(range(len(OPS)))
     items, seen, attempts = [], set(), 0

@@ -201,11 +201,12 @@ def blank_counts(n, weights, rng):
     return out
 
 
-def generate(n, seed=0, split=None, unique=False, sudoku_blanks=(8, 8), sudoku_test_blanks=()):
+def generate(n, seed=0, split=None, unique=False, sudoku_blanks=sudoku_blanks, sudoku_test_blanks=sudoku_test_blanks):
     """n puzzles with exactly one solution and between sudoku_blanks[0] and [1] empty cells ("0").
     The split goes by the *solution grid*, so no test grid is ever a training puzzle's answer (of the
     288 grids, 226 train, 21 validation, 41 test); unique: no puzzle twice. sudoku_test_blanks
-    ((blanks, weight), ...): the test and validation puzzles' blank counts in these proportions."""
+    ((blanks, weight), ...): the test and validation puzzles' blank counts in these proportions. The
+    options default to the config block's."""
     lo, hi = sudoku_blanks
     if not 0 <= lo <= hi <= 12:  # a 4x4 Sudoku needs at least 4 clues for a unique solution
         raise ValueError(
