@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from plumbing import data, ddp, logs
+from plumbing import data, ddp, logs, restore
 from plumbing.configurator import declared
 from plumbing.errors import config_errors
 from plumbing.families import native_departures, unwrap
@@ -295,7 +295,7 @@ def main():
                 file=sys.stderr,
             )
     specs = (
-        [checkpoint.resolve(s) for s in cfg["models"]]
+        [restore.resolve(s) for s in cfg["models"]]
         if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
         else []
     )
@@ -356,7 +356,7 @@ def main():
     rows, samples = [], []
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":
-            model, tok, _ = checkpoint.load_trained(
+            model, tok, _ = restore.load_trained(
                 spec, device=device, merge_lora=cfg["merge_lora"], base=cfg["base_model"] or None
             )
         else:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from plumbing import checkpoint, ddp, logs
+from plumbing import checkpoint, ddp, logs, restore
 from plumbing.errors import config_errors
 from plumbing.fsdp import whole_state
 from plumbing.model import resolved
@@ -81,7 +81,7 @@ def resume(cfg, run, model, opt, sched, jsonl, may_change):
         return 0, {}
     only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
     args = (cfg.output_dir, model, opt, sched, vars(cfg), may_change, jsonl, run.master, run.log, only, run.world)
-    return checkpoint.resume(*args)
+    return restore.resume(*args)
 
 
 def halt(output_dir, step, why, fix):

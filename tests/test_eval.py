@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eval import standard_error
-from plumbing import checkpoint
+from plumbing import checkpoint, restore
 from plumbing.families import FAMILIES
 from plumbing.logits import forward_logits
 from plumbing.model import add_lora, load, save
@@ -64,7 +64,7 @@ def test_standard_error_known_cases():
 @pytest.mark.parametrize("merge", [True, False])
 def test_load_trained_gives_the_trained_model(tmp_path, lora_rank, merge):
     trained, path = fake_run(tmp_path, lora_rank)
-    loaded, _, cfg = checkpoint.load_trained(path, merge_lora=merge)
+    loaded, _, cfg = restore.load_trained(path, merge_lora=merge)
     assert cfg["lora_r"] == lora_rank
     ids = torch.randint(10, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

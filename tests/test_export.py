@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_train import ROOT, run
 
-from plumbing import checkpoint
-from plumbing.checkpoint import resolve
+from plumbing import checkpoint, restore
 from plumbing.logits import forward_logits
+from plumbing.restore import resolve
 
 # runs in a fresh interpreter, from another folder, without this project on its path
 LOADER = """
@@ -54,7 +54,7 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
     assert out.returncode == 0 and "exported" in out.stdout, out.stderr[-2000:]
     assert resolve(f"{tmp_path}/export") == ("model", f"{tmp_path}/export")  # eval.py takes it as a model
 
-    trained, _, _ = checkpoint.load_trained(ckpt, merge_lora=False)  # the project's own model, unmerged
+    trained, _, _ = restore.load_trained(ckpt, merge_lora=False)  # the project's own model, unmerged
     ids = torch.randint(10, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = forward_logits(trained, ids)

@@ -161,16 +161,16 @@ def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
 
 @pytest.mark.parametrize("sharded", [["--fsdp"], []], ids=["fsdp", "ddp"])
 def test_sigterm_in_a_step_longer_than_torchrun_waits_saves_the_last_finished_step(tmp_path, uninterrupted, sharded):
-    """Every rollout 12 s longer (tests/faults.py), torchrun waiting 3 s after its SIGTERM before it kills
+    """Every rollout 6 s longer (tests/faults.py), torchrun waiting 1 s after its SIGTERM before it kills
     the ranks: the rollouts stop where they stand, every rank agrees, and the checkpoint of the last
     finished step is written in time; the resume ends where the uninterrupted run did."""
-    faults = ["tests/faults.py", "slow_rollouts=12", "--", *SMALL, *sharded, f"--output_dir={tmp_path}"]
-    cmd = [*TORCHRUN, "--shutdown_timeout", "3", "--nproc_per_node", "2", *faults, *STEPS]
+    faults = ["tests/faults.py", "slow_rollouts=6", "--", *SMALL, *sharded, f"--output_dir={tmp_path}"]
+    cmd = [*TORCHRUN, "--shutdown_timeout", "1", "--nproc_per_node", "2", *faults, *STEPS]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and logged_steps(tmp_path)):
         time.sleep(0.05)
-    time.sleep(2)  # inside the second step's 12 s rollout
+    time.sleep(2)  # inside the second step's 6 s rollout
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=300)[1]

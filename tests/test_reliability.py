@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_train import ROOT, SMALL, assert_same, params, run
 
-from plumbing import checkpoint
+from plumbing import checkpoint, restore
 
 FAST = ["--max_steps=10", "--save_steps=2", "--save_total_limit=3"]
 
@@ -310,7 +310,7 @@ def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     other, _ = load("tiny", tiny_overrides=dict(d_ff=256))
     before = {n: p.clone() for n, p in other.named_parameters()}
     with pytest.raises(SystemExit, match="different model"):
-        checkpoint.restore(path, checkpoint.read(path), other)
+        restore.restore(path, checkpoint.read(path), other)
     assert all(torch.equal(before[n], p) for n, p in other.named_parameters())
 
 
@@ -462,14 +462,12 @@ def test_a_damaged_checkpoint_is_never_used(tmp_path, how):
     damage(f"{tmp_path}/checkpoint-2", how)
     if "adapters" in how:
         with pytest.raises(SystemExit, match="incomplete|has shape"):
-            checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
+            restore.load_trained(f"{tmp_path}/checkpoint-2")
     if how.startswith("a byte flipped"):  # eval.py and export.py refuse it in one line
         with pytest.raises(SystemExit, match=f"checkpoint-2: {how.removeprefix('a byte flipped in ')} is damaged"):
-            checkpoint.load_trained(f"{tmp_path}/checkpoint-2")
+            restore.load_trained(f"{tmp_path}/checkpoint-2")
     warnings = []
-    step, _ = checkpoint.resume(
-        str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=warnings.append
-    )
+    step, _ = restore.resume(str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=warnings.append)
     assert step == 1 and "checkpoint-2" in warnings[0] and "trying an older checkpoint" in warnings[0]
     assert all(torch.allclose(p, good[n] - 0.02) for n, p in model.named_parameters() if p.requires_grad)
 
@@ -482,7 +480,7 @@ def test_no_fresh_start_over_damaged_checkpoints(tmp_path):
     with open(f"{tmp_path}/log.jsonl", "w") as f:
         f.write('{"step": 1}\n{"step": 2}\n')
     with pytest.raises(SystemExit, match="none of the 2 checkpoints .* can be used"):
-        checkpoint.resume(str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=lambda *a: None)
+        restore.resume(str(tmp_path), model, opt, sched, {}, (), (f"{tmp_path}/log.jsonl",), log=lambda *a: None)
     assert (
         checkpoint.names(str(tmp_path)) == ["checkpoint-1", "checkpoint-2"]
         and len(open(f"{tmp_path}/log.jsonl").readlines()) == 2
@@ -545,7 +543,7 @@ def test_a_checkpoint_cannot_name_a_hub_repository_to_run(tmp_path):
         f"{tmp_path}/run", 1, model, opt, sched, {"model_name_or_path": "tiny", "lora_r": 0}, base="someone/a-fork"
     )
     with pytest.raises(SystemExit, match="a hub id that is not a family's released model.*--base_model=someone/a-fork"):
-        checkpoint.load_trained(ckpt)
+        restore.load_trained(ckpt)
     assert is_shipped_or_official("GSAI-ML/LLaDA-8B-Instruct") and is_shipped_or_official("JetLM/SDAR-8B-Chat")
     assert is_shipped_or_official("models/tiny-countdown") and not is_shipped_or_official("someone/a-fork")
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
 
-from plumbing import checkpoint  # noqa: E402
+from plumbing import restore  # noqa: E402
 from plumbing.errors import ConfigError  # noqa: E402
 from plumbing.families import unwrap  # noqa: E402
 from plumbing.model import merge_lora_float32, save  # noqa: E402
@@ -29,10 +29,10 @@ from plumbing.model import merge_lora_float32, save  # noqa: E402
 def export(source, out_dir, base=None):
     """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir. base: the
     base model as the user names it (default: the one the checkpoint names)."""
-    kind, path = checkpoint.resolve(source)
+    kind, path = restore.resolve(source)
     if kind != "checkpoint":
         raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
-    model, tok, cfg = checkpoint.load_trained(path, merge_lora=False, base=base)
+    model, tok, cfg = restore.load_trained(path, merge_lora=False, base=base)
     dtype = next(unwrap(model).parameters()).dtype  # the base model's own: bf16 for LLaDA
     if cfg.get("lora_r", 0) > 0:  # load_trained read the run the same way: no lora_r is full fine-tuning
         model = merge_lora_float32(model)
