@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements, on one CUDA GPU with 80 GB (an H100), each part under 10 minutes:
 #   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
-#   bash bench/gpu.sh fsdp      # tiny train.py under --fsdp on every GPU; the memory model, measured at 4 blocks
-#   bash bench/gpu.sh compile   # the same benches with torch.compile'd blocks
+#   bash bench/gpu.sh fsdp      # tiny train.py under --fsdp on every GPU; the memory model, measured at 4 layers
+#   bash bench/gpu.sh compile   # the same benches with torch.compile'd layers
 #   bash bench/gpu.sh wheels    # (where pip reaches PyPI) the pinned transformers, peft and their hub
 #                               # libraries as Python 3.12 wheels in .whl/, for a GPU machine without them
 # A GPU image with another transformers (5.x cannot load LLaDA's remote code): when .whl/ holds wheels,

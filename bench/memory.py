@@ -11,7 +11,7 @@ What train.py holds on CUDA, per parameter (P: the model's, A: LoRA's):
   DDP + LoRA   bf16 base 2P; float32 adapters 4A, their gradients 4A, DDP's gradient buckets 4A, AdamW 8A
   DDP, full    bf16 weights 2P, gradients 2P, DDP's buckets 2P, AdamW moments in the weights' dtype 4P
   FSDP, full   float32 master weights, gradients and AdamW moments, (4 + 4 + 8)P / gpus; rollouts gather
-               the whole model once in bf16 (2P) and free it before the update, which gathers one block
+               the whole model once in bf16 (2P) and free it before the update, which gathers one layer
                at a time (two with prefetch)
   FSDP + LoRA  the float32 base 4P / gpus, adapters as above / gpus; rollouts gather 2P as above
 Activations kept for backward, per token and layer, in bf16 (attention by a fused kernel: no L x L
@@ -37,7 +37,7 @@ from plumbing.tiny_llada import TinyLLaDAConfig, TinyLLaDAModel  # noqa: E402
 gpus = 8  # GPUs the run is spread over (torchrun ranks, all nodes together) [1, inf)
 prompt_length = 256  # prompt tokens of an update's rows (the run's prompts, padded; at most max_prompt_length)
 gpu_memory_gib = 80.0  # what one GPU has (an H100: 80 GB)
-n_layers = 32  # blocks of the LLaDA-8B shape (fewer: a stand-in small enough to measure on one GPU) [1, inf)
+n_layers = 32  # transformer layers of the LLaDA-8B shape (fewer: a stand-in small enough to measure on one GPU)
 measure = False  # also run FSDP full fine-tuning at this shape and print its measured peaks (CUDA, under torchrun)
 # --- end of config
 
@@ -75,14 +75,14 @@ def rollout_working_set(shape, rows, tokens, block):
 def rows_of_table(shape, P, A, n):
     """(setup, weights, gradients, optimizer, rollout gather, update extra) in bytes, per GPU. FSDP's
     update also holds the root (embeddings, head: R parameters) gathered in bf16 from forward to the
-    end of backward, with its bf16 gradient and the float32 copy reduced, and the next block prefetched."""
+    end of backward, with its bf16 gradient and the float32 copy reduced, and the next layer prefetched."""
     R = 2 * shape["vocab_size"] * shape["d_model"] + shape["d_model"]
-    block = (P - R) / shape["n_layers"]
+    layer = (P - R) / shape["n_layers"]
     return [
         ("DDP + LoRA", 2 * P + 4 * A, 4 * A + 4 * A, 8 * A, 0, 0),
         ("DDP, full", 2 * P, 2 * P + 2 * P, 4 * P, 0, 0),
-        ("FSDP, full", 4 * P / n, 4 * P / n, 8 * P / n, 2 * P, (2 + 2 + 4) * R + (2 * 2 + 2 + 4) * block),
-        ("FSDP + LoRA", (4 * P + 4 * A) / n, 8 * A / n, 8 * A / n, 2 * P, 2 * R + 2 * 2 * block),
+        ("FSDP, full", 4 * P / n, 4 * P / n, 8 * P / n, 2 * P, (2 + 2 + 4) * R + (2 * 2 + 2 + 4) * layer),
+        ("FSDP + LoRA", (4 * P + 4 * A) / n, 8 * A / n, 8 * A / n, 2 * P, 2 * R + 2 * 2 * layer),
     ]
 
 
@@ -129,7 +129,7 @@ def main():
     rows, tokens = cfg["per_device_train_batch_size"], args.prompt_length + cfg["max_completion_length"]
     rollout = rollout_working_set(shape, rows, tokens, cfg["block_length"])
     out(
-        f"# LLaDA-8B shape, {args.n_layers} blocks: {P / 1e9:.3f} B parameters; LoRA r {lora_r} on {n_adapted} layers "
+        f"# LLaDA-8B shape, {args.n_layers} layers: {P / 1e9:.3f} B parameters; LoRA r {lora_r} on {n_adapted} layers "
         f"({', '.join(targets)}): {A / 1e6:.1f} M; {args.gpus} GPUs of {args.gpu_memory_gib:g} GiB"
     )
     out(
