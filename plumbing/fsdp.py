@@ -3,7 +3,8 @@ holds 1/world of the weights, gradients and AdamW moments, and a transformer lay
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
 - training forwards and backwards are collectives (a layer's all-gather, its gradients'
-  reduce-scatter), so every rank runs the same number of them (ddp.passes_to_fill counts the zero-loss passes agrpo.accumulate_gradients adds);
+  reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients adds the
+  zero-loss passes ddp.passes_to_fill counts);
 - rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
   gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
   threshold decoding takes its own step counts) with no collective in between;
