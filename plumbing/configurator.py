@@ -17,6 +17,7 @@ import traceback
 from plumbing.errors import ConfigError
 
 BEGIN, END = "# --- config", "# --- end of config"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 KEY = re.compile(r"(\w+)\s*(?::\s*([\w |]+?))?\s*=\s*(.+?)\s*#\s*(.*)")  # key[: types] = default  # comment
 TYPES = {"bool": bool, "str": str, "int": int, "float": float, "tuple": tuple}
 # other code's names for these keys (TRL, nanoGPT, verl, LLaDA's generate, d1): the "did you mean"
@@ -90,7 +91,8 @@ def preset_values(path):
 def help_text(script, sections, ranges):
     """The script's docstring's first paragraph, then its keys by group: default, comment, range."""
     lines = [(ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0], ""]
-    lines.append(f"usage: python {os.path.basename(script)} [config.py ...] [--key=value ...] [--print_config]")
+    where = os.path.relpath(os.path.abspath(script), ROOT)  # tools/sft.py, bench/x.py: as run from the repository
+    lines.append(f"usage: python {where} [config.py ...] [--key=value ...] [--print_config]")
     width = max(len(k) for _, keys in sections for k in keys) + 2
     for heading, keys in sections:
         lines += ["", f"{heading}:"] * bool(heading) + [
