@@ -144,20 +144,20 @@ def kept_rows(advantages, beta):
     return keep.nonzero().squeeze(1)
 
 
-def one_process_fill(passes, last_has_rows):
-    """Zero-loss passes one process adds: one when its last micro-batch has no rows, so that AdamW always
-    sees a gradient, if only zeros (under torchrun: plumbing/ddp.passes_to_fill)."""
-    return 0 if last_has_rows else 1
-
-
-def accumulate_gradients(model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext, fill=None):
+def accumulate_gradients(
+    model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext, fill_to_ranks=None
+):
     """One inner iteration's gradient in .grad: for every micro-batch and draw j (or the draws that
     share a forward), the clipped loss of the tokens read and its backward, scaled by
-    1/micro-batches. Returns (loss, metrics). fill(passes, last_has_rows): the zero-loss passes added
-    after them (`zero_loss`), with which ranks take part in each other's collectives."""
+    1/micro-batches. Returns (loss, metrics). A last micro-batch without rows adds one zero-loss pass
+    (`zero_loss`), so AdamW always sees a gradient, if only zeros; fill_to_ranks(passes, fill) (under
+    torchrun, plumbing/ddp.passes_to_fill) gives the zero-loss passes that let ranks take part in each
+    other's collectives."""
     loss_sum, metrics = 0.0, {}
     plans = [draw_passes(model, b.draws[it]) if len(b.rows) else [] for b in batches]  # one draw a forward, or many
-    fill = (fill or one_process_fill)(sum(map(len, plans)), bool(len(batches[-1].rows)))
+    fill = 0 if len(batches[-1].rows) else 1
+    if fill_to_ranks is not None:
+        fill = fill_to_ranks(sum(map(len, plans)), fill)
     for a, (b, passes) in enumerate(zip(batches, plans)):
         d, rows, total = b.draws[it], b.rows, 0.0
         for n, js in enumerate(passes):

@@ -183,10 +183,17 @@ def update(model, opt, batches, cfg, amp):
     micro-batches, then the norm clip and one AdamW step, skipped when it is not finite. Returns (mean
     loss, summed metrics, last grad norm, steps skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
-    fill = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
+    fill_to_ranks = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
     for it in range(cfg.num_iterations):
         loss, m = accumulate_gradients(
-            model, batches, it, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, amp=amp, fill=fill
+            model,
+            batches,
+            it,
+            epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high,
+            beta=cfg.beta,
+            amp=amp,
+            fill_to_ranks=fill_to_ranks,
         )
         grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
         loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
@@ -263,11 +270,11 @@ def main():
         # the model the update runs: DDP's wrapper (its gradient all-reduce) under torchrun; FSDP's shards itself
         run.train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
         positions = count_positions(model)  # the compute of each step, logged per completion
+        run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
+        run.bar = tqdm(range(start, total_steps), "AGRPO", initial=start, total=total_steps, disable=not run.master)
         run.save = functools.partial(lifecycle.save, cfg, run, model, opt, sched, tok, nonfinite)
         run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
-        run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
 
-        run.bar = tqdm(range(start, total_steps), "AGRPO", initial=start, total=total_steps, disable=not run.master)
         for step in run.bar:
             t0, positions[0] = time.time(), 0
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks

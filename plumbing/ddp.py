@@ -89,10 +89,8 @@ def seeded(seed, *key, device="cpu"):
     return torch.Generator(device=device).manual_seed(int(digest[:15], 16))
 
 
-def passes_to_fill(model, passes, last_has_rows):
-    """Zero-loss forward-backward passes this rank adds to its `passes` (agrpo.accumulate_gradients). DDP
-    all-reduces once, on the last backward: a rank whose last micro-batch has no rows runs one for it (so
-    AdamW always sees a gradient, if only zeros). FSDP gathers and reduces at every forward and backward:
-    each rank runs as many as the busiest, counting that one."""
-    fill = 0 if last_has_rows else 1
+def passes_to_fill(model, passes, fill):
+    """Zero-loss forward-backward passes this rank runs after its `passes` (agrpo.accumulate_gradients),
+    given its own `fill`. DDP all-reduces once, on the last backward: `fill` as it is. FSDP gathers and
+    reduces at every forward and backward: each rank runs as many passes as the busiest."""
     return most_over_ranks(passes + fill) - passes if is_sharded(model) else fill

@@ -31,16 +31,9 @@ def training_run(output_dir, resume, overwrite, sharded):
     stop = catch_stop_signals()
     with config_errors():
         distributed, rank, world, device = ddp.init_processes(sharded=sharded)
-    run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0)
-    run.stop, run.save, run.finished, run.last_saved, run.bar, run.reporter, run.train_model = (
-        stop,
-        None,
-        None,
-        0,
-        None,
-        None,
-        None,
-    )
+    run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0, stop=stop)
+    run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
+    run.last_saved = 0
     run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     )
