@@ -31,12 +31,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import data, ddp, logs, restore
-from plumbing.configurator import declared
-from plumbing.errors import config_errors
+from plumbing.errors import ConfigError, config_errors
+from plumbing.eval_settings import eval_settings
 from plumbing.families import native_departures, unwrap
 from plumbing.logits import computes_in_float32
+from plumbing.model import load
 from rewards import extract_answer
-from sample import check_blocks, check_settings, decode_completions, generate
+from sample import check_blocks, decode_completions, generate
 
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
@@ -170,186 +171,12 @@ def summarize(records):
     )
 
 
-def step_grid(cfg):
-    """(G, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
-    sampler before any model is loaded."""
-    from plumbing.errors import ConfigError
-
-    grid = []
-    for G in cfg["max_completion_length"]:
-        counts = cfg["sampling_steps"] or tuple(max(1, round(f * G)) for f in cfg["step_fractions"])
-        for m in dict.fromkeys(counts):
-            try:
-                check_settings(G, cfg["block_length"], m, unmasking=cfg["unmasking"])
-            except ValueError as e:
-                raise ConfigError(f"completion length {G}, {m} steps: {e}") from None
-            grid.append((G, m, None))
-        for tau in cfg["thresholds"]:
-            try:
-                check_settings(G, cfg["block_length"], 1, unmasking="threshold", threshold=tau)
-            except ValueError as e:
-                raise ConfigError(f"completion length {G}: {e}") from None
-            grid.append((G, None, tau))
-    return grid
-
-
-# what a training run records that decides how it is evaluated: eval.py key -> train.py key
-RUN_SETTINGS = {
-    **{
-        k: k
-        for k in ("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length")
-    },
-    **{k: k for f in data.option_files() for k in declared(f)},
-    **{k: k for k in ("max_completion_length", "block_length", "sampling_steps")},
-}
-
-
-def run_settings(train_cfg):
-    """The eval.py settings a training config (a checkpoint's, or a preset's) decides."""
-    out = {
-        k: tuple(train_cfg[t]) if isinstance(train_cfg[t], list) else train_cfg[t]
-        for k, t in RUN_SETTINGS.items()
-        if t in train_cfg
-    }
-    for k in ("max_completion_length", "sampling_steps"):  # one value in a run, a grid here
-        if k in out:
-            out[k] = (out[k],)
-    if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
-        del out["eval_items"]
-    if train_cfg.get("unmasking") == "threshold":  # a run that decodes by threshold is evaluated by it alone
-        out |= dict(thresholds=(train_cfg["threshold"],), sampling_steps=(), step_fractions=())
-    return out
-
-
-def take_run_settings(cfg, given, specs, preset, train_cfg):
-    """Fill cfg, where the command line left a key alone, from the checkpoints among the models, then
-    from training presets (a setting a checkpoint recorded stays, and a preset or the command line that
-    differs from it is said in one line). Returns {key: where its value came from}."""
-    from plumbing import checkpoint
-    from plumbing.errors import ConfigError
-
-    sources = {}
-    if "step_fractions" in given:  # steps asked for as fractions of G: the run's one step count would override them
-        given = given | {"sampling_steps"}
-    for path in [spec for kind, spec in specs if kind == "checkpoint"]:
-        for k, v in run_settings(checkpoint.read(path)["config"]).items():
-            if k in given:
-                if k in ("task", "system_prompt") and cfg[k] != v:
-                    print(f"note: {path} was trained with {k}={v!r}; evaluating with --{k}={cfg[k]!r}", file=sys.stderr)
-                continue
-            if k in sources and cfg[k] != v:
-                raise ConfigError(
-                    f"{sources[k]} and {path} were trained with different {k} ({cfg[k]!r}, {v!r}): "
-                    f"evaluate them apart, or choose one with --{k}"
-                )
-            cfg[k], sources[k] = v, path
-    if train_cfg:
-        for k, v in run_settings(train_cfg).items():
-            if k in sources and cfg[k] != v:  # what the checkpoint was trained with wins over a preset
-                print(
-                    f"note: {sources[k]} was trained with {k}={cfg[k]!r}, {preset} sets {v!r}: evaluated as trained",
-                    file=sys.stderr,
-                )
-            elif k not in given and k not in sources:
-                cfg[k], sources[k] = v, preset
-        if "output_dir" not in given:
-            cfg["output_dir"] = os.path.join(train_cfg["output_dir"], "eval")
-    return sources
-
-
-def settings_line(cfg, sources, given):
-    """Which run settings were used, grouped by where each came from."""
-    where = {}
-    for k in [*RUN_SETTINGS, *(["thresholds"] if "thresholds" in sources else [])]:
-        source = sources.get(k, "the command line" if k in given else "eval.py's defaults")
-        value = f"{len(cfg[k])} characters" if k == "system_prompt" and len(cfg[k]) > 40 else repr(cfg[k])
-        where.setdefault(source, []).append(f"{k}={value}")
-    return "; ".join(f"from {source}: {', '.join(kv)}" for source, kv in where.items())
-
-
 def main():
-    from plumbing import checkpoint
-    from plumbing.configurator import configure, preset_values
-    from plumbing.errors import ConfigError
-    from plumbing.model import load
-
-    # a positional argument is a preset: of eval.py's own keys (applied as given on the command line),
-    # or else a training preset (the run settings it implies, as for a checkpoint)
-    argv = sys.argv[1:]
-    files = {a: preset_values(a) for a in argv if not a.startswith("-")}  # each preset's values, read once
-    own = {f: keys for f, keys in files.items() if keys.keys() <= declared(__file__).keys()}
-    presets = [f for f in files if f not in own]
-    own_args = [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")]
-    cfg = configure(__file__, own_args, data.option_files(), ranges=RANGES)
-    on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
-    given = on_command_line | {k for keys in own.values() for k in keys}
-    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-    train_cfg = configure(train_py, presets, data.option_files()) if presets else None
-    if presets and "models" not in given:  # a training preset names its models: its base and its run, if run
-        run = train_cfg["output_dir"]
-        cfg["models"] = (train_cfg["model_name_or_path"], *([run] if checkpoint.newest(run) else []))
-        cfg["labels"] = cfg["labels"] if "labels" in given else ("base", "AGRPO")[: len(cfg["models"])]
-        if not checkpoint.newest(run):
-            print(
-                f"note: {run} holds no checkpoint yet: evaluating {train_cfg['model_name_or_path']} alone",
-                file=sys.stderr,
-            )
-    specs = (
-        [restore.resolve(s) for s in cfg["models"]]
-        if cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
-        else []
-    )
-    sources = take_run_settings(cfg, given, specs, presets[-1] if presets else None, train_cfg)
-    sources |= {k: f for f, keys in own.items() for k in keys if k not in on_command_line}
-    if "--print_config" in argv:
-        print(json.dumps(cfg, indent=1))
-        sys.exit(0)
-    with config_errors():
-        data.check_task_options(cfg["task"], cfg)
-    if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
-        raise ConfigError(
-            f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()"
-        )
-    if cfg["eval_file"] not in ("", "hub") and not os.path.exists(cfg["eval_file"]):
-        raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
-    if cfg["eval_items"] == 0:
-        raise ConfigError("--eval_items=0 scores nothing: give a count, or -1 for the whole test set")
-    lists = [
-        ("models", cfg["models"], lambda v: isinstance(v, str) and v, "a non-empty tuple of model paths"),
-        (
-            "max_completion_length",
-            cfg["max_completion_length"],
-            lambda v: isinstance(v, int) and v >= 1,
-            "a non-empty tuple of lengths >= 1",
-        ),
-        (
-            "step_fractions",
-            cfg["step_fractions"] or (1.0,),
-            lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
-            "in (0, 1]",
-        ),
-        ("sampling_steps", cfg["sampling_steps"] or (1,), lambda v: isinstance(v, int) and v >= 1, "step counts >= 1"),
-    ]
-    for key, values, ok, rule in lists:
-        if not values or not all(ok(v) for v in values):
-            raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
-    grid = step_grid(cfg)
-    try:  # where the results go must take them, before any model is loaded
-        os.makedirs(cfg["output_dir"], exist_ok=True)
-        with open(os.path.join(cfg["output_dir"], ".write_test"), "w"):
-            pass
-        os.remove(os.path.join(cfg["output_dir"], ".write_test"))
-    except OSError as e:
-        why = "it is a file" if os.path.isfile(cfg["output_dir"]) else e.strerror
-        raise ConfigError(f"--output_dir={cfg['output_dir']} cannot hold the results ({why})") from None
+    cfg, specs, grid, system, sources = eval_settings(__file__, sys.argv[1:], RANGES)
     names = list(cfg["labels"]) or list(cfg["models"])
 
     distributed, rank, world, device = ddp.init_processes()
     with config_errors():  # a malformed data file (file, line and field named), a generator that cannot deliver
-        recorded = sources.get("system_prompt") in [
-            spec for kind, spec in specs if kind == "checkpoint"
-        ]  # the text itself
-        system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
 
@@ -423,7 +250,7 @@ def main():
         table = logs.results_table(rows)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
         header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
-        header += f"Settings {settings_line(cfg, sources, given)}.\n\n"
+        header += f"Settings {sources}.\n\n"
         with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
