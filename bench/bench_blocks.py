@@ -185,7 +185,7 @@ base, tok = load("models/tiny-countdown-block", device=args.device)
 counter = count_positions(base)
 from plumbing.configurator import declared  # noqa: E402
 
-options = {k: default for k, (default, _) in declared(data.task_file("countdown")).items()}  # as tools/sft.py trains
+options = {k: default for k, (default, *_) in declared(data.task_file("countdown")).items()}  # as tools/sft.py trains
 test_items = data.test_set("countdown", "", args.base_items, 0, **options)
 L8 = 16  # the base's completion length (tools/sft.py), in its blocks of 8
 print(

@@ -1,8 +1,7 @@
-"""nanoGPT-style configuration: `python train.py [configs/x.py ...] [--key=value ...]`. A script's keys are
-the commented assignments between `# --- config` and `# --- end of config`, grouped under comment lines:
-defaults, --help and the only keys there are. Presets run over them, then each --key=value is read as a
-Python literal (a bare word stays a string). A wrong type (an annotated key takes the types it names), an
-unknown key, a float not finite or a value outside the script's RANGES stops the script in one line."""
+"""nanoGPT-style configuration: `python train.py [configs/x.py ...] [--key=value ...]`. A script's keys are the
+assignments between `# --- config` and `# --- end of config`, under comment-line headings. Presets run over the
+defaults, then each --key=value is read as a Python literal (a bare word stays a string). A wrong type, an unknown
+key, a float not finite or a value outside the script's RANGES stops the script in one line."""
 
 import ast
 import contextlib
@@ -32,23 +31,17 @@ SYNONYMS = dict(
 )  # fmt: skip
 
 
-def groups(script):
-    """[(heading, {key: (default, comment, types)})] of the script's config block, in order."""
-    block = open(script).read().split(BEGIN, 1)[1].split(END, 1)[0]
-    out = [("", {})]
-    for line in block.splitlines()[1:]:
+def declared(script):
+    """{key: (default, comment, types, heading)} of the script's config block, in order."""
+    keys, heading = {}, ""
+    for line in open(script).read().split(BEGIN, 1)[1].split(END, 1)[0].splitlines()[1:]:
         if match := KEY.fullmatch(line):
             key, types, default, comment = match.groups()
             types = tuple(TYPES[t.strip()] for t in types.split("|")) if types else ()
-            out[-1][1][key] = (ast.literal_eval(default), comment, types)
+            keys[key] = (ast.literal_eval(default), comment, types, heading)
         elif line.startswith("# "):
-            out.append((line[2:], {}))
-    return [(heading, keys) for heading, keys in out if keys]
-
-
-def declared(script):
-    """{key: (default, comment)} of the script's config block."""
-    return {k: v[:2] for _, keys in groups(script) for k, v in keys.items()}
+            heading = line[2:]
+    return keys
 
 
 def coerce(key, value, default, types=()):
@@ -57,19 +50,18 @@ def coerce(key, value, default, types=()):
         return value
     if (type(default), type(value)) in ((float, int), (tuple, list)):
         return type(default)(value)
-    raise ConfigError(
-        f"--{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__} (default {default!r})"
-    )
+    expected = f"expected {type(default).__name__} (default {default!r})"
+    raise ConfigError(f"--{key}={value!r} has type {type(value).__name__}, {expected}")
 
 
 def check_ranges(config, ranges):
     """Stop at a float that is not finite, or at a value outside its interval (ranges: {key: "[1, inf)"})."""
-    for key, value in config.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{key}={value!r} must be a finite number")
-    for key, interval in ranges.items():
+    for key, v in config.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"--{key}={v!r} must be a finite number")
+        if not (interval := ranges.get(key)):
+            continue
         low, high = (float(a) ** int(b or 1) for a, _, b in (x.partition("**") for x in interval[1:-1].split(",")))
-        v = config[key]
         if not ((low <= v if interval[0] == "[" else low < v) and (v <= high if interval[-1] == "]" else v < high)):
             raise ConfigError(f"--{key}={v!r} must be in {interval}")
 
@@ -88,31 +80,29 @@ def preset_values(path):
     return {k: v for k, v in scope.items() if not (k.startswith("_") or callable(v) or type(v).__name__ == "module")}
 
 
-def help_text(script, sections, ranges):
-    """The script's docstring's first paragraph, then its keys by group: default, comment, range."""
+def help_text(script, known, ranges):
+    """The script's docstring's first paragraph, the usage line as run from the repository, its keys by heading."""
     lines = [(ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0], ""]
-    where = os.path.relpath(os.path.abspath(script), ROOT)  # tools/sft.py, bench/x.py: as run from the repository
-    lines.append(f"usage: python {where} [config.py ...] [--key=value ...] [--print_config]")
-    width = max(len(k) for _, keys in sections for k in keys) + 2
-    for heading, keys in sections:
-        lines += ["", f"{heading}:"] * bool(heading) + [
-            f"  --{k:<{width}} {d!r:<22} {c}{' ' + ranges[k] if k in ranges else ''}" for k, (d, c, _) in keys.items()
-        ]
+    lines.append(f"usage: python {os.path.relpath(script, ROOT)} [config.py ...] [--key=value ...] [--print_config]")
+    width, heading = max(map(len, known)) + 2, ""
+    for k, (default, comment, _, under) in known.items():
+        lines += ["", f"{under}:"] if under != heading else []
+        lines.append(f"  --{k:<{width}} {default!r:<22} {comment} {ranges.get(k, '')}".rstrip())
+        heading = under
     return "\n".join(lines)
 
 
 def configure(script, argv=None, option_files=(), ranges=None):
     """The resolved config dict of `script`: its defaults and those of `option_files` (the task files'
     generator options), then presets and --key=value overrides in order. --help and --print_config exit."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sections = groups(script) + [
-        (f"options of {os.path.relpath(p, root)}", k) for p in option_files for _, k in groups(p)
-    ]
-    known = {k: v for _, keys in sections for k, v in keys.items()}
-    config, ranges, argv = {k: v[0] for k, v in known.items()}, ranges or {}, sys.argv[1:] if argv is None else argv
+    script, ranges, argv = os.path.abspath(script), ranges or {}, sys.argv[1:] if argv is None else argv
+    known = declared(script)
+    for path in option_files:
+        known |= {k: (*v[:3], f"options of {os.path.relpath(path, ROOT)}") for k, v in declared(path).items()}
     if "--help" in argv or "-h" in argv:
-        print(help_text(script, sections, ranges))
+        print(help_text(script, known, ranges))
         sys.exit(0)
+    config = {k: v[0] for k, v in known.items()}
     for arg in (a for a in argv if a != "--print_config"):
         if arg.startswith("--"):
             key, eq, raw = arg[2:].partition("=")
@@ -123,9 +113,7 @@ def configure(script, argv=None, option_files=(), ranges=None):
             pairs, where = preset_values(arg), f"{arg} sets "
         for key, value in pairs.items():
             if key not in known:
-                close = (
-                    [SYNONYMS[key]] if SYNONYMS.get(key) in known else difflib.get_close_matches(key, known, 2, 0.75)
-                )
+                close = [s] if (s := SYNONYMS.get(key)) in known else difflib.get_close_matches(key, known, 2, 0.75)
                 hint = f" (did you mean {' or '.join('--' + k for k in close)}?)" if close else ""
                 raise ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
             config[key] = coerce(key, value, known[key][0], known[key][2])

@@ -126,7 +126,7 @@ def test_help_print_config_and_unknown_keys(capsys):
         configure(script, ["--help"], data.option_files())
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for key, (default, comment) in keys.items():
+    for key, (default, comment, *_) in keys.items():
         assert f"--{key}" in out and repr(default) in out and comment and comment in out, key
     for args, words in [
         (["--lr=1"], "did you mean --learning_rate"),
