@@ -2,10 +2,10 @@
 
 import glob
 import os
-import subprocess
 import sys
 
 import pytest
+import warm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 def test_bench_quick(script, flags, expect):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, script, "--quick", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
     )
     assert out.returncode == 0, out.stderr
@@ -48,7 +48,7 @@ def test_bench_quick(script, flags, expect):
 def test_compare_estimators_quick(tmp_path, config):
     """Sweep, test runs, tables; a second call finds every run and evaluation cached and redoes none."""
     cmd = [sys.executable, "bench/compare_estimators.py", "--quick", config, f"--output_dir={tmp_path}/run"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert os.listdir(tmp_path) == ["run_quick"]  # never the folder of the measured results
     tmp_path = tmp_path / "run_quick"
@@ -60,14 +60,14 @@ def test_compare_estimators_quick(tmp_path, config):
     )
     assert ("sudoku" in text) == ("sudoku" in config) and os.path.getsize(f"{tmp_path}/reward_curves.png") > 0
     stamps = {p: os.path.getmtime(p) for p in glob.glob(f"{tmp_path}/runs/*/*") if not p.endswith(".lock")}
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: os.path.getmtime(p) for p in stamps} == stamps  # nothing retrained or re-scored
 
 
 def test_compare_threshold_quick(tmp_path):
     cmd = [sys.executable, "bench/compare_threshold.py", "--quick", f"--output_dir={tmp_path}/run"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert os.listdir(tmp_path) == ["run_quick"]  # never the folder of the measured results
     text = open(f"{tmp_path}/run_quick/RESULTS.md").read()
@@ -78,7 +78,7 @@ def test_compare_threshold_quick(tmp_path):
 def test_bench_scripts_are_configured_like_train_py():
     """The benches take train.py's key names as --key=value, list them in --help, and refuse any
     other spelling in one line (with a "did you mean" for another library's name)."""
-    help_text = subprocess.run(
+    help_text = warm.run(
         [sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True
     ).stdout
     for key in ("--mc_samples", "--lora_r", "--gradient_checkpointing", "--sampling_steps", "--max_completion_length"):
@@ -88,14 +88,14 @@ def test_bench_scripts_are_configured_like_train_py():
         ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
         ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'"),
     ]:
-        out = subprocess.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        out = warm.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_memory_model_counts_llada_8b():
     """bench/memory.py: the parameter count of LLaDA-8B's shape from its config by hand (embedding, 32
     blocks of attention, SwiGLU and two norms, final norm, head), and the sharded rows as 1/gpus."""
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "bench/memory.py", "--gpus=4"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr

@@ -4,10 +4,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
+import warm
 
 from plumbing import data
 from plumbing.data import (
@@ -238,7 +238,7 @@ BAD_FILES = [  # (file name, bytes, words of the one-line error)
 def one_line_failure(script, *args):
     """Run a script that must fail; its error is one line and no traceback (idle: ~5 s). Returns stderr."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, script, *args], cwd=root, capture_output=True, text=True, timeout=120)
+    out = warm.run([sys.executable, script, *args], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     return out.stderr
@@ -527,7 +527,7 @@ def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
         f.write(TOY_REWARD)
 
     def script(*args):
-        return subprocess.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
+        return warm.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
 
     assert "--toy_digits" in script("train.py", "--help").stdout
     bad = script("train.py", "--task=toy", "--toy_digits=9")

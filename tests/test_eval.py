@@ -4,11 +4,11 @@ loading (full and LoRA, merged or not), and one-line errors for bad input."""
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 
 from eval import standard_error
 from plumbing import checkpoint, restore
@@ -28,7 +28,7 @@ def run_eval(args, nproc=1):
     if nproc > 1:
         launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"]  # a free port
         cmd = [sys.executable, *launch, "eval.py", *SMALL, *args]
-    return subprocess.run(
+    return warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
 
@@ -168,7 +168,7 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     checkpoint.save(f"{tmp_path}/run", 3, model, opt, sched, config)
     args = [f"{sys.executable}", "eval.py", f"--models=('{tmp_path}/run',)", "--labels=()"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(
+    out = warm.run(
         [*args, f"--output_dir={tmp_path}/e"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -177,7 +177,7 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     assert all("Fill the grid. See notes.txt" in s["prompt"] for s in samples)
     header = open(f"{tmp_path}/e/results.md").read().split("|")[0]
     assert "sudoku, 5 test items" in header and f"from {tmp_path}/run/checkpoint-3: task='sudoku'" in header
-    out = subprocess.run(
+    out = warm.run(
         [*args, "--eval_items=3", "--system_prompt=", f"--output_dir={tmp_path}/f"],
         cwd=ROOT,
         capture_output=True,
@@ -189,15 +189,13 @@ def test_a_run_is_evaluated_as_it_was_trained(tmp_path):
     assert len(samples) == 3 and not any("Fill the grid." in s["prompt"] for s in samples)
     assert "from the command line: system_prompt='', eval_items=3" in open(f"{tmp_path}/f/results.md").read()
     # a preset of another task, or --task, never silently changes what the checkpoint was trained on
-    preset = subprocess.run(
-        [*args, "configs/llada_gsm8k.py", "--print_config"], cwd=ROOT, capture_output=True, text=True
-    )
+    preset = warm.run([*args, "configs/llada_gsm8k.py", "--print_config"], cwd=ROOT, capture_output=True, text=True)
     assert json.loads(preset.stdout)["task"] == "sudoku"
     assert (
         f"{tmp_path}/run/checkpoint-3 was trained with task='sudoku', configs/llada_gsm8k.py sets 'gsm8k'"
         in preset.stderr
     )
-    asked = subprocess.run([*args, "--task=countdown", "--print_config"], cwd=ROOT, capture_output=True, text=True)
+    asked = warm.run([*args, "--task=countdown", "--print_config"], cwd=ROOT, capture_output=True, text=True)
     assert json.loads(asked.stdout)["task"] == "countdown"
     assert "was trained with task='sudoku'; evaluating with --task='countdown'" in asked.stderr
 
@@ -207,7 +205,7 @@ def test_a_training_preset_serves_eval(tmp_path):
     128 steps, the whole test set, the task's own system turn, full sentences); with
     configs/llada_eval.py after it, as the released evaluation decodes (256 tokens, blocks of 32)."""
     cmd = [sys.executable, "eval.py", "configs/llada_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
-    cfg = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    cfg = json.loads(warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
     assert (cfg["task"], cfg["max_completion_length"], cfg["block_length"], cfg["sampling_steps"]) == (
         "gsm8k",
         [384],
@@ -217,7 +215,7 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert (cfg["eval_items"], cfg["system_prompt"], cfg["compact_prompt"], cfg["seed"]) == (-1, "task", False, 333)
     assert cfg["output_dir"] == "runs/llada_gsm8k/eval"
     released = [*cmd[:3], "configs/llada_eval.py", *cmd[3:]]
-    cfg = json.loads(subprocess.run(released, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    cfg = json.loads(warm.run(released, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
     assert (
         cfg["max_completion_length"],
         cfg["block_length"],
@@ -230,18 +228,18 @@ def test_a_training_preset_serves_eval(tmp_path):
         8,
     )
     assert (cfg["task"], cfg["eval_items"], cfg["system_prompt"]) == ("gsm8k", -1, "task")
-    out = subprocess.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = warm.run([*released, "--block_length=16"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["block_length"] == 16
     # a preset names its own models (its base, and its run once it has a checkpoint), never eval.py's defaults
     dream = [sys.executable, "eval.py", "configs/dream_gsm8k.py", "--print_config"]
-    out = subprocess.run(dream, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = warm.run(dream, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert (json.loads(out.stdout)["models"], json.loads(out.stdout)["labels"]) == (
         ["Dream-org/Dream-v0-Instruct-7B"],
         ["base"],
     )
     assert "runs/dream_gsm8k holds no checkpoint yet" in out.stderr
     sdar = [sys.executable, "eval.py", "configs/sdar_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
-    cfg = json.loads(subprocess.run(sdar, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+    cfg = json.loads(warm.run(sdar, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
     # SDAR's run decodes by dynamic threshold 0.9 in blocks of 4, as dLLM-RL's evaluation does: no fixed-step rows
     assert (cfg["block_length"], cfg["thresholds"], cfg["sampling_steps"], cfg["step_fractions"]) == (4, [0.9], [], [])
 

@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 from test_train import ROOT, run
 
 from plumbing import checkpoint, restore
@@ -45,7 +45,7 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
         else {"config.json", "model.safetensors", "tiny_llada.py"}
     )
     assert weights <= files
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "tools/export.py", f"{tmp_path}/run", f"{tmp_path}/export"],
         cwd=ROOT,
         capture_output=True,
@@ -66,7 +66,7 @@ def test_export_and_checkpoint_load_without_the_project(tmp_path, lora_r):
         lora=lora_r > 0,
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    got = subprocess.run(
+    got = warm.run(
         [sys.executable, "-c", LOADER, json.dumps(args)], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert got.returncode == 0, got.stderr[-2000:]
@@ -81,5 +81,5 @@ def test_export_refuses_a_model_and_an_existing_folder(tmp_path):
         (["tiny", f"{tmp_path}/x"], "is a model"),
         ([f"{tmp_path}/none", f"{tmp_path}/there"], "exists"),
     ]:
-        out = subprocess.run([sys.executable, "tools/export.py", *args], cwd=ROOT, capture_output=True, text=True)
+        out = warm.run([sys.executable, "tools/export.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and words in out.stderr and "Traceback" not in out.stderr, out.stderr

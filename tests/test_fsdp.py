@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import warm
 from test_reliability import logged_steps
 from test_train import ROOT, SMALL, assert_same, params, run
 
@@ -24,7 +25,7 @@ STEPS = ["--max_steps=6", "--save_steps=2", "--save_total_limit=4"]
 
 def fsdp_run(args, nproc=2):
     cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), "train.py", *SMALL, "--fsdp", *args]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -47,7 +48,7 @@ def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
     the mixed-precision policy of CUDA runs keeps float32 weights and gradients and computes in bf16."""
     models = ["models/tiny-countdown", "models/tiny-countdown-block"]
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_ranks.py", str(tmp_path), *models]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
     for m in range(len(models)):
@@ -93,7 +94,7 @@ def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
 
 def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
     """export.py and eval.py take a sharded run's checkpoint as they take any other."""
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "tools/export.py", uninterrupted, f"{tmp_path}/export"],
         cwd=ROOT,
         capture_output=True,
@@ -104,7 +105,7 @@ def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
     exported = checkpoint.tensors(f"{tmp_path}/export")
     assert_same(params(f"{uninterrupted}/checkpoint-6"), exported, atol=0)
     cmd = [sys.executable, "eval.py", f"--models=('{uninterrupted}',)", "--labels=()", "--eval_items=4"]
-    out = subprocess.run(
+    out = warm.run(
         cmd + [f"--output_dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
     )
     assert out.returncode == 0 and "checkpoint-6" in out.stdout + out.stderr, out.stderr[-2000:]
@@ -113,7 +114,7 @@ def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
 def test_fsdp_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted):
     """kill -9 of every process at a random moment; the resume ends where the uninterrupted run did."""
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}", *STEPS]
-    proc = subprocess.Popen(
+    proc = warm.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True
     )
     deadline = time.time() + 300
@@ -131,7 +132,7 @@ def test_fsdp_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
     """Rank 0 killed halfway through writing checkpoint-4 (tests/faults.py under torchrun): the
     half-written folder is never taken for a checkpoint and the resume ends bit-identical."""
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/faults.py", "kill_in_save=4", "--", *SMALL, "--fsdp"]
-    out = subprocess.run(
+    out = warm.run(
         [*cmd, f"--output_dir={tmp_path}", *STEPS], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
     )
     assert out.returncode != 0 and os.path.exists(f"{tmp_path}/checkpoint-4.tmp"), out.stderr[-2000:]
@@ -146,7 +147,7 @@ def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
     step is gathered and written (none was due), and the resume finishes bit for bit."""
     cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}"]
     cmd += ["--max_steps=6", "--save_steps=100"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = warm.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and len(logged_steps(tmp_path)) >= 2):
         time.sleep(0.05)
@@ -166,7 +167,7 @@ def test_sigterm_in_a_step_longer_than_torchrun_waits_saves_the_last_finished_st
     finished step is written in time; the resume ends where the uninterrupted run did."""
     faults = ["tests/faults.py", "slow_rollouts=6", "--", *SMALL, *sharded, f"--output_dir={tmp_path}"]
     cmd = [*TORCHRUN, "--shutdown_timeout", "1", "--nproc_per_node", "2", *faults, *STEPS]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = warm.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(f"{tmp_path}/log.jsonl") and logged_steps(tmp_path)):
         time.sleep(0.05)
@@ -188,9 +189,7 @@ def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
     so equal to float tolerance), and is refused in one line when it would run only one."""
     shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
     cmd = [*TORCHRUN, "--nproc_per_node", "1", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}/run", *STEPS]
-    out = subprocess.run(
-        [*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
-    )
+    out = warm.run([*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode != 0 and "trained on 2 ranks × --gradient_accumulation_steps=1, this run has 1 × 1" in (
         out.stderr
     ), out.stderr[-2000:]
@@ -202,7 +201,7 @@ def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
 
 def test_fsdp_outside_torchrun_stops_with_one_line(tmp_path):
     cmd = [sys.executable, "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "--fsdp runs under torchrun" in out.stderr.strip().splitlines()[-1]
 
@@ -213,7 +212,7 @@ def test_a_stop_on_rank_0_ends_the_other_ranks_without_a_traceback(tmp_path):
     (tmp_path / "a_file").write_text("")
     for args in ([f"--output_dir={tmp_path}/a_file"], ["--model_name_or_path=models/no_such_model"]):
         cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--max_steps=1", "--eval_items=0", *args]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+        out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
         ours = [  # a frame of the project's own files (not torchrun's, wherever its environment lives)
             line
             for line in out.stderr.splitlines()

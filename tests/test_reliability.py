@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+import warm
 from test_train import ROOT, SMALL, assert_same, params, run
 
 from plumbing import checkpoint, restore
@@ -55,7 +56,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, uninterrupted, seed):
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = warm.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     # wait for the first log line (the model is built and training), then kill somewhere in the run
     deadline = time.time() + 120
     while not os.path.exists(f"{tmp_path}/log.jsonl") and proc.poll() is None and time.time() < deadline:
@@ -74,7 +75,7 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
     """Killed inside the first checkpoint write (step 2: no checkpoint yet, two log lines) or a later
     one: the resume reaches the uninterrupted state and logs every step once."""
     cmd = [sys.executable, "tests/faults.py", f"kill_in_save={step}", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
-    out = subprocess.run(
+    out = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
     assert out.returncode == -signal.SIGKILL
@@ -88,7 +89,7 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted, step):
 
 def test_full_disk_stops_with_one_line_and_resumes(tmp_path, uninterrupted):
     cmd = [sys.executable, "tests/faults.py", "disk_full=4", "--", *SMALL, f"--output_dir={tmp_path}", *FAST]
-    out = subprocess.run(
+    out = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
     assert out.returncode != 0 and "is full: checkpoint 4 not written" in out.stderr and "checkpoint-2" in out.stderr, (
@@ -116,7 +117,7 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
     run is refused unless it resumes or overwrites; a resume that changes what is trained is refused
     naming the key;"""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen(
+    first = warm.Popen(
         [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=1000"],
         cwd=ROOT,
         env=env,
@@ -128,7 +129,7 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
         while not os.path.exists(f"{tmp_path}/log.jsonl") and time.time() < deadline:
             time.sleep(0.1)
         cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--resume_from_checkpoint"]
-        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        second = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert second.returncode != 0 and f"is in use by a running train.py (pid {first.pid}" in second.stderr, (
             second.stderr
         )
@@ -138,7 +139,7 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
         first.wait()
 
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", "--max_steps=2"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "holds a run" in out.stderr and "--overwrite_output_dir" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     run([f"--output_dir={tmp_path}", "--max_steps=2", "--overwrite_output_dir"])
@@ -152,7 +153,7 @@ def test_an_output_dir_belongs_to_one_run(tmp_path):
         "--resume_from_checkpoint",
         "--learning_rate=5e-4",
     ]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "learning_rate=0.001 but this run has learning_rate=0.0005" in out.stderr, out.stderr
 
 
@@ -185,7 +186,7 @@ def test_nonfinite_weights_after_a_step_are_never_saved(tmp_path):
         "--save_steps=1",
         "--save_total_limit=9",
     ]
-    out = subprocess.run(
+    out = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
     assert out.returncode != 0 and "stopping at step 3: the weights are not finite" in out.stderr, out.stderr[-2000:]
@@ -218,7 +219,7 @@ def test_twenty_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
         "--save_steps=1",
         "--save_total_limit=2",
     ]
-    out = subprocess.run(
+    out = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
     assert out.returncode != 0 and "20 non-finite updates in a row" in out.stderr and "Traceback" not in out.stderr, (
@@ -292,7 +293,7 @@ def test_every_knob_has_a_range(args, words):
 @pytest.mark.parametrize("args, words", BAD)
 def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *args]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # idle: 5-10 s
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # idle: 5-10 s
     assert out.returncode != 0 and words in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not any(
@@ -514,12 +515,12 @@ def test_a_checkpoint_cannot_name_code_to_run(tmp_path):
         ["eval.py", f"--models=('{ckpt}',)", "--labels=()", "--eval_items=2", f"--output_dir={tmp_path}/e"],
         ["tools/export.py", ckpt, f"{tmp_path}/export"],
     ):
-        out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        out = warm.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert (
             out.returncode != 0 and f"--base_model={tmp_path}/base" in out.stderr and "Traceback" not in out.stderr
         ), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "tools/export.py", ckpt, f"{tmp_path}/export", f"--base_model={tmp_path}/base"],
         cwd=ROOT,
         capture_output=True,
@@ -553,7 +554,7 @@ def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted,
     """Ctrl-C or a cluster's SIGTERM mid-run: a checkpoint of the last finished step is written (none
     was due), the run ends with one line naming it, and the resume finishes bit for bit."""
     cmd = [sys.executable, "train.py", *SMALL, f"--output_dir={tmp_path}", *FAST, "--save_steps=100"]
-    proc = subprocess.Popen(
+    proc = warm.Popen(
         cmd,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -580,7 +581,7 @@ def test_ctrl_c_and_sigterm_save_the_last_finished_step(tmp_path, uninterrupted,
 
 
 def one_line(cmd, env=None):
-    out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = warm.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     return out.stderr.strip().splitlines()[-1]
 
@@ -660,7 +661,7 @@ def test_eval_and_export_failures_end_in_one_line(tmp_path):
         del state["config"][key]
     json.dump(state, open(f"{tmp_path}/run/checkpoint-1/trainer_state.json", "w"))
     rechecksum(f"{tmp_path}/run/checkpoint-1")
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "tools/export.py", f"{tmp_path}/run", f"{tmp_path}/out"],
         cwd=ROOT,
         capture_output=True,

@@ -5,11 +5,11 @@ import glob
 import json
 import os
 import random
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 
 from likelihood import elbo_draws
 from plumbing import data
@@ -96,7 +96,7 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
 def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     out = f"{tmp_path}/m"
     cmd = [sys.executable, "tools/sft.py", "--max_steps=3", "--batch_size=8", f"--output_dir={out}"]
-    res = subprocess.run(
+    res = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -105,7 +105,7 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
         f"{out}/model.safetensors"
     )
     load(out)
-    bad = subprocess.run(
+    bad = warm.run(
         [sys.executable, "tools/sft.py", "--task=gsm8k"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert (

@@ -4,11 +4,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 
 from plumbing import checkpoint
 
@@ -42,7 +42,7 @@ def run(args, nproc=1, env=None, faults=()):
             *args,
         ]
     e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=e)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=e)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -106,7 +106,7 @@ def test_resume_refuses_other_model(tmp_path):
     run([f"--output_dir={tmp_path}/a", "--max_steps=1"])
     again = [f"--output_dir={tmp_path}/a", "--max_steps=1", "--resume_from_checkpoint", "--max_completion_length=32"]
     cmd = [sys.executable, "train.py", *SMALL, *again]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "max_completion_length" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -145,7 +145,7 @@ def test_help_print_config_and_unknown_keys(capsys):
         "--print_config",
         "--output_dir=/nonexistent/x",
     ]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     cfg = json.loads(out.stdout)
     assert out.returncode == 0 and set(cfg) == set(keys) and not os.path.exists("/nonexistent/x")
     assert (
