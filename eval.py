@@ -33,11 +33,11 @@ from tqdm import tqdm
 from plumbing import data, ddp, logs, restore
 from plumbing.errors import ConfigError, config_errors
 from plumbing.eval_settings import eval_settings
-from plumbing.families import native_departures, unwrap
+from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.logits import computes_in_float32
 from plumbing.model import load
 from rewards import extract_answer
-from sample import check_blocks, decode_completions, generate
+from sample import decode_completions, generate
 
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids

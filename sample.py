@@ -1,24 +1,15 @@
-"""LLaDA's semi-autoregressive sampler, recording the trajectory that AGRPO's policy is defined on
-(ALGORITHM.md §1).
+"""The sampler: LLaDA's semi-autoregressive unmasking, recording the trajectory AGRPO's policy is defined on
+(ALGORITHM.md §1 says why each choice is made).
 
-x = [prompt ; G × MASK]; the G positions form G/b blocks filled left to right, s = m·b/G steps
-per block. Step i of a block with n masked positions commits
+x = [prompt ; G × MASK] is cut into G/b blocks filled left to right in s = m·b/G steps each; step i of a block
+with n masked positions commits k_i = ⌊n/s⌋ + [i < n mod s] of them: the most confident candidates (Gumbel-max
+draws, argmax at T = 0), random ones, or (threshold τ) every one at least τ confident. Each step t is one
+action: with S_t the positions it commits and x_t the state before it,
 
-    k_i = floor(n / s) + [i < n mod s]
+    log π_θ(o) = Σ_t Σ_{j∈S_t} log p_θ(o_j | x_t),
 
-tokens: one forward pass gives logits ℓ (mask logit := −∞), candidates x̂ = argmax(ℓ/T + Gumbel)
-(Gumbel noise in float64; argmax ℓ at T = 0), confidence c = softmax(ℓ)[x̂] (`low_confidence`) or
-c ~ U(0,1) (`random`), c = −∞ outside the block and on committed positions; the k_i highest-c
-positions take x̂.
-
-Each unmasking step t is one action of the policy (the paper's MDP): with S_t the positions
-committed at step t and x_t the state before it,
-
-    log π_θ(o) = Σ_t log π_θ(o_{S_t} | x_t),    log π_θ(o_{S_t} | x_t) = Σ_{j∈S_t} log p_θ(o_j | x_t).
-
-So per completion token we record `unmask_step` (t), `logp` (log p(o_j | x_t) under the sampling
-distribution: mask removed, temperature, top-k, top-p) and that distribution's `entropy`. At
-T = 0 (greedy) `logp` and `entropy` are those of the temperature-1 distribution.
+so every completion token records `unmask_step` (t), `logp` (log p_θ(o_j | x_t) under the sampling
+distribution: mask removed, temperature, top-k, top-p; at T = 0 the temperature-1 one) and its `entropy`.
 """
 
 import math
@@ -27,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 import blocks
-from plumbing.families import block_size
-from plumbing.logits import forward_logits, selected_logits
+from plumbing.families import block_size, check_blocks
+from plumbing.logits import cache_rows, cached_logits, forward_logits, prefill_cache
 
 UNMASKING = ("low_confidence", "random", "threshold")
 
@@ -105,14 +96,10 @@ def check_settings(
 
 
 def policy_logprobs(logits, mask_id, temperature=0.0, top_k=None, top_p=None, keep=None):
-    """log π(· | x_t) per position: the sampling distribution. Shared by sampler and likelihood so
-    the two can never disagree. logits (..., V), any dtype; returns float32 log-probs.
-
-    keep (...,): token ids that top-k/top-p never remove. The likelihood passes the sampled tokens:
-    the truncation is recomputed from the current logits, and a token the rollout sampled at the
-    edge of the set could otherwise fall out of it (bf16 noise between the rollout and the training
-    pass, or an update) and get log p = −inf, ratio 0 and no gradient. With unchanged weights the
-    set is the rollout's, which held the token anyway, so nothing changes there."""
+    """log π(· | x_t) per position: the sampling distribution, shared by sampler and likelihood so the two
+    never disagree. logits (..., V), any dtype; returns float32 log-probs. keep (...,): token ids top-k and
+    top-p never remove (the likelihood's sampled tokens: one at the edge of the set must not get log p = −inf,
+    ALGORITHM.md §1)."""
     logits = logits.float()
     logits[..., mask_id] = float("-inf")  # a committed position must never hold [MASK]
     if temperature > 0:
@@ -195,15 +182,6 @@ def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step):
     entropy[R, C] = entropy_of(dist)
 
 
-def check_blocks(model, block_length):
-    """A block-causal model decodes in its own blocks: raise ValueError for any other block length."""
-    if (size := block_size(model)) and block_length != size:
-        raise ValueError(
-            f"block_length={block_length} must be the model's block size {size}: it attends by blocks (a model "
-            "trained with other blocks whose config names none: add its block_size to config.json)"
-        )
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -281,35 +259,6 @@ def generate(
     )
 
 
-def prefill(model, x, attn, first, kv_cache):
-    """A KV cache holding the canvas before the first decoded block (None without kv_cache)."""
-    if not kv_cache:
-        return None
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    if first:
-        cached_call(model, x, attn, 0, first, cache, store=True)
-    return cache
-
-
-def cache_rows(cache, index):
-    """A cache of some of `cache`'s rows (index into its batch), the original left as it is."""
-    from transformers import DynamicCache
-
-    part = DynamicCache()
-    for layer in range(len(cache)):
-        keys, values = cache[layer]
-        part.update(keys[index], values[index], layer)
-    return part
-
-
-def cached_call(model, x, attn, lo, hi, cache, store=False):
-    """Logits of columns [lo, hi) run over a cache of [0, lo) (none when storing them)."""
-    ids, kw = blocks.cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
-    return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
-
-
 def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0, unmasking="low_confidence", tau=0):
     """The blocks in order, each until its masks are filled, a step committing on every row that still has
     masks in the block: with `steps_per_block` s, LLaDA's k_i positions at step i, or as many as are left
@@ -331,7 +280,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
     done = torch.zeros(B, dtype=torch.bool, device=device)  # an EOS in a finished block
     step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step
     passes = torch.zeros(B, dtype=torch.long, device=device)
-    cache, cached_rows = prefill(model, x, attn, first, kv_cache), torch.arange(B, device=device)
+    cache, cached_rows = prefill_cache(model, x, attn, first) if kv_cache else None, torch.arange(B, device=device)
     N = int(n_blocks.max())
     for block in range(N):
         lo, hi = first + block * b, first + (block + 1) * b
@@ -351,7 +300,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
                 logits = forward_logits(model, x[sub], attn[sub], at=(slice(None), slice(lo, hi)))  # this block only
             else:
                 part = cache if len(going) == len(rows) else cache_rows(cache, going)
-                logits = cached_call(model, x[sub], attn[sub], lo, hi, part)
+                logits = cached_logits(model, x[sub], attn[sub], lo, hi, part)
             passes[sub] += 1
             lp, x_hat, conf = candidates(logits, **sampling, confidence=unmasking != "random")
             if unmasking == "random":
@@ -368,7 +317,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
             commit(x, unmask_step, logp, entropy, sub, cols, chosen, x_hat, lp, step[sub])
             step[sub] += 1
         if cache is not None and len(rows) and block < N - 1:  # the finished block's keys and values, for later steps
-            cached_call(model, x[rows], attn[rows], lo, hi, cache, store=True)
+            cached_logits(model, x[rows], attn[rows], lo, hi, cache, store=True)
         filled = done & (block < n_blocks)  # rows that ended: EOS in this block's positions, in schedule order
         if filled.any():
             x[filled, lo:hi] = stop_eos[0]

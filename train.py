@@ -28,11 +28,11 @@ from likelihood import ESTIMATORS, SCHEMES
 from plumbing import data, ddp, lifecycle, logs, optim
 from plumbing.configurator import configure
 from plumbing.errors import ConfigError, config_errors
-from plumbing.families import native_departures, unwrap
+from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.fsdp import gathered, local
 from plumbing.logits import count_positions
 from plumbing.model import load_policy, model_path_error
-from sample import check_blocks, check_settings, decode_completions, generate
+from sample import check_settings, decode_completions, generate
 
 # --- config
 # model and data

@@ -90,6 +90,15 @@ def block_size(model):
     return int(getattr(unwrap(model).config, "block_size", None) or size) if size else 0
 
 
+def check_blocks(model, block_length):
+    """A block-causal model decodes in its own blocks: raise ValueError for any other block length."""
+    if (size := block_size(model)) and block_length != size:
+        raise ValueError(
+            f"block_length={block_length} must be the model's block size {size}: it attends by blocks (a model "
+            "trained with other blocks whose config names none: add its block_size to config.json)"
+        )
+
+
 def family_part(model, part):
     """A module of the family's layout: part "layers" (the transformer layers' list) or "final_norm"."""
     family, body = family_of(model), unwrap(model)

@@ -1,6 +1,7 @@
 """The denoiser's logits where the algorithm reads them: p_θ(x_0 | x_t) at chosen positions only,
 whatever the family (which position predicts a token, a block model's mask, padding the model's own
-code may mishandle), and a count of the positions every forward runs.
+code may mishandle), the same over a block model's KV cache of finished blocks, and a count of the positions
+every forward runs.
 
     forward_logits(model, ids, attention_mask, at=(slice(None), slice(lo, hi)))   # one block's logits
     forward_logits(model, ids, attention_mask, at=read_mask)                       # (N, V) at N positions
@@ -139,6 +140,33 @@ def selected_logits(model, ids, kw, at):
             f"{name}: logits of shape {got} after selecting positions, expected {tuple(expected)} + (vocab,)"
         )
     return logits
+
+
+def prefill_cache(model, x, attn, first):
+    """A KV cache holding a block model's canvas before its first decoded block (columns [0, first))."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if first:
+        cached_logits(model, x, attn, 0, first, cache, store=True)
+    return cache
+
+
+def cache_rows(cache, index):
+    """A cache of some of `cache`'s rows (index into its batch), the original left as it is."""
+    from transformers import DynamicCache
+
+    part = DynamicCache()
+    for layer in range(len(cache)):
+        keys, values = cache[layer]
+        part.update(keys[index], values[index], layer)
+    return part
+
+
+def cached_logits(model, x, attn, lo, hi, cache, store=False):
+    """Logits of columns [lo, hi) run over a cache of [0, lo) (none when storing them)."""
+    ids, kw = blocks.cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
+    return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
 
 
 def count_positions(model):
