@@ -1,22 +1,14 @@
-"""The AGRPO update (ALGORITHM.md §4): group-relative advantages and the PPO-clip objective
-on stepwise log-probabilities.
+"""The AGRPO update (ALGORITHM.md §4): group-relative advantages and the PPO-clip objective on the
+log-probabilities of likelihood.py's draws. For a group of R = num_generations completions with rewards r_i,
+and each draw j (a step, or a mask) with importance weight w_ij:
 
-For a group of R completions of one prompt (R = num_generations) with rewards r_i:
-
-    A_i = r_i − mean_group(r)                      (÷ the group's sample std with scale_rewards)
-
-For each draw j (a sampled step t_j for AGRPO, a random mask for ELBO/one-step) and each token o
-it reads, with ρ = exp(log π_θ − log π_old) and w_ij the draw's importance weight:
-
-    ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·ρ·k3,
-    k3    = exp(r − n) − (r − n) − 1               (r: reference log-prob, n: current)
+    A_i   = r_i − mean_group(r)                                 (÷ the group's std with scale_rewards)
+    ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·ρ·k3,   ρ = exp(log π_θ − log π_old)
+    k3    = exp(r − n) − (r − n) − 1                             (r: reference log-prob, n: current)
     L     = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
-norm_i is m' for AGRPO: with uniform steps w = m'/k, so L is Σ over tokens / (k·N), a per-sequence
-mean over steps. `accumulate_gradients` calls backward once per draw, so peak memory is one
-forward pass whatever k is; on a block-diffusion model a row's draws share one packed forward
-(blocks.py) and one backward. For AGRPO, log π_old of a sampled step is the rollout's own recorded logp
-(exact, no forward pass); ELBO and one-step need an old-policy pass on the same masks.
+`accumulate_gradients` calls backward once per draw (a block model: once per row's packed draws), so peak
+memory is one forward pass whatever k is.
 """
 
 import contextlib

@@ -1,29 +1,15 @@
 """Blocks: where each row's diffusion blocks lie, and for block-diffusion models (SDAR, TraDo, the embedded
-tiny_block) the attention by blocks and the two exact shortcuts it gives (ALGORITHM.md §6).
+tiny_block) the block-causal attention and its two exact shortcuts (ALGORITHM.md §6 shows why they are exact):
+a KV cache of the finished blocks during a rollout, and every sampled step's state in one packed forward of
+P + G + k·b positions, [prompt ; o ; copy_1 ; … ; copy_k] with copy_i = x_{t_i} in block b(t_i).
 
-Two layouts. A bidirectional model (LLaDA, Dream) is decoded as LLaDA's generate.py does: the G completion
-positions cut into blocks of b from the first completion token. A block-diffusion model is decoded, trained
-and scored in the layout it was trained in (SDAR's SFT, its generate.py, JetEngine): blocks of b counted from
-the row's first real token, so the prompt's last P mod b tokens share the first decoded block with
-b − P mod b masks, and the last block is decoded whole (up to b − 1 positions past G). Under left padding
-each row has its own offset; the sampler lays rows on a canvas where every row's blocks start at the same
-columns (`canvas`) and reads the completions back (`completion_columns`).
-
-A block-causal model lets a position see its own block and every block before it, never a later one. The
-sampler fills the blocks in order, so
-
-1. at every step the blocks before the current one are finished: their keys and values never change
-   again, and a rollout keeps them in a KV cache and runs only the current block;
-2. the state x_t of step t differs from the final sequence only inside the block of that step (earlier
-   blocks are clean, later ones are invisible to it). So log p_θ(o_j | x_t) for the tokens of step t is
-   the model's output on the clean prefix before that block followed by one noisy copy of it. Many steps
-   fit in one forward: the clean sequence, then one noisy copy of a block per step, each copy seeing the
-   clean prefix before its block and itself, at its block's positions: with every step, the exact stepwise
-   sum in one pass of P + G + m'·b positions. The same layout scores an ELBO draw block by block (one copy
-   per block, each given the final blocks before it): the block-wise bound block-diffusion models train on.
-
-The model is called with SDAR's arguments: a (B, 1, Q, K) bool attention mask, position_ids counted from
-each row's first real token, past_key_values and store_kv.
+A bidirectional model (LLaDA, Dream) is decoded as LLaDA's generate.py does: blocks of b from the first
+completion token. A block model is decoded, trained and scored in its own layout (SDAR's SFT and generate.py):
+blocks of b from the row's first real token, so the prompt's last P mod b tokens share the first decoded
+block, and the last block is decoded whole (up to b − 1 positions past G). Under left padding each row has its
+own offset: `canvas` lays the rows out so that their blocks start at the same columns, `completion_columns`
+reads the completions back. The model is called with SDAR's arguments: a (B, 1, Q, K) bool attention mask,
+position_ids counted from each row's first real token, past_key_values and store_kv.
 """
 
 import torch

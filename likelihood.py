@@ -1,26 +1,17 @@
-"""Log-likelihood estimators of a sampled completion o (ALGORITHM.md §2 and §3).
+"""log π_θ(o) of a sampled completion: AGRPO's stepwise estimator and the ablations (ALGORITHM.md §2 and §3,
+which say why the first is unbiased and the others are not).
 
-Stepwise (AGRPO, exact in expectation). With S_t the positions committed at step t and x_t the
-rollout state before step t (every position of step >= t masked, prompt never masked):
+Stepwise: with f(t) = Σ_{j∈S_t} log p_θ(o_j | x_t) under the sampling distribution and m' one plus the last
+step that committed a non-EOS token, log π_θ(o) = Σ_{t<m'} f(t), estimated from k drawn steps:
 
-    log π_θ(o) = Σ_{t<m'} f(t),   f(t) = Σ_{j∈S_t} log p_θ(o_j | x_t)
+    uniform, low-discrepancy:  Σ_j (m'/k) f(t_j),        t_j = ⌊u_j m'⌋ (u stratified over the batch's B·k draws)
+    entropy (importance):      Σ_j f(t_j) / (k q(t_j)),  q(t) ∝ Σ_{j∈S_t} H_j, mixed with uniform
+    exact:                     Σ_{t<m'} f(t)
 
-under the sampling distribution (mask removed, temperature, top-k, top-p). m' is the last step
-that committed a non-EOS token (+1): later steps only pad with EOS. Drawing k steps gives
-
-    uniform / low-discrepancy:  Σ_j (m'/k) f(t_j),        t_j = floor(u_j m'), u_j ~ U(0,1)
-    entropy importance:         Σ_j f(t_j) / (k p(t_j)),  p(t) ∝ Σ_{j∈S_t} H_j (mixed with uniform)
-
-all unbiased for the sum; low-discrepancy stratifies the u's over all B·k draws of the batch.
-
-ELBO (LLaDA/VRPO, biased): l ~ U{1..G} stratified over the batch, mask l completion positions,
-    log p(o) >= E[(G/l) Σ_{masked j} log p_θ(o_j | masked)],   k draws averaged.
-One-step mean field (diffu-GRPO, biased): mask the whole completion and each prompt token with
-probability p, log π ≈ Σ_j log p_θ(o_j | prompt', all-mask), k draws averaged.
-
-Every estimator returns `Draws`: masked inputs, which positions each draw reads, a weight per
-draw and a per-row normaliser, so the same loss runs on all three, and current, old and reference
-policies see the same masks and steps. Randomness comes only from an explicit torch.Generator.
+ELBO: (G/l) Σ_{masked j} log p_θ(o_j | x_l), l ~ U{1..G}. One-step: Σ_j log p_θ(o_j | prompt', all MASK).
+Every estimator returns `Draws` (masked inputs, the positions each draw reads, a weight per draw, a per-row
+normaliser), so one loss runs on all three and the current, old and reference policies see the same draws.
+Randomness comes only from an explicit torch.Generator.
 """
 
 from dataclasses import dataclass
