@@ -1,6 +1,6 @@
 """AGRPO training (ALGORITHM.md): for each step, roll out a group of completions per prompt and
 record each one's unmasking trajectory, score them, take group-relative advantages, draw k of each
-trajectory's m steps, and take PPO-clip steps on the stepwise estimate of log π(o).
+trajectory's m steps, and take PPO-clip updates on the stepwise estimate of log π(o).
 
     python train.py                 # the embedded default: models/tiny-countdown (tools/sft.py) on Countdown
     python train.py configs/llada_gsm8k.py --learning_rate=1e-6
@@ -179,7 +179,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
 
 
 def update(model, opt, batches, cfg, amp):
-    """μ PPO-clip steps on one batch of rollouts (ALGORITHM.md §4): each inner iteration's gradient over all
+    """μ PPO-clip updates on one batch of rollouts (ALGORITHM.md §4): each inner iteration's gradient over all
     micro-batches, then the norm clip and one AdamW step, skipped when it is not finite. Returns (mean
     loss, summed metrics, last grad norm, steps skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
@@ -289,7 +289,7 @@ def main():
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
             lifecycle.stop_if_signalled(run.stop)
 
-            # 2. update: μ PPO-clip steps on the stepwise (or ablation) estimate of log π(o)
+            # 2. update: μ PPO-clip updates on the stepwise (or ablation) estimate of log π(o)
             loss, metrics, grad_norm, skipped = update(run.train_model, opt, batches, cfg, run.amp)
             sched.step()
             nonfinite["total"] += skipped
