@@ -181,7 +181,7 @@ def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
 def update(model, opt, batches, cfg, amp):
     """μ PPO-clip updates on one batch of rollouts (ALGORITHM.md §4): each inner iteration's gradient over all
     micro-batches, then the norm clip and one AdamW step, skipped when it is not finite. Returns (mean
-    loss, summed metrics, last grad norm, steps skipped)."""
+    loss, summed metrics, last grad norm, updates skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
     fill_to_ranks = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
     for it in range(cfg.num_iterations):
