@@ -59,7 +59,9 @@ quick = False  # tiny budget: checks the script end to end
 
 args, cfg, train_args = comparison_config(__file__)  # cfg: train.py's config every run shares (eval.py needs it too)
 if args.quick:
-    args.max_steps, args.eval_items, args.validation_items, args.learning_rates, args.seeds = 2, 8, 8, (1e-3,), (1,)
+    # one rate and the tuning seed: the test runs are the sweep's runs (trained once), scored on the test split
+    args.max_steps, args.eval_items, args.validation_items, args.learning_rates = 2, 8, 8, (1e-3,)
+    args.seeds = (args.tune_seed,)
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
 out += "_quick" if args.quick else ""  # a check of the pipeline never overwrites measured results
@@ -173,7 +175,7 @@ finals += [("stepwise", best["stepwise"], s, "exact", "test") for s in seeds]
 test = run_all(finals, "test runs")
 base_scores = {split: scores(base, "base", split) for split in ("validation", "test")}
 minutes = (time.time() - t0) / 60
-labels = [name(e, lr, s, scheme) for e, lr, s, scheme, _ in [*sweep, *test]]
+labels = list(dict.fromkeys(name(e, lr, s, scheme) for e, lr, s, scheme, _ in [*sweep, *test]))  # a run once
 steps_minutes = sum(train_minutes(label) for label in labels)
 
 # tables

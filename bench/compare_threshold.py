@@ -42,7 +42,7 @@ quick = False  # a few steps: checks the pipeline
 
 args, cfg, train_args = comparison_config(__file__)  # cfg: train.py's config both runs share
 if args.quick:
-    args.max_steps, args.save_steps, args.eval_items = 2, 1, 8
+    args.max_steps, args.save_steps, args.eval_items = 2, 2, 8
     train_args += ["--num_generations=4", "--per_device_train_batch_size=4"]
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
 out += "_quick" if args.quick else ""  # a check of the pipeline never overwrites measured results
