@@ -1,6 +1,7 @@
 """GSM8K: grade-school word problems with a numeric answer (openai/gsm8k; tested on GSM8K Platinum)."""
 
 import rewards
+from plumbing.arithmetic import parse_number
 from plumbing.data import check, hub_dataset
 
 SYSTEM_PROMPT = r"""Solve the math problem below. Reason step by step inside <think> </think> tags.
@@ -32,7 +33,7 @@ def parse_row(where, row):
     for field in ("question", "answer"):
         check(isinstance(row.get(field), str) and row[field].strip(), where, f"field '{field}' missing or empty")
     final = row["answer"].split("####")[-1].strip()  # the hub's answers end in "#### 72"; a bare number is accepted too
-    check(rewards.parse_number(final) is not None, where, f"field 'answer' has no final number: {final[:40]!r}")
+    check(parse_number(final) is not None, where, f"field 'answer' has no final number: {final[:40]!r}")
     return {"question": row["question"], "answer": final.replace(",", "")}
 
 

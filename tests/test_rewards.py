@@ -7,16 +7,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plumbing import data
+from plumbing.arithmetic import eval_arithmetic, parse_number
 from rewards import (
     countdown_correct,
     countdown_reward,
-    eval_arithmetic,
     extract_answer,
     gsm8k_correct,
     gsm8k_reward,
     math_correct,
     math_reward,
-    parse_number,
     sudoku_accuracy,
     sudoku_reward,
 )
