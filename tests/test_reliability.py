@@ -301,6 +301,16 @@ def test_bad_config_stops_train_with_one_line(tmp_path, args, words):
     )  # stopped before any step
 
 
+def test_a_cold_start_stops_with_one_line():
+    """The one-line stop as a user meets it, from a fresh interpreter: a warning printed while torch,
+    transformers or peft import would show here (the suite's other script runs start warm, tests/warm.py)."""
+    for script in ("train.py", "eval.py", "tools/sft.py"):
+        out = subprocess.run([sys.executable, script, "--bogus=1"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 1 and out.stderr.splitlines() == [
+            "config error: unknown key '--bogus'; --help lists them"
+        ], (script, out.stderr[-2000:])
+
+
 def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     from plumbing.model import load
 
