@@ -44,26 +44,23 @@ def declared(script):
     return keys
 
 
-def coerce(key, value, default, types=()):
-    """value if it has the default's type or one of `types` (an int widened to a float, a list made a tuple)."""
-    if type(value) in (type(default), *types):
-        return value
-    if (type(default), type(value)) in ((float, int), (tuple, list)):
-        return type(default)(value)
-    expected = f"expected {type(default).__name__} (default {default!r})"
-    raise ConfigError(f"--{key}={value!r} has type {type(value).__name__}, {expected}")
-
-
-def check_ranges(config, ranges):
-    """Stop at a float that is not finite, or at a value outside its interval (ranges: {key: "[1, inf)"})."""
-    for key, v in config.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"--{key}={v!r} must be a finite number")
-        if not (interval := ranges.get(key)):
-            continue
+def checked(key, value, default, types=(), interval=""):
+    """value as `key` takes it: of its default's type or one of `types` (an int widened to a float, a list made a
+    tuple), a finite float, inside `interval` ("[1, inf)"); anything else stops in one line."""
+    if type(value) not in (type(default), *types):
+        if (type(default), type(value)) not in ((float, int), (tuple, list)):
+            expected = f"expected {type(default).__name__} (default {default!r})"
+            raise ConfigError(f"--{key}={value!r} has type {type(value).__name__}, {expected}")
+        value = type(default)(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{key}={value!r} must be a finite number")
+    if interval:
         low, high = (float(a) ** int(b or 1) for a, _, b in (x.partition("**") for x in interval[1:-1].split(",")))
-        if not ((low <= v if interval[0] == "[" else low < v) and (v <= high if interval[-1] == "]" else v < high)):
-            raise ConfigError(f"--{key}={v!r} must be in {interval}")
+        above = low <= value if interval[0] == "[" else low < value
+        below = value <= high if interval[-1] == "]" else value < high
+        if not (above and below):
+            raise ConfigError(f"--{key}={value!r} must be in {interval}")
+    return value
 
 
 def preset_values(path):
@@ -116,8 +113,7 @@ def configure(script, argv=None, option_files=(), ranges=None):
                 close = [s] if (s := SYNONYMS.get(key)) in known else difflib.get_close_matches(key, known, 2, 0.75)
                 hint = f" (did you mean {' or '.join('--' + k for k in close)}?)" if close else ""
                 raise ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
-            config[key] = coerce(key, value, known[key][0], known[key][2])
-    check_ranges(config, ranges)
+            config[key] = checked(key, value, known[key][0], known[key][2], ranges.get(key))
     if "--print_config" in argv:
         print(json.dumps(config, indent=1))
         sys.exit(0)
