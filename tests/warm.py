@@ -11,6 +11,7 @@ behaviour (environment read at import, imports from an installed wheel, torchrun
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ class Forked:
         argv = list(cmd[1:])
         unbuffered = argv[0] == "-u"
         argv = argv[unbuffered:]
-        self.dir = tempfile.mkdtemp(prefix="warm-")
+        self.dir = tempfile.mkdtemp(prefix="warm-")  # removed once read back
         self.capture = {"stdout": stdout == subprocess.PIPE, "stderr": stderr == subprocess.PIPE}
         files = {k: os.path.join(self.dir, k) if v else os.devnull for k, v in self.capture.items()}
         env = dict(os.environ if env is None else env)
@@ -79,6 +80,8 @@ class Forked:
             self.returncode = _ask(dict(op="wait", pid=self.pid, timeout=timeout))["returncode"]
             if self.returncode is None and raises:
                 raise subprocess.TimeoutExpired(self.pid, timeout)
+            if self.returncode is not None and not any(self.capture.values()):
+                shutil.rmtree(self.dir, ignore_errors=True)  # nothing to read back
         return self.returncode
 
     def send_signal(self, signum):
@@ -93,14 +96,17 @@ class Forked:
 
     def communicate(self, timeout=None):
         self.wait(timeout)
-        return tuple(self._read(k) for k in ("stdout", "stderr"))
+        out = tuple(self._read(k) for k in ("stdout", "stderr"))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return out
 
     def _read(self, name):
         if not self.capture[name]:
             return None
         with open(os.path.join(self.dir, name), "rb") as f:
             data = f.read()
-        return data.decode(errors="replace") if self.text else data
+        # text mode reads as subprocess's does: universal newlines (tqdm's carriage returns become line ends)
+        return data.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n") if self.text else data
 
 
 def run(cmd, cwd=ROOT, env=None, capture_output=False, text=False, timeout=None):
