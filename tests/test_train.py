@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -65,6 +66,24 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     assert_same(one, ddp, atol=1e-5)
     init = params(f"{tmp_path}/one/checkpoint-2")  # sanity: training moved the weights
     assert any((v != 0).any() for v in init.values())
+
+
+def test_a_warm_run_equals_a_cold_one(tmp_path):
+    """The suite's script runs fork from a process that imported everything once (tests/warm.py): the same
+    run from a fresh interpreter writes the same weights and log, so what the suite sees is what a user gets."""
+    args = [*SMALL, "--max_steps=2", "--eval_items=8"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cold = subprocess.run(
+        [sys.executable, "train.py", *args, f"--output_dir={tmp_path}/cold"], cwd=ROOT, capture_output=True, env=env
+    )
+    warm_run = run([f"--output_dir={tmp_path}/warm", "--max_steps=2", "--eval_items=8"])
+    assert cold.returncode == 0 == warm_run.returncode, cold.stderr[-2000:]
+    assert_same(params(f"{tmp_path}/cold/checkpoint-2"), params(f"{tmp_path}/warm/checkpoint-2"), atol=0)
+    logs = [[{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(f"{tmp_path}/{w}/log.jsonl")]
+            for w in ("cold", "warm")]  # fmt: skip
+    assert logs[0] == logs[1] and json.load(open(f"{tmp_path}/cold/final.json")) == json.load(
+        open(f"{tmp_path}/warm/final.json")
+    )
 
 
 def test_resume_reaches_the_uninterrupted_state(tmp_path):
