@@ -17,14 +17,12 @@ train.py writes them; restore.py resumes a run from one and rebuilds the trained
 """
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import socket
 
 import torch
 from safetensors import safe_open
@@ -62,43 +60,6 @@ def remove_partial(out_dir):
     for f in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
         if f.startswith(PREFIX) and f.endswith((".tmp", ".old")):
             shutil.rmtree(os.path.join(out_dir, f), ignore_errors=True)
-
-
-def claim(out_dir, resume, overwrite):
-    """Make out_dir this run's own, before any heavy work: an exclusive lock held for the life of
-    the process (a second run on the folder stops, naming the holder), and a folder that already
-    holds a run (checkpoints or log.jsonl) is continued only with `resume`, emptied with
-    `overwrite`, or refused. Returns the open lock file (keep it referenced)."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, ".lock"), "a+")
-    except OSError as e:  # a file of that name, no permission, a path that cannot exist
-        raise ConfigError(f"--output_dir={out_dir} cannot hold the run ({e.strerror})") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        raise ConfigError(
-            f"--output_dir={out_dir} is in use by a running train.py ({holder}): wait for it or choose another folder"
-        ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    lock.flush()
-    previous = names(out_dir) + [
-        f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))
-    ]
-    if previous and not resume:
-        if not overwrite:
-            raise ConfigError(
-                f"--output_dir={out_dir} holds a run ({', '.join(previous[:3])}): "
-                "--resume_from_checkpoint continues it, --overwrite_output_dir starts over"
-            )
-        for f in previous:
-            path = os.path.join(out_dir, f)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    return lock
 
 
 def newest(out_dir):

@@ -3,8 +3,12 @@ resumed), and how it ends. Ctrl-C or SIGTERM (a cluster's preemption) ends it at
 reaches together, with the checkpoint of the last finished step and one line naming it."""
 
 import contextlib
+import fcntl
+import os
 import random
+import shutil
 import signal
+import socket
 from types import SimpleNamespace
 
 import torch
@@ -12,7 +16,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import checkpoint, ddp, logs, restore
-from plumbing.errors import config_errors
+from plumbing.errors import ConfigError, config_errors
 from plumbing.fsdp import whole_state
 from plumbing.model import resolved
 
@@ -24,7 +28,7 @@ class Interrupted(Exception):
 @contextlib.contextmanager
 def training_run(output_dir, resume, overwrite, sharded):
     """The run, from its processes to its end: one per GPU under torchrun (NCCL), gloo ranks on CPU, or one
-    process; output_dir locked by rank 0 (checkpoint.claim) before any heavy work; stop signals caught.
+    process; output_dir locked by rank 0 (claim) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
     bar, reporter and train_model (DDP's wrapper), which the end closes."""
@@ -38,7 +42,7 @@ def training_run(output_dir, resume, overwrite, sharded):
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     )
     run.log = lambda *a: run.master and a[0] is not None and tqdm.write(" ".join(str(x) for x in a))
-    _lock = checkpoint.claim(output_dir, resume, overwrite) if run.master else None  # held until the process ends
+    _lock = claim(output_dir, resume, overwrite) if run.master else None  # held until the process ends
     if distributed:
         dist.barrier()  # the other ranks start once the folder is this run's
     try:
@@ -81,6 +85,43 @@ def halt(output_dir, step, why, fix):
     """Stop in one line, nothing of this step logged or saved."""
     last = checkpoint.newest(output_dir) or "none written yet"
     raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
+
+
+def claim(out_dir, resume, overwrite):
+    """Make out_dir this run's own, before any heavy work: an exclusive lock held for the life of
+    the process (a second run on the folder stops, naming the holder), and a folder that already
+    holds a run (checkpoints or log.jsonl) is continued only with `resume`, emptied with
+    `overwrite`, or refused. Returns the open lock file (keep it referenced)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:  # a file of that name, no permission, a path that cannot exist
+        raise ConfigError(f"--output_dir={out_dir} cannot hold the run ({e.strerror})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise ConfigError(
+            f"--output_dir={out_dir} is in use by a running train.py ({holder}): wait for it or choose another folder"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    previous = checkpoint.names(out_dir) + [
+        f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))
+    ]
+    if previous and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"--output_dir={out_dir} holds a run ({', '.join(previous[:3])}): "
+                "--resume_from_checkpoint continues it, --overwrite_output_dir starts over"
+            )
+        for f in previous:
+            path = os.path.join(out_dir, f)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return lock
 
 
 def catch_stop_signals():
