@@ -90,10 +90,10 @@ def eval_settings(script, argv, ranges):
     train_py = os.path.join(os.path.dirname(os.path.abspath(script)), "train.py")
     train_cfg = configure(train_py, presets, data.option_files()) if presets else None
     if presets and "models" not in given:  # a training preset names its models: its base and its run, if run
-        run = train_cfg["output_dir"]
-        cfg["models"] = (train_cfg["model_name_or_path"], *([run] if checkpoint.newest(run) else []))
+        run, trained = train_cfg["output_dir"], checkpoint.newest(train_cfg["output_dir"])
+        cfg["models"] = (train_cfg["model_name_or_path"], *([run] if trained else []))
         cfg["labels"] = cfg["labels"] if "labels" in given else ("base", "AGRPO")[: len(cfg["models"])]
-        if not checkpoint.newest(run):
+        if not trained:
             print(
                 f"note: {run} holds no checkpoint yet: evaluating {train_cfg['model_name_or_path']} alone",
                 file=sys.stderr,

@@ -23,11 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _zygote, _lock = None, threading.Lock()
 
 
+def script_argv(cmd):
+    """(the script and its arguments, whether -u was given) of `python [-u] script.py ...`."""
+    unbuffered = list(cmd[1:2]) == ["-u"]
+    return list(cmd[1 + unbuffered :]), unbuffered
+
+
 def warm_enough(cmd, cwd):
     """A `python [-u] script.py` of this checkout: the zygote's modules are its modules. Anything else (-m, -c,
     another program, a script of a copy of the repository) starts cold."""
-    argv = list(cmd[1:])
-    argv = argv[argv[:1] == ["-u"] :]
+    argv, _ = script_argv(cmd)
     if cmd[0] != sys.executable or not argv or argv[0].startswith("-"):
         return False
     return os.path.abspath(os.path.join(cwd, argv[0])).startswith(ROOT + os.sep)
@@ -62,9 +67,7 @@ class Forked:
     and returncode. stdout/stderr go to files, read back by communicate (None where not captured)."""
 
     def __init__(self, cmd, cwd, env, stdout, stderr, text):
-        argv = list(cmd[1:])
-        unbuffered = argv[0] == "-u"
-        argv = argv[unbuffered:]
+        argv, unbuffered = script_argv(cmd)
         self.dir = tempfile.mkdtemp(prefix="warm-")  # removed once read back
         self.capture = {"stdout": stdout == subprocess.PIPE, "stderr": stderr == subprocess.PIPE}
         files = {k: os.path.join(self.dir, k) if v else os.devnull for k, v in self.capture.items()}
@@ -161,8 +164,9 @@ def _serve():
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], 0), (2, request["stderr"], 0)):
-        new = os.open(path, mode or os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], write), (2, request["stderr"], write)):
+        new = os.open(path, mode)
         os.dup2(new, fd)
         os.close(new)
     sys.stdin = open(0)
