@@ -249,6 +249,7 @@ def main():
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     with lifecycle.training_run(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp) as run:
         train_items, test_items = load_data(cfg, run.log)
+        run.train_items = data.items_digest(train_items)  # a resume must train on the same items
         # a logging service that cannot be reached stops the run before the model loads
         run.reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, vars(cfg)) if run.master else None
         model, tok, ref_model = load_models(cfg, run)

@@ -8,6 +8,7 @@ validation and test never share a problem, whatever their sizes.
 
 import csv
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -248,6 +249,12 @@ def run_items(task_name, train_file, eval_file, eval_items, seed, options):
         test,
         f"left out {left_out} of {len(train)} training items: they are held-out problems too" if left_out else None,
     )
+
+
+def items_digest(items):
+    """SHA-256 of the items as loaded: a resume refuses a checkpoint trained on other items under the same
+    settings (a data file edited since, a task generator changed)."""
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def long_prompts_note(tok, task_name, items, system_prompt, compact, max_length, what="training"):

@@ -31,12 +31,13 @@ def training_run(output_dir, resume, overwrite, sharded):
     process; output_dir locked by rank 0 (claim) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
-    bar, reporter and train_model (DDP's wrapper), which the end closes."""
+    bar, reporter and train_model (DDP's wrapper), which the end closes, and train_items (their digest),
+    which checkpoints record and a resume compares."""
     stop = catch_stop_signals()
     with config_errors():
         distributed, rank, world, device = ddp.init_processes(sharded=sharded)
     run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0, stop=stop)
-    run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
+    run.save = run.finished = run.bar = run.reporter = run.train_model = run.train_items = None  # train.py sets them
     run.last_saved = 0
     run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
@@ -68,6 +69,7 @@ def save(cfg, run, model, opt, sched, tok, nonfinite, step):
     whole = whole_state(model, opt) if cfg.fsdp else None
     if run.master:
         kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
+        kw["train_items"] = run.train_items
         return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
 
 
@@ -78,7 +80,7 @@ def resume(cfg, run, model, opt, sched, jsonl, may_change):
         return 0, {}
     only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
     args = (cfg.output_dir, model, opt, sched, vars(cfg), may_change, jsonl, run.master, run.log, only, run.world)
-    return restore.resume(*args)
+    return restore.resume(*args, train_items=run.train_items)
 
 
 def halt(output_dir, step, why, fix):

@@ -12,6 +12,7 @@ the embedded model exercise the path LLaDA-8B takes.
 """
 
 import copy
+import hashlib
 import os
 import shutil
 
@@ -68,7 +69,20 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
+    model.weights_digest = weights_digest(model)  # a LoRA checkpoint records its base's: checkpoint.save
     return model, tok
+
+
+def weights_digest(model, samples=1024):
+    """SHA-256 of `samples` evenly spaced values of each weight tensor, read in bf16 (a float32 copy of bf16
+    weights reads the same): the same base weights give the same digest, weights trained or replaced under
+    the same name another, at the cost of reading 1,024 values a tensor."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        flat = p.detach().reshape(-1)
+        values = flat[:: max(1, flat.numel() // samples)][:samples].to(torch.bfloat16).float().cpu()
+        digest.update(name.encode() + values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save(model, tok, path):

@@ -29,12 +29,25 @@ from plumbing.errors import ConfigError
 from plumbing.model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
 
 
-def restore(path, state, model, opt=None, sched=None, config=None, must_match=(), world=None):
+def restore(path, state, model, opt=None, sched=None, config=None, must_match=(), world=None, train_items=None):
     """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed and every
     file has been read, so a refused checkpoint never leaves the model half-loaded. world: the ranks
-    of the resuming run; with --gradient_accumulation_steps, the same micro-batches a step as before."""
+    of the resuming run; with --gradient_accumulation_steps, the same micro-batches a step as before.
+    train_items: the resuming run's (data.items_digest), which must be those the checkpoint was trained on."""
     if [list(x) for x in state["fingerprint"]] != fingerprint(model):
         raise RunMismatch(f"{path} was written for a different model (its trained parameters differ from this one's)")
+    base_weights = getattr(model, "weights_digest", None)
+    if None not in (state.get("base_weights"), base_weights) and state["base_weights"] != base_weights:
+        raise RunMismatch(
+            f"{path} holds LoRA adapters trained on other base weights than those loaded now: the base model "
+            f"{state['base']} has changed since, or another was named"
+        )
+    if None not in (state.get("train_items"), train_items) and state["train_items"] != train_items:
+        data = f"--train_file={config['train_file']}" if config.get("train_file") else f"the {config['task']} generator"
+        raise RunMismatch(
+            f"{path} was trained on other training items than {data} gives now: resume with the data it was "
+            "trained on, or start over with --overwrite_output_dir"
+        )
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
         if state["config"].get(key) != json.loads(json.dumps(config[key])):
             raise RunMismatch(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
@@ -142,18 +155,22 @@ def check_tensors(path, saved, expected):
         raise ConfigError(f"checkpoint {path} {problem}")
 
 
-def resume(out_dir, model, opt, sched, config, may_change=(), log_paths=(), master=True, log=print, only=None, world=1):
+def resume(
+    out_dir, model, opt, sched, config, may_change=(), log_paths=(), master=True, log=print, only=None, world=1,
+    train_items=None,
+):  # fmt: skip
     """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
     (step, counters), or (0, {}) when there is none. Every key of config but those in may_change must
-    equal the checkpoint's. The steps after it are run again, so their lines in the JSONL files
-    `log_paths` (and a half-written checkpoint) are dropped."""
+    equal the checkpoint's, and so must the training items (their digest). The steps after it are run
+    again, so their lines in the JSONL files `log_paths` (and a half-written checkpoint) are dropped."""
     # the newest readable one (a damaged one is passed over), or the named one as it is
     paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]
     step = None
     for path in paths:
         try:
             state = read(path, with_tensors=True)  # every file read and checked before anything is copied
-            step = restore(path, state, model, opt, sched, config, set(config) - set(may_change) - {ACCUMULATE}, world)
+            must_match = set(config) - set(may_change) - {ACCUMULATE}
+            step = restore(path, state, model, opt, sched, config, must_match, world, train_items)
             break
         except ConfigError as e:
             if only is not None or isinstance(e, RunMismatch):

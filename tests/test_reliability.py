@@ -325,6 +325,58 @@ def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     assert all(torch.equal(before[n], p) for n, p in other.named_parameters())
 
 
+def test_adapters_on_a_base_whose_weights_changed_are_refused(tmp_path):
+    """A LoRA checkpoint records a digest of its base's weights: rebuilt (eval.py, export.py) or resumed on a
+    base whose weights changed under the same name, it stops in one line before any copy; the same weights
+    saved in bf16 load. Full fine-tuning holds every weight and records none."""
+    from plumbing.model import add_lora, load, save
+
+    base = f"{tmp_path}/base"
+    save(*load("tiny", seed=0), base)
+    model = add_lora(load(base)[0], 4, 8)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    config = {"model_name_or_path": base, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": list(LORA)}
+    ckpt = checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, config, base=base)
+    assert restore.load_trained(ckpt, base=base)[2] == config
+    as_bf16, tok = load(base, dtype=torch.bfloat16)
+    save(as_bf16, tok, f"{tmp_path}/base_bf16")
+    restore.load_trained(ckpt, base=f"{tmp_path}/base_bf16")
+    save(*load("tiny", seed=1), base)  # the same name, other weights
+    with pytest.raises(SystemExit, match=f"other base weights than those loaded now: the base model {base}"):
+        restore.load_trained(ckpt, base=base)
+    resumed = add_lora(load(base)[0], 4, 8)
+    before = {n: p.clone() for n, p in resumed.named_parameters()}
+    with pytest.raises(SystemExit, match="other base weights"):
+        restore.restore(ckpt, checkpoint.read(ckpt), resumed, opt, sched)
+    assert all(torch.equal(before[n], p) for n, p in resumed.named_parameters())
+    full = checkpoint.save(f"{tmp_path}/full", 1, *load("tiny")[:1], opt, sched, {"model_name_or_path": "tiny"})
+    assert checkpoint.read(full)["base_weights"] is None
+
+
+def test_a_resume_on_other_training_items_is_refused(tmp_path):
+    """A checkpoint records a digest of the run's training items: resumed after its --train_file was edited,
+    train.py stops in one line naming the file; the file as it was resumes."""
+    from tasks import countdown
+
+    lines = [json.dumps(item) + "\n" for item in countdown.generate(32, seed=0, split="train")]
+    open(f"{tmp_path}/train.jsonl", "w").writelines(lines)
+    args = [f"--train_file={tmp_path}/train.jsonl", f"--output_dir={tmp_path}/run", "--save_steps=1"]
+    run([*args, "--max_steps=2"])
+    resume = [*args, "--max_steps=2", f"--resume_from_checkpoint={tmp_path}/run/checkpoint-1"]
+    run(resume)
+    open(f"{tmp_path}/train.jsonl", "w").writelines(lines[1:])
+    cmd = [sys.executable, "train.py", *SMALL, *resume]
+    out = warm.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        f"config error: {tmp_path}/run/checkpoint-1 was trained on other training items than "
+        f"--train_file={tmp_path}/train.jsonl gives now: resume with the data it was trained on, or start over "
+        "with --overwrite_output_dir"
+    ], out.stderr[-2000:]
+
+
 class RunsCode:
     """Unpickling this object would run a command: the attack a pickled checkpoint allows."""
 
