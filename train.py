@@ -249,14 +249,15 @@ def main():
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     with lifecycle.training_run(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp) as run:
         train_items, test_items = load_data(cfg, run.log)
-        run.train_items = data.items_digest(train_items)  # a resume must train on the same items
+        run.train_items, run.held_out_items = data.items_digest(train_items), data.items_digest(test_items)
         # a logging service that cannot be reached stops the run before the model loads
         run.reporter = logs.open_reporter(cfg.report_to, cfg.output_dir, vars(cfg)) if run.master else None
         model, tok, ref_model = load_models(cfg, run)
         prompts = (cfg.system_prompt, cfg.compact_prompt, cfg.max_prompt_length)
         run.log(data.long_prompts_note(tok, cfg.task, train_items, *prompts))
         accuracy = functools.partial(held_out_accuracy, cfg, run, model, tok, test_items)
-        acc_before = accuracy("before AGRPO") if test_items else None
+        before = functools.partial(accuracy, "before AGRPO")
+        acc_before = run.accuracy_before = lifecycle.accuracy_before(cfg, run, before) if test_items else None
 
         # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
         groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations

@@ -10,7 +10,8 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
                          read with torch.load(weights_only=True), so nothing is ever unpickled
     trainer_state.json   step, base model, the run's resolved config, the fingerprint of the trained
                          parameters (names and shapes), the digests of the base's weights (LoRA) and of
-                         the training items, counters, Python's RNG state
+                         the training and held-out items, the held-out accuracy before training,
+                         counters, Python's RNG state
     checksums.json       the SHA-256 of every other file: a resume, eval.py and export.py use no file
                          whose bytes changed after it was written
 
@@ -80,14 +81,15 @@ def _fsync_tree(folder):
 
 def save(
     out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, whole=None,
-    train_items=None,
+    items=None, accuracy_before=None,
 ):  # fmt: skip
     """Write checkpoint-{step} (into checkpoint-{step}.tmp, then renamed) and keep the newest `keep`.
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]; with frozen parameters its weights' digest (model.weights_digest) is
     recorded. A sharded model (FSDP) passes its trained tensors and optimizer state gathered whole:
-    whole = (weights, optimizer) of fsdp.whole_state. world: the ranks the run trains on. train_items:
-    the digest of the run's training items (data.items_digest). Returns the folder."""
+    whole = (weights, optimizer) of fsdp.whole_state. world: the ranks the run trains on. items: the
+    digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: the held-out
+    accuracy before training, so a resume need not measure it again. Returns the folder."""
     weights, optimizer = whole or (None, None)
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     trained = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)
@@ -104,7 +106,9 @@ def save(
         "config": config,
         "fingerprint": fingerprint(model),
         "base_weights": getattr(model, "weights_digest", None) if frozen else None,
-        "train_items": train_items,
+        "train_items": (items or (None, None))[0],
+        "held_out_items": (items or (None, None))[1],
+        "accuracy_before": accuracy_before,
         "counters": dict(counters or {}),
         "world_size": world,
         "python_rng": list(random.getstate()),

@@ -31,13 +31,14 @@ def training_run(output_dir, resume, overwrite, sharded):
     process; output_dir locked by rank 0 (claim) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
-    bar, reporter and train_model (DDP's wrapper), which the end closes, and train_items (their digest),
-    which checkpoints record and a resume compares."""
+    bar, reporter and train_model (DDP's wrapper), which the end closes; train.py sets the digests of the
+    training and held-out items and the accuracy before training, which checkpoints record."""
     stop = catch_stop_signals()
     with config_errors():
         distributed, rank, world, device = ddp.init_processes(sharded=sharded)
     run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0, stop=stop)
-    run.save = run.finished = run.bar = run.reporter = run.train_model = run.train_items = None  # train.py sets them
+    run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
+    run.train_items = run.held_out_items = run.accuracy_before = None  # train.py sets them
     run.last_saved = 0
     run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
@@ -69,7 +70,7 @@ def save(cfg, run, model, opt, sched, tok, nonfinite, step):
     whole = whole_state(model, opt) if cfg.fsdp else None
     if run.master:
         kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
-        kw["train_items"] = run.train_items
+        kw |= dict(items=(run.train_items, run.held_out_items), accuracy_before=run.accuracy_before)
         return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
 
 
@@ -81,6 +82,23 @@ def resume(cfg, run, model, opt, sched, jsonl, may_change):
     only = cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None
     args = (cfg.output_dir, model, opt, sched, vars(cfg), may_change, jsonl, run.master, run.log, only, run.world)
     return restore.resume(*args, train_items=run.train_items)
+
+
+def accuracy_before(cfg, run, evaluate):
+    """The held-out accuracy before training: on a resume, the one its checkpoint recorded, if measured on the
+    same held-out items (a resume at 8B need not decode them all again); else evaluate()."""
+    path = cfg.resume_from_checkpoint
+    path = (path if isinstance(path, str) else checkpoint.newest(cfg.output_dir)) if path else None
+    try:
+        state = checkpoint.read(path, verify=True) if path else {}  # hashed once: the resume reuses it
+    except ConfigError:
+        state = {}  # a damaged checkpoint: the resume passes it over
+    value = state.get("accuracy_before")
+    recorded = state.get("held_out_items") == run.held_out_items and type(value) is float and 0 <= value <= 1
+    if not ddp.every_rank(recorded):  # the ranks evaluate together, or none does
+        return evaluate()
+    run.log(f"held-out accuracy before AGRPO: {value:.3f} (measured at the start of the run, {path})")
+    return value
 
 
 def halt(output_dir, step, why, fix):

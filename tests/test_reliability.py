@@ -354,19 +354,27 @@ def test_adapters_on_a_base_whose_weights_changed_are_refused(tmp_path):
     assert checkpoint.read(full)["base_weights"] is None
 
 
-def test_a_resume_on_other_training_items_is_refused(tmp_path):
-    """A checkpoint records a digest of the run's training items: resumed after its --train_file was edited,
-    train.py stops in one line naming the file; the file as it was resumes."""
+def test_a_resume_checks_the_training_items_and_reuses_the_accuracy_before(tmp_path):
+    """A checkpoint records digests of the run's training and held-out items and the held-out accuracy
+    before training. Resumed, train.py reuses that accuracy (final.json as the uninterrupted run's), measures
+    it again when the held-out items changed, and, after its --train_file was edited, stops in one line
+    naming the file."""
     from tasks import countdown
 
     lines = [json.dumps(item) + "\n" for item in countdown.generate(32, seed=0, split="train")]
     open(f"{tmp_path}/train.jsonl", "w").writelines(lines)
-    args = [f"--train_file={tmp_path}/train.jsonl", f"--output_dir={tmp_path}/run", "--save_steps=1"]
-    run([*args, "--max_steps=2"])
-    resume = [*args, "--max_steps=2", f"--resume_from_checkpoint={tmp_path}/run/checkpoint-1"]
-    run(resume)
+    args = [f"--train_file={tmp_path}/train.jsonl", f"--output_dir={tmp_path}/run", "--save_steps=1", "--max_steps=2"]
+    run([*args, "--eval_items=4"])
+    final = json.load(open(f"{tmp_path}/run/final.json"))
+    resume = [*args, f"--resume_from_checkpoint={tmp_path}/run/checkpoint-1"]
+    out = run([*resume, "--eval_items=4"])
+    recorded = f"held-out accuracy before AGRPO: {final['accuracy_before']:.3f} (measured at the start of the run"
+    assert recorded in out.stdout and json.load(open(f"{tmp_path}/run/final.json")) == final
+    out = run([*resume, "--eval_items=3"])
+    assert "(measured at the start" not in out.stdout and "before AGRPO: " in out.stdout
+    assert json.load(open(f"{tmp_path}/run/final.json"))["eval_items"] == 3
     open(f"{tmp_path}/train.jsonl", "w").writelines(lines[1:])
-    cmd = [sys.executable, "train.py", *SMALL, *resume]
+    cmd = [sys.executable, "train.py", *SMALL, *resume, "--eval_items=4"]
     out = warm.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )
