@@ -20,7 +20,7 @@ from plumbing import checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # --standalone: a free port
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-STEPS = ["--max_steps=6", "--save_steps=2", "--save_total_limit=4"]
+STEPS = ["--max_steps=6", "--save_steps=2", "--save_total_limit=4", "--eval_items=4"]
 
 
 def fsdp_run(args, nproc=2):
@@ -123,9 +123,13 @@ def test_fsdp_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted):
     time.sleep(random.Random(0).uniform(0.0, 1.0))
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
     proc.wait()
-    fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
+    saved = checkpoint.names(str(tmp_path))
+    out = fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
     assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
     assert logged_steps(tmp_path) == list(range(1, 7))
+    # both ranks take the accuracy before training from the checkpoint, or both measure it (a kill before one)
+    assert json.load(open(f"{tmp_path}/final.json")) == json.load(open(f"{uninterrupted}/final.json"))
+    assert ("(measured at the start of the run" in out.stdout) == bool(saved), (saved, out.stdout[-2000:])
 
 
 def test_fsdp_sigkill_while_writing_a_checkpoint(tmp_path, uninterrupted):
