@@ -3,6 +3,7 @@ as train.py names them), the models they time, a measured matmul peak, FLOP coun
 comparisons' way of running a project script."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -28,13 +29,33 @@ def run_script(threads, script, *args):
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
 
+def run_unless_done(threads, folder, inputs, script, *args):
+    """run_script(threads, script, *args) unless `folder` holds what it wrote for the same `inputs` (a JSON
+    value, recorded in folder/inputs.json once the script succeeds): a comparison called again redoes what
+    its settings change and reuses the rest. Returns whether the script ran."""
+    record, inputs = os.path.join(folder, "inputs.json"), json.loads(json.dumps(inputs))  # tuples as JSON reads them
+    if os.path.isfile(record) and json.load(open(record)) == inputs:
+        return False
+    run_script(threads, script, *args)
+    os.makedirs(folder, exist_ok=True)
+    with open(record, "w") as f:
+        json.dump(inputs, f, indent=1)
+    return True
+
+
+def train_config(train_argv):
+    """train.py's resolved config for these arguments, presets read as they are now."""
+    from plumbing import data
+
+    return configure(os.path.join(ROOT, "train.py"), train_argv, data.option_files())
+
+
 def comparison_config(script, default_preset="configs/tiny_countdown.py"):
     """(the comparison's own config, train.py's config every run shares, train.py's arguments):
     `python bench/x.py [preset.py ...] [--key=value ...]`, where a key of the script's config block
     is the script's and any other key goes to every train.py run, as presets do."""
     from types import SimpleNamespace
 
-    from plumbing import data
     from plumbing.configurator import declared
 
     argv = sys.argv[1:]
@@ -48,7 +69,7 @@ def comparison_config(script, default_preset="configs/tiny_countdown.py"):
     if not any(not a.startswith("-") for a in train_argv):
         train_argv.insert(0, default_preset)
     args = SimpleNamespace(**configure(script, own))
-    return args, configure(os.path.join(ROOT, "train.py"), train_argv, data.option_files()), train_argv
+    return args, train_config(train_argv), train_argv
 
 
 # LLaDA-8B's shape (its config.json): a randomly initialised copy needs no download

@@ -12,7 +12,9 @@ model (models/), everything but the estimator and its rate equal.
 
 Every run is a train.py run with --mc_samples=k forward passes per sequence per update (the same
 compute; exact uses m), then eval.py at each m of eval_sampling_steps. Each finished run and
-evaluation is cached under output_dir/runs, so an interrupted comparison continues where it stopped.
+evaluation is cached under output_dir/runs with the settings it was made with, so an interrupted
+comparison continues where it stopped, and one called again with other settings redoes what they
+change (a run trained otherwise is refused by train.py in one line: choose another output_dir).
 A train.py preset given first (default configs/tiny_countdown.py) and any --key=value that is not
 a key of this script go to every train.py run.
 
@@ -38,9 +40,9 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import comparison_config, run_script  # noqa: E402  (bench/)
+from common import comparison_config, run_unless_done, train_config  # noqa: E402  (bench/)
 
-from plumbing import checkpoint, data  # noqa: E402
+from plumbing import data  # noqa: E402
 
 ESTIMATORS = ("stepwise", "one_step", "elbo")
 
@@ -78,32 +80,25 @@ def name(est, lr, seed, scheme=None):
     return f"{est}{'_' + scheme if scheme else ''}_lr{lr:g}_seed{seed}"
 
 
-def trained(run_dir):
-    newest = checkpoint.newest(run_dir) if os.path.isdir(run_dir) else None
-    return newest is not None and checkpoint.read(newest)["step"] >= args.max_steps
-
-
 def scores(model, label, split):
     """{m: accuracy} of `model` on `split`, from eval.py (cached in output_dir/runs/label/eval_split)."""
     where = os.path.join(out, "runs", label, f"eval_{split}")
-    if not os.path.exists(os.path.join(where, "results.json")):
-        knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
-        n = args.eval_items if split == "test" else args.validation_items
-        run_script(
-            threads,
-            "eval.py",
-            f"--models=({model!r},)",
-            f"--labels=({label!r},)",
-            f"--task={task}",
-            f"--eval_split={split}",
-            "--seed=0",
-            f"--eval_items={n}",
-            f"--max_completion_length=({G},)",
-            f"--block_length={cfg['block_length']}",
-            f"--sampling_steps={tuple(grid_m)!r}",
-            *knobs,
-            f"--output_dir={where}",
-        )
+    knobs = [f"--{k}={cfg[k]!r}" for k in (*data.task_options(task, cfg), "system_prompt", "compact_prompt")]
+    n = args.eval_items if split == "test" else args.validation_items
+    eval_args = [
+        f"--models=({model!r},)",
+        f"--labels=({label!r},)",
+        f"--task={task}",
+        f"--eval_split={split}",
+        "--seed=0",
+        f"--eval_items={n}",
+        f"--max_completion_length=({G},)",
+        f"--block_length={cfg['block_length']}",
+        f"--sampling_steps={tuple(grid_m)!r}",
+        *knobs,
+        f"--output_dir={where}",
+    ]
+    run_unless_done(threads, where, eval_args, "eval.py", *eval_args)
     return {r["sampling_steps"]: r["accuracy"] for r in json.load(open(os.path.join(where, "results.json")))["rows"]}
 
 
@@ -112,21 +107,12 @@ def job(spec):
     est, lr, seed, scheme, split = spec
     label = name(est, lr, seed, scheme)
     run_dir = os.path.join(out, "runs", label)
-    if not trained(run_dir):
-        extra = [f"--scheme={scheme}"] if scheme else []
-        run_script(
-            threads,
-            "train.py",
-            *train_args,
-            f"--estimator={est}",
-            f"--learning_rate={lr}",
-            f"--seed={seed}",
-            *extra,
-            f"--max_steps={args.max_steps}",
-            "--eval_items=0",
-            f"--output_dir={run_dir}",
-            "--resume_from_checkpoint",
-        )
+    run_args = [*train_args, f"--estimator={est}", f"--learning_rate={lr}", f"--seed={seed}"]
+    run_args += [*([f"--scheme={scheme}"] if scheme else []), f"--max_steps={args.max_steps}", "--eval_items=0"]
+    # a finished run is reused only if trained with these settings (presets read as they are now); else train.py
+    # continues it, or refuses in one line a change of what it was trained with
+    run_args += [f"--output_dir={run_dir}", "--resume_from_checkpoint"]
+    if run_unless_done(threads, run_dir, train_config(run_args), "train.py", *run_args):
         trained_here.append(label)
     return spec, scores(run_dir, label, split)
 

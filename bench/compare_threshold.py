@@ -13,8 +13,9 @@ rollout_passes): the rollout's compute, which dominates a step on a real model.
     python bench/compare_threshold.py --quick  # a few steps into bench/compare_threshold_quick: checks the pipeline
 
 A train.py preset given first (default configs/tiny_countdown.py) and any --key=value that is not a
-key of this script go to both train.py runs. Runs and evaluations are cached under output_dir/runs,
-so an interrupted comparison continues.
+key of this script go to both train.py runs. Runs and evaluations are cached under output_dir/runs
+with the settings they were made with, so an interrupted comparison continues and one called again with
+other settings redoes what they change (a run trained otherwise is refused by train.py in one line).
 """
 
 import json
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import comparison_config, run_script  # noqa: E402  (bench/)
+from common import comparison_config, run_unless_done, train_config  # noqa: E402  (bench/)
 
 from plumbing import data  # noqa: E402
 
@@ -54,22 +55,20 @@ t0 = time.time()
 
 def score(model, where):
     """{'fixed': (accuracy, passes), 'threshold': (accuracy, passes)} of one model on the test set."""
-    if not os.path.exists(f"{where}/results.json"):
-        run_script(
-            threads,
-            "eval.py",
-            f"--models=({model!r},)",
-            "--labels=('m',)",
-            f"--task={cfg['task']}",
-            f"--eval_items={args.eval_items}",
-            "--seed=0",
-            f"--max_completion_length=({G},)",
-            f"--block_length={cfg['block_length']}",
-            f"--sampling_steps=({m},)",
-            f"--thresholds=({tau},)",
-            *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
-            f"--output_dir={where}",
-        )
+    eval_args = [
+        f"--models=({model!r},)",
+        "--labels=('m',)",
+        f"--task={cfg['task']}",
+        f"--eval_items={args.eval_items}",
+        "--seed=0",
+        f"--max_completion_length=({G},)",
+        f"--block_length={cfg['block_length']}",
+        f"--sampling_steps=({m},)",
+        f"--thresholds=({tau},)",
+        *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
+        f"--output_dir={where}",
+    ]
+    run_unless_done(threads, where, eval_args, "eval.py", *eval_args)
     rows = json.load(open(f"{where}/results.json"))["rows"]
     return {
         ("threshold" if r.get("threshold") is not None else "fixed"): (r["accuracy"], r["sampling_steps"]) for r in rows
@@ -78,18 +77,10 @@ def score(model, where):
 
 def train_and_score(run):
     run_dir = os.path.join(out, "runs", run)
-    run_script(
-        threads,
-        "train.py",
-        *train_args,
-        *RUNS[run],
-        f"--max_steps={args.max_steps}",
-        f"--save_steps={args.save_steps}",
-        "--eval_items=0",
-        f"--save_total_limit={args.max_steps // args.save_steps + 1}",
-        f"--output_dir={run_dir}",
-        "--resume_from_checkpoint",
-    )
+    run_args = [*train_args, *RUNS[run], f"--max_steps={args.max_steps}", f"--save_steps={args.save_steps}"]
+    run_args += ["--eval_items=0", f"--save_total_limit={args.max_steps // args.save_steps + 1}"]
+    run_args += [f"--output_dir={run_dir}", "--resume_from_checkpoint"]  # train.py refuses a changed run
+    run_unless_done(threads, run_dir, train_config(run_args), "train.py", *run_args)
     passes = [json.loads(x)["rollout_passes"] for x in open(f"{run_dir}/log.jsonl")]
     points = [(0, 0.0, base)]
     for step in range(args.save_steps, args.max_steps + 1, args.save_steps):

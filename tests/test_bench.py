@@ -63,6 +63,27 @@ def test_compare_estimators_quick(tmp_path, config):
     again = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: os.path.getmtime(p) for p in stamps} == stamps  # nothing retrained or re-scored
+    # other settings never reuse runs trained with these: train.py refuses to continue them otherwise
+    other = warm.run([*cmd, "--mc_samples=1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "has mc_samples=2 but this run has mc_samples=1" in other.stderr, other.stderr
+
+
+def test_a_comparison_reuses_only_what_the_same_settings_made(tmp_path):
+    """run_unless_done runs a script again when its inputs differ from those recorded, never after a failure."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from common import run_unless_done
+
+    script = tmp_path / "count.py"
+    script.write_text(
+        f"import sys\nopen({str(tmp_path / 'calls')!r}, 'a').write('x')\nsys.exit(sys.argv[1] == 'fail')\n"
+    )
+    calls = lambda: len((tmp_path / "calls").read_text())  # noqa: E731
+    assert run_unless_done(1, tmp_path / "out", {"k": (1, 2)}, str(script), "ok") and calls() == 1
+    assert not run_unless_done(1, tmp_path / "out", {"k": [1, 2]}, str(script), "ok") and calls() == 1
+    assert run_unless_done(1, tmp_path / "out", {"k": (1, 3)}, str(script), "ok") and calls() == 2
+    with pytest.raises(RuntimeError):
+        run_unless_done(1, tmp_path / "failed", {"k": 1}, str(script), "fail")
+    assert run_unless_done(1, tmp_path / "failed", {"k": 1}, str(script), "ok") and calls() == 4
 
 
 def test_compare_threshold_quick(tmp_path):
