@@ -118,10 +118,6 @@ def check(cfg):
     """Stop at a setting eval.py cannot run with, naming the key."""
     with config_errors():
         data.check_task_options(cfg["task"], cfg)
-    if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
-        raise ConfigError(
-            f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()"
-        )
     if cfg["eval_file"] not in ("", "hub") and not os.path.exists(cfg["eval_file"]):
         raise ConfigError(f"--eval_file={cfg['eval_file']} does not exist")
     if cfg["eval_items"] == 0:
@@ -136,6 +132,14 @@ def check(cfg):
         values = cfg[key] or dict(step_fractions=(1.0,), sampling_steps=(1,)).get(key, ())  # () = not used
         if not values or not all(ok(v) for v in values):
             raise ConfigError(f"--{key}={cfg[key]!r} must be {rule}")
+    if cfg["labels"] and len(cfg["labels"]) != len(cfg["models"]):
+        raise ConfigError(
+            f"--labels has {len(cfg['labels'])} names for {len(cfg['models'])} models; give one per model or ()"
+        )
+    names = cfg["labels"] or cfg["models"]  # the rows of the table, the curves of the plot
+    if len(set(names)) < len(names):
+        key = "labels" if cfg["labels"] else "models"
+        raise ConfigError(f"--{key}={names!r} names a model twice: give each its own label")
 
 
 def step_grid(cfg):

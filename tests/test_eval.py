@@ -125,6 +125,9 @@ def test_sharded_equals_one_process(tmp_path):
         (["--sampling_steps=(3,)", *TINY], "steps=3 must be a positive multiple"),
         (["--block_length=5", *TINY], "block_length=5 must divide"),
         (["--labels=('a',)", "--models=('tiny','tiny')"], "--labels has 1 names for 2 models"),
+        (["--labels=('a','a')", "--models=('tiny','tiny')"], "--labels=('a', 'a') names a model twice"),
+        (["--labels=()", "--models=('tiny','tiny')"], "--models=('tiny', 'tiny') names a model twice"),
+        (["--models=()"], "--models=() must be a non-empty tuple of model paths"),
         (["--eval_file=/no/file.jsonl", *TINY], "eval_file=/no/file.jsonl does not exist"),
     ],
 )
