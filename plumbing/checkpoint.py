@@ -100,14 +100,15 @@ def save(
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     frozen = not all(p.requires_grad for p in model.parameters())  # LoRA: the base is part of the trained model
+    train_items, held_out_items = items or (None, None)
     state = {
         "step": step,
         "base": base or config["model_name_or_path"],
         "config": config,
         "fingerprint": fingerprint(model),
         "base_weights": getattr(model, "weights_digest", None) if frozen else None,
-        "train_items": (items or (None, None))[0],
-        "held_out_items": (items or (None, None))[1],
+        "train_items": train_items,
+        "held_out_items": held_out_items,
         "accuracy_before": accuracy_before,
         "counters": dict(counters or {}),
         "world_size": world,

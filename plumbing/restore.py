@@ -43,9 +43,11 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
             f"{state['base']} has changed since, or another was named"
         )
     if None not in (state.get("train_items"), train_items) and state["train_items"] != train_items:
-        data = f"--train_file={config['train_file']}" if config.get("train_file") else f"the {config['task']} generator"
+        source = (
+            f"--train_file={config['train_file']}" if config.get("train_file") else f"the {config['task']} generator"
+        )
         raise RunMismatch(
-            f"{path} was trained on other training items than {data} gives now: resume with the data it was "
+            f"{path} was trained on other training items than {source} gives now: resume with the data it was "
             "trained on, or start over with --overwrite_output_dir"
         )
     for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
