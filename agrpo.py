@@ -5,7 +5,7 @@ and each draw j (a step, or a mask) with importance weight w_ij:
     A_i   = r_i − mean_group(r)                                 (÷ the group's std with scale_rewards)
     ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·ρ·k3,   ρ = exp(log π_θ − log π_old)
     k3    = exp(r − n) − (r − n) − 1                             (r: reference log-prob, n: current)
-    L     = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
+    loss  = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
 `accumulate_gradients` calls backward once per draw (a block model: once per row's packed draws), so peak
 memory is one forward pass whatever k is.

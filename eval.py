@@ -142,15 +142,15 @@ def evaluate(
     return sorted(ddp.gather(out, world), key=lambda rec: rec["index"])
 
 
-def run_accuracy(model, tok, cfg, items, rank=0, world=1, label="eval"):
-    """The held-out accuracy train.py reports for its config `cfg`: greedy decoding at the rollouts'
-    length, block length and steps, the run's prompts, per_device_train_batch_size prompts a batch."""
+def item_accuracies(model, tok, cfg, items, rank=0, world=1, label="eval"):
+    """The held-out accuracy of each item, as train.py scores it for its config `cfg`: greedy decoding at the
+    rollouts' length, block length and steps, the run's prompts, per_device_train_batch_size prompts a batch."""
     form = dict(system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length)
     shape = dict(max_completion_length=cfg.max_completion_length, block_length=cfg.block_length)
     shape["sampling_steps"] = cfg.sampling_steps
     batches = dict(batch_size=cfg.per_device_train_batch_size, rank=rank, world=world, desc=label)
     records = evaluate(model, tok, cfg.task, items, **shape, **form, **batches)
-    return sum(r["accuracy"] for r in records) / len(records)
+    return [r["accuracy"] for r in records]
 
 
 def standard_error(values):
@@ -160,6 +160,13 @@ def standard_error(values):
         return 0.0
     mean = sum(values) / n
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def paired_change(before, after):
+    """(mean before, mean after, standard error of the mean change): per-item scores of the same items, so
+    the error is that of the per-item differences, smaller than two independent samples' would be."""
+    change = [a - b for a, b in zip(after, before, strict=True)]
+    return sum(before) / len(before), sum(after) / len(after), standard_error(change)
 
 
 def summarize(records):

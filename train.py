@@ -9,7 +9,6 @@ trajectory's m steps, and take PPO-clip updates on the stepwise estimate of log 
 """
 
 import functools
-import json
 import math
 import os
 import random
@@ -23,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
-from eval import run_accuracy
+from eval import item_accuracies, standard_error
 from likelihood import ESTIMATORS, SCHEMES
 from plumbing import data, ddp, lifecycle, logs, optim
 from plumbing.configurator import configure
@@ -137,7 +136,7 @@ def validate(cfg):
 
 
 def sampler(cfg):
-    """The rollout policy π_θ(· | x_t) of sample.generate: length L, block length, steps m, how a step samples."""
+    """The rollout policy π_θ(· | x_t) of sample.generate: length G, block length b, steps m, how a step samples."""
     shape = dict(max_completion_length=cfg.max_completion_length, block_length=cfg.block_length)
     shape["sampling_steps"] = cfg.sampling_steps
     how = dict(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p, threshold=cfg.threshold)
@@ -236,11 +235,12 @@ def load_models(cfg, run):
 
 
 def held_out_accuracy(cfg, run, model, tok, items, label):
-    """Greedy accuracy on the held-out items, at the rollouts' length, blocks and steps, in their precision."""
+    """Greedy accuracy of each held-out item, at the rollouts' length, blocks and steps, in their precision."""
     with run.amp(), gathered(model):
-        acc = run_accuracy(model, tok, cfg, items, run.rank, run.world, label)
-    run.log(f"held-out accuracy {label}: {acc:.3f} ({len(items)} items, greedy)")
-    return acc
+        scores = item_accuracies(model, tok, cfg, items, run.rank, run.world, label)
+    mean, se = sum(scores) / len(scores), standard_error(scores)
+    run.log(f"held-out accuracy {label}: {mean:.3f} ± {se:.3f} ({len(items)} items, greedy; ± a standard error)")
+    return scores
 
 
 def main():
@@ -306,7 +306,8 @@ def main():
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-                row["eval_accuracy"] = accuracy(f"at step {step + 1}")
+                scores = accuracy(f"at step {step + 1}")
+                row["eval_accuracy"] = sum(scores) / len(scores)
             completions = []
             if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
                 completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), run.world)
@@ -328,12 +329,7 @@ def main():
 
         run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
-            before, after = acc_before, accuracy("after AGRPO")
-            run.log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points)")
-            final = dict(accuracy_before=before, accuracy_after=after, eval_items=len(test_items), steps=total_steps)
-            if run.master:
-                with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
-                    json.dump(final, f)
+            lifecycle.report_final(cfg, run, acc_before, accuracy("after AGRPO"), total_steps)
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it

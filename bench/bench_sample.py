@@ -161,7 +161,7 @@ if args.model_shape == "tiny" and args.thresholds:
     )
     G, block = 16, 8
     print(
-        f"\n# models/tiny-countdown, Countdown test set ({len(items)} problems, train.py's for seed 0), L = {G}, "
+        f"\n# models/tiny-countdown, Countdown test set ({len(items)} problems, train.py's for seed 0), G = {G}, "
         f"block {block}, greedy,"
     )
     print("# batch 100; tok/s counts all L completion positions decoded (EOS padding included)")

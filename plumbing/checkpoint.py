@@ -88,8 +88,8 @@ def save(
     config["model_name_or_path"]; with frozen parameters its weights' digest (model.weights_digest) is
     recorded. A sharded model (FSDP) passes its trained tensors and optimizer state gathered whole:
     whole = (weights, optimizer) of fsdp.whole_state. world: the ranks the run trains on. items: the
-    digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: the held-out
-    accuracy before training, so a resume need not measure it again. Returns the folder."""
+    digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: each held-out
+    item's accuracy before training, so a resume need not measure it again. Returns the folder."""
     weights, optimizer = whole or (None, None)
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     trained = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)

@@ -140,7 +140,7 @@ def native_departures(model, unmasking="low_confidence", temperature=0.0, top_k=
     ranked = unmasking != "random" and (truncated or temperature not in (0, 1))
     if "Dream" in types:
         lines.append(
-            "Dream's diffusion_generate schedules its steps by timesteps (with steps = L: 0 tokens at the first step, "
+            "Dream's diffusion_generate schedules its steps by timesteps (with steps = G: 0 tokens at the first step, "
             "2 at the last); this sampler commits k_i = floor(m/s) + [i < m mod s] a step, in blocks"
         )
         if ranked:

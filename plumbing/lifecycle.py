@@ -4,6 +4,7 @@ reaches together, with the checkpoint of the last finished step and one line nam
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from eval import paired_change
 from plumbing import checkpoint, ddp, logs, restore
 from plumbing.errors import ConfigError, config_errors
 from plumbing.fsdp import whole_state
@@ -85,20 +87,32 @@ def resume(cfg, run, model, opt, sched, jsonl, may_change):
 
 
 def accuracy_before(cfg, run, evaluate):
-    """The held-out accuracy before training: on a resume, the one its checkpoint recorded, if measured on the
-    same held-out items (a resume at 8B need not decode them all again); else evaluate()."""
+    """Each held-out item's accuracy before training: on a resume, those its checkpoint recorded, if measured on
+    the same held-out items (a resume at 8B need not decode them all again); else evaluate()."""
     path = cfg.resume_from_checkpoint
     path = (path if isinstance(path, str) else checkpoint.newest(cfg.output_dir)) if path else None
     try:
         state = checkpoint.read(path, verify=True) if path else {}  # hashed once: the resume reuses it
     except ConfigError:
         state = {}  # a damaged checkpoint: the resume passes it over
-    value = state.get("accuracy_before")
-    recorded = state.get("held_out_items") == run.held_out_items and type(value) is float and 0 <= value <= 1
-    if not ddp.every_rank(recorded):  # the ranks evaluate together, or none does
-        return evaluate()
-    run.log(f"held-out accuracy before AGRPO: {value:.3f} (measured at the start of the run, {path})")
-    return value
+    scores = state.get("accuracy_before")  # one per held-out item (a single number in older checkpoints)
+    recorded = state.get("held_out_items") == run.held_out_items and isinstance(scores, list) and len(scores) > 0
+    if not ddp.every_rank(recorded and all(type(s) is float and 0 <= s <= 1 for s in scores)):
+        return evaluate()  # the ranks evaluate together, or none does
+    mean = sum(scores) / len(scores)
+    run.log(f"held-out accuracy before AGRPO: {mean:.3f} (measured at the start of the run, {path})")
+    return scores
+
+
+def report_final(cfg, run, before, after, steps):
+    """The run's result, in a line and in final.json: the held-out accuracy before and after training, and the
+    standard error of the change, paired (each item's score before and after, the same items)."""
+    n, (before, after, se) = len(before), paired_change(before, after)
+    points = f"{100 * (after - before):+.1f} ± {100 * se:.1f} points"
+    run.log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({points}; ± a standard error, paired over {n} items)")
+    if run.master:
+        with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
+            json.dump(dict(accuracy_before=before, accuracy_after=after, change_se=se, eval_items=n, steps=steps), f)
 
 
 def halt(output_dir, step, why, fix):

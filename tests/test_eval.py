@@ -10,7 +10,7 @@ import pytest
 import torch
 import warm
 
-from eval import standard_error
+from eval import paired_change, standard_error
 from plumbing import checkpoint, restore
 from plumbing.families import FAMILIES
 from plumbing.logits import forward_logits
@@ -58,6 +58,11 @@ def test_standard_error_known_cases():
     assert standard_error([1, 0, 1, 0]) == pytest.approx(math.sqrt(1 / 3) / 2)  # s² = 1/3, n = 4
     assert standard_error([0.25, 0.75]) == pytest.approx(0.25)  # s² = 0.125, n = 2
     assert standard_error([1, 1, 1]) == 0.0 and standard_error([0.5]) == 0.0
+    # paired: the error of the per-item changes [1, 0, 0, 0] (s² = 1/4, n = 4), not of two independent means
+    assert paired_change([0, 1, 1, 0], [1, 1, 1, 0]) == pytest.approx((0.5, 0.75, 0.25))
+    assert paired_change([0, 1], [0, 1])[2] == 0.0  # the same items decoded alike: no change, no error
+    with pytest.raises(ValueError):
+        paired_change([0, 1], [1])
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])

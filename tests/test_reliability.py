@@ -364,8 +364,13 @@ def test_a_resume_checks_the_training_items_and_reuses_the_accuracy_before(tmp_p
     lines = [json.dumps(item) + "\n" for item in countdown.generate(32, seed=0, split="train")]
     open(f"{tmp_path}/train.jsonl", "w").writelines(lines)
     args = [f"--train_file={tmp_path}/train.jsonl", f"--output_dir={tmp_path}/run", "--save_steps=1", "--max_steps=2"]
-    run([*args, "--eval_items=4"])
+    first = run([*args, "--eval_items=4"])
     final = json.load(open(f"{tmp_path}/run/final.json"))
+    scores = checkpoint.read(f"{tmp_path}/run/checkpoint-1")["accuracy_before"]  # one per held-out item
+    assert len(scores) == 4 and sum(scores) / 4 == final["accuracy_before"] and final["change_se"] >= 0
+    points = 100 * (final["accuracy_after"] - final["accuracy_before"])
+    change = f"{points:+.1f} ± {100 * final['change_se']:.1f} points"
+    assert change in first.stdout, first.stdout[-2000:]
     resume = [*args, f"--resume_from_checkpoint={tmp_path}/run/checkpoint-1"]
     out = run([*resume, "--eval_items=4"])
     recorded = f"held-out accuracy before AGRPO: {final['accuracy_before']:.3f} (measured at the start of the run"
