@@ -161,12 +161,12 @@ def accumulate_gradients(
             ref = None if b.ref_logp is None else b.ref_logp[it][js][:, rows]
             with amp():
                 logp = draws_logp(model, b.rollout, d, js, rows, chunk=len(rows))  # log π_θ(o_j | x_t)
-                loss, m = draw_loss(
+                loss, these = draw_loss(
                     logp, old, adv, read, weight, norm, epsilon, epsilon_high, beta, ref, len(b.advantages)
                 )
                 (loss * (1.0 / len(batches))).backward()
             total += loss.item()
-            metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+            metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
         loss_sum += total / len(batches)
     for n in range(fill):
         model.require_backward_grad_sync = n == fill - 1

@@ -102,15 +102,16 @@ def evaluate(
     b mod world), so each item is decoded in the same batch whatever the world size: sharded
     results equal one process's exactly. Under torch.distributed every rank returns all records."""
     fns = data.task(task)
-    m = unwrap(model)
-    was_training = m.training
-    m.eval()
+    policy = unwrap(model)
+    was_training = policy.training
+    policy.eval()
     prompts = [data.build_prompt(tok, task, it, system_prompt, compact, max_prompt_length) for it in items]
-    batches = prompt_batches([len(p) for p in prompts], batch_size, computes_in_float32(m, next(m.parameters()).device))
+    in_float32 = computes_in_float32(policy, next(policy.parameters()).device)
+    batches = prompt_batches([len(p) for p in prompts], batch_size, in_float32)
     out = []
     for idx in tqdm(batches[rank::world], desc=desc, disable=rank != 0, leave=False):
         r = generate(
-            m,
+            policy,
             [prompts[i] for i in idx],
             max_completion_length=max_completion_length,
             block_length=block_length,
@@ -138,7 +139,7 @@ def evaluate(
                     "passes": passes,  # forward passes this item's decoding took
                 }
             )
-    m.train(was_training)
+    policy.train(was_training)
     return sorted(ddp.gather(out, world), key=lambda rec: rec["index"])
 
 

@@ -79,27 +79,27 @@ def sample_steps(rollout, k, scheme="low_discrepancy", generator=None):
     `exact` returns every step t < m' with weight 1 (K = max m', padding has weight 0)."""
     if scheme not in SCHEMES:
         raise ValueError(f"step sampling scheme={scheme!r} must be one of {SCHEMES}")
-    m = steps_used(rollout).cpu()
-    B = m.shape[0]
+    used = steps_used(rollout).cpu()
+    B = used.shape[0]
     if scheme == "exact":
-        steps = torch.arange(int(m.max())).expand(B, -1)
-        return steps.to(rollout.ids.device), (steps < m[:, None]).float().to(rollout.ids.device)
+        steps = torch.arange(int(used.max())).expand(B, -1)
+        return steps.to(rollout.ids.device), (steps < used[:, None]).float().to(rollout.ids.device)
     if k < 1:
         raise ValueError(f"k={k} Monte Carlo steps must be at least 1")
     u = _uniforms((B, k), generator, stratified=scheme != "uniform")
     if scheme == "entropy":
         H = step_entropy(rollout).cpu().double()
-        valid = torch.arange(rollout.steps)[None] < m[:, None]
+        valid = torch.arange(rollout.steps)[None] < used[:, None]
         H = H * valid
         # mixing in a little uniform keeps p(t) > 0 on zero-entropy steps, which unbiasedness needs
-        p = (1 - UNIFORM_MIX) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + UNIFORM_MIX * valid / m[:, None]
-        p = torch.where(H.sum(1, keepdim=True) > 0, p, valid / m[:, None].double())
+        p = (1 - UNIFORM_MIX) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + UNIFORM_MIX * valid / used[:, None]
+        p = torch.where(H.sum(1, keepdim=True) > 0, p, valid / used[:, None].double())
         cdf = p.cumsum(1)
-        steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=m[:, None] - 1)
+        steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=used[:, None] - 1)
         weights = 1.0 / (k * p.gather(1, steps))
     else:
-        steps = (u * m[:, None]).long().clamp(max=m[:, None] - 1)
-        weights = (m[:, None] / k).double().expand(B, k)
+        steps = (u * used[:, None]).long().clamp(max=used[:, None] - 1)
+        weights = (used[:, None] / k).double().expand(B, k)
     return steps.to(rollout.ids.device), weights.float().to(rollout.ids.device)
 
 

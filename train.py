@@ -119,7 +119,7 @@ def validate(cfg):
     most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # threshold: its own m'
     if not 1 <= cfg.mc_samples <= most:
         raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and {most}, the most steps a rollout takes")
-    if not all(isinstance(m, str) and m for m in cfg.lora_target_modules):
+    if not all(isinstance(name, str) and name for name in cfg.lora_target_modules):
         raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules!r} must be a tuple of module names")
     if (batch := cfg.per_device_train_batch_size) % cfg.num_generations:
         raise ConfigError(
@@ -184,7 +184,7 @@ def update(model, opt, batches, cfg, amp):
     loss_sum, metrics, skipped = 0.0, {}, 0
     fill_to_ranks = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
     for it in range(cfg.num_iterations):
-        loss, m = accumulate_gradients(
+        loss, these = accumulate_gradients(
             model,
             batches,
             it,
@@ -196,7 +196,7 @@ def update(model, opt, batches, cfg, amp):
         )
         grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
         loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
-        metrics = {k: metrics.get(k, 0.0) + v for k, v in m.items()}
+        metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
     return loss_sum, metrics, grad_norm, skipped
 
 

@@ -52,20 +52,21 @@ def local(t):
 def gathered(*models):
     """Every sharded module of `models` gathered whole for the stretch inside (no-grad forwards only),
     freed again after: one all-gather per module, however many forwards run inside."""
-    modules = [m for model in models if model is not None for m in model.modules() if isinstance(m, FSDPModule)]
-    roots = {id(unwrap(model)) for model in models if model is not None}
-    blocks = [m for m in modules if id(m) not in roots]
-    for m in modules:
-        m.unshard()
-    for m in blocks:  # a root keeps its weights after forward anyway (FSDP's own choice: backward needs them first)
-        m.set_reshard_after_forward(False, recurse=False)
+    present = [model for model in models if model is not None]
+    modules = [module for model in present for module in model.modules() if isinstance(module, FSDPModule)]
+    roots = {id(unwrap(model)) for model in present}
+    layers = [module for module in modules if id(module) not in roots]
+    for module in modules:
+        module.unshard()
+    for module in layers:  # a root keeps its weights after forward anyway (FSDP's choice: backward needs them first)
+        module.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
-        for m in modules:
-            m.reshard()
-        for m in blocks:
-            m.set_reshard_after_forward(True, recurse=False)
+        for module in modules:
+            module.reshard()
+        for module in layers:
+            module.set_reshard_after_forward(True, recurse=False)
 
 
 WHOLE = StateDictOptions(full_state_dict=True, cpu_offload=True)
