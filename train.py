@@ -307,7 +307,7 @@ def main():
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
                 scores = accuracy(f"at step {step + 1}")
-                row["eval_accuracy"] = sum(scores) / len(scores)
+                row.update(eval_accuracy=sum(scores) / len(scores), eval_accuracy_se=standard_error(scores))
             completions = []
             if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
                 completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), run.world)

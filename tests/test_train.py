@@ -248,6 +248,7 @@ def test_logging_at_the_released_runs_level(tmp_path):
         True,
         False,
     ]  # step 2; the last step's is the final evaluation
+    assert 0 < rows[1]["eval_accuracy_se"] <= 0.5 or rows[1]["eval_accuracy"] in (0, 1)  # s/√n of 4 items
     assert "step 2: checkpoint" in out.stderr + out.stdout and "step 3: checkpoint" in out.stderr + out.stdout
     done = [json.loads(line) for line in open(f"{tmp_path}/r/completions.jsonl")]
     assert len(done) == 4 and {d["step"] for d in done} == {2}  # one group of 4 completions at step 2
