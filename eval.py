@@ -165,7 +165,7 @@ def standard_error(values):
 
 def paired_change(before, after):
     """(mean before, mean after, standard error of the mean change): per-item scores of the same items, so
-    the error is that of the per-item differences, smaller than two independent samples' would be."""
+    the error is that of the per-item differences, in which each item's own difficulty cancels."""
     change = [a - b for a, b in zip(after, before, strict=True)]
     return sum(before) / len(before), sum(after) / len(after), standard_error(change)
 
