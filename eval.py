@@ -188,7 +188,7 @@ def main():
         gen = data.task_options(cfg["task"], cfg)
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
 
-    rows, samples = [], []
+    rows, samples, baseline = [], [], {}  # baseline: the first model's per-item scores in each cell of the grid
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":
             model, tok, _ = restore.load_trained(
@@ -246,6 +246,10 @@ def main():
             samples += [
                 dict(model=name, max_completion_length=G, sampling_steps=m, threshold=tau, **r) for r in records
             ]
+            scores = [r["accuracy"] for r in records]
+            if (first := baseline.setdefault((G, m, tau), scores)) is not scores:  # the same items: paired
+                before, after, se = paired_change(first, scores)
+                rows[-1].update(change=after - before, change_se=se)
             if rank == 0:
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
                 tqdm.write(f"{name}: G={G} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")
@@ -255,10 +259,12 @@ def main():
         os.makedirs(cfg["output_dir"], exist_ok=True)
         with open(os.path.join(cfg["output_dir"], "samples.jsonl"), "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
-        table = logs.results_table(rows)
+        table = logs.results_table(rows, names[0] if len(names) > 1 else None)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
         header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
         header += f"Settings {sources}.\n\n"
+        if len(names) > 1:
+            header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
         with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:

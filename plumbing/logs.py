@@ -134,20 +134,19 @@ def close_reporter(handle):
         (handle.close if hasattr(handle, "add_scalar") else handle.finish)()
 
 
-def results_table(rows):
-    lines = [
-        "| model | task | gen length | decoding | steps | accuracy (%) | ± SE | mean length | seconds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+def results_table(rows, baseline=None):
+    """eval.py's table; with a baseline (the first model's name), each other model's paired change against it."""
+    columns = ["model", "task", "gen length", "decoding", "steps", "accuracy (%)", "± SE"]
+    columns += [f"vs {baseline} (points)"] if baseline else []
+    columns += ["mean length", "seconds"]
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|---|" + "---:|" * (len(columns) - 3)]
     for r in rows:
         how = "fixed" if r.get("threshold") is None else f"τ = {r['threshold']}"
         cells = [r["model"], r["task"], r["max_completion_length"], how, f"{r['sampling_steps']:.3g}"]
-        cells += [
-            f"{100 * r['accuracy']:.1f}",
-            f"{100 * r['se']:.1f}",
-            f"{r['mean_length']:.1f}",
-            f"{r['seconds']:.1f}",
-        ]
+        cells += [f"{100 * r['accuracy']:.1f}", f"{100 * r['se']:.1f}"]
+        if baseline:
+            cells.append(f"{100 * r['change']:+.1f} ± {100 * r['change_se']:.1f}" if "change" in r else "")
+        cells += [f"{r['mean_length']:.1f}", f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ loading (full and LoRA, merged or not), and one-line errors for bad input."""
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -89,7 +90,7 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
     for name in ("results.md", "results.json", "samples.jsonl", "accuracy_vs_steps.png"):
         assert os.path.getsize(f"{tmp_path}/eval/{name}") > 0, name
     rows = json.load(open(f"{tmp_path}/eval/results.json"))["rows"]
-    # the m = L/4, L/2, L grid, then threshold decoding (τ > 1: one token a step, 16 passes per item without EOS)
+    # the m = G/4, G/2, G grid, then threshold decoding (τ > 1: one token a step, 16 passes per item without EOS)
     assert [(r["max_completion_length"], r["threshold"]) for r in rows] == [(16, None)] * 3 + [(16, 2.0)] + [
         (16, None)
     ] * 3 + [(16, 2.0)]
@@ -109,6 +110,13 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
     assert rows[0]["accuracy"] == pytest.approx(sum(first) / 8) and rows[0]["se"] == pytest.approx(
         standard_error(first)
     )
+    # the second model against the first on the same items: the change and the error of the per-item changes
+    second = [s["accuracy"] for s in samples if s["model"] == rows[4]["model"] and s["sampling_steps"] == 4]
+    changes = [b - a for a, b in zip(first, second)]
+    assert "change" not in rows[0] and rows[4]["change"] == pytest.approx(sum(changes) / 8)
+    assert rows[4]["change_se"] == pytest.approx(standard_error(changes))
+    paired = re.findall(r"\| [+-]\d+\.\d ± \d+\.\d \|", table)
+    assert f"| vs {tmp_path}/base (points) |" in table and len(paired) == 4  # the second model's 4 cells
 
 
 def test_sharded_equals_one_process(tmp_path):
