@@ -257,7 +257,7 @@ def main():
         run.log(data.long_prompts_note(tok, cfg.task, train_items, *prompts))
         accuracy = functools.partial(held_out_accuracy, cfg, run, model, tok, test_items)
         before = functools.partial(accuracy, "before AGRPO")
-        acc_before = run.accuracy_before = lifecycle.accuracy_before(cfg, run, before) if test_items else None
+        scores_before = run.accuracy_before = lifecycle.accuracy_before(cfg, run, before) if test_items else None
 
         # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
         groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations
@@ -329,7 +329,7 @@ def main():
 
         run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
-            lifecycle.report_final(cfg, run, acc_before, accuracy("after AGRPO"), total_steps)
+            lifecycle.report_final(cfg, run, scores_before, accuracy("after AGRPO"), total_steps)
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
