@@ -164,6 +164,11 @@ def standard_error(values):
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
+def mean_se(values):
+    """(mean, standard error) of per-item scores."""
+    return sum(values) / len(values), standard_error(values)
+
+
 def paired_change(before, after):
     """(mean before, mean after, standard error of the mean change): per-item scores of the same items, so
     the error is that of the per-item differences, in which each item's own difficulty cancels."""
@@ -172,12 +177,8 @@ def paired_change(before, after):
 
 
 def summarize(records):
-    acc = [r["accuracy"] for r in records]
-    return dict(
-        accuracy=sum(acc) / len(acc),
-        se=standard_error(acc),
-        mean_length=sum(r["length"] for r in records) / len(records),
-    )
+    accuracy, se = mean_se([r["accuracy"] for r in records])
+    return dict(accuracy=accuracy, se=se, mean_length=sum(r["length"] for r in records) / len(records))
 
 
 def main():
@@ -248,8 +249,10 @@ def main():
                 dict(model=name, max_completion_length=G, sampling_steps=m, threshold=tau, **r) for r in records
             ]
             scores = [r["accuracy"] for r in records]
-            if (first := baseline.setdefault((G, m, tau), scores)) is not scores:  # the same items: paired
-                before, after, se = paired_change(first, scores)
+            if name == names[0]:
+                baseline[G, m, tau] = scores
+            else:  # the same items as the first model: the change is paired
+                before, after, se = paired_change(baseline[G, m, tau], scores)
                 rows[-1].update(change=after - before, change_se=se)
             if rank == 0:
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]

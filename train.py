@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
-from eval import item_accuracies, standard_error
+from eval import item_accuracies, mean_se
 from likelihood import ESTIMATORS, SCHEMES
 from plumbing import data, ddp, lifecycle, logs, optim
 from plumbing.configurator import configure
@@ -238,7 +238,7 @@ def held_out_accuracy(cfg, run, model, tok, items, label):
     """Greedy accuracy of each held-out item, at the rollouts' length, blocks and steps, in their precision."""
     with run.amp(), gathered(model):
         scores = item_accuracies(model, tok, cfg, items, run.rank, run.world, label)
-    mean, se = sum(scores) / len(scores), standard_error(scores)
+    mean, se = mean_se(scores)
     run.log(f"held-out accuracy {label}: {mean:.3f} ± {se:.3f} ({len(items)} items, greedy; ± a standard error)")
     return scores
 
@@ -307,7 +307,7 @@ def main():
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
                 scores = accuracy(f"at step {step + 1}")
-                row.update(eval_accuracy=sum(scores) / len(scores), eval_accuracy_se=standard_error(scores))
+                row["eval_accuracy"], row["eval_accuracy_se"] = mean_se(scores)
             completions = []
             if cfg.log_completions_steps and (step + 1) % cfg.log_completions_steps == 0:
                 completions = ddp.gather(logs.completion_rows(tok, step + 1, batches), run.world)
