@@ -282,5 +282,5 @@ def main():
 
 
 if __name__ == "__main__":
-    with ddp.ended_by_peers():  # under torchrun, a rank that stopped says why; the others end quietly
+    with ddp.rank_end():  # under torchrun, a rank that stopped says why; the others end quietly
         main()

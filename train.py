@@ -334,7 +334,7 @@ def main():
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
     try:
-        with ddp.ended_by_peers():  # under torchrun, a rank that stopped says why; the others end quietly
+        with ddp.rank_end():  # under torchrun, a rank that stopped says why; the others end quietly
             main()
     except lifecycle.Interrupted as e:  # before the first step: nothing to save
         name = signal.Signals(e.args[0]).name

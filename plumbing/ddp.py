@@ -2,9 +2,12 @@
 collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py); and the seeded
 generators that make every random choice the same in any partition of the work over ranks."""
 
+import atexit
 import contextlib
 import hashlib
 import os
+import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -28,11 +31,28 @@ def init_processes(sharded=False):
 
 
 @contextlib.contextmanager
-def ended_by_peers():
+def rank_end():
     """Under torchrun, a rank whose collective fails because another rank has stopped (that rank says why,
-    in one line) exits with status 1 and no traceback of its own."""
+    in one line) exits with status 1 and no traceback of its own. Every rank then ends as multiprocessing's
+    workers do, with os._exit once Python has printed what it prints at exit (atexit runs it): gloo's worker
+    threads free a finished collective's tensors a moment after it returns, taking the GIL to do so, and one
+    that asks for it while the interpreter is torn down aborts the process ("terminate called without an
+    active exception"). destroy_process_group does not stop those threads while a sharded model holds the
+    group."""
+    if "RANK" not in os.environ:  # one plain process: nothing to end but itself
+        yield
+        return
+    status = [1]  # what the process exits with: Python's own status for how main() ended
+    atexit.register(lambda: (sys.stdout.flush(), sys.stderr.flush(), os._exit(status[0])))
     try:
         yield
+        status[0] = 0
+    except SystemExit as e:
+        status[0] = e.code if isinstance(e.code, int) else 0 if e.code is None else 1  # a message: 1, as Python
+        raise
+    except KeyboardInterrupt:
+        status[0] = 128 + signal.SIGINT  # the shell's status for a process Ctrl-C ended
+        raise
     except RuntimeError as e:  # gloo: "Connection closed by peer"; NCCL: a DistBackendError
         gone = isinstance(e, (dist.DistNetworkError, dist.DistBackendError)) or any(
             words in str(e) for words in ("closed by peer", "reset by peer", "Broken pipe")

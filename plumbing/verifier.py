@@ -24,7 +24,10 @@ def serve(conn):
     )
     conn.send("ready")
     while True:
-        gold, pred = conn.recv()
+        try:
+            gold, pred = conn.recv()
+        except EOFError:  # the trainer has ended (under torchrun without Python's exit, which stops daemons)
+            return
         try:
             ok = bool(
                 verify(parse(gold, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None)
