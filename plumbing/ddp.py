@@ -43,7 +43,7 @@ def rank_end():
         yield
         return
     status = [1]  # what the process exits with: Python's own status for how main() ended
-    atexit.register(lambda: (sys.stdout.flush(), sys.stderr.flush(), os._exit(status[0])))
+    atexit.register(_exit_now, status)
     try:
         yield
         status[0] = 0
@@ -60,6 +60,13 @@ def rank_end():
         if not (gone and dist.is_initialized() and dist.get_world_size() > 1):
             raise
         raise SystemExit(1) from None
+
+
+def _exit_now(status):
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe (train.py | head) must not keep the process alive
+            stream.flush()
+    os._exit(status[0])
 
 
 def gather(items, world):
