@@ -250,11 +250,11 @@ def test_a_rank_ends_with_pythons_status_and_no_abort(how, status):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert "terminate called" not in out.stderr and "SIGABRT" not in out.stderr, out.stderr[-2000:]
     assert out.returncode == (0 if status == 0 else 1), out.stderr[-2000:]  # torchrun: 1 when a rank fails
-    failures = [] if status == 0 else [f"exitcode  : {status} " in out.stderr]
-    assert all(failures), out.stderr[-2000:]
+    if status:  # torchrun names the failed rank's own status
+        assert f"exitcode  : {status} " in out.stderr, out.stderr[-2000:]
     if how == "ok":
         assert out.stdout.count("done") == 2
-    if how == "message":
-        assert out.stderr.count("stopped: a one-line reason") == 2
+    if how == "message":  # the first rank to fail may be the only one: torchrun then stops the other
+        assert "stopped: a one-line reason" in out.stderr
     if how == "error":
         assert "ValueError: a bug" in out.stderr
