@@ -16,8 +16,8 @@ which settings were used and where each came from.
 
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
 standard error s/√n, s² = Σ(a_i − ā)²/(n − 1); a later model's change against the first is the mean of
-d_i = a_i − a_i(first) on the same items, its error that of the d_i. Writes to output_dir: samples.jsonl (one record per
-item, model, G and m), results.md (the table), results.json and accuracy_vs_steps.png.
+d_i = a_i − a_i(first) on the same items, its error that of the d_i. Writes to output_dir: samples.jsonl
+(one record per item, model, G and m), results.md (the table), results.json and accuracy_vs_steps.png.
 `evaluate` is also what train.py calls before and after training.
 """
 
