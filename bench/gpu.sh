@@ -3,10 +3,12 @@
 #   bash bench/gpu.sh eager     # rollout and update against their targets, profiles, LoRA input cast, tiny train.py
 #   bash bench/gpu.sh fsdp      # tiny train.py under --fsdp on every GPU; the memory model, measured at 4 layers
 #   bash bench/gpu.sh compile   # the same benches with torch.compile'd layers
-#   bash bench/gpu.sh wheels    # (where pip reaches PyPI) the pinned transformers, peft and their hub
-#                               # libraries as Python 3.12 wheels in .whl/, for a GPU machine without them
-# A GPU image with another transformers (5.x cannot load LLaDA's remote code): when .whl/ holds wheels,
-# eager and compile install them into /tmp/site and put it in front of the image's packages.
+#   bash bench/gpu.sh wheels    # (where pip reaches PyPI) bench/gpu_wheels.txt as Python 3.12 wheels in .whl/:
+#                               # transformers and peft as pinned, and all they import that torch does not bring
+# A GPU image with another transformers (5.x cannot load LLaDA's remote code): when .whl/ holds wheels, every part
+# installs them into /tmp/site and puts it in front of the image's packages. .whl/ is git-ignored: carry it to the
+# GPU machine with the working tree. Every part first runs bench/gpu_check.py (imports and one forward of the tiny
+# model with LoRA) and stops in one line if a library is missing.
 # The benches build a random LLaDA-8B-shaped model directly in bf16 (no download). Tables go to
 # stdout and to $OUT/gpu_*.txt (default /tmp/gpu_out; the profiles are in those files, after the tables).
 set -uo pipefail
@@ -16,7 +18,7 @@ part=${1:-eager}
 if [ "$part" = wheels ]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        $(grep -E '^(transformers|peft)==' requirements.txt) tokenizers==0.22.2 huggingface_hub==0.36.2  # what 4.57 accepts
+        -r bench/gpu_wheels.txt
     exit
 fi
 if ls .whl/*.whl > /dev/null 2>&1; then
@@ -25,8 +27,8 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 git log -1 --format='commit %h %s' 2>/dev/null
+python3 bench/gpu_check.py || exit 1
 
 run() {  # run NAME CMD...: keep going if one fails, so one call yields every table it can
     local name=$1; shift

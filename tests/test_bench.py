@@ -129,3 +129,67 @@ def test_memory_model_counts_llada_8b():
     assert float(rows["FSDP, full"][0]) == pytest.approx(4 * P / 4 / 2**30, abs=0.06)  # float32 weights, 1/4 each
     assert float(rows["FSDP, full"][2]) == pytest.approx(8 * P / 4 / 2**30, abs=0.06)  # AdamW's two moments
     assert float(rows["DDP, full"][0]) == pytest.approx(2 * P / 2**30, abs=0.06)  # whole, bf16
+
+
+def _distributions(roots):
+    """The installed distributions `roots` need, by normalized name: the closure of their requirements
+    (markers evaluated for this python, no extras)."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found, todo = {}, list(roots)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name not in found:
+            found[name] = distribution(name)
+            for line in found[name].requires or []:
+                req = Requirement(line)
+                if req.marker is None or req.marker.evaluate({"extra": ""}):
+                    todo.append(req.name)
+    return found
+
+
+def _target_with(folder, dists):
+    """A folder holding only `dists`' files (their top-level entries linked from this environment)."""
+    os.makedirs(folder)
+    for dist in dists.values():
+        for top in {f.parts[0] for f in dist.files if f.parts[0] != ".."}:
+            if not os.path.lexists(os.path.join(folder, top)):
+                os.symlink(dist.locate_file(top), os.path.join(folder, top))
+    return folder
+
+
+def test_gpu_wheel_set_is_closed(tmp_path):
+    """bench/gpu_wheels.txt (what bench/gpu.sh installs in front of a GPU image's packages) is exactly what
+    transformers, peft and einops need beyond torch's own requirements, pins transformers and peft as
+    requirements.txt does, and with torch alone runs bench/gpu_check.py in a python that sees nothing else;
+    one library left out (accelerate, which peft imports) ends the check in one line naming it."""
+    from packaging.utils import canonicalize_name
+
+    def pins(path):
+        lines = [line.split("#")[0].strip() for line in open(os.path.join(ROOT, path))]
+        return dict(line.split("==") for line in lines if "==" in line)
+
+    wheels = {canonicalize_name(name): version for name, version in pins("bench/gpu_wheels.txt").items()}
+    required = {canonicalize_name(name): version for name, version in pins("requirements.txt").items()}
+    assert {n: wheels[n] for n in ("transformers", "peft")} == {n: required[n] for n in ("transformers", "peft")}
+    with_torch = _distributions(["torch"])
+    needed = _distributions(["transformers", "peft", "einops"])
+    assert set(wheels) == set(needed) - set(with_torch)
+    import subprocess
+
+    def check(names):
+        dists = with_torch | {n: d for n, d in needed.items() if n in names}
+        target = _target_with(str(tmp_path / "-".join(sorted(set(wheels) - set(names)) or ["all"])), dists)
+        env = dict(os.environ, PYTHONPATH=target, OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-S", "bench/gpu_check.py"]  # -S: no site-packages, only the target
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    res = check(set(wheels))
+    assert res.returncode == 0 and res.stdout.startswith("gpu_check: ok"), res.stderr[-2000:]
+    res = check(set(wheels) - {"accelerate"})
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        "gpu_check: this python cannot run the GPU benches: No module named 'accelerate' (bench/gpu.sh installs .whl/)"
+    ], res.stderr[-2000:]
