@@ -24,7 +24,7 @@ from tqdm import tqdm
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
 from eval import item_accuracies, mean_se
 from likelihood import ESTIMATORS, SCHEMES
-from plumbing import data, ddp, lifecycle, logs, optim
+from plumbing import data, ddp, lifecycle, logs, optim, watch
 from plumbing.configurator import configure
 from plumbing.errors import ConfigError, config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
@@ -276,6 +276,7 @@ def main():
         run.bar = tqdm(range(start, total_steps), "AGRPO", initial=start, total=total_steps, disable=not run.master)
         run.save = functools.partial(lifecycle.save, cfg, run, model, opt, sched, tok, nonfinite)
         run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
+        signs = watch.new_watch(cfg.epsilon)  # a run that stops learning is told once, with the fix
 
         for step in run.bar:
             t0, positions[0] = time.time(), 0
@@ -314,6 +315,8 @@ def main():
             if run.master:
                 logs.record(log_path, completions_path, run.reporter, row, completions)
                 run.bar.set_postfix({k: f"{row[k]:.3g}" for k in logs.SHOWN})
+            for line in watch.warnings(signs, row):
+                run.log(line)
             if nonfinite["in_a_row"] >= MAX_NONFINITE:
                 why = f"{nonfinite['in_a_row']} non-finite updates in a row (all skipped, the weights untouched)"
                 lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate or check the rewards.")
@@ -330,6 +333,8 @@ def main():
         run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
             lifecycle.report_final(cfg, run, scores_before, accuracy("after AGRPO"), total_steps)
+        if run.master:
+            run.log(f"curves: {lifecycle.draw_curves(cfg.output_dir)}")
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from eval import paired_change
-from plumbing import checkpoint, ddp, logs, restore
+from eval import mean_se, paired_change
+from plumbing import checkpoint, ddp, logs, restore, watch
 from plumbing.errors import ConfigError, config_errors
 from plumbing.fsdp import whole_state
 from plumbing.model import resolved
@@ -107,12 +107,24 @@ def accuracy_before(cfg, run, evaluate):
 def report_final(cfg, run, before, after, steps):
     """The run's result, in a line and in final.json: the held-out accuracy before and after training, and the
     standard error of the change, paired (each item's score before and after, the same items)."""
+    (_, before_se), (_, after_se) = mean_se(before), mean_se(after)
     n, (before, after, se) = len(before), paired_change(before, after)
     points = f"{100 * (after - before):+.1f} ± {100 * se:.1f} points"
     run.log(f"held-out accuracy: {before:.3f} -> {after:.3f} ({points}; ± a standard error, paired over {n} items)")
     if run.master:
+        result = dict(accuracy_before=before, accuracy_after=after, change_se=se, eval_items=n, steps=steps)
+        result |= dict(accuracy_before_se=before_se, accuracy_after_se=after_se)  # each alone, for a plot's error bars
         with open(os.path.join(cfg.output_dir, "final.json"), "w") as f:
-            json.dump(dict(accuracy_before=before, accuracy_after=after, change_se=se, eval_items=n, steps=steps), f)
+            json.dump(result, f)
+
+
+def draw_curves(output_dir):
+    """curves.png in the run's folder (watch.plot_runs), or why it was not drawn: a run's end never fails on it."""
+    try:
+        name = os.path.basename(os.path.abspath(output_dir))
+        return watch.plot_runs([(name, output_dir)], os.path.join(output_dir, "curves.png"))
+    except (ImportError, OSError, ValueError) as e:
+        return f"not drawn ({type(e).__name__}: {str(e)[:120]})"
 
 
 def halt(output_dir, step, why, fix):
