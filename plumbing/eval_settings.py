@@ -98,6 +98,8 @@ def eval_settings(script, argv, ranges):
                 f"note: {run} holds no checkpoint yet: evaluating {train_cfg['model_name_or_path']} alone",
                 file=sys.stderr,
             )
+    if "models" in given and "labels" not in given:  # the default labels name the default two models only
+        cfg["labels"] = ()
     paths = cfg["models"] and all(isinstance(s, str) and s for s in cfg["models"])
     specs = [restore.resolve(s) for s in cfg["models"]] if paths else []
     sources = take_run_settings(cfg, given, specs, presets[-1] if presets else None, train_cfg)

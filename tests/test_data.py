@@ -453,68 +453,11 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
         check_task_options("sudoku", {"sudoku_blanks": (7, 12), "sudoku_test_blanks": ((13, 1),)})
 
 
-TOY_TASK = '''"""Toy: repeat the digits of the question."""
-
-import random
-
-import rewards
-from plumbing.data import check, split_of
-
-SYSTEM_PROMPT = "Repeat the digits inside <answer> </answer> tags."
-
-# --- config
-toy_digits = 3  # how many digits a question has
-# --- end of config
-
-reward = rewards.toy_reward
-
-
-def accuracy(completion, answer):
-    return float(reward(completion, answer) == 1.0)
-
-
-def question(item, compact=False):
-    return item["digits"]
-
-
-def answer(item):
-    return item["digits"]
-
-
-def problem_key(item):
-    return item["digits"]
-
-
-def parse_row(where, row):
-    check(str(row.get("digits", "")).isdigit(), where, "field 'digits' must be digits")
-    return {"digits": str(row["digits"])}
-
-
-def check_options(toy_digits):
-    if not 1 <= toy_digits <= 6:
-        raise ValueError(f"--toy_digits={toy_digits} must be in 1..6")
-
-
-def generate(n, seed=0, split=None, unique=False, toy_digits=3):
-    rng, items = random.Random(seed), []
-    while len(items) < n:
-        digits = "".join(rng.choice("0123456789") for _ in range(toy_digits))
-        if (split is None or split_of(digits) == split) and not (unique and {"digits": digits} in items):
-            items.append({"digits": digits})
-    return items
-'''
-
-TOY_REWARD = """
-
-def toy_reward(completion, answer):
-    return 1.0 if extract_answer(completion) == answer else 0.0
-"""
-
-
-def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
-    """A copy of the project plus tasks/toy.py and one function in rewards.py, nothing else edited:
-    --help lists its option, a bad option stops in one line, train.py trains it a step, eval.py
-    scores the run on the toy's test set."""
+def test_a_new_task_is_a_copy_of_the_template(tmp_path):
+    """A copy of the project plus tasks/toy.py, a copy of tasks/_template.py, nothing else edited: --help lists
+    its option, a bad option stops in one line, train.py trains it a step, eval.py scores the run (one model,
+    no labels given) on the toy's test set. The template itself is not a task."""
+    assert "_template" not in data.TASK_NAMES
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     copy = tmp_path / "project"
     for folder in ("", "plumbing", "tasks"):
@@ -522,23 +465,25 @@ def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
         for name in os.listdir(os.path.join(root, folder)):
             if name.endswith(".py"):
                 shutil.copy(os.path.join(root, folder, name), copy / folder / name)
-    (copy / "tasks" / "toy.py").write_text(TOY_TASK)
-    with open(copy / "rewards.py", "a") as f:
-        f.write(TOY_REWARD)
+    shutil.copy(copy / "tasks" / "_template.py", copy / "tasks" / "toy.py")
 
     def script(*args):
         return warm.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
 
-    assert "--toy_digits" in script("train.py", "--help").stdout
-    bad = script("train.py", "--task=toy", "--toy_digits=9")
-    assert bad.returncode != 0 and bad.stderr.strip() == "config error: --toy_digits=9 must be in 1..6"
+    assert "--template_digits" in script("train.py", "--help").stdout
+    bad = script("train.py", "--task=toy", "--template_digits=9")
+    assert bad.returncode != 0 and bad.stderr.strip() == "config error: --template_digits=9 must be in 1..6"
     small = ["--model_name_or_path=tiny", "--num_generations=2", "--per_device_train_batch_size=2", "--eval_items=4"]
-    out = script("train.py", "--task=toy", "--toy_digits=2", "--max_steps=1", *small, f"--output_dir={tmp_path}/run")
+    out = script(
+        "train.py", "--task=toy", "--template_digits=2", "--max_steps=1", *small, f"--output_dir={tmp_path}/run"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert [r["step"] for r in rows] == [1] and 0 <= rows[0]["reward"] <= 1
     assert json.load(open(tmp_path / "run" / "final.json"))["eval_items"] == 4
-    out = script("eval.py", f"--models=('{tmp_path}/run',)", "--labels=('toy',)", f"--output_dir={tmp_path}/eval")
+    out = script("eval.py", f"--models=('{tmp_path}/run',)", f"--output_dir={tmp_path}/eval")
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.load(open(tmp_path / "eval" / "results.json"))
-    assert results["config"]["task"] == "toy" and results["config"]["toy_digits"] == 2 and len(results["rows"]) == 1
+    assert (
+        results["config"]["task"] == "toy" and results["config"]["template_digits"] == 2 and len(results["rows"]) == 1
+    )
