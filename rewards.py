@@ -121,8 +121,8 @@ _DELIMITERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("$", "$"))
 
 def math_answer(text):
     """The final answer as math-verify is to read it: one pair of math delimiters around the whole of it
-    (\\[ \\frac{1}{2} \\] or $5$) and a closing period (\\boxed{7.}) read through; None when numbers stand
-    outside its $…$ pairs (8$ $7: two numbers, with stray dollar signs between them, are no single answer)."""
+    (\\[ \\frac{1}{2} \\] or $5$) and a closing period (\\boxed{7.}) read through. None for numbers around
+    dollar signs that enclose nothing (8$ $7): those are no math delimiters, and 8 7 is no single answer."""
     s = final_answer(text).strip()
     for left, right in _DELIMITERS:
         inner = s[len(left) : -len(right)] if len(s) >= len(left) + len(right) else ""
@@ -130,8 +130,9 @@ def math_answer(text):
             s = inner.strip()
             break
     s = s.rstrip(" .")
-    outside = s.replace("\\$", "").split("$")[::2]
-    return None if len(outside) > 1 and any(_DIGIT.search(part) for part in outside) else s
+    parts = s.replace("\\$", "").split("$")
+    stray = any(not part.strip() for part in parts[1::2]) and any(_DIGIT.search(part) for part in parts[::2])
+    return None if stray else s
 
 
 def math_correct(completion, answer, time_limit=0.5):

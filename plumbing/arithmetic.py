@@ -47,8 +47,8 @@ _NEUTRAL_COMMANDS = re.compile(
 )
 _ARITHMETIC = re.compile(r"[\d\s.+\-*/()]+")  # after normalize_operators
 _GLUED = re.compile(r"\d[,.'’:]?$")  # 3:07, 1,0000, 1.5.3: the number is the tail of another, not one of its own
-_PARENTHESIS, _DIGIT = re.compile("[()]"), re.compile(r"\d")
-_OPERATOR = re.compile(r"[-+*/×÷·]|\\(?:times|cdot|div)")
+_PARENTHESIS = re.compile("[()]")
+_BARE_NUMBER = re.compile(r"\s*-?\s*[\d.,/]+\s*")
 _ASIDE_AFTER = re.compile(r"\d[a-zA-Z%\s]*\s$")  # a number, perhaps its unit, a space: 18 apples (
 
 
@@ -137,9 +137,9 @@ def parse_number(s):
 
 
 def drop_aside(s):
-    """s without the parenthetical that closes it after a number, when that is a derivation or words: 18 (9 + 9)
-    and 18 apples (total) are 18. A bare number in parentheses is kept (after 3 days (18), 18 is the answer), and
-    so is a parenthesis an operator applies to (2*(16-3-4))."""
+    """s without the parenthetical that closes it after a number, a derivation or a remark: 18 (9 + 9), 18 apples
+    (3 bags of 6) and 5 (mod 7) are 18, 18 and 5. A bare number in parentheses is kept (after 3 days (18), 18 is
+    the answer), and so is a parenthesis that an operator applies to (2*(16-3-4))."""
     t = s.rstrip(" .!")
     if not t.endswith(")"):
         return s
@@ -147,9 +147,8 @@ def drop_aside(s):
     for p in reversed([m.start() for m in _PARENTHESIS.finditer(t, start)]):
         depth += 1 if t[p] == ")" else -1
         if depth == 0:
-            inside = t[p + 1 : -1]
-            derivation = _OPERATOR.search(inside) or not _DIGIT.search(inside)
-            return t[:p] if derivation and _ASIDE_AFTER.search(t[max(0, p - 64) : p]) else s
+            remark = not _BARE_NUMBER.fullmatch(t[p + 1 : -1])
+            return t[:p] if remark and _ASIDE_AFTER.search(t[max(0, p - 64) : p]) else s
     return s
 
 

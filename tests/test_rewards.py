@@ -471,7 +471,9 @@ GSM8K_AS_A_READER_READS = [
     ("18 (9 + 9)", "18", True),
     ("18 (9 + 9)", "9", False),
     ("18 apples (9 + 9).", "18", True),
-    ("after 3 days (18)", "18", True),  # a bare number in parentheses is no derivation: it is read
+    ("x = 5 (mod 7)", "5", True),
+    ("18 apples (3 bags of 6)", "18", True),
+    ("after 3 days (18)", "18", True),  # a bare number in parentheses is no aside: it is read
     # digit groups: commas, spaces (also no-break and narrow no-break), apostrophes, dots, the Indian system
     ("1 200 000", "1200000", True),
     ("1\u00a0200\u00a0000", "1200000", True),
@@ -497,7 +499,7 @@ def test_gsm8k_reads_the_answer_as_a_reader_does(text, gold, correct):
 
 
 # MATH: one pair of math delimiters around the whole answer and a closing period are read through; numbers
-# outside the $…$ pairs of an answer (8$ $7) make it no single answer: wrong whatever the reference
+# around dollar signs that enclose nothing (8$ $7) are no single answer: wrong whatever the reference
 MATH_AS_A_READER_READS = [
     ("<answer>\\[ \\frac{1}{2} \\]</answer>", "\\frac{1}{2}", True),
     ("\\[ \\frac{1}{2} \\]", "\\frac{1}{2}", True),
@@ -510,6 +512,8 @@ MATH_AS_A_READER_READS = [
     ("<answer>8$ $7</answer>", "7", False),
     ("<answer>8$ $7</answer>", "8", False),
     ("<answer>8$ $7</answer>", "15", False),
+    ("<answer>8$$7</answer>", "7", False),
+    ("<answer>There are 3 cases, so $x = 5$.</answer>", "5", True),  # prose with numbers and math is read
 ]
 
 
