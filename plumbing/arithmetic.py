@@ -22,7 +22,7 @@ _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox)\{([^{}]*)\}")
 _MARKDOWN = re.compile(  # each alternative opens with its mark, so the scan jumps from mark to mark
     r"\*\*(?<!\d\*\*)|\*\*(?!\d)"
     r"|\*(?<![\w*)\]}]\*)(?<![\d)\]}]\s\*)(?=[^\s*)\]}])|\*(?<=[^\s*(\[{]\*)(?![\w*(\[{.\-\\]|\s*\d)"
-    r"|__(?<![\w\\]__)(?=[^\s_])|_(?<![\w\\]_)(?=[^\s_])|_(?<=[^\s_]_)_?(?![\w{_])|`"
+    r"|__(?<![\w\\]__)(?=[^\s_])|_(?<![\w\\]_)(?=[^\s_])|_(?<=[^\s_]_)_?(?![\w{_\\])|`"
 )
 # digits grouped by a separator, written without it: 1,200,000, 1 200 000 (also with no-break or thin spaces),
 # 1'200'000, 12,00,000 (Indian), and 1.200.000 (two groups at least: 1.200 is a decimal)

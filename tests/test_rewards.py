@@ -458,6 +458,8 @@ GSM8K_AS_A_READER_READS = [
     ("5*-1", "-5", True),
     ("2*(16-3-4)", "18", True),
     ("2*(16-3-4)", "4", False),
+    ("12*\\frac{1}{2}", "6", True),
+    ("12*\\frac{1}{2}", "12.5", False),  # not the mixed number 12 1/2
     # a number glued to another by a colon or a malformed separator is no number of its own
     ("3:07", "7", False),
     ("3:07", "307", False),
@@ -468,6 +470,7 @@ GSM8K_AS_A_READER_READS = [
     ("__18__", "18", True),
     ("_18_", "18", True),
     ("x_1", "1", False),
+    ("72_\\frac{1}{2}", "72.5", False),  # a subscript, not the close of an emphasis
     ("18 (9 + 9)", "18", True),
     ("18 (9 + 9)", "9", False),
     ("18 apples (9 + 9).", "18", True),
