@@ -1,14 +1,17 @@
 """Rewards r(o) of the four tasks; the group-relative advantages of agrpo.py are built on them.
 
-Every function takes (completion, answer) and returns a float in a documented range for *any*
-string: nothing here calls eval, the answer is the body of the first <answer>…</answer> block, and
-every parser works in time linear in its input (MATH's sympy check runs in a worker process that
-is killed past its time limit). The terms follow the paper's released reward functions:
+Every reward and accuracy function takes (completion, answer) and never raises, whatever the
+strings: a reward returns a float in the range below, an accuracy a bool (gsm8k_correct,
+math_correct, countdown_correct) or, for Sudoku, a float in [0, 1]. Nothing here calls eval, the
+answer is the body of the first <answer>…</answer> block, and every parser works in time linear in
+its input (MATH's sympy check runs in a worker process that is killed past its time limit). The
+terms follow the paper's released reward functions:
 
     GSM8K, MATH   0.5·[<think> block] + 0.5·[<answer> block] + 3·[final answer correct]  ∈ [0, 4]
                   final answer: the answer block, or the whole text without one; inside it,
-                  the first \\boxed{} if there is one. GSM8K: its last number, only when nothing
-                  is applied to it (2^3 is not 3); MATH: math-verify, plain numbers compared exactly
+                  the first \\boxed{} if there is one. GSM8K: its last number, read as a reader
+                  reads it, only when nothing is applied to it (2^3 is not 3; plumbing/arithmetic.py);
+                  MATH: math-verify (math_answer), plain numbers compared exactly
     Countdown     with an "=" in the answer block (none: 0 format points):
                   −0.5·[more than one "="] + (1/3)·([last side is the target, digits only]
                   + [first side only numbers/operators] + [first side's numbers = the given
@@ -26,6 +29,7 @@ from plumbing.arithmetic import (
     MAX_EXPR,
     eval_arithmetic,
     fractions_as_slash,
+    join_digit_groups,
     last_number,
     normalize_operators,
     parse_number,
@@ -99,22 +103,46 @@ def gsm8k_reward(completion, answer):
 # MATH: math-verify (in its worker process: plumbing/verifier.py), plain numbers compared exactly
 
 
+_DIGIT = re.compile(r"\d")
 _PLAIN_NUMBER = re.compile(r"-?\s*(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
 _VARIABLE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z](?![a-zA-Z])")  # x, n: a single letter that is no LaTeX command
 
 
 def plain_number(text):
-    """A Fraction when text is nothing but one number (0.333333, -3/4, \\frac{1}{3}, $5$), else None."""
-    s = fractions_as_slash(text.replace("$", "").replace("\\boxed", ""))
+    """A Fraction when text is nothing but one number (0.333333, -3/4, \\frac{1}{3}, $5$, 1\\,000), else None."""
+    s = text.replace("$", "").replace("\\boxed", "").replace("\\!", "").replace("\\,", "\u2009")
+    s = fractions_as_slash(join_digit_groups(s))
     s = s.replace("{", " ").replace("}", " ").translate(DASHES).strip()  # linear: no regex over the padding
     return last_number(s) if _PLAIN_NUMBER.fullmatch(s) else None
+
+
+_DELIMITERS = (("\\[", "\\]"), ("\\(", "\\)"), ("$$", "$$"), ("$", "$"))
+
+
+def math_answer(text):
+    """The final answer as math-verify is to read it: one pair of math delimiters around the whole of it
+    (\\[ \\frac{1}{2} \\] or $5$) and a closing period (\\boxed{7.}) read through. None for numbers around
+    dollar signs that enclose nothing (8$ $7): those are no math delimiters, and 8 7 is no single answer."""
+    s = final_answer(text).strip()
+    for left, right in _DELIMITERS:
+        inner = s[len(left) : -len(right)] if len(s) >= len(left) + len(right) else ""
+        if s.startswith(left) and s.endswith(right) and left not in inner and right not in inner:
+            s = inner.strip()
+            break
+    s = s.rstrip(" .")
+    parts = s.replace("\\$", "").split("$")
+    stray = any(not part.strip() for part in parts[1::2]) and any(_DIGIT.search(part) for part in parts[::2])
+    return None if stray else s
 
 
 def math_correct(completion, answer, time_limit=0.5):
     """math-verify's equivalence, with two exceptions where it is too lenient: two plain numbers are
     compared exactly (0.333333 is not 1/3), and an equation is right only if every side without a
-    variable is right too (x = 7 is 7, 8 = 7 is wrong). The whole answer is read, within the time limit."""
-    pred = final_answer(completion)
+    variable is right too (x = 7 is 7, 8 = 7 is wrong). The whole answer is read (math_answer), within the
+    time limit."""
+    pred = math_answer(completion)
+    if pred is None:
+        return False
     sides = pred.split("=") if len(pred) <= 4 * MAX_EXPR else [pred]
     for side in sides[:-1] if len(sides) <= 4 else []:
         if not _VARIABLE.search(side) and not _math_side_equal(answer, side, time_limit):
@@ -126,7 +154,8 @@ def _math_side_equal(answer, pred, time_limit):
     gold, guess = plain_number(str(answer)), plain_number(pred)
     if gold is not None and guess is not None:
         return gold == guess
-    return verifier.equal(f"${answer}$", f"${pred}$", time_limit)
+    delimited = any(left in pred.replace("\\$", "") for left, _ in _DELIMITERS)  # prose with math of its own
+    return verifier.equal(f"${answer}$", pred if delimited else f"${pred}$", time_limit)
 
 
 def math_reward(completion, answer):

@@ -14,8 +14,10 @@ from rewards import (
     extract_answer,
     gsm8k_correct,
     gsm8k_reward,
+    math_answer,
     math_correct,
     math_reward,
+    plain_number,
     sudoku_accuracy,
     sudoku_reward,
 )
@@ -444,3 +446,180 @@ def test_property_countdown_a_right_equation_stays_right_in_prose_and_wrappers(n
 @given(den=st.sampled_from([3, 7, 9, 11]), digits=st.integers(2, 8))
 def test_property_math_a_rounded_decimal_is_not_the_fraction(den, digits):
     assert not math_correct(f"<answer>{round(1 / den, digits)}</answer>", f"\\frac{{1}}{{{den}}}")
+
+
+# a careful grader's reading of GSM8K answers: (final answer, reference, correct)
+GSM8K_AS_A_READER_READS = [
+    # a * next to a parenthesis or a sign is an operator, not markdown emphasis: the expression is evaluated
+    ("(10-8)*4", "4", False),
+    ("(10-8)*4", "8", True),
+    ("5*-1", "-1", False),
+    ("5*-1", "4", False),
+    ("5*-1", "-5", True),
+    ("2*(16-3-4)", "18", True),
+    ("2*(16-3-4)", "4", False),
+    ("12*\\frac{1}{2}", "6", True),
+    ("12*\\frac{1}{2}", "12.5", False),  # not the mixed number 12 1/2
+    # a number glued to another by a colon or a malformed separator is no number of its own
+    ("3:07", "7", False),
+    ("3:07", "307", False),
+    ("1,0000", "0", False),
+    ("1,0000", "10000", False),
+    ("12,34", "34", False),
+    # emphasis with underscores, a derivation in parentheses after the answer
+    ("__18__", "18", True),
+    ("_18_", "18", True),
+    ("x_1", "1", False),
+    ("72_\\frac{1}{2}", "72.5", False),  # a subscript, not the close of an emphasis
+    ("18 (9 + 9)", "18", True),
+    ("18 (9 + 9)", "9", False),
+    ("18 apples (9 + 9).", "18", True),
+    ("x = 5 (mod 7)", "5", True),
+    ("18 apples (3 bags of 6)", "18", True),
+    ("after 3 days (18)", "18", True),  # a bare number in parentheses is no aside: it is read
+    # digit groups: commas, spaces (also no-break and narrow no-break), apostrophes, dots, the Indian system
+    ("1 200 000", "1200000", True),
+    ("1\u00a0200\u00a0000", "1200000", True),
+    ("1\u202f200\u202f000", "1200000", True),
+    ("1.200.000", "1200000", True),
+    ("1'200'000", "1200000", True),
+    ("12,00,000", "1200000", True),
+    ("1.200", "1.2", True),  # one group of three after a dot: a decimal, not a thousand
+    ("1.200", "1200", False),
+    ("1\\,000", "1000", True),
+    # signs and mixed numbers in words
+    ("minus 5", "-5", True),
+    ("minus 5", "5", False),
+    ("10 minus 5", "5", True),
+    ("1 1/2 hours", "1.5", True),
+    ("1 1/2 hours", "0.5", False),
+]
+
+
+@pytest.mark.parametrize("text, gold, correct", GSM8K_AS_A_READER_READS)
+def test_gsm8k_reads_the_answer_as_a_reader_does(text, gold, correct):
+    assert gsm8k_correct(f"<answer>{text}</answer>", gold) is correct
+
+
+# MATH: one pair of math delimiters around the whole answer and a closing period are read through; numbers
+# around dollar signs that enclose nothing (8$ $7) are no single answer: wrong whatever the reference
+MATH_AS_A_READER_READS = [
+    ("<answer>\\[ \\frac{1}{2} \\]</answer>", "\\frac{1}{2}", True),
+    ("\\[ \\frac{1}{2} \\]", "\\frac{1}{2}", True),
+    ("<answer>The answer is \\[ \\frac{1}{2} \\].</answer>", "\\frac{1}{2}", True),
+    ("<answer>\\boxed{\\frac{1}{2}.}</answer>", "\\frac{1}{2}", True),
+    ("<answer>\\boxed{x^2+1.}</answer>", "x^2+1", True),
+    ("<answer>\\boxed{1\\,000}</answer>", "1000", True),
+    ("<answer>\\boxed{10000}</answer>", "10,\\!000", True),
+    ("<answer>\\boxed{1\\,000}</answer>", "100", False),
+    ("<answer>8$ $7</answer>", "7", False),
+    ("<answer>8$ $7</answer>", "8", False),
+    ("<answer>8$ $7</answer>", "15", False),
+    ("<answer>8$$7</answer>", "7", False),
+    ("<answer>There are 3 cases, so $x = 5$.</answer>", "5", True),  # prose with numbers and math is read
+]
+
+
+@pytest.mark.parametrize("text, gold, correct", MATH_AS_A_READER_READS)
+def test_math_reads_the_answer_as_a_reader_does(text, gold, correct):
+    assert math_correct(text, gold) is correct
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    text=st.text(alphabet=st.characters(blacklist_characters="<>\\{}", blacklist_categories=("Cs",)), max_size=80),
+    n=st.one_of(st.integers(-(10**9), 10**9).map(str), st.integers(1000, 10**9).map(lambda n: f"{n:,}")),
+)
+def test_property_gsm8k_a_final_hash_line_is_the_answer(text, n):
+    """Whatever comes before, a completion that ends in GSM8K's own "#### N" line answers N."""
+    assert gsm8k_correct(f"{text}\n#### {n}", n.replace(",", ""))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(n=st.integers(1000, 10**12), sep=st.sampled_from([",", " ", "\u00a0", "\u202f", "'", "."]))
+def test_property_gsm8k_grouped_digits_are_one_number(n, sep):
+    """A whole number with its digits grouped by threes is read as that number, whatever the separator
+    (a dot only with two groups at least: 1.200 is a decimal)."""
+    text = f"{n:,}".replace(",", sep)
+    assert gsm8k_correct(f"<answer>{text}</answer>", str(n)) is (sep != "." or n >= 10**6)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(a=st.integers(0, 999), b=st.integers(0, 999), op=st.sampled_from(["+", "*", "\\times"]))
+def test_property_gsm8k_a_derivation_in_parentheses_is_read_through(a, b, op):
+    value = a + b if op == "+" else a * b
+    assert gsm8k_correct(f"<answer>{value} ({a} {op} {b})</answer>", str(value))
+    assert parse_number(f"{value} ({a} {op} {b})") == value
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(h=st.integers(0, 23), m=st.integers(0, 59))
+def test_property_gsm8k_a_time_is_not_its_minutes(h, m):
+    assert parse_number(f"{h}:{m:02d}") is None
+
+
+reader_text = st.text(alphabet="0123456789,.'’: _*()-+/=$\u00a0\u202fminusegatv\\timesfrac{}", max_size=60)
+
+
+@pytest.mark.parametrize("task", sorted(FNS))
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(text=st.one_of(reader_text, reader_text.map(lambda s: f"<answer>{s}</answer>")))
+def test_property_numbers_markup_and_separators_never_crash(task, text):
+    check_reward(task, text)
+    assert parse_number(text) is None or parse_number(text) == parse_number(text)
+
+
+# rewards.py's promise on types: rewards are floats; the accuracies bools, Sudoku's a float in [0, 1]
+ACCURACY_TYPES = {"gsm8k": bool, "math": bool, "countdown": bool, "sudoku": float}
+
+
+@pytest.mark.parametrize("task", sorted(FNS))
+@pytest.mark.parametrize("text", [*HOSTILE[:6], "<answer>72</answer>", "<answer>(25+3)*2 = 56</answer>"])
+def test_rewards_are_floats_and_accuracies_as_documented(task, text):
+    t, (_, answer) = data.task(task), FNS[task]
+    assert type(t.reward(text, answer)) is float
+    acc = t.accuracy(text, answer)
+    assert type(acc) is ACCURACY_TYPES[task] and 0.0 <= acc <= 1.0
+
+
+# linear time: each shape at n and 4n characters; a quadratic parser (the old \times fallback took 19-44 s
+# for 100 kB) makes the ratio 16, a linear one 4; the bound is 8 (twice linear). Each time is CPU time of this
+# thread, which other processes on a loaded machine do not stretch, the best of three, floored at 2 ms.
+LINEAR_SHAPES = {
+    "times": lambda n: "2 \\times 3 " * (n // 11) + "\nx",
+    "times_answer": lambda n: "<answer>" + "1 \\times " * (n // 9) + "\n</answer>",
+    "digits": lambda n: "<answer>" + "7" * n + "</answer>",
+    "numbers": lambda n: "1 " * (n // 2),
+    "long_lines": lambda n: ("a" * 1000 + "\n") * (n // 1001),
+    "stars": lambda n: "2*" * (n // 2) + "\n",
+    "emphasis": lambda n: "*a* " * (n // 4),
+    "dollars": lambda n: "$1$ " * (n // 4),
+    "parentheses": lambda n: "1 (" * (n // 6) + ")" * (n // 6),
+    "groups": lambda n: "1,000 " * (n // 6),
+    "underscores": lambda n: "_1" * (n // 2),
+    "boxed": lambda n: "\\boxed{" * (n // 7),
+}
+LINEAR_FUNCTIONS = {
+    "gsm8k": lambda s: gsm8k_reward(s, "72"),
+    "countdown": lambda s: countdown_reward(s, CD),
+    "sudoku": lambda s: sudoku_reward(s, SU),
+    "math_parsing": lambda s: plain_number(math_answer(s) or ""),  # math-verify itself is cut off by its time limit
+    "parse_number": parse_number,
+}
+
+
+def best_time(fn, s, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn(s)
+        times.append(time.thread_time() - t0)
+    return max(min(times), 0.002)
+
+
+@pytest.mark.parametrize("function", sorted(LINEAR_FUNCTIONS))
+@pytest.mark.parametrize("shape", sorted(LINEAR_SHAPES))
+def test_linear_time_by_size_doubling(shape, function):
+    fn, make = LINEAR_FUNCTIONS[function], LINEAR_SHAPES[shape]
+    small, large = best_time(fn, make(25_000)), best_time(fn, make(100_000))
+    assert large / small < 8.0, f"{shape}: {small:.4f} s at 25 kB, {large:.4f} s at 100 kB"
