@@ -26,7 +26,6 @@ from sample import policy_logprobs
 ESTIMATORS = ("stepwise", "elbo", "one_step")
 UNIFORM_MIX = 0.05  # entropy sampling: the share of the uniform distribution in the proposal q(t) (§2)
 PROMPT_MASK_PROB = 0.15  # one-step: each prompt token masked with this probability, as diffu-GRPO
-SCHEMES = ("exact", "uniform", "low_discrepancy", "entropy")
 
 
 @dataclass
@@ -74,32 +73,62 @@ def _uniforms(shape, generator, stratified):
     return u.view(shape)
 
 
+# Each scheme draws k steps t_j < m' per row and weights w_j with E[Σ_j w_j f(t_j)] = Σ_{t<m'} f(t) for any f:
+# (rollout, m' per row (B,) on the CPU, k, generator) -> steps (B, K) long, weights (B, K), on the CPU.
+
+
+def exact_steps(rollout, used, k, generator):
+    """Every step t < m' once with weight 1: the sum itself (K = max m'; a shorter row's padding weighs 0)."""
+    steps = torch.arange(int(used.max())).expand(len(used), -1)
+    return steps, (steps < used[:, None]).double()
+
+
+def uniform_steps(rollout, used, k, generator):
+    """t_j = ⌊u_j m'⌋ with u_j ~ U(0, 1) independent: each step has probability 1/m', so w_j = m'/k."""
+    return _scaled(_uniforms((len(used), k), generator, stratified=False), used, k)
+
+
+def low_discrepancy_steps(rollout, used, k, generator):
+    """As uniform, with the u_j stratified over the batch's B·k draws: each still U(0, 1), less variance."""
+    return _scaled(_uniforms((len(used), k), generator, stratified=True), used, k)
+
+
+def entropy_steps(rollout, used, k, generator):
+    """Importance sampling: t_j ~ q(t) ∝ Σ_{i∈S_t} H_i mixed with uniform, w_j = 1 / (k q(t_j)); the u_j
+    stratified as low-discrepancy's. A row whose steps all have zero entropy draws uniformly."""
+    valid = torch.arange(rollout.steps)[None] < used[:, None]
+    H = step_entropy(rollout).cpu().double() * valid
+    # mixing in a little uniform keeps q(t) > 0 on zero-entropy steps, which unbiasedness needs
+    q = (1 - UNIFORM_MIX) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + UNIFORM_MIX * valid / used[:, None]
+    q = torch.where(H.sum(1, keepdim=True) > 0, q, valid / used[:, None].double())
+    cdf = q.cumsum(1)
+    u = _uniforms((len(used), k), generator, stratified=True)
+    steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=used[:, None] - 1)
+    return steps, 1.0 / (k * q.gather(1, steps))
+
+
+def _scaled(u, used, k):
+    """Steps ⌊u m'⌋ (each of the m' with probability 1/m' for u ~ U(0, 1)) and their weight m'/k."""
+    steps = (u * used[:, None]).long().clamp(max=used[:, None] - 1)
+    return steps, (used[:, None] / k).double().expand_as(steps)
+
+
+SCHEMES = {  # --scheme: the name of each way to draw the steps
+    "exact": exact_steps,
+    "uniform": uniform_steps,
+    "low_discrepancy": low_discrepancy_steps,
+    "entropy": entropy_steps,
+}
+
+
 def sample_steps(rollout, k, scheme="low_discrepancy", generator=None):
-    """Steps (B, K) and weights (B, K) with E[Σ_j w_j f(t_j)] = Σ_{t<m'} f(t) for any f.
-    `exact` returns every step t < m' with weight 1 (K = max m', padding has weight 0)."""
+    """Steps (B, K) and weights (B, K) with E[Σ_j w_j f(t_j)] = Σ_{t<m'} f(t) for any f, by SCHEMES[scheme]
+    (`exact`: every step t < m' with weight 1, K = max m'), on the rollout's device."""
     if scheme not in SCHEMES:
-        raise ValueError(f"step sampling scheme={scheme!r} must be one of {SCHEMES}")
-    used = steps_used(rollout).cpu()
-    B = used.shape[0]
-    if scheme == "exact":
-        steps = torch.arange(int(used.max())).expand(B, -1)
-        return steps.to(rollout.ids.device), (steps < used[:, None]).float().to(rollout.ids.device)
-    if k < 1:
+        raise ValueError(f"step sampling scheme={scheme!r} must be one of {tuple(SCHEMES)}")
+    if k < 1 and scheme != "exact":
         raise ValueError(f"k={k} Monte Carlo steps must be at least 1")
-    u = _uniforms((B, k), generator, stratified=scheme != "uniform")
-    if scheme == "entropy":
-        H = step_entropy(rollout).cpu().double()
-        valid = torch.arange(rollout.steps)[None] < used[:, None]
-        H = H * valid
-        # mixing in a little uniform keeps p(t) > 0 on zero-entropy steps, which unbiasedness needs
-        p = (1 - UNIFORM_MIX) * H / H.sum(1, keepdim=True).clamp(min=1e-12) + UNIFORM_MIX * valid / used[:, None]
-        p = torch.where(H.sum(1, keepdim=True) > 0, p, valid / used[:, None].double())
-        cdf = p.cumsum(1)
-        steps = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=used[:, None] - 1)
-        weights = 1.0 / (k * p.gather(1, steps))
-    else:
-        steps = (u * used[:, None]).long().clamp(max=used[:, None] - 1)
-        weights = (used[:, None] / k).double().expand(B, k)
+    steps, weights = SCHEMES[scheme](rollout, steps_used(rollout).cpu(), k, generator)
     return steps.to(rollout.ids.device), weights.float().to(rollout.ids.device)
 
 

@@ -113,7 +113,7 @@ def validate(cfg):
     with config_errors():
         data.check_task_options(cfg.task, vars(cfg))
         check_settings(**sampler(cfg))
-    for key, allowed in dict(estimator=ESTIMATORS, scheme=SCHEMES, report_to=logs.REPORTERS).items():
+    for key, allowed in dict(estimator=ESTIMATORS, scheme=tuple(SCHEMES), report_to=logs.REPORTERS).items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
     most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # threshold: its own m'

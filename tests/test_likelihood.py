@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import chat
 
+import likelihood
 from likelihood import (
     completion_mask,
     draws_logp,
@@ -21,7 +22,7 @@ from likelihood import (
 from plumbing.model import load
 from sample import Rollout, generate, policy_logprobs
 
-SCHEMES = ["uniform", "low_discrepancy", "entropy"]
+SCHEMES = [name for name in likelihood.SCHEMES if name != "exact"]  # the sampled ones: every scheme but the sum
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +278,60 @@ def test_training_logp_finite_after_weights_move(setup):
         d = stepwise_draws(r, 0, "exact")
         lp = draws_logp(moved, r, d)
     assert torch.isfinite(lp[d.read]).all()
+
+
+def table_rollout(rows=64, seed=0):
+    """A rollout without a model: rows of G = 16 tokens unmasked over m = 8 steps, some ending early in EOS
+    (m' < m), with uneven entropies; and a known table f(t) (rows, m) that grows with t and with the entropy."""
+    g = torch.Generator().manual_seed(seed)
+    G, m, P, eos = 16, 8, 3, 2
+    unmask_step = torch.stack([torch.randperm(G, generator=g) % m for _ in range(rows)])
+    ids = torch.randint(5, 50, (rows, P + G), generator=g)
+    for row in range(0, rows, 3):  # every third row: the tokens of its last steps are EOS, so its m' is shorter
+        ids[row, P:] = ids[row, P:].masked_fill(unmask_step[row] >= 4 + row % 4, eos)
+    entropy = torch.rand(rows, G, generator=g) ** 3
+    r = Rollout(ids, torch.ones_like(ids), P, unmask_step, torch.zeros(rows, G), entropy, m, 1, (eos,))
+    f = -((1 + torch.arange(m).double()) ** 1.5) - 4 * likelihood.step_entropy(r).double()
+    return r, f
+
+
+def table_check(scheme, batches=400):
+    """(estimate's mean, its standard error, exact sum) of Σ_rows Σ_j w_j f(t_j) over independent batches, through
+    sample_steps (the draw code train.py runs), for the table of table_rollout."""
+    r, f = table_rollout()
+    valid = torch.arange(f.shape[1])[None] < steps_used(r)[:, None]
+    exact = (f * valid).sum()
+    est = []
+    for b in range(batches):
+        steps, weights = sample_steps(r, 3, scheme, torch.Generator().manual_seed(b))
+        est.append((weights.double() * f.gather(1, steps)).sum())
+    est = torch.stack(est)
+    return est.mean(), est.std() / len(est) ** 0.5, exact
+
+
+@pytest.mark.parametrize("scheme", list(likelihood.SCHEMES))
+def test_every_scheme_estimates_a_known_table_without_bias(scheme):
+    """Each scheme of likelihood.SCHEMES, a new one included with no edit here, on a known f(t): the mean
+    estimate within 4 standard errors of Σ_{t<m'} f(t) (exact: equal to it)."""
+    mean, se, exact = table_check(scheme)
+    assert abs(mean - exact) <= 4 * se + 1e-9 * abs(exact), f"{scheme}: mean {mean:.3f} exact {exact:.3f} se {se:.3f}"
+
+
+def halved_second_half(rollout, used, k, generator):
+    """A wrong proposal: low-discrepancy's steps, the second half of the draws at ⌊t/2⌋, the same weights."""
+    steps, weights = likelihood.low_discrepancy_steps(rollout, used, k, generator)
+    return torch.cat([steps[:, : k // 2], steps[:, k // 2 :] // 2], 1), weights
+
+
+def entropy_with_uniform_weights(rollout, used, k, generator):
+    """A wrong weight: entropy's proposal q(t) weighted m'/k as if it were uniform."""
+    steps, _ = likelihood.entropy_steps(rollout, used, k, generator)
+    return steps, (used[:, None] / k).double().expand_as(steps)
+
+
+@pytest.mark.parametrize("mutant", [halved_second_half, entropy_with_uniform_weights])
+def test_the_table_check_catches_a_wrong_scheme(monkeypatch, mutant):
+    """The check above is not blind: a scheme with a wrong proposal or a wrong weight is many errors off."""
+    monkeypatch.setitem(likelihood.SCHEMES, "mutant", mutant)
+    mean, se, exact = table_check("mutant")
+    assert abs(mean - exact) > 10 * se, f"mean {mean:.3f} exact {exact:.3f} se {se:.3f}"
