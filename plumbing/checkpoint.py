@@ -12,14 +12,20 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
                          parameters (names and shapes), the digests of the base's weights (LoRA) and of
                          the training and held-out items, the held-out accuracy before training,
                          counters, Python's RNG state
-    checksums.json       the SHA-256 of every other file: a resume, eval.py and export.py use no file
-                         whose bytes changed after it was written
+    checksums.json       the manifest: the SHA-256 of every other file
+
+A checkpoint is exactly the files its checksums.json lists (manifest.py): a resume, eval.py and
+export.py read only those, each with the bytes it was written with, and refuse a checkpoint holding a
+weights or state file it does not list, or whose trainer_state.json shows a manifest was written when
+checksums.json is missing, empty or unreadable; one written before checksums were recorded is read as it
+is. A run folder's checkpoints are its own folders: a symbolic link named checkpoint-N is never counted,
+resumed from or rotated away (a resume warns of it; a save of that step replaces the link, not what it
+points at), and a checkpoint-N whose state is of another step is refused.
 
 train.py writes them; restore.py resumes a run from one and rebuilds the trained model for eval.py and export.py.
 """
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -32,9 +38,9 @@ from safetensors.torch import load_file
 
 from plumbing import families, fsdp
 from plumbing.errors import ConfigError
+from plumbing.manifest import CHECKSUMS, STATE, damaged_files, sha256, weight_files, write_manifest  # noqa: F401
 
 PREFIX = "checkpoint-"
-CHECKSUMS = "checksums.json"
 ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the number of ranks does: their product may not
 
 
@@ -48,20 +54,45 @@ def fingerprint(model):
 
 
 def names(out_dir):
-    """Complete checkpoint folders in out_dir, oldest first (a half-written `.tmp` one never counts)."""
+    """Complete checkpoint folders in out_dir, oldest first (a half-written `.tmp` one never counts, nor a
+    symbolic link: linked() names those)."""
     if not os.path.isdir(out_dir):
         return []
     found = [
-        f for f in os.listdir(out_dir) if re.fullmatch(PREFIX + r"\d+", f) and os.path.isdir(os.path.join(out_dir, f))
+        f
+        for f in os.listdir(out_dir)
+        if re.fullmatch(PREFIX + r"\d+", f)
+        and os.path.isdir(os.path.join(out_dir, f))
+        and not os.path.islink(os.path.join(out_dir, f))
     ]
     return sorted(found, key=lambda f: int(f[len(PREFIX) :]))
+
+
+def linked(out_dir):
+    """The warnings for symbolic links in out_dir named like checkpoints, which names() does not count: the
+    run's rotation would otherwise delete, or replace, a folder it did not write."""
+    found = sorted(f for f in os.listdir(out_dir) if re.fullmatch(PREFIX + r"\d+", f)) if os.path.isdir(out_dir) else []
+    return [
+        f"warning: {os.path.join(out_dir, f)} is a symbolic link, not counted as a checkpoint of the run (a run's "
+        "checkpoints are its own folders): name it to use what it points at"
+        for f in found
+        if os.path.islink(os.path.join(out_dir, f))
+    ]
+
+
+def remove(path, ignore_errors=False):
+    """A checkpoint folder and everything in it; a symbolic link as a link only (what it points at is kept)."""
+    if os.path.islink(path):
+        os.remove(path)
+    else:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def remove_partial(out_dir):
     """Delete the folders a kill left half-written or half-replaced (never read: names() skips them)."""
     for f in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
         if f.startswith(PREFIX) and f.endswith((".tmp", ".old")):
-            shutil.rmtree(os.path.join(out_dir, f), ignore_errors=True)
+            remove(os.path.join(out_dir, f), ignore_errors=True)
 
 
 def newest(out_dir):
@@ -98,7 +129,7 @@ def save(
             f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}"
         )
     tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove(tmp, ignore_errors=True)
     frozen = not all(p.requires_grad for p in model.parameters())  # LoRA: the base is part of the trained model
     train_items, held_out_items = items or (None, None)
     state = {
@@ -113,6 +144,7 @@ def save(
         "counters": dict(counters or {}),
         "world_size": world,
         "python_rng": list(random.getstate()),
+        "manifest": CHECKSUMS,  # a checkpoint of this version is read only with its manifest
     }
     try:
         os.makedirs(tmp)
@@ -127,11 +159,9 @@ def save(
             {"optimizer": optimizer, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
             os.path.join(tmp, "optimizer.pt"),
         )
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        with open(os.path.join(tmp, STATE), "w") as f:
             json.dump(state, f)
-        digests = {name: sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
-        with open(os.path.join(tmp, CHECKSUMS), "w") as f:
-            json.dump(digests, f, indent=1)
+        write_manifest(tmp)
         _fsync_tree(tmp)
     except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +176,9 @@ def save(
             f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from "
             f"{last}"
         ) from None
-    if os.path.exists(path):  # a step run again after a resume from an older checkpoint
+    if os.path.islink(path):  # not a checkpoint of the run (names() skips it): the link goes, what it points at stays
+        os.remove(path)
+    elif os.path.exists(path):  # a step run again after a resume from an older checkpoint
         os.replace(path, path + ".old")
         shutil.rmtree(path + ".old")
     os.replace(tmp, path)  # atomic: a reader sees the old folders or the complete new one
@@ -177,47 +209,11 @@ def truncate_log(log_path, step):
     os.replace(log_path + ".tmp", log_path)
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-VERIFIED = set()  # (folder, checksums.json's mtime) already verified in this process: each file is hashed once
-
-
-def damaged_files(path):
-    """Why a checkpoint's files are not the bytes it wrote (checksums.json), or None. A checkpoint written
-    before checksums were recorded has none to compare and is read unverified."""
-    try:
-        key = (os.path.realpath(path), os.stat(os.path.join(path, CHECKSUMS)).st_mtime_ns)
-        if key in VERIFIED:
-            return None
-        with open(os.path.join(path, CHECKSUMS)) as f:
-            recorded = json.load(f)
-        if not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
-            return f"{CHECKSUMS} is not a map of file names to checksums"
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        return f"{CHECKSUMS} cannot be read ({type(e).__name__})"
-    for name, digest in recorded.items():
-        file = os.path.join(path, name)
-        if os.path.basename(name) != name or not os.path.isfile(file):
-            return f"{name} is missing"
-        if sha256(file) != digest:
-            return f"{name} is damaged (its SHA-256 differs from the one recorded when it was written)"
-    VERIFIED.add(key)
-    return None
-
-
 def read(path, with_tensors=False, verify=False):
     """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
     `path` (and with_tensors, its saved `tensors` and `trainer` tensors), or one line saying why it
     cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused)."""
-    state_file = os.path.join(path, "trainer_state.json")
+    state_file = os.path.join(path, STATE)
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
     if (with_tensors or verify) and (problem := damaged_files(path)):
@@ -229,7 +225,10 @@ def read(path, with_tensors=False, verify=False):
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
     problem = state_problem(state, need_rng=with_tensors)
     if problem:
-        raise ConfigError(f"{path} is not a whole training checkpoint of this project: trainer_state.json {problem}")
+        raise ConfigError(f"{path} is not a whole training checkpoint of this project: {STATE} {problem}")
+    named = re.fullmatch(PREFIX + r"(\d+)", os.path.basename(os.path.normpath(path)))
+    if named and int(named[1]) != state["step"]:  # a copy or link under another step's name
+        raise ConfigError(f"checkpoint {path}: its {STATE} is of step {state['step']}, not of its folder's name")
     state["path"] = path
     if with_tensors:
         state["tensors"], state["trainer"] = tensors(path), trainer_tensors(path)
@@ -269,11 +268,12 @@ def saved_name(name):
 
 def missing_tensors(path, state):
     """Why a checkpoint lacks trained tensors its fingerprint names (or holds one of another shape),
-    read from the safetensors headers alone; None when it has them all."""
+    read from the safetensors headers of the files its manifest lists alone; None when it has them all."""
     expected = {saved_name(name): list(shape) for name, shape in state["fingerprint"]}
     saved = {}
+    files = weight_files(path)
     try:
-        for f in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        for f in files:
             with safe_open(os.path.join(path, f), "pt") as st:
                 saved |= {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
     except Exception as e:  # safetensors raises its own error types on a damaged header
@@ -299,7 +299,9 @@ def shapes_problem(expected, saved):
 
 def newest_whole(run_dir, log=print):
     """The newest checkpoint of a run folder whose state and trained tensors are whole (a damaged
-    one is passed over with a warning), or None."""
+    one is passed over with a warning, and a symbolic link named like a checkpoint), or None."""
+    for warning in linked(run_dir):
+        log(warning)
     for name in reversed(names(run_dir)):
         path = os.path.join(run_dir, name)
         try:
@@ -313,8 +315,9 @@ def newest_whole(run_dir, log=print):
 
 
 def tensors(path):
-    """The trained parameters a checkpoint holds, as saved (peft's adapter names, or the model's)."""
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    """The trained parameters a checkpoint holds, as saved (peft's adapter names, or the model's), read
+    from the safetensors files its manifest lists (weight_files)."""
+    files = weight_files(path)
     try:
         return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
     except Exception as e:  # safetensors raises its own error types on a damaged file

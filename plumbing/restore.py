@@ -15,6 +15,7 @@ from plumbing.checkpoint import (
     ACCUMULATE,
     RunMismatch,
     fingerprint,
+    linked,
     names,
     newest_whole,
     read,
@@ -167,6 +168,8 @@ def resume(
     again, so their lines in the JSONL files `log_paths` (and a half-written checkpoint) are dropped."""
     # the newest readable one (a damaged one is passed over), or the named one as it is
     paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]
+    for warning in linked(out_dir) if only is None else []:
+        log(warning)
     step = None
     for path in paths:
         try:
