@@ -31,10 +31,12 @@ def claim(path, what, key="--output_dir", *, whole=False, replaces=None, may_shi
     which is then replaced. Returns the path."""
 
     def refuse(why):
-        raise ConfigError(f"{key + '=' if key else ''}{path} cannot hold {what} ({why})")
+        raise ConfigError(
+            f"{key}={path} cannot hold {what} ({why})" if key else f"cannot write {what} to {path} ({why})"
+        )
 
     if not path or not path.strip():
-        raise ConfigError(f"{key + '=' if key else 'the folder for ' + what} is empty: name the folder for {what}")
+        raise ConfigError(f"{key + '= is empty' if key else 'an empty path'}: name the folder for {what}")
     real = os.path.realpath(path)
     for folder, name in ((os.getcwd(), "the working folder"), (ROOT, "the repository")):
         if inside(os.path.realpath(folder), real):
@@ -54,10 +56,17 @@ def claim(path, what, key="--output_dir", *, whole=False, replaces=None, may_shi
         os.rmdir(probe)
         free = shutil.disk_usage(where).free
     except OSError as e:  # no permission, a read-only file system, a path through a file
-        refuse(e.strerror or str(e))
+        through = [a for a in parents(where) if os.path.lexists(a) and not os.path.isdir(a)]
+        refuse(f"{through[0]} is a file" if through else e.strerror or str(e))
     if free < need_bytes:
         refuse(f"{free / 2**20:.0f} MiB free on its disk, {need_bytes / 2**20:.0f} MiB needed")
     return path
+
+
+def parents(path):
+    """`path` and the folders above it, outermost first."""
+    path = os.path.abspath(path)
+    return [*parents(os.path.dirname(path)), path] if os.path.dirname(path) != path else [path]
 
 
 def weights_bytes(folder):
