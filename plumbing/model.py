@@ -89,7 +89,7 @@ def weights_digest(model, samples=1024):
 
 def save(model, tok, path):
     """A Hugging Face model folder (`write_model`), written beside `path` and renamed into place
-    (outdir.write_whole): a kill or a full disk leaves either the previous folder or the complete new one."""
+    (outdir.write_whole): a full disk or a kill while writing leaves the previous folder as it was."""
     return write_whole(path, lambda folder: write_model(model, tok, folder))
 
 

@@ -3,7 +3,7 @@ export, each claimed by `claim` before any heavy work (a model load, training), 
 take the output stops the script in one line while nothing is lost yet. No script deletes what it did not write:
 the working folder, the repository and the shipped models/ are never an output, a whole-folder output replaces
 only a folder of its own kind, and it is written beside its place and renamed into it when complete
-(`write_whole`), so a failure (a full disk, a kill) leaves the previous content as it was."""
+(`write_whole`), so a failure while writing (a full disk, a kill) leaves the previous content as it was."""
 
 import os
 import re

@@ -69,6 +69,13 @@ def test_a_whole_output_replaces_only_a_folder_of_its_kind(tmp_path):
     (tmp_path / "m" / "sft.json").write_text("{}")
     assert outdir.claim(str(tmp_path / "m"), "the model", whole=True, replaces="sft.json")
     assert sorted(os.listdir(run)) == ["checkpoint-1", "log.jsonl"]
+    shipped = os.path.join(ROOT, "models", "tiny-countdown")  # tools/sft.py's rebuild of a shipped model
+    assert outdir.claim(shipped, "the model", whole=True, replaces="sft.json", may_ship=True) == shipped
+    for path in (os.path.join(shipped, "inner"), os.path.join(ROOT, "models")):
+        with pytest.raises(SystemExit, match="it is in models/"):
+            outdir.claim(path, "the model", whole=True, replaces="sft.json", may_ship=True)
+    with pytest.raises(SystemExit, match="it exists"):  # asked to replace, but not a folder this script wrote
+        outdir.claim(os.path.join(ROOT, "tools"), "the model", whole=True, replaces="sft.json", may_ship=True)
 
 
 def test_overwrite_removes_only_the_run_files(tmp_path):

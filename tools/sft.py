@@ -205,6 +205,8 @@ def main():
             json.dump(record, f, indent=1)
 
     outdir.write_whole(out, fill)
+    if outdir.inside(os.path.realpath(out), outdir.SHIPPED):
+        print(f"replaced the shipped {out} with this model: `git checkout {out}` restores it", file=sys.stderr)
     print(json.dumps(record, indent=1))
 
 
