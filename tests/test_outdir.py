@@ -88,6 +88,18 @@ def test_overwrite_removes_only_the_run_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".lock", "notes.txt"]
 
 
+def test_train_and_eval_claim_their_folders_through_outdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    for path, words in (("", "--output_dir= is empty"), (".", "working folder"), ("notes.txt", "is a file")):
+        with pytest.raises(SystemExit, match=words):
+            claim_run(path, resume=False, overwrite=True)
+        argv = ["--models=('tiny',)", "--labels=()", f"--output_dir={path}"]
+        with pytest.raises(SystemExit, match=words):
+            eval_settings(eval_script.__file__, argv, eval_script.RANGES)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     "error",
     [
