@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from plumbing import data, ddp, logs, restore
+from plumbing import data, ddp, logs, outdir, restore
 from plumbing.errors import ConfigError, config_errors
 from plumbing.eval_settings import eval_settings
 from plumbing.families import check_blocks, native_departures, unwrap
@@ -260,21 +260,24 @@ def main():
         del model
 
     if rank == 0:
-        os.makedirs(cfg["output_dir"], exist_ok=True)
-        with open(os.path.join(cfg["output_dir"], "samples.jsonl"), "w") as f:
-            f.writelines(json.dumps(s) + "\n" for s in samples)
         table = logs.results_table(rows, names[0] if len(names) > 1 else None)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
         header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
         header += f"Settings {sources}.\n\n"
         if len(names) > 1:
             header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
-        with open(os.path.join(cfg["output_dir"], "results.md"), "w") as f:
-            f.write(header + table + "\n")
-        with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
-            json.dump({"config": cfg, "rows": rows}, f, indent=1)
         title = f"{cfg['task']}: {len(items)} held-out items, greedy"
-        logs.plot_results(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), title)
+
+        def write(folder):  # beside the results they replace, each renamed into place once all are written
+            with open(os.path.join(folder, "samples.jsonl"), "w") as f:
+                f.writelines(json.dumps(s) + "\n" for s in samples)
+            with open(os.path.join(folder, "results.md"), "w") as f:
+                f.write(header + table + "\n")
+            with open(os.path.join(folder, "results.json"), "w") as f:
+                json.dump({"config": cfg, "rows": rows}, f, indent=1)
+            logs.plot_results(rows, os.path.join(folder, "accuracy_vs_steps.png"), title)
+
+        outdir.write_files(cfg["output_dir"], write)
         print(header + table)
         print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
     if distributed:

@@ -30,7 +30,8 @@ from plumbing.errors import ConfigError, config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.fsdp import gathered, local
 from plumbing.logits import count_positions
-from plumbing.model import load_policy, model_path_error
+from plumbing.model import load_policy, model_path_error, shipped
+from plumbing.outdir import weights_bytes
 from sample import check_settings, decode_completions, generate
 
 # --- config
@@ -247,7 +248,9 @@ def main():
     cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES))
     validate(cfg)
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
-    with lifecycle.training_run(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp) as run:
+    room = weights_bytes(shipped(cfg.model_name_or_path)) if cfg.lora_r == 0 else 0  # a checkpoint's weights at least
+    claim = (cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp, room)
+    with lifecycle.training_run(*claim) as run:
         train_items, test_items = load_data(cfg, run.log)
         run.train_items, run.held_out_items = data.items_digest(train_items), data.items_digest(test_items)
         # a logging service that cannot be reached stops the run before the model loads

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from plumbing import checkpoint, data, restore
+from plumbing import checkpoint, data, outdir, restore
 from plumbing.configurator import configure, declared, preset_values
 from plumbing.errors import ConfigError, config_errors
 from sample import check_settings
@@ -108,8 +108,9 @@ def eval_settings(script, argv, ranges):
         print(json.dumps(cfg, indent=1))
         sys.exit(0)
     check(cfg)
+    restore.check_base(cfg["base_model"] if "base_model" in given else None)  # "" is the default: no base named
     grid = step_grid(cfg)
-    writable(cfg["output_dir"])
+    outdir.claim(cfg["output_dir"], "the results")  # before any model is loaded
     with config_errors():  # a recorded system turn is its text; otherwise "task", a .txt file, or the text
         recorded = sources.get("system_prompt") in [spec for kind, spec in specs if kind == "checkpoint"]
         system = cfg["system_prompt"] if recorded else data.system_prompt_text(cfg["task"], cfg["system_prompt"])
@@ -163,15 +164,3 @@ def step_grid(cfg):
                 raise ConfigError(f"completion length {G}: {e}") from None
             grid.append((G, None, tau))
     return grid
-
-
-def writable(output_dir):
-    """Where the results go must take them, before any model is loaded."""
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, ".write_test"), "w"):
-            pass
-        os.remove(os.path.join(output_dir, ".write_test"))
-    except OSError as e:
-        why = "it is a file" if os.path.isfile(output_dir) else e.strerror
-        raise ConfigError(f"--output_dir={output_dir} cannot hold the results ({why})") from None

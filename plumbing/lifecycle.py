@@ -17,10 +17,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from eval import mean_se, paired_change
-from plumbing import checkpoint, ddp, logs, restore, watch
+from plumbing import checkpoint, ddp, logs, outdir, restore, watch
 from plumbing.errors import ConfigError, config_errors
 from plumbing.fsdp import whole_state
 from plumbing.model import resolved
+
+RUN_FILES = ("log.jsonl", "completions.jsonl", "final.json", "curves.png")  # what a run writes beside its checkpoints
 
 
 class Interrupted(Exception):
@@ -28,9 +30,9 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def training_run(output_dir, resume, overwrite, sharded):
+def training_run(output_dir, resume, overwrite, sharded, need_bytes=0):
     """The run, from its processes to its end: one per GPU under torchrun (NCCL), gloo ranks on CPU, or one
-    process; output_dir locked by rank 0 (claim) before any heavy work; stop signals caught.
+    process; output_dir locked by rank 0 (claim, with need_bytes free) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
     save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
     bar, reporter and train_model (DDP's wrapper), which the end closes; train.py sets the digests of the
@@ -46,7 +48,7 @@ def training_run(output_dir, resume, overwrite, sharded):
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     )
     run.log = lambda *a: run.master and a[0] is not None and tqdm.write(" ".join(str(x) for x in a))
-    _lock = claim(output_dir, resume, overwrite) if run.master else None  # held until the process ends
+    _lock = claim(output_dir, resume, overwrite, need_bytes) if run.master else None  # held until the process ends
     if distributed:
         dist.barrier()  # the other ranks start once the folder is this run's
     try:
@@ -133,13 +135,15 @@ def halt(output_dir, step, why, fix):
     raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
 
 
-def claim(out_dir, resume, overwrite):
+def claim(out_dir, resume, overwrite, need_bytes=0):
     """Make out_dir this run's own, before any heavy work: an exclusive lock held for the life of
     the process (a second run on the folder stops, naming the holder), and a folder that already
     holds a run (checkpoints or log.jsonl) is continued only with `resume`, emptied with
-    `overwrite`, or refused. Returns the open lock file (keep it referenced)."""
+    `overwrite` (its run files only: checkpoints and RUN_FILES), or refused;
+    outdir.claim's checks first (no working folder, shipped model or file; writable; room for need_bytes).
+    Returns the open lock file (keep it referenced)."""
+    outdir.claim(out_dir, "the run", need_bytes=need_bytes)
     try:
-        os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, ".lock"), "a+")
     except OSError as e:  # a file of that name, no permission, a path that cannot exist
         raise ConfigError(f"--output_dir={out_dir} cannot hold the run ({e.strerror})") from None
@@ -155,9 +159,7 @@ def claim(out_dir, resume, overwrite):
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
     lock.flush()
-    previous = checkpoint.names(out_dir) + [
-        f for f in ("log.jsonl", "completions.jsonl", "final.json") if os.path.exists(os.path.join(out_dir, f))
-    ]
+    previous = checkpoint.names(out_dir) + [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     if previous and not resume:
         if not overwrite:
             raise ConfigError(

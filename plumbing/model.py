@@ -13,15 +13,17 @@ the embedded model exercise the path LLaDA-8B takes.
 
 import copy
 import hashlib
+import json
 import os
-import shutil
 
 import torch
 
 from plumbing import fsdp, tiny_llada
+from plumbing.checkpoint import sha256
 from plumbing.errors import first_line
 from plumbing.families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
 from plumbing.logits import forward_logits, probe_padding_mask
+from plumbing.outdir import write_whole
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
@@ -86,19 +88,44 @@ def weights_digest(model, samples=1024):
 
 
 def save(model, tok, path):
-    """A Hugging Face model folder: config (with auto_map for remote code), safetensors weights,
-    the modeling file where the model has one, the tokenizer. Written beside `path`, then renamed
-    into place, so a kill leaves either no folder or a complete one."""
-    tmp = path.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """A Hugging Face model folder (`write_model`), written beside `path` and renamed into place
+    (outdir.write_whole): a full disk or a kill while writing leaves the previous folder as it was."""
+    return write_whole(path, lambda folder: write_model(model, tok, folder))
+
+
+def write_model(model, tok, folder):
+    """Config (with auto_map for remote code), safetensors weights, the modeling file where the model has one,
+    the tokenizer, into an existing folder."""
+    save_pretrained(unwrap(model), folder)
+    tok.save_pretrained(folder)
+
+
+VERIFIED = {}  # (model.safetensors, its size and mtime) -> its sha256: each version of the file is hashed once
+
+
+def shipped_weights_problem(folder):
+    """None, or one line saying that a shipped model (a folder of models/) is not the file its sft.json
+    records: the weights changed since they were built (or the record is missing), and runs from them would
+    not be runs from the base models/README.md and the measured numbers describe."""
+    folder = os.path.realpath(folder)
+    if os.path.dirname(folder) != os.path.join(ROOT, "models"):
+        return None
+    name, weights = f"models/{os.path.basename(folder)}", os.path.join(folder, "model.safetensors")
     try:
-        save_pretrained(unwrap(model), tmp)
-        tok.save_pretrained(tmp)
-    except BaseException:  # no half-written folder is left, whatever failed (the model's own code included)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+        with open(os.path.join(folder, "sft.json")) as f:
+            recorded = json.load(f)["model.safetensors sha256"]
+        stat = os.stat(weights)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{name} is a shipped model whose checksum cannot be read ({first_line(e)}): git checkout {name}"
+    key = (weights, stat.st_size, stat.st_mtime_ns)
+    if key not in VERIFIED:
+        VERIFIED[key] = sha256(weights)
+    if VERIFIED[key] != recorded:
+        return (
+            f"{name}/model.safetensors is not the shipped model (sha256 {VERIFIED[key][:12]}…, its sft.json records "
+            f"{recorded[:12]}…): `git checkout {name}` restores it; tools/sft.py rebuilds it with its own record"
+        )
+    return None
 
 
 def shipped(name):
@@ -130,7 +157,7 @@ def model_path_error(name):
     if name in EMBEDDED:
         return None
     if os.path.isdir(name):
-        return missing_model_files(name)
+        return missing_model_files(name) or shipped_weights_problem(name)
     if os.path.exists(name):
         return f"{name} is a file; a model is a folder (config.json, tokenizer files, weights) or a hub id"
     # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id

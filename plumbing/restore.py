@@ -208,12 +208,23 @@ def has_own_code(folder):
         return False
 
 
+def check_base(base):
+    """A --base_model given empty (a wrapper's unset variable) is refused: the base would silently be the
+    one the checkpoint names, whose own code runs only when the user names it."""
+    if base is not None and not base.strip():
+        raise ConfigError(
+            "--base_model= is empty: name the base model (a folder or a hub id), or leave the flag out to use "
+            "the one the checkpoint names"
+        )
+
+
 def load_trained(path, device="cpu", merge_lora=True, base=None):
     """(model, tokenizer, config) from a checkpoint folder: its base model with the LoRA adapters of
     the run (merged into the weights in float32, or kept as peft), or, for full fine-tuning, the
     trained weights on the base. `base`: the base model as the user names it; by default the one the
     checkpoint names, whose own modeling code runs only if it is a hub id or a model shipped with
     the project: a local folder named by a checkpoint file could hold any code."""
+    check_base(base)
     state = read(path, verify=True)
     cfg = state["config"]
     trusted = base is not None or is_shipped_or_official(state["base"])

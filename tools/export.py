@@ -20,42 +20,43 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
 
-from plumbing import restore  # noqa: E402
+from plumbing import checkpoint, outdir, restore  # noqa: E402
 from plumbing.errors import ConfigError  # noqa: E402
 from plumbing.families import unwrap  # noqa: E402
-from plumbing.model import merge_lora_float32, save  # noqa: E402
+from plumbing.model import merge_lora_float32, save, shipped  # noqa: E402
 
 
 def export(source, out_dir, base=None):
-    """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir. base: the
-    base model as the user names it (default: the one the checkpoint names)."""
+    """Write the trained model of `source` (a run folder or a checkpoint folder) to out_dir, a new folder
+    (outdir.claim: checked, with room for the weights, before any model loads; written whole or not at all).
+    base: the base model as the user names it (default: the one the checkpoint names)."""
+    outdir.claim(out_dir, "the export", None, whole=True)
+    restore.check_base(base)
     kind, path = restore.resolve(source)
     if kind != "checkpoint":
         raise ConfigError(f"{source} is a model, not a training run or checkpoint: it needs no export")
+    named = base or checkpoint.read(path)["base"]  # the export is the base's size, or the checkpoint's weights'
+    room = max(outdir.weights_bytes(path), outdir.weights_bytes(shipped(named)))
+    outdir.claim(out_dir, "the export", None, whole=True, need_bytes=room)
     model, tok, cfg = restore.load_trained(path, merge_lora=False, base=base)
     dtype = next(unwrap(model).parameters()).dtype  # the base model's own: bf16 for LLaDA
     if cfg.get("lora_r", 0) > 0:  # load_trained read the run the same way: no lora_r is full fine-tuning
         model = merge_lora_float32(model)
     model = model.to(dtype)
     model.requires_grad_(False)
-    try:
-        save(model, tok, out_dir)
-    except OSError as e:  # an unwritable or full destination: save() has left nothing behind
-        raise ConfigError(f"cannot write the export to {out_dir}: {e.strerror or e}") from None
+    save(model, tok, out_dir)  # a full disk or an unwritable place: one line, nothing left behind
     return path, dtype
 
 
 def main(argv):
-    base = next((a.removeprefix("--base_model=") for a in argv if a.startswith("--base_model=")), None)
+    bases = [a.removeprefix("--base_model=") for a in argv if a.startswith("--base_model=")]
     argv = [a for a in argv if not a.startswith("--base_model=")]
-    if len(argv) != 2 or argv[0] in ("-h", "--help"):
+    if len(argv) != 2 or argv[0] in ("-h", "--help") or len(bases) > 1:
         print(__doc__)
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     source, out_dir = argv
-    if os.path.exists(out_dir):
-        raise ConfigError(f"{out_dir} exists: choose a new folder for the export")
     with torch.no_grad():
-        path, dtype = export(source, out_dir, base)
+        path, dtype = export(source, out_dir, bases[0] if bases else None)
     print(f"exported {path} ({str(dtype).removeprefix('torch.')}) to {out_dir}")
 
 

@@ -3,9 +3,14 @@ model on generated solutions, so that AGRPO starts from a policy whose rewards a
 It plays the part LLaDA-8B-Instruct plays on the real path: trained once, shipped in models/ with
 the command that made it and a checksum (models/README.md), loaded by train.py and the comparisons.
 
-    python tools/sft.py                                              # models/tiny-countdown
+    python tools/sft.py --output_dir=runs/sft-countdown              # a new model folder
+    python tools/sft.py --overwrite_output_dir                       # rebuilds the shipped models/tiny-countdown
     python tools/sft.py --task=sudoku --sudoku_blanks="(10,10)" --max_steps=300 --max_completion_length=24 \\
-        --output_dir=models/tiny-sudoku
+        --output_dir=models/tiny-sudoku --overwrite_output_dir
+
+The output folder is checked before training (outdir.claim) and written whole at the end: a folder that holds
+anything but a model this script wrote is never replaced, and one it wrote (the shipped models too) only with
+--overwrite_output_dir, the new sft.json recording the new checksum.
 
 With o the G completion tokens (the solution, then EOS padding), l ~ U{1..G} of them masked
 uniformly at random (x_l) and the prompt never masked:
@@ -30,9 +35,10 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
 
 from likelihood import draws_logp, elbo_draws  # noqa: E402
-from plumbing import data  # noqa: E402
+from plumbing import data, outdir  # noqa: E402
 from plumbing.checkpoint import sha256  # noqa: E402
-from plumbing.model import load, save  # noqa: E402
+from plumbing.model import load, write_model  # noqa: E402
+from plumbing.model import shipped as shipped_folder  # noqa: E402
 from sample import Rollout, left_pad  # noqa: E402
 
 # --- config
@@ -46,7 +52,13 @@ learning_rate = 2e-3  # peak rate: warmup over 50 steps, cosine decay to 0
 batch_size = 64  # solutions per step, drawn from 20,000 generated training problems
 seed = 0  # the model's init, the problems, the batches and the masks
 output_dir = "models/tiny-countdown"  # the model folder written (config, safetensors, tokenizer, sft.json)
+overwrite_output_dir = False  # replace an output_dir holding a model this script wrote (the shipped ones too)
 # --- end of config
+
+RANGES = dict(
+    max_completion_length="[1, inf)", max_steps="[1, inf)", learning_rate="(0, 1]", batch_size="[1, inf)",
+    seed="[0, 2**63)",
+)  # fmt: skip
 
 
 def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact=True, device="cpu"):
@@ -120,19 +132,28 @@ def main():
     from plumbing.configurator import configure
     from plumbing.errors import ConfigError, config_errors
 
-    cfg = configure(__file__, option_files=data.option_files())
+    cfg = configure(__file__, option_files=data.option_files(), ranges=RANGES)
     t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
     if t is None or not hasattr(t, "solution") or not hasattr(t, "generate"):
         raise ConfigError(
             f"--task={cfg['task']!r}: SFT needs a task with a generator and solutions (tasks/countdown.py, "
             "tasks/sudoku.py)"
         )
-    for key in ("max_steps", "batch_size", "max_completion_length"):
-        if cfg[key] < 1:
-            raise ConfigError(f"--{key}={cfg[key]} must be at least 1")
+    out, overwrite = cfg["output_dir"], cfg["overwrite_output_dir"]
+    if out and os.path.isfile(os.path.join(out, "sft.json")) and not overwrite:
+        shipped = (
+            " (a shipped base model, models/README.md)" if outdir.inside(os.path.realpath(out), outdir.SHIPPED) else ""
+        )
+        raise ConfigError(
+            f"--output_dir={out} holds a model tools/sft.py wrote{shipped}: --overwrite_output_dir replaces it "
+            "once the new one is trained, or choose a new folder"
+        )
+    claim = dict(whole=True, replaces="sft.json" if overwrite else None, may_ship=True)
+    outdir.claim(out, "the model", **claim, need_bytes=outdir.weights_bytes(shipped_folder(cfg["model_name_or_path"])))
     with config_errors():
         data.check_task_options(cfg["task"], cfg)
         model, tok = load(cfg["model_name_or_path"], seed=cfg["seed"])
+    outdir.claim(out, "the model", **claim, need_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
     items = data.load_items(cfg["task"], "train", n=20_000, seed=cfg["seed"], **data.task_options(cfg["task"], cfg))
     fits = [
         it
@@ -159,7 +180,6 @@ def main():
         system_prompt=cfg["system_prompt"],
         compact=cfg["compact_prompt"],
     )
-    save(model, tok, cfg["output_dir"])
     here = os.path.dirname(os.path.abspath(__file__))
     commit = (
         subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
@@ -176,10 +196,17 @@ def main():
         "torch": torch.__version__,
         "minutes": round((time.time() - start) / 60, 1),
         "final_loss": round(loss, 4),
-        "model.safetensors sha256": sha256(os.path.join(cfg["output_dir"], "model.safetensors")),
     }
-    with open(os.path.join(cfg["output_dir"], "sft.json"), "w") as f:
-        json.dump(record, f, indent=1)
+
+    def fill(folder):  # the model and its record, renamed into place together
+        write_model(model, tok, folder)
+        record["model.safetensors sha256"] = sha256(os.path.join(folder, "model.safetensors"))
+        with open(os.path.join(folder, "sft.json"), "w") as f:
+            json.dump(record, f, indent=1)
+
+    outdir.write_whole(out, fill)
+    if outdir.inside(os.path.realpath(out), outdir.SHIPPED):
+        print(f"replaced the shipped {out} with this model: `git checkout {out}` restores it", file=sys.stderr)
     print(json.dumps(record, indent=1))
 
 
