@@ -63,7 +63,13 @@ merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster dec
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
 
-RANGES = dict(eval_items="[-1, inf)", max_prompt_length="[0, inf)", per_device_eval_batch_size="[1, inf)")
+RANGES = dict(
+    eval_items="[-1, inf)",
+    seed="[0, 2**63)",
+    max_prompt_length="[0, inf)",
+    block_length="[1, inf)",
+    per_device_eval_batch_size="[1, inf)",
+)
 
 
 def prompt_batches(lengths, batch_size, in_float32=True):
