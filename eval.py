@@ -271,7 +271,7 @@ def main():
             f.writelines(json.dumps(s) + "\n" for s in samples)
         table = logs.results_table(rows, names[0] if len(names) > 1 else None)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
-        header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
+        header = f"{cfg['task']}, {len(items)} {cfg['eval_split']} items, {decoding}\n\n"
         header += f"Settings {sources}.\n\n"
         if len(names) > 1:
             header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
@@ -279,7 +279,7 @@ def main():
             f.write(header + table + "\n")
         with open(os.path.join(cfg["output_dir"], "results.json"), "w") as f:
             json.dump({"config": cfg, "rows": rows}, f, indent=1)
-        title = f"{cfg['task']}: {len(items)} held-out items, greedy"
+        title = f"{cfg['task']}: {len(items)} {cfg['eval_split']} items, greedy"
         logs.plot_results(rows, os.path.join(cfg["output_dir"], "accuracy_vs_steps.png"), title)
         print(header + table)
         print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
