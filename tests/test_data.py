@@ -465,6 +465,7 @@ SYSTEM_PROMPT = "Repeat the digits inside <answer> </answer> tags."
 # --- config
 toy_digits = 3  # how many digits a question has
 # --- end of config
+toy_unlisted = 4  # outside the config block: not a key
 
 reward = rewards.toy_reward
 
@@ -513,8 +514,8 @@ def toy_reward(completion, answer):
 
 def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
     """A copy of the project plus tasks/toy.py and one function in rewards.py, nothing else edited:
-    --help lists its option, a bad option stops in one line, train.py trains it a step, eval.py
-    scores the run on the toy's test set."""
+    --help lists its option (the config block's, not an assignment outside it), a bad option stops in one line,
+    train.py trains it a step, eval.py scores the run on the toy's test set."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     copy = tmp_path / "project"
     for folder in ("", "plumbing", "tasks"):
@@ -529,7 +530,8 @@ def test_a_new_task_is_one_task_file_and_one_reward_function(tmp_path):
     def script(*args):
         return warm.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
 
-    assert "--toy_digits" in script("train.py", "--help").stdout
+    listed = script("train.py", "--help").stdout
+    assert "--toy_digits" in listed and "--toy_unlisted" not in listed  # the config block's keys only
     bad = script("train.py", "--task=toy", "--toy_digits=9")
     assert bad.returncode != 0 and bad.stderr.strip() == "config error: --toy_digits=9 must be in 1..6"
     small = ["--model_name_or_path=tiny", "--num_generations=2", "--per_device_train_batch_size=2", "--eval_items=4"]
