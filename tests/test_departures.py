@@ -9,7 +9,7 @@ import torch
 from conftest import chat
 
 from agrpo import draw_loss, k3
-from likelihood import completion_mask, make_draws, sample_steps, steps_used
+from likelihood import completion_mask, draws_logp, make_draws, sample_steps, steps_used
 from plumbing.logits import forward_logits
 from plumbing.model import load
 from sample import decode_completions, generate, policy_logprobs
@@ -105,7 +105,6 @@ def test_one_step_and_elbo_score_the_untruncated_distribution_at_the_sampling_te
     model, tok = tiny
     r = rollout(model, tok, tok.eos_ids, temperature=0.7, top_k=3, seed=1)
     draws = make_draws(estimator, r, 1, torch.Generator().manual_seed(0))
-    from likelihood import draws_logp
 
     with torch.no_grad():
         got = draws_logp(model, r, draws)[0]
