@@ -7,8 +7,9 @@ and each draw j (a step, or a mask) with importance weight w_ij:
     k3    = exp(r − n) − (r − n) − 1                             (r: reference log-prob, n: current)
     loss  = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
-`accumulate_gradients` calls backward once per draw (a block model: once per row's packed draws), so peak
-memory is one forward pass whatever k is.
+`accumulate_gradients` calls backward once per micro-batch and draw, so peak memory is one forward pass of a
+micro-batch whatever k is; on a block model once per micro-batch, its rows' draws packed into one forward (or
+`draws_per_pass` draws at a time), whose memory grows by b positions a draw (ALGORITHM.md §6).
 """
 
 import contextlib

@@ -63,7 +63,13 @@ merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster dec
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
 
-RANGES = dict(eval_items="[-1, inf)", max_prompt_length="[0, inf)", per_device_eval_batch_size="[1, inf)")
+RANGES = dict(
+    eval_items="[-1, inf)",
+    seed="[0, 2**63)",
+    max_prompt_length="[0, inf)",
+    block_length="[1, inf)",
+    per_device_eval_batch_size="[1, inf)",
+)
 
 
 def prompt_batches(lengths, batch_size, in_float32=True):
@@ -262,11 +268,11 @@ def main():
     if rank == 0:
         table = logs.results_table(rows, names[0] if len(names) > 1 else None)
         decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
-        header = f"{cfg['task']}, {len(items)} test items, {decoding}\n\n"
+        header = f"{cfg['task']}, {len(items)} {cfg['eval_split']} items, {decoding}\n\n"
         header += f"Settings {sources}.\n\n"
         if len(names) > 1:
             header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
-        title = f"{cfg['task']}: {len(items)} held-out items, greedy"
+        title = f"{cfg['task']}: {len(items)} {cfg['eval_split']} items, greedy"
 
         def write(folder):  # beside the results they replace, each renamed into place once all are written
             with open(os.path.join(folder, "samples.jsonl"), "w") as f:

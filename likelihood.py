@@ -32,7 +32,9 @@ PROMPT_MASK_PROB = 0.15  # one-step: each prompt token masked with this probabil
 class Draws:
     x: torch.Tensor  # (K, B, L) masked inputs, one per draw and row
     read: torch.Tensor  # (K, B, G) bool: completion positions this draw scores
-    weight: torch.Tensor  # (K, B) Σ_k weight · Σ_read log p estimates log π(o) (ELBO: its bound)
+    # (K, B): Σ_k weight · Σ_read log p is the estimator's value: log π(o) unbiased (stepwise), LLaDA's bound
+    # (elbo), the mean-field Σ_j log p(o_j | prompt', all MASK) (one_step), neither of them log π(o) (§3)
+    weight: torch.Tensor
     norm: torch.Tensor  # (B,) per-row normaliser of the loss (steps m' or completion length)
     # apply the rollout's top-k/top-p: only in the context x_t a token was sampled in; elsewhere
     # (ELBO, one-step) it may fall outside the truncation and get log p = -inf
@@ -264,7 +266,7 @@ def packed_logp(model, rollout, x, read, rows, truncate=True):
 
 
 def sequence_logp(model, rollout, draws, chunk=64):
-    """The estimate of log π(o) per row: Σ_k weight_k Σ_{read} log p. (B,)"""
+    """The estimator's value per row, Σ_k weight_k Σ_{read} log p (B,): log π(o) for stepwise draws (Draws.weight)."""
     return (draws.weight[..., None] * draws_logp(model, rollout, draws, chunk=chunk)).sum((0, 2))
 
 

@@ -268,7 +268,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
     confident. Each row counts its own steps (its own m). A row with an EOS in a finished block is no
     longer computed: fixed steps fill its later blocks with EOS in schedule order, threshold decoding at its
     next step. kv_cache (a block-causal model): the prompt runs once into a KV cache, a step runs only the
-    block over it, and each finished block runs once more to add its keys and values.
+    block over it, and each finished block but the last runs once more to add its keys and values.
     Returns the width of the step axis and each row's forward passes."""
     x, attn, unmask_step, logp, entropy = state
     first, tail, n_blocks, b = layout

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from types import SimpleNamespace
 
@@ -30,7 +31,7 @@ from plumbing.errors import ConfigError, config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.fsdp import gathered, local
 from plumbing.logits import count_positions
-from plumbing.model import load_policy, model_path_error, shipped
+from plumbing.model import declared_block_size, load_policy, model_path_error, shipped
 from plumbing.outdir import weights_bytes
 from sample import check_settings, decode_completions, generate
 
@@ -51,7 +52,7 @@ temperature = 0.7  # T: rollout sampling temperature
 top_k = 0  # rollout top-k truncation (0 = off)
 top_p = 1.0  # rollout nucleus truncation (1 = off)
 unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random | threshold
-threshold = 0.9  # τ: threshold unmasking commits every masked position of the block this confident (at least one)
+threshold = 0.9  # τ of --unmasking=threshold: it commits every masked position this confident (at least one)
 # estimator of log π(o) (§2, §3)
 estimator = "stepwise"  # stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance) | exact
@@ -69,7 +70,7 @@ learning_rate = 3e-4  # AdamW peak rate (a step moves a weight by up to ~10x it)
 max_grad_norm = 1.0  # gradient-norm clip
 per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too
 gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step
-max_steps = 1000  # optimizer steps; <= 0: num_train_epochs passes over the training prompts
+max_steps = 1000  # optimizer steps; 0 or -1: num_train_epochs passes over the training prompts
 num_train_epochs = 1.0  # used when max_steps <= 0
 lora_r = 0  # LoRA rank (0 = full fine-tuning)
 lora_alpha = 64  # LoRA scale α (the update is α/r · BA)
@@ -93,7 +94,9 @@ fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ran
 
 # the values a numeric key may take: "[" includes its end, "(" leaves it out
 RANGES = dict(
-    max_prompt_length="[0, inf)", temperature="[0, 100]", top_k="[0, inf)", draws_per_pass="[0, inf)",
+    max_prompt_length="[0, inf)", max_completion_length="[1, inf)", block_length="[1, inf)",
+    sampling_steps="[1, inf)", temperature="[0, 100]", top_k="[0, inf)", top_p="(0, 1]", threshold="(0, 1]",
+    mc_samples="[1, inf)", draws_per_pass="[0, inf)", max_steps="[-1, inf)",
     num_generations="[2, inf)", epsilon="(0, 1)", epsilon_high="(0, inf)", beta="[0, inf)", num_iterations="[1, inf)",
     learning_rate="(0, 1]", max_grad_norm="(0, inf)", per_device_train_batch_size="[1, inf)",
     gradient_accumulation_steps="[1, inf)", num_train_epochs="(0, 1e6]", lora_r="[0, inf)", lora_alpha="(0, inf)",
@@ -109,11 +112,20 @@ MAY_CHANGE = set(
 )
 
 
-def validate(cfg):
-    """Every impossible combination stops here, before any heavy work, with the key and the fix."""
+def validate(cfg, argv=()):
+    """Every impossible combination stops here, before any heavy work, with the key and the fix; only what needs
+    the model itself (a hub model's block size) is checked when it loads. argv: the command line, where a
+    --threshold without threshold unmasking is refused even at its default value."""
     with config_errors():
         data.check_task_options(cfg.task, vars(cfg))
         check_settings(**sampler(cfg))
+        check_blocks(None, cfg.block_length, declared_block_size(cfg.model_name_or_path))
+    given = any(a.startswith("--threshold=") for a in argv)
+    if cfg.unmasking != "threshold" and (given or cfg.threshold != threshold):  # threshold: this file's default
+        raise ConfigError(
+            f"--threshold={cfg.threshold} is read only by --unmasking=threshold (here {cfg.unmasking!r}): "
+            "add --unmasking=threshold, or leave --threshold out"
+        )
     for key, allowed in dict(estimator=ESTIMATORS, scheme=tuple(SCHEMES), report_to=logs.REPORTERS).items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
@@ -246,7 +258,7 @@ def held_out_accuracy(cfg, run, model, tok, items, label):
 
 def main():
     cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES))
-    validate(cfg)
+    validate(cfg, sys.argv[1:])
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     room = weights_bytes(shipped(cfg.model_name_or_path)) if cfg.lora_r == 0 else 0  # a checkpoint's weights at least
     claim = (cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp, room)

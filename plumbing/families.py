@@ -86,13 +86,21 @@ def family_of_config(config, name=None):
 
 def block_size(model):
     """The block size b of a block-causal model (its blocks are the sampler's blocks), or 0."""
-    size = family_of(model).block_size
-    return int(getattr(unwrap(model).config, "block_size", None) or size) if size else 0
+    family_of(model)  # an unknown family stops with the model's class named
+    return config_block_size(unwrap(model).config)
 
 
-def check_blocks(model, block_length):
-    """A block-causal model decodes in its own blocks: raise ValueError for any other block length."""
-    if (size := block_size(model)) and block_length != size:
+def config_block_size(config):
+    """block_size of a model config, read before its weights load: the config's own, else its family's, 0 for a
+    bidirectional model."""
+    size = family_of_config(config).block_size
+    return int(getattr(config, "block_size", None) or size) if size else 0
+
+
+def check_blocks(model, block_length, size=None):
+    """A block-causal model decodes in its own blocks: raise ValueError for any other block length. size: the
+    model's block size when `model` is None (read from its config before it loads)."""
+    if (size := block_size(model) if model is not None else size) and block_length != size:
         raise ValueError(
             f"block_length={block_length} must be the model's block size {size}: it attends by blocks (a model "
             "trained with other blocks whose config names none: add its block_size to config.json)"

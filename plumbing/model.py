@@ -15,13 +15,22 @@ import copy
 import hashlib
 import json
 import os
+import types
 
 import torch
 
 from plumbing import fsdp, tiny_llada
 from plumbing.checkpoint import sha256
 from plumbing.errors import first_line
-from plumbing.families import OFFICIAL_HUB_IDS, family_of, family_of_config, family_part, save_pretrained, unwrap
+from plumbing.families import (
+    OFFICIAL_HUB_IDS,
+    config_block_size,
+    family_of,
+    family_of_config,
+    family_part,
+    save_pretrained,
+    unwrap,
+)
 from plumbing.logits import forward_logits, probe_padding_mask
 from plumbing.outdir import write_whole
 
@@ -171,6 +180,26 @@ def model_path_error(name):
             f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
         )
     return None
+
+
+def declared_block_size(name):
+    """The block size a model's config declares (families.config_block_size), read without loading it: 0 for a
+    bidirectional model; None where only loading tells (a hub id, no config.json, a family this code does not
+    know: the load says which)."""
+    name = shipped(name)
+    if name in EMBEDDED:
+        config = EMBEDDED[name][0]()
+    elif os.path.isfile(path := os.path.join(name, "config.json")):
+        try:
+            config = types.SimpleNamespace(**json.load(open(path)))
+        except (ValueError, TypeError, OSError):
+            return None
+    else:
+        return None
+    try:
+        return config_block_size(config)
+    except (ValueError, TypeError):
+        return None
 
 
 def missing_model_files(folder):

@@ -11,6 +11,8 @@
 and, where it has them, `load_hub(split)` (the released run's data, through `datasets`),
 `generate(n, seed, split, unique, **options)` (procedural items; split as data.split_of),
 `check_options(**options)` (a ValueError naming the first option out of range) and `solution(item)`
-(the completion the embedded base model's SFT reads). A generator's options are the task file's
-config block: train.py, eval.py and tools/sft.py take them as --key=value like their own keys.
+(the completion the embedded base model's SFT reads). A generator's options are the assignments between
+the comment lines `# --- config` and `# --- end of config` of the task file, one `name = default  # meaning` a
+line (tasks/countdown.py): train.py, eval.py and tools/sft.py take them as --key=value like their own keys and
+list them in --help. An assignment outside those two lines is not a key.
 """

@@ -218,6 +218,23 @@ def test_rows_with_zero_advantage_left_out_give_the_same_gradient(rollout_setup,
     assert worst < 1e-5
 
 
+def test_the_update_runs_one_forward_and_backward_per_micro_batch_and_draw(rollout_setup):
+    """agrpo.py's docstring: on a model that does not pack draws, each micro-batch's k draws take one forward
+    (of all its kept rows) and one backward each, so memory is one forward of a micro-batch whatever k is."""
+    _, _, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
+    draws, old, _ = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(4))
+    rows_seen, backwards = [], [0]
+    model.register_forward_pre_hook(
+        lambda m, args, kw: rows_seen.append(len(args[0] if args else kw["input_ids"])), with_kwargs=True
+    )
+    next(model.parameters()).register_hook(lambda g: backwards.__setitem__(0, backwards[0] + 1))  # once a backward
+    batches = [micro_batch(r, adv, draws, old), micro_batch(r, adv, draws, old)]
+    accumulate_gradients(model, batches, 0, 0.2, 0.2, 0.0)
+    assert rows_seen == [7] * 6 and backwards[0] == 6  # 2 micro-batches × 3 draws, the 7 rows of nonzero A
+
+
 def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
     """Every row left out: one row's zero loss still runs (a DDP rank takes part in the all-reduce),
     so .grad holds zeros, and AdamW decays and steps as it would with a zero gradient."""

@@ -61,6 +61,19 @@ def test_cached_rollout_makes_the_tokens_of_recomputing(prompts_and_eos, tempera
     assert full.positions > 4 * cached.positions
 
 
+def test_a_cached_rollout_runs_the_positions_algorithm_md_counts():
+    """ALGORITHM.md §6: a rollout whose prompt fills whole blocks runs P + (s + 1)·G − b positions a row: the
+    prompt once, each block s times while it is unmasked and once more to store it, except the last."""
+    model, tok = block_model()
+    count = count_positions(model)
+    P, G, b, m = 16, 32, 8, 16
+    prompts = [[5 + i for i in range(P)], [7 + i for i in range(P)]]
+    kw = dict(max_completion_length=G, block_length=b, sampling_steps=m, mask_id=tok.mask_token_id)
+    rollout = generate(model, prompts, pad_id=tok.pad_token_id, **kw)
+    s = m * b // G
+    assert rollout.passes.tolist() == [m, m] and count[0] == len(prompts) * (P + (s + 1) * G - b)
+
+
 def sampled(model, tok, prompts, eos, unmasking="low_confidence"):
     kw = dict(max_completion_length=32, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id, eos_ids=eos)
     kw |= dict(pad_id=tok.pad_token_id, temperature=0.9, top_k=20, unmasking=unmasking, threshold=0.5)

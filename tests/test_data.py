@@ -456,7 +456,8 @@ def test_sudoku_test_set_has_the_published_blank_distribution():
 def test_a_new_task_is_a_copy_of_the_template(tmp_path):
     """A copy of the project plus tasks/toy.py, a copy of tasks/_template.py, nothing else edited: --help lists
     its option, a bad option stops in one line, train.py trains it a step, eval.py scores the run (one model,
-    no labels given) on the toy's test set. The template itself is not a task."""
+    no labels given) on the toy's test set. The template itself is not a task, and an assignment after its config
+    block is not a key."""
     assert "_template" not in data.TASK_NAMES
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     copy = tmp_path / "project"
@@ -465,12 +466,17 @@ def test_a_new_task_is_a_copy_of_the_template(tmp_path):
         for name in os.listdir(os.path.join(root, folder)):
             if name.endswith(".py"):
                 shutil.copy(os.path.join(root, folder, name), copy / folder / name)
-    shutil.copy(copy / "tasks" / "_template.py", copy / "tasks" / "toy.py")
+    template = (copy / "tasks" / "_template.py").read_text()
+    end = "# --- end of config\n"
+    (copy / "tasks" / "toy.py").write_text(
+        template.replace(end, end + "toy_unlisted = 4  # after the block: not a key\n")
+    )
 
     def script(*args):
         return warm.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=600)
 
-    assert "--template_digits" in script("train.py", "--help").stdout
+    listed = script("train.py", "--help").stdout
+    assert "--template_digits" in listed and "--toy_unlisted" not in listed  # the config block's keys only
     bad = script("train.py", "--task=toy", "--template_digits=9")
     assert bad.returncode != 0 and bad.stderr.strip() == "config error: --template_digits=9 must be in 1..6"
     small = ["--model_name_or_path=tiny", "--num_generations=2", "--per_device_train_batch_size=2", "--eval_items=4"]

@@ -119,6 +119,15 @@ def test_grid_writes_table_plot_and_samples(tmp_path):
     assert f"| vs {tmp_path}/base (points) |" in table and len(paired) == 4  # the second model's 4 cells
 
 
+def test_results_name_the_split_they_score(tmp_path):
+    """--eval_split=validation scores the validation problems, and results.md and the printout say so."""
+    out = run_eval([*TINY, "--eval_split=validation", "--step_fractions=(1.0,)", f"--output_dir={tmp_path}/v"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    header = open(f"{tmp_path}/v/results.md").read().split("|")[0]
+    assert "countdown, 8 validation items" in header and "countdown, 8 validation items" in out.stdout
+    assert "test items" not in header + out.stdout
+
+
 def test_sharded_equals_one_process(tmp_path):
     fake_run(f"{tmp_path}/run")
     args = [f"--models=('{tmp_path}/run',)", "--labels=('m',)", "--step_fractions=(0.5,)"]

@@ -30,6 +30,18 @@ def test_project_lists_every_module_and_the_pinned_requirements():
     assert project["project"]["requires-python"] == ">=3.11"
 
 
+def test_requirements_spell_extras_as_pip_of_any_version_matches_them():
+    """An extra in a requirement is spelled in its normalised form (PEP 685: lowercase, - between words): pip
+    before 23.3 compares the spelling as written, so `math-verify[antlr4_13_2]` warned that math-verify has no
+    such extra (its metadata says antlr4-13-2) and ignored it."""
+    project = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+    lines = [ln.split("#")[0].strip() for ln in open(os.path.join(ROOT, "requirements.txt"))]
+    for requirement in [ln for ln in lines if ln] + project["project"]["dependencies"]:
+        for extra in re.findall(r"\[([^\]]*)\]", requirement):
+            for name in extra.split(","):
+                assert name.strip() == re.sub(r"[-_.]+", "-", name.strip()).lower(), requirement
+
+
 def test_the_wheel_holds_every_file_and_its_modules_import_from_anywhere(tmp_path):
     """`pip install .` (and -e): the root modules, plumbing/, tasks/ and tools/ all land, and import with the
     repository nowhere on the path."""

@@ -249,7 +249,20 @@ BAD = [  # through the script: one line on stderr, no traceback, nothing heavy d
 KNOBS = [
     (["--sampling_steps=7"], "steps=7 must be a positive multiple"),
     (["--mc_samples=9"], "--mc_samples=9 must be between 1 and 8, the most steps a rollout takes"),
-    (["--unmasking=threshold", "--threshold=0"], "threshold=0.0 must be a finite number > 0"),
+    (["--unmasking=threshold", "--threshold=0"], "--threshold=0.0 must be in (0, 1]"),
+    (["--unmasking=threshold", "--threshold=1.5"], "--threshold=1.5 must be in (0, 1]"),
+    (["--threshold=0.5"], "--threshold=0.5 is read only by --unmasking=threshold (here 'low_confidence')"),
+    (["--threshold=0.9"], "--threshold=0.9 is read only by --unmasking=threshold"),  # the default, given: refused
+    (["--top_p=0"], "--top_p=0.0 must be in (0, 1]"),
+    (["--top_p=1.5"], "--top_p=1.5 must be in (0, 1]"),
+    (["--max_completion_length=0"], "--max_completion_length=0 must be in [1, inf)"),
+    (["--block_length=0"], "--block_length=0 must be in [1, inf)"),
+    (["--sampling_steps=0"], "--sampling_steps=0 must be in [1, inf)"),
+    (["--mc_samples=0"], "--mc_samples=0 must be in [1, inf)"),
+    (["--max_steps=-2"], "--max_steps=-2 must be in [-1, inf)"),
+    # a model whose config declares its blocks: refused before it loads (these run no model)
+    (["--model_name_or_path=tiny_block", "--block_length=4"], "block_length=4 must be the model's block size 8"),
+    (["--model_name_or_path=models/tiny-countdown-block", "--block_length=4"], "must be the model's block size 8"),
     (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1 must be in [2, inf)"),
     (["--per_device_train_batch_size=6"], "--per_device_train_batch_size=6 must be a multiple of --num_generations=4"),
     (["--model_name_or_path=./no/model"], "no/model does not exist"),
@@ -286,8 +299,42 @@ def test_every_knob_has_a_range(args, words):
     with pytest.raises(ConfigError) as e:
         argv = [*SMALL, *args]
         cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), argv, data.option_files(), train.RANGES))
-        train.validate(cfg)
+        train.validate(cfg, argv)
     assert words in str(e.value)
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_every_numeric_key_has_a_range_and_help_shows_it(script):
+    """Each numeric key (an int or float default) of train.py, its task options, and eval.py has an interval in
+    the script's RANGES, and --help prints it on the key's line."""
+    import eval as evaluate
+    import train
+    from plumbing import data
+    from plumbing.configurator import declared
+
+    ranges = {"train.py": train.RANGES, "eval.py": evaluate.RANGES}[script]
+    keys = declared(os.path.join(ROOT, script))
+    for path in data.option_files():
+        keys |= declared(path)
+    numeric = {k for k, (default, *_) in keys.items() if type(default) in (int, float)}
+    assert numeric and numeric <= set(ranges), sorted(numeric - set(ranges))
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  --")}
+    for key in numeric:
+        assert lines[f"--{key}"].endswith(ranges[key]), lines[f"--{key}"]
+
+
+def test_a_threshold_at_its_default_without_threshold_unmasking_passes():
+    """The refusal above reads the command line: a preset's or the default τ with fixed-step unmasking is not
+    given by the user, and passes."""
+    from types import SimpleNamespace
+
+    import train
+    from plumbing import data
+    from plumbing.configurator import configure
+
+    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), SMALL, data.option_files(), train.RANGES))
+    train.validate(cfg, SMALL)
 
 
 @pytest.mark.parametrize("args, words", BAD)

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import shlex
 import sys
 
 import pytest
@@ -80,10 +81,15 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
     folder = os.path.dirname(record)
     meta = json.load(open(record))
     assert sft.sha256(os.path.join(folder, "model.safetensors")) == meta["model.safetensors sha256"]
-    assert (
-        meta["command"].startswith(("python tools/sft.py", "python sft.py"))  # sft.py was at the root before
-        and meta["config"]["output_dir"] == f"models/{os.path.basename(folder)}"
-    )
+    assert (meta["command"].startswith("python tools/sft.py ") or meta["command"] == "python tools/sft.py") and meta[
+        "config"
+    ]["output_dir"] == f"models/{os.path.basename(folder)}"
+    table = {}  # models/README.md's table: folder -> its command
+    for line in open(os.path.join(ROOT, "models", "README.md")):
+        if line.startswith("| `tiny-"):
+            cells = [c.strip() for c in line.split("|")]
+            table[cells[1].strip("`")] = shlex.split(cells[3].strip("`"))
+    assert table[os.path.basename(folder)] == shlex.split(meta["command"])
     here = os.getcwd()
     try:
         os.chdir("/")
@@ -91,6 +97,15 @@ def test_shipped_model_matches_its_checksum_and_loads(record):
     finally:
         os.chdir(here)
     assert model.config.vocab_size == len(tok) and tok.mask_token_id is not None
+
+
+def test_sft_help_names_every_embedded_model():
+    """models/README.md builds tiny-countdown-block with --model_name_or_path=tiny_block: --help says it may."""
+    from plumbing.model import EMBEDDED
+
+    out = warm.run([sys.executable, "tools/sft.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("  --model_name_or_path"))
+    assert all(name in line for name in EMBEDDED), line
 
 
 def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):

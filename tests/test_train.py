@@ -350,6 +350,6 @@ def test_every_training_preset_resolves_and_validates():
     presets = [p for p in presets if not p.endswith("_eval.py")]
     assert {"configs/sdar_gsm8k.py", "configs/dream_gsm8k.py", "configs/llada_gsm8k.py"} <= set(presets)
     for preset in presets:
-        cfg = SimpleNamespace(**configurator.configure("train.py", [preset], data.option_files()))
+        cfg = SimpleNamespace(**configurator.configure("train.py", [preset], data.option_files(), train.RANGES))
         train.validate(cfg)
         assert cfg.output_dir.startswith("runs/"), preset

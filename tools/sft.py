@@ -42,7 +42,7 @@ from plumbing.model import shipped as shipped_folder  # noqa: E402
 from sample import Rollout, left_pad  # noqa: E402
 
 # --- config
-model_name_or_path = "tiny"  # the model trained: "tiny" (the embedded model, seeded random init) or a model folder
+model_name_or_path = "tiny"  # the model trained: tiny | tiny_shifted | tiny_block (embedded, seeded init) or a folder
 task = "countdown"  # a task of tasks/ with a generator and solutions: countdown | sudoku (their options: --help)
 system_prompt = ""  # system turn of the prompts ("" = none, as the embedded default trains with)
 compact_prompt = True  # short question text, as the embedded default
