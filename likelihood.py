@@ -144,6 +144,9 @@ def rebuild_state(rollout, steps):
 
 
 def stepwise_draws(rollout, k, scheme="low_discrepancy", generator=None):
+    """AGRPO's draws: k steps t_j of each row's trajectory by `scheme`, each draw the rebuilt state x_{t_j}
+    reading the tokens committed at t_j (S_{t_j}), weighted w_j, so Σ_j w_j f(t_j) estimates log π_θ(o) without
+    bias; the normaliser is m' (the steps the row used)."""
     steps, weights = sample_steps(rollout, k, scheme, generator)
     # zero-weight draws (padding of `exact`) read nothing: their positions may hold EOS fill, -inf under top-k
     read = (rollout.unmask_step[None] == steps.T[:, :, None]) & (weights.T > 0)[..., None]
@@ -188,6 +191,8 @@ def one_step_draws(rollout, k, generator=None):
 
 
 def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy"):
+    """The k draws per row of `estimator` (ESTIMATORS): stepwise (AGRPO's, by `scheme`), elbo or one_step. One
+    loss reads them all; only the stepwise draws estimate log π_θ(o)."""
     if estimator == "stepwise":
         return stepwise_draws(rollout, k, scheme, generator)
     if estimator == "elbo":
