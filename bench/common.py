@@ -138,6 +138,12 @@ def shape_config(script):
     if args.quick:
         args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 4, 16, 32
         args.block_length, args.sampling_steps, args.repeats = 16, 16, 1
+    from sample import check_settings
+
+    try:  # before a model is built: a shape generate would refuse ends here in one line
+        check_settings(args.max_completion_length, args.block_length, args.sampling_steps)
+    except ValueError as e:
+        sys.exit(f"{os.path.basename(script)}: {e}")
     return args
 
 

@@ -108,6 +108,8 @@ def test_bench_scripts_are_configured_like_train_py():
         ("bench/bench_train.py", "--lora_rank=4", "did you mean --lora_r"),
         ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
         ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'"),
+        ("bench/bench_sample.py", "--max_completion_length=32", "sampling_steps=128 gives 128 steps per block"),
+        ("bench/bench_train.py", "--block_length=48", "block_length=48 must divide max_completion_length=256"),
     ]:
         out = warm.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
