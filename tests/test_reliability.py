@@ -661,6 +661,15 @@ def one_line(cmd, env=None):
     return out.stderr.strip().splitlines()[-1]
 
 
+def test_a_preset_that_exits_is_said_in_one_line(tmp_path):
+    """A preset calling sys.exit(0) ended the script silently with status 0: it is named, with its line."""
+    (tmp_path / "preset.py").write_text("import sys\nlearning_rate = 1e-4\nsys.exit(0)\n")
+    assert one_line(["train.py", f"{tmp_path}/preset.py"]) == (
+        f"config error: config file {tmp_path}/preset.py, line 3: exited (sys.exit(0)) while being read: "
+        "a preset only sets values"
+    )
+
+
 def test_broken_inputs_end_in_one_line(tmp_path):
     """What used to end in a traceback: a preset that does not run, LoRA targets that match nothing, a
     damaged weights or tokenizer file, a log that cannot be appended, results with nowhere to go."""
