@@ -188,7 +188,11 @@ def decode_bytes(model, rows, positions):
     """A lower bound on the memory decoding `rows` sequences of `positions` positions holds at once: the
     canvas and its per-position records (token, attention, step: int64; log-prob, entropy: float32) and two
     float32 hidden states of the model's width (a layer's input and its output) over every position."""
-    width = unwrap(model).get_input_embeddings().weight.shape[1]
+    bare = unwrap(model)
+    try:
+        width = bare.get_input_embeddings().weight.shape[1]
+    except (AttributeError, NotImplementedError):  # a model's own code without the accessor
+        width = getattr(bare.config, "hidden_size", None) or getattr(bare.config, "d_model", 0)
     return rows * positions * (3 * 8 + 2 * 4 + 2 * 4 * width)
 
 

@@ -144,8 +144,8 @@ def test_sharded_equals_one_process(tmp_path):
         (["--labels=()", "--models=('tiny','tiny')"], "--models=('tiny', 'tiny') names a model twice"),
         (["--models=()"], "--models=() must be a non-empty tuple of model paths"),
         (["--eval_file=/no/file.jsonl", *TINY], "eval_file=/no/file.jsonl does not exist"),
-        # 3 rows of 10^8 positions: refused before the decode allocates (the kernel killed it after a minute)
-        (["--max_completion_length=(100000000,)", *TINY], "--max_completion_length=100000000 needs at least"),
+        # 3 rows of 10^9 positions (~3 TiB): refused before the decode allocates (10^7 was killed by the kernel)
+        (["--max_completion_length=(1000000000,)", *TINY], "--max_completion_length=1000000000 needs at least"),
     ],
 )
 def test_bad_input_is_one_line(args, words):
