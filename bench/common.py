@@ -130,7 +130,8 @@ quick = False  # tiny sizes: checks the script runs
 
 
 def shape_config(script):
-    """The config of a timing bench: its own keys and the shape above, --quick shrinking the shape."""
+    """The config of a timing bench: its own keys and the shape above, --quick shrinking the shape; a shape the
+    sampler refuses (sample.check_settings) stops here in one line."""
     from types import SimpleNamespace
 
     args = SimpleNamespace(**configure(script, option_files=[os.path.abspath(__file__)]))

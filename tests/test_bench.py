@@ -98,7 +98,8 @@ def test_compare_threshold_quick(tmp_path):
 
 def test_bench_scripts_are_configured_like_train_py():
     """The benches take train.py's key names as --key=value, list them in --help, and refuse any
-    other spelling in one line (with a "did you mean" for another library's name)."""
+    other spelling in one line (with a "did you mean" for another library's name), and a rollout shape
+    the sampler refuses before any model is built."""
     help_text = warm.run(
         [sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True
     ).stdout
