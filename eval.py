@@ -17,13 +17,16 @@ which settings were used and where each came from.
 Accuracy is the mean of per-item scores a_i (exact correctness; Sudoku: cell accuracy), with
 standard error s/√n, s² = Σ(a_i − ā)²/(n − 1); a later model's change against the first is the mean of
 d_i = a_i − a_i(first) on the same items, its error that of the d_i. Writes to output_dir: samples.jsonl
-(one record per item, model, G and m), results.md (the table), results.json and accuracy_vs_steps.png.
+(one record per item, model, G and m), results.md (the table), results.json and accuracy_vs_steps.png;
+Ctrl-C writes them for the cells already decoded, marked partial. A length whose decode cannot fit in
+memory is refused before it is allocated.
 `evaluate` is also what train.py calls before and after training.
 """
 
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -187,6 +190,67 @@ def summarize(records):
     return dict(accuracy=accuracy, se=se, mean_length=sum(r["length"] for r in records) / len(records))
 
 
+def decode_bytes(model, rows, positions):
+    """A lower bound on the memory decoding `rows` sequences of `positions` positions holds at once: the
+    canvas and its per-position records (token, attention, step: int64; log-prob, entropy: float32) and two
+    float32 hidden states of the model's width (a layer's input and its output) over every position."""
+    bare = unwrap(model)
+    try:
+        width = bare.get_input_embeddings().weight.shape[1]
+    except (AttributeError, NotImplementedError):  # a model's own code without the accessor
+        width = getattr(bare.config, "hidden_size", None) or getattr(bare.config, "d_model", 0)
+    return rows * positions * (3 * 8 + 2 * 4 + 2 * 4 * width)
+
+
+def free_bytes(device):
+    """The memory a decode may still take on `device` (None where it cannot be read)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_room(model, name, device, rows, lengths):
+    """Refuse, before any decode allocates, a completion length whose decode cannot fit in memory."""
+    free = free_bytes(device)
+    for G in sorted(lengths, reverse=True):
+        need = decode_bytes(model, rows, G)
+        if free is not None and need > free:
+            raise ConfigError(
+                f"{name}: --max_completion_length={G} needs at least {need / 2**30:.1f} GiB to decode {rows} rows "
+                f"({free / 2**30:.1f} GiB free): lower it or --per_device_eval_batch_size"
+            )
+
+
+def write_results(cfg, rows, samples, names, items, sources, partial=""):
+    """results.md, results.json, samples.jsonl and the plot of the cells decoded, each written beside the one it
+    replaces and renamed into place once all are written; `partial` says why some are missing (the files say so)."""
+    table = logs.results_table(rows, names[0] if len(names) > 1 else None)
+    decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
+    header = f"{cfg['task']}, {len(items)} {cfg['eval_split']} items, {decoding}\n\n"
+    header += f"Settings {sources}.\n\n"
+    if partial:
+        header += f"Partial: {partial}.\n\n"
+    if len(names) > 1:
+        header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
+    title = f"{cfg['task']}: {len(items)} {cfg['eval_split']} items, greedy"
+
+    def write(folder):
+        with open(os.path.join(folder, "samples.jsonl"), "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in samples)
+        with open(os.path.join(folder, "results.md"), "w") as f:
+            f.write(header + table + "\n")
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"config": cfg, "rows": rows, **({"partial": partial} if partial else {})}, f, indent=1)
+        logs.plot_results(rows, os.path.join(folder, "accuracy_vs_steps.png"), title)
+
+    outdir.write_files(cfg["output_dir"], write)
+    return header + table
+
+
 def main():
     cfg, specs, grid, system, sources = eval_settings(__file__, sys.argv[1:], RANGES)
     names = list(cfg["labels"]) or list(cfg["models"])
@@ -197,6 +261,28 @@ def main():
         items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
 
     rows, samples, baseline = [], [], {}  # baseline: the first model's per-item scores in each cell of the grid
+    try:
+        grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, rank, world, device)
+    except KeyboardInterrupt:  # Ctrl-C: the cells already decoded are written, and the stop said in one line
+        if rank == 0 and rows:
+            partial = f"interrupted after {len(rows)} of {len(names) * len(grid)} cells"
+            write_results(cfg, rows, samples, names, items, sources, partial)
+            print(
+                f"eval.py: {partial}; wrote them to {cfg['output_dir']} (results.md, results.json, samples.jsonl)",
+                file=sys.stderr,
+            )
+        else:
+            print("eval.py: interrupted before the first cell was decoded; nothing written", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)  # the shell's status for a process Ctrl-C ended
+    if rank == 0:
+        print(write_results(cfg, rows, samples, names, items, sources))
+        print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
+    if distributed:
+        dist.destroy_process_group()
+
+
+def grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, rank, world, device):
+    """Each model over the grid: appends each cell's row and samples as soon as it is decoded."""
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":
             model, tok, _ = restore.load_trained(
@@ -211,6 +297,8 @@ def main():
             check_blocks(model, cfg["block_length"])
         except ValueError as e:
             raise ConfigError(f"{name}: --{e}") from None
+        rows_at_once = min(cfg["per_device_eval_batch_size"], len(items))
+        check_room(model, name, device, rows_at_once, {G for G, _, _ in grid})
         prompting = (system, cfg["compact_prompt"], cfg["max_prompt_length"], "test")
         if rank == 0 and (note := data.long_prompts_note(tok, cfg["task"], items, *prompting)):
             print(f"note: {name}: {note}", file=sys.stderr)
@@ -264,30 +352,6 @@ def main():
                 acc, se = 100 * rows[-1]["accuracy"], 100 * rows[-1]["se"]
                 tqdm.write(f"{name}: G={G} {how} accuracy {acc:.1f} ± {se:.1f} ({steps:.3g} steps)")
         del model
-
-    if rank == 0:
-        table = logs.results_table(rows, names[0] if len(names) > 1 else None)
-        decoding = f"greedy, {cfg['unmasking']} unmasking, block {cfg['block_length']}"
-        header = f"{cfg['task']}, {len(items)} {cfg['eval_split']} items, {decoding}\n\n"
-        header += f"Settings {sources}.\n\n"
-        if len(names) > 1:
-            header += f"vs {names[0]}: the change in points on the same items, ± its paired standard error.\n\n"
-        title = f"{cfg['task']}: {len(items)} {cfg['eval_split']} items, greedy"
-
-        def write(folder):  # beside the results they replace, each renamed into place once all are written
-            with open(os.path.join(folder, "samples.jsonl"), "w") as f:
-                f.writelines(json.dumps(s) + "\n" for s in samples)
-            with open(os.path.join(folder, "results.md"), "w") as f:
-                f.write(header + table + "\n")
-            with open(os.path.join(folder, "results.json"), "w") as f:
-                json.dump({"config": cfg, "rows": rows}, f, indent=1)
-            logs.plot_results(rows, os.path.join(folder, "accuracy_vs_steps.png"), title)
-
-        outdir.write_files(cfg["output_dir"], write)
-        print(header + table)
-        print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
-    if distributed:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ quick = False  # tiny sizes: checks the script runs
 
 
 def shape_config(script):
-    """The config of a timing bench: its own keys and the shape above, --quick shrinking the shape."""
+    """The config of a timing bench: its own keys and the shape above, --quick shrinking the shape; a shape the
+    sampler refuses (sample.check_settings) stops here in one line."""
     from types import SimpleNamespace
 
     args = SimpleNamespace(**configure(script, option_files=[os.path.abspath(__file__)]))
@@ -138,6 +139,12 @@ def shape_config(script):
     if args.quick:
         args.per_device_train_batch_size, args.prompt_length, args.max_completion_length = 4, 16, 32
         args.block_length, args.sampling_steps, args.repeats = 16, 16, 1
+    from sample import check_settings
+
+    try:  # before a model is built: a shape generate would refuse ends here in one line
+        check_settings(args.max_completion_length, args.block_length, args.sampling_steps)
+    except ValueError as e:
+        sys.exit(f"{os.path.basename(script)}: {e}")
     return args
 
 

@@ -70,6 +70,12 @@ def preset_values(path):
     scope = {"__file__": os.path.abspath(path)}  # a preset may exec a shared file beside it
     try:
         exec(compile(open(path).read(), path, "exec"), scope)  # a preset is trusted Python, like nanoGPT's
+    except SystemExit as e:  # sys.exit() in a preset would end the script silently, even with status 0
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        raise ConfigError(
+            f"config file {path}, line {(lines or '?')[-1]}: exited (sys.exit({e.code!r})) while being read: "
+            "a preset only sets values"
+        ) from None
     except Exception as e:  # a syntax error, or a name it uses that does not exist
         lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
         line, why = getattr(e, "lineno", None) or (lines or "?")[-1], getattr(e, "msg", None) or e

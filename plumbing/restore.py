@@ -34,7 +34,9 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
     """Copy a checkpoint into model (and opt, sched, RNGs), after every check has passed and every
     file has been read, so a refused checkpoint never leaves the model half-loaded. world: the ranks
     of the resuming run; with --gradient_accumulation_steps, the same micro-batches a step as before.
-    train_items: the resuming run's (data.items_digest), which must be those the checkpoint was trained on."""
+    train_items: the resuming run's (data.items_digest), which must be those the checkpoint was trained on (then
+    --train_file may name another path: the items are what is compared). Every key of must_match is compared
+    before the items, so a changed setting that changes them (--seed, a task's option) is named itself."""
     if [list(x) for x in state["fingerprint"]] != fingerprint(model):
         raise RunMismatch(f"{path} was written for a different model (its trained parameters differ from this one's)")
     base_weights = getattr(model, "weights_digest", None)
@@ -43,7 +45,16 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
             f"{path} holds LoRA adapters trained on other base weights than those loaded now: the base model "
             f"{state['base']} has changed since, or another was named"
         )
-    if None not in (state.get("train_items"), train_items) and state["train_items"] != train_items:
+    items_known = None not in (state.get("train_items"), train_items)
+    for key in sorted(must_match):  # a key first: a changed --seed or task option is named, not the items it changes
+        if key == "train_file" and items_known:
+            continue  # the file's items are compared (a moved or copied file with the same items resumes)
+        if not same_setting(state["config"].get(key), config[key]):
+            raise RunMismatch(
+                f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}: resume with "
+                f"--{key}={state['config'].get(key)!r}, or start over with --overwrite_output_dir"
+            )
+    if items_known and state["train_items"] != train_items:
         source = (
             f"--train_file={config['train_file']}" if config.get("train_file") else f"the {config['task']} generator"
         )
@@ -51,9 +62,6 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
             f"{path} was trained on other training items than {source} gives now: resume with the data it was "
             "trained on, or start over with --overwrite_output_dir"
         )
-    for key in sorted(must_match):  # compared as JSON holds them (a tuple is saved as a list)
-        if state["config"].get(key) != json.loads(json.dumps(config[key])):
-            raise RunMismatch(f"{path} has {key}={state['config'].get(key)!r} but this run has {key}={config[key]!r}")
     was, now = (state.get("world_size"), state["config"].get(ACCUMULATE)), (world, (config or {}).get(ACCUMULATE))
     if None not in (*was, *now) and was[0] * was[1] != now[0] * now[1]:  # a step's batch: ranks × micro-batches
         raise RunMismatch(
@@ -104,6 +112,19 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
     return state["step"]
+
+
+def same_setting(saved, now):
+    """A checkpoint's config value and this run's are the same setting: equal as JSON holds them (a tuple is
+    saved as a list), or two spellings of one file or folder (./models/x and models/x, or a link to it)."""
+    if saved == json.loads(json.dumps(now)):
+        return True
+    if not (isinstance(saved, str) and isinstance(now, str) and saved and now):
+        return False
+    try:
+        return os.path.samefile(saved, now)
+    except OSError:  # not both on disk: spellings of one path still match (a text with spaces is no path)
+        return not any(c.isspace() for c in saved + now) and os.path.normpath(saved) == os.path.normpath(now)
 
 
 def optimizer_problem(saved, params):
@@ -164,7 +185,8 @@ def resume(
 ):  # fmt: skip
     """Continue from the newest checkpoint in out_dir, or from the checkpoint folder `only`:
     (step, counters), or (0, {}) when there is none. Every key of config but those in may_change must
-    equal the checkpoint's, and so must the training items (their digest). The steps after it are run
+    equal the checkpoint's (a path: the same file or folder, however spelled), and so must the training
+    items (their digest). The steps after it are run
     again, so their lines in the JSONL files `log_paths` (and a half-written checkpoint) are dropped."""
     # the newest readable one (a damaged one is passed over), or the named one as it is
     paths = [only] if only is not None else [os.path.join(out_dir, name) for name in reversed(names(out_dir))]

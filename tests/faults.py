@@ -5,7 +5,9 @@
 nan_steps: the advantages of these steps are NaN (one micro-batch per step); kill_in_save: SIGKILL
 once the model files and half of optimizer.pt of this step's checkpoint folder are written;
 disk_full: the disk fills up (ENOSPC) at the same point; stop_after: exit cleanly right after this
-step's checkpoint is written; inf_weights_at: the optimizer step of this step leaves a weight infinite.
+step's checkpoint is written; inf_weights_at: the optimizer step of this step leaves a weight infinite;
+hang_rollouts=(n, marker): once n steps have their advantages, a rollout never ends (each rank first
+creates the file marker.RANK).
 """
 
 import ast
@@ -80,14 +82,18 @@ def step_then_inf(self, *a, **k):
 real_generate = sample.generate
 
 
-def slow_generate(*a, **k):
-    time.sleep(faults["slow_rollouts"])
+def hanging_generate(*a, **k):
+    after, marker = faults["hang_rollouts"]
+    if calls[0] >= after:  # a rollout that never ends: only a stop signal gets the rank out of it
+        open(f"{marker}.{os.environ.get('RANK', '0')}", "w").close()
+        while True:
+            time.sleep(1)
     return real_generate(*a, **k)
 
 
 torch.optim.AdamW.step = step_then_inf
-if "slow_rollouts" in faults:
-    sample.generate = slow_generate
+if "hang_rollouts" in faults:
+    sample.generate = hanging_generate
 agrpo.group_advantages = nan_advantages
 if "kill_in_save" in faults or "disk_full" in faults:
     torch.save = save_interrupted_midway

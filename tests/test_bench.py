@@ -98,7 +98,8 @@ def test_compare_threshold_quick(tmp_path):
 
 def test_bench_scripts_are_configured_like_train_py():
     """The benches take train.py's key names as --key=value, list them in --help, and refuse any
-    other spelling in one line (with a "did you mean" for another library's name)."""
+    other spelling in one line (with a "did you mean" for another library's name), and a rollout shape
+    the sampler refuses before any model is built."""
     help_text = warm.run(
         [sys.executable, "bench/bench_train.py", "--help"], cwd=ROOT, capture_output=True, text=True
     ).stdout
@@ -108,6 +109,8 @@ def test_bench_scripts_are_configured_like_train_py():
         ("bench/bench_train.py", "--lora_rank=4", "did you mean --lora_r"),
         ("bench/bench_sample.py", "--steps=4", "did you mean --sampling_steps"),
         ("bench/compare_threshold.py", "--nonsense=1", "unknown key '--nonsense'"),
+        ("bench/bench_sample.py", "--max_completion_length=32", "sampling_steps=128 gives 128 steps per block"),
+        ("bench/bench_train.py", "--block_length=48", "block_length=48 must divide max_completion_length=256"),
     ]:
         out = warm.run([sys.executable, script, flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

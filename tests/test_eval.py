@@ -5,6 +5,8 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -151,6 +153,8 @@ def test_sharded_equals_one_process(tmp_path):
         (["--labels=()", "--models=('tiny','tiny')"], "--models=('tiny', 'tiny') names a model twice"),
         (["--models=()"], "--models=() must be a non-empty tuple of model paths"),
         (["--eval_file=/no/file.jsonl", *TINY], "eval_file=/no/file.jsonl does not exist"),
+        # 3 rows of 10^9 positions (~3 TiB): refused before the decode allocates (10^7 was killed by the kernel)
+        (["--max_completion_length=(1000000000,)", *TINY], "--max_completion_length=1000000000 needs at least"),
     ],
 )
 def test_bad_input_is_one_line(args, words):
@@ -159,6 +163,26 @@ def test_bad_input_is_one_line(args, words):
     assert words in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
         out.stderr
     )
+
+
+def test_ctrl_c_mid_grid_writes_the_cells_decoded(tmp_path):
+    """SIGINT once the first cell's line is out (the second, G = 256 at m = 256, takes seconds after it): the
+    first cell is written, marked partial, and the stop said in one line with Ctrl-C's status."""
+    cmd = [sys.executable, "-u", "eval.py", *SMALL, *TINY, "--max_completion_length=(8,256)", "--step_fractions=(1.0,)"]
+    cmd.append(f"--output_dir={tmp_path}/eval")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # a cold start: its output read as it comes
+        if "accuracy" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    assert "eval.py: interrupted after 1 of 2 cells; wrote them to" in err.strip().splitlines()[-1], err
+    results = json.load(open(f"{tmp_path}/eval/results.json"))
+    assert [r["max_completion_length"] for r in results["rows"]] == [8] and "interrupted" in results["partial"]
+    assert "Partial: interrupted after 1 of 2 cells" in open(f"{tmp_path}/eval/results.md").read()
+    assert len(open(f"{tmp_path}/eval/samples.jsonl").readlines()) == 8
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path):

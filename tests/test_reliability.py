@@ -1,10 +1,12 @@
 """No lost training, robust numerics, clear errors: train.py on the embedded model is killed at
 random moments (and mid-checkpoint), fed NaNs, and given impossible configurations."""
 
+import contextlib
 import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -372,6 +374,40 @@ def test_checkpoint_of_another_model_is_refused_before_any_copy(tmp_path):
     assert all(torch.equal(before[n], p) for n, p in other.named_parameters())
 
 
+def test_a_resume_compares_paths_as_files_the_data_by_its_items_and_names_a_changed_key(tmp_path):
+    """A path in the config is the same setting however spelled (./models/x, models/x, a link); a training file
+    moved with the same items resumes (its items' digest is compared, not its path), other items do not; a
+    changed --seed is named as the key, not as the training items it changes."""
+    from plumbing.model import load
+
+    model = load("tiny")[0]
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    os.symlink(os.path.join(ROOT, "models/tiny-countdown"), tmp_path / "link")
+    config = {"model_name_or_path": "models/tiny-countdown", "train_file": f"{tmp_path}/data/train.jsonl", "seed": 0}
+    path = checkpoint.save(str(tmp_path / "run"), 1, model, opt, sched, config, items=("abc", "def"))
+
+    def resume(train_items="abc", **changed):
+        now = config | changed
+        return restore.restore(path, checkpoint.read(path), model, opt, sched, now, set(now), train_items=train_items)
+
+    with contextlib.chdir(ROOT):
+        assert resume(model_name_or_path="./models/tiny-countdown") == 1
+        assert resume(model_name_or_path=f"{ROOT}/models/tiny-countdown/") == 1
+        assert resume(model_name_or_path=str(tmp_path / "link")) == 1
+        assert resume(train_file=f"{tmp_path}/moved/train.jsonl") == 1
+        with pytest.raises(SystemExit, match="other training items than --train_file="):
+            resume(train_file=f"{tmp_path}/moved/train.jsonl", train_items="xyz")
+        with pytest.raises(SystemExit, match=re.escape("has train_file=")):  # items unknown: the path decides
+            resume(train_file=f"{tmp_path}/moved/train.jsonl", train_items=None)
+        with pytest.raises(SystemExit, match=re.escape("has seed=0 but this run has seed=1: resume with --seed=0")):
+            resume(seed=1, train_items="xyz")
+        with pytest.raises(SystemExit, match="has model_name_or_path="):
+            resume(model_name_or_path="models/tiny-countdown-block")
+
+
 def test_adapters_on_a_base_whose_weights_changed_are_refused(tmp_path):
     """A LoRA checkpoint records a digest of its base's weights: rebuilt (eval.py, export.py) or resumed on a
     base whose weights changed under the same name, it stops in one line before any copy; the same weights
@@ -706,6 +742,15 @@ def one_line(cmd, env=None):
     out = warm.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     return out.stderr.strip().splitlines()[-1]
+
+
+def test_a_preset_that_exits_is_said_in_one_line(tmp_path):
+    """A preset calling sys.exit(0) ended the script silently with status 0: it is named, with its line."""
+    (tmp_path / "preset.py").write_text("import sys\nlearning_rate = 1e-4\nsys.exit(0)\n")
+    assert one_line(["train.py", f"{tmp_path}/preset.py"]) == (
+        f"config error: config file {tmp_path}/preset.py, line 3: exited (sys.exit(0)) while being read: "
+        "a preset only sets values"
+    )
 
 
 def test_broken_inputs_end_in_one_line(tmp_path):

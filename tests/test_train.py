@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -66,6 +67,60 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     assert_same(one, ddp, atol=1e-5)
     init = params(f"{tmp_path}/one/checkpoint-2")  # sanity: training moved the weights
     assert any((v != 0).any() for v in init.values())
+
+
+def test_two_nodes_train_and_resume_as_two_ranks_of_one_node(tmp_path):
+    """Two torchrun launchers, one process each, meet by c10d rendezvous on 127.0.0.1 (--nnodes=2, as two
+    machines would): both end with status 0 and write bit for bit the weights of a 2-rank run of one
+    launcher (the same ranks and order of sums); its last checkpoint removed, the run resumed by two
+    launchers again redoes that step to the same weights."""
+    run([f"--output_dir={tmp_path}/one_node", "--max_steps=2", "--save_steps=1"], nproc=2)
+    with socket.socket() as s:  # a free port for the rendezvous store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def two_nodes(rdzv_id, *args):
+        launchers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes=2",
+                    "--nproc_per_node=1",
+                    "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint=127.0.0.1:{port}",
+                    f"--rdzv_id={rdzv_id}",
+                    f"--rdzv_conf=is_host={int(node == 0)}",
+                    "--local_addr=127.0.0.1",
+                    "--max_restarts=0",
+                    "train.py",
+                    *SMALL,
+                    f"--output_dir={tmp_path}/two_nodes",
+                    "--max_steps=2",
+                    "--save_steps=1",
+                    *args,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for node in range(2)
+        ]
+        outs = [p.communicate(timeout=300) for p in launchers]
+        assert [p.returncode for p in launchers] == [0, 0], "\n".join(err[-2000:] for _, err in outs)
+        return "".join(out + err for out, err in outs)
+
+    one_node = params(f"{tmp_path}/one_node/checkpoint-2")
+    two_nodes("first")
+    assert_same(one_node, params(f"{tmp_path}/two_nodes/checkpoint-2"), atol=0)
+    shutil.rmtree(f"{tmp_path}/two_nodes/checkpoint-2")
+    out = two_nodes("resumed", "--resume_from_checkpoint")
+    assert f"resumed from {tmp_path}/two_nodes/checkpoint-1 (step 1)" in out, out[-2000:]
+    assert_same(one_node, params(f"{tmp_path}/two_nodes/checkpoint-2"), atol=0)
 
 
 def test_a_warm_run_equals_a_cold_one(tmp_path):
