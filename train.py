@@ -33,7 +33,7 @@ from plumbing.fsdp import gathered, local
 from plumbing.logits import count_positions
 from plumbing.model import declared_block_size, load_policy, model_path_error, shipped
 from plumbing.outdir import weights_bytes
-from sample import check_settings, decode_completions, generate
+from sample import UNMASKING, check_settings, decode_completions, generate
 
 # --- config
 # model and data
@@ -104,6 +104,11 @@ RANGES = dict(
     save_steps="[1, inf)", save_total_limit="[1, inf)",
 )  # fmt: skip
 
+# the values a key of a few named choices may take (the code's own lists)
+CHOICES = dict(
+    task=data.TASK_NAMES, unmasking=UNMASKING, estimator=ESTIMATORS, scheme=tuple(SCHEMES), report_to=logs.REPORTERS
+)
+
 MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the run
 # a resume may change these (where and how often it writes, reports, evaluates; memory, speed), no other key
 MAY_CHANGE = set(
@@ -126,9 +131,6 @@ def validate(cfg, argv=()):
             f"--threshold={cfg.threshold} is read only by --unmasking=threshold (here {cfg.unmasking!r}): "
             "add --unmasking=threshold, or leave --threshold out"
         )
-    for key, allowed in dict(estimator=ESTIMATORS, scheme=tuple(SCHEMES), report_to=logs.REPORTERS).items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"--{key}={getattr(cfg, key)!r} must be one of {allowed}")
     most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # threshold: its own m'
     if not 1 <= cfg.mc_samples <= most:
         raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and {most}, the most steps a rollout takes")
@@ -257,7 +259,7 @@ def held_out_accuracy(cfg, run, model, tok, items, label):
 
 
 def main():
-    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES))
+    cfg = SimpleNamespace(**configure(__file__, option_files=data.option_files(), ranges=RANGES, choices=CHOICES))
     validate(cfg, sys.argv[1:])
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     room = weights_bytes(shipped(cfg.model_name_or_path)) if cfg.lora_r == 0 else 0  # a checkpoint's weights at least

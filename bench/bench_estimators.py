@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from likelihood import exact_logp, make_draws, sequence_logp, stepwise_draws  # noqa: E402
+from likelihood import ESTIMATORS, SCHEMES, exact_logp, make_draws, sequence_logp, stepwise_draws  # noqa: E402
 from plumbing.configurator import configure  # noqa: E402
 from plumbing.data import chat_ids  # noqa: E402
 from plumbing.model import load  # noqa: E402
@@ -80,13 +80,8 @@ print(
 header = ["estimator".ljust(26), "  k", " value bias ± se", "value std", "  grad bias ± se", " grad std", " ms/est"]
 print("| " + " | ".join(header) + " |")
 print(f"|{'-' * 28}|{'-' * 5}|{'-' * 18}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 9}|")
-variants = [
-    ("stepwise", "uniform"),
-    ("stepwise", "low_discrepancy"),
-    ("stepwise", "entropy"),
-    ("elbo", None),
-    ("one_step", None),
-]
+# every sampled scheme of the stepwise estimator, then the ablations (likelihood's own lists)
+variants = [("stepwise", s) for s in SCHEMES if s != "exact"] + [(e, None) for e in ESTIMATORS if e != "stepwise"]
 for k in args.mc_samples:
     for est, scheme in variants:
         g = torch.Generator().manual_seed(1)

@@ -1,7 +1,7 @@
 """nanoGPT-style configuration: `python train.py [configs/x.py ...] [--key=value ...]`. A script's keys are the
 assignments between `# --- config` and `# --- end of config`, under comment-line headings. Presets run over the
 defaults, then each --key=value is read as a Python literal (a bare word stays a string). A wrong type, an unknown
-key, a float not finite or a value outside the script's RANGES stops the script in one line."""
+key, a float not finite, a value outside the script's RANGES or not among its CHOICES stops the script in one line."""
 
 import ast
 import contextlib
@@ -83,27 +83,30 @@ def preset_values(path):
     return {k: v for k, v in scope.items() if not (k.startswith("_") or callable(v) or type(v).__name__ == "module")}
 
 
-def help_text(script, known, ranges):
+def help_text(script, known, ranges, choices):
     """The script's docstring's first paragraph, the usage line as run from the repository, its keys by heading."""
     lines = [(ast.get_docstring(ast.parse(open(script).read())) or "").split("\n\n")[0], ""]
     lines.append(f"usage: python {os.path.relpath(script, ROOT)} [config.py ...] [--key=value ...] [--print_config]")
     width, heading = max(map(len, known)) + 2, ""
     for k, (default, comment, _, under) in known.items():
         lines += ["", f"{under}:"] if under != heading else []
-        lines.append(f"  --{k:<{width}} {default!r:<22} {comment} {ranges.get(k, '')}".rstrip())
+        allowed = f"[one of {' | '.join(choices[k])}]" if k in choices else ranges.get(k, "")
+        lines.append(f"  --{k:<{width}} {default!r:<22} {comment} {allowed}".rstrip())
         heading = under
     return "\n".join(lines)
 
 
-def configure(script, argv=None, option_files=(), ranges=None):
+def configure(script, argv=None, option_files=(), ranges=None, choices=None):
     """The resolved config dict of `script`: its defaults and those of `option_files` (the task files'
-    generator options), then presets and --key=value overrides in order. --help and --print_config exit."""
+    generator options), then presets and --key=value overrides in order. ranges {key: interval} and choices
+    {key: the values it may take} are checked, and --help shows them. --help and --print_config exit."""
     script, ranges, argv = os.path.abspath(script), ranges or {}, sys.argv[1:] if argv is None else argv
+    choices = choices or {}
     known = declared(script)
     for path in option_files:
         known |= {k: (*v[:3], f"options of {os.path.relpath(path, ROOT)}") for k, v in declared(path).items()}
     if "--help" in argv or "-h" in argv:
-        print(help_text(script, known, ranges))
+        print(help_text(script, known, ranges, choices))
         sys.exit(0)
     config = {k: v[0] for k, v in known.items()}
     for arg in (a for a in argv if a != "--print_config"):
@@ -120,6 +123,9 @@ def configure(script, argv=None, option_files=(), ranges=None):
                 hint = f" (did you mean {' or '.join('--' + k for k in close)}?)" if close else ""
                 raise ConfigError(f"{where}unknown key '--{key}'{hint}; --help lists them")
             config[key] = checked(key, value, known[key][0], known[key][2], ranges.get(key))
+    for key, allowed in choices.items():  # the resolved value, wherever it was set (the default included)
+        if config[key] not in allowed:
+            raise ConfigError(f"--{key}={config[key]!r} must be one of {' | '.join(allowed)}")
     if "--print_config" in argv:
         print(json.dumps(config, indent=1))
         sys.exit(0)

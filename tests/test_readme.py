@@ -47,7 +47,9 @@ def test_readme_gives_train_commands():
 def test_every_train_command_in_the_readme_is_accepted(args):
     if "--help" in args:
         return
-    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), list(args), data.option_files(), train.RANGES))
+    cfg = SimpleNamespace(
+        **configure(os.path.join(ROOT, "train.py"), list(args), data.option_files(), train.RANGES, train.CHOICES)
+    )
     train.validate(cfg, list(args))
 
 

@@ -300,7 +300,9 @@ def test_every_knob_has_a_range(args, words):
 
     with pytest.raises(ConfigError) as e:
         argv = [*SMALL, *args]
-        cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), argv, data.option_files(), train.RANGES))
+        cfg = SimpleNamespace(
+            **configure(os.path.join(ROOT, "train.py"), argv, data.option_files(), train.RANGES, train.CHOICES)
+        )
         train.validate(cfg, argv)
     assert words in str(e.value)
 
@@ -335,7 +337,9 @@ def test_a_threshold_at_its_default_without_threshold_unmasking_passes():
     from plumbing import data
     from plumbing.configurator import configure
 
-    cfg = SimpleNamespace(**configure(os.path.join(ROOT, "train.py"), SMALL, data.option_files(), train.RANGES))
+    cfg = SimpleNamespace(
+        **configure(os.path.join(ROOT, "train.py"), SMALL, data.option_files(), train.RANGES, train.CHOICES)
+    )
     train.validate(cfg, SMALL)
 
 

@@ -13,6 +13,7 @@ import torch
 import warm
 
 from plumbing import checkpoint
+from plumbing.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
@@ -405,6 +406,48 @@ def test_every_training_preset_resolves_and_validates():
     presets = [p for p in presets if not p.endswith("_eval.py")]
     assert {"configs/sdar_gsm8k.py", "configs/dream_gsm8k.py", "configs/llada_gsm8k.py"} <= set(presets)
     for preset in presets:
-        cfg = SimpleNamespace(**configurator.configure("train.py", [preset], data.option_files(), train.RANGES))
+        cfg = SimpleNamespace(
+            **configurator.configure("train.py", [preset], data.option_files(), train.RANGES, train.CHOICES)
+        )
         train.validate(cfg)
         assert cfg.output_dir.startswith("runs/"), preset
+
+
+@pytest.mark.parametrize("script", ["train.py", "tools/sft.py"])
+def test_choices_are_checked_where_they_are_declared(script):
+    """A script's CHOICES (the code's own lists) are what the configurator refuses and --help shows, --print_config
+    included; each default is one of them, and a list a key's comment writes out (a | b | c) is the same list."""
+    import importlib
+
+    from plumbing import configurator, data
+
+    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    known = configurator.declared(script)
+    shown = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for key, allowed in module.CHOICES.items():
+        assert known[key][0] in allowed and f"[one of {' | '.join(allowed)}]" in shown, key
+        listed = re.search(r"((?:\w+(?: \([^)]*\))? \| )+\w+)", known[key][1])
+        if listed:
+            assert {part.split()[0] for part in listed.group(1).split(" | ")} == set(allowed), key
+        with pytest.raises(ConfigError, match=re.escape(f"--{key}='bogus' must be one of {' | '.join(allowed)}")):
+            configurator.configure(
+                script, [f"--{key}=bogus", "--print_config"], data.option_files(), {}, module.CHOICES
+            )
+    out = subprocess.run([sys.executable, script, "--scheme=bogus" if script == "train.py" else "--task=gsm8k",
+                          "--print_config"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_the_docs_list_the_codes_choices():
+    """README's key table names every estimator, scheme, unmasking and reporter train.py accepts, ALGORITHM.md
+    describes every sampled scheme (§2) and both ablations (§3)."""
+    import train
+
+    readme, algorithm = (open(os.path.join(ROOT, f)).read() for f in ("README.md", "ALGORITHM.md"))
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `")}
+    for key in ("estimator", "scheme", "unmasking", "report_to"):
+        row = next(line for cell, line in rows.items() if f"`{key}`" in cell)
+        assert all(f"`{value}`" in row for value in train.CHOICES[key]), key
+    section = algorithm.split("## 2.")[1].split("\n## ")[0]
+    assert all(f"**{s.replace('_', '-')}**" in section for s in train.CHOICES["scheme"] if s != "exact")
+    assert "**ELBO**" in algorithm and "one-step" in algorithm

@@ -55,6 +55,10 @@ output_dir = "models/tiny-countdown"  # the model folder written (config, safete
 overwrite_output_dir = False  # replace an output_dir holding a model this script wrote (the shipped ones too)
 # --- end of config
 
+# SFT needs a task with a generator and solutions
+CHOICES = dict(
+    task=tuple(n for n in data.TASK_NAMES if all(hasattr(data.task(n), f) for f in ("generate", "solution")))
+)
 RANGES = dict(
     max_completion_length="[1, inf)", max_steps="[1, inf)", learning_rate="(0, 1]", batch_size="[1, inf)",
     seed="[0, 2**63)",
@@ -132,13 +136,8 @@ def main():
     from plumbing.configurator import configure
     from plumbing.errors import ConfigError, config_errors
 
-    cfg = configure(__file__, option_files=data.option_files(), ranges=RANGES)
-    t = data.task(cfg["task"]) if cfg["task"] in data.TASK_NAMES else None
-    if t is None or not hasattr(t, "solution") or not hasattr(t, "generate"):
-        raise ConfigError(
-            f"--task={cfg['task']!r}: SFT needs a task with a generator and solutions (tasks/countdown.py, "
-            "tasks/sudoku.py)"
-        )
+    cfg = configure(__file__, option_files=data.option_files(), ranges=RANGES, choices=CHOICES)
+    t = data.task(cfg["task"])
     out, overwrite = cfg["output_dir"], cfg["overwrite_output_dir"]
     if out and os.path.isfile(os.path.join(out, "sft.json")) and not overwrite:
         shipped = (
