@@ -210,11 +210,12 @@ def test_weights_finite_finds_one_bad_number(dtype):
 STEP_MEMORY = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from plumbing.optim import clipped_step
+from plumbing.optim import clipped_step, make_optimizer
 torch.set_num_threads(1)
 n = {n}
 p = torch.nn.Parameter(torch.ones(n))
-opt = torch.optim.AdamW([p], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
+opt = {opt}
+opt.param_groups[0]["lr"] = 1e-3
 state = dict(step=torch.tensor(3.0), exp_avg=torch.full_like(p, 0.5), exp_avg_sq=torch.full_like(p, 2.0))
 opt.state[p] = state
 p.grad = torch.full_like(p, 0.25)
@@ -224,9 +225,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (4 
 """
 
 
-def step_memory(step, n=32 * 2**20):
+def step_memory(step, opt="torch.optim.AdamW([p], betas=(0.9, 0.99), weight_decay=0.01)", n=32 * 2**20):
     """The peak memory one step adds over weights, gradient and moments, in units of the weights' size."""
-    code = STEP_MEMORY.format(root=ROOT, n=n, step=step)
+    code = STEP_MEMORY.format(root=ROOT, n=n, step=step, opt=opt)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return float(out.stdout.split()[-1])
@@ -242,8 +243,9 @@ def test_the_step_costs_no_more_memory_than_torchs_adamw_step():
 
 def test_the_optimizer_is_the_one_transformers_builds_for_the_released_config():
     """transformers' Trainer with the release's train.yaml values (and its default optimizer under this
-    torch: fused AdamW) builds the same optimizer class and settings; its fused step adds no tensor-sized
-    temporary (under 0.1 of the weights' size; foreach AdamW adds one, unfused two)."""
+    torch: fused AdamW) builds the same optimizer class and settings; clipped_step with it adds no
+    tensor-sized temporary (under 0.1 of the weights' size; foreach AdamW adds one, unfused two): what
+    bench/memory.py's step column counts."""
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
@@ -253,4 +255,4 @@ def test_the_optimizer_is_the_one_transformers_builds_for_the_released_config():
     opt, _ = make_optimizer(5e-6, [torch.nn.Parameter(torch.zeros(2))], 10)
     ours = {k: opt.defaults[k] for k in [*kwargs, "weight_decay"]}
     assert type(opt) is cls and ours == kwargs | dict(weight_decay=args.weight_decay)
-    assert step_memory("opt.param_groups[0].update(fused=True, foreach=None)\nopt.step()") < 0.1
+    assert step_memory("clipped_step(opt, 1.0)", opt="make_optimizer(1e-3, [p], 100)[0]") < 0.1  # bench/memory.py
