@@ -22,14 +22,22 @@ from likelihood import draw_passes, draws_logp, make_draws, token_logp
 
 def group_advantages(rewards, num_generations, scale_rewards=False, eps=1e-4):
     """(N,) rewards in consecutive groups -> (N,) advantages. A group whose rewards are all equal
-    gets exactly zero advantage (no NaN, even with scale_rewards)."""
+    gets exactly zero advantage, whatever the rewards (a float mean of thirds is not exactly a
+    third), and no NaN with scale_rewards."""
     if rewards.numel() % num_generations:
         raise ValueError(f"num_generations={num_generations} does not divide the {rewards.numel()} rewards")
     r = rewards.float().view(-1, num_generations)
     adv = r - r.mean(1, keepdim=True)
     if scale_rewards:  # TRL's scale_rewards: the sample standard deviation
         adv = adv / (r.std(1, keepdim=True) + eps)
-    return adv.flatten()
+    return adv.masked_fill(equal_groups(rewards, num_generations)[:, None], 0.0).flatten()
+
+
+def equal_groups(rewards, num_generations):
+    """(N,) rewards in consecutive groups -> (N / num_generations,) whether each group's rewards are
+    all equal (in float32, as group_advantages reads them): the groups that teach nothing."""
+    r = rewards.float().view(-1, num_generations)
+    return r.amax(1) == r.amin(1)
 
 
 def k3(logp, ref_logp):

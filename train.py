@@ -9,7 +9,6 @@ trajectory's m steps, and take PPO-clip updates on the stepwise estimate of log 
 """
 
 import functools
-import math
 import os
 import random
 import signal
@@ -29,7 +28,7 @@ from plumbing import data, ddp, lifecycle, logs, optim, watch
 from plumbing.configurator import configure
 from plumbing.errors import ConfigError, config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
-from plumbing.fsdp import gathered, local
+from plumbing.fsdp import gathered
 from plumbing.logits import count_positions
 from plumbing.model import declared_block_size, load_policy, model_path_error, shipped
 from plumbing.outdir import weights_bytes
@@ -66,7 +65,7 @@ epsilon_high = 0.2  # ε_high of the clip: ratios above 1 + ε stop pulling up
 beta = 0.0  # β: weight of the ρ·k3 KL to the reference policy (0 = no reference pass)
 num_iterations = 1  # μ: policy updates per batch of rollouts
 # optimisation
-learning_rate = 3e-4  # AdamW peak rate (a step moves a weight by up to ~10x it), then cosine decay
+learning_rate = 3e-4  # AdamW peak rate: 1% warmup from 0, cosine to 0; a step moves a weight by at most ~2.35x it
 max_grad_norm = 1.0  # gradient-norm clip
 per_device_train_batch_size = 64  # completions per rank per micro-batch (whole groups); held-out prompts too
 gradient_accumulation_steps = 1  # micro-batches per rank per optimizer step
@@ -276,13 +275,14 @@ def main():
         before = functools.partial(accuracy, "before AGRPO")
         scores_before = run.accuracy_before = lifecycle.accuracy_before(cfg, run, before) if test_items else None
 
-        # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run
+        # optimizer and schedule: AdamW, linear warmup, cosine decay to 0 over the run, as released
         groups_per_micro = cfg.per_device_train_batch_size // cfg.num_generations
         prompts_per_step = groups_per_micro * cfg.gradient_accumulation_steps * run.world
-        epochs_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_items) / prompts_per_step))
-        total_steps = cfg.max_steps if cfg.max_steps > 0 else epochs_steps
+        epochs = (cfg.num_train_epochs, len(train_items), groups_per_micro * run.world, cfg.gradient_accumulation_steps)
+        total_steps = cfg.max_steps if cfg.max_steps > 0 else optim.steps_for_epochs(*epochs)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
+        with config_errors():  # float16 weights
+            opt, sched = optim.make_optimizer(cfg.learning_rate, params, total_steps)
         log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
         start, counters = lifecycle.resume(cfg, run, model, opt, sched, (log_path, completions_path), MAY_CHANGE)
         nonfinite = {"total": 0, "in_a_row": 0, **counters}
@@ -314,8 +314,9 @@ def main():
             sched.step()
             nonfinite["total"] += skipped
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
-            # update never takes a step AdamW would make non-finite: weights broken anyway came from outside it
-            if not ddp.every_rank(all(bool(torch.isfinite(local(p)).all()) for p in params)):
+            # a step from a finite, clipped gradient leaves finite weights finite (optim.SAFE_GRAD_NORM): weights
+            # broken anyway came from outside it, and the last checkpoint is what a resume continues from
+            if not optim.weights_finite(params):
                 why = "the weights are not finite after the optimizer step"
                 lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate.")
 

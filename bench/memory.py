@@ -14,6 +14,10 @@ What train.py holds on CUDA, per parameter (P: the model's, A: LoRA's):
                the whole model once in bf16 (2P) and free it before the update, which gathers one layer
                at a time (two with prefetch)
   FSDP + LoRA  the float32 base 4P / gpus, adapters as above / gpus; rollouts gather 2P as above
+The optimizer step (after backward: activations freed) holds weights, gradients and moments, and what the
+step itself allocates: torch's fused AdamW (plumbing/optim.py) updates in place, and the gradient clip and
+the finiteness checks add one number per tensor, so nothing the size of the weights (column "step peak";
+torch's foreach AdamW, its default on CUDA, would add a copy of the trained weights' size).
 Activations kept for backward, per token and layer, in bf16 (attention by a fused kernel: no L x L
 matrix): the two norms' inputs and outputs, q, k, v, the attention output, and SwiGLU's gate, up,
 activation and product: 8·d_model + 4·d_ff numbers. With gradient checkpointing: each layer's input
@@ -42,6 +46,7 @@ measure = False  # also run FSDP full fine-tuning at this shape and print its me
 # --- end of config
 
 GIB = 2**30
+STEP_TEMPORARIES = 0  # bytes the optimizer step allocates beyond weights, gradients and moments (fused AdamW)
 
 
 def llada_shape(n_layers):
@@ -93,12 +98,13 @@ def measured_fsdp_full(shape, rows, tokens, block, checkpointing):
     from plumbing import fsdp
     from plumbing.logits import forward_logits
     from plumbing.model import set_gradient_checkpointing
+    from plumbing.optim import make_optimizer
 
     model = TinyLLaDAModel(TinyLLaDAConfig(**shape, mask_token_id=126336))  # float32 on the CPU, as train.py loads
     if checkpointing:
         set_gradient_checkpointing(model)
     fsdp.shard(model, mixed_precision=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.99), weight_decay=0.01)
+    opt, _ = make_optimizer(1e-6, list(model.parameters()), total_steps=2)
     g = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, 126000, (rows, tokens), device="cuda", generator=g)
     read = torch.rand(rows, tokens, device="cuda", generator=g) < 1 / 24
@@ -138,18 +144,20 @@ def main():
         "fine-tuning adds a frozen reference copy, sharded like the weights under FSDP)"
     )
     head = f"fits {args.gpu_memory_gib:g} GiB (ckpt)"
-    out(f"| setup | weights | grads | AdamW | rollout peak | update peak, no ckpt | update peak, ckpt | {head} |")
-    out("|---|---|---|---|---|---|---|---|")
+    columns = "weights | grads | AdamW | rollout peak | update peak, no ckpt | update peak, ckpt | step peak"
+    out(f"| setup | {columns} | {head} |")
+    out("|---|---|---|---|---|---|---|---|---|")
     model = {}
     for name, weights, grads, optim, gather, extra in rows_of_table(shape, P, A, args.gpus):
         resident = weights + grads + optim
         # the update's gradients exist only while it runs; the rollout keeps weights and optimizer state
         at_rollout = weights + optim + gather + rollout
         peaks = [resident + extra + activations(shape, rows, tokens, ckpt) for ckpt in (False, True)]
-        model[name] = dict(rollout=at_rollout, update=peaks)
-        fits = "yes" if max(at_rollout, peaks[1]) <= args.gpu_memory_gib * GIB else "no"
+        at_step = resident + STEP_TEMPORARIES  # fused AdamW: in place
+        model[name] = dict(rollout=at_rollout, update=peaks, step=at_step)
+        fits = "yes" if max(at_rollout, peaks[1], at_step) <= args.gpu_memory_gib * GIB else "no"
         fits += " (bf16 weights: AdamW steps below their rounding are lost)" if name == "DDP, full" else ""
-        cells = [weights, grads, optim, at_rollout, *peaks]
+        cells = [weights, grads, optim, at_rollout, *peaks, at_step]
         out(f"| {name} | " + " | ".join(f"{c / GIB:.1f}" for c in cells) + f" | {fits} |")
     out("(GiB per GPU; the CUDA context, workspace and the allocator's fragmentation, about 1-3 GiB, not counted)")
     if args.measure:  # under torchrun on CUDA: the FSDP rows of this table against what CUDA allocates

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from agrpo import equal_groups
 from likelihood import completion_mask
 from plumbing.ddp import mean_over_ranks
 from plumbing.errors import first_line
@@ -32,7 +33,8 @@ def step_means(cfg, batches, loss, metrics, device, positions=0):
     stats = {
         "reward": rewards.mean(),
         "reward_std": group_std.mean(),
-        "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
+        # groups whose rewards are all equal: their rows have advantage exactly 0 (left out at β = 0)
+        "frac_reward_zero_std": equal_groups(rewards, cfg.num_generations).float().mean(),
         "accuracy": accuracy.mean(),
         "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
         "rollout_passes": torch.cat([b.rollout.passes for b in batches])

@@ -1,31 +1,54 @@
-"""The optimizer as the released run configures it (AdamW, warmup, cosine decay), and the guard
-that never takes a step that would leave a weight non-finite."""
+"""The optimizer as the released run configures it (AdamW, transformers' cosine schedule with warmup,
+the step count of an epoch-based run), the clipped step, and the check that the weights stay finite."""
 
 import math
 
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
 from plumbing.ddp import every_rank
 from plumbing.fsdp import local
 
+WARMUP_RATIO = 0.01  # the release's warmup_ratio
+# A clipped gradient below half of sqrt(float32's largest) keeps AdamW's g² and its moments finite (float32
+# and bfloat16 share the range); then, with the rate at most 1, a step moves a weight by at most ~2.35x the
+# rate (β = (0.9, 0.99); tested), so a finite weight stays finite and no step needs checking before it is taken.
+SAFE_GRAD_NORM = math.sqrt(torch.finfo(torch.float32).max) / 2
+
 
 def make_optimizer(learning_rate, params, total_steps):
-    """AdamW as the released run configures it: β = (0.9, 0.99), weight decay 0.01, the rate warming up
-    linearly over the first 1% of the steps, then decaying to 0 (cosine)."""
-    opt = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
-    warmup = max(1, int(0.01 * total_steps))
-    return opt, torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
-    )
+    """AdamW as the released run configures it: torch's fused AdamW, β = (0.9, 0.99), weight decay 0.01, and
+    transformers' get_cosine_schedule_with_warmup with num_warmup_steps = ceil(0.01 · total_steps), as transformers'
+    TrainingArguments counts them: the rate 0 at the first step, rising linearly to the peak at the end of
+    warmup, then a cosine to 0 at total_steps. Float16 weights are refused: AdamW's moments do not fit
+    float16's range (a gradient of 1e-3 leaves a second moment of 0, and unfused AdamW an infinite weight)."""
+    if any(p.dtype == torch.float16 for p in params):
+        raise ValueError(
+            "the model's trained weights are float16, where AdamW's steps can make a weight infinite: "
+            "save the model in bfloat16 or float32, or train LoRA adapters (float32)"
+        )
+    # fused: transformers' default optimizer under torch >= 2.8 ("adamw_torch_fused"), and no tensor-sized temporary
+    opt = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.01, fused=True)
+    return opt, get_cosine_schedule_with_warmup(opt, math.ceil(WARMUP_RATIO * total_steps), total_steps)
+
+
+def steps_for_epochs(epochs, items, prompts_per_micro_batch, accumulation):
+    """Optimizer steps of `epochs` passes over `items` prompts, counted as the released run (TRL's sampler
+    under transformers' Trainer) counts them: a pass is the whole micro-batches of prompts_per_micro_batch
+    prompts (all ranks together; the rest of the prompts dropped), one step every `accumulation` of them
+    (a last, shorter one counts), and epochs × the steps of a pass rounded up."""
+    micro_batches = items // prompts_per_micro_batch
+    per_epoch = max(micro_batches // accumulation + int(micro_batches % accumulation > 0), 1)
+    return math.ceil(epochs * per_epoch)
 
 
 def clipped_step(opt, max_grad_norm):
-    """The gradient-norm clip and one AdamW step, skipped when the gradient or the step it would take
-    is not finite (weights and moments untouched). Returns (grad norm, whether the step was taken)."""
+    """The gradient-norm clip and one AdamW step, skipped (weights and moments untouched) when the
+    gradient is not finite or, clipped, not below SAFE_GRAD_NORM. Returns (grad norm, whether the step
+    was taken). Nothing is computed aside: the step costs what torch's AdamW step costs."""
     params = [p for group in opt.param_groups for p in group["params"]]
     grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # over all ranks' gradients
-    # FSDP: each rank checks its own part of the weights, so all must agree before any steps
-    took = every_rank(torch.isfinite(grad_norm) and adamw_keeps_finite(opt))
+    took = every_rank(bool(torch.isfinite(grad_norm)) and min(float(grad_norm), max_grad_norm) < SAFE_GRAD_NORM)
     if took:
         opt.step()
     opt.zero_grad(set_to_none=True)
@@ -33,20 +56,8 @@ def clipped_step(opt, max_grad_norm):
 
 
 @torch.no_grad()
-def adamw_keeps_finite(opt):
-    """Whether AdamW's next step leaves every weight finite: its update computed aside, one parameter
-    at a time (no copy of the model), so a step that would break the weights is never taken."""
-    for group in opt.param_groups:
-        (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state, g = opt.state.get(p, {}), local(p.grad).float()
-            t = float(local(state.get("step", 0))) + 1
-            m = (1 - b1) * g + (b1 * local(state["exp_avg"]) if state else 0)
-            v = (1 - b2) * g * g + (b2 * local(state["exp_avg_sq"]) if state else 0)
-            decayed = local(p).float() * (1 - lr * group["weight_decay"])
-            new = decayed - lr / (1 - b1**t) * m / ((v / (1 - b2**t)).sqrt() + eps)
-            if not bool(torch.isfinite(new).all()):
-                return False
-    return True
+def weights_finite(params):
+    """Whether every weight is finite, on every rank: one reduction per tensor (its largest |w|, NaN
+    for a NaN), no tensor-sized temporary."""
+    largest = [torch.linalg.vector_norm(local(p), float("inf")).float() for p in params]
+    return every_rank(bool(torch.isfinite(torch.stack(largest)).all()) if largest else True)

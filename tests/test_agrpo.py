@@ -7,12 +7,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import chat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agrpo import (
     MicroBatch,
     accumulate_gradients,
     clipped_objective,
     draw_loss,
+    equal_groups,
     group_advantages,
     k3,
     kept_rows,
@@ -34,6 +37,42 @@ def test_advantages_mean_centred_and_degenerate_groups():
     torch.testing.assert_close(scaled[:4], torch.tensor([-1.0, 1.0, 0.0, 0.0]) / (math.sqrt(2 / 3) + 1e-4))
     with pytest.raises(ValueError, match="num_generations"):
         group_advantages(r, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(st.sampled_from([1 / 3, 2 / 3, 4 / 3, 0.1, 1.1]), st.floats(-1e6, 1e6)),
+    size=st.integers(2, 16),
+    other=st.lists(st.floats(-10, 10, width=32), min_size=2, max_size=2).filter(lambda o: o[0] != o[1]),
+    scale=st.booleans(),
+)
+def test_equal_rewards_give_exactly_zero_advantage_and_are_left_out(value, size, other, scale):
+    """A group of equal rewards next to an unequal one: every advantage of the equal group is exactly
+    0.0 (a float mean of seven thirds is not a third), so at β = 0 kept_rows leaves every row of it
+    out, and the log's count of such groups is the same test."""
+    rewards = torch.tensor([value] * size + other + [other[0]] * (size - 2), dtype=torch.float64)
+    adv = group_advantages(rewards, size, scale_rewards=scale)
+    assert adv[:size].tolist() == [0.0] * size
+    assert set(kept_rows(adv, 0.0).tolist()) <= set(range(size, 2 * size)) and len(kept_rows(adv, 0.1)) == 2 * size
+    assert equal_groups(rewards, size).tolist() == [True, False]
+
+
+def test_the_log_counts_every_equal_group_as_rows_left_out():
+    """Countdown-style thirds: the logged fraction of groups with equal rewards is exactly the fraction
+    of rows the update left out when no row of an unequal group sits at its mean."""
+    from plumbing.logs import step_means
+
+    rewards = torch.tensor([1 / 3] * 8 + [2 / 3] * 8 + [0.0, 1 / 3, 2 / 3, 1.0, 0.0, 1 / 3, 2 / 3, 1.0])
+    adv = group_advantages(rewards, 8)
+    rollout = SimpleNamespace(
+        is_eos=torch.zeros(24, 4, dtype=torch.bool), entropy=torch.zeros(24, 4), passes=torch.ones(24)
+    )
+    b = SimpleNamespace(
+        rewards=rewards, accuracy=torch.zeros(24), lengths=torch.ones(24), rollout=rollout,
+        advantages=adv, rows=kept_rows(adv, 0.0), prompts_cut=0,
+    )  # fmt: skip
+    logged = step_means(SimpleNamespace(num_generations=8), [b], 0.0, {}, "cpu")
+    assert logged["frac_reward_zero_std"] == logged["frac_rows_left_out"] == pytest.approx(2 / 3)
 
 
 def test_loss_by_hand():
@@ -247,10 +286,10 @@ def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
-def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
-    """AdamW with a rate that overflows the weights: the step is skipped and counted, and weights and
-    moments stay exactly as they were (as for a non-finite gradient); a sane rate steps."""
-    from plumbing.optim import adamw_keeps_finite
+def test_a_step_from_a_non_finite_gradient_is_not_taken(rollout_setup):
+    """An advantage that overflows the loss: the gradient is not finite, so the step is skipped and
+    counted, and weights and moments stay exactly as they were; finite advantages step."""
+    from plumbing.optim import make_optimizer
     from train import update
 
     _, _, r = rollout_setup
@@ -259,13 +298,11 @@ def test_a_step_that_would_break_the_weights_is_not_taken(rollout_setup):
     draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(3))
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=1e38)
-    _, _, grad_norm, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
-    assert math.isfinite(grad_norm) and skipped == 1 and not opt.state
+    opt, _ = make_optimizer(1e-3, params, 10)
+    opt.param_groups[0]["lr"] = 1e-3  # past the warmup's first step (rate 0)
+    overflow = [micro_batch(r, adv * float("inf"), draws, old)]
+    _, _, grad_norm, skipped = update(model, opt, overflow, UPDATE, contextlib.nullcontext)
+    assert not math.isfinite(grad_norm) and skipped == 1 and not opt.state
     assert all(torch.equal(a, b) for a, b in zip(before, params))
-    opt = torch.optim.AdamW(params, lr=1e-3)
     _, _, _, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
     assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
-    for p in params:  # the check agrees with the step it stands in for: the next sane step stays finite
-        p.grad = torch.ones_like(p)
-    assert adamw_keeps_finite(opt)

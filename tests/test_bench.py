@@ -132,6 +132,8 @@ def test_memory_model_counts_llada_8b():
     assert float(rows["FSDP, full"][0]) == pytest.approx(4 * P / 4 / 2**30, abs=0.06)  # float32 weights, 1/4 each
     assert float(rows["FSDP, full"][2]) == pytest.approx(8 * P / 4 / 2**30, abs=0.06)  # AdamW's two moments
     assert float(rows["DDP, full"][0]) == pytest.approx(2 * P / 2**30, abs=0.06)  # whole, bf16
+    # the optimizer step: weights, gradients (DDP's buckets too) and moments; fused AdamW allocates nothing more
+    assert float(rows["DDP, full"][6]) == pytest.approx((2 + 4 + 4) * P / 2**30, abs=0.06)
 
 
 def _distributions(roots):
