@@ -68,6 +68,7 @@ def score(model, where):
         f"--max_completion_length=({G},)",
         f"--block_length={cfg['block_length']}",
         f"--sampling_steps=({m},)",
+        "--unmasking=low_confidence",  # a fixed-m row and a τ row (at m = G), whichever way the run rolled out
         f"--thresholds=({tau},)",
         *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
         f"--output_dir={where}",

@@ -250,6 +250,8 @@ KNOBS = [
     (["--sampling_steps=7"], "steps=7 must be a positive multiple"),
     (["--mc_samples=9"], "--mc_samples=9 must be between 1 and 8, the most steps a rollout takes"),
     (["--unmasking=threshold", "--threshold=0"], "threshold=0.0 must be a finite number > 0"),
+    (["--unmasking=threshold", "--sampling_steps=7"], "steps=7 must be a positive multiple"),  # threshold's most steps
+    (["--unmasking=threshold", "--mc_samples=9"], "--mc_samples=9 must be between 1 and 8"),
     (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1 must be in [2, inf)"),
     (["--per_device_train_batch_size=6"], "--per_device_train_batch_size=6 must be a multiple of --num_generations=4"),
     (["--model_name_or_path=./no/model"], "no/model does not exist"),
