@@ -1,5 +1,5 @@
-"""Evaluation: greedy decoding (low-confidence unmasking) on a task's test set, over a grid of
-generation lengths G and sampling-step counts m (the paper's compute/accuracy trade-off).
+"""Evaluation: greedy decoding (low-confidence or random unmasking, or threshold decoding) on a task's test
+set, over a grid of generation lengths G and sampling-step counts m (the paper's compute/accuracy trade-off).
 
     python eval.py                                        # the embedded default, before and after AGRPO
     python eval.py configs/llada_gsm8k.py configs/llada_eval.py --models="('runs/llada_gsm8k',)"
@@ -8,8 +8,9 @@ generation lengths G and sampling-step counts m (the paper's compute/accuracy tr
     torchrun --nproc_per_node 8 eval.py ...               # batches sharded over ranks, gathered on rank 0
 
 A model evaluates as its run was trained: when --models holds a run or checkpoint folder, the task,
-its system turn and prompt form, the test set and the decoding (the rollouts' length, blocks and
-steps, as train.py scores held-out accuracy) come from the run's recorded config; a training preset
+its system turn and prompt form, the test set and the decoding (the one train.py scores held-out accuracy
+with, eval_settings.held_out_decoding: the rollouts' length, blocks and steps, by their threshold when they
+decode by one) come from the run's recorded config; a training preset
 (configs/*.py) supplies them the same way. A preset of eval.py's own keys (configs/llada_eval.py: the
 released evaluation's decoding) and keys on the command line override both. The table's header says
 which settings were used and where each came from.
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from plumbing import data, ddp, logs, outdir, restore
 from plumbing.errors import ConfigError, config_errors
-from plumbing.eval_settings import eval_settings
+from plumbing.eval_settings import eval_settings, held_out_decoding, row_decoding
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.logits import computes_in_float32
 from plumbing.model import load
@@ -58,8 +59,8 @@ max_completion_length = (16, 32)  # completion lengths G of the grid
 block_length = 8  # b: semi-autoregressive block length (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · G at each G
 sampling_steps = ()  # explicit step counts used at every G instead of step_fractions
-unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows of the grid
-thresholds = ()  # threshold decoding: one more row per τ at each G (its steps column: mean forward passes per item)
+unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows; threshold: each τ at each m instead
+thresholds = ()  # threshold decoding: a row per τ at each G, at most m = G steps (its steps column: mean passes)
 per_device_eval_batch_size = 100  # prompts per forward pass
 base_model = ""  # the checkpoints' base model ("" = the one each names; a named folder's own code never runs)
 merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster decoding); False decodes through peft
@@ -154,13 +155,11 @@ def evaluate(
 
 
 def item_accuracies(model, tok, cfg, items, rank=0, world=1, label="eval"):
-    """The held-out accuracy of each item, as train.py scores it for its config `cfg`: greedy decoding at the
-    rollouts' length, block length and steps, the run's prompts, per_device_train_batch_size prompts a batch."""
+    """The held-out accuracy of each item, as train.py scores it for its config `cfg`: decoded as eval.py decodes
+    the run (held_out_decoding), the run's prompts, per_device_train_batch_size prompts a batch."""
     form = dict(system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length)
-    shape = dict(max_completion_length=cfg.max_completion_length, block_length=cfg.block_length)
-    shape["sampling_steps"] = cfg.sampling_steps
     batches = dict(batch_size=cfg.per_device_train_batch_size, rank=rank, world=world, desc=label)
-    records = evaluate(model, tok, cfg.task, items, **shape, **form, **batches)
+    records = evaluate(model, tok, cfg.task, items, **held_out_decoding(vars(cfg)), **form, **batches)
     return [r["accuracy"] for r in records]
 
 
@@ -302,9 +301,8 @@ def grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, 
         prompting = (system, cfg["compact_prompt"], cfg["max_prompt_length"], "test")
         if rank == 0 and (note := data.long_prompts_note(tok, cfg["task"], items, *prompting)):
             print(f"note: {name}: {note}", file=sys.stderr)
-        for tau in dict.fromkeys(tau for _, _, tau in grid):
-            settings = dict(unmasking=cfg["unmasking"] if tau is None else "threshold")
-            for line in native_departures(model, **settings) if rank == 0 else ():
+        for unmasking in dict.fromkeys(row_decoding(cfg, *row)["unmasking"] for row in grid):
+            for line in native_departures(model, unmasking) if rank == 0 else ():
                 print(f"warning: {name}: {line}")
         for G, m, tau in grid:
             t0 = time.time()
@@ -314,15 +312,11 @@ def grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, 
                 tok,
                 cfg["task"],
                 items,
-                max_completion_length=G,
-                block_length=cfg["block_length"],
-                sampling_steps=m or G,
+                **row_decoding(cfg, G, m, tau),
                 batch_size=cfg["per_device_eval_batch_size"],
                 system_prompt=system,
                 compact=cfg["compact_prompt"],
                 max_prompt_length=cfg["max_prompt_length"],
-                unmasking=cfg["unmasking"] if tau is None else "threshold",
-                threshold=tau,
                 rank=rank,
                 world=world,
                 desc=f"{name} G={G} {how}",

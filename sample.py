@@ -3,8 +3,9 @@
 
 x = [prompt ; G × MASK] is cut into G/b blocks filled left to right in s = m·b/G steps each; step i of a block
 with n masked positions commits k_i = ⌊n/s⌋ + [i < n mod s] of them: the most confident candidates (Gumbel-max
-draws, argmax at T = 0), random ones, or (threshold τ) every one at least τ confident. Each step t is one
-action: with S_t the positions it commits and x_t the state before it,
+draws, argmax at T = 0), random ones, or (threshold τ) every one at least τ confident and at least the k_i
+most confident, so a block takes at most s steps. Each step t is one action: with S_t the positions it commits
+and x_t the state before it,
 
     log π_θ(o) = Σ_t Σ_{j∈S_t} log p_θ(o_j | x_t),
 
@@ -61,7 +62,7 @@ def check_settings(
     threshold=None,
 ):
     """Raise ValueError naming the first invalid setting (also used by train/eval before heavy work).
-    Threshold decoding takes its own number of steps, so `sampling_steps` is not checked for it."""
+    Threshold decoding takes `sampling_steps` as its most steps (at least G/m positions a step)."""
     G, steps = max_completion_length, sampling_steps
     if G < 1:
         raise ValueError(f"max_completion_length={G} must be at least 1")
@@ -72,19 +73,18 @@ def check_settings(
         if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < math.inf):
             raise ValueError(
                 f"threshold={threshold!r} must be a finite number > 0: the confidence that commits a position (>1: "
-                "one a step)"
+                "low-confidence at sampling_steps)"
             )
-    else:
-        if steps < 1 or steps % n_blocks:
-            raise ValueError(
-                f"sampling_steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = "
-                "max_completion_length/block_length)"
-            )
-        if steps // n_blocks > block_length:
-            raise ValueError(
-                f"sampling_steps={steps} gives {steps // n_blocks} steps per block but a block has only "
-                f"block_length={block_length} tokens"
-            )
+    if steps < 1 or steps % n_blocks:
+        raise ValueError(
+            f"sampling_steps={steps} must be a positive multiple of the number of blocks ({n_blocks} = "
+            "max_completion_length/block_length)"
+        )
+    if steps // n_blocks > block_length:
+        raise ValueError(
+            f"sampling_steps={steps} gives {steps // n_blocks} steps per block but a block has only "
+            f"block_length={block_length} tokens"
+        )
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
     if unmasking not in UNMASKING:
@@ -207,7 +207,7 @@ def generate(
     later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
     there and what the estimators ignore (they draw only steps up to the last one that committed a
     non-EOS token). With eos_ids=() every row runs to the end. `unmasking="threshold"` decodes with
-    confidence threshold `threshold` instead of a fixed number of steps (decode).
+    confidence threshold `threshold`, each row in its own number of steps, at most `sampling_steps` (decode).
 
     A block-diffusion model decodes in its own layout (blocks.py): blocks counted from each row's first
     token, the prompt's last P mod b tokens in the first decoded block, the last block whole, so a row
@@ -235,11 +235,9 @@ def generate(
     sampling = dict(
         mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device
     )
-    if unmasking == "threshold":
-        steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, tau=threshold)
-    else:
-        per_block = sampling_steps // (G // b)
-        steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, per_block, unmasking)
+    tau = threshold if unmasking == "threshold" else 0
+    per_block = sampling_steps // (G // b)
+    steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, per_block, unmasking, tau)
     columns = blocks.completion_columns(first, tail, blocks.completion_width(tail, G, b))
     completion = torch.ones(columns.shape, dtype=torch.long, device=device)
     return Rollout(
@@ -259,13 +257,16 @@ def generate(
     )
 
 
-def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0, unmasking="low_confidence", tau=0):
+def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, unmasking="low_confidence", tau=0):
     """The blocks in order, each until its masks are filled, a step committing on every row that still has
     masks in the block: with `steps_per_block` s, LLaDA's k_i positions at step i, or as many as are left
     (a first block that holds the prompt's tail has fewer masks and ends early, as SDAR's does); with
-    threshold `tau`, confidence-threshold parallel decoding as an exact policy (Fast-dLLM's rule, dLLM-RL's
-    dynamic threshold): every masked position whose confidence is at least tau, and at least the most
-    confident. Each row counts its own steps (its own m). A row with an EOS in a finished block is no
+    threshold `tau`, confidence-threshold parallel decoding as an exact policy: every masked position whose
+    confidence is at least tau, and at least the k_i most confident, so a block still takes at most s steps.
+    That is SDAR's low_confidence_dynamic with s steps a block (its denoising_steps_per_block; where fewer
+    than k_i masks are left it commits those, where SDAR's code would overwrite a committed or prompt token);
+    with s = b (k_i = 1) it is Fast-dLLM's rule and dLLM-RL's LLaDA dynamic threshold, which take no step
+    count. Each row counts its own steps (its own m). A row with an EOS in a finished block is no
     longer computed: fixed steps fill its later blocks with EOS in schedule order, threshold decoding at its
     next step. kv_cache (a block-causal model): the prompt runs once into a KV cache, a step runs only the
     block over it, and each finished block but the last runs once more to add its keys and values.
@@ -273,7 +274,7 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
     x, attn, unmask_step, logp, entropy = state
     first, tail, n_blocks, b = layout
     (B, S), device, mask_id = x.shape, x.device, sampling["mask_id"]
-    schedule = transfer_schedule(b, steps_per_block) if steps_per_block else [b] * b
+    schedule = transfer_schedule(b, steps_per_block)
     fill_steps = torch.repeat_interleave(torch.arange(len(schedule), device=device), torch.tensor(schedule))
     in_completion = torch.arange(S, device=device) >= first + tail[:, None]
     eos = torch.tensor(stop_eos, dtype=torch.long, device=device)
@@ -306,13 +307,11 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block=0
             if unmasking == "random":
                 conf = uniform(x_hat.shape, sampling["generator"], device)
             conf = conf.masked_fill(~masked, float("-inf"))
-            if tau:
-                chosen = (conf >= math.log(tau)) & masked
-                chosen.scatter_(1, conf.topk(1, dim=-1).indices, True)  # at least the most confident
-            else:
-                most = int(count.max())
-                top = conf.topk(most, dim=-1).indices
-                chosen = torch.zeros_like(masked).scatter_(1, top, torch.arange(most, device=device) < count[:, None])
+            most = int(count.max())
+            top = conf.topk(most, dim=-1).indices
+            chosen = torch.zeros_like(masked).scatter_(1, top, torch.arange(most, device=device) < count[:, None])
+            if tau:  # and every other masked position at least tau confident
+                chosen |= (conf >= math.log(tau)) & masked
             cols = torch.arange(lo, hi, device=device).expand(len(sub), -1)
             commit(x, unmask_step, logp, entropy, sub, cols, chosen, x_hat, lp, step[sub])
             step[sub] += 1

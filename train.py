@@ -46,12 +46,12 @@ max_prompt_length = 512  # prompt tokens kept, cut from the left (TRL's name and
 # rollout (ALGORITHM.md §1)
 max_completion_length = 16  # G: completion tokens per rollout
 block_length = 8  # b: semi-autoregressive block length; divides G
-sampling_steps = 4  # m: unmasking steps per rollout, a multiple of G / b
+sampling_steps = 4  # m: unmasking steps per rollout (threshold: the most), a multiple of G / b
 temperature = 0.7  # T: rollout sampling temperature
 top_k = 0  # rollout top-k truncation (0 = off)
 top_p = 1.0  # rollout nucleus truncation (1 = off)
 unmasking = "low_confidence"  # which masked positions a step commits: low_confidence | random | threshold
-threshold = 0.9  # τ of --unmasking=threshold: it commits every masked position this confident (at least one)
+threshold = 0.9  # τ of --unmasking=threshold: it commits every masked position this confident (at least G/m)
 # estimator of log π(o) (§2, §3)
 estimator = "stepwise"  # stepwise (AGRPO) | one_step (diffu-GRPO) | elbo
 scheme = "low_discrepancy"  # stepwise draws of t: uniform | low_discrepancy | entropy (importance) | exact
@@ -130,9 +130,10 @@ def validate(cfg, argv=()):
             f"--threshold={cfg.threshold} is read only by --unmasking=threshold (here {cfg.unmasking!r}): "
             "add --unmasking=threshold, or leave --threshold out"
         )
-    most = cfg.max_completion_length if cfg.unmasking == "threshold" else cfg.sampling_steps  # threshold: its own m'
-    if not 1 <= cfg.mc_samples <= most:
-        raise ConfigError(f"--mc_samples={cfg.mc_samples} must be between 1 and {most}, the most steps a rollout takes")
+    if not 1 <= cfg.mc_samples <= cfg.sampling_steps:
+        raise ConfigError(
+            f"--mc_samples={cfg.mc_samples} must be between 1 and {cfg.sampling_steps}, the most steps a rollout takes"
+        )
     if not all(isinstance(name, str) and name for name in cfg.lora_target_modules):
         raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules!r} must be a tuple of module names")
     if (batch := cfg.per_device_train_batch_size) % cfg.num_generations:
@@ -249,7 +250,7 @@ def load_models(cfg, run):
 
 
 def held_out_accuracy(cfg, run, model, tok, items, label):
-    """Greedy accuracy of each held-out item, at the rollouts' length, blocks and steps, in their precision."""
+    """Greedy accuracy of each held-out item, decoded as eval.py decodes this run, in the rollouts' precision."""
     with run.amp(), gathered(model):
         scores = item_accuracies(model, tok, cfg, items, run.rank, run.world, label)
     mean, se = mean_se(scores)

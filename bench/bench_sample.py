@@ -110,7 +110,7 @@ by_threshold = {}
 for tau in args.thresholds:
     fast = dict(
         setting, sampling_steps=args.max_completion_length, unmasking="threshold", threshold=tau
-    )  # steps: unused by threshold decoding
+    )  # m = G: at least one position a step
     by_threshold[tau] = timed(
         lambda fast=fast: generate(model, prompt, **fast, eos_ids=(eos_id,)), args.repeats, args.device
     )

@@ -3,7 +3,8 @@ accuracy against the rollout forward passes spent to reach it.
 
 Two train.py runs from the shipped base model (models/tiny-countdown), identical but for the
 rollout sampler: fixed-step low-confidence unmasking (m = sampling_steps of the preset) and
-threshold unmasking with τ (each completion in its own number of passes, at least one per block).
+threshold unmasking with τ (each completion in its own number of passes, at least one per block: m = G, one
+position a step at least).
 Every save_steps steps a checkpoint is scored on the test set with both decoders (greedy fixed m,
 greedy τ), so each run is read with the decoder it trained with and with the other one. The x axis
 is the rollout forward passes per completion summed over the steps so far (log.jsonl's
@@ -48,7 +49,10 @@ if args.quick:
 out = args.output_dir if os.path.isabs(args.output_dir) else os.path.join(ROOT, args.output_dir)
 out += "_quick" if args.quick else ""  # a check of the pipeline never overwrites measured results
 G, m, tau = cfg["max_completion_length"], cfg["sampling_steps"], args.threshold
-RUNS = {"fixed": [f"--unmasking={cfg['unmasking']}"], "threshold": ["--unmasking=threshold", f"--threshold={tau}"]}
+RUNS = {  # the threshold run at m = G: at least one position a step, as eval.py's τ rows decode
+    "fixed": [f"--unmasking={cfg['unmasking']}"],
+    "threshold": ["--unmasking=threshold", f"--threshold={tau}", f"--sampling_steps={G}"],
+}
 threads = max(1, (os.cpu_count() or 1) // 2)
 t0 = time.time()
 
@@ -64,6 +68,7 @@ def score(model, where):
         f"--max_completion_length=({G},)",
         f"--block_length={cfg['block_length']}",
         f"--sampling_steps=({m},)",
+        "--unmasking=low_confidence",  # a fixed-m row and a τ row (at m = G), whichever way the run rolled out
         f"--thresholds=({tau},)",
         *(f"--{k}={cfg[k]!r}" for k in (*data.task_options(cfg["task"], cfg), "compact_prompt")),
         f"--output_dir={where}",

@@ -14,24 +14,46 @@ from sample import check_settings
 RUN_SETTINGS = (
     *("task", "system_prompt", "compact_prompt", "seed", "eval_file", "eval_items", "max_prompt_length"),
     *(k for f in data.option_files() for k in declared(f)),
-    *("max_completion_length", "block_length", "sampling_steps"),
+    *("max_completion_length", "block_length", "sampling_steps", "unmasking", "thresholds"),
 )
 
 
+def held_out_decoding(train_cfg):
+    """How a training run's held-out items are decoded, by train.py during the run and by eval.py after it
+    (one rule, so the two scores agree): greedy, at the rollouts' length, block length and steps; by the
+    rollouts' threshold τ (at most those steps) when they decode by threshold, else by low confidence (random
+    unmasking explores in rollouts, it is not a decoder)."""
+    by_threshold = train_cfg.get("unmasking") == "threshold"
+    return dict(
+        max_completion_length=train_cfg["max_completion_length"],
+        block_length=train_cfg["block_length"],
+        sampling_steps=train_cfg["sampling_steps"],
+        unmasking="threshold" if by_threshold else "low_confidence",
+        threshold=train_cfg["threshold"] if by_threshold else None,
+    )
+
+
 def run_settings(train_cfg):
-    """The eval.py settings a training config (a checkpoint's, or a preset's) decides."""
+    """The eval.py settings a training config (a checkpoint's, or a preset's) decides: its held-out decoding
+    as the grid's one row."""
+    decides = ("max_completion_length", "block_length", "sampling_steps", "unmasking", "threshold")
     out = {
         k: tuple(train_cfg[k]) if isinstance(train_cfg[k], list) else train_cfg[k]
         for k in RUN_SETTINGS
-        if k in train_cfg
+        if k in train_cfg and k not in decides
     }
-    for k in ("max_completion_length", "sampling_steps"):  # one value in a run, a grid here
-        if k in out:
-            out[k] = (out[k],)
     if out.get("eval_items") == 0:  # the run did not evaluate: eval.py's own count
         del out["eval_items"]
-    if train_cfg.get("unmasking") == "threshold":  # a run that decodes by threshold is evaluated by it alone
-        out |= dict(thresholds=(train_cfg["threshold"],), sampling_steps=(), step_fractions=())
+    if not all(k in train_cfg for k in decides[:3]):  # a config that records no decoding
+        return out
+    decoding = held_out_decoding(train_cfg)
+    out |= dict(
+        max_completion_length=(decoding["max_completion_length"],),  # one value in a run, a grid here
+        block_length=decoding["block_length"],
+        sampling_steps=(decoding["sampling_steps"],),
+        unmasking=decoding["unmasking"],
+        thresholds=() if decoding["threshold"] is None else (decoding["threshold"],),
+    )
     return out
 
 
@@ -69,7 +91,7 @@ def take_run_settings(cfg, given, specs, preset, train_cfg):
 def settings_line(cfg, sources, given):
     """Which run settings were used, grouped by where each came from."""
     where = {}
-    for k in [*RUN_SETTINGS, *(["thresholds"] if "thresholds" in sources else [])]:
+    for k in RUN_SETTINGS:
         source = sources.get(k, "the command line" if k in given else "eval.py's defaults")
         value = f"{len(cfg[k])} characters" if k == "system_prompt" and len(cfg[k]) > 40 else repr(cfg[k])
         where.setdefault(source, []).append(f"{k}={value}")
@@ -146,21 +168,34 @@ def check(cfg):
 
 
 def step_grid(cfg):
-    """(G, m, τ): fixed steps m (τ None) or threshold τ (m None); every one is checked against the
-    sampler before any model is loaded."""
+    """(G, m, τ): fixed steps m (τ None), or threshold τ with at most m steps; every one is checked against
+    the sampler before any model is loaded. With unmasking low_confidence or random, the fixed rows and one
+    row per τ at m = G (at least one position a step); with unmasking threshold, each τ at each m."""
+    if cfg["unmasking"] == "threshold" and not cfg["thresholds"]:
+        raise ConfigError("--unmasking=threshold decodes by --thresholds, which is empty: give one, e.g. (0.9,)")
     grid = []
     for G in cfg["max_completion_length"]:
         counts = cfg["sampling_steps"] or tuple(max(1, round(f * G)) for f in cfg["step_fractions"])
-        for m in dict.fromkeys(counts):
+        if cfg["unmasking"] == "threshold":
+            rows = [(G, m, tau) for m in dict.fromkeys(counts) for tau in cfg["thresholds"]]
+        else:
+            rows = [(G, m, None) for m in dict.fromkeys(counts)] + [(G, None, tau) for tau in cfg["thresholds"]]
+        for row in rows:
             try:
-                check_settings(G, cfg["block_length"], m, unmasking=cfg["unmasking"])
+                check_settings(**row_decoding(cfg, *row))
             except ValueError as e:
-                raise ConfigError(f"completion length {G}, {m} steps: {e}") from None
-            grid.append((G, m, None))
-        for tau in cfg["thresholds"]:
-            try:
-                check_settings(G, cfg["block_length"], 1, unmasking="threshold", threshold=tau)
-            except ValueError as e:
-                raise ConfigError(f"completion length {G}: {e}") from None
-            grid.append((G, None, tau))
+                raise ConfigError(f"completion length {G}, {row[1] or G} steps: {e}") from None
+        grid += rows
     return grid
+
+
+def row_decoding(cfg, G, m, tau):
+    """The sampler settings of the grid's row (G, m, τ)."""
+    by_threshold = tau is not None
+    return dict(
+        max_completion_length=G,
+        block_length=cfg["block_length"],
+        sampling_steps=m or G,
+        unmasking="threshold" if by_threshold else cfg["unmasking"],
+        threshold=tau,
+    )

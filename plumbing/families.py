@@ -61,7 +61,6 @@ OFFICIAL_HUB_IDS = (
     "JetLM/SDAR-1.7B-Chat",
     "JetLM/SDAR-4B-Chat",
     "JetLM/SDAR-8B-Chat",
-    "JetLM/SDAR-30B-A3B-Chat",
     "Gen-Verse/TraDo-4B-Instruct",
     "Gen-Verse/TraDo-8B-Instruct",
 )

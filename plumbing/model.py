@@ -46,10 +46,10 @@ EMBEDDED = {  # the embedded model at a seeded random init, in each convention a
 
 def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
     """Return (model, tokenizer). The tokenizer carries `mask_token_id` and `eos_token_id`, and
-    `tokenizer.eos_ids` holds the id that ends a completion: the model config's eos_token_id when it
-    has one (LLaDA: <|endoftext|>; its <|eot_id|> closes the turn and is content, as in the paper's
-    released run), else the tokenizer's. dtype None keeps the weights' own. trust_remote_code=False
-    refuses, in one line, a model whose code is its own files (`auto_map`) rather than transformers'."""
+    `tokenizer.eos_ids` the ids that end a completion (end_ids). dtype None keeps the weights' own.
+    trust_remote_code=False refuses, in one line, a model whose code is its own files (`auto_map`) rather than
+    transformers'."""
+    generation_eos = None  # generation_config.json's eos_token_id
     if name_or_path in EMBEDDED:
         tok = tiny_llada.build_tokenizer()
         config_class, model_class = EMBEDDED[name_or_path]
@@ -60,7 +60,7 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
             )
             model = model_class(config)
     else:
-        model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code)
+        model, tok, generation_eos = _from_pretrained(name_or_path, dtype, trust_remote_code)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
         mask_id = family_of(model).mask_id if mask_id is None else mask_id
@@ -71,9 +71,7 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
         tok.mask_token = tok.convert_ids_to_tokens(int(mask_id))
     if tok.pad_token_id is None:
         tok.pad_token_id = tok.eos_token_id
-    eos = getattr(model.config, "eos_token_id", None)
-    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-    tok.eos_ids = (eos,) if isinstance(eos, int) and 0 <= eos < len(tok) else (tok.eos_token_id,)
+    tok.eos_ids = end_ids(getattr(model.config, "eos_token_id", None), generation_eos, tok)
     family_of(model)  # an architecture the code does not know stops here
     if getattr(model.config, "fuse_cross_entropy", False):  # SDAR's: a fused loss returns no logits in train mode
         model.config.fuse_cross_entropy = False
@@ -82,6 +80,17 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
     model.weights_digest = weights_digest(model)  # a LoRA checkpoint records its base's: checkpoint.save
     return model, tok
+
+
+def end_ids(config_eos, generation_eos, tok):
+    """The ids that end a completion: every end-of-turn id the model declares, its config's eos_token_id and its
+    generation_config.json's (each an int or a list; SDAR and TraDo: <|endoftext|> in the config, <|im_end|> and
+    <|endoftext|> in generation_config.json, on which their generate.py stops), the config's first; the
+    tokenizer's eos only where neither names one (LLaDA's tokenizer names <|eot_id|>, which closes a turn and is
+    content in the paper's released run, which ends a completion at the config's <|endoftext|>)."""
+    declared = [e for ids in (config_eos, generation_eos) for e in (ids if isinstance(ids, (list, tuple)) else [ids])]
+    ids = [e for e in declared if isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(tok)]
+    return tuple(dict.fromkeys(ids)) or (tok.eos_token_id,)
 
 
 def weights_digest(model, samples=1024):
@@ -228,11 +237,35 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
         model = auto_class.from_pretrained(
             name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
         )
+        generation_eos = generation_config_eos(name_or_path)
     # no such hub id, no network, a file missing or damaged (safetensors and tokenizers raise their own
     # types), a tokenizer transformers cannot map to the config's class, remote code needing a package
     except Exception as e:
         raise ValueError(f"cannot load model {name_or_path!r}: {first_line(e)}") from None
-    return model, tok
+    return model, tok, generation_eos
+
+
+def generation_config_eos(name_or_path):
+    """The eos_token_id of a model's generation_config.json (the ids its own generation stops on), None
+    without the file; a damaged file stops the load, naming it."""
+    import transformers
+
+    if not os.path.isdir(name_or_path):
+        try:
+            return transformers.GenerationConfig.from_pretrained(name_or_path).eos_token_id
+        except OSError:  # a hub model without the file
+            return None
+    path = os.path.join(name_or_path, "generation_config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {first_line(e)}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return fields.get("eos_token_id")
 
 
 def check_compatible(model, tok):

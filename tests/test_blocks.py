@@ -3,6 +3,7 @@ the same tokens as recomputing every step, and the packed forward gives every st
 and gradient, as one forward per step does."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -207,14 +208,17 @@ def test_elbo_draws_on_a_block_model_score_each_block_given_the_final_blocks_bef
         assert not packs(model, one_step_draws(rollout, 1, torch.Generator().manual_seed(0)))
 
 
-def reference_decode(model, prompt, G, steps_per_block, mask_id, temperature=0.0, generator=None):
+def reference_decode(model, prompt, G, steps_per_block, mask_id, temperature=0.0, generator=None, threshold=None):
     """SDAR's generate.py for one row, written here from its description and run on the model's own
     attention (no mask given: blocks from the first token, positions 0..): the sequence is the prompt
     and masks up to a whole number of blocks of 8; decoding starts at the block holding the prompt's end;
     each block takes up to `steps_per_block` steps, step i committing k_i of its masks (fewer when fewer
     are left, where SDAR's code would overwrite a prompt token), a full forward each step; candidates by
-    Gumbel-max over the tempered distribution (argmax at T = 0), confidence softmax(ℓ)[x̂]. Returns the
-    completion, each position's step (counted per row, steps that commit nothing not counted) and log-prob."""
+    Gumbel-max over the tempered distribution (argmax at T = 0), confidence softmax(ℓ)[x̂]. With a
+    `threshold`, SDAR's low_confidence_dynamic: when at least k_i masked positions are that confident, all of
+    them, else the k_i most confident (confidence exactly τ counts as above: SDAR asks for more, a tie has
+    probability 0). Returns the completion, each position's step (counted per row, steps that commit nothing
+    not counted) and log-prob."""
     b, P = 8, len(prompt)
     total = -(-(P + G) // b) * b
     x = torch.full((1, total), mask_id)
@@ -236,6 +240,8 @@ def reference_decode(model, prompt, G, steps_per_block, mask_id, temperature=0.0
                 pick = lp.argmax(-1)
             confidence = logits.double().log_softmax(-1).gather(1, pick[:, None])[:, 0].masked_fill(~masked, -1e300)
             chosen = confidence.topk(min(k, int(masked.sum()))).indices
+            if threshold is not None and int((sure := masked & (confidence >= math.log(threshold))).sum()) >= k:
+                chosen = sure.nonzero()[:, 0]
             x[0, lo + chosen] = pick[chosen]
             steps[lo + chosen], logps[lo + chosen] = step, lp[chosen, pick[chosen]]
             step += 1
@@ -280,6 +286,34 @@ def test_rollouts_lay_blocks_from_the_first_token_as_the_model_does(steps_per_bl
             )
         assert torch.equal(seeded.completion[0], tokens) and torch.equal(seeded.unmask_step[0], steps)
         torch.testing.assert_close(seeded.logp[0], logps, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps_per_block", [2, 4, 8])
+def test_threshold_rollouts_commit_as_sdar_dynamic_threshold(steps_per_block):
+    """Threshold decoding with m = steps_per_block · G/b is SDAR's low_confidence_dynamic with that many
+    denoising steps a block: every masked position at least τ confident when there are at least k_i of them,
+    else the k_i most confident (at least G/m a step, a block in at most m·b/G steps); greedy (batched and
+    alone) and seeded, for prompts of every length mod 8."""
+    model, tok = block_model()
+    prompts = prompts_of_every_remainder(tok)
+    kw = dict(max_completion_length=16, block_length=8, sampling_steps=2 * steps_per_block, mask_id=tok.mask_token_id)
+    kw |= dict(pad_id=tok.pad_token_id, unmasking="threshold", threshold=0.3)
+    batch = generate(model, prompts, **kw)
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            tokens, steps, logps = reference_decode(model, p, 16, steps_per_block, tok.mask_token_id, threshold=0.3)
+        n = len(tokens)
+        assert torch.equal(batch.completion[i, :n], tokens) and torch.equal(batch.unmask_step[i, :n], steps)
+        torch.testing.assert_close(batch.logp[i, :n], logps, atol=1e-4, rtol=0)
+        assert int(steps.max()) < 3 * steps_per_block  # the first block, if it holds the prompt's tail, and two more
+        seeded = generate(model, [p], temperature=0.9, generator=torch.Generator().manual_seed(i), **kw)
+        with torch.no_grad():
+            tokens, steps, logps = reference_decode(
+                model, p, 16, steps_per_block, tok.mask_token_id, 0.9, torch.Generator().manual_seed(i), 0.3
+            )
+        assert torch.equal(seeded.completion[0], tokens) and torch.equal(seeded.unmask_step[0], steps)
+        torch.testing.assert_close(seeded.logp[0], logps, atol=1e-4, rtol=0)
+    assert batch.steps <= 3 * steps_per_block and (batch.passes <= 3 * steps_per_block).all()
 
 
 def test_mixed_remainders_score_exactly_packed_and_step_by_step():

@@ -155,6 +155,8 @@ def test_sharded_equals_one_process(tmp_path):
         (["--eval_file=/no/file.jsonl", *TINY], "eval_file=/no/file.jsonl does not exist"),
         # 3 rows of 10^9 positions (~3 TiB): refused before the decode allocates (10^7 was killed by the kernel)
         (["--max_completion_length=(1000000000,)", *TINY], "--max_completion_length=1000000000 needs at least"),
+        (["--unmasking=threshold", *TINY], "--unmasking=threshold decodes by --thresholds, which is empty"),
+        (["--unmasking=threshold", "--thresholds=(0.9,)", "--sampling_steps=(3,)", *TINY], "steps=3 must be a posi"),
     ],
 )
 def test_bad_input_is_one_line(args, words):
@@ -289,8 +291,51 @@ def test_a_training_preset_serves_eval(tmp_path):
     assert "runs/dream_gsm8k holds no checkpoint yet" in out.stderr
     sdar = [sys.executable, "eval.py", "configs/sdar_gsm8k.py", "--models=('tiny',)", "--labels=()", "--print_config"]
     cfg = json.loads(warm.run(sdar, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
-    # SDAR's run decodes by dynamic threshold 0.9 in blocks of 4, as dLLM-RL's evaluation does: no fixed-step rows
-    assert (cfg["block_length"], cfg["thresholds"], cfg["sampling_steps"], cfg["step_fractions"]) == (4, [0.9], [], [])
+    # SDAR's run decodes by dynamic threshold 0.9 in blocks of 4, at most 4 steps a block, as dLLM-RL's evaluation
+    # does: no fixed-step rows
+    assert (cfg["block_length"], cfg["thresholds"], cfg["sampling_steps"], cfg["unmasking"]) == (
+        4,
+        [0.9],
+        [384],
+        "threshold",
+    )
+
+
+@pytest.mark.parametrize("source", ["preset", "checkpoint"])
+def test_a_threshold_run_is_scored_by_train_and_eval_with_one_decoder(tmp_path, source):
+    """A run that rolls out by threshold: train.py's held-out accuracy and eval.py's grid (from the training
+    preset, or from the run's checkpoint) decode with the same settings (threshold τ, at most the run's
+    sampling_steps, its length and blocks), and give the same per-item scores on the shipped model."""
+    from types import SimpleNamespace
+
+    import eval as eval_py
+    from plumbing import data
+    from plumbing.configurator import configure
+    from plumbing.eval_settings import eval_settings, held_out_decoding, row_decoding
+
+    preset = tmp_path / "threshold_run.py"
+    preset.write_text(f'unmasking = "threshold"\nthreshold = 0.6\nsampling_steps = 4\noutput_dir = "{tmp_path}/run"\n')
+    train_cfg = configure(f"{ROOT}/train.py", [str(preset)], data.option_files())
+    decoding = held_out_decoding(train_cfg)
+    assert decoding == dict(
+        max_completion_length=16, block_length=8, sampling_steps=4, unmasking="threshold", threshold=0.6
+    )
+    if source == "preset":
+        argv = [str(preset), "--models=('models/tiny-countdown',)", "--labels=()"]
+    else:
+        model, tok = load("models/tiny-countdown")
+        opt = torch.optim.AdamW(model.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, train_cfg, tok=tok)
+        argv = [f"--models=('{tmp_path}/run',)", "--labels=()"]
+    cfg, _, grid, system, _ = eval_settings(f"{ROOT}/eval.py", [*argv, f"--output_dir={tmp_path}/eval"], eval_py.RANGES)
+    assert len(grid) == 1 and row_decoding(cfg, *grid[0]) == decoding
+    model, tok = load("models/tiny-countdown")
+    items = data.test_set("countdown", "", 6, 0, "test", **data.task_options("countdown", train_cfg))
+    trained = eval_py.item_accuracies(model, tok, SimpleNamespace(**train_cfg), items)
+    form = dict(system_prompt=system, compact=cfg["compact_prompt"], max_prompt_length=cfg["max_prompt_length"])
+    evaluated = eval_py.evaluate(model, tok, cfg["task"], items, **row_decoding(cfg, *grid[0]), **form)
+    assert trained == [r["accuracy"] for r in evaluated]
 
 
 def test_a_run_folder_is_evaluated_from_its_newest_whole_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Foundation: the embedded model and tokenizer, the checks on load, gradient checkpointing."""
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -333,6 +334,43 @@ def test_completion_ends_at_the_config_eos_only():
     other = tok.convert_tokens_to_ids("<|bos|>")
     _, tok2 = load("tiny", tiny_overrides={"eos_token_id": other})
     assert tok2.eos_ids == (other,)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_shifted", "tiny_block"])  # LLaDA's, Dream's and SDAR's conventions
+def test_completion_ends_at_every_declared_end_id(tmp_path, name):
+    """A model folder whose generation_config.json lists several eos ids (SDAR's and TraDo's: <|im_end|> and
+    <|endoftext|>, their config.json <|endoftext|> alone) ends a completion at each, the config's first (the id
+    that fills a finished row), an int as one id; a damaged generation_config.json stops the load, naming it."""
+    from sample import decode_completions, generate
+
+    model, tok = load(name)
+    folder = str(tmp_path / name)
+    save(model, tok, folder)
+    bos, unk, eot = tok.convert_tokens_to_ids(["<|bos|>", "<|unk|>", "<|eot|>"])
+    with open(f"{folder}/config.json") as f:
+        config = json.load(f)
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump(config | {"eos_token_id": eot}, f)
+    with open(f"{folder}/generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [bos, eot]}, f)
+    model, tok = load(folder)
+    assert tok.eos_ids == (eot, bos)
+    kw = dict(max_completion_length=16, block_length=8, sampling_steps=16, mask_id=tok.mask_token_id)
+    rollout = generate(model, [[5, 6, 7]], **kw, eos_ids=tok.eos_ids)
+    assert rollout.eos_ids == (eot, bos)
+    for end, at in ((bos, 3), (eot, 5)):  # either id ends the text a reward reads
+        ids = rollout.ids.clone()
+        ids[0, rollout.prompt_length :] = 20
+        ids[0, rollout.prompt_length + at] = end
+        texts, lengths = decode_completions(tok, dataclasses.replace(rollout, ids=ids))
+        assert int(lengths[0]) == at and texts[0] == tok.decode([20] * at, skip_special_tokens=True)
+    with open(f"{folder}/generation_config.json", "w") as f:
+        json.dump({"eos_token_id": unk}, f)
+    assert load(folder)[1].eos_ids == (eot, unk)
+    with open(f"{folder}/generation_config.json", "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match="generation_config.json"):
+        load(folder)
 
 
 def test_merged_lora_is_the_trained_model():

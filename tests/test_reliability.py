@@ -265,6 +265,8 @@ KNOBS = [
     # a model whose config declares its blocks: refused before it loads (these run no model)
     (["--model_name_or_path=tiny_block", "--block_length=4"], "block_length=4 must be the model's block size 8"),
     (["--model_name_or_path=models/tiny-countdown-block", "--block_length=4"], "must be the model's block size 8"),
+    (["--unmasking=threshold", "--sampling_steps=7"], "steps=7 must be a positive multiple"),  # threshold's most steps
+    (["--unmasking=threshold", "--mc_samples=9"], "--mc_samples=9 must be between 1 and 8"),
     (["--num_generations=1", "--per_device_train_batch_size=2"], "--num_generations=1 must be in [2, inf)"),
     (["--per_device_train_batch_size=6"], "--per_device_train_batch_size=6 must be a multiple of --num_generations=4"),
     (["--model_name_or_path=./no/model"], "no/model does not exist"),

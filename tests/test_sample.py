@@ -169,12 +169,13 @@ def test_eos_rows_stop_and_fill(tiny):
     assert sorted(short.unmask_step[0, 8:16].tolist()) == sorted(full.unmask_step[0, 8:16].tolist())
 
 
-def test_threshold_above_one_is_low_confidence_one_token_a_step(tiny):
-    """At temperature 0 with τ > 1 only the most confident position is committed each step: token
-    for token, low-confidence decoding with steps = gen_length."""
+@pytest.mark.parametrize("steps", [24, 12, 6])
+def test_threshold_above_one_is_low_confidence_at_its_steps(tiny, steps):
+    """At temperature 0 with τ > 1 no position passes the threshold, so each step commits its k_i most
+    confident: token for token, low-confidence decoding at the same sampling_steps (one a step at m = G)."""
     model, tok = tiny
-    low = run(model, tok, sampling_steps=24, unmasking="low_confidence")
-    thr = run(model, tok, unmasking="threshold", threshold=1.5)
+    low = run(model, tok, sampling_steps=steps, unmasking="low_confidence")
+    thr = run(model, tok, sampling_steps=steps, unmasking="threshold", threshold=1.5)
     assert torch.equal(thr.ids, low.ids) and torch.equal(thr.unmask_step, low.unmask_step)
     torch.testing.assert_close(thr.logp, low.logp, atol=1e-6, rtol=0)
 
