@@ -42,7 +42,7 @@ from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.logits import computes_in_float32
 from plumbing.model import load
 from rewards import extract_answer
-from sample import decode_completions, generate
+from sample import UNMASKING, decode_completions, generate
 
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
@@ -59,7 +59,7 @@ max_completion_length = (16, 32)  # completion lengths G of the grid
 block_length = 8  # b: semi-autoregressive block length (32 for LLaDA)
 step_fractions = (0.25, 0.5, 1.0)  # sampling steps m = fraction · G at each G
 sampling_steps = ()  # explicit step counts used at every G instead of step_fractions
-unmasking = "low_confidence"  # low_confidence | random: the fixed-step rows; threshold: each τ at each m instead
+unmasking = "low_confidence"  # low_confidence | random (the fixed-step rows) | threshold (each τ at each m instead)
 thresholds = ()  # threshold decoding: a row per τ at each G, at most m = G steps (its steps column: mean passes)
 per_device_eval_batch_size = 100  # prompts per forward pass
 base_model = ""  # the checkpoints' base model ("" = the one each names; a named folder's own code never runs)
@@ -67,6 +67,7 @@ merge_lora = True  # fold LoRA adapters into the weights, in float32 (faster dec
 output_dir = "runs/tiny_countdown/eval"  # results.md, results.json, samples.jsonl, accuracy_vs_steps.png
 # --- end of config
 
+CHOICES = dict(task=data.TASK_NAMES, eval_split=data.SPLITS, unmasking=UNMASKING)  # the code's own lists
 RANGES = dict(
     eval_items="[-1, inf)",
     seed="[0, 2**63)",
@@ -251,7 +252,7 @@ def write_results(cfg, rows, samples, names, items, sources, partial=""):
 
 
 def main():
-    cfg, specs, grid, system, sources = eval_settings(__file__, sys.argv[1:], RANGES)
+    cfg, specs, grid, system, sources = eval_settings(__file__, sys.argv[1:], RANGES, CHOICES)
     names = list(cfg["labels"]) or list(cfg["models"])
 
     distributed, rank, world, device = ddp.init_processes()

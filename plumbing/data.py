@@ -22,6 +22,7 @@ from plumbing.errors import first_line
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
 TASK_NAMES = tuple(sorted(f[:-3] for f in os.listdir(TASKS_DIR) if f.endswith(".py") and not f.startswith("_")))
+SPLITS = ("test", "validation")  # the held-out parts a run can be scored on (generated tasks: split_of)
 REQUIRED = ("SYSTEM_PROMPT", "question", "parse_row", "answer", "reward", "accuracy", "problem_key")
 
 
@@ -287,8 +288,8 @@ def test_set(task_name, path, n, seed, split="test", **gen):
     """The held-out items of a run with this seed: train.py and eval.py evaluate on the same ones.
     n < 0: the whole test set (a file or the hub); a file or hub split is read whole, then cut to n.
     split="validation": generated problems of the validation part instead (tuning never reads test)."""
-    if split not in ("test", "validation"):
-        raise ValueError(f"eval_split={split!r} must be 'test' or 'validation'")
+    if split not in SPLITS:
+        raise ValueError(f"eval_split={split!r} must be one of {SPLITS}")
     generated = hasattr(task(task_name), "generate")
     if split == "validation" and (path or not generated):
         raise ValueError(

@@ -98,7 +98,7 @@ def settings_line(cfg, sources, given):
     return "; ".join(f"from {source}: {', '.join(kv)}" for source, kv in where.items())
 
 
-def eval_settings(script, argv, ranges):
+def eval_settings(script, argv, ranges, choices):
     """(cfg, the models as (kind, path), the (G, m, τ) grid, the system turn's text, the settings line).
     A positional argument is a preset: of eval.py's own keys (applied as if given on the command line), or else
     a training preset (the settings its run decided, as a checkpoint's, and its base and run as the models)."""
@@ -106,7 +106,7 @@ def eval_settings(script, argv, ranges):
     own = {f: keys for f, keys in files.items() if keys.keys() <= declared(script).keys()}
     presets = [f for f in files if f not in own]
     own_args = [*own, *(a for a in argv if a.startswith("-") and a != "--print_config")]
-    cfg = configure(script, own_args, data.option_files(), ranges=ranges)
+    cfg = configure(script, own_args, data.option_files(), ranges=ranges, choices=choices)
     on_command_line = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
     given = on_command_line | {k for keys in own.values() for k in keys}
     train_py = os.path.join(os.path.dirname(os.path.abspath(script)), "train.py")

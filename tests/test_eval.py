@@ -328,7 +328,8 @@ def test_a_threshold_run_is_scored_by_train_and_eval_with_one_decoder(tmp_path, 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, train_cfg, tok=tok)
         argv = [f"--models=('{tmp_path}/run',)", "--labels=()"]
-    cfg, _, grid, system, _ = eval_settings(f"{ROOT}/eval.py", [*argv, f"--output_dir={tmp_path}/eval"], eval_py.RANGES)
+    argv += [f"--output_dir={tmp_path}/eval"]
+    cfg, _, grid, system, _ = eval_settings(f"{ROOT}/eval.py", argv, eval_py.RANGES, eval_py.CHOICES)
     assert len(grid) == 1 and row_decoding(cfg, *grid[0]) == decoding
     model, tok = load("models/tiny-countdown")
     items = data.test_set("countdown", "", 6, 0, "test", **data.task_options("countdown", train_cfg))

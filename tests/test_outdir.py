@@ -96,7 +96,7 @@ def test_train_and_eval_claim_their_folders_through_outdir(tmp_path, monkeypatch
             claim_run(path, resume=False, overwrite=True)
         argv = ["--models=('tiny',)", "--labels=()", f"--output_dir={path}"]
         with pytest.raises(SystemExit, match=words):
-            eval_settings(eval_script.__file__, argv, eval_script.RANGES)
+            eval_settings(eval_script.__file__, argv, eval_script.RANGES, eval_script.CHOICES)
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 
@@ -184,6 +184,7 @@ def test_an_empty_base_model_is_refused_everywhere(tmp_path):
             eval_script.__file__,
             [f"--models=('{ckpt}',)", "--labels=()", "--base_model=", f"--output_dir={tmp_path}/e"],
             eval_script.RANGES,
+            eval_script.CHOICES,
         ),
     ):
         with pytest.raises(SystemExit, match="--base_model= is empty: name the base model"):

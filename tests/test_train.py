@@ -413,7 +413,7 @@ def test_every_training_preset_resolves_and_validates():
         assert cfg.output_dir.startswith("runs/"), preset
 
 
-@pytest.mark.parametrize("script", ["train.py", "tools/sft.py"])
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "tools/sft.py"])
 def test_choices_are_checked_where_they_are_declared(script):
     """A script's CHOICES (the code's own lists) are what the configurator refuses and --help shows, --print_config
     included; each default is one of them, and a list a key's comment writes out (a | b | c) is the same list."""
@@ -423,7 +423,7 @@ def test_choices_are_checked_where_they_are_declared(script):
 
     module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
     known = configurator.declared(script)
-    shown = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    shown = warm.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     for key, allowed in module.CHOICES.items():
         assert known[key][0] in allowed and f"[one of {' | '.join(allowed)}]" in shown, key
         listed = re.search(r"((?:\w+(?: \([^)]*\))? \| )+\w+)", known[key][1])
@@ -433,7 +433,8 @@ def test_choices_are_checked_where_they_are_declared(script):
             configurator.configure(
                 script, [f"--{key}=bogus", "--print_config"], data.option_files(), {}, module.CHOICES
             )
-    out = subprocess.run([sys.executable, script, "--scheme=bogus" if script == "train.py" else "--task=gsm8k",
+    bad = dict(zip(["train.py", "eval.py"], ["--scheme=bogus", "--eval_split=train"])).get(script, "--task=gsm8k")
+    out = warm.run([sys.executable, script, bad,
                           "--print_config"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 1 and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
