@@ -69,6 +69,17 @@ def _exit_now(status):
     os._exit(status[0])
 
 
+def rank():
+    """This process's rank (one process: 0)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def barrier():
+    """Every rank waits for the others here (one process: nothing to wait for)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def gather(items, world):
     """Every rank's list of items, on every rank, rank 0's first (one process: the list itself)."""
     if world == 1 or not dist.is_initialized():

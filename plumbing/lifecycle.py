@@ -19,7 +19,6 @@ from tqdm import tqdm
 from eval import mean_se, paired_change
 from plumbing import checkpoint, ddp, logs, restore, watch
 from plumbing.errors import ConfigError, config_errors
-from plumbing.fsdp import whole_state
 from plumbing.model import resolved
 
 
@@ -68,10 +67,9 @@ def training_run(output_dir, resume, overwrite, sharded):
 
 
 def save(cfg, run, model, opt, sched, tok, nonfinite, step):
-    """Rank 0 writes checkpoint-{step}; under FSDP every rank first gathers its part of the tensors to it."""
-    whole = whole_state(model, opt) if cfg.fsdp else None
-    if run.master:
-        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
+    """Rank 0 writes checkpoint-{step}; under FSDP every rank writes its own shards of it, all at once."""
+    if run.master or cfg.fsdp:
+        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, sharded=cfg.fsdp)
         kw |= dict(items=(run.train_items, run.held_out_items), accuracy_before=run.accuracy_before)
         return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
 

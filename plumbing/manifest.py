@@ -22,15 +22,17 @@ CHECKSUMS = "checksums.json"
 STATE = "trainer_state.json"
 # files torch, transformers or peft load as weights or states: one in the folder that checksums.json does
 # not list refuses the checkpoint (another file nothing reads, a note or .DS_Store, is left alone)
-LOADABLE = (".safetensors", ".bin", ".pt", ".pth")
+LOADABLE = (".safetensors", ".bin", ".pt", ".pth", ".distcp", ".metadata")
 # keys of trainer_state.json that only versions writing checksums.json record ("manifest" since it is
 # marked; train_items and base_weights came later than checksums): such a checkpoint needs its manifest
 WRITTEN_WITH_MANIFEST = ("manifest", "train_items", "base_weights")
 
 
-def write_manifest(folder):
-    """Record checksums.json: every file of the folder written so far, with its SHA-256."""
-    digests = {name: sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+def write_manifest(folder, known=None):
+    """Record checksums.json: every file of the folder written so far, with its SHA-256 (those of `known`,
+    {name: SHA-256}, as the processes that wrote them hashed them: a sharded checkpoint's ranks)."""
+    known = known or {}
+    digests = {name: known.get(name) or sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, CHECKSUMS), "w") as f:
         json.dump(digests, f, indent=1)
 
