@@ -167,8 +167,8 @@ def save(
                 families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
             if tok is not None:
                 tok.save_pretrained(tmp)
-            trainer = {"scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
-            trainer |= {} if sharded else {"optimizer": opt.state_dict()}  # sharded: in DCP's files
+            trainer = {} if sharded else {"optimizer": opt.state_dict()}  # sharded: in DCP's files
+            trainer |= {"scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
             torch.save(trainer, os.path.join(tmp, "optimizer.pt"))
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
