@@ -226,12 +226,16 @@ def truncate_log(log_path, step):
 def read(path, with_tensors=False, verify=False):
     """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
     `path` (and with_tensors, its saved `tensors` and `trainer` tensors), or one line saying why it
-    cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused)."""
+    cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused); of a
+    sharded checkpoint under torchrun, each rank hashes its part of the files (every rank must call it)."""
     state_file = os.path.join(path, STATE)
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
-    if (with_tensors or verify) and (problem := damaged_files(path)):
-        raise ConfigError(f"checkpoint {path}: {problem}")
+    if with_tensors or verify:
+        spread = layout(path) == sharded_ckpt.LAYOUT and ddp.world() > 1  # the ranks share the hashing
+        problem = damaged_files(path, (ddp.rank(), ddp.world()), ddp.first_problem) if spread else damaged_files(path)
+        if problem:
+            raise ConfigError(f"checkpoint {path}: {problem}")
     try:
         with open(state_file) as f:
             state = json.load(f)

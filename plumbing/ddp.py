@@ -78,10 +78,22 @@ def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def world():
+    """The number of ranks (one process: 1)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def barrier():
     """Every rank waits for the others here (one process: nothing to wait for)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def first_problem(problem):
+    """The first rank's problem (a string) that is not None, or None, on every rank (one process: problem)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return problem
+    return next((p for p in gather([problem], dist.get_world_size()) if p is not None), None)
 
 
 def gather(items, world):

@@ -11,7 +11,7 @@ import sys
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from plumbing import fsdp, sharded
+from plumbing import ddp, fsdp, sharded
 from plumbing.checkpoint import (
     ACCUMULATE,
     RunMismatch,
@@ -134,6 +134,9 @@ def restore_sharded(path, state, model, opt, sched):
             f"checkpoint {path}: its shards do not hold this run's trained tensors and optimizer state "
             f"({type(e).__name__}: {str(e).strip()[:160]})"
         ) from None
+    # a value that is not finite refuses the checkpoint on every rank (an older one, loaded next, overwrites all)
+    if not ddp.every_rank(sharded.all_finite(model, opt)):
+        raise ConfigError(f"checkpoint {path}: its shards hold a weight or optimizer state that is not finite")
     if opt is not None:
         sched.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])

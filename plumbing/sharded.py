@@ -16,7 +16,11 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from plumbing.fsdp import local
 from plumbing.manifest import sha256
@@ -41,6 +45,9 @@ def save(folder, model, opt, saved_name):
     """Every rank writes its own pieces of the trained tensors and optimizer state into folder (which
     exists), fsyncs them and returns {file name: SHA-256} of the files it wrote (rank 0: .metadata too).
     Every rank must call it."""
+    # FSDP's state-dict hook registers each module's sharded parameters again: a stop signal that cut a
+    # rollout short can leave a gathered module's whole ones registered, which are not the optimizer's
+    get_model_state_dict(model)
     state = {MODEL: trained(model, saved_name), OPTIMIZER: get_optimizer_state_dict(model, opt)}
     dcp.save(state, checkpoint_id=folder)
     rank = dist.get_rank() if distributed() else 0
@@ -89,6 +96,10 @@ def whole_tensors(folder):
     return empty
 
 
-def all_finite(model):
-    """Whether this rank's part of every trained tensor is finite (a local check: the caller agrees over ranks)."""
-    return all(bool(torch.isfinite(local(p)).all()) for p in model.parameters() if p.requires_grad)
+def all_finite(model, opt=None):
+    """Whether this rank's part of every trained tensor (and of opt's floating-point state) is finite: a local
+    check, the caller agrees over the ranks."""
+    tensors = [p for p in model.parameters() if p.requires_grad]
+    if opt is not None:
+        tensors += [t for entry in opt.state.values() for t in entry.values() if torch.is_tensor(t)]
+    return all(bool(torch.isfinite(local(t)).all()) for t in tensors if t.is_floating_point())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from test_reliability import logged_steps
 from test_train import ROOT, SMALL, assert_same, params, run
 
-from plumbing import checkpoint
+from plumbing import checkpoint, manifest
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # --standalone: a free port
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -206,9 +206,10 @@ def test_sigterm_in_a_step_longer_than_torchrun_waits_saves_the_last_finished_st
         assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
 
 
-def test_fsdp_checkpoint_is_each_ranks_own_shards(tmp_path, uninterrupted):
+def test_fsdp_checkpoint_is_each_ranks_own_shards(tmp_path, uninterrupted, monkeypatch):
     """Each rank wrote its own file, about half the trained tensors and AdamW moments (never the whole), and
-    checksums.json lists each: a damaged shard, or a shard file dropped in that it does not list, is refused."""
+    checksums.json lists each: a damaged shard, or a shard file dropped in that it does not list, is refused.
+    A resume's ranks each hash their part of the files, and all take a problem one of them found."""
     path = f"{uninterrupted}/checkpoint-6"
     state, listed = json.load(open(f"{path}/trainer_state.json")), json.load(open(f"{path}/checksums.json"))
     assert state["layout"] == "sharded" and {".metadata", "__0_0.distcp", "__1_0.distcp"} <= listed.keys()
@@ -227,6 +228,30 @@ def test_fsdp_checkpoint_is_each_ranks_own_shards(tmp_path, uninterrupted):
     shutil.copy(extra / "__1_0.distcp", extra / "__2_0.distcp")
     with pytest.raises(checkpoint.ConfigError, match="__2_0.distcp is not one of the files"):
         checkpoint.read(str(extra), with_tensors=True)
+    hashed, real = [], manifest.sha256
+    monkeypatch.setattr(manifest, "sha256", lambda file: hashed.append(os.path.basename(file)) or real(file))
+    shared = str(shutil.copytree(path, tmp_path / "shared" / "checkpoint-6"))
+    assert manifest.damaged_files(shared, (1, 2), lambda problem: problem) is None
+    assert hashed == sorted(listed)[1::2] and "__0_0.distcp" in hashed  # rank 1's half of the files only
+    assert manifest.damaged_files(str(damaged), (0, 2), lambda problem: "rank 1's") == "rank 1's"
+
+
+def test_fsdp_resume_passes_over_a_damaged_shard(tmp_path, uninterrupted):
+    """The ranks share the hashing of a sharded checkpoint (each its part of the files) and agree: a damaged
+    shard of the newest is found whichever rank hashed it, every rank passes over it, and the resume from the
+    one before ends bit for bit where the uninterrupted run did."""
+    shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
+    for name in ("__0_0.distcp", "__1_0.distcp"):  # one in each rank's part of the sorted file names
+        with open(tmp_path / "run" / "checkpoint-4" / name, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        out = fsdp_run([f"--output_dir={tmp_path}/run", *STEPS, "--resume_from_checkpoint"])
+        assert f"{name} is damaged" in out.stdout and "(step 2)" in out.stdout, out.stdout[-2000:]
+        assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/run/checkpoint-6"), atol=0)
+        shutil.rmtree(tmp_path / "run")
+        shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
 
 
 def test_fsdp_no_rank_holds_the_whole_model_at_save_or_resume(tmp_path):
