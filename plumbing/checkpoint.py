@@ -177,11 +177,7 @@ def save(
     except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
         if master:
             shutil.rmtree(tmp, ignore_errors=True)
-        # torch reports a short write as RuntimeError ("unexpected pos"), DCP a rank's failure as CheckpointException
-        full = isinstance(e, (OSError, RuntimeError, CheckpointException)) and (
-            (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
-        )
-        if not full:
+        if not disk_full(e, out_dir):
             raise
         last = newest(out_dir) or "none yet"
         raise SystemExit(
@@ -202,6 +198,16 @@ def save(
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(os.path.join(out_dir, old))
     return path
+
+
+def disk_full(e, out_dir):
+    """Whether a save failed on a full disk: torch reports a short write as RuntimeError ("unexpected pos"),
+    DCP a failure on any rank as CheckpointException, holding each failed rank's exception."""
+    if isinstance(e, CheckpointException):
+        return any(disk_full(f[0] if isinstance(f, tuple) else f, out_dir) for f in e.failures.values())
+    return isinstance(e, (OSError, RuntimeError)) and (
+        (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
+    )
 
 
 def truncate_log(log_path, step):

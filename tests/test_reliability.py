@@ -787,3 +787,28 @@ def test_the_collective_timeout_covers_a_checkpoint(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     ddp.init_processes(timeout_minutes=train.collective_timeout_minutes)
     assert train.collective_timeout_minutes == 30 and seen["timeout"] == datetime.timedelta(minutes=30)
+
+
+def test_a_full_disk_in_a_sharded_save_stops_with_one_line(tmp_path, monkeypatch):
+    """DCP reports a rank's failed write as CheckpointException (not an OSError): a full disk there stops the run
+    with the one line of any full disk, and the half-written folder is gone."""
+    import errno
+
+    import torch.distributed.checkpoint.filesystem as dcp_files
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from plumbing import optim
+
+    model = torch.nn.Linear(64, 64)
+    opt, sched = optim.make_optimizer(1e-3, list(model.parameters()), 10)
+    seen = []
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_full = checkpoint.disk_full
+    monkeypatch.setattr(checkpoint, "disk_full", lambda e, out: seen.append(type(e)) or real_full(e, out))
+    monkeypatch.setattr(dcp_files, "_write_item", full)
+    with pytest.raises(SystemExit, match=f"the disk of {tmp_path} is full: checkpoint 2 not written"):
+        checkpoint.save(str(tmp_path), 2, model, opt, sched, {"model_name_or_path": "tiny"}, sharded=True)
+    assert seen[0] is CheckpointException and os.listdir(tmp_path) == []
