@@ -89,6 +89,7 @@ report_to = "none"  # none | tensorboard | wandb: the log.jsonl rows there too (
 gradient_checkpointing = False  # recompute activations in the backward pass (memory for time)
 compile = False  # torch.compile each transformer layer
 fsdp = False  # FSDP2: weights, gradients and AdamW moments sharded over the ranks (torchrun); full fine-tuning at 8B
+collective_timeout_minutes = 30  # a rank waiting this long on the others (a slow checkpoint write) stops the run
 # --- end of config
 
 # the values a numeric key may take: "[" includes its end, "(" leaves it out
@@ -100,7 +101,7 @@ RANGES = dict(
     learning_rate="(0, 1]", max_grad_norm="(0, inf)", per_device_train_batch_size="[1, inf)",
     gradient_accumulation_steps="[1, inf)", num_train_epochs="(0, 1e6]", lora_r="[0, inf)", lora_alpha="(0, inf)",
     seed="[0, 2**63)", eval_items="[-1, inf)", eval_every="[0, inf)", log_completions_steps="[0, inf)",
-    save_steps="[1, inf)", save_total_limit="[1, inf)",
+    save_steps="[1, inf)", save_total_limit="[1, inf)", collective_timeout_minutes="(0, inf)",
 )  # fmt: skip
 
 # the values a key of a few named choices may take (the code's own lists)
@@ -112,7 +113,8 @@ MAX_NONFINITE = 20  # this many skipped (non-finite) updates in a row stop the r
 # a resume may change these (where and how often it writes, reports, evaluates; memory, speed), no other key
 MAY_CHANGE = set(
     "output_dir resume_from_checkpoint overwrite_output_dir save_steps save_total_limit report_to eval_every "
-    "log_completions_steps eval_file eval_items gradient_checkpointing compile draws_per_pass".split()
+    "log_completions_steps eval_file eval_items gradient_checkpointing compile draws_per_pass "
+    "collective_timeout_minutes".split()
 )
 
 
@@ -263,8 +265,8 @@ def main():
     validate(cfg, sys.argv[1:])
     # processes (one per GPU under torchrun), the output folder made this run's, Ctrl-C and SIGTERM caught
     room = weights_bytes(shipped(cfg.model_name_or_path)) if cfg.lora_r == 0 else 0  # a checkpoint's weights at least
-    claim = (cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, cfg.fsdp, room)
-    with lifecycle.training_run(*claim) as run:
+    where = (cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+    with lifecycle.training_run(*where, cfg.fsdp, cfg.collective_timeout_minutes, room) as run:
         train_items, test_items = load_data(cfg, run.log)
         run.train_items, run.held_out_items = data.items_digest(train_items), data.items_digest(test_items)
         # a logging service that cannot be reached stops the run before the model loads
@@ -287,6 +289,7 @@ def main():
         log_path, completions_path = (os.path.join(cfg.output_dir, f) for f in ("log.jsonl", "completions.jsonl"))
         start, counters = lifecycle.resume(cfg, run, model, opt, sched, (log_path, completions_path), MAY_CHANGE)
         nonfinite = {"total": 0, "in_a_row": 0, **counters}
+        run.log(lifecycle.disk_footprint(cfg, run, model, start, total_steps))  # stops if one checkpoint cannot fit
         # the model the update runs: DDP's wrapper (its gradient all-reduce) under torchrun; FSDP's shards itself
         run.train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
         positions = count_positions(model)  # the compute of each step, logged per completion

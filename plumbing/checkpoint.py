@@ -8,6 +8,9 @@ A checkpoint is a folder `out_dir/checkpoint-{step}/`, as TRL writes them:
     tokenizer files                                  the run's tokenizer
     optimizer.pt         optimizer and scheduler states, torch RNG state: tensors and numbers only,
                          read with torch.load(weights_only=True), so nothing is ever unpickled
+    .metadata, __R_0.distcp   FSDP (in place of the weights and of optimizer.pt's optimizer state): each
+                         rank's shards of the trained tensors and the optimizer state (sharded.py);
+                         trainer_state.json's "layout" says so
     trainer_state.json   step, base model, the run's resolved config, the fingerprint of the trained
                          parameters (names and shapes), the digests of the base's weights (LoRA) and of
                          the training and held-out items, the held-out accuracy before training,
@@ -35,8 +38,10 @@ import shutil
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.api import CheckpointException
 
-from plumbing import families, fsdp
+from plumbing import ddp, families
+from plumbing import sharded as sharded_ckpt
 from plumbing.errors import ConfigError
 from plumbing.manifest import CHECKSUMS, STATE, damaged_files, sha256, weight_files, write_manifest  # noqa: F401
 
@@ -111,25 +116,25 @@ def _fsync_tree(folder):
 
 
 def save(
-    out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, whole=None,
+    out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, sharded=False,
     items=None, accuracy_before=None,
 ):  # fmt: skip
     """Write checkpoint-{step} (into checkpoint-{step}.tmp, then renamed) and keep the newest `keep`.
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]; with frozen parameters its weights' digest (model.weights_digest) is
-    recorded. A sharded model (FSDP) passes its trained tensors and optimizer state gathered whole:
-    whole = (weights, optimizer) of fsdp.whole_state. world: the ranks the run trains on. items: the
-    digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: each held-out
-    item's accuracy before training, so a resume need not measure it again. Returns the folder."""
-    weights, optimizer = whole or (None, None)
+    recorded. sharded (FSDP): every rank calls it and writes its own shards of the trained tensors and
+    optimizer state (sharded.py), rank 0 the rest; else only rank 0 calls it. world: the ranks the run
+    trains on. items: the digests (data.items_digest) of the run's (training, held-out) items;
+    accuracy_before: each held-out item's accuracy before training, so a resume need not measure it
+    again. Returns the folder (None on the ranks but 0)."""
     path = os.path.join(out_dir, f"{PREFIX}{step}")
-    trained = weights.values() if weights is not None else (p for p in model.parameters() if p.requires_grad)
-    if not all(bool(torch.isfinite(t).all()) for t in trained):
+    master = not sharded or ddp.rank() == 0
+    finite = sharded_ckpt.all_finite(model)
+    if not (ddp.every_rank(finite) if sharded else finite):
         raise SystemExit(
             f"checkpoint {step} not written: the model's weights are not finite; the last one is {newest(out_dir)}"
         )
     tmp = path + ".tmp"
-    remove(tmp, ignore_errors=True)
     frozen = not all(p.requires_grad for p in model.parameters())  # LoRA: the base is part of the trained model
     train_items, held_out_items = items or (None, None)
     state = {
@@ -146,36 +151,41 @@ def save(
         "python_rng": list(random.getstate()),
         "manifest": CHECKSUMS,  # a checkpoint of this version is read only with its manifest
     }
+    if sharded:
+        state["layout"] = sharded_ckpt.LAYOUT  # the trained tensors and optimizer state are DCP's files
     try:
-        os.makedirs(tmp)
-        if weights is None:
-            families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
-        else:
-            fsdp.save_pretrained(model, tmp, weights)
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        optimizer = opt.state_dict() if optimizer is None else optimizer  # FSDP's: keyed by parameter name
-        torch.save(
-            {"optimizer": optimizer, "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-            os.path.join(tmp, "optimizer.pt"),
-        )
-        with open(os.path.join(tmp, STATE), "w") as f:
-            json.dump(state, f)
-        write_manifest(tmp)
-        _fsync_tree(tmp)
+        if master:
+            remove(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        digests = {}
+        if sharded:
+            ddp.barrier()  # the folder exists before any rank writes into it
+            digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in parallel
+            digests = {k: v for d in ddp.gather([digests], world) for k, v in d.items()}  # names and digests only
+        if master:
+            if not sharded:
+                families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
+            if tok is not None:
+                tok.save_pretrained(tmp)
+            trainer = {} if sharded else {"optimizer": opt.state_dict()}  # sharded: in DCP's files
+            trainer |= {"scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
+            torch.save(trainer, os.path.join(tmp, "optimizer.pt"))
+            with open(os.path.join(tmp, STATE), "w") as f:
+                json.dump(state, f)
+            write_manifest(tmp, digests)
+            _fsync_tree(tmp)
     except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
-        shutil.rmtree(tmp, ignore_errors=True)
-        # torch reports a short write as RuntimeError ("unexpected pos")
-        full = isinstance(e, (OSError, RuntimeError)) and (
-            (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
-        )
-        if not full:
+        if master:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not disk_full(e, out_dir):
             raise
         last = newest(out_dir) or "none yet"
         raise SystemExit(
             f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from "
             f"{last}"
         ) from None
+    if not master:
+        return None
     if os.path.islink(path):  # not a checkpoint of the run (names() skips it): the link goes, what it points at stays
         os.remove(path)
     elif os.path.exists(path):  # a step run again after a resume from an older checkpoint
@@ -188,6 +198,16 @@ def save(
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(os.path.join(out_dir, old))
     return path
+
+
+def disk_full(e, out_dir):
+    """Whether a save failed on a full disk: torch reports a short write as RuntimeError ("unexpected pos"),
+    DCP a failure on any rank as CheckpointException, holding each failed rank's exception."""
+    if isinstance(e, CheckpointException):
+        return any(disk_full(f[0] if isinstance(f, tuple) else f, out_dir) for f in e.failures.values())
+    return isinstance(e, (OSError, RuntimeError)) and (
+        (isinstance(e, OSError) and e.errno == errno.ENOSPC) or shutil.disk_usage(out_dir).free < 64 * 2**20
+    )
 
 
 def truncate_log(log_path, step):
@@ -212,12 +232,16 @@ def truncate_log(log_path, step):
 def read(path, with_tensors=False, verify=False):
     """The checkpoint's trainer state (step, base, config, fingerprint, counters, python_rng) plus
     `path` (and with_tensors, its saved `tensors` and `trainer` tensors), or one line saying why it
-    cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused)."""
+    cannot be read. with_tensors or verify: every file's checksum first (a damaged file is refused); of a
+    sharded checkpoint under torchrun, each rank hashes its part of the files (every rank must call it)."""
     state_file = os.path.join(path, STATE)
     if not os.path.isdir(path):
         raise ConfigError(f"checkpoint {path} does not exist (a checkpoint is a folder {PREFIX}N)")
-    if (with_tensors or verify) and (problem := damaged_files(path)):
-        raise ConfigError(f"checkpoint {path}: {problem}")
+    if with_tensors or verify:
+        spread = layout(path) == sharded_ckpt.LAYOUT and ddp.world() > 1  # the ranks share the hashing
+        problem = damaged_files(path, (ddp.rank(), ddp.world()), ddp.first_problem) if spread else damaged_files(path)
+        if problem:
+            raise ConfigError(f"checkpoint {path}: {problem}")
     try:
         with open(state_file) as f:
             state = json.load(f)
@@ -230,8 +254,9 @@ def read(path, with_tensors=False, verify=False):
     if named and int(named[1]) != state["step"]:  # a copy or link under another step's name
         raise ConfigError(f"checkpoint {path}: its {STATE} is of step {state['step']}, not of its folder's name")
     state["path"] = path
-    if with_tensors:
-        state["tensors"], state["trainer"] = tensors(path), trainer_tensors(path)
+    if with_tensors:  # a sharded checkpoint's tensors are read by each rank, its own pieces (restore.restore)
+        state["tensors"] = None if state.get("layout") == sharded_ckpt.LAYOUT else tensors(path)
+        state["trainer"] = trainer_tensors(path)
     return state
 
 
@@ -268,11 +293,14 @@ def saved_name(name):
 
 def missing_tensors(path, state):
     """Why a checkpoint lacks trained tensors its fingerprint names (or holds one of another shape),
-    read from the safetensors headers of the files its manifest lists alone; None when it has them all."""
+    read from the safetensors headers of the files its manifest lists (a sharded checkpoint: DCP's .metadata)
+    alone; None when it has them all."""
     expected = {saved_name(name): list(shape) for name, shape in state["fingerprint"]}
     saved = {}
     files = weight_files(path)
     try:
+        if state.get("layout") == sharded_ckpt.LAYOUT:
+            saved = sharded_ckpt.shapes(path)
         for f in files:
             with safe_open(os.path.join(path, f), "pt") as st:
                 saved |= {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
@@ -316,12 +344,24 @@ def newest_whole(run_dir, log=print):
 
 def tensors(path):
     """The trained parameters a checkpoint holds, as saved (peft's adapter names, or the model's), read
-    from the safetensors files its manifest lists (weight_files)."""
+    from the safetensors files its manifest lists (weight_files), or whole from a sharded checkpoint's files."""
     files = weight_files(path)
     try:
+        if layout(path) == sharded_ckpt.LAYOUT:
+            return sharded_ckpt.whole_tensors(path)
         return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
     except Exception as e:  # safetensors raises its own error types on a damaged file
         raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def layout(path):
+    """How a checkpoint holds its tensors: sharded.LAYOUT (DCP's files) or None (whole, in safetensors)."""
+    try:
+        with open(os.path.join(path, STATE)) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None  # read() says why
+    return state.get("layout") if isinstance(state, dict) else None
 
 
 def trainer_tensors(path):

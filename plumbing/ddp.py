@@ -4,6 +4,7 @@ generators that make every random choice the same in any partition of the work o
 
 import atexit
 import contextlib
+import datetime
 import hashlib
 import os
 import signal
@@ -15,14 +16,17 @@ import torch.distributed as dist
 from plumbing.fsdp import is_sharded
 
 
-def init_processes(sharded=False):
+def init_processes(sharded=False, timeout_minutes=30):
     """(distributed, rank, world, device). Each rank's GPU is made current: NCCL's collectives run on it.
-    sharded (FSDP): a process group even for one process, which torchrun must have started."""
+    sharded (FSDP): a process group even for one process, which torchrun must have started.
+    timeout_minutes: how long a rank waits in a collective for the others (a checkpoint's write included:
+    NCCL's own default, 10 minutes, ends the run when one rank's disk is slow) before the run stops."""
     ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1 or sharded
     if sharded and "RANK" not in os.environ:
         raise ValueError("--fsdp runs under torchrun: torchrun --nproc_per_node N train.py ... --fsdp")
     if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -67,6 +71,29 @@ def _exit_now(status):
         with contextlib.suppress(Exception):  # a closed pipe (train.py | head) must not keep the process alive
             stream.flush()
     os._exit(status[0])
+
+
+def rank():
+    """This process's rank (one process: 0)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world():
+    """The number of ranks (one process: 1)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier():
+    """Every rank waits for the others here (one process: nothing to wait for)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def first_problem(problem):
+    """The first rank's problem (a string) that is not None, or None, on every rank (one process: problem)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return problem
+    return next((p for p in gather([problem], dist.get_world_size()) if p is not None), None)
 
 
 def gather(items, world):

@@ -8,8 +8,9 @@ gathered whole only while it runs. The algorithm is unchanged; what changes is w
 - rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
   gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
   threshold decoding takes its own step counts) with no collective in between;
-- a checkpoint gathers the trained tensors and the optimizer state whole onto rank 0 and writes the
-  same checkpoint-N folder as an unsharded run; a resume shards them again (any world size).
+- a checkpoint is written by every rank at once, each its own shards (sharded.py); a resume on any
+  number of ranks reads the pieces of its own shards. A checkpoint of whole tensors (an earlier
+  version's) is read whole on every rank and sharded again (load_weights, load_optimizer).
 """
 
 import contextlib
@@ -17,14 +18,11 @@ import contextlib
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from plumbing import families
 from plumbing.families import family_part, unwrap
 
 
@@ -69,23 +67,6 @@ def gathered(*models):
             module.set_reshard_after_forward(True, recurse=False)
 
 
-WHOLE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def whole_state(model, opt):
-    """(trained tensors, optimizer state), gathered whole onto rank 0's CPU ({} on the other ranks):
-    full fine-tuning, the model's whole state dict; LoRA, the adapters only. The optimizer state is
-    keyed by parameter name, so it loads onto any number of ranks. Every rank must call it."""
-    if hasattr(model, "peft_config"):
-        weights = {n: p.full_tensor().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    else:
-        weights = get_model_state_dict(model, options=WHOLE)
-    optimizer = get_optimizer_state_dict(model, opt, options=WHOLE)
-    if torch.distributed.get_rank() != 0:
-        weights = {}
-    return weights, optimizer
-
-
 @torch.no_grad()
 def load_weights(model, weights):
     """Copy whole tensors {parameter name: tensor} into a sharded model: every rank holds them whole
@@ -96,21 +77,5 @@ def load_weights(model, weights):
 
 
 def load_optimizer(model, opt, optimizer):
-    """A whole optimizer state of whole_state's (keyed by parameter name) into the sharded optimizer."""
+    """A whole optimizer state (keyed by parameter name) into the sharded optimizer."""
     set_optimizer_state_dict(model, opt, optimizer, options=StateDictOptions(full_state_dict=True))
-
-
-def plain_class(model):
-    """The model's own class (fully_shard makes each sharded module an instance of a subclass)."""
-    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
-
-
-def save_pretrained(model, folder, weights):
-    """model.save_pretrained(folder) from whole tensors, under the model's own class name (the config's
-    `architectures` and the copied modeling code are read from the class)."""
-    root, sharded_class = unwrap(model), type(unwrap(model))
-    root.__class__ = plain_class(root)
-    try:
-        families.save_pretrained(model, folder, state_dict=weights)
-    finally:
-        root.__class__ = sharded_class

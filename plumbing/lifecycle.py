@@ -19,7 +19,6 @@ from tqdm import tqdm
 from eval import mean_se, paired_change
 from plumbing import checkpoint, ddp, logs, outdir, restore, watch
 from plumbing.errors import ConfigError, config_errors
-from plumbing.fsdp import whole_state
 from plumbing.model import resolved
 
 RUN_FILES = ("log.jsonl", "completions.jsonl", "final.json", "curves.png")  # what a run writes beside its checkpoints
@@ -30,7 +29,7 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def training_run(output_dir, resume, overwrite, sharded, need_bytes=0):
+def training_run(output_dir, resume, overwrite, sharded, timeout_minutes=30, need_bytes=0):
     """The run, from its processes to its end: one per GPU under torchrun (NCCL), gloo ranks on CPU, or one
     process; output_dir locked by rank 0 (claim, with need_bytes free) before any heavy work; stop signals caught.
     Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
@@ -39,7 +38,7 @@ def training_run(output_dir, resume, overwrite, sharded, need_bytes=0):
     training and held-out items and the accuracy before training, which checkpoints record."""
     stop = catch_stop_signals()
     with config_errors():
-        distributed, rank, world, device = ddp.init_processes(sharded=sharded)
+        distributed, rank, world, device = ddp.init_processes(sharded=sharded, timeout_minutes=timeout_minutes)
     run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0, stop=stop)
     run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
     run.train_items = run.held_out_items = run.accuracy_before = None  # train.py sets them
@@ -70,12 +69,33 @@ def training_run(output_dir, resume, overwrite, sharded, need_bytes=0):
 
 
 def save(cfg, run, model, opt, sched, tok, nonfinite, step):
-    """Rank 0 writes checkpoint-{step}; under FSDP every rank first gathers its part of the tensors to it."""
-    whole = whole_state(model, opt) if cfg.fsdp else None
-    if run.master:
-        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, whole=whole)
+    """Rank 0 writes checkpoint-{step}; under FSDP every rank writes its own shards of it, all at once."""
+    if run.master or cfg.fsdp:
+        kw = dict(base=resolved(cfg.model_name_or_path), counters=nonfinite, tok=tok, world=run.world, sharded=cfg.fsdp)
         kw |= dict(items=(run.train_items, run.held_out_items), accuracy_before=run.accuracy_before)
         return checkpoint.save(cfg.output_dir, step, model, opt, sched, vars(cfg), cfg.save_total_limit, **kw)
+
+
+def disk_footprint(cfg, run, model, start, total_steps):
+    """One line: the size of a checkpoint (the trained tensors and AdamW's two moments, as they are held:
+    float32 master weights under FSDP), how many the run keeps, and the free space of output_dir's disk.
+    A run whose first checkpoint cannot fit stops here (it would stop at its first save, its steps lost);
+    one whose kept checkpoints cannot all fit is warned (it stops at the save that fills the disk, with its
+    newest checkpoint whole: free space, or lower --save_total_limit, before then)."""
+    size = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    saves = len([s for s in range(start + 1, total_steps + 1) if s % cfg.save_steps == 0 or s == total_steps])
+    existing = len(checkpoint.names(cfg.output_dir))
+    kept = min(cfg.save_total_limit, existing + saves)
+    # a save writes the new one before it removes the oldest: one more for a moment
+    needed = max(0, min(cfg.save_total_limit + 1, existing + saves) - existing) * size
+    free = shutil.disk_usage(cfg.output_dir).free
+    gib = lambda n: f"{n / 2**30:.3g} GiB"  # noqa: E731
+    line = f"checkpoints: ~{gib(size)} each × {kept} kept = {gib(kept * size)}; {gib(free)} free on {cfg.output_dir}"
+    if not ddp.every_rank(saves == 0 or size <= free):
+        raise ConfigError(f"{line}: not even one checkpoint fits. Free space or choose another --output_dir")
+    if needed > free:
+        return f"warning: {line}: the run stops at the save that fills the disk. Free space or lower --save_total_limit"
+    return line
 
 
 def resume(cfg, run, model, opt, sched, jsonl, may_change):

@@ -22,15 +22,17 @@ CHECKSUMS = "checksums.json"
 STATE = "trainer_state.json"
 # files torch, transformers or peft load as weights or states: one in the folder that checksums.json does
 # not list refuses the checkpoint (another file nothing reads, a note or .DS_Store, is left alone)
-LOADABLE = (".safetensors", ".bin", ".pt", ".pth")
+LOADABLE = (".safetensors", ".bin", ".pt", ".pth", ".distcp", ".metadata")
 # keys of trainer_state.json that only versions writing checksums.json record ("manifest" since it is
 # marked; train_items and base_weights came later than checksums): such a checkpoint needs its manifest
 WRITTEN_WITH_MANIFEST = ("manifest", "train_items", "base_weights")
 
 
-def write_manifest(folder):
-    """Record checksums.json: every file of the folder written so far, with its SHA-256."""
-    digests = {name: sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+def write_manifest(folder, known=None):
+    """Record checksums.json: every file of the folder written so far, with its SHA-256 (those of `known`,
+    {name: SHA-256}, as the processes that wrote them hashed them: a sharded checkpoint's ranks)."""
+    known = known or {}
+    digests = {name: known.get(name) or sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, CHECKSUMS), "w") as f:
         json.dump(digests, f, indent=1)
 
@@ -90,20 +92,30 @@ def unmarked_problem(path):
     return None
 
 
-def damaged_files(path):
+def damaged_files(path, part=(0, 1), agree=None):
     """Why a checkpoint's files are not exactly those it wrote, with the bytes it wrote (manifest(),
-    checksums.json), or None. A checkpoint written before checksums were recorded is read unverified."""
+    checksums.json), or None. A checkpoint written before checksums were recorded is read unverified.
+    part=(rank, world), agree: the ranks share the hashing, each its part of the files, and agree(problem)
+    returns the first rank's problem, or None, on every rank (a sharded checkpoint: its bytes read once)."""
     recorded, problem = manifest(path)
     if recorded is None:
         return problem
     key = (os.path.realpath(path), os.stat(os.path.join(path, CHECKSUMS)).st_mtime_ns)
     if key in VERIFIED:
         return None
-    for name, digest in recorded.items():
-        if sha256(os.path.join(path, name)) != digest:
-            return f"{name} is damaged (its SHA-256 differs from the one recorded when it was written)"
-    VERIFIED.add(key)
-    return None
+    mine = sorted(recorded)[part[0] :: part[1]]
+    problem = next(
+        (
+            f"{name} is damaged (its SHA-256 differs from the one recorded when it was written)"
+            for name in mine
+            if sha256(os.path.join(path, name)) != recorded[name]
+        ),
+        None,
+    )
+    problem = agree(problem) if agree is not None else problem
+    if problem is None:
+        VERIFIED.add(key)
+    return problem
 
 
 def weight_files(path):

@@ -9,8 +9,9 @@ import random
 import sys
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
-from plumbing import fsdp
+from plumbing import ddp, fsdp, sharded
 from plumbing.checkpoint import (
     ACCUMULATE,
     RunMismatch,
@@ -68,6 +69,8 @@ def restore(path, state, model, opt=None, sched=None, config=None, must_match=()
             f"{path} was trained on {was[0]} ranks × --{ACCUMULATE}={was[1]}, this run has {now[0]} × {now[1]}: "
             "keep the product (the micro-batches of a step)"
         )
+    if state.get("layout") == sharded.LAYOUT:
+        return restore_sharded(path, state, model, opt, sched)
     saved = state["tensors"] if "tensors" in state else tensors(path)
     extra = (state["trainer"] if "trainer" in state else trainer_tensors(path)) if opt is not None else None
     if opt is not None and not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
@@ -125,6 +128,42 @@ def same_setting(saved, now):
         return os.path.samefile(saved, now)
     except OSError:  # not both on disk: spellings of one path still match (a text with spaces is no path)
         return not any(c.isspace() for c in saved + now) and os.path.normpath(saved) == os.path.normpath(now)
+
+
+def restore_sharded(path, state, model, opt, sched):
+    """restore() of a sharded checkpoint (sharded.py): every shape checked against its .metadata, then each
+    rank reads the pieces of its own shards, on any number of ranks (or whole, on one process)."""
+    saved_as = {n: saved_name(n) for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        held = sharded.shapes(path)
+    except Exception as e:  # DCP raises its own error types on a damaged index
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+    problem = shapes_problem({saved_as[n]: list(p.shape) for n, p in model.named_parameters() if n in saved_as}, held)
+    if problem:
+        raise ConfigError(f"checkpoint {path} {problem}")
+    extra = state["trainer"] if "trainer" in state else trainer_tensors(path)
+    if opt is not None:
+        if not (isinstance(extra, dict) and {"scheduler", "torch_rng"} <= extra.keys()):
+            raise ConfigError(f"checkpoint {path}: optimizer.pt lacks the scheduler or RNG state")
+        problem = scheduler_problem(extra["scheduler"], opt)
+        if problem:
+            raise ConfigError(f"checkpoint {path}: optimizer.pt {problem}")
+    try:  # DCP plans every read (each key in the checkpoint, of its shape) before it copies anything
+        sharded.load(path, model, opt, saved_name)
+    except (CheckpointException, KeyError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"checkpoint {path}: its shards do not hold this run's trained tensors and optimizer state "
+            f"({type(e).__name__}: {str(e).strip()[:160]})"
+        ) from None
+    # a value that is not finite refuses the checkpoint on every rank (an older one, loaded next, overwrites all)
+    if not ddp.every_rank(sharded.all_finite(model, opt)):
+        raise ConfigError(f"checkpoint {path}: its shards hold a weight or optimizer state that is not finite")
+    if opt is not None:
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+    return state["step"]
 
 
 def optimizer_problem(saved, params):

@@ -14,10 +14,11 @@ import time
 
 import pytest
 import warm
+from safetensors.torch import load_file
 from test_reliability import logged_steps
 from test_train import ROOT, SMALL, assert_same, params, run
 
-from plumbing import checkpoint
+from plumbing import checkpoint, manifest
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # --standalone: a free port
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -83,14 +84,15 @@ def test_fsdp_two_ranks_equal_one_process(tmp_path, uninterrupted, extra):
     assert [r["reward"] for r in a] == pytest.approx([r["reward"] for r in b], rel=1e-6)  # means in another order
     for key in ("loss", "grad_norm", "kl", "ratio_dev"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4, abs=1e-6), key
-    assert sorted(os.listdir(f"{one}/checkpoint-6")) == sorted(os.listdir(f"{two}/checkpoint-6"))
+    # the sharded run's checkpoint: the same folder, its tensors and optimizer state in each rank's own file
+    files = [set(os.listdir(f"{run_dir}/checkpoint-6")) for run_dir in (one, two)]
+    assert files[1] - files[0] == {".metadata", "__0_0.distcp", "__1_0.distcp"}, files
+    assert not any(f.endswith(".safetensors") for f in files[1]) and "optimizer.pt" in files[1]
     if "--estimator=elbo" in extra:  # no rank trains on a row, yet AdamW steps on zero gradients as one process does
         assert any(r["frac_rows_left_out"] == 1.0 for r in b)
     if not extra:
         # a step where one rank had no rows to train on: it ran the other's passes with zero loss
         assert any(r["frac_rows_left_out"] == 0.5 for r in b)
-        config = [json.load(open(f"{run_dir}/checkpoint-6/config.json")) for run_dir in (one, two)]
-        assert config[0]["architectures"] == config[1]["architectures"] == ["TinyLLaDAModel"]
 
 
 def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
@@ -103,8 +105,9 @@ def test_fsdp_checkpoints_export_and_evaluate(tmp_path, uninterrupted):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    exported = checkpoint.tensors(f"{tmp_path}/export")
+    exported = load_file(f"{tmp_path}/export/model.safetensors")  # a model folder: no checkpoint manifest
     assert_same(params(f"{uninterrupted}/checkpoint-6"), exported, atol=0)
+    assert json.load(open(f"{tmp_path}/export/config.json"))["architectures"] == ["TinyLLaDAModel"]
     cmd = [sys.executable, "eval.py", f"--models=('{uninterrupted}',)", "--labels=()", "--eval_items=4"]
     out = warm.run(
         cmd + [f"--output_dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
@@ -205,10 +208,74 @@ def test_sigterm_in_a_rollout_that_never_ends_saves_the_last_finished_step(tmp_p
         assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
 
 
+def test_fsdp_checkpoint_is_each_ranks_own_shards(tmp_path, uninterrupted, monkeypatch):
+    """Each rank wrote its own file, about half the trained tensors and AdamW moments (never the whole), and
+    checksums.json lists each: a damaged shard, or a shard file dropped in that it does not list, is refused.
+    A resume's ranks each hash their part of the files, and all take a problem one of them found."""
+    path = f"{uninterrupted}/checkpoint-6"
+    state, listed = json.load(open(f"{path}/trainer_state.json")), json.load(open(f"{path}/checksums.json"))
+    assert state["layout"] == "sharded" and {".metadata", "__0_0.distcp", "__1_0.distcp"} <= listed.keys()
+    whole = sum(t.numel() * t.element_size() for t in params(path).values()) * 3  # weights + exp_avg + exp_avg_sq
+    sizes = [os.path.getsize(f"{path}/__{r}_0.distcp") for r in range(2)]
+    assert all(0.3 * whole < size < 0.7 * whole for size in sizes) and sum(sizes) >= whole, (sizes, whole)
+    damaged = shutil.copytree(path, tmp_path / "checkpoint-6")
+    with open(damaged / "__1_0.distcp", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(checkpoint.ConfigError, match="__1_0.distcp is damaged"):
+        checkpoint.read(str(damaged), with_tensors=True)
+    extra = shutil.copytree(path, tmp_path / "extra" / "checkpoint-6")
+    shutil.copy(extra / "__1_0.distcp", extra / "__2_0.distcp")
+    with pytest.raises(checkpoint.ConfigError, match="__2_0.distcp is not one of the files"):
+        checkpoint.read(str(extra), with_tensors=True)
+    hashed, real = [], manifest.sha256
+    monkeypatch.setattr(manifest, "sha256", lambda file: hashed.append(os.path.basename(file)) or real(file))
+    shared = str(shutil.copytree(path, tmp_path / "shared" / "checkpoint-6"))
+    assert manifest.damaged_files(shared, (1, 2), lambda problem: problem) is None
+    assert hashed == sorted(listed)[1::2] and "__0_0.distcp" in hashed  # rank 1's half of the files only
+    assert manifest.damaged_files(str(damaged), (0, 2), lambda problem: "rank 1's") == "rank 1's"
+
+
+def test_fsdp_resume_passes_over_a_damaged_shard(tmp_path, uninterrupted):
+    """The ranks share the hashing of a sharded checkpoint (each its part of the files) and agree: a damaged
+    shard of the newest is found whichever rank hashed it, every rank passes over it, and the resume from the
+    one before ends bit for bit where the uninterrupted run did."""
+    shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
+    for name in ("__0_0.distcp", "__1_0.distcp"):  # one in each rank's part of the sorted file names
+        with open(tmp_path / "run" / "checkpoint-4" / name, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        out = fsdp_run([f"--output_dir={tmp_path}/run", *STEPS, "--resume_from_checkpoint"])
+        assert f"{name} is damaged" in out.stdout and "(step 2)" in out.stdout, out.stdout[-2000:]
+        assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/run/checkpoint-6"), atol=0)
+        shutil.rmtree(tmp_path / "run")
+        shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
+
+
+def test_fsdp_no_rank_holds_the_whole_model_at_save_or_resume(tmp_path):
+    """train.py's save and resume of a sharded model (33.6 M parameters, 415 MB with AdamW's moments) on 2
+    ranks: no rank's host memory rises by the whole trained tensors and moments (writing them whole from rank 0
+    rose 1.09× of it there, reading them whole on every rank 1.6×); the resumed weights are those saved."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/checkpoint_rss.py", str(tmp_path), "512", "8"]
+    env = dict(ENV, MALLOC_MMAP_THRESHOLD_="131072")  # a freed tensor leaves the RSS (no heap kept by malloc)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for r in range(2):
+        row = json.load(open(tmp_path / f"rss{r}.json"))
+        # a save: its own shards' file (its pieces are written from the shards); a resume: its own AdamW moments
+        # (2/3 of its half) and the pieces read into them
+        assert row["restored"] and row["save"] < 0.25 * row["whole"] and row["resume"] < 0.75 * row["whole"], row
+
+
 def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
-    """A checkpoint holds whole tensors and a name-keyed optimizer state: one rank continues a run of
-    two when it runs both micro-batches of a step (the same prompts and draws; sums in another order,
-    so equal to float tolerance), and is refused in one line when it would run only one."""
+    """A sharded checkpoint is resharded on resume (each rank reads the pieces of its own shards): one rank
+    continues a run of two when it runs both micro-batches of a step, and two ranks a run of one (the same
+    prompts and draws; sums in another order, so equal to float tolerance); one rank is refused in one line
+    when it would run only one micro-batch of the two."""
     shutil.copytree(uninterrupted, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
     cmd = [*TORCHRUN, "--nproc_per_node", "1", "train.py", *SMALL, "--fsdp", f"--output_dir={tmp_path}/run", *STEPS]
     out = warm.run([*cmd, "--resume_from_checkpoint"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
@@ -219,6 +286,14 @@ def test_fsdp_resumes_on_another_number_of_ranks(tmp_path, uninterrupted):
         [f"--output_dir={tmp_path}/run", *STEPS, "--resume_from_checkpoint", "--gradient_accumulation_steps=2"], nproc=1
     )
     assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/run/checkpoint-6"), atol=2e-5)
+    # 1 -> 2: a run of one rank (its checkpoint one shard file), continued from step 4 by two
+    fsdp_run([f"--output_dir={tmp_path}/one", *STEPS, "--gradient_accumulation_steps=2"], nproc=1)
+    assert "__1_0.distcp" not in os.listdir(f"{tmp_path}/one/checkpoint-4")
+    shutil.copytree(f"{tmp_path}/one", tmp_path / "two", ignore=shutil.ignore_patterns(".lock", "checkpoint-6"))
+    out = fsdp_run([f"--output_dir={tmp_path}/two", *STEPS, "--resume_from_checkpoint"])
+    assert "(step 4)" in out.stdout and "checkpoints: ~0.0" in out.stdout, out.stdout[-2000:]
+    assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/two/checkpoint-6"), atol=2e-5)
+    assert_same(params(f"{tmp_path}/one/checkpoint-6"), params(f"{tmp_path}/two/checkpoint-6"), atol=2e-5)
 
 
 def test_fsdp_outside_torchrun_stops_with_one_line(tmp_path):

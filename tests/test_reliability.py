@@ -841,3 +841,72 @@ def test_eval_and_export_failures_end_in_one_line(tmp_path):
         text=True,
     )
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 1, out.stderr[-2000:]
+
+
+def test_the_checkpoint_footprint_is_stated_and_a_run_it_cannot_fit_stops(tmp_path, monkeypatch):
+    """Before training: one line with a checkpoint's size (trained tensors and AdamW's two moments), how many
+    are kept and the free disk; a warning when they cannot all fit, a one-line stop when not even one can."""
+    from types import SimpleNamespace
+
+    from plumbing import lifecycle
+    from plumbing.errors import ConfigError
+
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 1024, bias=False))
+    model[1].requires_grad_(False)  # frozen (a LoRA base): not in a checkpoint
+    cfg = SimpleNamespace(output_dir=str(tmp_path), save_steps=2, save_total_limit=3)
+    run = SimpleNamespace()
+    for free_mib, words in [(1000, None), (30, "warning: "), (10, "not even one checkpoint fits")]:
+        monkeypatch.setattr(lifecycle.shutil, "disk_usage", lambda path, n=free_mib: SimpleNamespace(free=n * 2**20))
+        stated = f"checkpoints: ~0.0117 GiB each × 3 kept = 0.0352 GiB; {free_mib / 1024:.3g} GiB free on {tmp_path}"
+        if words == "not even one checkpoint fits":
+            with pytest.raises(ConfigError, match=words):
+                lifecycle.disk_footprint(cfg, run, model, 0, 10)
+            continue
+        line = lifecycle.disk_footprint(cfg, run, model, 0, 10)  # 5 saves, 3 kept (4 while the next is written)
+        assert stated in line and line.startswith(words or "checkpoints: "), line
+    # a resume one save before the end, 3 checkpoints on disk: the next save needs room for one more only
+    for step in (2, 4, 6):
+        os.makedirs(tmp_path / f"checkpoint-{step}")
+    monkeypatch.setattr(lifecycle.shutil, "disk_usage", lambda path: SimpleNamespace(free=30 * 2**20))
+    assert not lifecycle.disk_footprint(cfg, run, model, 8, 10).startswith("warning")
+
+
+def test_the_collective_timeout_covers_a_checkpoint(monkeypatch):
+    """train.py's process group waits collective_timeout_minutes (default 30, over NCCL's 10) for a slow rank."""
+    import datetime
+
+    import train
+    from plumbing import ddp
+
+    seen = {}
+    monkeypatch.setattr(ddp.dist, "init_process_group", lambda backend, **kw: seen.update(kw))
+    monkeypatch.setattr(ddp.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(ddp.dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ddp.init_processes(timeout_minutes=train.collective_timeout_minutes)
+    assert train.collective_timeout_minutes == 30 and seen["timeout"] == datetime.timedelta(minutes=30)
+
+
+def test_a_full_disk_in_a_sharded_save_stops_with_one_line(tmp_path, monkeypatch):
+    """DCP reports a rank's failed write as CheckpointException (not an OSError): a full disk there stops the run
+    with the one line of any full disk, and the half-written folder is gone."""
+    import errno
+
+    import torch.distributed.checkpoint.filesystem as dcp_files
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from plumbing import optim
+
+    model = torch.nn.Linear(64, 64)
+    opt, sched = optim.make_optimizer(1e-3, list(model.parameters()), 10)
+    seen = []
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_full = checkpoint.disk_full
+    monkeypatch.setattr(checkpoint, "disk_full", lambda e, out: seen.append(type(e)) or real_full(e, out))
+    monkeypatch.setattr(dcp_files, "_write_item", full)
+    with pytest.raises(SystemExit, match=f"the disk of {tmp_path} is full: checkpoint 2 not written"):
+        checkpoint.save(str(tmp_path), 2, model, opt, sched, {"model_name_or_path": "tiny"}, sharded=True)
+    assert seen[0] is CheckpointException and os.listdir(tmp_path) == []

@@ -1,0 +1,81 @@
+"""Run under torchrun by tests/test_fsdp.py: each rank's peak host memory (RSS) while a sharded model's
+checkpoint is written and while a fresh model and optimizer resume from it (train.py's own save and resume),
+against the bytes of the whole trained tensors and AdamW's two moments:
+
+    torchrun --nproc_per_node 2 tests/checkpoint_rss.py OUT D_MODEL N_LAYERS    # OUT/rss{rank}.json
+
+The model is built on the meta device and sharded before its weights exist, so no rank ever held it
+whole before the measurement; MALLOC_MMAP_THRESHOLD_ (set by the test) makes freed tensors leave the RSS.
+"""
+
+import gc
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from plumbing import ddp, fsdp, lifecycle, optim, restore  # noqa: E402
+from plumbing.tiny_llada import TinyLLaDAConfig, TinyLLaDAModel  # noqa: E402
+
+
+def status_kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
+def peak_rise(fn):
+    """(the most RSS above its level at the start while fn runs, in bytes; seconds)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from the RSS now
+    before, t0 = status_kib("VmRSS"), time.time()
+    fn()
+    return (status_kib("VmHWM") - before) * 1024, time.time() - t0
+
+
+def sharded_model(d_model, n_layers):
+    with torch.device("meta"):
+        model = TinyLLaDAModel(TinyLLaDAConfig(vocab_size=1024, d_model=d_model, n_layers=n_layers, d_ff=4 * d_model))
+    fsdp.shard(model, mixed_precision=False)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            fsdp.local(p).normal_(0, 0.02, generator=torch.Generator().manual_seed(dist.get_rank()))
+    opt, sched = optim.make_optimizer(1e-3, list(model.parameters()), 10)
+    return model, opt, sched
+
+
+def main(out, d_model, n_layers):
+    model, opt, sched = sharded_model(d_model, n_layers)
+    for p in model.parameters():  # one step: AdamW's moments exist
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+    whole = 3 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights + exp_avg + exp_avg_sq
+    config = dict(fsdp=True, output_dir=out, save_total_limit=2, model_name_or_path="tiny")
+    cfg = SimpleNamespace(**config)
+    run = SimpleNamespace(master=dist.get_rank() == 0, world=dist.get_world_size())
+    run.train_items = run.held_out_items = run.accuracy_before = None
+    save, save_s = peak_rise(lambda: (lifecycle.save(cfg, run, model, opt, sched, None, {}, 1), dist.barrier()))
+    weights = {n: fsdp.local(p).clone() for n, p in model.named_parameters()}
+    del model, opt, sched
+    model, opt, sched = sharded_model(d_model, n_layers)  # fresh weights, no optimizer state
+    path = os.path.join(out, "checkpoint-1")
+    args = (out, model, opt, sched, config)
+    kw = dict(master=run.master, log=lambda *a: None, only=path, world=run.world)
+    resume, resume_s = peak_rise(lambda: restore.resume(*args, **kw))
+    same = all(torch.equal(fsdp.local(p), weights[n]) for n, p in model.named_parameters())
+    row = dict(whole=whole, save=save, resume=resume, save_s=save_s, resume_s=resume_s, restored=same)
+    with open(os.path.join(out, f"rss{dist.get_rank()}.json"), "w") as f:
+        json.dump(row, f)
+
+
+with ddp.rank_end():
+    dist.init_process_group("gloo")
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    dist.barrier()
+    dist.destroy_process_group()
