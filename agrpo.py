@@ -4,7 +4,7 @@ and each draw j (a step, or a mask) with importance weight w_ij:
 
     A_i   = r_i − mean_group(r)                                 (÷ the group's std with scale_rewards)
     ℓ_tok = −min(ρ A_i, clip(ρ, 1 − ε_low, 1 + ε_high) A_i) + β·ρ·k3,   ρ = exp(log π_θ − log π_old)
-    k3    = exp(r − n) − (r − n) − 1                             (r: reference log-prob, n: current)
+    k3    = exp(Δ) − Δ − 1                                       (Δ = log π_ref − log π_θ of the token)
     loss  = (1/N) Σ_i (1/norm_i) Σ_j w_ij Σ_{tok ∈ read_ij} ℓ_tok
 
 `accumulate_gradients` calls backward once per micro-batch and draw, so peak memory is one forward pass of a

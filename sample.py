@@ -2,8 +2,8 @@
 (ALGORITHM.md §1 says why each choice is made).
 
 x = [prompt ; G × MASK] is cut into G/b blocks filled left to right in s = m·b/G steps each; step i of a block
-with n masked positions commits k_i = ⌊n/s⌋ + [i < n mod s] of them: the most confident candidates (Gumbel-max
-draws, argmax at T = 0), random ones, or (threshold τ) every one at least τ confident and at least the k_i
+(b masked positions at its start) commits c_i = ⌊b/s⌋ + [i < b mod s] of them: the most confident candidates (Gumbel-max
+draws, argmax at T = 0), random ones, or (threshold τ) every one at least τ confident and at least the c_i
 most confident, so a block takes at most s steps. Each step t is one action: with S_t the positions it commits
 and x_t the state before it,
 
@@ -126,7 +126,7 @@ def entropy_of(logprobs):
 
 
 def transfer_schedule(block_length, steps_per_block):
-    """k_i: how many tokens step i of a block commits."""
+    """c_i: how many tokens step i of a block commits."""
     base, extra = divmod(block_length, steps_per_block)
     return [base + (i < extra) for i in range(steps_per_block)]
 
@@ -174,12 +174,12 @@ def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step):
     """Write the chosen candidates on the canvas: rows (n,), cols (n, Bk) canvas columns, chosen (n, Bk)
     bool, step (n,): the step of each row that commits them."""
     r, c = chosen.nonzero(as_tuple=True)
-    R, C, tok = rows[r], cols[r, c], x_hat[r, c]
+    row, col, tok = rows[r], cols[r, c], x_hat[r, c]  # canvas coordinates and token of each committed candidate
     dist = lp[r, c]  # (N, V): only the committed positions' distributions
-    x[R, C] = tok
-    unmask_step[R, C] = step[r]
-    logp[R, C] = dist.gather(-1, tok[:, None]).squeeze(-1)
-    entropy[R, C] = entropy_of(dist)
+    x[row, col] = tok
+    unmask_step[row, col] = step[r]
+    logp[row, col] = dist.gather(-1, tok[:, None]).squeeze(-1)
+    entropy[row, col] = entropy_of(dist)
 
 
 @torch.no_grad()
@@ -259,13 +259,13 @@ def generate(
 
 def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, unmasking="low_confidence", tau=0):
     """The blocks in order, each until its masks are filled, a step committing on every row that still has
-    masks in the block: with `steps_per_block` s, LLaDA's k_i positions at step i, or as many as are left
+    masks in the block: with `steps_per_block` s, LLaDA's c_i positions at step i, or as many as are left
     (a first block that holds the prompt's tail has fewer masks and ends early, as SDAR's does); with
     threshold `tau`, confidence-threshold parallel decoding as an exact policy: every masked position whose
-    confidence is at least tau, and at least the k_i most confident, so a block still takes at most s steps.
+    confidence is at least tau, and at least the c_i most confident, so a block still takes at most s steps.
     That is SDAR's low_confidence_dynamic with s steps a block (its denoising_steps_per_block; where fewer
-    than k_i masks are left it commits those, where SDAR's code would overwrite a committed or prompt token);
-    with s = b (k_i = 1) it is Fast-dLLM's rule and dLLM-RL's LLaDA dynamic threshold, which take no step
+    than c_i masks are left it commits those, where SDAR's code would overwrite a committed or prompt token);
+    with s = b (c_i = 1) it is Fast-dLLM's rule and dLLM-RL's LLaDA dynamic threshold, which take no step
     count. Each row counts its own steps (its own m). A row with an EOS in a finished block is no
     longer computed: fixed steps fill its later blocks with EOS in schedule order, threshold decoding at its
     next step. kv_cache (a block-causal model): the prompt runs once into a KV cache, a step runs only the

@@ -148,7 +148,7 @@ def native_departures(model, unmasking="low_confidence", temperature=0.0, top_k=
     if "Dream" in types:
         lines.append(
             "Dream's diffusion_generate schedules its steps by timesteps (with steps = G: 0 tokens at the first step, "
-            "2 at the last); this sampler commits k_i = floor(m/s) + [i < m mod s] a step, in blocks"
+            "2 at the last); this sampler commits c_i = floor(b/s) + [i < b mod s] a step, in blocks"
         )
         if ranked:
             lines.append(

@@ -212,11 +212,11 @@ def reference_decode(model, prompt, G, steps_per_block, mask_id, temperature=0.0
     """SDAR's generate.py for one row, written here from its description and run on the model's own
     attention (no mask given: blocks from the first token, positions 0..): the sequence is the prompt
     and masks up to a whole number of blocks of 8; decoding starts at the block holding the prompt's end;
-    each block takes up to `steps_per_block` steps, step i committing k_i of its masks (fewer when fewer
+    each block takes up to `steps_per_block` steps, step i committing c_i of its masks (fewer when fewer
     are left, where SDAR's code would overwrite a prompt token), a full forward each step; candidates by
     Gumbel-max over the tempered distribution (argmax at T = 0), confidence softmax(ℓ)[x̂]. With a
-    `threshold`, SDAR's low_confidence_dynamic: when at least k_i masked positions are that confident, all of
-    them, else the k_i most confident (confidence exactly τ counts as above: SDAR asks for more, a tie has
+    `threshold`, SDAR's low_confidence_dynamic: when at least c_i masked positions are that confident, all of
+    them, else the c_i most confident (confidence exactly τ counts as above: SDAR asks for more, a tie has
     probability 0). Returns the completion, each position's step (counted per row, steps that commit nothing
     not counted) and log-prob."""
     b, P = 8, len(prompt)
@@ -291,8 +291,8 @@ def test_rollouts_lay_blocks_from_the_first_token_as_the_model_does(steps_per_bl
 @pytest.mark.parametrize("steps_per_block", [2, 4, 8])
 def test_threshold_rollouts_commit_as_sdar_dynamic_threshold(steps_per_block):
     """Threshold decoding with m = steps_per_block · G/b is SDAR's low_confidence_dynamic with that many
-    denoising steps a block: every masked position at least τ confident when there are at least k_i of them,
-    else the k_i most confident (at least G/m a step, a block in at most m·b/G steps); greedy (batched and
+    denoising steps a block: every masked position at least τ confident when there are at least c_i of them,
+    else the c_i most confident (at least G/m a step, a block in at most m·b/G steps); greedy (batched and
     alone) and seeded, for prompts of every length mod 8."""
     model, tok = block_model()
     prompts = prompts_of_every_remainder(tok)

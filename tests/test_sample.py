@@ -49,7 +49,7 @@ def test_schedule_followed_at_t0(tiny, unmasking):
         for b in range(gen // block):
             blk = row[b * block : (b + 1) * block]
             assert ((blk >= b * spb) & (blk < (b + 1) * spb)).all()  # blocks strictly left to right
-            assert counts[b * spb : (b + 1) * spb].tolist() == k  # exactly k_i tokens at step i
+            assert counts[b * spb : (b + 1) * spb].tolist() == k  # exactly c_i tokens at step i
     assert torch.equal(
         r.ids[:, : r.prompt_length],
         run(model, tok, max_completion_length=8, block_length=8, sampling_steps=8).ids[:, : r.prompt_length],
@@ -171,7 +171,7 @@ def test_eos_rows_stop_and_fill(tiny):
 
 @pytest.mark.parametrize("steps", [24, 12, 6])
 def test_threshold_above_one_is_low_confidence_at_its_steps(tiny, steps):
-    """At temperature 0 with τ > 1 no position passes the threshold, so each step commits its k_i most
+    """At temperature 0 with τ > 1 no position passes the threshold, so each step commits its c_i most
     confident: token for token, low-confidence decoding at the same sampling_steps (one a step at m = G)."""
     model, tok = tiny
     low = run(model, tok, sampling_steps=steps, unmasking="low_confidence")
