@@ -65,11 +65,13 @@ def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2)
 
 
 def draw_loss(
-    logp, old_logp, advantages, read, weight, norm, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None, n_rows=None
-):
+    logp, old_logp, advantages, read, weight, norm, *, epsilon=0.2, epsilon_high=0.2, beta=0.0, ref_logp=None,
+    n_rows=None,
+):  # fmt: skip
     """Loss of draws computed together: logp, old_logp, ref_logp, read (K, B, G); weight (K, B);
     norm, advantages (B,); n_rows: the N of the 1/N (default B; more when rows were left out).
-    Returns (scalar loss, metrics summed over read tokens)."""
+    Returns (scalar loss, metrics summed over read tokens, as tensors: nothing is read to the host here, between
+    a forward and its backward)."""
     # tokens not read are zeroed before exp(): a -inf there (top-k truncation) must not make NaN
     logp, old_logp = logp.masked_fill(~read, 0.0), old_logp.masked_fill(~read, 0.0)
     per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], epsilon, epsilon_high)
@@ -79,14 +81,14 @@ def draw_loss(
         per_tok = per_tok + beta * kl
     scale = (weight / norm)[..., None] * read  # (K, B, G)
     loss = (per_tok * scale).sum() / (n_rows or logp.shape[-2])
-    n = read.sum()
-    metrics = {
-        "tokens": n.item(),
-        "clipped_low": (is_clipped & read & (ratio < 1)).sum().item(),  # ρ below 1 − ε with A < 0
-        "clipped_high": (is_clipped & read & (ratio > 1)).sum().item(),  # ρ above 1 + ε with A > 0
-        "kl": (kl * read).sum().item(),
-        "ratio_dev": ((ratio - 1).abs() * read).sum().item(),
-    }
+    with torch.no_grad():
+        metrics = {
+            "tokens": read.sum(),
+            "clipped_low": (is_clipped & read & (ratio < 1)).sum(),  # ρ below 1 − ε with A < 0
+            "clipped_high": (is_clipped & read & (ratio > 1)).sum(),  # ρ above 1 + ε with A > 0
+            "kl": (kl * read).sum(),
+            "ratio_dev": ((ratio - 1).abs() * read).sum(),
+        }
     return loss, metrics
 
 
@@ -146,11 +148,12 @@ def kept_rows(advantages, beta):
 
 
 def accumulate_gradients(
-    model, batches, it, epsilon, epsilon_high, beta, amp=contextlib.nullcontext, fill_to_ranks=None
+    model, batches, it, *, epsilon, epsilon_high, beta, amp=contextlib.nullcontext, fill_to_ranks=None
 ):
     """One inner iteration's gradient in .grad: for every micro-batch and draw j (or the draws that
     share a forward), the clipped loss of the tokens read and its backward, scaled by
-    1/micro-batches. Returns (loss, metrics). A last micro-batch without rows adds one zero-loss pass
+    1/micro-batches. Returns (loss, metrics), tensors summed on the model's device (train.update reads them once
+    a step). A last micro-batch without rows adds one zero-loss pass
     (`zero_loss`), so AdamW always sees a gradient, if only zeros; fill_to_ranks(passes, fill) (under
     torchrun, plumbing/ddp.passes_to_fill) gives the zero-loss passes that let ranks take part in each
     other's collectives."""
@@ -171,11 +174,13 @@ def accumulate_gradients(
             with amp():
                 logp = draws_logp(model, b.rollout, d, js, rows, chunk=len(rows))  # log π_θ(o_j | x_t)
                 loss, these = draw_loss(
-                    logp, old, adv, read, weight, norm, epsilon, epsilon_high, beta, ref, len(b.advantages)
-                )
+                    logp, old, adv, read, weight, norm, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta,
+                    ref_logp=ref, n_rows=len(b.advantages),
+                )  # fmt: skip
                 (loss * (1.0 / len(batches))).backward()
-            total += loss.item()
-            metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
+            # float64 sums on the device, as Python's float sums of the values read one by one would be
+            total = total + loss.detach().double()
+            metrics = {k: metrics.get(k, 0) + v.double() for k, v in these.items()}
         loss_sum += total / len(batches)
     for n in range(fill):
         model.require_backward_grad_sync = n == fill - 1

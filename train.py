@@ -214,7 +214,8 @@ def update(model, opt, batches, cfg, amp):
         grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
         loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
         metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
-    return loss_sum, metrics, grad_norm, skipped
+    values = logs.read_once({"loss": loss_sum, **metrics})  # the only read of the update's numbers, once a step
+    return values.pop("loss"), values, grad_norm, skipped
 
 
 def load_data(cfg, log):

@@ -145,7 +145,7 @@ def update(draws):
     with amp(args.device):
         old = [rollout.logp[None].expand(draws.x.shape[0], -1, -1)]
         batch = MicroBatch(rollout, [], None, None, None, advantages, rows, [draws], old, None)
-        accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+        accumulate_gradients(model, [batch], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
     for p in model.parameters():
         p.grad = None
 

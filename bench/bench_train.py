@@ -101,7 +101,7 @@ def update():
         draws, old, _ = prepare(model, rollout, "stepwise", args.mc_samples, 1, torch.Generator().manual_seed(2))
         rows = torch.arange(args.per_device_train_batch_size, device=args.device)
         batch = MicroBatch(rollout, [], None, None, None, advantages, rows, draws, old, None)
-        accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+        accumulate_gradients(model, [batch], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
     for p in model.parameters():
         p.grad = None
 

@@ -126,6 +126,8 @@ def selected_logits(model, ids, kw, at):
     # logits = head(final_norm(x)): selecting the final norm's output selects what the head projects
     # (kept 3-D, (1, N, D) for a mask: heads such as Dream's index the sequence axis)
     flat = torch.is_tensor(at)
+    # counted before the forward: a read after it would stall the device between the forward and its backward
+    expected = (int(at.sum()),) if flat else torch.empty(ids.shape, device="meta")[at].shape
     select = (lambda module, inputs, out: out[at][None]) if flat else (lambda module, inputs, out: out[at])
     handle = family_part(model, "final_norm").register_forward_hook(select)
     try:
@@ -133,7 +135,6 @@ def selected_logits(model, ids, kw, at):
     finally:
         handle.remove()
     logits = logits[0] if flat else logits
-    expected = (int(at.sum()),) if torch.is_tensor(at) else torch.empty(ids.shape, device="meta")[at].shape
     if logits.shape[:-1] != expected:
         name, got = type(bare).__name__, tuple(logits.shape)
         raise RuntimeError(

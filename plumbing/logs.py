@@ -55,6 +55,17 @@ def step_means(cfg, batches, loss, metrics, device, positions=0):
     return dict(zip(stats, mean_over_ranks([float(v) for v in stats.values()], device)))
 
 
+def read_once(values):
+    """{name: a number or a one-element tensor} as floats, every tensor read to the host in one transfer (a read
+    per value would wait for the device once each)."""
+    names = [k for k, v in values.items() if torch.is_tensor(v)]
+    read = {}
+    if names:
+        device = values[names[0]].device
+        read = dict(zip(names, torch.stack([values[k].detach().to(device, torch.float64) for k in names]).tolist()))
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
 def completion_rows(tok, step, batches):
     """One JSON row per completion of this rank: what log_completions_steps writes."""
     rows = []

@@ -247,7 +247,9 @@ def test_rows_with_zero_advantage_left_out_give_the_same_gradient(rollout_setup,
 
     def gradient(rows):
         model.zero_grad(set_to_none=True)
-        loss, _ = accumulate_gradients(model, [micro_batch(r, adv, draws, old, rows)], 0, 0.2, 0.2, 0.0)
+        loss, _ = accumulate_gradients(
+            model, [micro_batch(r, adv, draws, old, rows)], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0
+        )
         return loss, [p.grad.clone() for p in model.parameters()]
 
     (loss_kept, grad_kept), (loss_all, grad_all) = gradient(None), gradient(torch.arange(8))
@@ -270,7 +272,7 @@ def test_the_update_runs_one_forward_and_backward_per_micro_batch_and_draw(rollo
     )
     next(model.parameters()).register_hook(lambda g: backwards.__setitem__(0, backwards[0] + 1))  # once a backward
     batches = [micro_batch(r, adv, draws, old), micro_batch(r, adv, draws, old)]
-    accumulate_gradients(model, batches, 0, 0.2, 0.2, 0.0)
+    accumulate_gradients(model, batches, 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
     assert rows_seen == [7] * 6 and backwards[0] == 6  # 2 micro-batches × 3 draws, the 7 rows of nonzero A
 
 
@@ -281,7 +283,9 @@ def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = torch.zeros(8)
     draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(4))
-    loss, metrics = accumulate_gradients(model, [micro_batch(r, adv, draws, old)], 0, 0.2, 0.2, 0.0)
+    loss, metrics = accumulate_gradients(
+        model, [micro_batch(r, adv, draws, old)], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0
+    )
     assert loss == 0.0 and metrics == {}
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
@@ -306,3 +310,43 @@ def test_a_step_from_a_non_finite_gradient_is_not_taken(rollout_setup):
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     _, _, _, skipped = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
     assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero")  # what waits for the device
+
+
+def test_nothing_is_read_to_the_host_between_a_draws_forward_and_its_backward(rollout_setup, monkeypatch):
+    """A read between a forward and its backward (a metric's .item()) drains the GPU's queue before the backward
+    is queued: every draw's forward (model hook) to the start of its backward (a hook on the logits' gradient)
+    reads nothing, and update reads the step's loss and metrics once (logs.read_once), equal to the sums read
+    one by one."""
+    from plumbing import logs
+
+    _, _, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
+    draws, old, _ = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(4))
+    window, reads, passes = [False], [], [0]
+
+    def after_forward(module, args, output):
+        window[0], passes[0] = True, passes[0] + 1
+        output.logits.register_hook(lambda g: window.__setitem__(0, False))  # the first gradient of the backward
+
+    model.register_forward_hook(after_forward)
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, _name=name, **kw):
+            if window[0]:
+                reads.append(_name)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    batches = [micro_batch(r, adv, draws, old), micro_batch(r, adv, draws, old)]
+    loss, metrics = accumulate_gradients(model, batches, 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
+    assert passes[0] == 6 and reads == []
+    assert all(torch.is_tensor(v) for v in (loss, *metrics.values()))
+    monkeypatch.undo()
+    read = logs.read_once({"loss": loss, **metrics})
+    assert read == {"loss": loss.item(), **{k: v.item() for k, v in metrics.items()}}
+    assert all(type(v) is float for v in read.values())

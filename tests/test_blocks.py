@@ -162,7 +162,7 @@ def test_the_update_on_packed_draws_is_the_update_draw_by_draw(prompts_and_eos, 
             [old],
             None,
         )
-        loss, metrics = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+        loss, metrics = accumulate_gradients(model, [batch], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
         return loss, metrics, [p.grad.clone() for p in model.parameters()]
 
     one_by_one = dataclasses.replace(draws, blockwise=False)  # a draw that is not blockwise is its own forward

@@ -522,7 +522,7 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     batch = MicroBatch(
         r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None
     )
-    loss, _ = accumulate_gradients(model, [batch], 0, 0.2, 0.2, 0.0)
+    loss, _ = accumulate_gradients(model, [batch], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)
     assert math.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert tok.decode(comp[1].tolist(), skip_special_tokens=True) == ""
