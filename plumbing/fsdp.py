@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -36,6 +37,35 @@ def shard(model, mixed_precision):
     for layer in family_part(model, "layers"):
         fully_shard(layer, mp_policy=policy)
     fully_shard(unwrap(model), mp_policy=policy)  # the root every forward runs through (peft's wrapper calls it)
+    return model
+
+
+def shard_from_rank0(model, whole, device, mixed_precision):
+    """Shard `model`, built on the meta device, in place and fill each rank's part from `whole`: rank 0's
+    model as loaded, with the same modules (None on the other ranks). Rank 0 sends one tensor at a
+    time, so no other rank ever holds more than one whole tensor; every tensor takes the dtype it was
+    loaded in, and the buffers, those outside the state dict too (a rotary table), are rank 0's."""
+    import torch.distributed as dist
+
+    dtypes = [None]
+    if whole is not None:
+        dtypes = [{n: t.dtype for n, t in [*whole.named_parameters(), *whole.named_buffers()]}]
+    dist.broadcast_object_list(dtypes, src=0)
+    with torch.no_grad():  # .data: a tied parameter stays one parameter
+        for prefix, module in model.named_modules():
+            for key, t in [*module._parameters.items(), *module._buffers.items()]:
+                dtype = dtypes[0].get(f"{prefix}.{key}".lstrip("."))
+                if t is not None and dtype not in (None, t.dtype):
+                    t.data = t.data.to(dtype)
+    shard(model, mixed_precision)
+    model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole.state_dict() if whole is not None else {}, options=options)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if whole is not None:
+                b.copy_(whole.get_buffer(name))
+            dist.broadcast(b, src=0)
     return model
 
 
