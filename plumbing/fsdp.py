@@ -2,6 +2,8 @@
 holds 1/world of the weights, gradients and AdamW moments, and a transformer layer's weights are
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
+- at load only rank 0 reads the weights: every rank builds the model on the meta device, shards it
+  and receives its part from rank 0 one tensor at a time (shard_from_rank0);
 - training forwards and backwards are collectives (a layer's all-gather, its gradients'
   reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients adds the
   zero-loss passes ddp.passes_to_fill counts);

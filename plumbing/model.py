@@ -80,6 +80,7 @@ def load(
     if getattr(model.config, "fuse_cross_entropy", False):  # SDAR's: a fused loss returns no logits in train mode
         model.config.fuse_cross_entropy = False
     if empty:
+        model.tie_weights()  # as from_pretrained does after building: no init ran to tie them
         return model, tok
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
