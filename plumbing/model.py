@@ -44,17 +44,10 @@ def load(
     refuses, in one line, a model whose code is its own files (`auto_map`) rather than transformers'.
     empty: the model's modules with every parameter on the meta device (no weight read, none allocated,
     nothing run): what a rank builds under FSDP before its part of the weights arrives (fsdp.shard_from_rank0)."""
-    from transformers.integrations.accelerate import init_empty_weights
-    from transformers.modeling_utils import no_init_weights
-
-    # from_pretrained builds its modules the same way before it reads the weights
-    building = contextlib.ExitStack()
-    if empty:
-        building.enter_context(no_init_weights())
-        building.enter_context(init_empty_weights())
     if name_or_path in EMBEDDED:
         tok = tiny_llada.build_tokenizer()
         config_class, model_class = EMBEDDED[name_or_path]
+        building = empty_modules() if empty else contextlib.nullcontext()
         with torch.random.fork_rng(devices=[]), building:  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
             config = config_class(
@@ -62,7 +55,7 @@ def load(
             )
             model = model_class(config)
     else:
-        model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code, building if empty else None)
+        model, tok = _from_pretrained(name_or_path, dtype, trust_remote_code, empty)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
         mask_id = family_of(model).mask_id if mask_id is None else mask_id
@@ -174,9 +167,19 @@ def missing_model_files(folder):
     return None
 
 
-def _from_pretrained(name_or_path, dtype, trust_remote_code=True, empty=None):
-    """The model and tokenizer of a folder or hub id; empty (a context that builds on the meta device): the
-    model from its config alone, no weight read."""
+@contextlib.contextmanager
+def empty_modules():
+    """Modules built with every parameter on the meta device and no init run, as from_pretrained builds
+    them before it reads the weights (a parameter its code puts on a device by name too)."""
+    from transformers.integrations.accelerate import init_empty_weights
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights(), init_empty_weights():
+        yield
+
+
+def _from_pretrained(name_or_path, dtype, trust_remote_code=True, empty=False):
+    """The model and tokenizer of a folder or hub id; empty: the model from its config alone (empty_modules)."""
     import transformers
 
     problem = model_path_error(name_or_path)
@@ -187,8 +190,8 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True, empty=None):
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         auto_class = getattr(transformers, family_of_config(config).auto_class)  # the class whose forward gives logits
         tok = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        if empty is not None:
-            with empty:
+        if empty:
+            with empty_modules():
                 model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
         else:
             model = auto_class.from_pretrained(

@@ -6,7 +6,8 @@ what it saw:
     torchrun --nproc_per_node 2 tests/fsdp_loading.py OUT MODEL [MODEL ...]   # OUT/rank{r}.json
 
 For each model: full fine-tuning with a reference copy (β > 0), and LoRA with checkpointing. The
-embedded model's layers are given two buffers here, a rotary table outside the state dict and one in it;
+embedded model's layers are given two buffers here, a rotary table outside the state dict and one in it,
+and a projection its code creates on the CPU by name (as LLaDA's code does);
 MODEL "tiny_tied" is the embedded model with its head tied to its embeddings (as some small models have it).
 """
 
@@ -29,6 +30,7 @@ plain_block_init = tiny_llada.Block.__init__
 
 def block_with_buffers(self, c):
     plain_block_init(self, c)
+    self.q_proj = torch.nn.Linear(c.d_model, c.d_model, bias=False, device="cpu")  # placed by name, as LLaDA's are
     D = c.d_model // c.n_heads
     self.register_buffer("inv_freq", 1.0 / c.rope_theta ** (torch.arange(0, D, 2).float() / D), persistent=False)
     self.register_buffer("scale", torch.linspace(0.5, 1.5, D), persistent=True)
