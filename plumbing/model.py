@@ -253,6 +253,7 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
 
 
 def with_lora(model, lora, targets, on_cuda):
+    """add_lora with lora = (r, α, ...); targets that match no module stop in one line naming the key."""
     try:
         return add_lora(model, lora[0], lora[1], targets, under_autocast=on_cuda)
     except ValueError as e:  # peft: no module of the model matches the targets
