@@ -2,6 +2,8 @@
 holds 1/world of the weights, gradients and AdamW moments, and a transformer layer's weights are
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
+- at load only rank 0 reads the weights: every rank builds the model on the meta device, shards it
+  and receives its part from rank 0 one tensor at a time (shard_from_rank0);
 - training forwards and backwards are collectives (a layer's all-gather, its gradients'
   reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients adds the
   zero-loss passes ddp.passes_to_fill counts);
@@ -18,6 +20,7 @@ import contextlib
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -34,6 +37,35 @@ def shard(model, mixed_precision):
     for layer in family_part(model, "layers"):
         fully_shard(layer, mp_policy=policy)
     fully_shard(unwrap(model), mp_policy=policy)  # the root every forward runs through (peft's wrapper calls it)
+    return model
+
+
+def shard_from_rank0(model, whole, device, mixed_precision):
+    """Shard `model`, built on the meta device, in place and fill each rank's part from `whole`: rank 0's
+    model as loaded, with the same modules (None on the other ranks). Rank 0 sends one tensor at a
+    time, so no other rank ever holds more than one whole tensor; every tensor takes the dtype it was
+    loaded in, and the buffers, those outside the state dict too (a rotary table), are rank 0's."""
+    import torch.distributed as dist
+
+    dtypes = [None]
+    if whole is not None:
+        dtypes = [{n: t.dtype for n, t in [*whole.named_parameters(), *whole.named_buffers()]}]
+    dist.broadcast_object_list(dtypes, src=0)
+    with torch.no_grad():  # .data: a tied parameter stays one parameter
+        for prefix, module in model.named_modules():
+            for key, t in [*module._parameters.items(), *module._buffers.items()]:
+                dtype = dtypes[0].get(f"{prefix}.{key}".lstrip("."))
+                if t is not None and dtype not in (None, t.dtype):
+                    t.data = t.data.to(dtype)
+    shard(model, mixed_precision)
+    model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole.state_dict() if whole is not None else {}, options=options)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if whole is not None:
+                b.copy_(whole.get_buffer(name))
+            dist.broadcast(b, src=0)
     return model
 
 

@@ -11,6 +11,7 @@ load through the same `from_pretrained(..., trust_remote_code=True)` path (the f
 the embedded model exercise the path LLaDA-8B takes.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -44,23 +45,28 @@ EMBEDDED = {  # the embedded model at a seeded random init, in each convention a
 }
 
 
-def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True):
+def load(
+    name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_overrides=None, trust_remote_code=True, empty=False
+):
     """Return (model, tokenizer). The tokenizer carries `mask_token_id` and `eos_token_id`, and
     `tokenizer.eos_ids` the ids that end a completion (end_ids). dtype None keeps the weights' own.
     trust_remote_code=False refuses, in one line, a model whose code is its own files (`auto_map`) rather than
-    transformers'."""
+    transformers'. empty: the model's modules with every parameter on the meta device (no weight read, none
+    allocated, nothing run): what a rank builds under FSDP before its part of the weights arrives
+    (fsdp.shard_from_rank0)."""
     generation_eos = None  # generation_config.json's eos_token_id
     if name_or_path in EMBEDDED:
         tok = tiny_llada.build_tokenizer()
         config_class, model_class = EMBEDDED[name_or_path]
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        building = empty_modules() if empty else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), building:  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
             config = config_class(
                 **{"vocab_size": len(tok), "mask_token_id": tok.mask_token_id} | (tiny_overrides or {})
             )
             model = model_class(config)
     else:
-        model, tok, generation_eos = _from_pretrained(name_or_path, dtype, trust_remote_code)
+        model, tok, generation_eos = _from_pretrained(name_or_path, dtype, trust_remote_code, empty)
     if tok.mask_token_id is None:  # LLaDA's tokenizer declares no mask token; its config has the id
         mask_id = getattr(model.config, "mask_token_id", None)
         mask_id = family_of(model).mask_id if mask_id is None else mask_id
@@ -75,6 +81,9 @@ def load(name_or_path="tiny", *, device="cpu", dtype=None, seed=0, tiny_override
     family_of(model)  # an architecture the code does not know stops here
     if getattr(model.config, "fuse_cross_entropy", False):  # SDAR's: a fused loss returns no logits in train mode
         model.config.fuse_cross_entropy = False
+    if empty:
+        model.tie_weights()  # as from_pretrained does after building: no init ran to tie them
+        return model, tok
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     check_compatible(model, tok)
     model.honours_padding_mask = probe_padding_mask(model, tok.pad_token_id)
@@ -223,7 +232,19 @@ def missing_model_files(folder):
     return None
 
 
-def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
+@contextlib.contextmanager
+def empty_modules():
+    """Modules built with every parameter on the meta device and no init run, as from_pretrained builds
+    them before it reads the weights (a parameter its code puts on a device by name too)."""
+    from transformers.integrations.accelerate import init_empty_weights
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights(), init_empty_weights():
+        yield
+
+
+def _from_pretrained(name_or_path, dtype, trust_remote_code=True, empty=False):
+    """The model and tokenizer of a folder or hub id; empty: the model from its config alone (empty_modules)."""
     import transformers
 
     problem = model_path_error(name_or_path)
@@ -234,9 +255,13 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True):
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         auto_class = getattr(transformers, family_of_config(config).auto_class)  # the class whose forward gives logits
         tok = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = auto_class.from_pretrained(
-            name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
-        )
+        if empty:
+            with empty_modules():
+                model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            model = auto_class.from_pretrained(
+                name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=dtype or "auto"
+            )
         generation_eos = generation_config_eos(name_or_path)
     # no such hub id, no network, a file missing or damaged (safetensors and tokenizers raise their own
     # types), a tokenizer transformers cannot map to the config's class, remote code needing a package
@@ -288,8 +313,9 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     for the family's), r = 0 for full fine-tuning. Under DDP rank 0 loads first, so a hub model's
     remote code is fetched once, then the other ranks load it. With LoRA the reference policy is the
     model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. sharded (FSDP):
-    loaded on the CPU (float32 on CUDA: the master weights), then each rank keeps its part on its
-    device (fsdp.py). A model or target list that cannot be used raises ValueError naming the key."""
+    only rank 0 reads the weights (on the CPU; float32 on CUDA: the master weights); every rank builds
+    the model with no weights, shards it and receives its part from rank 0 (sharded_policy). A model or
+    target list that cannot be used raises ValueError naming the key."""
     import torch.distributed as dist
 
     on_cuda = device.startswith("cuda")
@@ -297,7 +323,7 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     for turn in range(2 if distributed else 1):
         if (turn == 0) == master:
             try:
-                model, tok = load(name, **where)
+                model, tok = load(name, **where) if master or not sharded else load(name, empty=True)
             except ValueError as e:
                 raise ValueError(f"--model_name_or_path: {e}") from None
         if distributed:
@@ -305,21 +331,56 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     lora_r, lora_alpha, lora_targets = lora
     lora_targets = tuple(lora_targets or family_of(model).lora_targets)  # by name: a checkpoint records them
     if lora_r > 0:
-        try:
-            model = add_lora(model, lora_r, lora_alpha, lora_targets, under_autocast=device.startswith("cuda"))
-        except ValueError as e:  # peft: no module of the model matches the targets
-            raise ValueError(f"--lora_target_modules={lora_targets}: {first_line(e)}") from None
+        model = with_lora(model, lora, lora_targets, on_cuda)
+    if sharded:
+        model, ref_model = sharded_policy(name, model, master, lora, lora_targets, gradient_checkpointing, beta, device)
+    else:
+        model, ref_model = with_reference(model, lora_r, gradient_checkpointing, beta)
+    if compile:
+        compile_layers(model)
+    return model, tok, ref_model, lora_targets
+
+
+def with_lora(model, lora, targets, on_cuda):
+    """add_lora with lora = (r, α, ...); targets that match no module stop in one line naming the key."""
+    try:
+        return add_lora(model, lora[0], lora[1], targets, under_autocast=on_cuda)
+    except ValueError as e:  # peft: no module of the model matches the targets
+        raise ValueError(f"--lora_target_modules={targets}: {first_line(e)}") from None
+
+
+def with_reference(model, lora_r, gradient_checkpointing, beta):
+    """(π_θ with checkpointing set, π_ref or None): π_θ with its adapters disabled, else a frozen copy."""
     if gradient_checkpointing:
         set_gradient_checkpointing(model)
     ref_model = None
     if beta > 0:
         ref_model = model if lora_r > 0 else copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-    if sharded:
-        for m in {id(m): m for m in (model, ref_model) if m is not None}.values():
-            fsdp.shard(m, mixed_precision=on_cuda)
-    if compile:
-        compile_layers(model)
-    return model, tok, ref_model, lora_targets
+    return model, ref_model
+
+
+def sharded_policy(name, loaded, master, lora, lora_targets, gradient_checkpointing, beta, device):
+    """(π_θ, π_ref or None), sharded over the ranks, from what each rank loaded (with its LoRA adapters):
+    the whole model on rank 0, the model on the meta device on the others. Rank 0 builds the meta model
+    too; every rank sets checkpointing and copies the reference from it (a copy of nothing), shards
+    them, and rank 0 sends each tensor in turn (fsdp.shard_from_rank0): only rank 0 holds the whole
+    model on its host. The ranks end as loading the whole model on every rank left them: the same
+    parts, buffers and RNG state (tests/fsdp_loading.py)."""
+    import torch.distributed as dist
+
+    whole, model = (loaded, None) if master else (None, loaded)
+    if master:
+        with torch.random.fork_rng(devices=[]):  # the RNG as the whole model's adapters left it, as on the others
+            model, _ = load(name, empty=True)
+            if lora[0] > 0:
+                model = with_lora(model, lora, lora_targets, device.startswith("cuda"))
+    model, ref_model = with_reference(model, lora[0], gradient_checkpointing, beta)
+    facts = [(unwrap(whole).honours_padding_mask, unwrap(whole).weights_digest) if master else None]
+    dist.broadcast_object_list(facts, src=0)  # what rank 0 measured on the whole model
+    for m in {id(m): m for m in (model, ref_model) if m is not None}.values():
+        unwrap(m).honours_padding_mask, unwrap(m).weights_digest = facts[0]
+        fsdp.shard_from_rank0(m, whole, device, mixed_precision=device.startswith("cuda"))
+    return model, ref_model
 
 
 def add_lora(model, rank, alpha, targets=(), under_autocast=False):

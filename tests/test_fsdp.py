@@ -63,6 +63,30 @@ def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
         assert 0 < r["diff"] < 0.5, r
 
 
+def test_sharded_loading_reads_the_weights_on_rank_0_only(tmp_path):
+    """--fsdp's loading (rank 0 reads the weights; each rank builds the model on the meta device, shards it
+    and receives its part) gives every rank the parts, buffers (one outside the state dict), reference copy,
+    RNG state and load-time facts that loading the whole model on every rank gave, bit for bit: the embedded
+    model, with its head tied to its embeddings and a model folder, full fine-tuning at β > 0 and LoRA; and
+    CUDA's float32 master weights of a model built in bf16. No rank holds a real weight when it shards;
+    only rank 0 loads the whole model."""
+    models = ["tiny", "tiny_tied", "models/tiny-countdown"]
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/fsdp_loading.py", str(tmp_path), *models]
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    for rank, rows in enumerate(ranks):
+        for row, (name, setting) in zip(rows, [(m, s) for m in models for s in ("full", "lora")]):
+            assert row["policy_equal"] and row["ref_equal"] and row["logits_equal"], (rank, name, setting, row)
+            assert row["rng_equal"] and row["facts_equal"], (rank, name, setting, row)
+            assert row["ref_is_policy"] == (setting == "lora"), row
+            assert row["buffers"] == (["inv_freq", "scale"] if name.startswith("tiny") else []), row
+            assert row["head_tied"] == (name == "tiny_tied"), row
+            assert row["bytes_at_shard"] == 0 and row["whole_loads"] == (rank == 0), row
+            assert row["local_bytes"] * 2 == row["whole_bytes"], row  # each rank holds its half
+        assert rows[-1] == {"float32_equal": True, "dtypes": ["torch.float32"]}, rows[-1]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
