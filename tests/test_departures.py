@@ -127,3 +127,25 @@ def test_one_step_divides_each_row_by_its_own_tokens_through_the_first_eos(tiny)
     advantages, norm = torch.tensor([1.0, 2.0]), torch.tensor([4.0, 2.0])
     loss, _ = draw_loss(zeros, zeros, advantages, read, torch.ones(1, 2), norm)
     assert loss.item() == pytest.approx(-(1.0 * 4 / 4 + 2.0 * 2 / 2) / 2)  # the mean of per-row means, not Σ/6
+
+
+def test_adamw_decays_every_trained_tensor():
+    """One parameter group at weight decay 0.01, norm weights included (the release's Trainer exempts them)."""
+    from plumbing.optim import make_optimizer
+
+    model, _ = load("tiny")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, _ = make_optimizer(1e-3, params, 10)
+    norms = [p for n, p in model.named_parameters() if "norm" in n]
+    assert norms and len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.01
+    assert {id(p) for p in norms} <= {id(p) for p in opt.param_groups[0]["params"]}
+
+
+def test_training_prompts_are_one_stream_over_the_epochs():
+    """A step's prompts that reach past an epoch's end continue with the next epoch's permutation: none dropped."""
+    from plumbing.data import prompt_items
+
+    items = [{"i": i} for i in range(10)]
+    epoch0, epoch1 = prompt_items(items, 0, 10, seed=0), prompt_items(items, 10, 10, seed=0)
+    assert prompt_items(items, 8, 4, seed=0) == epoch0[8:] + epoch1[:2]
+    assert sorted(x["i"] for x in epoch0) == sorted(x["i"] for x in epoch1) == list(range(10))
