@@ -145,7 +145,7 @@ def test_sharded_equals_one_process(tmp_path):
     [
         (["--models=('runs/no_such_run',)", "--labels=()"], "no_such_run does not exist"),
         (["--models=('/tmp/nothing/checkpoint-1',)", "--labels=()"], "checkpoint-1 does not exist"),
-        (["--task=chess", *TINY], "task='chess' does not exist"),
+        (["--task=chess", *TINY], "--task='chess' must be one of countdown | gsm8k | math | sudoku"),
         (["--sampling_steps=(3,)", *TINY], "steps=3 must be a positive multiple"),
         (["--block_length=5", *TINY], "block_length=5 must divide"),
         (["--labels=('a',)", "--models=('tiny','tiny')"], "--labels has 1 names for 2 models"),

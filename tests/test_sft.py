@@ -125,7 +125,7 @@ def test_sft_script_writes_a_model_folder_and_its_record(tmp_path):
     )
     assert (
         bad.returncode != 0
-        and "a task with a generator and solutions" in bad.stderr
+        and "--task='gsm8k' must be one of countdown | sudoku" in bad.stderr
         and len(bad.stderr.strip().splitlines()) == 1
     )
 
