@@ -160,7 +160,7 @@ def test_biased_estimators_run_and_are_biased(setup, name):
         assert (est.mean(0) < exact).all()  # a lower bound, here far below
 
 
-@pytest.mark.parametrize("name", ["stepwise", "elbo", "one_step"])
+@pytest.mark.parametrize("name", likelihood.ESTIMATORS)
 def test_estimate_does_not_depend_on_k(setup, name):
     """Σ weight · log p estimates the same quantity (log π(o), or the ELBO) whatever k is: draws
     are averaged, not summed, so every estimator's loss has one scale and meets max_grad_norm alike."""
@@ -179,7 +179,7 @@ def test_estimate_does_not_depend_on_k(setup, name):
 
 def test_draws_share_masks_and_are_seeded(setup):
     _, tok, r = setup
-    for name in ("stepwise", "elbo", "one_step"):
+    for name in likelihood.ESTIMATORS:
         a = make_draws(name, r, 4, torch.Generator().manual_seed(5))
         b = make_draws(name, r, 4, torch.Generator().manual_seed(5))
         assert torch.equal(a.x, b.x) and torch.equal(a.read, b.read) and torch.equal(a.weight, b.weight)
