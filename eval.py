@@ -25,7 +25,6 @@ memory is refused before it is allocated.
 """
 
 import json
-import math
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ from plumbing.eval_settings import eval_settings, held_out_decoding, row_decodin
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.logits import computes_in_float32
 from plumbing.model import load
+from plumbing.stats import mean_se, paired_change
 from rewards import extract_answer
 from sample import UNMASKING, decode_completions, generate
 
@@ -162,27 +162,6 @@ def item_accuracies(model, tok, cfg, items, rank=0, world=1, label="eval"):
     batches = dict(batch_size=cfg.per_device_train_batch_size, rank=rank, world=world, desc=label)
     records = evaluate(model, tok, cfg.task, items, **held_out_decoding(vars(cfg)), **form, **batches)
     return [r["accuracy"] for r in records]
-
-
-def standard_error(values):
-    """s/√n with the sample standard deviation (n − 1); 0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
-def mean_se(values):
-    """(mean, standard error) of per-item scores."""
-    return sum(values) / len(values), standard_error(values)
-
-
-def paired_change(before, after):
-    """(mean before, mean after, standard error of the mean change): per-item scores of the same items, so
-    the error is that of the per-item differences, in which each item's own difficulty cancels."""
-    change = [a - b for a, b in zip(after, before, strict=True)]
-    return sum(before) / len(before), sum(after) / len(after), standard_error(change)
 
 
 def summarize(records):

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
-from eval import item_accuracies, mean_se
+from eval import item_accuracies
 from likelihood import ESTIMATORS, SCHEMES
 from plumbing import data, ddp, lifecycle, logs, optim, watch
 from plumbing.configurator import configure
@@ -32,6 +32,7 @@ from plumbing.fsdp import gathered
 from plumbing.logits import count_positions
 from plumbing.model import declared_block_size, load_policy, model_path_error, shipped
 from plumbing.outdir import weights_bytes
+from plumbing.stats import mean_se
 from sample import UNMASKING, check_settings, decode_completions, generate
 
 # --- config

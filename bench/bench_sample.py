@@ -167,7 +167,7 @@ if args.model_shape == "tiny" and args.thresholds:
     print("# batch 100; tok/s counts all L completion positions decoded (EOS padding included)")
     print("| decoding | forward passes per row | seconds | completion tok/s | accuracy (%) ± SE |")
     print("|---|---:|---:|---:|---:|")
-    from eval import standard_error  # noqa: E402
+    from plumbing.stats import standard_error  # noqa: E402
 
     for m, tau in [(4, None), (8, None), (16, None), *((None, t) for t in args.thresholds)]:
         how = dict(unmasking="threshold", threshold=tau, sampling_steps=G) if tau else dict(sampling_steps=m)

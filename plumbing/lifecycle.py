@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from eval import mean_se, paired_change
 from plumbing import checkpoint, ddp, logs, outdir, restore, watch
 from plumbing.errors import ConfigError, config_errors
 from plumbing.model import resolved
+from plumbing.stats import mean_se, paired_change
 
 RUN_FILES = ("log.jsonl", "completions.jsonl", "final.json", "curves.png")  # what a run writes beside its checkpoints
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 import warm
 
-from eval import paired_change, standard_error
 from plumbing import checkpoint, restore
 from plumbing.families import FAMILIES
 from plumbing.logits import forward_logits
 from plumbing.model import add_lora, load, save
+from plumbing.stats import paired_change, standard_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--max_completion_length=(16,)", "--task=countdown"]
