@@ -1,4 +1,5 @@
-"""The tasks, one file each: `--task=NAME` runs tasks/NAME.py. A task file defines
+"""The tasks, one file each: `--task=NAME` runs tasks/NAME.py (`_template.py`, a minimal working one, is the file
+to copy for a new task; a name starting with "_" is not a task). A task file defines
 
     SYSTEM_PROMPT                 its own system turn (`system_prompt = "task"`)
     question(item, compact)       the user turn's text of an item
