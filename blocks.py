@@ -1,5 +1,5 @@
 """Blocks: where each row's diffusion blocks lie, and for block-diffusion models (SDAR, TraDo, the embedded
-tiny_block) the block-causal attention and its two exact shortcuts (ALGORITHM.md §6 shows why they are exact):
+tiny_block) the two exact shortcuts of block-causal attention (ALGORITHM.md §6 shows why they are exact):
 a KV cache of the finished blocks during a rollout, and every sampled step's state in one packed forward of
 P + G + k·b positions, [prompt ; o ; copy_1 ; … ; copy_k] with copy_i = x_{t_i} in block b(t_i).
 
@@ -8,32 +8,13 @@ completion token. A block model is decoded, trained and scored in its own layout
 blocks of b from the row's first real token, so the prompt's last P mod b tokens share the first decoded
 block, and the last block is decoded whole (up to b − 1 positions past G). Under left padding each row has its
 own offset: `canvas` lays the rows out so that their blocks start at the same columns, `completion_columns`
-reads the completions back. The model is called with SDAR's arguments: a (B, 1, Q, K) bool attention mask,
-position_ids counted from each row's first real token, past_key_values and store_kv.
+reads the completions back. The model is called with SDAR's arguments, its block-causal mask and positions
+counted from each row's first real token (plumbing/block_attention.py).
 """
 
 import torch
 
-
-def positions(attention_mask):
-    """(B, L) position of each token counted from its row's first real token (left padding: 0)."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-
-
-def block_of(attention_mask, size):
-    """(B, L) the block of each position, counted from its row's first real token; -1 on left padding."""
-    real = attention_mask.long().cumsum(1) - 1
-    return torch.where(real >= 0, real // size, -1)
-
-
-def causal_mask(attention_mask, size):
-    """(B, 1, L, L) bool, True = may attend: a position sees its own block and the blocks before it, padding
-    (attention_mask 0) is never a key, and every position sees itself (a padded query attends to something:
-    no NaN)."""
-    L = attention_mask.shape[1]
-    index = block_of(attention_mask, size)
-    allowed = (index[:, None, :] <= index[:, :, None]) & attention_mask.bool()[:, None, :]
-    return (allowed | torch.eye(L, dtype=torch.bool, device=allowed.device))[:, None]
+from plumbing.block_attention import block_of, causal_mask, positions
 
 
 def canvas(prompt_ids, attention_mask, completion_length, b, from_row_start, mask_id, fill_id):
@@ -69,16 +50,6 @@ def completion_width(tail, G, b):
 def completion_columns(first, tail, width):
     """(B, width) the canvas column of each row's completion positions (the sampler reads them back)."""
     return first + tail[:, None] + torch.arange(width, device=tail.device)
-
-
-def cached_inputs(ids, attention_mask, lo, hi, cache, size, store=False):
-    """The model arguments that run columns [lo, hi) of `ids` over a cache holding [0, lo): block-causal in
-    blocks of `size` among themselves (lo on a block boundary of every row), seeing every real cached
-    position; lo = 0 is the prompt's prefill. `store` appends their keys and values to the cache."""
-    prefix = attention_mask[:, :lo].bool()[:, None, None, :].expand(-1, 1, hi - lo, -1)
-    mask = torch.cat([prefix, causal_mask(attention_mask[:, lo:hi], size)], -1)
-    call = dict(attention_mask=mask, position_ids=positions(attention_mask[:, :hi])[:, lo:], past_key_values=cache)
-    return ids[:, lo:hi], call | dict(store_kv=store)
 
 
 def packed_states(ids, attention_mask, x, read, prompt_length, size):

@@ -42,7 +42,7 @@ from plumbing.logits import computes_in_float32
 from plumbing.model import load
 from plumbing.stats import mean_se, paired_change
 from rewards import extract_answer
-from sample import UNMASKING, decode_completions, generate
+from sample import UNMASKING, check_settings, decode_completions, generate
 
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
@@ -231,7 +231,9 @@ def write_results(cfg, rows, samples, names, items, sources, partial=""):
 
 
 def main():
-    cfg, specs, grid, system, sources = eval_settings(__file__, sys.argv[1:], RANGES, CHOICES)
+    cfg, specs, grid, system, sources = eval_settings(
+        __file__, sys.argv[1:], RANGES, CHOICES, check_decoding=check_settings
+    )
     names = list(cfg["labels"]) or list(cfg["models"])
 
     distributed, rank, world, device = ddp.init_processes()

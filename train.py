@@ -21,9 +21,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from agrpo import MicroBatch, accumulate_gradients, group_advantages, kept_rows, prepare
+from agrpo import MicroBatch, accumulate_gradients, equal_groups, group_advantages, kept_rows, prepare
 from eval import item_accuracies
-from likelihood import ESTIMATORS, SCHEMES
+from likelihood import ESTIMATORS, SCHEMES, completion_mask
 from plumbing import data, ddp, lifecycle, logs, optim, watch
 from plumbing.configurator import configure
 from plumbing.errors import ConfigError, config_errors
@@ -327,7 +327,9 @@ def main():
                 lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate.")
 
             # 3. log: means over every rank's completions
-            row = logs.step_means(cfg, batches, loss, metrics, run.device, positions[0])
+            read = dict(in_text=[completion_mask(b.rollout) for b in batches])  # the tokens a reward reads
+            read["equal_groups"] = [equal_groups(b.rewards, cfg.num_generations) for b in batches]  # advantage 0
+            row = logs.step_means(cfg, batches, loss, metrics, run.device, positions[0], **read)
             row.update(step=step + 1, grad_norm=grad_norm, lr=sched.get_last_lr()[0], seconds=time.time() - t0)
             row.update(skipped=skipped, nonfinite_total=nonfinite["total"])
             if cfg.eval_every and test_items and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:

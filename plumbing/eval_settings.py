@@ -8,7 +8,6 @@ import sys
 from plumbing import checkpoint, data, outdir, restore
 from plumbing.configurator import configure, declared, preset_values
 from plumbing.errors import ConfigError, config_errors
-from sample import check_settings
 
 # the keys of a training run's config that decide how its model is evaluated (eval.py has the same names)
 RUN_SETTINGS = (
@@ -98,8 +97,9 @@ def settings_line(cfg, sources, given):
     return "; ".join(f"from {source}: {', '.join(kv)}" for source, kv in where.items())
 
 
-def eval_settings(script, argv, ranges, choices):
+def eval_settings(script, argv, ranges, choices, *, check_decoding):
     """(cfg, the models as (kind, path), the (G, m, τ) grid, the system turn's text, the settings line).
+    check_decoding: the sampler's own check of its settings (sample.check_settings), run on each row of the grid.
     A positional argument is a preset: of eval.py's own keys (applied as if given on the command line), or else
     a training preset (the settings its run decided, as a checkpoint's, and its base and run as the models)."""
     files = {a: preset_values(a) for a in argv if not a.startswith("-")}  # each preset's values, read once
@@ -131,7 +131,7 @@ def eval_settings(script, argv, ranges, choices):
         sys.exit(0)
     check(cfg)
     restore.check_base(cfg["base_model"] if "base_model" in given else None)  # "" is the default: no base named
-    grid = step_grid(cfg)
+    grid = step_grid(cfg, check_decoding)
     outdir.claim(cfg["output_dir"], "the results")  # before any model is loaded
     with config_errors():  # a recorded system turn is its text; otherwise "task", a .txt file, or the text
         recorded = sources.get("system_prompt") in [spec for kind, spec in specs if kind == "checkpoint"]
@@ -167,10 +167,11 @@ def check(cfg):
         raise ConfigError(f"--{key}={names!r} names a model twice: give each its own label")
 
 
-def step_grid(cfg):
-    """(G, m, τ): fixed steps m (τ None), or threshold τ with at most m steps; every one is checked against
-    the sampler before any model is loaded. With unmasking low_confidence or random, the fixed rows and one
-    row per τ at m = G (at least one position a step); with unmasking threshold, each τ at each m."""
+def step_grid(cfg, check_decoding):
+    """(G, m, τ): fixed steps m (τ None), or threshold τ with at most m steps; every one is checked by
+    check_decoding (the sampler's check) before any model is loaded. With unmasking low_confidence or random,
+    the fixed rows and one row per τ at m = G (at least one position a step); with unmasking threshold, each τ
+    at each m."""
     if cfg["unmasking"] == "threshold" and not cfg["thresholds"]:
         raise ConfigError("--unmasking=threshold decodes by --thresholds, which is empty: give one, e.g. (0.9,)")
     grid = []
@@ -182,7 +183,7 @@ def step_grid(cfg):
             rows = [(G, m, None) for m in dict.fromkeys(counts)] + [(G, None, tau) for tau in cfg["thresholds"]]
         for row in rows:
             try:
-                check_settings(**row_decoding(cfg, *row))
+                check_decoding(**row_decoding(cfg, *row))
             except ValueError as e:
                 raise ConfigError(f"completion length {G}, {row[1] or G} steps: {e}") from None
         grid += rows

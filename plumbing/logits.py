@@ -9,7 +9,7 @@ every forward runs.
 
 import torch
 
-import blocks
+from plumbing.block_attention import cached_inputs, causal_mask, positions
 from plumbing.families import block_size, family_of, family_part, unwrap
 
 
@@ -68,8 +68,7 @@ def _padded_logits(model, ids, attention_mask, at):
     bidirectional), and positions counted from each row's first token."""
     if size := block_size(model):
         attention_mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-        mask, positions = blocks.causal_mask(attention_mask, size), blocks.positions(attention_mask)
-        call = dict(attention_mask=mask, position_ids=positions)
+        call = dict(attention_mask=causal_mask(attention_mask, size), position_ids=positions(attention_mask))
         return selected_logits(model, ids, call, at)
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
     if pads is None or not bool(pads.any()):
@@ -166,7 +165,7 @@ def cache_rows(cache, index):
 
 def cached_logits(model, x, attn, lo, hi, cache, store=False):
     """Logits of columns [lo, hi) run over a cache of [0, lo) (none when storing them)."""
-    ids, kw = blocks.cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
+    ids, kw = cached_inputs(x, attn, lo, hi, cache, block_size(model), store)
     return selected_logits(model, ids, kw, (slice(None), slice(0 if store else None)))
 
 

@@ -9,8 +9,6 @@ import os
 
 import torch
 
-from agrpo import equal_groups
-from likelihood import completion_mask
 from plumbing.ddp import mean_over_ranks
 from plumbing.errors import first_line
 
@@ -18,13 +16,15 @@ REPORTERS = ("none", "tensorboard", "wandb")
 SHOWN = ("reward", "reward_std", "accuracy", "loss", "clip_frac", "entropy", "seconds")  # on the progress bar
 
 
-def step_means(cfg, batches, loss, metrics, device, positions=0):
+def step_means(cfg, batches, loss, metrics, device, positions=0, *, in_text, equal_groups):
     """The logged means of a step over every rank's completions and tokens; positions: the token
-    positions this rank's forward passes ran in the step (rollouts, likelihood passes, update)."""
+    positions this rank's forward passes ran in the step (rollouts, likelihood passes, update); in_text: per
+    micro-batch (B, G) the completion tokens a reward reads (likelihood.completion_mask); equal_groups: per
+    micro-batch whether each group's rewards are all equal (agrpo.equal_groups)."""
     rewards = torch.cat([b.rewards for b in batches])
     accuracy = torch.cat([b.accuracy for b in batches])
     group_std = rewards.view(-1, cfg.num_generations).std(1)
-    in_text = torch.cat([completion_mask(b.rollout).flatten() for b in batches]).cpu()
+    in_text = torch.cat([mask.flatten() for mask in in_text]).cpu()
     entropy = torch.cat([b.rollout.entropy.flatten() for b in batches]).cpu()
     metrics = {
         k: 0.0 for k in ("tokens", "kl", "clipped_low", "clipped_high", "ratio_dev")
@@ -34,7 +34,7 @@ def step_means(cfg, batches, loss, metrics, device, positions=0):
         "reward": rewards.mean(),
         "reward_std": group_std.mean(),
         # groups whose rewards are all equal: their rows have advantage exactly 0 (left out at β = 0)
-        "frac_reward_zero_std": equal_groups(rewards, cfg.num_generations).float().mean(),
+        "frac_reward_zero_std": torch.cat(equal_groups).float().mean(),
         "accuracy": accuracy.mean(),
         "completion_length": torch.cat([b.lengths for b in batches]).float().mean(),
         "rollout_passes": torch.cat([b.rollout.passes for b in batches])

@@ -21,7 +21,7 @@ from agrpo import (
     kept_rows,
     prepare,
 )
-from likelihood import ESTIMATORS, token_logp
+from likelihood import ESTIMATORS, completion_mask, token_logp
 from plumbing.model import load
 from sample import generate
 
@@ -71,7 +71,8 @@ def test_the_log_counts_every_equal_group_as_rows_left_out():
         rewards=rewards, accuracy=torch.zeros(24), lengths=torch.ones(24), rollout=rollout,
         advantages=adv, rows=kept_rows(adv, 0.0), prompts_cut=0,
     )  # fmt: skip
-    logged = step_means(SimpleNamespace(num_generations=8), [b], 0.0, {}, "cpu")
+    read = dict(in_text=[completion_mask(rollout)], equal_groups=[equal_groups(rewards, 8)])  # as train.py reads them
+    logged = step_means(SimpleNamespace(num_generations=8), [b], 0.0, {}, "cpu", **read)
     assert logged["frac_reward_zero_std"] == logged["frac_rows_left_out"] == pytest.approx(2 / 3)
 
 

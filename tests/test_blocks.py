@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import chat
 
-import blocks
 from agrpo import MicroBatch, accumulate_gradients
 from likelihood import draw_passes, draws_logp, packs, stepwise_draws, token_logp
+from plumbing.block_attention import block_of
 from plumbing.logits import count_positions
 from plumbing.model import add_lora, load, set_gradient_checkpointing
 from sample import generate
@@ -195,7 +195,7 @@ def test_elbo_draws_on_a_block_model_score_each_block_given_the_final_blocks_bef
     with torch.no_grad():
         packed = draws_logp(model, rollout, draws)
         (B, L), P = rollout.ids.shape, rollout.prompt_length
-        block = blocks.block_of(rollout.attention_mask, 8)[:, P:]  # each row's blocks, from its first token
+        block = block_of(rollout.attention_mask, 8)[:, P:]  # each row's blocks, from its first token
         read_blocks = [sum(len(block[r][draws.read[j, r]].unique()) for j in range(2)) for r in range(B)]
         assert count[0] == B * (L + 8 * max(read_blocks))  # one copy of each block a draw reads
         expected = torch.zeros_like(packed)

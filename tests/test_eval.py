@@ -18,6 +18,7 @@ from plumbing.families import FAMILIES
 from plumbing.logits import forward_logits
 from plumbing.model import add_lora, load, save
 from plumbing.stats import paired_change, standard_error
+from sample import check_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--eval_items=8", "--per_device_eval_batch_size=3", "--max_completion_length=(16,)", "--task=countdown"]
@@ -329,7 +330,9 @@ def test_a_threshold_run_is_scored_by_train_and_eval_with_one_decoder(tmp_path, 
         checkpoint.save(f"{tmp_path}/run", 1, model, opt, sched, train_cfg, tok=tok)
         argv = [f"--models=('{tmp_path}/run',)", "--labels=()"]
     argv += [f"--output_dir={tmp_path}/eval"]
-    cfg, _, grid, system, _ = eval_settings(f"{ROOT}/eval.py", argv, eval_py.RANGES, eval_py.CHOICES)
+    cfg, _, grid, system, _ = eval_settings(
+        f"{ROOT}/eval.py", argv, eval_py.RANGES, eval_py.CHOICES, check_decoding=check_settings
+    )
     assert len(grid) == 1 and row_decoding(cfg, *grid[0]) == decoding
     model, tok = load("models/tiny-countdown")
     items = data.test_set("countdown", "", 6, 0, "test", **data.task_options("countdown", train_cfg))

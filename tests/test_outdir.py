@@ -16,6 +16,7 @@ import eval as eval_script
 from plumbing import checkpoint, model, outdir, restore
 from plumbing.eval_settings import eval_settings
 from plumbing.lifecycle import claim as claim_run
+from sample import check_settings
 from tools import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,9 @@ def test_train_and_eval_claim_their_folders_through_outdir(tmp_path, monkeypatch
             claim_run(path, resume=False, overwrite=True)
         argv = ["--models=('tiny',)", "--labels=()", f"--output_dir={path}"]
         with pytest.raises(SystemExit, match=words):
-            eval_settings(eval_script.__file__, argv, eval_script.RANGES, eval_script.CHOICES)
+            eval_settings(
+                eval_script.__file__, argv, eval_script.RANGES, eval_script.CHOICES, check_decoding=check_settings
+            )
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 
@@ -185,6 +188,7 @@ def test_an_empty_base_model_is_refused_everywhere(tmp_path):
             [f"--models=('{ckpt}',)", "--labels=()", "--base_model=", f"--output_dir={tmp_path}/e"],
             eval_script.RANGES,
             eval_script.CHOICES,
+            check_decoding=check_settings,
         ),
     ):
         with pytest.raises(SystemExit, match="--base_model= is empty: name the base model"):
