@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 import blocks
+from plumbing.data import left_pad
 from plumbing.families import block_size, check_blocks
 from plumbing.logits import cache_rows, cached_logits, forward_logits, prefill_cache
 
@@ -136,19 +137,6 @@ def uniform(shape, generator, device):
     generator works with a CUDA model too, but draws a (rows, block, vocab) tensor on the CPU)."""
     where = generator.device if generator is not None else device
     return torch.rand(shape, dtype=torch.float64, device=where, generator=generator).to(device)
-
-
-def left_pad(prompts, pad_id, device="cpu"):
-    """List of token lists -> (ids, attention_mask), padded on the left so completions line up."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p) :] = 1
-    return ids, mask
 
 
 def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, confidence=True):

@@ -117,6 +117,20 @@ def cut_left(ids, max_length):
     return ids[-max_length:] if max_length > 0 else ids
 
 
+def left_pad(prompts, pad_id, device="cpu"):
+    """List of token lists -> (ids, attention_mask), padded on the left so completions line up (the sampler's
+    prompts and the SFT batches)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids, mask
+
+
 def system_prompt_text(task_name, system_prompt=""):
     """The system turn a run uses: the task's own prompt for "task", none for "", the exact text of
     a file for a path ending in .txt, else `system_prompt` itself."""

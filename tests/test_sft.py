@@ -1,5 +1,6 @@
-"""The embedded base models (sft.py): batch layout, the loss goes down, the script writes a model
-folder with its record, and the shipped models/ folders match their recorded checksums and load."""
+"""The embedded base models (tools/sft.py): batch layout, the loss is likelihood.py's ELBO estimator on the same
+masks to the bit, it goes down, the script writes a model folder with its record, and the shipped models/ folders
+match their recorded checksums and load."""
 
 import glob
 import json
@@ -12,37 +13,63 @@ import pytest
 import torch
 import warm
 
-from likelihood import elbo_draws
+from likelihood import Draws, draws_logp, elbo_draws
 from plumbing import data
 from plumbing.model import load
+from sample import Rollout
 from tools import sft
 
 
 def test_sft_batch_layout():
     _, tok = load("tiny")
     items = data.load_items("countdown", "train", None, n=3, seed=0)
-    batch = sft.sft_batch(tok, "countdown", items, max_completion_length=16)
-    P = batch.prompt_length
+    ids, attention_mask, P = sft.sft_batch(tok, "countdown", items, max_completion_length=16)
+    assert ids.shape[1] == P + 16 and (attention_mask[:, P:] == 1).all()
     for i, it in enumerate(items):
         prompt = data.build_prompt(tok, "countdown", it, "", True)
-        assert (
-            batch.ids[i, P - len(prompt) : P].tolist() == prompt
-            and batch.attention_mask[i, : P - len(prompt)].sum() == 0
-        )
+        assert ids[i, P - len(prompt) : P].tolist() == prompt and attention_mask[i, : P - len(prompt)].sum() == 0
+        assert (attention_mask[i, P - len(prompt) :] == 1).all()
         solution = tok(data.task("countdown").solution(it), add_special_tokens=False).input_ids
-        assert batch.ids[i, P : P + len(solution)].tolist() == solution
-        assert (batch.ids[i, P + len(solution) :] == tok.eos_token_id).all()  # EOS, then EOS padding
+        assert ids[i, P : P + len(solution)].tolist() == solution
+        assert (ids[i, P + len(solution) :] == tok.eos_token_id).all()  # EOS, then EOS padding
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_shifted", "tiny_block"])
+def test_sft_loss_is_the_elbo_estimator_on_the_same_masks(name):
+    """tools/sft.py computes its loss on its own; on the same generator it draws likelihood.elbo_draws' masks and
+    weights, and its loss and gradient are the estimator's value (G/l-weighted Σ log p over G, read as
+    likelihood.draws_logp reads it: on a block model the packed copies) bit for bit. The block model gets a row
+    too whose first blocks hold no masked position (its copies skip them)."""
+    model, tok = load(name, seed=0)
+    batch = sft.sft_batch(tok, "countdown", data.load_items("countdown", "train", None, n=12, seed=1), 16)
+    ids, attention_mask, P = batch
+    x, masked, weight = sft.mask_completions(batch, tok.mask_token_id, torch.Generator().manual_seed(3))
+    zeros = torch.zeros(masked.shape)
+    rollout = Rollout(ids, attention_mask, P, zeros.long(), zeros, zeros, 16, tok.mask_token_id, tuple(tok.eos_ids))
+    draws = elbo_draws(rollout, 1, torch.Generator().manual_seed(3))
+    assert torch.equal(draws.x[0], x) and torch.equal(draws.read[0], masked) and torch.equal(draws.weight[0], weight)
+    x1, masked1 = x.clone(), masked.clone()
+    x1[0, P:-1], masked1[0, :-1] = ids[0, P:-1], False  # row 0: only its last position masked
+    x1[0, -1], masked1[0, -1] = tok.mask_token_id, True
+    for noisy, read in [(x, masked), (x1, masked1)]:
+        draws = Draws(noisy[None], read[None], weight[None], torch.full((12,), 16.0), truncate=False)
+        expected = -(draws.weight[..., None] * draws_logp(model, rollout, draws)).sum() / read.numel()
+        expected_grad = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+        loss = sft.sft_loss(model, batch, (noisy, read, weight), tok.mask_token_id)
+        grad = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        assert torch.equal(loss, expected)
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grad, expected_grad))
 
 
 def test_sft_lowers_its_loss():
     model, tok = load("tiny", seed=0)
     items = data.load_items("countdown", "train", None, n=64, seed=0)
     held = sft.sft_batch(tok, "countdown", items[:16], max_completion_length=16)
-    draws = elbo_draws(held, 4, torch.Generator().manual_seed(0))
+    masks = [sft.mask_completions(held, tok.mask_token_id, torch.Generator().manual_seed(s)) for s in range(4)]
 
     def loss():
         with torch.no_grad():
-            return sft.sft_loss(model, held, draws).item()
+            return sum(sft.sft_loss(model, held, m, tok.mask_token_id).item() for m in masks) / len(masks)
 
     before = loss()
     model, _ = sft.train(

@@ -17,8 +17,11 @@ uniformly at random (x_l) and the prompt never masked:
 
     L_SFT(θ) = −E_l E_{x_l} [ (G/l) Σ_{masked j} log p_θ(o_j | prompt, x_l) ] / G
 
-This is likelihood.py's ELBO estimator read at every masked position, EOS padding included, as
-LLaDA's SFT trains on its padding: the model learns where completions end (ALGORITHM.md, §5).
+with l stratified over the batch, every masked position scored (EOS padding included: the model learns
+where completions end) and log p read as the estimators read it, [MASK] removed from the distribution. It
+is likelihood.py's ELBO draw on the same masks (ALGORITHM.md §5; tests/test_sft.py checks the two agree to
+the bit). A block model (tiny_block) is trained in SDAR's layout: the clean sequence and a noisy copy of
+each block that holds a masked position, the copy seeing the clean blocks before it and itself.
 """
 
 import json
@@ -34,12 +37,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as tools/*.py
 
-from likelihood import draws_logp, elbo_draws  # noqa: E402
 from plumbing import data, outdir  # noqa: E402
+from plumbing.block_attention import block_of, causal_mask, positions  # noqa: E402
 from plumbing.checkpoint import sha256  # noqa: E402
+from plumbing.families import block_size, family_of  # noqa: E402
+from plumbing.logits import forward_logits, selected_logits  # noqa: E402
 from plumbing.model import load, write_model  # noqa: E402
 from plumbing.model import shipped as shipped_folder  # noqa: E402
-from sample import Rollout, left_pad  # noqa: E402
 
 # --- config
 model_name_or_path = "tiny"  # the model trained: tiny | tiny_shifted | tiny_block (embedded, seeded init) or a folder
@@ -66,9 +70,10 @@ RANGES = dict(
 
 
 def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact=True, device="cpu"):
-    """Prompts (left-padded) and solutions (EOS-padded to max_completion_length) as a Rollout the estimators read."""
+    """(ids, attention_mask, P): the prompts left-padded to P tokens, then each solution and its EOS, EOS-padded
+    to max_completion_length."""
     solution = data.task(task).solution
-    prompt_ids, prompt_mask = left_pad(
+    prompt_ids, prompt_mask = data.left_pad(
         [data.build_prompt(tok, task, it, system_prompt, compact) for it in items], tok.pad_token_id
     )
     comps = torch.full((len(items), max_completion_length), tok.eos_token_id)  # the rest is EOS padding, trained too
@@ -76,18 +81,70 @@ def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact
         c = tok(solution(it), add_special_tokens=False).input_ids + [tok.eos_token_id]
         comps[i, : len(c)] = torch.tensor(c[:max_completion_length])
     ids = torch.cat([prompt_ids, comps], 1).to(device)
-    attn = torch.cat([prompt_mask, torch.ones_like(comps)], 1).to(device)
-    zeros = torch.zeros(len(items), max_completion_length, device=device)
-    # the schedule fields are unused by the ELBO draws: one block, one step per token
-    P = prompt_ids.shape[1]
-    return Rollout(
-        ids, attn, P, zeros.long(), zeros, zeros, max_completion_length, tok.mask_token_id, tuple(tok.eos_ids)
-    )
+    return ids, torch.cat([prompt_mask, torch.ones_like(comps)], 1).to(device), prompt_ids.shape[1]
 
 
-def sft_loss(model, batch, draws):
-    """L_SFT of the ELBO draws, averaged over draws, rows and completion positions."""
-    return -(draws.weight[..., None] * draws_logp(model, batch, draws)).sum() / draws.read[0].numel()
+def mask_completions(batch, mask_id, generator):
+    """(x_l, masked (B, G), G/l (B,)): l ~ U{1..G} per row, stratified over the batch (one u in each of the B
+    strata of [0, 1), in random order), and the l positions of lowest rank under uniform scores masked."""
+    ids, _, P = batch
+    B, G = ids.shape[0], ids.shape[1] - P
+    u = torch.rand(B, generator=generator, dtype=torch.float64)
+    u = (torch.randperm(B, generator=generator).double() + u) / B
+    n_masked = (1 + (u * G).long()).clamp(max=G)
+    rank = torch.rand((B, G), generator=generator).argsort(-1).argsort(-1)
+    masked = (rank < n_masked[:, None]).to(ids.device)
+    x = ids.clone()
+    x[:, P:] = x[:, P:].masked_fill(masked, mask_id)
+    return x, masked, (G / n_masked.float()).to(ids.device)
+
+
+def block_copies(ids, attention_mask, x, masked, P, size):
+    """A block model's input scoring every masked position given the clean blocks before its own: [ids ; one
+    copy of x's block for each block holding a masked position, a row's first ones first], each copy at its
+    block's positions, seeing the real clean positions before its block and itself (a row's spare copies, up
+    to the most any row needs, score nothing; a last block may end past L). Returns the input, its model
+    arguments, the positions scored (a bool mask of it) and their (row, completion column)."""
+    (B, L), device = ids.shape, ids.device
+    block = block_of(attention_mask, size)
+    local = block[:, P:] - block[:, P : P + 1]  # each completion position's block, from the row's first
+    wanted = ((local[..., None] == torch.arange(int(local.max()) + 1, device=device)) & masked[..., None]).any(1)
+    C = max(int(wanted.sum(1).max()), 1)
+    order = torch.sort((~wanted).long(), dim=1, stable=True).indices[:, :C]
+    valid = wanted.gather(1, order)
+    first = L - attention_mask.long().sum(1) + block[:, P] * size  # each row's first completion block
+    columns = first[:, None, None] + order.masked_fill(~valid, 0)[..., None] * size + torch.arange(size, device=device)
+    exists, columns = columns < L, columns.clamp(max=L - 1)
+    rows = torch.arange(B, device=device)[:, None, None].expand(columns.shape)
+    scored = masked[rows, (columns - P).clamp(min=0)] & (columns >= P) & exists & valid[..., None]
+    mask = torch.zeros((B, 1, L + C * size, L + C * size), dtype=torch.bool, device=device)
+    mask[:, :, :L, :L] = causal_mask(attention_mask, size)
+    copy = torch.arange(C, device=device).repeat_interleave(size)
+    itself = torch.eye(C * size, dtype=torch.bool, device=device)  # a position past the end sees itself
+    mask[:, 0, L:, L:] = (copy[:, None] == copy) & exists.flatten(1)[:, None] | itself
+    before = torch.arange(L, device=device) < columns[:, :, :1].repeat_interleave(size, 1)
+    mask[:, 0, L:, :L] = before & attention_mask.bool()[:, None]
+    position = positions(attention_mask)
+    call = dict(attention_mask=mask, position_ids=torch.cat([position, position.gather(1, columns.flatten(1))], 1))
+    at = torch.cat([torch.zeros_like(ids, dtype=torch.bool), scored.flatten(1)], 1)
+    return torch.cat([ids, x[rows, columns].flatten(1)], 1), call, at, (rows[scored], (columns - P)[scored])
+
+
+def sft_loss(model, batch, noised, mask_id):
+    """L_SFT of one masking `noised` = mask_completions(batch, ...), averaged over rows and completion positions.
+    log p is the estimators' (sample.policy_logprobs at temperature 0): float32, [MASK] removed."""
+    (ids, attention_mask, P), (x, masked, weight) = batch, noised
+    if block_size(model) and family_of(model).shift == 0:
+        inputs, call, at, where = block_copies(ids, attention_mask, x, masked, P, block_size(model))
+        logits = selected_logits(model, inputs, call, at)
+    else:
+        at = torch.cat([torch.zeros_like(ids[:, :P], dtype=torch.bool), masked], 1)
+        logits, where = forward_logits(model, x, attention_mask, at=at), masked.nonzero(as_tuple=True)
+    logits = logits.float()
+    logits[:, mask_id] = float("-inf")
+    logp = logits.log_softmax(-1).gather(-1, ids[:, P:][where][:, None]).squeeze(-1)
+    per_position = torch.zeros(masked.shape, device=ids.device).index_put(where, logp)  # 0 where not masked
+    return -(weight[:, None] * per_position).sum() / masked.numel()
 
 
 def train(
@@ -121,8 +178,9 @@ def train(
         batch = sft_batch(
             tok, task, rng.sample(items, batch_size), max_completion_length, system_prompt, compact, device
         )
-        draws = elbo_draws(batch, 1, generator_for_step(step))
-        loss = sft_loss(model, batch, draws)
+        loss = sft_loss(
+            model, batch, mask_completions(batch, tok.mask_token_id, generator_for_step(step)), tok.mask_token_id
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
