@@ -443,7 +443,8 @@ def main():
         out(
             f"# at beta > 0: DDP, full +{2 * P / GIB:.1f} GiB resident; FSDP, full +{4 * P / args.gpus / GIB:.1f} GiB "
             f"resident and +{2 * P / GIB:.1f} GiB while the rollouts run (the reference gathered in bf16), and "
-            f"{(args.gpus - 1) / args.gpus * 2 * P / GIB:.1f} GiB more sent a step; LoRA: nothing (its base is the reference)"
+            f"{(args.gpus - 1) / args.gpus * 2 * P / GIB:.1f} GiB more sent a step; LoRA: nothing (its base is the "
+            "reference)"
         )
     if args.measure_cpu:
         measure_on_cpu(shape, cfg, rows, positions, prompt, read, cfg["lora_r"], targets, out)
