@@ -27,8 +27,9 @@ the finiteness checks add one number per tensor, so nothing the size of the weig
 An update forward runs per_device_train_batch_size rows of the preset's longest prompt (max_prompt_length)
 plus max_completion_length tokens, one draw a forward (LLaDA's draws do not pack), and keeps for backward
 what `layer_saved` counts per layer, the final norm over every token, and the vocabulary head on the
-positions the draw reads only. With gradient checkpointing: each layer's input (d_model), plus one
-layer's whole set while it is recomputed. A rollout step holds one layer's working set and the current
+positions the draw reads only; backward holds besides, at its widest, SwiGLU's four gradients of d_ff
+numbers a token. With gradient checkpointing: each layer's input (d_model), plus one layer's whole set
+while it is recomputed. A rollout step holds one layer's working set and the current
 block's logits (float32, plus float64 Gumbel noise).
 """
 
@@ -61,8 +62,9 @@ GIB = 2**30
 STEP_TEMPORARIES = 0  # bytes the optimizer step allocates beyond weights, gradients and moments (fused AdamW)
 LAYER_LINEARS = dict(q_proj="qkv", k_proj="qkv", v_proj="qkv", attn_out="attn_out", ff_proj="ffn", up_proj="ffn")
 LAYER_LINEARS.update(ff_out="ff_out")  # name in the layer -> the input it reads (q, k, v share one; gate and up one)
-# policy_logprobs keeps per position read and vocabulary entry: two float32 softmaxes of the top-p sort and the
-# float32 log-softmax (12), the sort order in int64 (8), the top-k and top-p masks (2); plus top-k's int64 indices
+# policy_logprobs keeps per position read and vocabulary entry, with top-k and top-p on (the presets' truncation):
+# two float32 softmaxes of the top-p sort and the float32 log-softmax (12), the sort order in int64 (8), the top-k
+# and top-p masks (2); plus top-k's int64 indices
 HEAD_BYTES_PER_LOGIT = 3 * 4 + 8 + 2
 
 
@@ -100,8 +102,7 @@ def layer_saved(shape, rows, positions, lora_r, adapted, frozen_input=False):
         (2 - frozen_input) * (4 * h + 4)  # each RMSNorm's float32 copy of its input and its 1/rms (float32 compute)
         + 2 * norm_trains
         + 2 * h * len(read_by & {"qkv", "attn_out", "ffn"})  # the norms' bf16 outputs and the attention output
-        + 4 * 2 * h
-        + 4 * H  # the attention kernel: q, k, v, its output, and a float32 log-sum-exp per head
+        + (4 * 2 * h + 4 * H)  # the attention kernel: q, k, v, its output, and a float32 log-sum-exp per head
         + 3 * 2 * f  # SwiGLU: gate, silu(gate), up
         + 2 * f * ("ff_out" in read_by)  # their product, ff_out's input
         + 2 * r * len(adapted)  # each adapter's A·x
@@ -139,6 +140,12 @@ def activations(shape, rows, positions, read, lora_r, adapted, head_r, top_k, ch
     if checkpointing:
         layers = 2 * shape["d_model"] * rows * positions * n + rest
     return layers + head_saved(shape, rows, positions, read, lora_r, head_r, top_k, ends_train)
+
+
+def backward_working_set(shape, rows, positions):
+    """Bytes backward holds beyond what the forward kept and the weights' gradients: at its widest, SwiGLU's
+    backward, the bf16 gradients of the product, silu(gate), up and gate (4 x d_ff numbers a token)."""
+    return 4 * 2 * shape["d_ff"] * rows * positions
 
 
 def rollout_working_set(shape, rows, tokens, block):
@@ -188,10 +195,10 @@ def collective_bytes(name, P, A, R, n, passes, mu, beta):
     return ring * (passes * (gathers + trained) + rollout)
 
 
-def measured_fsdp_full(shape, rows, tokens, block, checkpointing):
-    """CUDA's peak allocated bytes of FSDP full fine-tuning at `shape` on this rank: (update: a forward
-    and backward of `rows` x `tokens`, the vocabulary head on 1/24 of the positions, then AdamW's step;
-    rollout: the model gathered, a no-grad forward with the head on one block). Random weights."""
+def measured_fsdp_full(shape, cfg, rows, tokens, prompt, read, block, checkpointing):
+    """CUDA's peak allocated bytes of FSDP full fine-tuning at `shape` on this rank: (update: one draw's
+    forward and backward (draw_forward) of `rows` x `tokens`, then AdamW's step; rollout: the model
+    gathered, a no-grad forward with the head on one block). Random weights."""
     from plumbing import fsdp
     from plumbing.logits import forward_logits
     from plumbing.model import set_gradient_checkpointing
@@ -202,15 +209,13 @@ def measured_fsdp_full(shape, rows, tokens, block, checkpointing):
         set_gradient_checkpointing(model)
     fsdp.shard(model, mixed_precision=True)
     opt, _ = make_optimizer(1e-6, list(model.parameters()), total_steps=2)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, 126000, (rows, tokens), device="cuda", generator=g)
-    read = torch.rand(rows, tokens, device="cuda", generator=g) < 1 / 24
+    forward = draw_forward(model, cfg, rows, tokens, prompt, read, device="cuda")
+    ids = torch.randint(0, 126000, (rows, tokens), device="cuda")
     bf16 = torch.autocast("cuda", dtype=torch.bfloat16)
     peaks = {}
     for _ in range(2):  # the second step is the steady state: AdamW's moments exist
         torch.cuda.reset_peak_memory_stats()
-        with bf16:
-            forward_logits(model, ids, at=read).float().logsumexp(-1).mean().backward()
+        forward().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         peaks["update"] = torch.cuda.max_memory_allocated()
@@ -265,21 +270,22 @@ def stand_in(shape, cfg, lora_r, targets):
     return model
 
 
-def draw_backward(model, cfg, rows, positions, prompt, read):
-    """One draw's forward and backward as agrpo.accumulate_gradients runs it (bf16 autocast, the head on
-    `read` positions of each row's completion, policy_logprobs with the preset's truncation)."""
+def draw_forward(model, cfg, rows, positions, prompt, read, device="cpu"):
+    """A function running one draw's forward as agrpo.accumulate_gradients does before its backward (bf16
+    autocast, the head on `read` positions of each row's completion, policy_logprobs with the preset's
+    truncation) and returning its loss; random token ids."""
     from plumbing.families import unwrap
     from plumbing.logits import forward_logits
     from sample import policy_logprobs
 
     g, mask_id = torch.Generator().manual_seed(0), unwrap(model).config.mask_token_id
-    ids = torch.randint(0, min(100_000, mask_id), (rows, positions), generator=g)
-    at = torch.zeros(rows, positions, dtype=torch.bool)
+    ids = torch.randint(0, min(100_000, mask_id), (rows, positions), generator=g).to(device)
+    at = torch.zeros(rows, positions, dtype=torch.bool, device=device)
     at[:, prompt : prompt + read] = True
     tokens = ids[at]
 
     def forward():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             logits = forward_logits(model, ids, at=at)
             lp = policy_logprobs(logits, mask_id, cfg["temperature"], cfg["top_k"] or None, cfg["top_p"], keep=tokens)
             return lp.gather(-1, tokens[:, None]).sum()
@@ -325,7 +331,7 @@ def measure_on_cpu(shape, cfg, rows, positions, prompt, read, lora_r, targets, o
     model = stand_in(shape, cfg, lora_r, targets)
     trained = [p for p in model.parameters() if p.requires_grad]
     grads = sum(p.numel() * p.element_size() for p in trained)
-    forward = draw_backward(model, cfg, rows, positions, prompt, read)
+    forward = draw_forward(model, cfg, rows, positions, prompt, read)
     before = rss()
     with peak_rss() as peak:
         loss, saved = saved_by_layer(model, forward)
@@ -352,10 +358,12 @@ def measure_on_cpu(shape, cfg, rows, positions, prompt, read, lora_r, targets, o
     total = sum(saved.values())
     difference = 100 * (model_all - total) / total
     out(f"the forward keeps {total / GIB:.3f} GiB (model {model_all / GIB:.3f}; {difference:+.2f}%)")
-    grew, predicted = peak["peak"] - before, model_all + grads
+    working = backward_working_set(shape, rows, positions)
+    grew, predicted = peak["peak"] - before, model_all + grads + working
     out(
         f"peak resident memory over forward + backward: {grew / GIB:.3f} GiB above the {before / GIB:.2f} GiB before "
-        f"(model: kept {model_all / GIB:.3f} + gradients {grads / GIB:.3f} = {predicted / GIB:.3f}; "
+        f"(model: kept {model_all / GIB:.3f} + gradients {grads / GIB:.3f} + backward's working set "
+        f"{working / GIB:.3f} = {predicted / GIB:.3f}; "
         f"{100 * (predicted - grew) / grew:+.1f}%)"
     )
     del model, loss, trained, forward  # the 8B stand-in freed before the optimizer layer is built
@@ -427,7 +435,7 @@ def main():
                         cfg["top_k"], ckpt)
             for ckpt in (False, True)
         ]  # fmt: skip
-        peaks = [resident + extra + k for k in kept]
+        peaks = [resident + extra + k + backward_working_set(shape, rows, positions) for k in kept]
         at_step = resident + STEP_TEMPORARIES  # fused AdamW: in place
         sent = collective_bytes(name, P, A, R, args.gpus, passes, cfg["num_iterations"], beta) if args.gpus > 1 else 0
         model[name] = dict(rollout=at_rollout, update=peaks, step=at_step)
@@ -455,7 +463,7 @@ def main():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         predicted = model["FSDP, full"]
         for ckpt in (False, True):
-            peaks = measured_fsdp_full(shape, rows, positions, block, ckpt)
+            peaks = measured_fsdp_full(shape, cfg, rows, positions, prompt, read, block, ckpt)
             print(
                 f"measured FSDP, full, {dist.get_world_size()} GPUs, checkpointing {ckpt}: update peak "
                 f"{peaks['update'] / GIB:.1f} GiB (model {predicted['update'][ckpt] / GIB:.1f}), rollout peak "

@@ -148,6 +148,14 @@ def test_memory_model_counts_llada_8b():
     sent = 3 / 4 * (48 * (2 * P + 2 * (P - R) + 4 * P) + 2 * 2 * P)
     assert float(rows["FSDP, full"][8]) == pytest.approx(sent / 2**30, abs=0.06)
     assert float(rows["DDP, full"][8]) == pytest.approx(2 * 3 / 4 * 2 * P / 2**30, abs=0.06)  # one all-reduce, bf16
+    # the update peak: what stays resident, what the forward keeps (300 + 384 tokens, 8 rows, 3 read a row) and
+    # backward's working set, the functions the CPU measurement checks
+    memory = _memory_module()
+    shape = dict(memory.LLADA_8B)
+    _, A, _, adapted, head_r = memory.counts(shape, 64, memory.FAMILIES["llada"].lora_targets)
+    kept = memory.activations(shape, 8, 684, 3, 64, adapted, head_r, 150, False)
+    peak = 2 * P + 4 * A + 8 * A + 8 * A + kept + memory.backward_working_set(shape, 8, 684)
+    assert float(rows["DDP + LoRA"][5]) == pytest.approx(peak / 2**30, abs=0.06)
 
 
 def _distributions(roots):
@@ -236,7 +244,7 @@ def test_memory_model_counts_what_backward_keeps(lora_r):
     rows, positions, prompt, read = 2, 20, 12, 3
     _, _, _, adapted, head_r = memory.counts(shape, lora_r, targets)
     model = memory.stand_in(shape, cfg, lora_r, targets)
-    _, saved = memory.saved_by_layer(model, memory.draw_backward(model, cfg, rows, positions, prompt, read))
+    _, saved = memory.saved_by_layer(model, memory.draw_forward(model, cfg, rows, positions, prompt, read))
     adapted = adapted if lora_r else {}
     for i in range(shape["n_layers"]):  # the stand-in's embeddings are frozen: the first layer's input needs no grad
         assert saved[i] == memory.layer_saved(shape, rows, positions, lora_r, adapted, frozen_input=i == 0)
