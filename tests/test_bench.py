@@ -118,22 +118,44 @@ def test_bench_scripts_are_configured_like_train_py():
 
 def test_memory_model_counts_llada_8b():
     """bench/memory.py: the parameter count of LLaDA-8B's shape from its config by hand (embedding, 32
-    blocks of attention, SwiGLU and two norms, final norm, head), and the sharded rows as 1/gpus."""
+    blocks of attention, SwiGLU and two norms, final norm, head), the sharded rows as 1/gpus, the prompt
+    length the preset's max_prompt_length, the reference copy at beta > 0 (full fine-tuning only), and
+    the bytes sent per step by the formula of collective_bytes' docstring."""
     out = warm.run(
-        [sys.executable, "bench/memory.py", "--gpus=4"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "bench/memory.py", "--gpus=4", "--beta=0.04", "--max_prompt_length=300"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     V, h, f, n = 126464, 4096, 12288, 32
     P = V * h + n * (4 * h * h + 3 * h * f + 2 * h) + h + h * V
     assert f"{P / 1e9:.3f} B parameters" in out.stdout
+    assert "8 rows x (300 prompt, the preset's max_prompt_length, + 384 completion) tokens" in out.stdout
     rows = {
         line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.stdout.splitlines() if line.startswith("| ")
     }
     assert float(rows["FSDP, full"][0]) == pytest.approx(4 * P / 4 / 2**30, abs=0.06)  # float32 weights, 1/4 each
     assert float(rows["FSDP, full"][2]) == pytest.approx(8 * P / 4 / 2**30, abs=0.06)  # AdamW's two moments
     assert float(rows["DDP, full"][0]) == pytest.approx(2 * P / 2**30, abs=0.06)  # whole, bf16
-    # the optimizer step: weights, gradients (DDP's buckets too) and moments; fused AdamW allocates nothing more
-    assert float(rows["DDP, full"][6]) == pytest.approx((2 + 4 + 4) * P / 2**30, abs=0.06)
+    # the reference at beta > 0: a bf16 copy under DDP, float32 shards under FSDP, nothing with LoRA
+    assert float(rows["DDP, full"][3]) == pytest.approx(2 * P / 2**30, abs=0.06)
+    assert float(rows["FSDP, full"][3]) == pytest.approx(4 * P / 4 / 2**30, abs=0.06)
+    assert float(rows["DDP + LoRA"][3]) == float(rows["FSDP + LoRA"][3]) == 0
+    # the optimizer step: weights, gradients (DDP's buckets too), moments and the reference; fused AdamW nothing more
+    assert float(rows["DDP, full"][7]) == pytest.approx((2 + 4 + 4 + 2) * P / 2**30, abs=0.06)
+    # sent per step under FSDP, full: 2 micro-batches x 24 draws, each a bf16 gather for forward and for backward
+    # (the root, R, stays gathered) and a float32 reduce-scatter; the rollouts gather policy and reference
+    R = 2 * V * h + h
+    sent = 3 / 4 * (48 * (2 * P + 2 * (P - R) + 4 * P) + 2 * 2 * P)
+    assert float(rows["FSDP, full"][8]) == pytest.approx(sent / 2**30, abs=0.06)
+    assert float(rows["DDP, full"][8]) == pytest.approx(2 * 3 / 4 * 2 * P / 2**30, abs=0.06)  # one all-reduce, bf16
+    # the update peak: what stays resident, what the forward keeps (300 + 384 tokens, 8 rows, 3 read a row) and
+    # backward's working set, the functions the CPU measurement checks
+    memory = _memory_module()
+    shape = dict(memory.LLADA_8B)
+    _, A, _, adapted, head_r = memory.counts(shape, 64, memory.FAMILIES["llada"].lora_targets)
+    kept = memory.activations(shape, 8, 684, 3, 64, adapted, head_r, 150, False)
+    peak = 2 * P + 4 * A + 8 * A + 8 * A + kept + memory.backward_working_set(shape, 8, 684)
+    assert float(rows["DDP + LoRA"][5]) == pytest.approx(peak / 2**30, abs=0.06)
 
 
 def _distributions(roots):
@@ -198,3 +220,35 @@ def test_gpu_wheel_set_is_closed(tmp_path):
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         "gpu_check: this python cannot run the GPU benches: No module named 'accelerate' (bench/gpu.sh installs .whl/)"
     ], res.stderr[-2000:]
+
+
+def _memory_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_memory", os.path.join(ROOT, "bench", "memory.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_memory_model_counts_what_backward_keeps(lora_r):
+    """bench/memory.py's bytes kept for backward (layer_saved: the RMSNorms' float32 copies, the attention
+    kernel's tensors, SwiGLU's, the adapters'; head_saved) equal what torch's saved-tensor hooks count on a
+    small LLaDA-shaped model, layer by layer, full fine-tuning and LoRA; the layout counted before (bf16
+    norm inputs and outputs, 8·d_model + 4·d_ff numbers) is short of it."""
+    memory = _memory_module()
+    shape = dict(vocab_size=300, d_model=64, n_layers=3, n_heads=4, d_ff=192, rope_theta=10000.0)
+    targets = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+    cfg = dict(lora_alpha=8, temperature=0.6, top_k=150, top_p=0.99)
+    rows, positions, prompt, read = 2, 20, 12, 3
+    _, _, _, adapted, head_r = memory.counts(shape, lora_r, targets)
+    model = memory.stand_in(shape, cfg, lora_r, targets)
+    _, saved = memory.saved_by_layer(model, memory.draw_forward(model, cfg, rows, positions, prompt, read))
+    adapted = adapted if lora_r else {}
+    for i in range(shape["n_layers"]):  # the stand-in's embeddings are frozen: the first layer's input needs no grad
+        assert saved[i] == memory.layer_saved(shape, rows, positions, lora_r, adapted, frozen_input=i == 0)
+    rest = memory.head_saved(shape, rows, positions, read, lora_r, head_r if lora_r else 0, 150, ends_train=False)
+    assert saved["rest"] == rest
+    h, f = shape["d_model"], shape["d_ff"]
+    assert saved[1] > 2 * (8 * h + 4 * f) * rows * positions
