@@ -36,7 +36,7 @@ def causal_mask(attention_mask, size):
     return (allowed | torch.eye(L, dtype=torch.bool, device=allowed.device))[:, None]
 
 
-def canvas(prompt_ids, attention_mask, completion_length, b, from_row_start, mask_id, fill_id):
+def canvas(prompt_ids, attention_mask, *, completion_length, b, from_row_start, mask_id, fill_id):
     """The sampler's canvas: rows laid so that every row's first decoded block starts at one column `first`
     and all rows' blocks share columns. Returns (x, attention, first, tail, n_blocks): x (B, S) holds each
     prompt ending at first + tail, [MASK] on the positions the row decodes, `fill_id` past its last block;
@@ -81,7 +81,7 @@ def cached_inputs(ids, attention_mask, lo, hi, cache, size, store=False):
     return ids[:, lo:hi], call | dict(store_kv=store)
 
 
-def packed_states(ids, attention_mask, x, read, prompt_length, size):
+def packed_states(ids, attention_mask, x, read, *, prompt_length, size):
     """One forward's input that scores K draws per row block by block. ids (n, L): the final sequences; x
     (K, n, L): the draws' inputs; read (K, n, W): the completion positions each scores. Every block a draw
     reads becomes one copy of that block of x, which sees the blocks of ids before it and itself (a first

@@ -65,7 +65,7 @@ RANGES = dict(
 )  # fmt: skip
 
 
-def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact=True, device="cpu"):
+def sft_batch(tok, task, items, *, max_completion_length, system_prompt="", compact=True, device="cpu"):
     """Prompts (left-padded) and solutions (EOS-padded to max_completion_length) as a Rollout the estimators read."""
     solution = data.task(task).solution
     prompt_ids, prompt_mask = left_pad(
@@ -119,8 +119,9 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / max_steps))
         batch = sft_batch(
-            tok, task, rng.sample(items, batch_size), max_completion_length, system_prompt, compact, device
-        )
+            tok, task, rng.sample(items, batch_size), max_completion_length=max_completion_length,
+            system_prompt=system_prompt, compact=compact, device=device,
+        )  # fmt: skip
         draws = elbo_draws(batch, 1, generator_for_step(step))
         loss = sft_loss(model, batch, draws)
         opt.zero_grad(set_to_none=True)
