@@ -21,7 +21,7 @@ from agrpo import (
     kept_rows,
     prepare,
 )
-from likelihood import ESTIMATORS, token_logp
+from likelihood import ESTIMATORS, SCHEMES, token_logp
 from plumbing.model import load
 from sample import generate
 
@@ -199,12 +199,17 @@ def test_beta_zero_runs_no_reference_pass(rollout_setup, estimator):
     assert counted.calls == (0 if estimator == "stepwise" else ref.calls)  # AGRPO's π_old is free
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
+# every estimator of the code's list, the stepwise one with every scheme: one added in likelihood.py is run here
+VARIANTS = [("stepwise", s) for s in SCHEMES] + [(e, "low_discrepancy") for e in ESTIMATORS if e != "stepwise"]
+
+
+@pytest.mark.parametrize("estimator, scheme", VARIANTS)
+def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator, scheme):
     _, tok, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 3.0, 0.0, 1.0]), 4)
-    draws, old, _ = prepare(model, r, estimator=estimator, k=4, mu=1, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    draws, old, _ = prepare(model, r, estimator=estimator, k=4, mu=1, generator=gen, scheme=scheme)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.005)
     batch = micro_batch(r, adv, draws, old)
