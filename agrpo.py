@@ -54,7 +54,7 @@ def kl_term(logp, old_logp, ref_logp):
     return (logp - old_logp).exp() * k3(logp, ref_logp)
 
 
-def clipped_objective(logp, old_logp, advantages, epsilon=0.2, epsilon_high=0.2):
+def clipped_objective(logp, old_logp, advantages, *, epsilon=0.2, epsilon_high=0.2):
     """Per-token −min(ρA, clip(ρ)A), where the clip is active (gradient zero there), and ρ itself.
     advantages broadcast against logp."""
     ratio = (logp - old_logp).exp()
@@ -74,7 +74,9 @@ def draw_loss(
     a forward and its backward)."""
     # tokens not read are zeroed before exp(): a -inf there (top-k truncation) must not make NaN
     logp, old_logp = logp.masked_fill(~read, 0.0), old_logp.masked_fill(~read, 0.0)
-    per_tok, is_clipped, ratio = clipped_objective(logp, old_logp, advantages[:, None], epsilon, epsilon_high)
+    per_tok, is_clipped, ratio = clipped_objective(
+        logp, old_logp, advantages[:, None], epsilon=epsilon, epsilon_high=epsilon_high
+    )
     kl = torch.zeros_like(per_tok)
     if beta > 0:
         kl = kl_term(logp, old_logp, ref_logp.masked_fill(~read, 0.0))
@@ -92,17 +94,7 @@ def draw_loss(
     return loss, metrics
 
 
-def prepare(
-    model,
-    rollout,
-    estimator,
-    k,
-    mu,
-    generator,
-    scheme="low_discrepancy",
-    ref_model=None,
-    draws_per_pass=0,
-):
+def prepare(model, rollout, *, estimator, k, mu, generator, scheme="low_discrepancy", ref_model=None, draws_per_pass=0):
     """Draws for all μ inner iterations, with old and reference log-probs taken before any update.
     ref_model: None (β = 0: no reference pass), a frozen copy, or a peft model whose adapters are
     disabled for the pass (the base model is the reference, at no extra memory). draws_per_pass: on
@@ -192,4 +184,4 @@ def accumulate_gradients(
 def zero_loss(model, b, it):
     """0 × one row's log-prob: a backward that puts zeros in .grad and takes part in DDP's all-reduce."""
     d, row = b.draws[it], torch.zeros(1, dtype=torch.long, device=b.advantages.device)
-    return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, d.truncate).sum() * 0.0
+    return token_logp(model, b.rollout, d.x[-1][row], d.read[-1][row], row, truncate=d.truncate).sum() * 0.0

@@ -17,7 +17,7 @@ import torch
 from plumbing.block_attention import block_of, causal_mask, positions
 
 
-def canvas(prompt_ids, attention_mask, completion_length, b, from_row_start, mask_id, fill_id):
+def canvas(prompt_ids, attention_mask, *, completion_length, b, from_row_start, mask_id, fill_id):
     """The sampler's canvas: rows laid so that every row's first decoded block starts at one column `first`
     and all rows' blocks share columns. Returns (x, attention, first, tail, n_blocks): x (B, S) holds each
     prompt ending at first + tail, [MASK] on the positions the row decodes, `fill_id` past its last block;
@@ -52,7 +52,7 @@ def completion_columns(first, tail, width):
     return first + tail[:, None] + torch.arange(width, device=tail.device)
 
 
-def packed_states(ids, attention_mask, x, read, prompt_length, size):
+def packed_states(ids, attention_mask, x, read, *, prompt_length, size):
     """One forward's input that scores K draws per row block by block. ids (n, L): the final sequences; x
     (K, n, L): the draws' inputs; read (K, n, W): the completion positions each scores. Every block a draw
     reads becomes one copy of that block of x, which sees the blocks of ids before it and itself (a first

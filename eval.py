@@ -155,7 +155,7 @@ def evaluate(
     return sorted(ddp.gather(out, world), key=lambda rec: rec["index"])
 
 
-def item_accuracies(model, tok, cfg, items, rank=0, world=1, label="eval"):
+def item_accuracies(model, tok, cfg, items, *, rank=0, world=1, label="eval"):
     """The held-out accuracy of each item, as train.py scores it for its config `cfg`: decoded as eval.py decodes
     the run (held_out_decoding), the run's prompts, per_device_train_batch_size prompts a batch."""
     form = dict(system_prompt=cfg.system_prompt, compact=cfg.compact_prompt, max_prompt_length=cfg.max_prompt_length)
@@ -204,7 +204,7 @@ def check_room(model, name, device, rows, lengths):
             )
 
 
-def write_results(cfg, rows, samples, names, items, sources, partial=""):
+def write_results(cfg, rows, samples, names, items, sources, *, partial=""):
     """results.md, results.json, samples.jsonl and the plot of the cells decoded, each written beside the one it
     replaces and renamed into place once all are written; `partial` says why some are missing (the files say so)."""
     table = logs.results_table(rows, names[0] if len(names) > 1 else None)
@@ -243,11 +243,14 @@ def main():
 
     rows, samples, baseline = [], [], {}  # baseline: the first model's per-item scores in each cell of the grid
     try:
-        grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, rank, world, device)
+        grid_cells(
+            cfg, names, specs, grid, items, system=system, rows=rows, samples=samples, baseline=baseline, rank=rank,
+            world=world, device=device,
+        )  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C: the cells already decoded are written, and the stop said in one line
         if rank == 0 and rows:
             partial = f"interrupted after {len(rows)} of {len(names) * len(grid)} cells"
-            write_results(cfg, rows, samples, names, items, sources, partial)
+            write_results(cfg, rows, samples, names, items, sources, partial=partial)
             print(
                 f"eval.py: {partial}; wrote them to {cfg['output_dir']} (results.md, results.json, samples.jsonl)",
                 file=sys.stderr,
@@ -262,7 +265,7 @@ def main():
         dist.destroy_process_group()
 
 
-def grid_cells(cfg, names, specs, grid, system, items, rows, samples, baseline, rank, world, device):
+def grid_cells(cfg, names, specs, grid, items, *, system, rows, samples, baseline, rank, world, device):
     """Each model over the grid: appends each cell's row and samples as soon as it is decoded."""
     for name, (kind, spec) in zip(names, specs):
         if kind == "checkpoint":

@@ -202,7 +202,7 @@ def make_draws(estimator, rollout, k, generator=None, scheme="low_discrepancy"):
     raise ValueError(f"estimator={estimator!r} must be one of {ESTIMATORS}")
 
 
-def token_logp(model, rollout, x, read, rows=None, truncate=True):
+def token_logp(model, rollout, x, read, rows=None, *, truncate=True):
     """log p_θ(o_j | x) at the read positions, zero elsewhere: (n, G). x (n, L), read (n, G);
     rows (n,) picks each input's rollout row (default: all rows in order). Only read positions get
     logits (the vocabulary projection and log-softmax), never the whole (n, L, V)."""
@@ -212,7 +212,9 @@ def token_logp(model, rollout, x, read, rows=None, truncate=True):
     logits = forward_logits(model, x, rollout.attention_mask[rows], at=at)  # (N, V), N = read.sum()
     top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
     tokens = rollout.completion[rows][read]
-    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p, keep=tokens)
+    lp = policy_logprobs(
+        logits, mask_id=rollout.mask_id, temperature=rollout.temperature, top_k=top_k, top_p=top_p, keep=tokens
+    )
     out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)
     return out.masked_scatter(read, lp.gather(-1, tokens[:, None]).squeeze(-1))
 
@@ -235,7 +237,7 @@ def draw_passes(model, draws):
     return spans(K, (draws.per_pass or K) if packs(model, draws) else 1)
 
 
-def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
+def draws_logp(model, rollout, draws, js=slice(None), rows=None, *, chunk=64):
     """Token log-probs of the draws `js` for `rows` (default all), (K, n, G). Packed draws of a row
     run in one forward; other draws as many (row, draw) pairs per forward pass as `chunk`. Runs
     under whatever grad mode the caller set."""
@@ -243,27 +245,29 @@ def draws_logp(model, rollout, draws, js=slice(None), rows=None, chunk=64):
     x, read = draws.x[js][:, rows], draws.read[js][:, rows]
     if packs(model, draws):
         parts = spans(len(x), draws.per_pass or len(x))
-        return torch.cat([packed_logp(model, rollout, x[s], read[s], rows, draws.truncate) for s in parts])
+        return torch.cat([packed_logp(model, rollout, x[s], read[s], rows, truncate=draws.truncate) for s in parts])
     K, n, L = x.shape
     x, read, rows = x.reshape(K * n, L), read.reshape(K * n, -1), rows.repeat(K)
-    parts = [token_logp(model, rollout, x[s], read[s], rows[s], draws.truncate) for s in spans(K * n, chunk)]
+    parts = [token_logp(model, rollout, x[s], read[s], rows[s], truncate=draws.truncate) for s in spans(K * n, chunk)]
     return torch.cat(parts).view(K, n, -1)
 
 
-def packed_logp(model, rollout, x, read, rows, truncate=True):
+def packed_logp(model, rollout, x, read, rows, *, truncate=True):
     """log p_θ(o_j | ·) of draws on a block-diffusion model, all of a row's in one forward: the final
     sequence and one copy of each block a draw reads (blocks.py). x (K, n, L), read (K, n, G) ->
     (K, n, G), zero where not read."""
     P, ids = rollout.prompt_length, rollout.ids[rows]
     packed, call, copy_read, columns, draw = blocks.packed_states(
-        ids, rollout.attention_mask[rows], x, read, P, block_size(model)
+        ids, rollout.attention_mask[rows], x, read, prompt_length=P, size=block_size(model)
     )
     at = torch.zeros(packed.shape, dtype=torch.bool, device=packed.device)
     at[:, ids.shape[1] :] = copy_read.flatten(1)
     logits = selected_logits(model, packed, call, at)  # (N, V), row by row, copy by copy
     tokens = ids.gather(1, columns.flatten(1)).view(copy_read.shape)[copy_read]
     top_k, top_p = (rollout.top_k, rollout.top_p) if truncate else (None, None)
-    lp = policy_logprobs(logits, rollout.mask_id, rollout.temperature, top_k, top_p, keep=tokens)
+    lp = policy_logprobs(
+        logits, mask_id=rollout.mask_id, temperature=rollout.temperature, top_k=top_k, top_p=top_p, keep=tokens
+    )
     row = torch.arange(len(rows), device=packed.device)[:, None, None].expand(copy_read.shape)
     where = (draw[..., None].expand(copy_read.shape)[copy_read], row[copy_read], (columns - P)[copy_read])
     out = torch.zeros(read.shape, dtype=lp.dtype, device=lp.device)

@@ -96,7 +96,7 @@ def check_settings(
         raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
 
 
-def policy_logprobs(logits, mask_id, temperature=0.0, top_k=None, top_p=None, keep=None):
+def policy_logprobs(logits, *, mask_id, temperature=0.0, top_k=None, top_p=None, keep=None):
     """log π(· | x_t) per position: the sampling distribution, shared by sampler and likelihood so the two
     never disagree. logits (..., V), any dtype; returns float32 log-probs. keep (...,): token ids top-k and
     top-p never remove (the likelihood's sampled tokens: one at the edge of the set must not get log p = −inf,
@@ -139,12 +139,12 @@ def uniform(shape, generator, device):
     return torch.rand(shape, dtype=torch.float64, device=where, generator=generator).to(device)
 
 
-def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, confidence=True):
+def candidates(logits, *, mask_id, temperature, top_k, top_p, generator, device, confidence=True):
     """One step's proposals at the positions of `logits` (n, Bk, V): the sampling log-probs
     (n, Bk, V), a candidate x̂ per position (Gumbel-max with float64 noise; argmax at T = 0) and,
     with `confidence`, its confidence log softmax(ℓ)[x̂] under the untempered, untruncated
     distribution (n, Bk), else None (random unmasking needs none)."""
-    lp = policy_logprobs(logits, mask_id, temperature, top_k, top_p)
+    lp = policy_logprobs(logits, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature > 0:
         u = uniform(lp.shape, generator, device)
         gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
@@ -158,7 +158,7 @@ def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, co
     return lp, x_hat, raw.gather(-1, x_hat[..., None]).squeeze(-1) - raw.logsumexp(-1)
 
 
-def commit(x, unmask_step, logp, entropy, rows, cols, chosen, x_hat, lp, step):
+def commit(x, unmask_step, logp, entropy, *, rows, cols, chosen, x_hat, lp, step):
     """Write the chosen candidates on the canvas: rows (n,), cols (n, Bk) canvas columns, chosen (n, Bk)
     bool, step (n,): the step of each row that commits them."""
     r, c = chosen.nonzero(as_tuple=True)
@@ -216,7 +216,9 @@ def generate(
     eos_ids = tuple(int(e) for e in (eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]))
     native = bool(block_size(model))  # a block model's blocks count from each row's first token
     fill = eos_ids[0] if eos_ids else pad_id
-    x, attn, first, tail, n_blocks = blocks.canvas(prompt_ids, attention_mask, G, b, native, mask_id, fill)
+    x, attn, first, tail, n_blocks = blocks.canvas(
+        prompt_ids, attention_mask, completion_length=G, b=b, from_row_start=native, mask_id=mask_id, fill_id=fill
+    )
     unmask_step = torch.full_like(x, -1)
     logp, entropy = torch.zeros(x.shape, device=device), torch.zeros(x.shape, device=device)
     state, layout = (x, attn, unmask_step, logp, entropy), (first, tail, n_blocks, b)
@@ -225,7 +227,10 @@ def generate(
     )
     tau = threshold if unmasking == "threshold" else 0
     per_block = sampling_steps // (G // b)
-    steps, passes = decode(model, state, layout, eos_ids, sampling, kv_cache and native, per_block, unmasking, tau)
+    steps, passes = decode(
+        model, state, layout, stop_eos=eos_ids, sampling=sampling, kv_cache=kv_cache and native,
+        steps_per_block=per_block, unmasking=unmasking, tau=tau,
+    )  # fmt: skip
     columns = blocks.completion_columns(first, tail, blocks.completion_width(tail, G, b))
     completion = torch.ones(columns.shape, dtype=torch.long, device=device)
     return Rollout(
@@ -245,7 +250,7 @@ def generate(
     )
 
 
-def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, unmasking="low_confidence", tau=0):
+def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_block, unmasking="low_confidence", tau=0):
     """The blocks in order, each until its masks are filled, a step committing on every row that still has
     masks in the block: with `steps_per_block` s, LLaDA's c_i positions at step i, or as many as are left
     (a first block that holds the prompt's tail has fewer masks and ends early, as SDAR's does); with
@@ -301,7 +306,9 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, 
             if tau:  # and every other masked position at least tau confident
                 chosen |= (conf >= math.log(tau)) & masked
             cols = torch.arange(lo, hi, device=device).expand(len(sub), -1)
-            commit(x, unmask_step, logp, entropy, sub, cols, chosen, x_hat, lp, step[sub])
+            commit(
+                x, unmask_step, logp, entropy, rows=sub, cols=cols, chosen=chosen, x_hat=x_hat, lp=lp, step=step[sub]
+            )
             step[sub] += 1
         if cache is not None and len(rows) and block < N - 1:  # the finished block's keys and values, for later steps
             cached_logits(model, x[rows], attn[rows], lo, hi, cache, store=True)

@@ -161,7 +161,7 @@ def sampler(cfg):
     return dict(**shape, **how, unmasking=cfg.unmasking)
 
 
-def roll_out(cfg, model, ref_model, tok, items, step, micro, device, amp):
+def roll_out(cfg, model, ref_model, tok, items, *, step, micro, device, amp):
     """Rollout, rewards and group advantages, then the draws with their old and reference log-probs."""
     whole = [data.build_prompt(tok, cfg.task, it, cfg.system_prompt, cfg.compact_prompt) for it in items]
     prompts = [data.cut_left(p, cfg.max_prompt_length) for p in whole for _ in range(cfg.num_generations)]
@@ -256,7 +256,7 @@ def load_models(cfg, run):
 def held_out_accuracy(cfg, run, model, tok, items, label):
     """Greedy accuracy of each held-out item, decoded as eval.py decodes this run, in the rollouts' precision."""
     with run.amp(), gathered(model):
-        scores = item_accuracies(model, tok, cfg, items, run.rank, run.world, label)
+        scores = item_accuracies(model, tok, cfg, items, rank=run.rank, world=run.world, label=label)
     mean, se = mean_se(scores)
     run.log(f"held-out accuracy {label}: {mean:.3f} ± {se:.3f} ({len(items)} items, greedy; ± a standard error)")
     return scores
@@ -311,7 +311,11 @@ def main():
                     micro = a * run.world + run.rank  # the global micro-batch index
                     position = step * prompts_per_step + micro * groups_per_micro
                     items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
-                    batches.append(roll_out(cfg, model, ref_model, tok, items, step, micro, run.device, run.amp))
+                    batches.append(
+                        roll_out(
+                            cfg, model, ref_model, tok, items, step=step, micro=micro, device=run.device, amp=run.amp
+                        )
+                    )
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
             lifecycle.stop_if_signalled(run.stop)
 

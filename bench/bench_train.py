@@ -98,7 +98,9 @@ advantages = torch.randn(args.per_device_train_batch_size, generator=torch.Gener
 
 def update():
     with amp(args.device):
-        draws, old, _ = prepare(model, rollout, "stepwise", args.mc_samples, 1, torch.Generator().manual_seed(2))
+        draws, old, _ = prepare(
+            model, rollout, estimator="stepwise", k=args.mc_samples, mu=1, generator=torch.Generator().manual_seed(2)
+        )
         rows = torch.arange(args.per_device_train_batch_size, device=args.device)
         batch = MicroBatch(rollout, [], None, None, None, advantages, rows, draws, old, None)
         accumulate_gradients(model, [batch], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0)

@@ -28,7 +28,6 @@ reward_curves.png.
 """
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -42,9 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import comparison_config, run_unless_done, train_config  # noqa: E402  (bench/)
 
+from likelihood import ESTIMATORS  # noqa: E402
 from plumbing import data  # noqa: E402
-
-ESTIMATORS = ("stepwise", "one_step", "elbo")
+from plumbing.stats import mean_se  # noqa: E402
 
 # --- config
 output_dir = "bench/compare"  # RESULTS.md, results.json, reward_curves.png, runs/ (every run and evaluation, cached)
@@ -142,11 +141,6 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-def mean_se(xs):
-    m = mean(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan"))
-
-
 # 1. sweep on validation
 base = cfg["model_name_or_path"]
 sweep = run_all([(e, lr, args.tune_seed, None, "validation") for e in ESTIMATORS for lr in rates], "sweep (validation)")
@@ -193,7 +187,8 @@ test_lines = [
 test_lines.append("| base | | " + " | ".join(f"{100 * base_scores['test'][m]:.1f}" for m in ms) + " | | |")
 for label, runs in rows_of.items():
     rate = best["stepwise" if label.startswith("exact") else label]
-    cells = [f"{100 * mean_se([r[m] for r in runs])[0]:.1f} ± {100 * mean_se([r[m] for r in runs])[1]:.1f}" for m in ms]
+    by_m = [mean_se([r[m] for r in runs], float("nan")) for m in ms]  # one seed: no error to show (nan)
+    cells = [f"{100 * mu:.1f} ± {100 * se:.1f}" for mu, se in by_m]
     est, scheme = ("stepwise", "exact") if label.startswith("exact") else (label, None)
     used = [positions(name(est, rate, s, scheme)) for s in seeds]
     if None in used or m_train not in ms:
@@ -203,9 +198,9 @@ for label, runs in rows_of.items():
         cells += [f"{mean(used):.0f}", f"{1000 * gain / mean(used):+.2f}"]
     test_lines.append(f"| {label} | {rate:g} | " + " | ".join(cells) + " |")
 verdict = []  # paired by seed: runs of one seed see the same prompts, so part of their noise cancels
-for other in ("one_step", "elbo", "exact (stepwise rate)"):
+for other in [e for e in ESTIMATORS if e != "stepwise"] + ["exact (stepwise rate)"]:
     for m in ms:
-        d, se = mean_se([a[m] - b[m] for a, b in zip(rows_of["stepwise"], rows_of[other])])
+        d, se = mean_se([a[m] - b[m] for a, b in zip(rows_of["stepwise"], rows_of[other])], float("nan"))
         word = "above" if d > 2 * se else ("below" if d < -2 * se else "level with (within 2 SE)")
         verdict.append(
             f"- m = {m}: stepwise − {other} = {100 * d:+.1f} ± {100 * se:.1f} points: stepwise is {word} {other}."

@@ -8,6 +8,8 @@ to copy for a new task; a name starting with "_" is not a task). A task file def
     reward, accuracy              (completion, answer) -> float: r(o) of the group-relative advantage
                                   (a function in rewards.py) and the reported accuracy in [0, 1]
     problem_key(item)             what makes two items the same problem (test problems never train)
+    REWARD_RANGE                  (lo, hi): the reward of any completion against any reference lies in it
+    EXAMPLE_ROW                   a row of a local data file, as parse_row reads it
 
 and, where it has them, `load_hub(split)` (the released run's data, through `datasets`),
 `generate(n, seed, split, unique, **options)` (procedural items; split as data.split_of),
@@ -16,4 +18,8 @@ and, where it has them, `load_hub(split)` (the released run's data, through `dat
 the comment lines `# --- config` and `# --- end of config` of the task file, one `name = default  # meaning` a
 line (tasks/countdown.py): train.py, eval.py and tools/sft.py take them as --key=value like their own keys and
 list them in --help. An assignment outside those two lines is not a key.
+
+The tests read every file here, the template too: each reward stays in its REWARD_RANGE on hostile strings
+against EXAMPLE_ROW's answer and malformed ones, and a task's `solution` scores the top of it, so a new task is
+tested with no test edited.
 """

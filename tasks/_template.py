@@ -9,6 +9,8 @@ import rewards
 from plumbing.data import check, split_of
 
 SYSTEM_PROMPT = "Repeat the digits of the question inside <answer> </answer> tags."
+REWARD_RANGE = (0.0, 1.0)  # r(o) of any completion and reference: the tests hold reward to it
+EXAMPLE_ROW = {"digits": "123"}  # a row of a local data file (parse_row): the tests score against its answer
 
 # --- config
 template_digits = 3  # how many digits a question has [1, 6] (a generator's options become --key=value keys)

@@ -35,6 +35,8 @@ target_range = (1, 99)  # Countdown generator: range of the target
 # --- end of config
 
 reward, accuracy = rewards.countdown_reward, rewards.countdown_correct
+REWARD_RANGE = (-0.5, 4.0)  # r(o) of any completion and reference (rewards.py)
+EXAMPLE_ROW = {"nums": [25, 3, 2], "target": 56}  # a row of a local data file (parse_row)
 
 
 def question(item, compact=False):

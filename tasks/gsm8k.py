@@ -15,6 +15,8 @@ your reasoning
 """
 
 reward, accuracy = rewards.gsm8k_reward, rewards.gsm8k_correct
+REWARD_RANGE = (0.0, 4.0)  # r(o) of any completion and reference (rewards.py)
+EXAMPLE_ROW = {"question": "Tom has 3 boxes of 24 pencils. How many pencils?", "answer": "3 * 24 = 72\n#### 72"}
 
 
 def question(item, compact=False):

@@ -5,6 +5,8 @@ from plumbing.data import DataError, check, hub_dataset
 from tasks.gsm8k import SYSTEM_PROMPT, answer, problem_key, question  # noqa: F401 (items and system turn as GSM8K's)
 
 reward, accuracy = rewards.math_reward, rewards.math_correct
+REWARD_RANGE = (0.0, 4.0)  # r(o) of any completion and reference (rewards.py)
+EXAMPLE_ROW = {"problem": "What is $1 - \\frac{1}{2}$?", "solution": "$1 - \\frac{1}{2} = \\boxed{\\frac{1}{2}}$"}
 
 
 def parse_row(where, row):

@@ -68,6 +68,8 @@ sudoku_test_blanks = ()  # test/validation puzzles: ((blanks, weight), ...) in t
 # --- end of config
 
 reward, accuracy = rewards.sudoku_reward, rewards.sudoku_accuracy
+REWARD_RANGE = (0.0, 4.0)  # r(o) of any completion and reference (rewards.py)
+EXAMPLE_ROW = {"puzzle": "1030300001004001", "solution": "1234341221434321"}  # a row of a local data file (parse_row)
 
 
 def question(item, compact=False):

@@ -21,7 +21,7 @@ from agrpo import (
     kept_rows,
     prepare,
 )
-from likelihood import ESTIMATORS, completion_mask, token_logp
+from likelihood import ESTIMATORS, SCHEMES, completion_mask, token_logp
 from plumbing.model import load
 from sample import generate
 
@@ -99,11 +99,11 @@ def test_clip_engages_exactly_outside_the_range():
     logp, old = ratios.log(), torch.zeros(7)
     for a, expect in [(1.0, [False] * 6 + [True]), (-1.0, [True] + [False] * 6)]:
         _, clipped, _ = clipped_objective(
-            logp.clone().requires_grad_(), old, torch.full((7,), a), epsilon, epsilon_high
+            logp.clone().requires_grad_(), old, torch.full((7,), a), epsilon=epsilon, epsilon_high=epsilon_high
         )
         assert clipped.tolist() == expect
         x = logp.clone().requires_grad_()
-        obj, _, _ = clipped_objective(x, old, torch.full((7,), a), epsilon, epsilon_high)
+        obj, _, _ = clipped_objective(x, old, torch.full((7,), a), epsilon=epsilon, epsilon_high=epsilon_high)
         obj.sum().backward()
         assert ((x.grad == 0) == clipped).all()  # zero gradient exactly where clipped
 
@@ -165,7 +165,7 @@ def rollout_setup():
 
 def test_on_policy_ratios_are_one(rollout_setup):
     model, _, r = rollout_setup
-    draws, old, ref = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(1))
+    draws, old, ref = prepare(model, r, estimator="stepwise", k=3, mu=1, generator=torch.Generator().manual_seed(1))
     assert ref is None
     for j in range(3):
         with torch.no_grad():
@@ -190,20 +190,27 @@ class Counting(torch.nn.Module):
 def test_beta_zero_runs_no_reference_pass(rollout_setup, estimator):
     model, _, r = rollout_setup
     ref = Counting(model)
-    prepare(model, r, estimator, 2, 1, torch.Generator().manual_seed(2), ref_model=None)
+    prepare(model, r, estimator=estimator, k=2, mu=1, generator=torch.Generator().manual_seed(2), ref_model=None)
     assert ref.calls == 0
     counted = Counting(model)
-    _, _, ref_lp = prepare(counted, r, estimator, 2, 1, torch.Generator().manual_seed(2), ref_model=ref)
+    _, _, ref_lp = prepare(
+        counted, r, estimator=estimator, k=2, mu=1, generator=torch.Generator().manual_seed(2), ref_model=ref
+    )
     assert ref.calls > 0 and ref_lp is not None
     assert counted.calls == (0 if estimator == "stepwise" else ref.calls)  # AGRPO's π_old is free
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator):
+# every estimator of the code's list, the stepwise one with every scheme: one added in likelihood.py is run here
+VARIANTS = [("stepwise", s) for s in SCHEMES] + [(e, "low_discrepancy") for e in ESTIMATORS if e != "stepwise"]
+
+
+@pytest.mark.parametrize("estimator, scheme", VARIANTS)
+def test_one_step_changes_params_and_lowers_loss(rollout_setup, estimator, scheme):
     _, tok, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 3.0, 0.0, 1.0]), 4)
-    draws, old, _ = prepare(model, r, estimator, 4, 1, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    draws, old, _ = prepare(model, r, estimator=estimator, k=4, mu=1, generator=gen, scheme=scheme)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.005)
     batch = micro_batch(r, adv, draws, old)
@@ -244,7 +251,7 @@ def test_rows_with_zero_advantage_left_out_give_the_same_gradient(rollout_setup,
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = group_advantages(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 1.0, 1.0]), 4)
     assert (adv == 0).sum() == 6 and kept_rows(adv, 0.0).tolist() == [4, 5] and len(kept_rows(adv, 0.1)) == 8
-    draws, old, _ = prepare(model, r, estimator, 3, 1, torch.Generator().manual_seed(4))
+    draws, old, _ = prepare(model, r, estimator=estimator, k=3, mu=1, generator=torch.Generator().manual_seed(4))
 
     def gradient(rows):
         model.zero_grad(set_to_none=True)
@@ -266,7 +273,7 @@ def test_the_update_runs_one_forward_and_backward_per_micro_batch_and_draw(rollo
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
-    draws, old, _ = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(4))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=3, mu=1, generator=torch.Generator().manual_seed(4))
     rows_seen, backwards = [], [0]
     model.register_forward_pre_hook(
         lambda m, args, kw: rows_seen.append(len(args[0] if args else kw["input_ids"])), with_kwargs=True
@@ -283,7 +290,7 @@ def test_a_micro_batch_without_rows_gives_zero_gradients(rollout_setup):
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = torch.zeros(8)
-    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(4))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=2, mu=1, generator=torch.Generator().manual_seed(4))
     loss, metrics = accumulate_gradients(
         model, [micro_batch(r, adv, draws, old)], 0, epsilon=0.2, epsilon_high=0.2, beta=0.0
     )
@@ -300,7 +307,7 @@ def test_a_step_from_a_non_finite_gradient_is_not_taken(rollout_setup):
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = group_advantages(torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 3.0, 0.0, 1.0]), 4)
-    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(3))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=2, mu=1, generator=torch.Generator().manual_seed(3))
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt, _ = make_optimizer(1e-3, params, 10)
@@ -326,7 +333,7 @@ def test_nothing_is_read_to_the_host_between_a_draws_forward_and_its_backward(ro
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
-    draws, old, _ = prepare(model, r, "stepwise", 3, 1, torch.Generator().manual_seed(4))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=3, mu=1, generator=torch.Generator().manual_seed(4))
     window, reads, passes = [False], [], [0]
 
     def after_forward(module, args, output):

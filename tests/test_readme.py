@@ -60,3 +60,16 @@ def test_a_custom_run_comes_before_the_reference_sections():
 
 def test_the_ranges_the_readme_states_are_train_pys():
     assert f"τ in {train.RANGES['threshold']}" in README
+
+
+def test_the_file_tree_lists_every_task_and_its_reward():
+    """README's file tree lists the task files of tasks/ (data.TASK_NAMES, the code's list, and the template), and
+    its rewards.py line names every task whose reward lives in rewards.py."""
+    tree = next(block for block in README.split("```")[1::2] if "\ntasks/" in block).splitlines()
+    at = next(i for i, line in enumerate(tree) if line.startswith("tasks/"))
+    listed = tree[at + 1].split() + [tree[at + 2].split()[0]]
+    assert sorted(listed) == sorted([f"{name}.py" for name in data.TASK_NAMES] + ["_template.py"])
+    rewards_line = next(line for line in tree if line.startswith("rewards.py")).lower()
+    for name in data.TASK_NAMES:
+        if data.task(name).reward.__module__ == "rewards":
+            assert name in rewards_line, name

@@ -517,7 +517,7 @@ def test_all_eos_and_empty_completions_give_a_finite_update():
     r = Rollout(
         ids, torch.ones_like(ids), 4, steps, torch.full((2, 8), -1.0), torch.zeros(2, 8), 8, tok.mask_token_id, (eos,)
     )
-    draws, old, _ = prepare(model, r, "stepwise", 2, 1, torch.Generator().manual_seed(0))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=2, mu=1, generator=torch.Generator().manual_seed(0))
     adv = torch.tensor([1.0, -1.0])
     batch = MicroBatch(
         r, ["", ""], torch.zeros(2), torch.zeros(2), torch.zeros(2), adv, torch.arange(2), draws, old, None

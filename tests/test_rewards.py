@@ -1,11 +1,14 @@
 """rewards.py: documented values on hand-written cases, and no crash or hang on any string."""
 
+import importlib
+import re
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import rewards
 from plumbing import data
 from plumbing.arithmetic import eval_arithmetic, parse_number
 from rewards import (
@@ -24,19 +27,25 @@ from rewards import (
 
 CD = {"nums": [25, 3, 2], "target": 56}
 SU = {"puzzle": "1030300001004001", "solution": "1234341221434321"}  # 10 blanks
-FNS = {
-    "gsm8k": (gsm8k_reward, "72"),
-    "math": (math_reward, "\\frac{1}{2}"),
-    "countdown": (countdown_reward, CD),
-    "sudoku": (sudoku_reward, SU),
-}
 T = "<think>because</think>"
-REWARD_RANGE = {
-    "gsm8k": (0.0, 4.0),
-    "math": (0.0, 4.0),
-    "countdown": (-0.5, 4.0),
-    "sudoku": (0.0, 4.0),
-}  # rewards.py's docstring
+
+# every file of tasks/, the template too (data.TASK_NAMES, the code's list of tasks, leaves it out of --task): a
+# task added as one file is held to the range it declares with no edit here
+TASKS = {name: data.task(name) for name in data.TASK_NAMES} | {"_template": importlib.import_module("tasks._template")}
+
+
+def declared(name, t):
+    """(reward, the answer of the task's EXAMPLE_ROW, its REWARD_RANGE): what tasks/__init__.py asks of a task."""
+    missing = [a for a in ("REWARD_RANGE", "EXAMPLE_ROW") if not hasattr(t, a)]
+    assert not missing, f"tasks/{name}.py does not define {', '.join(missing)} (tasks/__init__.py lists them)"
+    lo, hi = t.REWARD_RANGE
+    assert lo < hi, f"tasks/{name}.py: REWARD_RANGE = {t.REWARD_RANGE!r} must be (lo, hi) with lo < hi"
+    return t.reward, t.answer(t.parse_row(f"tasks/{name}.py EXAMPLE_ROW", t.EXAMPLE_ROW)), (lo, hi)
+
+
+DECLARED = {name: declared(name, t) for name, t in TASKS.items()}
+FNS = {name: (fn, answer) for name, (fn, answer, _) in DECLARED.items()}
+REWARD_RANGE = {name: bounds for name, (_, _, bounds) in DECLARED.items()}
 
 HOSTILE = [
     "",
@@ -200,7 +209,7 @@ MALFORMED = [
 @pytest.mark.parametrize("reference", MALFORMED, ids=range(len(MALFORMED)))
 def test_malformed_references_never_raise(task, reference):
     """Every reward and accuracy function takes any reference: a malformed one scores, never raises."""
-    t = data.task(task)
+    t = TASKS[task]
     for text in ["<answer>1234341221434321</answer>", "<think>x</think><answer>(25+3)*2 = 56</answer>", ""]:
         r = t.reward(text, reference)
         lo, hi = REWARD_RANGE[task]
@@ -569,17 +578,63 @@ def test_property_numbers_markup_and_separators_never_crash(task, text):
     assert parse_number(text) is None or parse_number(text) == parse_number(text)
 
 
-# rewards.py's promise on types: rewards are floats; the accuracies bools, Sudoku's a float in [0, 1]
-ACCURACY_TYPES = {"gsm8k": bool, "math": bool, "countdown": bool, "sudoku": float}
+# rewards.py's promise on types: rewards are floats; the accuracies bools, Sudoku's a float in [0, 1] (another
+# task's accuracy: a bool or a float in [0, 1], as tasks/__init__.py asks)
+ACCURACY_TYPES = {"gsm8k": (bool,), "math": (bool,), "countdown": (bool,), "sudoku": (float,)}
 
 
 @pytest.mark.parametrize("task", sorted(FNS))
 @pytest.mark.parametrize("text", [*HOSTILE[:6], "<answer>72</answer>", "<answer>(25+3)*2 = 56</answer>"])
 def test_rewards_are_floats_and_accuracies_as_documented(task, text):
-    t, (_, answer) = data.task(task), FNS[task]
+    t, (_, answer) = TASKS[task], FNS[task]
     assert type(t.reward(text, answer)) is float
     acc = t.accuracy(text, answer)
-    assert type(acc) is ACCURACY_TYPES[task] and 0.0 <= acc <= 1.0
+    assert type(acc) in ACCURACY_TYPES.get(task, (bool, float)) and 0.0 <= acc <= 1.0
+
+
+def references(t):
+    """The answers a task's reward is held to its range against: its EXAMPLE_ROW's and, with a generator, the
+    first generated items' (train and test)."""
+    items = [t.parse_row("EXAMPLE_ROW", t.EXAMPLE_ROW)]
+    if hasattr(t, "generate"):
+        items += t.generate(3, seed=0, split="test") + t.generate(3, seed=0)
+    return items
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_reward_stays_in_its_declared_range_and_a_solution_reaches_the_top(task):
+    """Each task's reward, against its example's and generated items' answers, on the hostile strings and on each
+    item's own solution, lies in the task's REWARD_RANGE; a solution (tasks with `solution`) scores its top, so the
+    range is no looser than the reward above."""
+    t, (lo, hi) = TASKS[task], REWARD_RANGE[task]
+    for item in references(t):
+        for text in HOSTILE[:6] + HOSTILE[7:]:
+            assert lo <= t.reward(text, t.answer(item)) <= hi, (task, text[:40])
+        if hasattr(t, "solution") and t.solution(item) is not None:
+            assert t.reward(t.solution(item), t.answer(item)) == hi, (task, item)
+
+
+def docstring_ranges():
+    """{the head of each row of rewards.py's docstring table (GSM8K, MATH): the range it states}."""
+    rows = re.split(r"\n    (?=\S)", rewards.__doc__.split("\n\n    ", 1)[1])
+    found = {}
+    for row in rows:
+        bounds = re.findall(r"∈ \[([−\-\d.]+), ([−\-\d.]+)\]", row)
+        if bounds:
+            found[re.split(r"\s{2,}", row, maxsplit=1)[0]] = tuple(float(b.replace("−", "-")) for b in bounds[-1])
+    return found
+
+
+def test_rewards_docstring_states_each_tasks_declared_range():
+    """rewards.py's table of rewards states, for each task whose reward lives there, the task's REWARD_RANGE."""
+    stated = docstring_ranges()
+    assert len(stated) == 3, stated
+    in_rewards = [name for name, t in TASKS.items() if t.reward.__module__ == "rewards"]
+    assert len(in_rewards) >= 4
+    for name in in_rewards:
+        heads = [head for head in stated if name.lower() in head.lower()]
+        assert len(heads) == 1, f"rewards.py's docstring names {name!r} in {len(heads)} rows of its table"
+        assert stated[heads[0]] == REWARD_RANGE[name], name
 
 
 # linear time: each shape at n and 4n characters; a quadratic parser (the old \times fallback took 19-44 s

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import chat
 
-from sample import check_settings, generate, policy_logprobs, transfer_schedule
+from sample import UNMASKING, check_settings, generate, policy_logprobs, transfer_schedule
 
 PROMPTS = ["2+3", "Using the numbers [1, 2, 3], make 7.", "hello there, a longer prompt"]
 
@@ -30,7 +30,7 @@ def test_schedule_formula():
     assert sum(transfer_schedule(32, 5)) == 32
 
 
-@pytest.mark.parametrize("unmasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("unmasking", [u for u in UNMASKING if u != "threshold"])  # the fixed-step ones
 def test_schedule_followed_at_t0(tiny, unmasking):
     model, tok = tiny
     gen, block, steps = 24, 8, 9  # 3 steps per block: k = [3, 3, 2]
@@ -81,7 +81,7 @@ def test_recorded_logp_replays(tiny, unmasking, temperature, top_k, top_p):
         at_t = r.unmask_step == t
         assert at_t.any(1).all()  # every row commits at every step (no EOS with this seed)
         logits = model(rebuild(r, t), attention_mask=r.attention_mask).logits[:, r.prompt_length :]
-        lp = policy_logprobs(logits, r.mask_id, temperature, top_k, top_p)
+        lp = policy_logprobs(logits, mask_id=r.mask_id, temperature=temperature, top_k=top_k, top_p=top_p)
         replay = lp.gather(-1, r.completion[..., None]).squeeze(-1)
         torch.testing.assert_close(replay[at_t], r.logp[at_t], atol=1e-5, rtol=1e-5)
         ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
@@ -221,7 +221,7 @@ def test_threshold_rows_take_their_own_steps_and_replay(peaked):
     for t in range(r.steps):
         at_t = r.unmask_step == t
         logits = model(rebuild(r, t), attention_mask=r.attention_mask).logits[:, r.prompt_length :]
-        lp = policy_logprobs(logits, r.mask_id, 1.0, 40, None)
+        lp = policy_logprobs(logits, mask_id=r.mask_id, temperature=1.0, top_k=40)
         replay = lp.gather(-1, r.completion[..., None]).squeeze(-1)
         torch.testing.assert_close(replay[at_t], r.logp[at_t], atol=1e-5, rtol=1e-5)
 

@@ -41,7 +41,9 @@ def test_sft_loss_is_the_elbo_estimator_on_the_same_masks(name):
     likelihood.draws_logp reads it: on a block model the packed copies) bit for bit. The block model gets a row
     too whose first blocks hold no masked position (its copies skip them)."""
     model, tok = load(name, seed=0)
-    batch = sft.sft_batch(tok, "countdown", data.load_items("countdown", "train", None, n=12, seed=1), 16)
+    batch = sft.sft_batch(
+        tok, "countdown", data.load_items("countdown", "train", None, n=12, seed=1), max_completion_length=16
+    )
     ids, attention_mask, P = batch
     x, masked, weight = sft.mask_completions(batch, tok.mask_token_id, torch.Generator().manual_seed(3))
     zeros = torch.zeros(masked.shape)

@@ -69,7 +69,7 @@ RANGES = dict(
 )  # fmt: skip
 
 
-def sft_batch(tok, task, items, max_completion_length, system_prompt="", compact=True, device="cpu"):
+def sft_batch(tok, task, items, *, max_completion_length, system_prompt="", compact=True, device="cpu"):
     """(ids, attention_mask, P): the prompts left-padded to P tokens, then each solution and its EOS, EOS-padded
     to max_completion_length."""
     solution = data.task(task).solution
@@ -176,8 +176,9 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / max_steps))
         batch = sft_batch(
-            tok, task, rng.sample(items, batch_size), max_completion_length, system_prompt, compact, device
-        )
+            tok, task, rng.sample(items, batch_size), max_completion_length=max_completion_length,
+            system_prompt=system_prompt, compact=compact, device=device,
+        )  # fmt: skip
         loss = sft_loss(
             model, batch, mask_completions(batch, tok.mask_token_id, generator_for_step(step)), tok.mask_token_id
         )
