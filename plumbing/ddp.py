@@ -146,7 +146,7 @@ def _first_to_say(line):
             os.environ["MASTER_ADDR"],
             int(os.environ["MASTER_PORT"]),
             is_master=False,
-            timeout=datetime.timedelta(seconds=10),
+            timeout=datetime.timedelta(seconds=3),  # the agent answers at once while it lives
             wait_for_workers=False,
         )
         key = f"said/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{hashlib.sha256(line.encode()).hexdigest()}"

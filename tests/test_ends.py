@@ -93,3 +93,24 @@ def test_a_traceback_of_a_rank_is_told_from_torchruns_report():
     assert ranks_tracebacks(report) == [] and ranks_tracebacks(rank + report) == [
         "RuntimeError: Connection closed by peer"
     ]
+
+
+def test_a_line_is_said_by_the_first_rank_only(monkeypatch):
+    """Under torchrun the ranks count each stop's line in the agent's store: the first to reach it says it."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from plumbing import ddp
+
+    assert ddp._first_to_say("stopped") and ddp._first_to_say("stopped")  # no torchrun: each says its own
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=datetime.timedelta(seconds=10))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(store.port))
+    assert ddp._first_to_say("stopped") and not ddp._first_to_say("stopped") and ddp._first_to_say("another")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a restarted run says it again
+    assert ddp._first_to_say("stopped")
+    del store
+    monkeypatch.setenv("MASTER_PORT", "1")  # the agent gone: nothing to ask, each says its own
+    assert ddp._first_to_say("stopped")
