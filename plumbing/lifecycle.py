@@ -35,8 +35,8 @@ def training_run(output_dir, resume, overwrite, sharded, timeout_minutes=30, nee
     training and held-out items and the accuracy before training, which checkpoints record."""
     with ddp.processes(sharded, timeout_minutes, "before training began: nothing written") as started:
         distributed, rank, world, device, stop = started
-        run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0)
-        run.stop = stop
+        run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, stop=stop)
+        run.master = rank == 0
         run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
         run.train_items = run.held_out_items = run.accuracy_before = None  # train.py sets them
         run.last_saved = 0

@@ -114,3 +114,27 @@ def test_a_line_is_said_by_the_first_rank_only(monkeypatch):
     del store
     monkeypatch.setenv("MASTER_PORT", "1")  # the agent gone: nothing to ask, each says its own
     assert ddp._first_to_say("stopped")
+
+
+def test_a_signal_raises_once():
+    """torchrun passes a cluster's SIGTERM on to ranks that had it already: the second one is recorded, and does
+    not cut short the end (the checkpoint, the one line) the first began."""
+    from plumbing import ddp
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        state = ddp.catch_stop_signals()
+        with pytest.raises(ddp.Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert state == {"now": False, "signal": signal.SIGINT}
+        with ddp.stoppable(state):  # a stop signal ends the rollouts where they stand, once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+            raise AssertionError("not interrupted")
+        assert state == {"now": False, "signal": signal.SIGTERM}
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
