@@ -26,12 +26,10 @@ memory is refused before it is allocated.
 
 import json
 import os
-import signal
 import sys
 import time
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import data, ddp, logs, outdir, restore
@@ -236,33 +234,32 @@ def main():
     )
     names = list(cfg["labels"]) or list(cfg["models"])
 
-    distributed, rank, world, device = ddp.init_processes()
-    with config_errors():  # a malformed data file (file, line and field named), a generator that cannot deliver
-        gen = data.task_options(cfg["task"], cfg)
-        items = data.test_set(cfg["task"], cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"], **gen)
+    with ddp.processes() as (distributed, rank, world, device, _):  # Ctrl-C and SIGTERM raise ddp.Interrupted
+        with config_errors():  # a malformed data file (file, line and field named), a generator that cannot deliver
+            gen = data.task_options(cfg["task"], cfg)
+            where = (cfg["eval_file"], cfg["eval_items"], cfg["seed"], cfg["eval_split"])
+            items = data.test_set(cfg["task"], *where, **gen)
 
-    rows, samples, baseline = [], [], {}  # baseline: the first model's per-item scores in each cell of the grid
-    try:
-        grid_cells(
-            cfg, names, specs, grid, items, system=system, rows=rows, samples=samples, baseline=baseline, rank=rank,
-            world=world, device=device,
-        )  # fmt: skip
-    except KeyboardInterrupt:  # Ctrl-C: the cells already decoded are written, and the stop said in one line
-        if rank == 0 and rows:
-            partial = f"interrupted after {len(rows)} of {len(names) * len(grid)} cells"
-            write_results(cfg, rows, samples, names, items, sources, partial=partial)
-            print(
-                f"eval.py: {partial}; wrote them to {cfg['output_dir']} (results.md, results.json, samples.jsonl)",
-                file=sys.stderr,
-            )
-        else:
-            print("eval.py: interrupted before the first cell was decoded; nothing written", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)  # the shell's status for a process Ctrl-C ended
-    if rank == 0:
-        print(write_results(cfg, rows, samples, names, items, sources))
-        print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
-    if distributed:
-        dist.destroy_process_group()
+        rows, samples, baseline = [], [], {}  # baseline: the first model's per-item scores in each cell of the grid
+        try:
+            grid_cells(
+                cfg, names, specs, grid, items, system=system, rows=rows, samples=samples, baseline=baseline,
+                rank=rank, world=world, device=device,
+            )  # fmt: skip
+        except ddp.Interrupted as e:  # the cells already decoded are written, and the stop said in one line
+            if rank == 0 and rows:
+                partial = f"interrupted after {len(rows)} of {len(names) * len(grid)} cells"
+                write_results(cfg, rows, samples, names, items, sources, partial=partial)
+                print(
+                    f"eval.py: {partial}; wrote them to {cfg['output_dir']} (results.md, results.json, samples.jsonl)",
+                    file=sys.stderr,
+                )
+            elif rank == 0:
+                print("eval.py: interrupted before the first cell was decoded; nothing written", file=sys.stderr)
+            sys.exit(128 + e.args[0])  # the shell's status for a process a signal ended (Ctrl-C: 130)
+        if rank == 0:
+            print(write_results(cfg, rows, samples, names, items, sources))
+            print(f"wrote {cfg['output_dir']}/results.md, results.json, samples.jsonl, accuracy_vs_steps.png")
 
 
 def grid_cells(cfg, names, specs, grid, items, *, system, rows, samples, baseline, rank, world, device):
@@ -334,5 +331,5 @@ def grid_cells(cfg, names, specs, grid, items, *, system, rows, samples, baselin
 
 
 if __name__ == "__main__":
-    with ddp.rank_end():  # under torchrun, a rank that stopped says why; the others end quietly
+    with ddp.rank_end():  # under torchrun, a stop is said once; a rank whose peer stopped ends quietly
         main()

@@ -11,7 +11,6 @@ trajectory's m steps, and take PPO-clip updates on the stepwise estimate of log 
 import functools
 import os
 import random
-import signal
 import sys
 import time
 from types import SimpleNamespace
@@ -295,7 +294,7 @@ def main():
         # the model the update runs: DDP's wrapper (its gradient all-reduce) under torchrun; FSDP's shards itself
         run.train_model = DistributedDataParallel(model) if run.distributed and not cfg.fsdp else model
         positions = count_positions(model)  # the compute of each step, logged per completion
-        run.stop["now"] = False  # from here a signal stops the run where every rank can: lifecycle.stoppable
+        run.stop["now"] = False  # from here a signal stops the run where every rank can: ddp.stoppable
         run.bar = tqdm(range(start, total_steps), "AGRPO", initial=start, total=total_steps, disable=not run.master)
         run.save = functools.partial(lifecycle.save, cfg, run, model, opt, sched, tok, nonfinite)
         run.finished, run.last_saved = (start, torch.get_rng_state(), random.getstate()), start
@@ -306,7 +305,7 @@ def main():
             # 1. roll out: whole groups per micro-batch; the prompts' order is the same in any partition over ranks
             batches = []
             # FSDP: the weights gathered once for all of the rollouts' forwards; a stop signal cuts them short
-            with gathered(model, ref_model), lifecycle.stoppable(run.stop):
+            with gathered(model, ref_model), ddp.stoppable(run.stop):
                 for a in range(cfg.gradient_accumulation_steps):
                     micro = a * run.world + run.rank  # the global micro-batch index
                     position = step * prompts_per_step + micro * groups_per_micro
@@ -317,7 +316,7 @@ def main():
                         )
                     )
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
-            lifecycle.stop_if_signalled(run.stop)
+            ddp.stop_if_signalled(run.stop)
 
             # 2. update: μ PPO-clip updates on the stepwise (or ablation) estimate of log π(o)
             loss, metrics, grad_norm, skipped = update(run.train_model, opt, batches, cfg, run.amp)
@@ -358,7 +357,7 @@ def main():
                 if run.distributed:
                     dist.barrier()
             run.finished = (step + 1, torch.get_rng_state(), random.getstate())
-            lifecycle.stop_if_signalled(run.stop)
+            ddp.stop_if_signalled(run.stop)
 
         run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
         if test_items:
@@ -368,9 +367,5 @@ def main():
 
 
 if __name__ == "__main__":  # worker processes (math-verify's) import this file without running it
-    try:
-        with ddp.rank_end():  # under torchrun, a rank that stopped says why; the others end quietly
-            main()
-    except lifecycle.Interrupted as e:  # before the first step: nothing to save
-        name = signal.Signals(e.args[0]).name
-        raise SystemExit(f"stopped by {name} before training began: nothing written") from None
+    with ddp.rank_end():  # under torchrun, a stop is said once; a rank whose peer stopped ends quietly
+        main()

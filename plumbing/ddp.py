@@ -1,6 +1,10 @@
-"""Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process; the
-collectives the scripts use besides DDP's own gradient all-reduce (agrpo.py); and the seeded
-generators that make every random choice the same in any partition of the work over ranks."""
+"""Processes under torchrun: one per GPU (NCCL), gloo ranks on CPU, or one plain process. This file owns a
+process's life, from its start to its end, for every script (train.py, eval.py): the process group started and
+destroyed (`processes`), the stop signals (SIGINT, SIGTERM) and the point where every rank obeys them together
+(`stoppable`, `stop_if_signalled`), and how each rank ends (`rank_end`: a one-line stop said once, no traceback
+from a rank whose peer stopped, no abort at exit). Then the collectives the scripts use besides DDP's own
+gradient all-reduce (agrpo.py), and the seeded generators that make every random choice the same in any
+partition of the work over ranks."""
 
 import atexit
 import contextlib
@@ -13,7 +17,30 @@ import sys
 import torch
 import torch.distributed as dist
 
+from plumbing.errors import config_errors
 from plumbing.fsdp import is_sharded
+
+
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption); args[0]: the signal's number."""
+
+
+@contextlib.contextmanager
+def processes(sharded=False, timeout_minutes=30, stopped="before anything was written"):
+    """A script's processes, from start to a normal end: SIGINT and SIGTERM caught first (catch_stop_signals),
+    the process group started (init_processes), and destroyed when the body ends normally. Whatever holds the
+    group (DDP's reducer) is dropped by the body before it ends: freed after the group, its teardown can hang.
+    A stop signal that leaves the body (nothing saved) stops in one line: "stopped by SIGTERM ", then `stopped`.
+    Yields (distributed, rank, world, device, stop: catch_stop_signals' state)."""
+    stop = catch_stop_signals()
+    try:
+        with config_errors():  # --fsdp outside torchrun
+            distributed, rank, world, device = init_processes(sharded=sharded, timeout_minutes=timeout_minutes)
+        yield distributed, rank, world, device, stop
+    except Interrupted as e:
+        raise SystemExit(f"stopped by {signal.Signals(e.args[0]).name} {stopped}") from None
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def init_processes(sharded=False, timeout_minutes=30):
@@ -34,15 +61,55 @@ def init_processes(sharded=False, timeout_minutes=30):
     return ddp, rank, world, device
 
 
+def catch_stop_signals():
+    """SIGINT and SIGTERM are recorded in state["signal"]; they raise Interrupted where they arrive only
+    while state["now"] is set (before training, and inside `stoppable`). Elsewhere the weights are
+    changing or the ranks are in a collective together, and the signal waits for `stop_if_signalled`.
+    A signal raises once: the next ones (torchrun passes a cluster's SIGTERM on to ranks that had it
+    already) are only recorded, and do not cut short the end the first one began."""
+    state = {"now": True, "signal": None}
+
+    def handler(signum, frame):
+        state["signal"] = signum
+        if state["now"]:
+            state["now"] = False
+            raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+    return state
+
+
+@contextlib.contextmanager
+def stoppable(state):
+    """Work that runs no collective and changes no weight (the rollouts): a stop signal ends it where it
+    stands, however long it would take, and stays recorded for `stop_if_signalled`."""
+    state["now"] = True
+    try:
+        yield
+    except Interrupted:
+        pass
+    finally:
+        state["now"] = False
+
+
+def stop_if_signalled(state):
+    """Interrupted on every rank when a signal reached any of them: all stop at one point, where the
+    checkpoint of the last finished step can be written (under FSDP every rank takes part)."""
+    if any_rank(state["signal"] is not None):
+        raise Interrupted(state["signal"] or signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def rank_end():
-    """Under torchrun, a rank whose collective fails because another rank has stopped (that rank says why,
-    in one line) exits with status 1 and no traceback of its own. Every rank then ends as multiprocessing's
-    workers do, with os._exit once Python has printed what it prints at exit (atexit runs it): gloo's worker
-    threads free a finished collective's tensors a moment after it returns, taking the GIL to do so, and one
-    that asks for it while the interpreter is torn down aborts the process ("terminate called without an
-    active exception"). destroy_process_group does not stop those threads while a sharded model holds the
-    group."""
+    """Under torchrun, how a rank ends: a one-line stop (SystemExit with a message) is said by the first rank
+    to say it, once however many ranks reach it; a rank whose collective fails because another rank has
+    stopped (that rank says why) exits with status 1 and no traceback of its own. Every rank then ends as
+    multiprocessing's workers do, with os._exit once Python has printed what it prints at exit (atexit runs
+    it): gloo's worker threads free a finished collective's tensors a moment after it returns, taking the GIL
+    to do so, and one that asks for it while the interpreter is torn down aborts the process ("terminate called
+    without an active exception"). destroy_process_group does not stop those threads while a sharded model
+    holds the group."""
     if "RANK" not in os.environ:  # one plain process: nothing to end but itself
         yield
         return
@@ -53,6 +120,8 @@ def rank_end():
         status[0] = 0
     except SystemExit as e:
         status[0] = e.code if isinstance(e.code, int) else 0 if e.code is None else 1  # a message: 1, as Python
+        if isinstance(e.code, str) and not _first_to_say(e.code):
+            raise SystemExit(1) from None
         raise
     except KeyboardInterrupt:
         status[0] = 128 + signal.SIGINT  # the shell's status for a process Ctrl-C ended
@@ -64,6 +133,26 @@ def rank_end():
         if not (gone and dist.is_initialized() and dist.get_world_size() > 1):
             raise
         raise SystemExit(1) from None
+
+
+def _first_to_say(line):
+    """Whether no other rank of this torchrun run has said `line`: each rank counts it in torchrun's own store,
+    which its agent holds for as long as any rank lives (a stop every rank reaches, a refusal of the config
+    they share, is said once). Where there is no such store, every rank says its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return True
+    try:
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=3),  # the agent answers at once while it lives
+            wait_for_workers=False,
+        )
+        key = f"said/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{hashlib.sha256(line.encode()).hexdigest()}"
+        return store.add(key, 1) == 1
+    except (RuntimeError, OSError, ValueError, KeyError):  # the agent gone: say it
+        return True
 
 
 def _exit_now(status):

@@ -1,6 +1,7 @@
-"""A training run's lifecycle: its processes, its output folder made its own, its checkpoints (written,
-resumed), and how it ends. Ctrl-C or SIGTERM (a cluster's preemption) ends it at a point every rank
-reaches together, with the checkpoint of the last finished step and one line naming it."""
+"""A training run's lifecycle: its output folder made its own, its checkpoints (written, resumed), and how it
+ends. Its processes are ddp.py's (started, stopped, ended); Ctrl-C or SIGTERM (a cluster's preemption) ends it
+at a point every rank reaches together (ddp.stop_if_signalled), with the checkpoint of the last finished step
+and one line naming it."""
 
 import contextlib
 import fcntl
@@ -17,55 +18,48 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from plumbing import checkpoint, ddp, logs, outdir, restore, watch
-from plumbing.errors import ConfigError, config_errors
+from plumbing.errors import ConfigError
 from plumbing.model import resolved
 from plumbing.stats import mean_se, paired_change
 
 RUN_FILES = ("log.jsonl", "completions.jsonl", "final.json", "curves.png")  # what a run writes beside its checkpoints
 
 
-class Interrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption): the run writes its last finished step and stops."""
-
-
 @contextlib.contextmanager
 def training_run(output_dir, resume, overwrite, sharded, timeout_minutes=30, need_bytes=0):
-    """The run, from its processes to its end: one per GPU under torchrun (NCCL), gloo ranks on CPU, or one
-    process; output_dir locked by rank 0 (claim, with need_bytes free) before any heavy work; stop signals caught.
-    Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the loop sets
-    save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
+    """The run, from its processes (ddp.processes: one per GPU under torchrun, gloo ranks on CPU, or one
+    process; stop signals caught) to its end; output_dir locked by rank 0 (claim, with need_bytes free) before
+    any heavy work. Yields a namespace: distributed, rank, world, device, master, stop, amp() and log(); the
+    loop sets save(step), finished (step, torch and Python RNG states) and last_saved, which a stop uses, and
     bar, reporter and train_model (DDP's wrapper), which the end closes; train.py sets the digests of the
     training and held-out items and the accuracy before training, which checkpoints record."""
-    stop = catch_stop_signals()
-    with config_errors():
-        distributed, rank, world, device = ddp.init_processes(sharded=sharded, timeout_minutes=timeout_minutes)
-    run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, master=rank == 0, stop=stop)
-    run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
-    run.train_items = run.held_out_items = run.accuracy_before = None  # train.py sets them
-    run.last_saved = 0
-    run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-    )
-    run.log = lambda *a: run.master and a[0] is not None and tqdm.write(" ".join(str(x) for x in a))
-    _lock = claim(output_dir, resume, overwrite, need_bytes) if run.master else None  # held until the process ends
-    if distributed:
-        dist.barrier()  # the other ranks start once the folder is this run's
-    try:
-        yield run
-    except Interrupted as e:
-        if run.save is None:  # before the first step: nothing to save (train.py says so)
-            raise
-        stop["now"] = False  # a second Ctrl-C does not cut the checkpoint short
-        path = save_after_stop(output_dir, run) if run.master or sharded else None  # FSDP: every rank gathers
+    with ddp.processes(sharded, timeout_minutes, "before training began: nothing written") as started:
+        distributed, rank, world, device, stop = started
+        run = SimpleNamespace(distributed=distributed, rank=rank, world=world, device=device, stop=stop)
+        run.master = rank == 0
+        run.save = run.finished = run.bar = run.reporter = run.train_model = None  # the loop sets them
+        run.train_items = run.held_out_items = run.accuracy_before = None  # train.py sets them
+        run.last_saved = 0
+        run.amp = lambda: (  # bf16 autocast of every forward and backward on CUDA (the sampler's noise stays float64)
+            torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+        )
+        run.log = lambda *a: run.master and a[0] is not None and tqdm.write(" ".join(str(x) for x in a))
+        _lock = claim(output_dir, resume, overwrite, need_bytes) if run.master else None  # held until the end
+        if distributed:
+            dist.barrier()  # the other ranks start once the folder is this run's
+        try:
+            yield run
+        except ddp.Interrupted as e:
+            if run.save is None:  # before the first step: nothing to save (ddp.processes says so)
+                raise
+            path = save_after_stop(output_dir, run) if run.master or sharded else None  # FSDP: every rank gathers
+            logs.close_reporter(run.reporter)
+            run.bar.close()
+            how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
+            name = signal.Signals(e.args[0]).name
+            raise SystemExit(f"stopped by {name} after step {run.finished[0]}: {how}" if run.master else 1) from None
         logs.close_reporter(run.reporter)
-        run.bar.close()
-        how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
-        name = signal.Signals(e.args[0]).name
-        raise SystemExit(f"stopped by {name} after step {run.finished[0]}: {how}" if run.master else 1) from None
-    logs.close_reporter(run.reporter)
-    if distributed:  # the DDP reducer holds the process group: it goes first (freed after, its teardown can hang)
-        run.train_model = None
-        dist.destroy_process_group()
+        run.train_model = None  # the DDP reducer holds the process group: it goes first (freed after, it can hang)
 
 
 def save(cfg, run, model, opt, sched, tok, nonfinite, step):
@@ -190,42 +184,6 @@ def claim(out_dir, resume, overwrite, need_bytes=0):
             path = os.path.join(out_dir, f)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     return lock
-
-
-def catch_stop_signals():
-    """SIGINT and SIGTERM are recorded in state["signal"]; they raise Interrupted where they arrive only
-    while state["now"] is set (before training, and inside `stoppable`). Elsewhere the weights are
-    changing or the ranks are in a collective together, and the signal waits for `stop_if_signalled`."""
-    state = {"now": True, "signal": None}
-
-    def handler(signum, frame):
-        state["signal"] = signum
-        if state["now"]:
-            raise Interrupted(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
-    return state
-
-
-@contextlib.contextmanager
-def stoppable(state):
-    """Work that runs no collective and changes no weight (the rollouts): a stop signal ends it where it
-    stands, however long it would take, and stays recorded for `stop_if_signalled`."""
-    state["now"] = True
-    try:
-        yield
-    except Interrupted:
-        pass
-    finally:
-        state["now"] = False
-
-
-def stop_if_signalled(state):
-    """Interrupted on every rank when a signal reached any of them: all stop at one point, where the
-    checkpoint of the last finished step can be written (under FSDP every rank takes part)."""
-    if ddp.any_rank(state["signal"] is not None):
-        raise Interrupted(state["signal"] or signal.SIGTERM)
 
 
 def save_after_stop(out_dir, run):

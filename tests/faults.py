@@ -7,7 +7,9 @@ once the model files and half of optimizer.pt of this step's checkpoint folder a
 disk_full: the disk fills up (ENOSPC) at the same point; stop_after: exit cleanly right after this
 step's checkpoint is written; inf_weights_at: the optimizer step of this step leaves a weight infinite;
 hang_rollouts=(n, marker): once n steps have their advantages, a rollout never ends (each rank first
-creates the file marker.RANK).
+creates the file marker.RANK); hang_before_training=marker: the same before the first step (where the
+resume would be read); stop_on=(rank, n): that rank alone stops with a one-line ConfigError at its n-th
+micro-batch's advantages (the others go on to wait for it in a collective).
 """
 
 import ast
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 import agrpo  # noqa: E402
 import sample  # noqa: E402
 from plumbing import checkpoint  # noqa: E402
+from plumbing.errors import ConfigError  # noqa: E402
 
 sep = sys.argv.index("--")
 faults = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[1:sep])}
@@ -35,6 +38,8 @@ real_advantages, calls = agrpo.group_advantages, [0]
 
 def nan_advantages(*a, **k):
     calls[0] += 1
+    if (int(os.environ.get("RANK", 0)), calls[0]) == faults.get("stop_on"):
+        raise ConfigError(f"a one-line refusal on rank {faults['stop_on'][0]}")
     adv = real_advantages(*a, **k)
     return adv * float("nan") if calls[0] in faults.get("nan_steps", ()) else adv
 
@@ -99,5 +104,14 @@ if "kill_in_save" in faults or "disk_full" in faults:
     torch.save = save_interrupted_midway
 if "stop_after" in faults:
     checkpoint.save = save_then_stop
+if "hang_before_training" in faults:
+    from plumbing import lifecycle
+
+    def hanging_resume(*a, **k):
+        open(f"{faults['hang_before_training']}.{os.environ.get('RANK', '0')}", "w").close()
+        while True:
+            time.sleep(1)
+
+    lifecycle.resume = hanging_resume
 sys.argv = ["train.py", *sys.argv[sep + 1 :]]
 runpy.run_path(os.path.join(ROOT, "train.py"), run_name="__main__")

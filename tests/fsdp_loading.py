@@ -132,12 +132,11 @@ def float32_master(name, rank):
     return dict(float32_equal=same(built, old), dtypes=sorted({str(p.dtype) for p in built.parameters()}))
 
 
-with ddp.rank_end():  # the sharded models hold the group past its destruction: the end train.py's ranks have
-    dist.init_process_group("gloo")
+# the processes started and ended as train.py's are: the sharded models hold the group past its destruction
+with ddp.rank_end(), ddp.processes(sharded=True):
     rank = dist.get_rank()
     settings = [((0, 0, ()), False, 0.04), ((4, 8, ()), True, 0.04)]
     rows = [check(name, *setting, rank) for name in sys.argv[2:] for setting in settings]
     rows.append(float32_master(sys.argv[2], rank))
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
         json.dump(rows, f)
-    dist.destroy_process_group()

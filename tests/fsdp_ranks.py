@@ -89,9 +89,8 @@ def mixed_precision(name, rank):
 
 
 FSDPParamGroup.unshard = counted
-with ddp.rank_end():  # the sharded models hold the group past its destruction: the end train.py's ranks have
-    dist.init_process_group("gloo")
+# the processes started and ended as train.py's are: the sharded models hold the group past its destruction
+with ddp.rank_end(), ddp.processes(sharded=True):
     rows = [check(name, dist.get_rank()) for name in sys.argv[2:]] + [mixed_precision(sys.argv[2], dist.get_rank())]
     with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(rows, f)
-    dist.destroy_process_group()
