@@ -28,6 +28,7 @@ points at), and a checkpoint-N whose state is of another step is refused.
 train.py writes them; restore.py resumes a run from one and rebuilds the trained model for eval.py and export.py.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -115,6 +116,9 @@ def _fsync_tree(folder):
     os.close(fd)
 
 
+PENDING = []  # the checkpoint whose files are still being written in the background (FSDP), at most one
+
+
 def save(
     out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, sharded=False,
     items=None, accuracy_before=None,
@@ -123,10 +127,13 @@ def save(
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]; with frozen parameters its weights' digest (model.weights_digest) is
     recorded. sharded (FSDP): every rank calls it and writes its own shards of the trained tensors and
-    optimizer state (sharded.py), rank 0 the rest; else only rank 0 calls it. world: the ranks the run
-    trains on. items: the digests (data.items_digest) of the run's (training, held-out) items;
-    accuracy_before: each held-out item's accuracy before training, so a resume need not measure it
-    again. Returns the folder (None on the ranks but 0)."""
+    optimizer state (sharded.py) in the background, rank 0 the rest now: the folder becomes the checkpoint
+    (its manifest, its name) once finish() has waited for the write, which the next save does first; else
+    only rank 0 calls it and the checkpoint is whole when it returns. world: the ranks the run trains on.
+    items: the digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: each
+    held-out item's accuracy before training, so a resume need not measure it again. Returns the folder
+    (None on the ranks but 0)."""
+    finish()  # the previous checkpoint's write ends before another begins
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     master = not sharded or ddp.rank() == 0
     finite = sharded_ckpt.all_finite(model)
@@ -153,15 +160,14 @@ def save(
     }
     if sharded:
         state["layout"] = sharded_ckpt.LAYOUT  # the trained tensors and optimizer state are DCP's files
-    try:
+    with written_or_removed(out_dir, step, tmp, master):
         if master:
             remove(tmp, ignore_errors=True)
             os.makedirs(tmp)
-        digests = {}
         if sharded:
             ddp.barrier()  # the folder exists before any rank writes into it
-            digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in parallel
-            digests = {k: v for d in ddp.gather([digests], world) for k, v in d.items()}  # names and digests only
+            digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in the background
+            PENDING.append(dict(out_dir=out_dir, step=step, keep=keep, world=world, master=master, digests=digests))
         if master:
             if not sharded:
                 families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
@@ -172,9 +178,40 @@ def save(
             torch.save(trainer, os.path.join(tmp, "optimizer.pt"))
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
+            if not sharded:
+                write_manifest(tmp)
+                _fsync_tree(tmp)
+    if sharded:
+        return path if master else None
+    return commit(out_dir, step, keep)
+
+
+def finish():
+    """Wait for the checkpoint being written in the background (save(sharded=True)), if any, and make it one:
+    each rank's files hashed, the manifest written, the folder renamed into place and the oldest rotated away.
+    Returns its folder (None when none was being written, and on the ranks but 0). Every rank calls it; a
+    process killed before it ends leaves checkpoint-N.tmp, which is never read (names(), remove_partial())."""
+    if not PENDING:
+        return None
+    pending = PENDING.pop()
+    out_dir, step, master = pending["out_dir"], pending["step"], pending["master"]
+    tmp = os.path.join(out_dir, f"{PREFIX}{step}.tmp")
+    with written_or_removed(out_dir, step, tmp, master):
+        digests = pending["digests"].result()
+        digests = {k: v for d in ddp.gather([digests], pending["world"]) for k, v in d.items()}  # names and digests
+        if master:
             write_manifest(tmp, digests)
             _fsync_tree(tmp)
-    except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
+    return commit(out_dir, step, pending["keep"]) if master else None
+
+
+@contextlib.contextmanager
+def written_or_removed(out_dir, step, tmp, master):
+    """No half-written folder is left, whatever failed (the model's own code included); a full disk stops the
+    run in one line naming the checkpoint to resume from."""
+    try:
+        yield
+    except BaseException as e:
         if master:
             shutil.rmtree(tmp, ignore_errors=True)
         if not disk_full(e, out_dir):
@@ -184,8 +221,11 @@ def save(
             f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from "
             f"{last}"
         ) from None
-    if not master:
-        return None
+
+
+def commit(out_dir, step, keep):
+    """checkpoint-{step}.tmp, complete, renamed into place; then keep the newest `keep`. Returns the folder."""
+    path, tmp = os.path.join(out_dir, f"{PREFIX}{step}"), os.path.join(out_dir, f"{PREFIX}{step}.tmp")
     if os.path.islink(path):  # not a checkpoint of the run (names() skips it): the link goes, what it points at stays
         os.remove(path)
     elif os.path.exists(path):  # a step run again after a resume from an older checkpoint

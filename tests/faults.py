@@ -7,7 +7,8 @@ once the model files and half of optimizer.pt of this step's checkpoint folder a
 disk_full: the disk fills up (ENOSPC) at the same point; stop_after: exit cleanly right after this
 step's checkpoint is written; inf_weights_at: the optimizer step of this step leaves a weight infinite;
 hang_rollouts=(n, marker): once n steps have their advantages, a rollout never ends (each rank first
-creates the file marker.RANK).
+creates the file marker.RANK); hold_shard_write=N: the background write of checkpoint-N's shards (--fsdp)
+never ends, while training goes on.
 """
 
 import ast
@@ -22,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
+from torch.distributed.checkpoint import FileSystemWriter  # noqa: E402
 
 import agrpo  # noqa: E402
 import sample  # noqa: E402
@@ -91,7 +93,19 @@ def hanging_generate(*a, **k):
     return real_generate(*a, **k)
 
 
+real_write_data = FileSystemWriter.write_data
+
+
+def write_data_never_ending(self, plan, planner):
+    if str(self.path).endswith(f"checkpoint-{faults['hold_shard_write']}.tmp"):
+        while True:  # in the writing thread: the training's own thread goes on
+            time.sleep(1)
+    return real_write_data(self, plan, planner)
+
+
 torch.optim.AdamW.step = step_then_inf
+if "hold_shard_write" in faults:
+    FileSystemWriter.write_data = write_data_never_ending
 if "hang_rollouts" in faults:
     sample.generate = hanging_generate
 agrpo.group_advantages = nan_advantages
