@@ -699,7 +699,8 @@ def test_a_checkpoint_cannot_name_a_hub_repository_to_run(tmp_path):
     """A checkpoint naming a hub id that is no family's released model as its base is refused in one line
     saying how to trust it, before anything is fetched or run; a family's released ids and the shipped
     models are trusted."""
-    from plumbing.model import is_shipped_or_official, load
+    from plumbing.model import load
+    from plumbing.model_names import is_shipped_or_official
 
     model, _ = load("tiny")
     opt = torch.optim.AdamW(model.parameters())
