@@ -3,14 +3,16 @@ holds 1/world of the weights, gradients and AdamW moments, and a transformer lay
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
 - at load only rank 0 reads the weights: every rank builds the model on the meta device, shards it
-  and receives its part from rank 0 one tensor at a time (shard_from_rank0);
+  and receives its part from rank 0 one tensor at a time, which rank 0 reads from the safetensors
+  files one at a time (stream_from_rank0) or, where it cannot, from the whole model it loaded
+  (shard_from_rank0);
 - training forwards and backwards are collectives (a layer's all-gather, its gradients'
   reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients adds the
   zero-loss passes ddp.passes_to_fill counts);
 - rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
   gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
   threshold decoding takes its own step counts) with no collective in between;
-- a checkpoint is written by every rank at once, each its own shards (sharded.py); a resume on any
+- a checkpoint is written by every rank at once, each its own shards, in the background (sharded.py); a resume on any
   number of ranks reads the pieces of its own shards. A checkpoint of whole tensors (an earlier
   version's) is read whole on every rank and sharded again (load_weights, load_optimizer).
 """

@@ -169,7 +169,8 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     remote code is fetched once, then the other ranks load it. With LoRA the reference policy is the
     model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. sharded (FSDP):
     only rank 0 reads the weights (on the CPU; float32 on CUDA: the master weights); every rank builds
-    the model with no weights, shards it and receives its part from rank 0 (sharded_policy). A model or
+    the model with no weights, shards it and receives its part from rank 0, a tensor at a time from the
+    safetensors files for full fine-tuning (streamed_policy), else from the whole model (sharded_policy). A model or
     target list that cannot be used raises ValueError naming the key."""
     import torch.distributed as dist
 
@@ -280,7 +281,8 @@ def sharded_policy(name, loaded, master, lora, lora_targets, gradient_checkpoint
     the whole model on rank 0, the model on the meta device on the others. Rank 0 builds the meta model
     too; every rank sets checkpointing and copies the reference from it (a copy of nothing), shards
     them, and rank 0 sends each tensor in turn (fsdp.shard_from_rank0): only rank 0 holds the whole
-    model on its host. The ranks end as loading the whole model on every rank left them: the same
+    model on its host (full fine-tuning of a folder of safetensors files: not even rank 0, streamed_policy).
+    The ranks end as loading the whole model on every rank left them: the same
     parts, buffers and RNG state (tests/fsdp_loading.py)."""
     import torch.distributed as dist
 
