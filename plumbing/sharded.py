@@ -71,7 +71,9 @@ def save(folder, model, opt, saved_name):
     get_model_state_dict(model)
     state = {MODEL: trained(model, saved_name), OPTIMIZER: get_optimizer_state_dict(model, opt)}
     own = sum(local(t).numel() * t.element_size() for part in state.values() for t in tensors_of(part))
-    written, digests = dcp.async_save(state, checkpoint_id=folder, process_group=writer_group(own)), Future()
+    group = writer_group(own) if distributed() else None  # one process with no process group: it writes alone
+    written = dcp.async_save(state, checkpoint_id=folder, process_group=group, no_dist=group is None)
+    digests = Future()
 
     def hash_own(written):  # in the writing thread, once every rank's files are written
         try:

@@ -910,4 +910,5 @@ def test_a_full_disk_in_a_sharded_save_stops_with_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(dcp_files, "_write_item", full)
     with pytest.raises(SystemExit, match=f"the disk of {tmp_path} is full: checkpoint 2 not written"):
         checkpoint.save(str(tmp_path), 2, model, opt, sched, {"model_name_or_path": "tiny"}, sharded=True)
+        checkpoint.finish()  # the shards are written in the background: their failure comes when it is waited for
     assert seen[0] is CheckpointException and os.listdir(tmp_path) == []
