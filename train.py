@@ -29,7 +29,8 @@ from plumbing.errors import ConfigError, config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.fsdp import gathered
 from plumbing.logits import count_positions
-from plumbing.model import declared_block_size, load_policy, model_path_error, shipped
+from plumbing.model import load_policy
+from plumbing.model_names import declared_block_size, model_path_error, shipped
 from plumbing.outdir import weights_bytes
 from plumbing.stats import mean_se
 from sample import UNMASKING, check_settings, decode_completions, generate

@@ -28,6 +28,7 @@ points at), and a checkpoint-N whose state is of another step is refused.
 train.py writes them; restore.py resumes a run from one and rebuilds the trained model for eval.py and export.py.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -36,12 +37,18 @@ import re
 import shutil
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch.distributed.checkpoint.api import CheckpointException
 
 from plumbing import ddp, families
 from plumbing import sharded as sharded_ckpt
+from plumbing.checkpoint_tensors import (  # noqa: F401 (tensors: eval.py, export.py and the tests read them here)
+    fingerprint,
+    layout,
+    missing_tensors,
+    saved_name,
+    tensors,
+    trainer_tensors,
+)
 from plumbing.errors import ConfigError
 from plumbing.manifest import CHECKSUMS, STATE, damaged_files, sha256, weight_files, write_manifest  # noqa: F401
 
@@ -51,11 +58,6 @@ ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the numb
 
 class RunMismatch(ConfigError):
     """The checkpoint is whole but belongs to another model or run: an older one would not fit either."""
-
-
-def fingerprint(model):
-    """Names and shapes of the trained parameters: a checkpoint of another model is refused."""
-    return sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad)
 
 
 def names(out_dir):
@@ -115,6 +117,9 @@ def _fsync_tree(folder):
     os.close(fd)
 
 
+PENDING = []  # the checkpoint whose files are still being written in the background (FSDP), at most one
+
+
 def save(
     out_dir, step, model, opt, sched, config, keep=2, base=None, counters=None, tok=None, *, world=1, sharded=False,
     items=None, accuracy_before=None,
@@ -123,10 +128,13 @@ def save(
     base: the model the trained parameters sit on (LoRA adapters need it to be rebuilt); default
     config["model_name_or_path"]; with frozen parameters its weights' digest (model.weights_digest) is
     recorded. sharded (FSDP): every rank calls it and writes its own shards of the trained tensors and
-    optimizer state (sharded.py), rank 0 the rest; else only rank 0 calls it. world: the ranks the run
-    trains on. items: the digests (data.items_digest) of the run's (training, held-out) items;
-    accuracy_before: each held-out item's accuracy before training, so a resume need not measure it
-    again. Returns the folder (None on the ranks but 0)."""
+    optimizer state (sharded.py) in the background, rank 0 the rest now: the folder becomes the checkpoint
+    (its manifest, its name) once finish() has waited for the write, which the next save does first; else
+    only rank 0 calls it and the checkpoint is whole when it returns. world: the ranks the run trains on.
+    items: the digests (data.items_digest) of the run's (training, held-out) items; accuracy_before: each
+    held-out item's accuracy before training, so a resume need not measure it again. Returns the folder
+    (None on the ranks but 0)."""
+    finish()  # the previous checkpoint's write ends before another begins
     path = os.path.join(out_dir, f"{PREFIX}{step}")
     master = not sharded or ddp.rank() == 0
     finite = sharded_ckpt.all_finite(model)
@@ -153,15 +161,14 @@ def save(
     }
     if sharded:
         state["layout"] = sharded_ckpt.LAYOUT  # the trained tensors and optimizer state are DCP's files
-    try:
+    with written_or_removed(out_dir, step, tmp, master):
         if master:
             remove(tmp, ignore_errors=True)
             os.makedirs(tmp)
-        digests = {}
         if sharded:
             ddp.barrier()  # the folder exists before any rank writes into it
-            digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in parallel
-            digests = {k: v for d in ddp.gather([digests], world) for k, v in d.items()}  # names and digests only
+            digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in the background
+            PENDING.append(dict(out_dir=out_dir, step=step, keep=keep, world=world, master=master, digests=digests))
         if master:
             if not sharded:
                 families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
@@ -172,9 +179,40 @@ def save(
             torch.save(trainer, os.path.join(tmp, "optimizer.pt"))
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
+            if not sharded:
+                write_manifest(tmp)
+                _fsync_tree(tmp)
+    if sharded:
+        return path if master else None
+    return commit(out_dir, step, keep)
+
+
+def finish():
+    """Wait for the checkpoint being written in the background (save(sharded=True)), if any, and make it one:
+    each rank's files hashed, the manifest written, the folder renamed into place and the oldest rotated away.
+    Returns its folder (None when none was being written, and on the ranks but 0). Every rank calls it; a
+    process killed before it ends leaves checkpoint-N.tmp, which is never read (names(), remove_partial())."""
+    if not PENDING:
+        return None
+    pending = PENDING.pop()
+    out_dir, step, master = pending["out_dir"], pending["step"], pending["master"]
+    tmp = os.path.join(out_dir, f"{PREFIX}{step}.tmp")
+    with written_or_removed(out_dir, step, tmp, master):
+        digests = pending["digests"].result()
+        digests = {k: v for d in ddp.gather([digests], pending["world"]) for k, v in d.items()}  # names and digests
+        if master:
             write_manifest(tmp, digests)
             _fsync_tree(tmp)
-    except BaseException as e:  # no half-written folder is left, whatever failed (the model's own code included)
+    return commit(out_dir, step, pending["keep"]) if master else None
+
+
+@contextlib.contextmanager
+def written_or_removed(out_dir, step, tmp, master):
+    """No half-written folder is left, whatever failed (the model's own code included); a full disk stops the
+    run in one line naming the checkpoint to resume from."""
+    try:
+        yield
+    except BaseException as e:
         if master:
             shutil.rmtree(tmp, ignore_errors=True)
         if not disk_full(e, out_dir):
@@ -184,8 +222,11 @@ def save(
             f"the disk of {out_dir} is full: checkpoint {step} not written (removed); free space, then resume from "
             f"{last}"
         ) from None
-    if not master:
-        return None
+
+
+def commit(out_dir, step, keep):
+    """checkpoint-{step}.tmp, complete, renamed into place; then keep the newest `keep`. Returns the folder."""
+    path, tmp = os.path.join(out_dir, f"{PREFIX}{step}"), os.path.join(out_dir, f"{PREFIX}{step}.tmp")
     if os.path.islink(path):  # not a checkpoint of the run (names() skips it): the link goes, what it points at stays
         os.remove(path)
     elif os.path.exists(path):  # a step run again after a resume from an older checkpoint
@@ -285,46 +326,6 @@ def state_problem(state, need_rng):
     return None
 
 
-def saved_name(name):
-    """A trained parameter's name in the checkpoint's safetensors: peft saves adapters without their
-    adapter name (lora_A.weight for lora_A.default.weight); other names are saved as they are."""
-    return re.sub(r"\.default(?=\.)", "", name)
-
-
-def missing_tensors(path, state):
-    """Why a checkpoint lacks trained tensors its fingerprint names (or holds one of another shape),
-    read from the safetensors headers of the files its manifest lists (a sharded checkpoint: DCP's .metadata)
-    alone; None when it has them all."""
-    expected = {saved_name(name): list(shape) for name, shape in state["fingerprint"]}
-    saved = {}
-    files = weight_files(path)
-    try:
-        if state.get("layout") == sharded_ckpt.LAYOUT:
-            saved = sharded_ckpt.shapes(path)
-        for f in files:
-            with safe_open(os.path.join(path, f), "pt") as st:
-                saved |= {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
-    except Exception as e:  # safetensors raises its own error types on a damaged header
-        return f"cannot be read ({type(e).__name__}: {str(e)[:120]})"
-    return shapes_problem(expected, saved)
-
-
-def shapes_problem(expected, saved):
-    """Why saved {name: shape} lacks a tensor of expected {name: shape} or holds one of another shape,
-    or None: an adapter file that is missing, empty or of another rank would otherwise load as
-    untrained adapters (peft skips missing keys) or broadcast a (1,) tensor into a whole parameter."""
-    missing = sorted(expected.keys() - saved.keys())
-    if missing:
-        what = (
-            "no weights at all"
-            if not saved
-            else f"{len(missing)} of {len(expected)} trained tensors missing ({missing[0]}, ...)"
-        )
-        return f"is incomplete: {what}"
-    wrong = next((k for k in expected if saved[k] != expected[k]), None)
-    return f"is damaged: {wrong} has shape {saved[wrong]}, expected {expected[wrong]}" if wrong else None
-
-
 def newest_whole(run_dir, log=print):
     """The newest checkpoint of a run folder whose state and trained tensors are whole (a damaged
     one is passed over with a warning, and a symbolic link named like a checkpoint), or None."""
@@ -340,33 +341,3 @@ def newest_whole(run_dir, log=print):
             return path
         log(f"warning: {problem if path in problem else f'checkpoint {path} {problem}'}; trying an older checkpoint")
     return None
-
-
-def tensors(path):
-    """The trained parameters a checkpoint holds, as saved (peft's adapter names, or the model's), read
-    from the safetensors files its manifest lists (weight_files), or whole from a sharded checkpoint's files."""
-    files = weight_files(path)
-    try:
-        if layout(path) == sharded_ckpt.LAYOUT:
-            return sharded_ckpt.whole_tensors(path)
-        return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
-    except Exception as e:  # safetensors raises its own error types on a damaged file
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
-
-
-def layout(path):
-    """How a checkpoint holds its tensors: sharded.LAYOUT (DCP's files) or None (whole, in safetensors)."""
-    try:
-        with open(os.path.join(path, STATE)) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None  # read() says why
-    return state.get("layout") if isinstance(state, dict) else None
-
-
-def trainer_tensors(path):
-    """Optimizer, scheduler and torch RNG states: tensors, numbers, lists and dicts only."""
-    try:
-        return torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated, or holding objects that would have to be unpickled
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None

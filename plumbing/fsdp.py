@@ -3,14 +3,16 @@ holds 1/world of the weights, gradients and AdamW moments, and a transformer lay
 gathered whole only while it runs. The algorithm is unchanged; what changes is where tensors live:
 
 - at load only rank 0 reads the weights: every rank builds the model on the meta device, shards it
-  and receives its part from rank 0 one tensor at a time (shard_from_rank0);
+  and receives its part from rank 0 one tensor at a time, which rank 0 reads from the safetensors
+  files one at a time (stream_from_rank0) or, where it cannot, from the whole model it loaded
+  (shard_from_rank0);
 - training forwards and backwards are collectives (a layer's all-gather, its gradients'
   reduce-scatter), so every rank runs the same number of them (agrpo.accumulate_gradients adds the
   zero-loss passes ddp.passes_to_fill counts);
 - rollouts, the old and reference log-probs and evaluation run inside `gathered`: the model is
   gathered once and kept whole, so ranks may run different numbers of forwards (rows end early,
   threshold decoding takes its own step counts) with no collective in between;
-- a checkpoint is written by every rank at once, each its own shards (sharded.py); a resume on any
+- a checkpoint is written by every rank at once, each its own shards, in the background (sharded.py); a resume on any
   number of ranks reads the pieces of its own shards. A checkpoint of whole tensors (an earlier
   version's) is read whole on every rank and sharded again (load_weights, load_optimizer).
 """
@@ -67,6 +69,74 @@ def shard_from_rank0(model, whole, device, mixed_precision):
                 b.copy_(whole.get_buffer(name))
             dist.broadcast(b, src=0)
     return model
+
+
+def stream_from_rank0(models, files, device, mixed_precision, dtype=None, seen=None):
+    """Shard `models` (built on the meta device with the same modules: the policy and its frozen reference
+    copy) in place and fill them from the safetensors `files` that rank 0 reads one tensor at a time
+    (safe_open; None on the other ranks): rank 0 sends each tensor whole, every rank keeps its part, so no rank
+    holds more than one whole tensor besides its shards, rank 0 included (a whole model loaded first held
+    them all there). dtype: every floating-point parameter's (None: as built). Buffers outside the state dict
+    keep the values the modules were built with. seen(name, whole tensor): each parameter, by name."""
+    import torch.distributed as dist
+    from safetensors import safe_open
+
+    for m in models:
+        with torch.no_grad():
+            for p in m.parameters():  # .data: a tied parameter stays one parameter
+                if dtype is not None and p.is_floating_point():
+                    p.data = p.data.to(dtype)
+        built = {n: b.clone() for n, b in m.named_buffers()}  # real: only parameters are built on the meta device
+        shard(m, mixed_precision)
+        m.to_empty(device=device)
+        with torch.no_grad():
+            for n, b in m.named_buffers():
+                b.copy_(built[n])
+    first = models[0]
+    stored = stored_names(first)
+    targets = [dict([*m.named_parameters(), *persistent_buffers(m)]) for m in models]
+    file_of = {}
+    for f in files or []:
+        with safe_open(f, "pt") as st:
+            file_of |= {k: f for k in st.keys()}
+    with torch.no_grad():
+        for name, t in sorted([*first.named_parameters(), *persistent_buffers(first)]):
+            whole = torch.empty(t.shape, dtype=t.dtype, device=device)
+            if files is not None:
+                key = next(k for k in stored[name] if k in file_of)
+                with safe_open(file_of[key], "pt") as st:  # opened for each tensor: its mapped pages go with it
+                    whole.copy_(st.get_tensor(key))
+            dist.broadcast(whole, src=0)
+            if seen is not None and isinstance(t, torch.nn.Parameter):
+                seen(name, whole)
+            for own in (target[name] for target in targets):
+                part = distribute_tensor(whole, own.device_mesh, own.placements, src_data_rank=None)
+                local(own).copy_(local(part)) if isinstance(own, DTensor) else own.copy_(whole)
+            del whole
+    return models
+
+
+def stored_names(model):
+    """{name of a parameter or persistent buffer (as named_parameters gives it): every name it is stored under
+    in the state dict} (a tied parameter has several; safetensors files keep one of them)."""
+    tensors = {id(t): n for n, t in [*model.named_parameters(), *persistent_buffers(model)]}
+    names = {}
+    for key, t in [*model.named_parameters(remove_duplicate=False), *persistent_buffers(model)]:
+        names.setdefault(tensors[id(t)], []).append(key)
+    return names
+
+
+def persistent_buffers(model):
+    """(name, buffer) of the buffers in the model's state dict."""
+    keys = model.state_dict().keys()
+    return [(n, b) for n, b in model.named_buffers() if n in keys]
+
+
+def reshard(model):
+    """Every sharded module of the model back to its shards (a forward outside `gathered` leaves the root whole)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def is_sharded(model):

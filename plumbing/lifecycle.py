@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from plumbing import checkpoint, ddp, logs, outdir, restore, watch
+from plumbing import checkpoint, ddp, disk, logs, outdir, restore, watch
 from plumbing.errors import ConfigError
 from plumbing.model import resolved
 from plumbing.stats import mean_se, paired_change
@@ -52,12 +52,15 @@ def training_run(output_dir, resume, overwrite, sharded, timeout_minutes=30, nee
         except ddp.Interrupted as e:
             if run.save is None:  # before the first step: nothing to save (ddp.processes says so)
                 raise
-            path = save_after_stop(output_dir, run) if run.master or sharded else None  # FSDP: every rank gathers
+            checkpoint.finish()  # FSDP: a checkpoint still being written is finished first (it may be the last step's)
+            path = save_after_stop(output_dir, run) if run.master or sharded else None  # FSDP: every rank writes
+            path = checkpoint.finish() or path
             logs.close_reporter(run.reporter)
             run.bar.close()
             how = f"checkpoint {path}: continue with --resume_from_checkpoint" if path else "no checkpoint written yet"
             name = signal.Signals(e.args[0]).name
             raise SystemExit(f"stopped by {name} after step {run.finished[0]}: {how}" if run.master else 1) from None
+        checkpoint.finish()  # FSDP: the last checkpoint's write, which the final evaluation overlapped
         logs.close_reporter(run.reporter)
         run.train_model = None  # the DDP reducer holds the process group: it goes first (freed after, it can hang)
 
@@ -75,7 +78,8 @@ def disk_footprint(cfg, run, model, start, total_steps):
     float32 master weights under FSDP), how many the run keeps, and the free space of output_dir's disk.
     A run whose first checkpoint cannot fit stops here (it would stop at its first save, its steps lost);
     one whose kept checkpoints cannot all fit is warned (it stops at the save that fills the disk, with its
-    newest checkpoint whole: free space, or lower --save_total_limit, before then)."""
+    newest checkpoint whole: free space, or lower --save_total_limit, before then). A collective timeout too short
+    for the slowest rank's write is raised, with a warning line first (disk.cover_save)."""
     size = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     saves = len([s for s in range(start + 1, total_steps + 1) if s % cfg.save_steps == 0 or s == total_steps])
     existing = len(checkpoint.names(cfg.output_dir))
@@ -87,9 +91,11 @@ def disk_footprint(cfg, run, model, start, total_steps):
     line = f"checkpoints: ~{gib(size)} each × {kept} kept = {gib(kept * size)}; {gib(free)} free on {cfg.output_dir}"
     if not ddp.every_rank(saves == 0 or size <= free):
         raise ConfigError(f"{line}: not even one checkpoint fits. Free space or choose another --output_dir")
+    # the slowest writer: under FSDP each rank writes its share (in the background), else rank 0 the whole
+    timeout = disk.cover_save(size / run.world if cfg.fsdp else size, cfg.collective_timeout_minutes)
     if needed > free:
-        return f"warning: {line}: the run stops at the save that fills the disk. Free space or lower --save_total_limit"
-    return line
+        line = f"warning: {line}: the run stops at the save that fills the disk. Free space or lower --save_total_limit"
+    return f"{timeout}\n{line}" if timeout else line
 
 
 def resume(cfg, run, model, opt, sched, jsonl, may_change):

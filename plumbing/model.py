@@ -13,19 +13,16 @@ the embedded model exercise the path LLaDA-8B takes.
 
 import contextlib
 import copy
+import functools
 import hashlib
-import json
 import os
-import types
 
 import torch
 
 from plumbing import fsdp, tiny_llada
-from plumbing.checkpoint import sha256
+from plumbing.end_ids import end_ids, generation_config_eos
 from plumbing.errors import first_line
 from plumbing.families import (
-    OFFICIAL_HUB_IDS,
-    config_block_size,
     family_of,
     family_of_config,
     family_part,
@@ -33,16 +30,8 @@ from plumbing.families import (
     unwrap,
 )
 from plumbing.logits import forward_logits, probe_padding_mask
+from plumbing.model_names import EMBEDDED, model_path_error, resolved, shipped
 from plumbing.outdir import write_whole
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
-
-
-EMBEDDED = {  # the embedded model at a seeded random init, in each convention a family can have
-    "tiny": (tiny_llada.TinyLLaDAConfig, tiny_llada.TinyLLaDAModel),
-    "tiny_shifted": (tiny_llada.TinyShiftedConfig, tiny_llada.TinyShiftedModel),
-    "tiny_block": (tiny_llada.TinyBlockConfig, tiny_llada.TinyBlockModel),
-}
 
 
 def load(
@@ -91,27 +80,21 @@ def load(
     return model, tok
 
 
-def end_ids(config_eos, generation_eos, tok):
-    """The ids that end a completion: every end-of-turn id the model declares, its config's eos_token_id and its
-    generation_config.json's (each an int or a list; SDAR and TraDo: <|endoftext|> in the config, <|im_end|> and
-    <|endoftext|> in generation_config.json, on which their generate.py stops), the config's first; the
-    tokenizer's eos only where neither names one (LLaDA's tokenizer names <|eot_id|>, which closes a turn and is
-    content in the paper's released run, which ends a completion at the config's <|endoftext|>)."""
-    declared = [e for ids in (config_eos, generation_eos) for e in (ids if isinstance(ids, (list, tuple)) else [ids])]
-    ids = [e for e in declared if isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(tok)]
-    return tuple(dict.fromkeys(ids)) or (tok.eos_token_id,)
-
-
 def weights_digest(model, samples=1024):
     """SHA-256 of `samples` evenly spaced values of each weight tensor, read in bf16 (a float32 copy of bf16
     weights reads the same): the same base weights give the same digest, weights trained or replaced under
     the same name another, at the cost of reading 1,024 values a tensor."""
     digest = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
-        flat = p.detach().reshape(-1)
-        values = flat[:: max(1, flat.numel() // samples)][:samples].to(torch.bfloat16).float().cpu()
-        digest.update(name.encode() + values.numpy().tobytes())
+        add_to_digest(digest, name, p, samples)
     return digest.hexdigest()
+
+
+def add_to_digest(digest, name, p, samples=1024):
+    """One tensor's part of weights_digest, in order of name (the weights streamed to FSDP's ranks add theirs)."""
+    flat = p.detach().reshape(-1)
+    values = flat[:: max(1, flat.numel() // samples)][:samples].to(torch.bfloat16).float().cpu()
+    digest.update(name.encode() + values.numpy().tobytes())
 
 
 def save(model, tok, path):
@@ -125,111 +108,6 @@ def write_model(model, tok, folder):
     the tokenizer, into an existing folder."""
     save_pretrained(unwrap(model), folder)
     tok.save_pretrained(folder)
-
-
-VERIFIED = {}  # (model.safetensors, its size and mtime) -> its sha256: each version of the file is hashed once
-
-
-def shipped_weights_problem(folder):
-    """None, or one line saying that a shipped model (a folder of models/) is not the file its sft.json
-    records: the weights changed since they were built (or the record is missing), and runs from them would
-    not be runs from the base models/README.md and the measured numbers describe."""
-    folder = os.path.realpath(folder)
-    if os.path.dirname(folder) != os.path.join(ROOT, "models"):
-        return None
-    name, weights = f"models/{os.path.basename(folder)}", os.path.join(folder, "model.safetensors")
-    try:
-        with open(os.path.join(folder, "sft.json")) as f:
-            recorded = json.load(f)["model.safetensors sha256"]
-        stat = os.stat(weights)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{name} is a shipped model whose checksum cannot be read ({first_line(e)}): git checkout {name}"
-    key = (weights, stat.st_size, stat.st_mtime_ns)
-    if key not in VERIFIED:
-        VERIFIED[key] = sha256(weights)
-    if VERIFIED[key] != recorded:
-        return (
-            f"{name}/model.safetensors is not the shipped model (sha256 {VERIFIED[key][:12]}…, its sft.json records "
-            f"{recorded[:12]}…): `git checkout {name}` restores it; tools/sft.py rebuilds it with its own record"
-        )
-    return None
-
-
-def shipped(name):
-    """`name`, or the project's own models/ folder of that name when run from elsewhere."""
-    here = os.path.join(ROOT, name)
-    return here if name.startswith("models/") and not os.path.exists(name) and os.path.isdir(here) else name
-
-
-def resolved(name):
-    """What a model is recorded as: a local folder (a shipped one too) by absolute path, so configs,
-    checkpoints and peft's adapter_config load from any folder; a hub id or "tiny" as given."""
-    name = shipped(name)
-    return os.path.abspath(name) if os.path.isdir(name) else name
-
-
-def is_shipped_or_official(name):
-    """A model whose code may run without being named by the user: the embedded model, the project's own
-    models/ folders, and the families' released hub ids (families.OFFICIAL_HUB_IDS)."""
-    path = os.path.realpath(shipped(name)) if os.path.exists(shipped(name)) else None
-    if path:
-        return path.startswith(os.path.join(ROOT, "models") + os.sep)
-    return name in EMBEDDED or name in OFFICIAL_HUB_IDS
-
-
-def model_path_error(name):
-    """None if `name` can be loaded as given ("tiny", an existing path, or a hub id "org/name"),
-    else one line saying why not. Checked by the scripts before any heavy work."""
-    name = shipped(name)
-    if name in EMBEDDED:
-        return None
-    if os.path.isdir(name):
-        return missing_model_files(name) or shipped_weights_problem(name)
-    if os.path.exists(name):
-        return f"{name} is a file; a model is a folder (config.json, tokenizer files, weights) or a hub id"
-    # runs/ is where this project writes, so runs/x is a missing run folder, never a hub id
-    looks_local = (
-        name.startswith((".", "/", "~", "runs/", "models/"))
-        or name.count("/") != 1
-        or os.path.isdir(name.split("/")[0])
-    )
-    if looks_local:
-        return (
-            f"{name} does not exist (give 'tiny', a local model directory, or a hub id like GSAI-ML/LLaDA-8B-Instruct)"
-        )
-    return None
-
-
-def declared_block_size(name):
-    """The block size a model's config declares (families.config_block_size), read without loading it: 0 for a
-    bidirectional model; None where only loading tells (a hub id, no config.json, a family this code does not
-    know: the load says which)."""
-    name = shipped(name)
-    if name in EMBEDDED:
-        config = EMBEDDED[name][0]()
-    elif os.path.isfile(path := os.path.join(name, "config.json")):
-        try:
-            config = types.SimpleNamespace(**json.load(open(path)))
-        except (ValueError, TypeError, OSError):
-            return None
-    else:
-        return None
-    try:
-        return config_block_size(config)
-    except (ValueError, TypeError):
-        return None
-
-
-def missing_model_files(folder):
-    """One line naming what a local model folder lacks (config, tokenizer, weights), or None."""
-    files = set(os.listdir(folder))
-    if "config.json" not in files:
-        return f"{folder} has no config.json: not a model folder"
-    if not files & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"}:
-        return f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json): save the tokenizer there"
-    if not any(f.endswith((".safetensors", ".bin")) for f in files):
-        return f"{folder} has no weights (model.safetensors or pytorch_model.bin, or their shards)"
-    return None
 
 
 @contextlib.contextmanager
@@ -270,29 +148,6 @@ def _from_pretrained(name_or_path, dtype, trust_remote_code=True, empty=False):
     return model, tok, generation_eos
 
 
-def generation_config_eos(name_or_path):
-    """The eos_token_id of a model's generation_config.json (the ids its own generation stops on), None
-    without the file; a damaged file stops the load, naming it."""
-    import transformers
-
-    if not os.path.isdir(name_or_path):
-        try:
-            return transformers.GenerationConfig.from_pretrained(name_or_path).eos_token_id
-        except OSError:  # a hub model without the file
-            return None
-    path = os.path.join(name_or_path, "generation_config.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            fields = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: {first_line(e)}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return fields.get("eos_token_id")
-
-
 def check_compatible(model, tok):
     if tok.mask_token_id is None:
         raise ValueError("tokenizer has no mask token: a masked diffusion LM needs `mask_token_id`")
@@ -314,16 +169,19 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     remote code is fetched once, then the other ranks load it. With LoRA the reference policy is the
     model with its adapters disabled (no copy); without, a frozen copy; β = 0: none. sharded (FSDP):
     only rank 0 reads the weights (on the CPU; float32 on CUDA: the master weights); every rank builds
-    the model with no weights, shards it and receives its part from rank 0 (sharded_policy). A model or
+    the model with no weights, shards it and receives its part from rank 0, a tensor at a time from the
+    safetensors files for full fine-tuning (streamed_policy), else from the whole model (sharded_policy). A model or
     target list that cannot be used raises ValueError naming the key."""
     import torch.distributed as dist
 
     on_cuda = device.startswith("cuda")
     where = dict(device="cpu", dtype=torch.float32 if on_cuda else None) if sharded else dict(device=device)
+    files = streamed_files(name, master) if sharded and lora[0] == 0 else None
     for turn in range(2 if distributed else 1):
         if (turn == 0) == master:
             try:
-                model, tok = load(name, **where) if master or not sharded else load(name, empty=True)
+                whole = master and sharded and files is None or not sharded
+                model, tok = load(name, **where) if whole else load(name, empty=True)
             except ValueError as e:
                 raise ValueError(f"--model_name_or_path: {e}") from None
         if distributed:
@@ -332,7 +190,9 @@ def load_policy(name, device, lora, gradient_checkpointing, compile, beta, distr
     lora_targets = tuple(lora_targets or family_of(model).lora_targets)  # by name: a checkpoint records them
     if lora_r > 0:
         model = with_lora(model, lora, lora_targets, on_cuda)
-    if sharded:
+    if files is not None:
+        model, ref_model = streamed_policy(model, tok, files if master else None, gradient_checkpointing, beta, device)
+    elif sharded:
         model, ref_model = sharded_policy(name, model, master, lora, lora_targets, gradient_checkpointing, beta, device)
     else:
         model, ref_model = with_reference(model, lora_r, gradient_checkpointing, beta)
@@ -359,12 +219,70 @@ def with_reference(model, lora_r, gradient_checkpointing, beta):
     return model, ref_model
 
 
+def streamed_files(name, master):
+    """Under FSDP, full fine-tuning: the safetensors files rank 0 streams the weights from, one tensor at a time
+    (fsdp.stream_from_rank0), when the model is a folder of them holding every parameter under its name (None
+    elsewhere, and on the other ranks a list whose length is all they use); else None on every rank, and rank
+    0 loads the whole model (sharded_policy): the embedded model, .bin weights, names the model's code renames."""
+    import torch.distributed as dist
+    from safetensors import safe_open
+
+    files, folder = None, shipped(name)
+    if master and name not in EMBEDDED and not os.path.isdir(folder) and model_path_error(name) is None:
+        try:  # a hub id: its weight files, fetched as from_pretrained would fetch them
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(name, allow_patterns=["*.safetensors", "*.json"])
+        except Exception:  # no network, no such id: the whole load says why
+            folder = None
+    if master and name not in EMBEDDED and folder and os.path.isdir(folder):
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
+        try:
+            keys = set()
+            for f in files:
+                with safe_open(f, "pt") as st:
+                    keys |= set(st.keys())
+            built, _ = load(name, empty=True)
+            if not files or any(not set(names) & keys for names in fsdp.stored_names(built).values()):
+                files = None
+        except Exception:  # a damaged file or a model that cannot be built: the whole load says why
+            files = None
+    decided = [files]
+    dist.broadcast_object_list(decided, src=0)
+    return decided[0]
+
+
+def streamed_policy(model, tok, files, gradient_checkpointing, beta, device):
+    """(π_θ, π_ref or None), sharded over the ranks, full fine-tuning: every rank built the model on the meta
+    device; its weights are streamed from rank 0's safetensors files (fsdp.stream_from_rank0, float32 on CUDA:
+    the master weights), into the policy and its reference at once, so no rank ever holds the whole model.
+    What load() measures on a whole model is measured on the sharded one, every rank together: the weights'
+    digest (from the whole tensors as they pass), the logits' width, whether padding is masked."""
+    import torch.distributed as dist
+
+    model, ref_model = with_reference(model, 0, gradient_checkpointing, beta)
+    digest = hashlib.sha256()
+    models = [m for m in (model, ref_model) if m is not None]
+    dtype = torch.float32 if device.startswith("cuda") else None
+    fsdp.stream_from_rank0(
+        models, files, device, device.startswith("cuda"), dtype, functools.partial(add_to_digest, digest)
+    )
+    check_compatible(model, tok)
+    honours = probe_padding_mask(model, tok.pad_token_id)
+    fsdp.reshard(model)  # FSDP keeps the root's weights whole after a forward (for the backward it expects)
+    for m in models:
+        unwrap(m).honours_padding_mask, unwrap(m).weights_digest = honours, digest.hexdigest()
+    dist.barrier()
+    return model, ref_model
+
+
 def sharded_policy(name, loaded, master, lora, lora_targets, gradient_checkpointing, beta, device):
     """(π_θ, π_ref or None), sharded over the ranks, from what each rank loaded (with its LoRA adapters):
     the whole model on rank 0, the model on the meta device on the others. Rank 0 builds the meta model
     too; every rank sets checkpointing and copies the reference from it (a copy of nothing), shards
     them, and rank 0 sends each tensor in turn (fsdp.shard_from_rank0): only rank 0 holds the whole
-    model on its host. The ranks end as loading the whole model on every rank left them: the same
+    model on its host (full fine-tuning of a folder of safetensors files: not even rank 0, streamed_policy).
+    The ranks end as loading the whole model on every rank left them: the same
     parts, buffers and RNG state (tests/fsdp_loading.py)."""
     import torch.distributed as dist
 

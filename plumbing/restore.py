@@ -12,23 +12,11 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from plumbing import ddp, fsdp, sharded
-from plumbing.checkpoint import (
-    ACCUMULATE,
-    RunMismatch,
-    fingerprint,
-    linked,
-    names,
-    newest_whole,
-    read,
-    remove_partial,
-    saved_name,
-    shapes_problem,
-    tensors,
-    trainer_tensors,
-    truncate_log,
-)
+from plumbing.checkpoint import ACCUMULATE, RunMismatch, linked, names, newest_whole, read, remove_partial, truncate_log
+from plumbing.checkpoint_tensors import fingerprint, saved_name, shapes_problem, tensors, trainer_tensors
 from plumbing.errors import ConfigError
-from plumbing.model import add_lora, is_shipped_or_official, load, merge_lora_float32, model_path_error
+from plumbing.model import add_lora, load, merge_lora_float32
+from plumbing.model_names import is_shipped_or_official, model_path_error
 
 
 def restore(path, state, model, opt=None, sched=None, config=None, must_match=(), world=None, train_items=None):

@@ -5,13 +5,18 @@ whole model or optimizer on its host. In the checkpoint folder:
     .metadata          DCP's index: every tensor's name, whole shape and dtype, and where each piece of it lies
     __R_0.distcp       rank R's pieces (the trained tensors under their checkpoint names, the optimizer state)
 
-A resume reads, on any number of ranks, the pieces of its own shards (DCP reshards); eval.py and export.py
-read them whole on one process (whole_tensors). The manifest lists every file with its SHA-256, each
-rank hashing the files it wrote.
+The write runs in the background (DCP's async_save): save() copies the rank's pieces to host memory
+(its own shards once more, never the whole), and a thread writes, fsyncs and hashes them while training
+goes on; the caller waits for it before the next save and at the run's end (checkpoint.finish). A resume
+reads, on any number of ranks, the pieces of its own shards (DCP reshards); eval.py and export.py read
+them whole on one process (whole_tensors). The manifest lists every file with its SHA-256, each rank
+hashing the files it wrote.
 """
 
+import datetime
 import os
 import warnings
+from concurrent.futures import Future
 
 import torch
 import torch.distributed as dist
@@ -21,7 +26,9 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.constants import default_pg_timeout
 
+from plumbing import disk
 from plumbing.fsdp import local
 from plumbing.manifest import sha256
 
@@ -41,15 +48,54 @@ def trained(model, saved_name):
     return {saved_name(n): p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+WRITERS = []  # the process group of the background writes, made once
+
+
+def writer_group(written):
+    """A gloo group of the writes' own: DCP's collectives (the plan, the metadata) run in the writing thread, and
+    on the training's group they would interleave with the training's in an order the ranks need not agree on.
+    Its timeout covers a write of `written` bytes a rank (disk.save_minutes), and gloo's default at least."""
+    if not WRITERS:  # every rank at its first save, the same point
+        minutes = max(disk.save_minutes(written), default_pg_timeout.total_seconds() / 60)
+        WRITERS.append(dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=minutes)))
+    return WRITERS[0]
+
+
 def save(folder, model, opt, saved_name):
-    """Every rank writes its own pieces of the trained tensors and optimizer state into folder (which
-    exists), fsyncs them and returns {file name: SHA-256} of the files it wrote (rank 0: .metadata too).
+    """Start writing this rank's pieces of the trained tensors and optimizer state into folder (which exists):
+    they are copied to host memory before it returns (training may change them then), and written by a thread.
+    Returns a Future of {file name: SHA-256} of the files this rank wrote (rank 0: .metadata too), fsynced.
     Every rank must call it."""
     # FSDP's state-dict hook registers each module's sharded parameters again: a stop signal that cut a
     # rollout short can leave a gathered module's whole ones registered, which are not the optimizer's
     get_model_state_dict(model)
     state = {MODEL: trained(model, saved_name), OPTIMIZER: get_optimizer_state_dict(model, opt)}
-    dcp.save(state, checkpoint_id=folder)
+    own = sum(local(t).numel() * t.element_size() for part in state.values() for t in tensors_of(part))
+    group = writer_group(own) if distributed() else None  # one process with no process group: it writes alone
+    written = dcp.async_save(state, checkpoint_id=folder, process_group=group, no_dist=group is None)
+    digests = Future()
+
+    def hash_own(written):  # in the writing thread, once every rank's files are written
+        try:
+            written.result()
+            digests.set_result(own_digests(folder))
+        except BaseException as e:
+            digests.set_exception(e)
+
+    written.add_done_callback(hash_own)
+    return digests
+
+
+def tensors_of(state):
+    """The tensors of a (nested) state dict."""
+    if torch.is_tensor(state):
+        return [state]
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else []
+    return [t for v in values for t in tensors_of(v)]
+
+
+def own_digests(folder):
+    """{file name: SHA-256} of the files this rank wrote, each fsynced first."""
     rank = dist.get_rank() if distributed() else 0
     own = sorted(f for f in os.listdir(folder) if f.startswith(f"__{rank}_") and f.endswith(SUFFIX))
     own += [METADATA] if rank == 0 else []

@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_fsdp.py: each rank's peak host memory (RSS) while a sharded model's
-checkpoint is written and while a fresh model and optimizer resume from it (train.py's own save and resume),
-against the bytes of the whole trained tensors and AdamW's two moments:
+checkpoint is written (its start, which copies the rank's pieces to host memory, then the background write
+waited for, the weights changed meanwhile) and while a fresh model and optimizer resume from it (train.py's own
+save and resume), against the bytes of the whole trained tensors and AdamW's two moments, and the seconds each takes:
 
     torchrun --nproc_per_node 2 tests/checkpoint_rss.py OUT D_MODEL N_LAYERS    # OUT/rss{rank}.json
 
@@ -20,7 +21,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from plumbing import ddp, fsdp, lifecycle, optim, restore  # noqa: E402
+from plumbing import checkpoint, ddp, fsdp, lifecycle, optim, restore  # noqa: E402
 from plumbing.tiny_llada import TinyLLaDAConfig, TinyLLaDAModel  # noqa: E402
 
 
@@ -60,8 +61,12 @@ def main(out, d_model, n_layers):
     cfg = SimpleNamespace(**config)
     run = SimpleNamespace(master=dist.get_rank() == 0, world=dist.get_world_size())
     run.train_items = run.held_out_items = run.accuracy_before = None
-    save, save_s = peak_rise(lambda: (lifecycle.save(cfg, run, model, opt, sched, None, {}, 1), dist.barrier()))
     weights = {n: fsdp.local(p).clone() for n, p in model.named_parameters()}
+    save, save_s = peak_rise(lambda: lifecycle.save(cfg, run, model, opt, sched, None, {}, 1))  # the write begins
+    with torch.no_grad():  # training goes on while the shards are written: the checkpoint keeps the weights saved
+        for p in model.parameters():
+            fsdp.local(p).add_(1.0)
+    write, write_s = peak_rise(lambda: (checkpoint.finish(), dist.barrier()))  # what is left of it, waited for
     del model, opt, sched
     model, opt, sched = sharded_model(d_model, n_layers)  # fresh weights, no optimizer state
     path = os.path.join(out, "checkpoint-1")
@@ -69,11 +74,13 @@ def main(out, d_model, n_layers):
     kw = dict(master=run.master, log=lambda *a: None, only=path, world=run.world)
     resume, resume_s = peak_rise(lambda: restore.resume(*args, **kw))
     same = all(torch.equal(fsdp.local(p), weights[n]) for n, p in model.named_parameters())
-    row = dict(whole=whole, save=save, resume=resume, save_s=save_s, resume_s=resume_s, restored=same)
+    row = dict(whole=whole, save=save, write=write, resume=resume, save_s=save_s, write_s=write_s, resume_s=resume_s)
+    row |= dict(restored=same, own=whole // dist.get_world_size())
     with open(os.path.join(out, f"rss{dist.get_rank()}.json"), "w") as f:
         json.dump(row, f)
 
 
-with ddp.rank_end(), ddp.processes(sharded=True):  # started and ended as train.py's processes are
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-    dist.barrier()
+if __name__ == "__main__":  # tests/loading_rss.py imports peak_rise
+    with ddp.rank_end(), ddp.processes(sharded=True):  # started and ended as train.py's processes are
+        main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+        dist.barrier()

@@ -9,7 +9,8 @@ step's checkpoint is written; inf_weights_at: the optimizer step of this step le
 hang_rollouts=(n, marker): once n steps have their advantages, a rollout never ends (each rank first
 creates the file marker.RANK); hang_before_training=marker: the same before the first step (where the
 resume would be read); stop_on=(rank, n): that rank alone stops with a one-line ConfigError at its n-th
-micro-batch's advantages (the others go on to wait for it in a collective).
+micro-batch's advantages (the others go on to wait for it in a collective); hold_shard_write=N: the background
+write of checkpoint-N's shards (--fsdp) never ends, while training goes on.
 """
 
 import ast
@@ -24,6 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
+from torch.distributed.checkpoint import FileSystemWriter  # noqa: E402
 
 import agrpo  # noqa: E402
 import sample  # noqa: E402
@@ -96,7 +98,19 @@ def hanging_generate(*a, **k):
     return real_generate(*a, **k)
 
 
+real_write_data = FileSystemWriter.write_data
+
+
+def write_data_never_ending(self, plan, planner):
+    if str(self.path).endswith(f"checkpoint-{faults['hold_shard_write']}.tmp"):
+        while True:  # in the writing thread: the training's own thread goes on
+            time.sleep(1)
+    return real_write_data(self, plan, planner)
+
+
 torch.optim.AdamW.step = step_then_inf
+if "hold_shard_write" in faults:
+    FileSystemWriter.write_data = write_data_never_ending
 if "hang_rollouts" in faults:
     sample.generate = hanging_generate
 agrpo.group_advantages = nan_advantages

@@ -13,7 +13,7 @@ import torch
 import warm
 
 import eval as eval_script
-from plumbing import checkpoint, model, outdir, restore
+from plumbing import checkpoint, model, model_names, outdir, restore
 from plumbing.eval_settings import eval_settings
 from plumbing.lifecycle import claim as claim_run
 from sample import check_settings
@@ -201,12 +201,12 @@ def test_a_changed_shipped_model_is_refused_in_one_line(tmp_path, monkeypatch):
     """A models/ folder whose model.safetensors is not the file its sft.json records (a rebuilt or replaced
     model, with the shipped record) is refused when loaded, naming how to restore it; each version of the
     file is hashed once."""
-    monkeypatch.setattr(model, "ROOT", str(tmp_path))
+    monkeypatch.setattr(model_names, "ROOT", str(tmp_path))
     folder = tmp_path / "models" / "tiny-countdown"
     shutil.copytree(os.path.join(ROOT, "models", "tiny-countdown"), folder)
     hashed = []
-    monkeypatch.setattr(model, "sha256", lambda p: hashed.append(p) or checkpoint.sha256(p))
-    assert model.model_path_error(str(folder)) is None and model.model_path_error(str(folder)) is None
+    monkeypatch.setattr(model_names, "sha256", lambda p: hashed.append(p) or checkpoint.sha256(p))
+    assert model_names.model_path_error(str(folder)) is None and model_names.model_path_error(str(folder)) is None
     model.load(str(folder))
     assert len(hashed) == 1
     weights = bytearray((folder / "model.safetensors").read_bytes())
@@ -216,7 +216,7 @@ def test_a_changed_shipped_model_is_refused_in_one_line(tmp_path, monkeypatch):
         model.load(str(folder))
     assert len(hashed) == 2
     (folder / "sft.json").unlink()
-    assert "shipped model whose checksum cannot be read" in model.model_path_error(str(folder))
+    assert "shipped model whose checksum cannot be read" in model_names.model_path_error(str(folder))
 
 
 def test_sft_refuses_a_folder_before_training_and_deletes_nothing(tmp_path):
