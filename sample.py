@@ -141,14 +141,14 @@ def uniform(shape, generator, device):
 def left_pad(prompts, pad_id, device="cpu"):
     """List of token lists -> (ids, attention_mask), padded on the left so completions line up."""
     P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
         ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, P - len(p) :] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)  # built on the host: one copy each to the device, not one a row
 
 
 def candidates(logits, mask_id, temperature, top_k, top_p, generator, device, confidence=True):
@@ -274,14 +274,18 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, 
     first, tail, n_blocks, b = layout
     (B, S), device, mask_id = x.shape, x.device, sampling["mask_id"]
     schedule = transfer_schedule(b, steps_per_block)
-    fill_steps = torch.repeat_interleave(torch.arange(len(schedule), device=device), torch.tensor(schedule))
+    fill_steps = torch.arange(len(schedule), device=device).repeat_interleave(
+        torch.tensor(schedule, device=device), output_size=b
+    )
     in_completion = torch.arange(S, device=device) >= first + tail[:, None]
     eos = torch.tensor(stop_eos, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # an EOS in a finished block
     step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step
     passes = torch.zeros(B, dtype=torch.long, device=device)
     cache, cached_rows = prefill_cache(model, x, attn, first) if kv_cache else None, torch.arange(B, device=device)
-    N, column = int(n_blocks.max()), torch.arange(S, device=device)
+    # the rollout's one read before its steps: its blocks, and each row's left padding (a forward's, never read again)
+    N, *padding = torch.cat([n_blocks.max()[None], (attn == 0).sum(1)]).tolist()
+    column = torch.arange(S, device=device)
 
     def ended():  # rows with an EOS in a finished block, as the block stands
         if not stop_eos:
@@ -313,11 +317,13 @@ def decode(model, state, layout, stop_eos, sampling, kv_cache, steps_per_block, 
                 read = read_ahead if len(rows) else read  # (no row decodes this block: none decodes a later one)
                 break
             read = None
-            going = (count[rows] > 0).nonzero_static(size=sum(c > 0 for c in host)).squeeze(1)
+            going_rows = [r for r, c in enumerate(host) if c > 0]
+            going = (count[rows] > 0).nonzero_static(size=len(going_rows)).squeeze(1)
             sub, most = rows[going], max(host)
             masked, count = x[sub, lo:hi] == mask_id, count[sub]
             if cache is None:
-                logits = forward_logits(model, x[sub], attn[sub], at=(slice(None), slice(lo, hi)))  # this block only
+                at, pads = (slice(None), slice(lo, hi)), [padding[r] for r in going_rows]  # this block only
+                logits = forward_logits(model, x[sub], attn[sub], at=at, padding=pads)
             else:
                 part = cache if len(going) == len(rows) else cache_rows(cache, going)
                 logits = cached_logits(model, x[sub], attn[sub], lo, hi, part)

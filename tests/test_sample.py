@@ -4,9 +4,9 @@ import types
 
 import pytest
 import torch
-from conftest import chat
+from conftest import chat, host_reads
 
-from sample import check_settings, generate, policy_logprobs, transfer_schedule
+from sample import UNMASKING, check_settings, generate, policy_logprobs, transfer_schedule
 
 PROMPTS = ["2+3", "Using the numbers [1, 2, 3], make 7.", "hello there, a longer prompt"]
 
@@ -238,3 +238,39 @@ def test_threshold_padding_invariance_and_bad_threshold(peaked):
     for bad in (0, -0.5, None, "high"):
         with pytest.raises(ValueError, match="threshold"):
             run(model, tok, unmasking="threshold", threshold=bad)
+
+
+ROLLOUT_READS = 4  # once a rollout: its layout, its blocks and padding, its completions' width, its steps (threshold)
+
+
+@pytest.mark.parametrize("folder", ["models/tiny-countdown", "models/tiny-countdown-block"])
+@pytest.mark.parametrize("unmasking", UNMASKING)
+def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
+    """On a GPU a read of a tensor to the host waits for the device's queue to drain: between two sampling forwards
+    of a rollout at most one read (which rows decode and how many positions each commits), and ROLLOUT_READS
+    once a rollout. The embedded model and its block-model twin (KV cache), padded prompts, rows that end in
+    different blocks."""
+    from plumbing import data
+    from plumbing.model import load
+
+    model, tok = load(folder)
+    model.eval()
+    events = []
+
+    def sampling(module, args, kwargs):
+        if not kwargs.get("store_kv"):  # the KV cache's own passes sample nothing
+            events.append("forward")
+
+    model.register_forward_pre_hook(sampling, with_kwargs=True)
+    items = data.load_items("countdown", "test", n=16, seed=0)  # held-out problems: prompts of several lengths
+    prompts = [data.build_prompt(tok, "countdown", item, compact=True) for item in items]
+    how = dict(threshold=0.9) if unmasking == "threshold" else {}
+    kw = dict(max_completion_length=32, block_length=8, sampling_steps=8, temperature=0.7, unmasking=unmasking, **how)
+    special = dict(mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
+    with host_reads(events):
+        rollout = generate(model, prompts, **kw, **special, generator=torch.Generator().manual_seed(0))
+    gaps = " ".join(events).split("forward")  # the reads before the first sampling forward, between two, after the last
+    first, *between, last = [len(gap.split()) for gap in gaps]
+    assert len(between) >= 3 and max(between) <= 1, between
+    assert first + last <= ROLLOUT_READS, (first, last)
+    assert len(set(rollout.passes.tolist())) > 1  # rows that end in different blocks
