@@ -10,7 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from plumbing.optim import SAFE_GRAD_NORM, clipped_step, make_optimizer, steps_for_epochs, weights_finite
+from plumbing.optim import (
+    SAFE_GRAD_NORM,
+    clipped_step,
+    finite_weights,
+    make_optimizer,
+    steps_for_epochs,
+    weights_finite,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BETAS, DECAY = (0.9, 0.99), 0.01
@@ -193,6 +200,24 @@ def test_float16_weights_break_in_adamw_and_are_refused():
     with pytest.raises(ValueError, match="float16"):
         make_optimizer(1e-6, [torch.nn.Parameter(torch.ones(4, dtype=torch.float16))], 10)
     make_optimizer(1e-6, [torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))], 10)
+
+
+def test_a_step_reads_the_host_once_and_the_weights_check_not_at_all():
+    """clipped_step reads the host once (the norm and the verdict together), whether it steps or skips; the
+    weights' check, finite_weights, leaves its flag on the device for the step's metrics read to carry."""
+    from conftest import host_reads
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt, _ = make_optimizer(1e-2, [p], 10)
+    opt.param_groups[0]["lr"] = 1e-2
+    for grad, steps in (([1.0, -1.0, 0.0], True), ([1.0, float("inf"), 0.0], False), ([float("nan")] * 3, False)):
+        p.grad = torch.tensor(grad)
+        with host_reads() as reads:
+            _, took = clipped_step(opt, 1.0)
+        assert took == steps and len(reads) == 1, reads
+    with host_reads() as reads:
+        flag = finite_weights([p])
+    assert reads == [] and flag.item() == 1.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

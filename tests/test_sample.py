@@ -240,7 +240,8 @@ def test_threshold_padding_invariance_and_bad_threshold(peaked):
             run(model, tok, unmasking="threshold", threshold=bad)
 
 
-ROLLOUT_READS = 4  # once a rollout: its layout, its blocks and padding, its completions' width, its steps (threshold)
+# once a rollout: its layout, its blocks and padding, a block that no row decodes, its width, its steps (threshold)
+ROLLOUT_READS = 5
 
 
 @pytest.mark.parametrize("folder", ["models/tiny-countdown", "models/tiny-countdown-block"])
@@ -248,8 +249,8 @@ ROLLOUT_READS = 4  # once a rollout: its layout, its blocks and padding, its com
 def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
     """On a GPU a read of a tensor to the host waits for the device's queue to drain: between two sampling forwards
     of a rollout at most one read (which rows decode and how many positions each commits), and ROLLOUT_READS
-    once a rollout. The embedded model and its block-model twin (KV cache), padded prompts, rows that end in
-    different blocks."""
+    once a rollout (reads: item, bool, int, float, tolist, nonzero, indexing by a mask; tests/conftest.py). The
+    embedded model and its block-model twin (KV cache), padded prompts, rows that end in different blocks."""
     from plumbing import data
     from plumbing.model import load
 
@@ -272,5 +273,5 @@ def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
     gaps = " ".join(events).split("forward")  # the reads before the first sampling forward, between two, after the last
     first, *between, last = [len(gap.split()) for gap in gaps]
     assert len(between) >= 3 and max(between) <= 1, between
-    assert first + last <= ROLLOUT_READS, (first, last)
+    assert first - 1 + last <= ROLLOUT_READS, (first, last)  # the first step's own read comes before its forward
     assert len(set(rollout.passes.tolist())) > 1  # rows that end in different blocks
