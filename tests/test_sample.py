@@ -275,3 +275,22 @@ def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
     assert len(between) >= 3 and max(between) <= 1, between
     assert first - 1 + last <= ROLLOUT_READS, (first, last)  # the first step's own read comes before its forward
     assert len(set(rollout.passes.tolist())) > 1  # rows that end in different blocks
+
+
+def test_the_padding_given_on_the_host_gives_the_logits_read_from_the_device(tiny):
+    """forward_logits(padding=), the rows' padding read once a rollout, takes the path the padding read from the
+    device takes: on a model run with its padding cut off (a forward per padding length) and on one that masks it."""
+    from plumbing.logits import forward_logits
+    from sample import left_pad
+
+    model, tok = tiny
+    ids, attn = left_pad([chat(tok, p) for p in [*PROMPTS, PROMPTS[0], "9 9 -> 81"]], tok.pad_token_id)
+    padding, at = (attn == 0).sum(1).tolist(), (slice(None), slice(ids.shape[1] - 4, None))
+    assert len(set(padding)) > 2
+    honours = model.honours_padding_mask
+    try:
+        for model.honours_padding_mask in (False, True):
+            given = forward_logits(model, ids, attn, at=at, padding=padding)
+            assert torch.equal(given, forward_logits(model, ids, attn, at=at))
+    finally:
+        model.honours_padding_mask = honours
