@@ -65,8 +65,3 @@ def finite_weights(params):
     if not largest:
         return torch.ones((), dtype=torch.float64)
     return least_over_ranks(torch.isfinite(torch.stack(largest)).all().double())
-
-
-def weights_finite(params):
-    """Whether every weight is finite, on every rank (finite_weights, read)."""
-    return bool(finite_weights(params))
