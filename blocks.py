@@ -27,24 +27,30 @@ def canvas(prompt_ids, attention_mask, *, completion_length, b, from_row_start, 
     G, device = completion_length, prompt_ids.device
     real = attention_mask.long().sum(1)
     tail = real % b if from_row_start else torch.zeros_like(real)
-    first = int((real - tail).max())  # the longest prompt's whole blocks come before every row's first block
     n_blocks = (tail + G + b - 1) // b
-    width = completion_width(tail, G, b)
-    S = first + int(tail.max()) + width
+    # one read: the longest prompt's whole blocks come before every row's first block (first), then the widest tail
+    first, widest_tail, width = torch.stack(
+        [(real - tail).max(), tail.max(), completion_widths(tail, G, b).max()]
+    ).tolist()
+    S = first + widest_tail + width
     column = torch.arange(S, device=device)
     start = first + tail - real  # each row's first real token
     inside = (column >= first + tail[:, None]) & (column < first + n_blocks[:, None] * b)
-    x = torch.full((B, S), fill_id, dtype=torch.long, device=device)
-    x[inside] = mask_id
+    x = torch.full((B, S + 1), fill_id, dtype=torch.long, device=device)  # a spare last column takes the padding
+    x[:, :S].masked_fill_(inside, mask_id)
     prompt_columns = start[:, None] + torch.arange(P, device=device) - (P - real[:, None])  # (B, P), padding < start
-    keep = attention_mask.bool()
-    x[torch.arange(B, device=device)[:, None].expand(-1, P)[keep], prompt_columns[keep]] = prompt_ids[keep]
+    x = x.scatter_(1, torch.where(attention_mask.bool(), prompt_columns, S), prompt_ids)[:, :S].contiguous()
     return x, (column >= start[:, None]).long(), first, tail, n_blocks
 
 
+def completion_widths(tail, G, b):
+    """(B,) the positions each row decodes, ceil((tail + G) / b)·b − tail."""
+    return (tail + G + b - 1) // b * b - tail
+
+
 def completion_width(tail, G, b):
-    """The completion columns of a batch: the most positions any row decodes, ceil((tail + G) / b)·b − tail."""
-    return int(((tail + G + b - 1) // b * b - tail).max())
+    """The completion columns of a batch: the most positions any row decodes."""
+    return int(completion_widths(tail, G, b).max())
 
 
 def completion_columns(first, tail, width):

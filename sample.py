@@ -160,14 +160,13 @@ def candidates(logits, *, mask_id, temperature, top_k, top_p, generator, device,
 
 def commit(x, unmask_step, logp, entropy, *, rows, cols, chosen, x_hat, lp, step):
     """Write the chosen candidates on the canvas: rows (n,), cols (n, Bk) canvas columns, chosen (n, Bk)
-    bool, step (n,): the step of each row that commits them."""
-    r, c = chosen.nonzero(as_tuple=True)
-    row, col, tok = rows[r], cols[r, c], x_hat[r, c]  # canvas coordinates and token of each committed candidate
-    dist = lp[r, c]  # (N, V): only the committed positions' distributions
-    x[row, col] = tok
-    unmask_step[row, col] = step[r]
-    logp[row, col] = dist.gather(-1, tok[:, None]).squeeze(-1)
-    entropy[row, col] = entropy_of(dist)
+    bool, step (n,): the step of each row that commits them. Every candidate's values are computed and kept
+    where chosen, so which ones are is never read to the host."""
+    at = (rows[:, None], cols)
+    x[at] = torch.where(chosen, x_hat, x[at])
+    unmask_step[at] = torch.where(chosen, step[:, None], unmask_step[at])
+    logp[at] = torch.where(chosen, lp.gather(-1, x_hat[..., None]).squeeze(-1), logp[at])
+    entropy[at] = torch.where(chosen, entropy_of(lp), entropy[at])
 
 
 @torch.no_grad()
@@ -268,30 +267,56 @@ def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_bloc
     first, tail, n_blocks, b = layout
     (B, S), device, mask_id = x.shape, x.device, sampling["mask_id"]
     schedule = transfer_schedule(b, steps_per_block)
-    fill_steps = torch.repeat_interleave(torch.arange(len(schedule), device=device), torch.tensor(schedule))
+    fill_steps = torch.arange(len(schedule), device=device).repeat_interleave(
+        torch.tensor(schedule, device=device), output_size=b
+    )
     in_completion = torch.arange(S, device=device) >= first + tail[:, None]
     eos = torch.tensor(stop_eos, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # an EOS in a finished block
     step = torch.zeros(B, dtype=torch.long, device=device)  # each row's next step
     passes = torch.zeros(B, dtype=torch.long, device=device)
     cache, cached_rows = prefill_cache(model, x, attn, first) if kv_cache else None, torch.arange(B, device=device)
-    N = int(n_blocks.max())
+    # the rollout's one read before its steps: its blocks, and each row's left padding (a forward's, never read again)
+    N, *padding = torch.cat([n_blocks.max()[None], (attn == 0).sum(1)]).tolist()
+    column = torch.arange(S, device=device)
+
+    def ended():  # rows with an EOS in a finished block, as the block stands
+        if not stop_eos:
+            return torch.zeros_like(done)
+        return (torch.isin(x[:, :hi], eos) & in_completion[:, :hi]).any(1) & ~done
+
+    def to_commit(decoding, start, k):  # (B,) masks a step commits in columns [start, start + b), −1 off `decoding`
+        return torch.where(decoding, (x[:, start : start + b] == mask_id).sum(1).clamp(max=k), -1)
+
+    # A step reads the host once: each row's masks to commit, and the next block's first step's should this block
+    # end here (a row's EOS ends it), so a block that ends early needs no read of its own (no read waits per row).
+    read = None  # (counts on the device, the same on the host) of the step about to run
     for block in range(N):
         lo, hi = first + block * b, first + (block + 1) * b
         live = (block < n_blocks) & ~done
-        rows = live.nonzero().squeeze(1)
-        if cache is not None and len(rows) < len(cached_rows):  # rows that ended leave the cache too
-            cache.batch_select_indices(torch.searchsorted(cached_rows, rows))
-            cached_rows = rows
-        for k in schedule if len(rows) else []:
-            masked = x[rows, lo:hi] == mask_id
-            count = masked.sum(1).clamp(max=k)
-            going = (count > 0).nonzero().squeeze(1)  # rows whose block still has masks
-            if not len(going):
+        rows = None
+        for k in schedule:
+            if read is None:
+                ahead = (block + 1 < n_blocks) & ~done & ~ended()
+                counts = torch.stack([to_commit(live, lo, k), to_commit(ahead, hi, schedule[0])])
+                read, read_ahead = zip(counts, counts.tolist())
+            count, host = read
+            if rows is None:  # the block's first step: the rows that decode it
+                rows = live.nonzero_static(size=sum(c >= 0 for c in host)).squeeze(1)
+                if cache is not None and len(rows) < len(cached_rows):  # rows that ended leave the cache too
+                    cache.batch_select_indices(torch.searchsorted(cached_rows, rows))
+                    cached_rows = rows
+            if not any(c > 0 for c in host):  # the block ends early: this read holds the next block's first step
+                read = read_ahead if len(rows) else read  # (no row decodes this block: none decodes a later one)
                 break
-            sub, masked, count = rows[going], masked[going], count[going]
+            read = None
+            going_rows = [r for r, c in enumerate(host) if c > 0]
+            going = (count[rows] > 0).nonzero_static(size=len(going_rows)).squeeze(1)
+            sub, most = rows[going], max(host)
+            masked, count = x[sub, lo:hi] == mask_id, count[sub]
             if cache is None:
-                logits = forward_logits(model, x[sub], attn[sub], at=(slice(None), slice(lo, hi)))  # this block only
+                at, pads = (slice(None), slice(lo, hi)), [padding[r] for r in going_rows]  # this block only
+                logits = forward_logits(model, x[sub], attn[sub], at=at, padding=pads)
             else:
                 part = cache if len(going) == len(rows) else cache_rows(cache, going)
                 logits = cached_logits(model, x[sub], attn[sub], lo, hi, part)
@@ -300,7 +325,6 @@ def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_bloc
             if unmasking == "random":
                 conf = uniform(x_hat.shape, sampling["generator"], device)
             conf = conf.masked_fill(~masked, float("-inf"))
-            most = int(count.max())
             top = conf.topk(most, dim=-1).indices
             chosen = torch.zeros_like(masked).scatter_(1, top, torch.arange(most, device=device) < count[:, None])
             if tau:  # and every other masked position at least tau confident
@@ -310,22 +334,22 @@ def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_bloc
                 x, unmask_step, logp, entropy, rows=sub, cols=cols, chosen=chosen, x_hat=x_hat, lp=lp, step=step[sub]
             )
             step[sub] += 1
-        if cache is not None and len(rows) and block < N - 1:  # the finished block's keys and values, for later steps
-            cached_logits(model, x[rows], attn[rows], lo, hi, cache, store=True)
-        filled = done & (block < n_blocks)  # rows that ended: EOS in this block's positions, in schedule order
-        if filled.any():
-            x[filled, lo:hi] = stop_eos[0]
-            unmask_step[filled, lo:hi] = step[filled, None] + fill_steps
-            step[filled] += len(schedule)
-        if stop_eos:
-            ended = (torch.isin(x[:, :hi], eos) & in_completion[:, :hi]).any(1) & ~done
+        if cache is not None and rows is not None and len(rows) and block < N - 1:  # the finished block's keys and
+            cached_logits(model, x[rows], attn[rows], lo, hi, cache, store=True)  # values, for later steps
+        if stop_eos:  # rows that ended: EOS in this block's positions, in schedule order
+            filled = done & (block < n_blocks)
+            x[:, lo:hi].masked_fill_(filled[:, None], stop_eos[0])
+            unmask_step[:, lo:hi] = torch.where(filled[:, None], step[:, None] + fill_steps, unmask_step[:, lo:hi])
+            step += filled * len(schedule)
+            now_ended = ended()
             if tau:  # threshold: the rest is EOS, committed at the row's next step
-                for r in (ended & (block + 1 < n_blocks)).nonzero().squeeze(1).tolist():
-                    x[r, hi : first + int(n_blocks[r]) * b] = stop_eos[0]
-                    unmask_step[r, hi : first + int(n_blocks[r]) * b] = step[r]
-                    step[r] += 1
-                n_blocks = torch.where(ended, block + 1, n_blocks)
-            done |= ended
+                cut = now_ended & (block + 1 < n_blocks)
+                rest = cut[:, None] & (column >= hi) & (column < first + n_blocks[:, None] * b)
+                x.masked_fill_(rest, stop_eos[0])
+                unmask_step.copy_(torch.where(rest, step[:, None], unmask_step))
+                step += cut
+                n_blocks = torch.where(now_ended, block + 1, n_blocks)
+            done |= now_ended
     return (int(step.max()) if tau else N * steps_per_block), passes
 
 

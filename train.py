@@ -198,7 +198,8 @@ def roll_out(cfg, model, ref_model, tok, items, *, step, micro, device, amp):
 def update(model, opt, batches, cfg, amp):
     """μ PPO-clip updates on one batch of rollouts (ALGORITHM.md §4): each inner iteration's gradient over all
     micro-batches, then the norm clip and one AdamW step, skipped when it is not finite. Returns (mean
-    loss, summed metrics, last grad norm, updates skipped)."""
+    loss, summed metrics and weights_finite (1: every weight finite after the steps), last grad norm, updates
+    skipped)."""
     loss_sum, metrics, skipped = 0.0, {}, 0
     fill_to_ranks = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
     for it in range(cfg.num_iterations):
@@ -215,7 +216,9 @@ def update(model, opt, batches, cfg, amp):
         grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
         loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
         metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
-    values = logs.read_once({"loss": loss_sum, **metrics})  # the only read of the update's numbers, once a step
+    # the only read of the update's numbers, once a step, with whether the weights it leaves are all finite
+    params = [p for group in opt.param_groups for p in group["params"]]
+    values = logs.read_once({"loss": loss_sum, **metrics, "weights_finite": optim.finite_weights(params)})
     return values.pop("loss"), values, grad_norm, skipped
 
 
@@ -326,7 +329,7 @@ def main():
             nonfinite["in_a_row"] = nonfinite["in_a_row"] + skipped if skipped == cfg.num_iterations else 0
             # a step from a finite, clipped gradient leaves finite weights finite (optim.SAFE_GRAD_NORM): weights
             # broken anyway came from outside it, and the last checkpoint is what a resume continues from
-            if not optim.weights_finite(params):
+            if not metrics.pop("weights_finite"):
                 why = "the weights are not finite after the optimizer step"
                 lifecycle.halt(cfg.output_dir, step + 1, why, "Lower --learning_rate.")
 

@@ -121,14 +121,14 @@ def left_pad(prompts, pad_id, device="cpu"):
     """List of token lists -> (ids, attention_mask), padded on the left so completions line up (the sampler's
     prompts and the SFT batches)."""
     P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long, device=device)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
         ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, P - len(p) :] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)  # built on the host: one copy each to the device, not one a row
 
 
 def system_prompt_text(task_name, system_prompt=""):

@@ -208,6 +208,13 @@ def every_rank(flag):
     return bool(_reduced(float(flag), dist.ReduceOp.MIN))
 
 
+def least_over_ranks(t):
+    """A tensor's elementwise least value over the ranks, reduced on its device (no read to the host)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def any_rank(flag):
     """Whether `flag` holds on some rank (one process: flag itself)."""
     return bool(_reduced(float(flag), dist.ReduceOp.MAX))

@@ -34,7 +34,7 @@ def probe_padding_mask(model, pad_id):
     return bool((masked_error < 0.5 * attended_error).item())
 
 
-def forward_logits(model, ids, attention_mask=None, at=None):
+def forward_logits(model, ids, attention_mask=None, at=None, padding=None):
     """Logits (B, L, V), or with `at` only logits[at]: `at` indexes the (B, L) positions, a bool mask
     (giving (N, V) in row-major order) or a tuple of slices such as (slice(None), slice(lo, hi)).
     Only those positions go through the vocabulary projection: the sampler reads one block, the
@@ -45,10 +45,11 @@ def forward_logits(model, ids, attention_mask=None, at=None):
     copies of LLaDA's code turn a padded mask into a *causal* bias or ignore it, and in bf16 masked
     padding still moves a row's rounding. Otherwise rows are run in groups of equal padding with the
     padding cut off, so no row ever attends padding and each row's logits are those of the row alone,
-    whatever its batch-mates."""
+    whatever its batch-mates. padding: each row's left padding as host numbers, where the caller knows them
+    (the sampler, once a rollout): then the padding is never read from the device."""
     shift = family_of(model).shift
     if shift and at is None:  # a next-token head: token i's logits are position i - 1's (the first keeps its own)
-        logits = _padded_logits(model, ids, attention_mask, None)
+        logits = _padded_logits(model, ids, attention_mask, None, padding)
         return torch.cat([logits[:, :shift], logits[:, :-shift]], 1)
     if shift and torch.is_tensor(at):
         if bool(at[:, :shift].any()):
@@ -59,10 +60,10 @@ def forward_logits(model, ids, attention_mask=None, at=None):
         if lo < shift:
             raise ValueError(f"forward_logits: columns {at[1]} start before position {shift}")
         at = (at[0], slice(lo - shift, -shift if hi is None else hi - shift))
-    return _padded_logits(model, ids, attention_mask, at)
+    return _padded_logits(model, ids, attention_mask, at, padding)
 
 
-def _padded_logits(model, ids, attention_mask, at):
+def _padded_logits(model, ids, attention_mask, at, padding=None):
     """forward_logits without the shift: the positions `at` themselves, padding handled. A block model
     gets its block-causal mask built here, with the padding in it (SDAR's code reads a 2-D mask as
     bidirectional), and positions counted from each row's first token."""
@@ -71,11 +72,11 @@ def _padded_logits(model, ids, attention_mask, at):
         call = dict(attention_mask=causal_mask(attention_mask, size), position_ids=positions(attention_mask))
         return selected_logits(model, ids, call, at)
     pads = None if attention_mask is None else (attention_mask == 0).sum(1)
-    if pads is None or not bool(pads.any()):
+    if pads is None or not (any(padding) if padding is not None else bool(pads.any())):
         return selected_logits(model, ids, {}, at)
     if getattr(unwrap(model), "honours_padding_mask", False) and computes_in_float32(model, ids.device):
         return selected_logits(model, ids, {"attention_mask": attention_mask}, at)
-    return _unpadded_logits(model, ids, pads, at)
+    return _unpadded_logits(model, ids, pads, at, padding)
 
 
 def computes_in_float32(model, device):
@@ -85,9 +86,9 @@ def computes_in_float32(model, device):
     return next(model.parameters()).dtype == torch.float32 and not autocast
 
 
-def _unpadded_logits(model, ids, pads, at):
+def _unpadded_logits(model, ids, pads, at, padding=None):
     """forward_logits for a model that attends padding: one forward per padding length, each on its
-    rows with the left padding cut off, put back where the batch's positions are."""
+    rows with the left padding cut off, put back where the batch's positions are (padding: pads on the host)."""
     B, L = ids.shape
     if torch.is_tensor(at):
         if bool((at & (torch.arange(L, device=at.device) < pads[:, None].to(at.device))).any()):
@@ -95,8 +96,9 @@ def _unpadded_logits(model, ids, pads, at):
         index = torch.full((B, L), -1, dtype=torch.long, device=at.device)
         index[at] = torch.arange(int(at.sum()), device=at.device)
     out = None
-    for pad in pads.unique().tolist():
-        rows = (pads == pad).nonzero().squeeze(1)
+    for pad in sorted(set(padding)) if padding is not None else pads.unique().tolist():
+        rows = (pads == pad).nonzero_static(size=padding.count(pad)) if padding is not None else (pads == pad).nonzero()
+        rows = rows.squeeze(1)
         if at is None:
             part, where = selected_logits(model, ids[rows, pad:], {}, None), (rows, slice(pad, None))
         elif torch.is_tensor(at):

@@ -6,7 +6,7 @@ import math
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from plumbing.ddp import every_rank
+from plumbing.ddp import least_over_ranks
 from plumbing.fsdp import local
 
 WARMUP_RATIO = 0.01  # the release's warmup_ratio
@@ -45,19 +45,23 @@ def steps_for_epochs(epochs, items, prompts_per_micro_batch, accumulation):
 def clipped_step(opt, max_grad_norm):
     """The gradient-norm clip and one AdamW step, skipped (weights and moments untouched) when the
     gradient is not finite or, clipped, not below SAFE_GRAD_NORM. Returns (grad norm, whether the step
-    was taken). Nothing is computed aside: the step costs what torch's AdamW step costs."""
+    was taken). Nothing is computed aside: the step costs what torch's AdamW step costs, and one read of
+    the host (the norm with the ranks' verdict, agreed on the device)."""
     params = [p for group in opt.param_groups for p in group["params"]]
-    grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # over all ranks' gradients
-    took = every_rank(bool(torch.isfinite(grad_norm)) and min(float(grad_norm), max_grad_norm) < SAFE_GRAD_NORM)
+    grad_norm = local(torch.nn.utils.clip_grad_norm_(params, max_grad_norm)).double()  # over all ranks' gradients
+    safe = torch.isfinite(grad_norm) & (grad_norm.clamp(max=max_grad_norm) < SAFE_GRAD_NORM)
+    norm, took = torch.stack([grad_norm, least_over_ranks(safe.double())]).tolist()
     if took:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(grad_norm), took
+    return norm, bool(took)
 
 
 @torch.no_grad()
-def weights_finite(params):
-    """Whether every weight is finite, on every rank: one reduction per tensor (its largest |w|, NaN
-    for a NaN), no tensor-sized temporary."""
+def finite_weights(params):
+    """1 where every weight is finite on every rank, else 0, as a tensor left on the device (a step reads it with
+    its metrics): one reduction per tensor (its largest |w|, NaN for a NaN), no tensor-sized temporary."""
     largest = [torch.linalg.vector_norm(local(p), float("inf")).float() for p in params]
-    return every_rank(bool(torch.isfinite(torch.stack(largest)).all()) if largest else True)
+    if not largest:
+        return torch.ones((), dtype=torch.float64)
+    return least_over_ranks(torch.isfinite(torch.stack(largest)).all().double())

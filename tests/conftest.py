@@ -1,7 +1,9 @@
+import contextlib
 import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from plumbing.data import chat_ids
 from plumbing.model import load
@@ -26,3 +28,42 @@ def chat(tok, text):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class _HostReads(TorchDispatchMode):
+    """Every operation whose result the host waits for: a number (item, bool, int, float go through
+    _local_scalar_dense), nonzero, equal, a mask's selection or indexing, a repeat count read back."""
+
+    def __init__(self, reads):
+        super().__init__()
+        self.reads = reads
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        masks = name in ("index", "index_put", "index_put_") and any(
+            torch.is_tensor(t) and t.dtype == torch.bool for t in args[1]
+        )
+        counted = name == "repeat_interleave" and torch.is_tensor(args[-1]) and kwargs.get("output_size") is None
+        if name in ("_local_scalar_dense", "nonzero", "equal", "masked_select") or masks or counted:
+            self.reads.append(name)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def host_reads(reads=None):
+    """A list (`reads`, or a new one) that collects each read of a tensor's values to the host made inside (on a
+    GPU, each waits for the device's queue to drain): the dispatched ones above, and tolist (which reads memory
+    directly)."""
+    reads, tolist = [] if reads is None else reads, torch.Tensor.tolist
+
+    def counted(self, *args, **kwargs):
+        reads.append("tolist")
+        return tolist(self, *args, **kwargs)
+
+    torch.Tensor.tolist = counted
+    try:
+        with _HostReads(reads):
+            yield reads
+    finally:
+        torch.Tensor.tolist = tolist

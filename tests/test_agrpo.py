@@ -320,6 +320,44 @@ def test_a_step_from_a_non_finite_gradient_is_not_taken(rollout_setup):
     assert skipped == 0 and any(not torch.equal(a, b) for a, b in zip(before, params))
 
 
+def test_an_update_reads_the_host_once_an_optimizer_step_and_once_for_its_numbers(rollout_setup, monkeypatch):
+    """μ = 2 updates: beside the gradients' passes, one read in each optimizer step (the norm and the verdict), one
+    for the step's loss and metrics, which carries the weights' finite check (1, and 0 once a weight is not
+    finite): no read of its own."""
+    from conftest import host_reads
+
+    import train
+    from plumbing.optim import make_optimizer
+    from train import update
+
+    reads, passes = [], []
+
+    def apart(*args, **kwargs):  # the reads of the gradients' passes, counted apart
+        start = len(reads)
+        out = accumulate_gradients(*args, **kwargs)
+        passes.append(len(reads) - start)
+        return out
+
+    monkeypatch.setattr(train, "accumulate_gradients", apart)
+
+    _, _, r = rollout_setup
+    model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
+    draws, old, _ = prepare(model, r, "stepwise", 2, 2, torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, _ = make_optimizer(1e-3, params, 10)
+    twice = SimpleNamespace(**{**vars(UPDATE), "num_iterations": 2})
+    batches = [micro_batch(r, adv, draws, old)]
+    with host_reads(reads):
+        _, metrics, _, skipped = update(model, opt, batches, twice, contextlib.nullcontext)
+    assert len(passes) == 2 and len(reads) - sum(passes) == 3, reads
+    assert skipped == 0 and metrics["weights_finite"] == 1.0
+    with torch.no_grad():
+        params[0].view(-1)[0] = float("inf")
+    _, metrics, _, _ = update(model, opt, [micro_batch(r, adv, draws, old)], UPDATE, contextlib.nullcontext)
+    assert metrics["weights_finite"] == 0.0
+
+
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero")  # what waits for the device
 
 

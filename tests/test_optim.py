@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from plumbing.optim import SAFE_GRAD_NORM, clipped_step, make_optimizer, steps_for_epochs, weights_finite
+from plumbing.optim import (
+    SAFE_GRAD_NORM,
+    clipped_step,
+    finite_weights,
+    make_optimizer,
+    steps_for_epochs,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BETAS, DECAY = (0.9, 0.99), 0.01
@@ -195,14 +201,32 @@ def test_float16_weights_break_in_adamw_and_are_refused():
     make_optimizer(1e-6, [torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))], 10)
 
 
+def test_a_step_reads_the_host_once_and_the_weights_check_not_at_all():
+    """clipped_step reads the host once (the norm and the verdict together), whether it steps or skips; the
+    weights' check, finite_weights, leaves its flag on the device for the step's metrics read to carry."""
+    from conftest import host_reads
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt, _ = make_optimizer(1e-2, [p], 10)
+    opt.param_groups[0]["lr"] = 1e-2
+    for grad, steps in (([1.0, -1.0, 0.0], True), ([1.0, float("inf"), 0.0], False), ([float("nan")] * 3, False)):
+        p.grad = torch.tensor(grad)
+        with host_reads() as reads:
+            _, took = clipped_step(opt, 1.0)
+        assert took == steps and len(reads) == 1, reads
+    with host_reads() as reads:
+        flag = finite_weights([p])
+    assert reads == [] and flag.item() == 1.0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weights_finite_finds_one_bad_number(dtype):
     params = [torch.nn.Parameter(torch.ones(5, 5, dtype=dtype)) for _ in range(3)]
-    assert weights_finite(params) and weights_finite([])
+    assert finite_weights(params) == 1 and finite_weights([]) == 1
     for bad in (float("nan"), float("inf"), -float("inf")):
         with torch.no_grad():
             params[1][2, 3] = bad
-        assert not weights_finite(params)
+        assert finite_weights(params) == 0
         with torch.no_grad():
             params[1][2, 3] = 1.0
 

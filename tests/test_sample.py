@@ -4,7 +4,7 @@ import types
 
 import pytest
 import torch
-from conftest import chat
+from conftest import chat, host_reads
 
 from sample import UNMASKING, check_settings, generate, policy_logprobs, transfer_schedule
 
@@ -238,3 +238,60 @@ def test_threshold_padding_invariance_and_bad_threshold(peaked):
     for bad in (0, -0.5, None, "high"):
         with pytest.raises(ValueError, match="threshold"):
             run(model, tok, unmasking="threshold", threshold=bad)
+
+
+# once a rollout: its layout, its blocks and padding, a block that no row decodes, its width, its steps (threshold)
+ROLLOUT_READS = 5
+
+
+@pytest.mark.parametrize("folder", ["models/tiny-countdown", "models/tiny-countdown-block"])
+@pytest.mark.parametrize("unmasking", UNMASKING)
+def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
+    """On a GPU a read of a tensor to the host waits for the device's queue to drain: between two sampling forwards
+    of a rollout at most one read (which rows decode and how many positions each commits), and ROLLOUT_READS
+    once a rollout (reads: item, bool, int, float, tolist, nonzero, indexing by a mask; tests/conftest.py). The
+    embedded model and its block-model twin (KV cache), padded prompts, rows that end in different blocks."""
+    from plumbing import data
+    from plumbing.model import load
+
+    model, tok = load(folder)
+    model.eval()
+    events = []
+
+    def sampling(module, args, kwargs):
+        if not kwargs.get("store_kv"):  # the KV cache's own passes sample nothing
+            events.append("forward")
+
+    model.register_forward_pre_hook(sampling, with_kwargs=True)
+    items = data.load_items("countdown", "test", n=16, seed=0)  # held-out problems: prompts of several lengths
+    prompts = [data.build_prompt(tok, "countdown", item, compact=True) for item in items]
+    how = dict(threshold=0.9) if unmasking == "threshold" else {}
+    b = 8 if "block" in folder else 4  # the block model's own size; short blocks: rows end in different ones
+    kw = dict(max_completion_length=32, block_length=b, sampling_steps=64 // b, temperature=0.7, unmasking=unmasking)
+    special = dict(mask_id=tok.mask_token_id, eos_ids=tok.eos_ids, pad_id=tok.pad_token_id)
+    with host_reads(events):
+        rollout = generate(model, prompts, **kw, **how, **special, generator=torch.Generator().manual_seed(0))
+    gaps = " ".join(events).split("forward")  # the reads before the first sampling forward, between two, after the last
+    first, *between, last = [len(gap.split()) for gap in gaps]
+    assert len(between) >= 3 and max(between) <= 1, between
+    assert first - 1 + last <= ROLLOUT_READS, (first, last)  # the first step's own read comes before its forward
+    assert len(set(rollout.passes.tolist())) > 1  # rows that end in different blocks
+
+
+def test_the_padding_given_on_the_host_gives_the_logits_read_from_the_device(tiny):
+    """forward_logits(padding=), the rows' padding read once a rollout, takes the path the padding read from the
+    device takes: on a model run with its padding cut off (a forward per padding length) and on one that masks it."""
+    from plumbing.logits import forward_logits
+    from sample import left_pad
+
+    model, tok = tiny
+    ids, attn = left_pad([chat(tok, p) for p in [*PROMPTS, PROMPTS[0], "9 9 -> 81"]], tok.pad_token_id)
+    padding, at = (attn == 0).sum(1).tolist(), (slice(None), slice(ids.shape[1] - 4, None))
+    assert len(set(padding)) > 2
+    honours = model.honours_padding_mask
+    try:
+        for model.honours_padding_mask in (False, True):
+            given = forward_logits(model, ids, attn, at=at, padding=padding)
+            assert torch.equal(given, forward_logits(model, ids, attn, at=at))
+    finally:
+        model.honours_padding_mask = honours
