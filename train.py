@@ -23,14 +23,14 @@ from tqdm import tqdm
 from agrpo import MicroBatch, accumulate_gradients, equal_groups, group_advantages, kept_rows, prepare
 from eval import item_accuracies
 from likelihood import ESTIMATORS, SCHEMES, completion_mask
-from plumbing import data, ddp, lifecycle, logs, optim, watch
+from plumbing import data, ddp, lifecycle, logs, optim, train_settings, watch
 from plumbing.configurator import configure
-from plumbing.errors import ConfigError, config_errors
+from plumbing.errors import config_errors
 from plumbing.families import check_blocks, native_departures, unwrap
 from plumbing.fsdp import gathered
 from plumbing.logits import count_positions
 from plumbing.model import load_policy
-from plumbing.model_names import declared_block_size, model_path_error, shipped
+from plumbing.model_names import shipped
 from plumbing.outdir import weights_bytes
 from plumbing.stats import mean_se
 from sample import UNMASKING, check_settings, decode_completions, generate
@@ -120,37 +120,11 @@ MAY_CHANGE = set(
 
 
 def validate(cfg, argv=()):
-    """Every impossible combination stops here, before any heavy work, with the key and the fix; only what needs
-    the model itself (a hub model's block size) is checked when it loads. argv: the command line, where a
-    --threshold without threshold unmasking is refused even at its default value."""
+    """Every impossible combination stops here, before any heavy work, with the key and the fix: the sampler's
+    settings by the sampler's own check, the rest by plumbing/train_settings.py."""
     with config_errors():
-        data.check_task_options(cfg.task, vars(cfg))
         check_settings(**sampler(cfg))
-        check_blocks(None, cfg.block_length, declared_block_size(cfg.model_name_or_path))
-    given = any(a.startswith("--threshold=") for a in argv)
-    if cfg.unmasking != "threshold" and (given or cfg.threshold != threshold):  # threshold: this file's default
-        raise ConfigError(
-            f"--threshold={cfg.threshold} is read only by --unmasking=threshold (here {cfg.unmasking!r}): "
-            "add --unmasking=threshold, or leave --threshold out"
-        )
-    if not 1 <= cfg.mc_samples <= cfg.sampling_steps:
-        raise ConfigError(
-            f"--mc_samples={cfg.mc_samples} must be between 1 and {cfg.sampling_steps}, the most steps a rollout takes"
-        )
-    if not all(isinstance(name, str) and name for name in cfg.lora_target_modules):
-        raise ConfigError(f"--lora_target_modules={cfg.lora_target_modules!r} must be a tuple of module names")
-    if (batch := cfg.per_device_train_batch_size) % cfg.num_generations:
-        raise ConfigError(
-            f"--per_device_train_batch_size={batch} must be a multiple of --num_generations={cfg.num_generations}"
-        )
-    if isinstance(path := cfg.resume_from_checkpoint, str) and not os.path.isfile(f"{path}/trainer_state.json"):
-        raise ConfigError(f"--resume_from_checkpoint={path} is not a checkpoint folder (no trainer_state.json)")
-    for key in ("train_file", "eval_file", "system_prompt"):
-        path = getattr(cfg, key)
-        if (key != "system_prompt" or path.endswith(".txt")) and path not in ("", "hub") and not os.path.exists(path):
-            raise ConfigError(f"--{key}={path} does not exist")
-    if problem := model_path_error(cfg.model_name_or_path):
-        raise ConfigError(f"--model_name_or_path: {problem}")
+    train_settings.check(cfg, argv, default_threshold=threshold)
 
 
 def sampler(cfg):
@@ -180,16 +154,9 @@ def roll_out(cfg, model, ref_model, tok, items, *, step, micro, device, amp):
     generator = ddp.seeded(cfg.seed, "draws", step, micro)
     with amp():
         draws, old, ref = prepare(
-            model,
-            rollout,
-            estimator=cfg.estimator,
-            k=cfg.mc_samples,
-            mu=cfg.num_iterations,
-            generator=generator,
-            scheme=cfg.scheme,
-            ref_model=ref_model,
-            draws_per_pass=cfg.draws_per_pass,
-        )
+            model, rollout, estimator=cfg.estimator, k=cfg.mc_samples, mu=cfg.num_iterations, generator=generator,
+            scheme=cfg.scheme, ref_model=ref_model, draws_per_pass=cfg.draws_per_pass,
+        )  # fmt: skip
     cut = sum(len(p) > cfg.max_prompt_length > 0 for p in whole) * cfg.num_generations
     rows = kept_rows(advantages, cfg.beta)
     return MicroBatch(rollout, texts, rewards, accuracy, lengths, advantages, rows, draws, old, ref, cut)
@@ -204,15 +171,9 @@ def update(model, opt, batches, cfg, amp):
     fill_to_ranks = functools.partial(ddp.passes_to_fill, model)  # ranks take part in each other's collectives
     for it in range(cfg.num_iterations):
         loss, these = accumulate_gradients(
-            model,
-            batches,
-            it,
-            epsilon=cfg.epsilon,
-            epsilon_high=cfg.epsilon_high,
-            beta=cfg.beta,
-            amp=amp,
+            model, batches, it, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, amp=amp,
             fill_to_ranks=fill_to_ranks,
-        )
+        )  # fmt: skip
         grad_norm, took = optim.clipped_step(opt, cfg.max_grad_norm)
         loss_sum, skipped = loss_sum + loss / cfg.num_iterations, skipped + (not took)
         metrics = {k: metrics.get(k, 0.0) + v for k, v in these.items()}
@@ -242,14 +203,9 @@ def load_models(cfg, run):
     memory = dict(gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile, sharded=cfg.fsdp)
     with config_errors():
         model, tok, ref_model, cfg.lora_target_modules = load_policy(
-            cfg.model_name_or_path,
-            run.device,
-            lora,
-            beta=cfg.beta,
-            distributed=run.distributed,
-            master=run.master,
+            cfg.model_name_or_path, run.device, lora, beta=cfg.beta, distributed=run.distributed, master=run.master,
             **memory,
-        )
+        )  # fmt: skip
         check_blocks(model, cfg.block_length)
     for line in native_departures(model, **sampler(cfg)):
         run.log(f"warning: {line}")
@@ -314,11 +270,8 @@ def main():
                     micro = a * run.world + run.rank  # the global micro-batch index
                     position = step * prompts_per_step + micro * groups_per_micro
                     items = data.prompt_items(train_items, position, groups_per_micro, cfg.seed)
-                    batches.append(
-                        roll_out(
-                            cfg, model, ref_model, tok, items, step=step, micro=micro, device=run.device, amp=run.amp
-                        )
-                    )
+                    this = dict(step=step, micro=micro, device=run.device, amp=run.amp)
+                    batches.append(roll_out(cfg, model, ref_model, tok, items, **this))
             # every rank stops here together, or none: from here the weights change and the ranks run collectives
             ddp.stop_if_signalled(run.stop)
 
