@@ -171,24 +171,10 @@ def commit(x, unmask_step, logp, entropy, *, rows, cols, chosen, x_hat, lp, step
 
 @torch.no_grad()
 def generate(
-    model,
-    prompt_ids,
-    attention_mask=None,
-    *,
-    max_completion_length,
-    block_length,
-    sampling_steps,
-    mask_id,
-    eos_ids=(),
-    temperature=0.0,
-    top_k=None,
-    top_p=None,
-    unmasking="low_confidence",
-    threshold=None,
-    pad_id=0,
-    generator=None,
-    kv_cache=True,
-):
+    model, prompt_ids, attention_mask=None, *, max_completion_length, block_length, sampling_steps, mask_id,
+    eos_ids=(), temperature=0.0, top_k=None, top_p=None, unmasking="low_confidence", threshold=None, pad_id=0,
+    generator=None, kv_cache=True,
+):  # fmt: skip
     """Sample completions. prompt_ids: (B, P) left-padded tensor with `attention_mask`, or a list of
     token lists. A row whose finished blocks contain one of `eos_ids` is no longer computed; its
     later blocks are filled with EOS (logp = entropy = 0), which is what a trained LLaDA produces
@@ -232,21 +218,12 @@ def generate(
     )  # fmt: skip
     columns = blocks.completion_columns(first, tail, blocks.completion_width(tail, G, b))
     completion = torch.ones(columns.shape, dtype=torch.long, device=device)
+    ids, attention_mask = torch.cat([prompt_ids, x.gather(1, columns)], 1), torch.cat([attention_mask, completion], 1)
+    trajectory = dict(unmask_step=unmask_step.gather(1, columns), logp=logp.gather(1, columns))
     return Rollout(
-        ids=torch.cat([prompt_ids, x.gather(1, columns)], 1),
-        attention_mask=torch.cat([attention_mask, completion], 1),
-        prompt_length=P,
-        unmask_step=unmask_step.gather(1, columns),
-        logp=logp.gather(1, columns),
-        entropy=entropy.gather(1, columns),
-        steps=steps,
-        mask_id=mask_id,
-        eos_ids=eos_ids,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        passes=passes,
-    )
+        ids, attention_mask, P, **trajectory, entropy=entropy.gather(1, columns), steps=steps, mask_id=mask_id,
+        eos_ids=eos_ids, temperature=temperature, top_k=top_k, top_p=top_p, passes=passes,
+    )  # fmt: skip
 
 
 def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_block, unmasking="low_confidence", tau=0):
