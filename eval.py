@@ -45,7 +45,7 @@ from sample import UNMASKING, check_settings, decode_completions, generate
 # --- config
 models = ("models/tiny-countdown", "runs/tiny_countdown")  # run folders, checkpoint-N folders, model folders, hub ids
 labels = ("base", "AGRPO")  # one name per model; () = the paths (the default when --models is given alone)
-task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
+task = "countdown"  # a file of tasks/ (--help lists them, and a generator's options as keys)
 eval_file = ""  # local test file, "hub" (the released run's), or "" (generated: train.py's for this seed; or the hub)
 eval_items = 200  # test problems scored (-1: the whole test set of a file or the hub)
 eval_split = "test"  # test | validation (generated tasks: problems kept apart for tuning; Sudoku: 21 of 288 grids)

@@ -38,7 +38,7 @@ from sample import UNMASKING, check_settings, decode_completions, generate
 # --- config
 # model and data
 model_name_or_path = "models/tiny-countdown"  # a model folder (models/: shipped), a hub id, or "tiny" (random)
-task = "countdown"  # a file of tasks/: gsm8k | math | countdown | sudoku (a generator's options: --help)
+task = "countdown"  # a file of tasks/ (--help lists them, and a generator's options as keys)
 train_file = ""  # local JSONL/CSV/Parquet, "hub" (the released run's data), or "" (generated, or the hub)
 eval_file = ""  # held-out items: as train_file
 system_prompt = ""  # "task" (the task's own), "" (none: the embedded model), a .txt file (its text), or the text
