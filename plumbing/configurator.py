@@ -18,6 +18,7 @@ from plumbing.errors import ConfigError
 BEGIN, END = "# --- config", "# --- end of config"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 KEY = re.compile(r"(\w+)\s*(?::\s*([\w |]+?))?\s*=\s*(.+?)\s*#\s*(.*)")  # key[: types] = default  # comment
+INTERVAL = re.compile(r"\s*([\[(][^,\[\]()]+,[^,\[\]()]+[\])])$")  # a task option's range, ending its comment
 TYPES = {"bool": bool, "str": str, "int": int, "float": float, "tuple": tuple}
 # other code's names for these keys (TRL, nanoGPT, verl, LLaDA's generate, d1): the "did you mean"
 SYNONYMS = dict(
@@ -42,6 +43,16 @@ def declared(script):
         elif line.startswith("# "):
             heading = line[2:]
     return keys
+
+
+def option_ranges(path):
+    """{key: interval} of a task file's generator options: the interval ending a numeric key's comment
+    ("how many digits a question has [1, 6]"), so a task declares its options' ranges where it declares them."""
+    found = {}
+    for key, (default, comment, *_) in declared(path).items():
+        if type(default) in (int, float) and (match := INTERVAL.search(comment)):
+            found[key] = match.group(1)
+    return found
 
 
 def checked(key, value, default, types=(), interval=""):
@@ -91,6 +102,7 @@ def help_text(script, known, ranges, choices):
     for k, (default, comment, _, under) in known.items():
         lines += ["", f"{under}:"] if under != heading else []
         allowed = f"[one of {' | '.join(choices[k])}]" if k in choices else ranges.get(k, "")
+        allowed = "" if comment.endswith(allowed) else allowed  # a task option's range ends its comment already
         lines.append(f"  --{k:<{width}} {default!r:<22} {comment} {allowed}".rstrip())
         heading = under
     return "\n".join(lines)
@@ -98,13 +110,15 @@ def help_text(script, known, ranges, choices):
 
 def configure(script, argv=None, option_files=(), ranges=None, choices=None):
     """The resolved config dict of `script`: its defaults and those of `option_files` (the task files'
-    generator options), then presets and --key=value overrides in order. ranges {key: interval} and choices
-    {key: the values it may take} are checked, and --help shows them. --help and --print_config exit."""
+    generator options), then presets and --key=value overrides in order. ranges {key: interval} (with those the
+    task files declare, option_ranges) and choices {key: the values it may take} are checked, and --help shows
+    them. --help and --print_config exit."""
     script, ranges, argv = os.path.abspath(script), ranges or {}, sys.argv[1:] if argv is None else argv
     choices = choices or {}
     known = declared(script)
     for path in option_files:
         known |= {k: (*v[:3], f"options of {os.path.relpath(path, ROOT)}") for k, v in declared(path).items()}
+        ranges = {**ranges, **option_ranges(path)}
     if "--help" in argv or "-h" in argv:
         print(help_text(script, known, ranges, choices))
         sys.exit(0)

@@ -17,7 +17,8 @@ and, where it has them, `load_hub(split)` (the released run's data, through `dat
 (the completion the embedded base model's SFT reads). A generator's options are the assignments between
 the comment lines `# --- config` and `# --- end of config` of the task file, one `name = default  # meaning` a
 line (tasks/countdown.py): train.py, eval.py and tools/sft.py take them as --key=value like their own keys and
-list them in --help. An assignment outside those two lines is not a key.
+list them in --help. A number's range ends its comment ("[1, 6]", tasks/_template.py), checked as the scripts'
+RANGES are. An assignment outside those two lines is not a key.
 
 The tests read every file here, the template too: each reward stays in its REWARD_RANGE on hostile strings
 against EXAMPLE_ROW's answer and malformed ones, and a task's `solution` scores the top of it, so a new task is

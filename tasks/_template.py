@@ -13,7 +13,7 @@ REWARD_RANGE = (0.0, 1.0)  # r(o) of any completion and reference: the tests hol
 EXAMPLE_ROW = {"digits": "123"}  # a row of a local data file (parse_row): the tests score against its answer
 
 # --- config
-template_digits = 3  # how many digits a question has [1, 6] (a generator's options become --key=value keys)
+template_digits = 3  # digits a question has (a generator option: a --key=value key; a range ends it) [1, 6]
 # --- end of config
 
 

@@ -312,22 +312,41 @@ def test_every_knob_has_a_range(args, words):
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_every_numeric_key_has_a_range_and_help_shows_it(script):
     """Each numeric key (an int or float default) of train.py, its task options, and eval.py has an interval in
-    the script's RANGES, and --help prints it on the key's line."""
+    the script's RANGES (a task option: ending its comment, configurator.option_ranges), and --help prints it on
+    the key's line."""
     import eval as evaluate
     import train
     from plumbing import data
-    from plumbing.configurator import declared
+    from plumbing.configurator import declared, option_ranges
 
-    ranges = {"train.py": train.RANGES, "eval.py": evaluate.RANGES}[script]
+    ranges = dict({"train.py": train.RANGES, "eval.py": evaluate.RANGES}[script])
     keys = declared(os.path.join(ROOT, script))
     for path in data.option_files():
         keys |= declared(path)
+        ranges |= option_ranges(path)
     numeric = {k for k, (default, *_) in keys.items() if type(default) in (int, float)}
     assert numeric and numeric <= set(ranges), sorted(numeric - set(ranges))
     out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  --")}
     for key in numeric:
         assert lines[f"--{key}"].endswith(ranges[key]), lines[f"--{key}"]
+
+
+def test_a_task_option_is_held_to_the_range_ending_its_comment(capsys):
+    """The template's generator option, as a copied task declares it: a value outside [1, 6] stops in one line,
+    and --help shows the range once."""
+    import train
+    from plumbing.configurator import configure
+    from plumbing.errors import ConfigError
+
+    template, script = os.path.join(ROOT, "tasks", "_template.py"), os.path.join(ROOT, "train.py")
+    assert configure(script, ["--template_digits=6"], [template], train.RANGES)["template_digits"] == 6
+    with pytest.raises(ConfigError, match=r"--template_digits=7 must be in \[1, 6\]"):
+        configure(script, ["--template_digits=7"], [template], train.RANGES)
+    with pytest.raises(SystemExit):
+        configure(script, ["--help"], [template], train.RANGES)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  --template_digits"))
+    assert line.endswith("[1, 6]") and line.count("[1, 6]") == 1
 
 
 def test_a_threshold_at_its_default_without_threshold_unmasking_passes():
