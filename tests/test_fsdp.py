@@ -43,6 +43,15 @@ def uninterrupted(tmp_path_factory):
     return str(out)
 
 
+def rss_rows(script, tmp_path, name):
+    """Each of 2 gloo ranks' row of `script` (a tiny model of width 512, 8 layers), as it wrote {name}{rank}.json."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", script, str(tmp_path), "512", "8"]
+    env = dict(ENV, MALLOC_MMAP_THRESHOLD_="131072")  # a freed tensor leaves the RSS (no heap kept by malloc)
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.load(open(tmp_path / f"{name}{r}.json")) for r in range(2)]
+
+
 def test_rollouts_and_no_grad_draws_under_sharding(tmp_path):
     """Threshold decoding (ranks take different numbers of forwards), a KV-cached rollout of a block
     model and the no-grad log-probs of draws, on a sharded model (the shipped base and block base): the
@@ -97,12 +106,7 @@ def test_fsdp_streamed_loading_holds_no_whole_model(tmp_path):
     bytes in all), and above them no rank's host memory rises by more than 0.65× the whole (measured 0.41× on
     rank 0, 0.53× on rank 1: a tensor at a time, and the probing forwards' gathered layers), where rank 0
     loading it whole rose 1.02× above them."""
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/loading_rss.py", str(tmp_path), "512", "8"]
-    env = dict(ENV, MALLOC_MMAP_THRESHOLD_="131072")  # a freed tensor leaves the RSS (no heap kept by malloc)
-    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for r in range(2):
-        row = json.load(open(tmp_path / f"load{r}.json"))
+    for r, row in enumerate(rss_rows("tests/loading_rss.py", tmp_path, "load")):
         assert row["same"] and row["same_digest"] and 0.45 < row["own"] / row["whole"] < 0.55, row
         kept = 2 * row["own"]  # its halves of the policy and of the reference
         assert row["streamed"] - kept < 0.65 * row["whole"], row
@@ -340,12 +344,7 @@ def test_fsdp_no_rank_holds_the_whole_model_at_save_or_resume(tmp_path):
     ranks: no rank's host memory rises by the whole trained tensors and moments (writing them whole from rank 0
     rose 1.09× of it there, reading them whole on every rank 1.6×); the resumed weights are those saved, though
     the weights changed while the write went on."""
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/checkpoint_rss.py", str(tmp_path), "512", "8"]
-    env = dict(ENV, MALLOC_MMAP_THRESHOLD_="131072")  # a freed tensor leaves the RSS (no heap kept by malloc)
-    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for r in range(2):
-        row = json.load(open(tmp_path / f"rss{r}.json"))
+    for row in rss_rows("tests/checkpoint_rss.py", tmp_path, "rss"):
         # a save's start: one copy of its own pieces (half the whole on 2 ranks), which the background write
         # writes from while training changes the tensors (a write from the tensors themselves rose < 0.25× the
         # whole); the write: its file's buffers; a resume: its own AdamW moments (2/3 of its half) and the
