@@ -75,7 +75,8 @@ def draw_forward(model, cfg, rows, positions, prompt, read, device="cpu"):
     def forward():
         with torch.autocast(device, dtype=torch.bfloat16):
             logits = forward_logits(model, ids, at=at)
-            lp = policy_logprobs(logits, mask_id, cfg["temperature"], cfg["top_k"] or None, cfg["top_p"], keep=tokens)
+            sampling = dict(temperature=cfg["temperature"], top_k=cfg["top_k"] or None, top_p=cfg["top_p"])
+            lp = policy_logprobs(logits, mask_id=mask_id, **sampling, keep=tokens)
             return lp.gather(-1, tokens[:, None]).sum()
 
     return forward

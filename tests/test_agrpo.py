@@ -343,7 +343,7 @@ def test_an_update_reads_the_host_once_an_optimizer_step_and_once_for_its_number
     _, _, r = rollout_setup
     model, _ = load("tiny", seed=1, tiny_overrides=dict(init_std=0.2))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0, 1.0, -3.0])
-    draws, old, _ = prepare(model, r, "stepwise", 2, 2, torch.Generator().manual_seed(3))
+    draws, old, _ = prepare(model, r, estimator="stepwise", k=2, mu=2, generator=torch.Generator().manual_seed(3))
     params = [p for p in model.parameters() if p.requires_grad]
     opt, _ = make_optimizer(1e-3, params, 10)
     twice = SimpleNamespace(**{**vars(UPDATE), "num_iterations": 2})

@@ -873,8 +873,9 @@ def test_the_checkpoint_footprint_is_stated_and_a_run_it_cannot_fit_stops(tmp_pa
 
     model = torch.nn.Sequential(torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 1024, bias=False))
     model[1].requires_grad_(False)  # frozen (a LoRA base): not in a checkpoint
-    cfg = SimpleNamespace(output_dir=str(tmp_path), save_steps=2, save_total_limit=3)
-    run = SimpleNamespace()
+    cfg = SimpleNamespace(output_dir=str(tmp_path), save_steps=2, save_total_limit=3, fsdp=False)
+    cfg.collective_timeout_minutes = 30  # covers a 12 MB save: no line about it
+    run = SimpleNamespace(world=1)
     for free_mib, words in [(1000, None), (30, "warning: "), (10, "not even one checkpoint fits")]:
         monkeypatch.setattr(lifecycle.shutil, "disk_usage", lambda path, n=free_mib: SimpleNamespace(free=n * 2**20))
         stated = f"checkpoints: ~0.0117 GiB each × 3 kept = 0.0352 GiB; {free_mib / 1024:.3g} GiB free on {tmp_path}"
