@@ -478,7 +478,9 @@ def test_a_new_task_is_a_copy_of_the_template(tmp_path):
     listed = script("train.py", "--help").stdout
     assert "--template_digits" in listed and "--toy_unlisted" not in listed  # the config block's keys only
     bad = script("train.py", "--task=toy", "--template_digits=9")
-    assert bad.returncode != 0 and bad.stderr.strip() == "config error: --template_digits=9 must be in 1..6"
+    assert (
+        bad.returncode != 0 and bad.stderr.strip() == "config error: --template_digits=9 must be in [1, 6]"
+    )  # the range its comment ends with
     small = ["--model_name_or_path=tiny", "--num_generations=2", "--per_device_train_batch_size=2", "--eval_items=4"]
     out = script(
         "train.py", "--task=toy", "--template_digits=2", "--max_steps=1", *small, f"--output_dir={tmp_path}/run"
