@@ -177,9 +177,11 @@ def test_bad_input_is_one_line(args, words):
     )
 
 
-def test_ctrl_c_mid_grid_writes_the_cells_decoded(tmp_path):
-    """SIGINT once the first cell's line is out (the second, G = 256 at m = 256, takes seconds after it): the
-    first cell is written, marked partial, and the stop said in one line with Ctrl-C's status."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_mid_grid_writes_the_cells_decoded(tmp_path, stop):
+    """Ctrl-C (SIGINT) or a cluster's preemption (SIGTERM) once the first cell's line is out (the second, G = 256
+    at m = 256, takes seconds after it): the first cell is written, marked partial, and the stop said in one line
+    with the shell's status for that signal."""
     cmd = [sys.executable, "-u", "eval.py", *SMALL, *TINY, "--max_completion_length=(8,256)", "--step_fractions=(1.0,)"]
     cmd.append(f"--output_dir={tmp_path}/eval")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -187,9 +189,9 @@ def test_ctrl_c_mid_grid_writes_the_cells_decoded(tmp_path):
     for line in proc.stdout:  # a cold start: its output read as it comes
         if "accuracy" in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    assert proc.returncode == 128 + stop and "Traceback" not in err, err
     assert "eval.py: interrupted after 1 of 2 cells; wrote them to" in err.strip().splitlines()[-1], err
     results = json.load(open(f"{tmp_path}/eval/results.json"))
     assert [r["max_completion_length"] for r in results["rows"]] == [8] and "interrupted" in results["partial"]
