@@ -150,7 +150,9 @@ def draw_curves(output_dir):
 
 
 def halt(output_dir, step, why, fix):
-    """Stop in one line, nothing of this step logged or saved."""
+    """Stop in one line, nothing of this step logged or saved. Every rank calls it: a checkpoint still being
+    written in the background (FSDP) is finished first, so the one it names is the last one saved."""
+    checkpoint.finish()
     last = checkpoint.newest(output_dir) or "none written yet"
     raise SystemExit(f"stopping at step {step}: {why}. Last checkpoint: {last}. {fix}")
 

@@ -82,7 +82,8 @@ def step_then_inf(self, *a, **k):
     steps_taken[0] += 1
     if steps_taken[0] == faults.get("inf_weights_at"):
         with torch.no_grad():
-            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+            p = self.param_groups[0]["params"][0]
+            (p.to_local() if hasattr(p, "to_local") else p).view(-1)[0] = float("inf")  # FSDP: each rank's shard
     return out
 
 

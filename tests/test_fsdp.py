@@ -248,6 +248,19 @@ def test_fsdp_kill_while_a_shard_write_is_in_flight(tmp_path, uninterrupted):
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path)) and logged_steps(tmp_path) == list(range(1, 7))
 
 
+def test_fsdp_nonfinite_weights_stop_after_the_checkpoint_being_written_is_finished(tmp_path):
+    """Under FSDP a checkpoint's shards are still being written when the next step leaves a weight infinite: the
+    stop finishes that write first, so the checkpoint it names is a whole one (not a .tmp a resume discards)."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "tests/faults.py", "inf_weights_at=3", "--", *SMALL, "--fsdp"]
+    cmd += [f"--output_dir={tmp_path}", "--max_steps=5", "--save_steps=2"]
+    out = warm.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    assert out.returncode != 0 and "stopping at step 3: the weights are not finite" in out.stderr, out.stderr[-2000:]
+    assert f"Last checkpoint: {tmp_path}/checkpoint-2." in out.stderr, out.stderr[-2000:]
+    assert checkpoint.names(str(tmp_path)) == ["checkpoint-2"] and not any(
+        f.endswith(".tmp") for f in os.listdir(tmp_path)
+    )
+
+
 def test_fsdp_sigterm_saves_the_last_finished_step(tmp_path, uninterrupted):
     """A cluster's SIGTERM to torchrun mid-step: every rank finishes the step, the checkpoint of that
     step is gathered and written (none was due), and the resume finishes bit for bit."""
