@@ -198,7 +198,7 @@ def measure_on_cpu(shape, cfg, rows, positions, prompt, read, lora_r, targets, o
     before it (against the bytes kept plus the trained weights' gradients), and the peak of two fused AdamW
     steps with the clip and the finiteness check (train.py's step) on one float32 layer above weights,
     gradients and moments (against STEP_TEMPORARIES)."""
-    from plumbing.optim import clipped_step, make_optimizer, weights_finite
+    from plumbing.optim import clipped_step, finite_weights, make_optimizer
     from plumbing.tiny_llada import Block
 
     P, A, _, adapted, head_r = counts(shape, lora_r, targets)
@@ -250,7 +250,7 @@ def measure_on_cpu(shape, cfg, rows, positions, prompt, read, lora_r, targets, o
         before = rss()
         with peak_rss() as peak:
             clipped_step(opt, cfg["max_grad_norm"])
-            weights_finite(params)
+            finite_weights(params)
     size = sum(p.numel() * 4 for p in params)
     out(
         f"fused AdamW step, clip and finiteness check on one float32 layer ({size / GIB:.2f} GiB of weights): peak "

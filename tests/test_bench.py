@@ -253,3 +253,19 @@ def test_memory_model_counts_what_backward_keeps(lora_r):
     assert saved["rest"] == rest
     h, f = shape["d_model"], shape["d_ff"]
     assert saved[1] > 2 * (8 * h + 4 * f) * rows * positions
+
+
+def test_every_name_a_bench_script_imports_from_the_project_exists():
+    """Each `from x import y` of the project in bench/*.py, at the top or inside a function (a measurement that
+    runs only on a GPU or by hand), names something the module has: a rename cannot leave a bench broken."""
+    import ast
+    import importlib
+
+    own = {os.path.basename(f)[:-3] for f in glob.glob(f"{ROOT}/*.py")} | {"plumbing", "tasks", "tools", "bench"}
+    missing = []
+    for path in sorted(glob.glob(f"{ROOT}/bench/*.py")):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in own:
+                module = importlib.import_module(node.module)
+                missing += [f"{path}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+    assert not missing, missing
