@@ -223,7 +223,8 @@ def streamed_files(name, master):
     """Under FSDP, full fine-tuning: the safetensors files rank 0 streams the weights from, one tensor at a time
     (fsdp.stream_from_rank0), when the model is a folder of them holding every parameter under its name (None
     elsewhere, and on the other ranks a list whose length is all they use); else None on every rank, and rank
-    0 loads the whole model (sharded_policy): the embedded model, .bin weights, names the model's code renames."""
+    0 loads the whole model (sharded_policy): the embedded model, .bin weights, names the model's code renames,
+    a tensor of another shape than the model's (which the whole load refuses in one line)."""
     import torch.distributed as dist
     from safetensors import safe_open
 
@@ -238,12 +239,14 @@ def streamed_files(name, master):
     if master and name not in EMBEDDED and folder and os.path.isdir(folder):
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
         try:
-            keys = set()
+            shapes = {}  # every stored tensor's shape: one of the wrong shape is for the whole load to refuse
             for f in files:
                 with safe_open(f, "pt") as st:
-                    keys |= set(st.keys())
+                    shapes |= {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
             built, _ = load(name, empty=True)
-            if not files or any(not set(names) & keys for names in fsdp.stored_names(built).values()):
+            wanted = dict([*built.named_parameters(), *fsdp.persistent_buffers(built)])
+            found = {n: [k for k in keys if k in shapes] for n, keys in fsdp.stored_names(built).items()}
+            if not files or any(not k or shapes[k[0]] != tuple(wanted[n].shape) for n, k in found.items()):
                 files = None
         except Exception:  # a damaged file or a model that cannot be built: the whole load says why
             files = None

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import warm
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_reliability import logged_steps
 from test_train import ROOT, SMALL, assert_same, params, run
 
@@ -246,6 +246,23 @@ def test_fsdp_kill_while_a_shard_write_is_in_flight(tmp_path, uninterrupted):
     fsdp_run([f"--output_dir={tmp_path}", *STEPS, "--resume_from_checkpoint"])
     assert_same(params(f"{uninterrupted}/checkpoint-6"), params(f"{tmp_path}/checkpoint-6"), atol=0)
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path)) and logged_steps(tmp_path) == list(range(1, 7))
+
+
+def test_fsdp_a_weights_file_of_another_shape_stops_in_one_line(tmp_path):
+    """A model folder whose safetensors holds a tensor of another shape than the model's is not streamed (a
+    rank 0 traceback while the others wait in a broadcast): the whole load refuses it in one line."""
+    folder = tmp_path / "model"
+    shutil.copytree(os.path.join(ROOT, "models", "tiny-countdown"), folder, ignore=shutil.ignore_patterns("sft.json"))
+    weights = load_file(folder / "model.safetensors")
+    weights["model.transformer.blocks.0.ff_out.weight"] = weights["model.transformer.blocks.0.ff_out.weight"][:-1]
+    save_file({k: v.contiguous() for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", "train.py", *SMALL, "--fsdp", f"--model_name_or_path={folder}"]
+    out = warm.run(
+        [*cmd, f"--output_dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
+    ranks = "\n".join(line for line in out.stderr.splitlines() if line.startswith("[rank"))  # torchrun's report aside
+    assert out.returncode != 0 and "Traceback" not in ranks, out.stderr[-3000:]
+    assert f"config error: --model_name_or_path: cannot load model '{folder}'" in out.stderr, out.stderr[-3000:]
 
 
 def test_fsdp_nonfinite_weights_stop_after_the_checkpoint_being_written_is_finished(tmp_path):
