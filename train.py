@@ -316,7 +316,7 @@ def main():
             run.finished = (step + 1, torch.get_rng_state(), random.getstate())
             ddp.stop_if_signalled(run.stop)
 
-        run.stop["now"] = True  # the last checkpoint is written: a signal may end the final evaluation
+        run.stop["now"] = True  # the last checkpoint is saved (FSDP: still written meanwhile, finished at the end)
         if test_items:
             lifecycle.report_final(cfg, run, scores_before, accuracy("after AGRPO"), total_steps)
         if run.master:

@@ -168,7 +168,6 @@ def save(
         if sharded:
             ddp.barrier()  # the folder exists before any rank writes into it
             digests = sharded_ckpt.save(tmp, model, opt, saved_name)  # every rank its own files, in the background
-            PENDING.append(dict(out_dir=out_dir, step=step, keep=keep, world=world, master=master, digests=digests))
         if master:
             if not sharded:
                 families.save_pretrained(getattr(model, "module", model), tmp)  # peft: the adapters; else the model
@@ -182,6 +181,8 @@ def save(
             if not sharded:
                 write_manifest(tmp)
                 _fsync_tree(tmp)
+        if sharded:  # pending once rank 0's own files are written (a failed write leaves nothing to finish)
+            PENDING.append(dict(out_dir=out_dir, step=step, keep=keep, world=world, master=master, digests=digests))
     if sharded:
         return path if master else None
     return commit(out_dir, step, keep)

@@ -9,7 +9,7 @@ import math
 import torch.distributed as dist
 
 # bytes a second a checkpoint is written at, and read back at to hash it: a network filesystem's share of one
-# client (this machine's local disk writes ~0.5 GB/s, a data-centre NVMe disk 1-3 GB/s)
+# client (a local SSD writes ~0.5 GB/s, a data-centre NVMe disk 1-3 GB/s)
 DISK_BYTES_PER_S = 100 * 10**6
 SLACK_MINUTES = 1  # the rest of a save: the finite check, the small files, the rename
 

@@ -62,7 +62,7 @@ def manifest(path):
         return None, f"{CHECKSUMS} cannot be read ({type(e).__name__})"
     if not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
         return None, f"{CHECKSUMS} is not a map of file names to checksums"
-    for name in (STATE, "optimizer.pt"):  # every checkpoint's (its weights: checkpoint.missing_tensors)
+    for name in (STATE, "optimizer.pt"):  # every checkpoint's (its weights: checkpoint_tensors.missing_tensors)
         if name not in recorded:
             return None, f"{CHECKSUMS} does not list {name}"
     for name in recorded:

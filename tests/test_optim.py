@@ -220,7 +220,7 @@ def test_a_step_reads_the_host_once_and_the_weights_check_not_at_all():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_weights_finite_finds_one_bad_number(dtype):
+def test_finite_weights_finds_one_bad_number(dtype):
     params = [torch.nn.Parameter(torch.ones(5, 5, dtype=dtype)) for _ in range(3)]
     assert finite_weights(params) == 1 and finite_weights([]) == 1
     for bad in (float("nan"), float("inf"), -float("inf")):

@@ -281,8 +281,8 @@ def test_a_rollout_step_reads_the_host_at_most_once(folder, unmasking):
 def test_the_padding_given_on_the_host_gives_the_logits_read_from_the_device(tiny):
     """forward_logits(padding=), the rows' padding read once a rollout, takes the path the padding read from the
     device takes: on a model run with its padding cut off (a forward per padding length) and on one that masks it."""
+    from plumbing.data import left_pad
     from plumbing.logits import forward_logits
-    from sample import left_pad
 
     model, tok = tiny
     ids, attn = left_pad([chat(tok, p) for p in [*PROMPTS, PROMPTS[0], "9 9 -> 81"]], tok.pad_token_id)

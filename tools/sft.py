@@ -104,7 +104,8 @@ def block_copies(ids, attention_mask, x, masked, P, size):
     copy of x's block for each block holding a masked position, a row's first ones first], each copy at its
     block's positions, seeing the real clean positions before its block and itself (a row's spare copies, up
     to the most any row needs, score nothing; a last block may end past L). Returns the input, its model
-    arguments, the positions scored (a bool mask of it) and their (row, completion column)."""
+    arguments, the positions scored (a bool mask of it) and their (row, completion column). The layout is
+    blocks.packed_states' for one draw (a tool imports no root file): test_sft holds the two equal to the bit."""
     (B, L), device = ids.shape, ids.device
     block = block_of(attention_mask, size)
     local = block[:, P:] - block[:, P : P + 1]  # each completion position's block, from the row's first
