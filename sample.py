@@ -276,7 +276,8 @@ def decode(model, state, layout, *, stop_eos, sampling, kv_cache, steps_per_bloc
             if read is None:
                 ahead = (block + 1 < n_blocks) & ~done & ~ended()
                 counts = torch.stack([to_commit(live, lo, k), to_commit(ahead, hi, schedule[0])])
-                read, read_ahead = zip(counts, counts.tolist())
+                now, then = counts.tolist()  # the step's one read
+                read, read_ahead = (counts[0], now), (counts[1], then)
             count, host = read
             if rows is None:  # the block's first step: the rows that decode it
                 rows = live.nonzero_static(size=sum(c >= 0 for c in host)).squeeze(1)
