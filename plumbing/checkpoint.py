@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from plumbing import ddp, families
 from plumbing import sharded as sharded_ckpt
-from plumbing.checkpoint_tensors import (  # noqa: F401 (tensors: eval.py, export.py and the tests read them here)
+from plumbing.checkpoint_tensors import (
     fingerprint,
     layout,
     missing_tensors,
@@ -50,7 +50,7 @@ from plumbing.checkpoint_tensors import (  # noqa: F401 (tensors: eval.py, expor
     trainer_tensors,
 )
 from plumbing.errors import ConfigError
-from plumbing.manifest import CHECKSUMS, STATE, damaged_files, sha256, weight_files, write_manifest  # noqa: F401
+from plumbing.manifest import CHECKSUMS, STATE, damaged_files, write_manifest
 
 PREFIX = "checkpoint-"
 ACCUMULATE = "gradient_accumulation_steps"  # may change on resume when the number of ranks does: their product may not

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_reliability import LORA, lora_run
 
-from plumbing import checkpoint, lifecycle, restore
+from plumbing import checkpoint, lifecycle, manifest, restore
 
 CONFIG = {"model_name_or_path": "tiny", "lora_r": 4, "lora_alpha": 8, "lora_target_modules": list(LORA)}
 
@@ -86,7 +86,7 @@ def test_a_checkpoint_from_before_checksums_is_read_as_it_was(tmp_path):
     assert restore.load_trained(ckpt)[2] == CONFIG
     saved = checkpoint.tensors(ckpt)
     shutil.copy(f"{ckpt}/adapter_model.safetensors", f"{ckpt}/more.safetensors")
-    assert checkpoint.weight_files(ckpt) == ["adapter_model.safetensors", "more.safetensors"]
+    assert manifest.weight_files(ckpt) == ["adapter_model.safetensors", "more.safetensors"]
     assert checkpoint.tensors(ckpt).keys() == saved.keys()
 
 

@@ -13,7 +13,7 @@ import torch
 import warm
 
 import eval as eval_script
-from plumbing import checkpoint, model, model_names, outdir, restore
+from plumbing import checkpoint, manifest, model, model_names, outdir, restore
 from plumbing.eval_settings import eval_settings
 from plumbing.lifecycle import claim as claim_run
 from sample import check_settings
@@ -205,7 +205,7 @@ def test_a_changed_shipped_model_is_refused_in_one_line(tmp_path, monkeypatch):
     folder = tmp_path / "models" / "tiny-countdown"
     shutil.copytree(os.path.join(ROOT, "models", "tiny-countdown"), folder)
     hashed = []
-    monkeypatch.setattr(model_names, "sha256", lambda p: hashed.append(p) or checkpoint.sha256(p))
+    monkeypatch.setattr(model_names, "sha256", lambda p: hashed.append(p) or manifest.sha256(p))
     assert model_names.model_path_error(str(folder)) is None and model_names.model_path_error(str(folder)) is None
     model.load(str(folder))
     assert len(hashed) == 1
@@ -226,7 +226,7 @@ def test_sft_refuses_a_folder_before_training_and_deletes_nothing(tmp_path):
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "log.jsonl").write_text("{}\n")
     before = sorted(os.listdir(ROOT)), sorted(os.listdir(run))
-    shipped = checkpoint.sha256(os.path.join(ROOT, "models", "tiny-countdown", "model.safetensors"))
+    shipped = manifest.sha256(os.path.join(ROOT, "models", "tiny-countdown", "model.safetensors"))
     for args, words in [
         (["--output_dir="], "--output_dir= is empty"),
         (["--output_dir=."], "--output_dir=. cannot hold the model (it is the working folder"),
@@ -240,7 +240,7 @@ def test_sft_refuses_a_folder_before_training_and_deletes_nothing(tmp_path):
     ]:
         assert words in one_line(["tools/sft.py", "--max_steps=1", "--batch_size=8", *args]), args
     assert (sorted(os.listdir(ROOT)), sorted(os.listdir(run))) == before
-    assert checkpoint.sha256(os.path.join(ROOT, "models", "tiny-countdown", "model.safetensors")) == shipped
+    assert manifest.sha256(os.path.join(ROOT, "models", "tiny-countdown", "model.safetensors")) == shipped
 
 
 def test_sft_replaces_its_own_model_only_when_asked(tmp_path):
@@ -254,4 +254,4 @@ def test_sft_replaces_its_own_model_only_when_asked(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert open(f"{out}/sft.json").read() != record and "--overwrite_output_dir" in open(f"{out}/sft.json").read()
     recorded = json.load(open(f"{out}/sft.json"))["model.safetensors sha256"]
-    assert recorded == checkpoint.sha256(f"{out}/model.safetensors") and os.listdir(tmp_path) == ["m"]
+    assert recorded == manifest.sha256(f"{out}/model.safetensors") and os.listdir(tmp_path) == ["m"]

@@ -18,7 +18,7 @@ import torch
 import warm
 from test_train import ROOT, SMALL, assert_same, params, run
 
-from plumbing import checkpoint, restore
+from plumbing import checkpoint, manifest, restore
 
 FAST = ["--max_steps=10", "--save_steps=2", "--save_total_limit=3"]
 
@@ -580,7 +580,7 @@ LORA = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"
 
 def rechecksum(path):
     """Record the files' checksums as they are now: a checkpoint written damaged, not damaged after."""
-    digests = {f: checkpoint.sha256(f"{path}/{f}") for f in os.listdir(path) if f != checkpoint.CHECKSUMS}
+    digests = {f: manifest.sha256(f"{path}/{f}") for f in os.listdir(path) if f != checkpoint.CHECKSUMS}
     json.dump(digests, open(f"{path}/{checkpoint.CHECKSUMS}", "w"))
 
 

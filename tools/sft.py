@@ -39,9 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from plumbing import data, outdir  # noqa: E402
 from plumbing.block_attention import block_of, causal_mask, positions  # noqa: E402
-from plumbing.checkpoint import sha256  # noqa: E402
 from plumbing.families import block_size, family_of  # noqa: E402
 from plumbing.logits import forward_logits, selected_logits  # noqa: E402
+from plumbing.manifest import sha256  # noqa: E402
 from plumbing.model import load, write_model  # noqa: E402
 from plumbing.model import shipped as shipped_folder  # noqa: E402
 
