@@ -19,10 +19,11 @@ from plumbing.block_attention import block_of, causal_mask, positions
 
 def canvas(prompt_ids, attention_mask, *, completion_length, b, from_row_start, mask_id, fill_id):
     """The sampler's canvas: rows laid so that every row's first decoded block starts at one column `first`
-    and all rows' blocks share columns. Returns (x, attention, first, tail, n_blocks): x (B, S) holds each
+    and all rows' blocks share columns. Returns (x, attention, first, tail, n_blocks, width): x (B, S) holds each
     prompt ending at first + tail, [MASK] on the positions the row decodes, `fill_id` past its last block;
     tail (B,) the prompt tokens in the row's first decoded block (P mod b counted from the row's start, or 0
-    when blocks start at the completion); n_blocks (B,) the blocks the row decodes, ceil((tail + G) / b)."""
+    when blocks start at the completion); n_blocks (B,) the blocks the row decodes, ceil((tail + G) / b); width
+    the completion columns of the batch, the most positions any row decodes."""
     B, P = prompt_ids.shape
     G, device = completion_length, prompt_ids.device
     real = attention_mask.long().sum(1)
@@ -40,17 +41,12 @@ def canvas(prompt_ids, attention_mask, *, completion_length, b, from_row_start, 
     x[:, :S].masked_fill_(inside, mask_id)
     prompt_columns = start[:, None] + torch.arange(P, device=device) - (P - real[:, None])  # (B, P), padding < start
     x = x.scatter_(1, torch.where(attention_mask.bool(), prompt_columns, S), prompt_ids)[:, :S].contiguous()
-    return x, (column >= start[:, None]).long(), first, tail, n_blocks
+    return x, (column >= start[:, None]).long(), first, tail, n_blocks, width
 
 
 def completion_widths(tail, G, b):
     """(B,) the positions each row decodes, ceil((tail + G) / b)·b − tail."""
     return (tail + G + b - 1) // b * b - tail
-
-
-def completion_width(tail, G, b):
-    """The completion columns of a batch: the most positions any row decodes."""
-    return int(completion_widths(tail, G, b).max())
 
 
 def completion_columns(first, tail, width):

@@ -201,7 +201,7 @@ def generate(
     eos_ids = tuple(int(e) for e in (eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]))
     native = bool(block_size(model))  # a block model's blocks count from each row's first token
     fill = eos_ids[0] if eos_ids else pad_id
-    x, attn, first, tail, n_blocks = blocks.canvas(
+    x, attn, first, tail, n_blocks, width = blocks.canvas(
         prompt_ids, attention_mask, completion_length=G, b=b, from_row_start=native, mask_id=mask_id, fill_id=fill
     )
     unmask_step = torch.full_like(x, -1)
@@ -216,7 +216,7 @@ def generate(
         model, state, layout, stop_eos=eos_ids, sampling=sampling, kv_cache=kv_cache and native,
         steps_per_block=per_block, unmasking=unmasking, tau=tau,
     )  # fmt: skip
-    columns = blocks.completion_columns(first, tail, blocks.completion_width(tail, G, b))
+    columns = blocks.completion_columns(first, tail, width)
     completion = torch.ones(columns.shape, dtype=torch.long, device=device)
     ids, attention_mask = torch.cat([prompt_ids, x.gather(1, columns)], 1), torch.cat([attention_mask, completion], 1)
     trajectory = dict(unmask_step=unmask_step.gather(1, columns), logp=logp.gather(1, columns))
